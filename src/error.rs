@@ -1,0 +1,127 @@
+//! The crate's error type.
+
+use std::fmt;
+
+use crate::clock::{GateTimeout, WorkerId};
+
+/// A specialized `Result` for laggard operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in laggard, with messages that say what to
+/// change.
+///
+/// No operation panics on bad input: wrong row widths, keys outside a dense
+/// table, invalid configuration values and waits that pass their deadline
+/// all come back as an `Error`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is invalid; `what` names the setting.
+    InvalidConfig {
+        /// The setting, e.g. `"table width"`.
+        what: &'static str,
+        /// Why the value was rejected, and what would be accepted.
+        reason: String,
+    },
+    /// A row passed in or out has the wrong number of elements.
+    WidthMismatch {
+        /// The table's row width.
+        expected: usize,
+        /// The length of the slice that was passed.
+        got: usize,
+    },
+    /// A batch's value buffer is not `keys × width` elements long.
+    BatchShape {
+        /// Number of keys in the batch.
+        keys: usize,
+        /// The table's row width.
+        width: usize,
+        /// Length of the value buffer that was passed.
+        values: usize,
+    },
+    /// A key outside a dense table's key range.
+    KeyOutOfRange {
+        /// The offending key.
+        key: u64,
+        /// First key of the table.
+        first: u64,
+        /// Last key of the table (inclusive).
+        last: u64,
+    },
+    /// A shard index that the table does not have.
+    ShardOutOfRange {
+        /// The requested shard.
+        shard: usize,
+        /// How many shards the table has.
+        shards: usize,
+    },
+    /// A worker id that the staleness gate does not know.
+    UnknownWorker {
+        /// The offending id.
+        worker: WorkerId,
+        /// How many workers the gate has seen join.
+        workers: usize,
+    },
+    /// The worker has left or was declared dead, so it may not advance or wait.
+    WorkerNotActive {
+        /// The worker.
+        worker: WorkerId,
+        /// `"left"` or `"dead"`.
+        state: &'static str,
+    },
+    /// A blocking wait passed its deadline.
+    Timeout(Box<GateTimeout>),
+    /// Memory for a table could not be allocated.
+    OutOfMemory {
+        /// How many bytes were requested.
+        bytes: usize,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidConfig { what, reason } => write!(f, "invalid {what}: {reason}"),
+            Error::WidthMismatch { expected, got } => write!(
+                f,
+                "row width mismatch: the table's rows have {expected} elements but the slice has {got}"
+            ),
+            Error::BatchShape { keys, width, values } => write!(
+                f,
+                "batch shape mismatch: {keys} keys of width {width} need {} values, but the buffer has {values}",
+                keys.saturating_mul(*width)
+            ),
+            Error::KeyOutOfRange { key, first, last } => write!(
+                f,
+                "key {key} is outside the dense table's key range {first}..={last}"
+            ),
+            Error::ShardOutOfRange { shard, shards } => {
+                write!(f, "shard {shard} does not exist: the table has {shards} shards")
+            }
+            Error::UnknownWorker { worker, workers } => write!(
+                f,
+                "{worker} is unknown: the gate has {workers} workers (ids 0..{workers})"
+            ),
+            Error::WorkerNotActive { worker, state } => {
+                write!(f, "{worker} has {state} and can no longer advance or wait")
+            }
+            Error::Timeout(t) => t.fmt(f),
+            Error::OutOfMemory { bytes } => {
+                write!(f, "could not allocate {bytes} bytes for the table; shrink its key range or width")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<GateTimeout> for Error {
+    fn from(t: GateTimeout) -> Self {
+        Error::Timeout(Box::new(t))
+    }
+}
+
+/// Shorthand for an [`Error::InvalidConfig`].
+pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
+    Error::InvalidConfig { what, reason: reason.into() }
+}

@@ -1,0 +1,72 @@
+//! The one place that chooses between `std` and `loom` primitives.
+//!
+//! Every concurrent structure in the crate imports its atomics, locks and
+//! spin hints from here, so building with `RUSTFLAGS="--cfg laggard_loom"`
+//! swaps all of them for loom's model-checked versions at once.
+
+#[cfg(not(laggard_loom))]
+pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+#[cfg(not(laggard_loom))]
+pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
+
+#[cfg(laggard_loom)]
+pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+#[cfg(laggard_loom)]
+pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
+
+/// Exponential backoff for the short spin-waits in this crate: a few rounds
+/// of `spin_loop` hints, then yielding the time slice so a waiting thread
+/// never burns a core while the thread it waits for is descheduled.
+pub(crate) struct Backoff {
+    step: u32,
+}
+
+impl Backoff {
+    /// After this many doublings the backoff yields instead of spinning.
+    const SPIN_LIMIT: u32 = 6;
+
+    pub(crate) fn new() -> Self {
+        Backoff { step: 0 }
+    }
+
+    /// Waits a little longer than the previous call did.
+    #[inline]
+    pub(crate) fn snooze(&mut self) {
+        #[cfg(laggard_loom)]
+        {
+            // Under loom every spin is a scheduling point; one is enough.
+            loom::thread::yield_now();
+        }
+        #[cfg(not(laggard_loom))]
+        {
+            if self.step <= Self::SPIN_LIMIT {
+                for _ in 0..(1u32 << self.step) {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        self.step = self.step.saturating_add(1);
+    }
+
+    /// True once the backoff has stopped spinning and started yielding:
+    /// the point where a waiter should consider parking.
+    pub(crate) fn is_completed(&self) -> bool {
+        self.step > Self::SPIN_LIMIT
+    }
+}
+
+/// Pads and aligns a value to 128 bytes (two cache lines, because x86_64
+/// prefetches adjacent lines in pairs), so that an independently written hot
+/// atomic does not share a line with its neighbours.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(pub(crate) T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}

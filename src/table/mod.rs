@@ -1,0 +1,394 @@
+//! The sharded parameter table.
+//!
+//! A [`Table`] holds rows of a fixed width keyed by `u64`, split into shards
+//! by a [`ShardMap`]. Dense tables preallocate every key of a range (model
+//! weights); sparse tables create rows on first push (embeddings over huge
+//! key spaces). Any number of threads may push and pull at once: pushes to
+//! one row are serialized by the row's sequence lock, and pulls copy rows
+//! optimistically without writing shared memory.
+
+mod dense;
+mod init;
+mod placement;
+mod row;
+mod sparse;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+pub use init::Init;
+pub use placement::{Placement, ShardMap};
+
+use crate::clock::Consistency;
+use crate::element::Element;
+use crate::error::{Error, Result, invalid};
+use crate::update::{Sum, Update};
+use dense::DenseShard;
+use row::RowRef;
+use sparse::SparseShard;
+
+/// Dense or sparse storage, with what each needs.
+#[derive(Debug, Clone, PartialEq)]
+enum Kind {
+    Dense { keys: Range<u64> },
+    Sparse { capacity: usize },
+}
+
+/// The description of a table: storage kind, row width, update rule,
+/// sharding, initial values and consistency model. Build a [`Table`] from it
+/// with [`Table::new`]; everything is validated there.
+///
+/// ```
+/// use laggard::{Consistency, Init, Placement, Sgd, TableSpec};
+///
+/// let spec = TableSpec::<f32>::dense(0..1_000, 16)
+///     .update(Sgd::new(0.05))
+///     .shards(4)
+///     .placement(Placement::RoundRobin)
+///     .init(Init::Uniform { low: -0.1, high: 0.1, seed: 7 })
+///     .consistency(Consistency::Ssp { staleness: 3 });
+/// assert_eq!(spec.width(), 16);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TableSpec<T: Element> {
+    kind: Kind,
+    width: usize,
+    update: Arc<dyn Update<T>>,
+    shards: usize,
+    placement: Option<Placement>,
+    init: Init,
+    consistency: Consistency,
+}
+
+impl<T: Element> TableSpec<T> {
+    fn with_kind(kind: Kind, width: usize) -> Self {
+        TableSpec {
+            kind,
+            width,
+            update: Arc::new(Sum),
+            shards: 1,
+            placement: None,
+            init: Init::Zeros,
+            consistency: Consistency::Bsp,
+        }
+    }
+
+    /// A dense table with one row of `width` elements for every key in `keys`.
+    pub fn dense(keys: Range<u64>, width: usize) -> Self {
+        Self::with_kind(Kind::Dense { keys }, width)
+    }
+
+    /// A sparse table of `width`-element rows, created on first push, for
+    /// any `u64` key.
+    pub fn sparse(width: usize) -> Self {
+        Self::with_kind(Kind::Sparse { capacity: 0 }, width)
+    }
+
+    /// The update rule applied to pushes (default [`Sum`]).
+    pub fn update<U: Update<T>>(mut self, rule: U) -> Self {
+        self.update = Arc::new(rule);
+        self
+    }
+
+    /// The update rule, already shared.
+    pub fn update_shared(mut self, rule: Arc<dyn Update<T>>) -> Self {
+        self.update = rule;
+        self
+    }
+
+    /// Number of shards (default 1).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+
+    /// How keys map to shards (default: `Range` for dense, `Hash` for sparse).
+    pub fn placement(mut self, placement: Placement) -> Self {
+        self.placement = Some(placement);
+        self
+    }
+
+    /// Initial values of rows (default zeros).
+    pub fn init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+
+    /// The consistency model workers use with this table (default BSP).
+    pub fn consistency(mut self, consistency: Consistency) -> Self {
+        self.consistency = consistency;
+        self
+    }
+
+    /// For sparse tables: the number of rows expected, to size the trie's
+    /// root. Rows beyond it are fine; it only saves a level or two.
+    pub fn capacity_hint(mut self, rows: usize) -> Self {
+        if let Kind::Sparse { capacity } = &mut self.kind {
+            *capacity = rows;
+        }
+        self
+    }
+
+    /// Elements per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// True for a dense table.
+    pub fn is_dense(&self) -> bool {
+        matches!(self.kind, Kind::Dense { .. })
+    }
+
+    /// The consistency model.
+    pub fn consistency_model(&self) -> Consistency {
+        self.consistency
+    }
+
+    /// The update rule.
+    pub fn update_rule(&self) -> &Arc<dyn Update<T>> {
+        &self.update
+    }
+
+    /// The initial values.
+    pub fn initial_values(&self) -> Init {
+        self.init
+    }
+
+    /// The shard map this spec describes, or why it is invalid.
+    pub fn shard_map(&self) -> Result<ShardMap> {
+        match &self.kind {
+            Kind::Dense { keys } => {
+                if keys.is_empty() {
+                    return Err(invalid("dense key range", format!("{keys:?} is empty")));
+                }
+                let placement = self.placement.unwrap_or(Placement::Range);
+                if placement == Placement::Hash {
+                    return Err(invalid(
+                        "placement",
+                        "dense tables need Range or RoundRobin placement; Hash is for sparse tables",
+                    ));
+                }
+                ShardMap::new(placement, self.shards, keys.start..=keys.end - 1)
+            }
+            Kind::Sparse { .. } => {
+                ShardMap::new(self.placement.unwrap_or(Placement::Hash), self.shards, 0..=u64::MAX)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Storage<T: Element> {
+    Dense(Box<[DenseShard<T>]>),
+    Sparse(Box<[SparseShard<T>]>),
+}
+
+/// One row as seen by [`Table::visit_shard`]: its key, values and the
+/// update rule's state, copied consistently.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowSnapshot<'a, T> {
+    /// The row's key.
+    pub key: u64,
+    /// The row's values (`width` elements).
+    pub values: &'a [T],
+    /// The update rule's per-row state (`state_len` elements).
+    pub state: &'a [T],
+}
+
+/// A sharded table of rows, safe to push to and pull from on any number of
+/// threads at once.
+///
+/// ```
+/// use laggard::{Table, TableSpec};
+///
+/// let table = Table::new(TableSpec::<i64>::dense(0..100, 4).shards(2))?;
+/// table.push(7, &[1, 2, 3, 4])?;
+/// table.push_batch(&[7, 8], &[10, 10, 10, 10, 1, 1, 1, 1])?;
+/// let mut rows = [0; 8];
+/// table.pull_batch(&[7, 8], &mut rows)?;
+/// assert_eq!(rows, [11, 12, 13, 14, 1, 1, 1, 1]);
+/// assert!(table.push(100, &[0; 4]).is_err()); // outside 0..100
+/// # Ok::<(), laggard::Error>(())
+/// ```
+///
+/// # Progress guarantees
+/// - **pull** copies a row optimistically and retries if a push to that row
+///   overlapped the copy; after four such retries it takes the row's write
+///   lock, so it finishes even under a continuous stream of pushes. It
+///   never waits for pushes to other rows. A pull of a sparse row finds it
+///   wait-free (one load per trie level, at most 16 levels).
+/// - **push** holds the row's write lock while it applies the update rule
+///   to that one row (no allocation, no system calls under the lock). It
+///   spins, then yields, only while another push to the *same row* holds
+///   the lock. A push that creates a sparse row is lock-free: its CAS fails
+///   only when another insert into the same trie slot succeeded.
+/// - No operation takes a `Mutex` or `RwLock`.
+#[derive(Debug)]
+pub struct Table<T: Element> {
+    spec: TableSpec<T>,
+    map: ShardMap,
+    width: usize,
+    state_len: usize,
+    storage: Storage<T>,
+}
+
+impl<T: Element> Table<T> {
+    /// Builds a table, validating the spec and allocating dense rows.
+    pub fn new(spec: TableSpec<T>) -> Result<Self> {
+        let width = spec.width;
+        if width == 0 {
+            return Err(invalid("table width", "rows need at least one element"));
+        }
+        spec.update.validate()?;
+        spec.init.validate()?;
+        let map = spec.shard_map()?;
+        let state_len = spec.update.state_len(width);
+        let storage = match spec.kind {
+            Kind::Dense { .. } => {
+                let shards = (0..map.shards())
+                    .map(|shard| {
+                        let rows = usize::try_from(map.shard_len(shard))
+                            .map_err(|_| Error::OutOfMemory { bytes: usize::MAX })?;
+                        DenseShard::new(rows, width, state_len, &spec.init, |local| map.key_at(shard, local))
+                    })
+                    .collect::<Result<_>>()?;
+                Storage::Dense(shards)
+            }
+            Kind::Sparse { capacity } => Storage::Sparse(
+                (0..map.shards())
+                    .map(|_| SparseShard::new(capacity / map.shards(), width, state_len, spec.init))
+                    .collect(),
+            ),
+        };
+        Ok(Table { spec, map, width, state_len, storage })
+    }
+
+    /// Elements per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// State elements the update rule keeps per row.
+    pub fn state_len(&self) -> usize {
+        self.state_len
+    }
+
+    /// The spec the table was built from.
+    pub fn spec(&self) -> &TableSpec<T> {
+        &self.spec
+    }
+
+    /// Which shard owns which key.
+    pub fn shard_map(&self) -> &ShardMap {
+        &self.map
+    }
+
+    /// Number of rows that exist: every key for a dense table, the rows
+    /// pushed so far for a sparse one.
+    pub fn rows(&self) -> usize {
+        match &self.storage {
+            Storage::Dense(shards) => shards.iter().map(DenseShard::len).sum(),
+            Storage::Sparse(shards) => shards.iter().map(SparseShard::len).sum(),
+        }
+    }
+
+    /// `key`'s row, created first in a sparse table.
+    #[inline]
+    fn row_for_push(&self, key: u64) -> Result<RowRef<'_, T>> {
+        let shard = self.map.shard_of(key)?;
+        Ok(match &self.storage {
+            Storage::Dense(shards) => shards[shard].row(self.map.local_index(key) as usize),
+            Storage::Sparse(shards) => shards[shard].insert(key).row(),
+        })
+    }
+
+    /// `key`'s row, or `None` for a sparse row never pushed.
+    #[inline]
+    fn row_for_pull(&self, key: u64) -> Result<Option<RowRef<'_, T>>> {
+        let shard = self.map.shard_of(key)?;
+        Ok(match &self.storage {
+            Storage::Dense(shards) => Some(shards[shard].row(self.map.local_index(key) as usize)),
+            Storage::Sparse(shards) => shards[shard].find(key).map(|leaf| leaf.row()),
+        })
+    }
+
+    fn check_width(&self, got: usize) -> Result<()> {
+        if got == self.width { Ok(()) } else { Err(Error::WidthMismatch { expected: self.width, got }) }
+    }
+
+    fn check_batch(&self, keys: &[u64], values: usize) -> Result<()> {
+        if keys.len().checked_mul(self.width) != Some(values) {
+            return Err(Error::BatchShape { keys: keys.len(), width: self.width, values });
+        }
+        keys.iter().try_for_each(|&key| self.map.shard_of(key).map(drop))
+    }
+
+    /// Applies `delta` (`width` elements) to row `key` with the table's
+    /// update rule, creating the row first in a sparse table.
+    pub fn push(&self, key: u64, delta: &[T]) -> Result<()> {
+        self.check_width(delta.len())?;
+        self.row_for_push(key)?.apply(self.width, &*self.spec.update, delta);
+        Ok(())
+    }
+
+    /// Pushes one delta per key: `deltas` holds `keys.len() × width`
+    /// elements, row after row. Every key is checked before any is applied,
+    /// so an invalid batch changes nothing.
+    pub fn push_batch(&self, keys: &[u64], deltas: &[T]) -> Result<()> {
+        self.check_batch(keys, deltas.len())?;
+        for (&key, delta) in keys.iter().zip(deltas.chunks_exact(self.width)) {
+            self.row_for_push(key)?.apply(self.width, &*self.spec.update, delta);
+        }
+        Ok(())
+    }
+
+    /// Copies row `key` into `out` (`width` elements). A sparse row that was
+    /// never pushed reads as its initial values; it is not created.
+    pub fn pull(&self, key: u64, out: &mut [T]) -> Result<()> {
+        self.check_width(out.len())?;
+        self.pull_unchecked_width(key, out)
+    }
+
+    fn pull_unchecked_width(&self, key: u64, out: &mut [T]) -> Result<()> {
+        match self.row_for_pull(key)? {
+            Some(row) => row.read_values(out),
+            None => out.iter_mut().enumerate().for_each(|(i, o)| *o = self.spec.init.value(key, i)),
+        }
+        Ok(())
+    }
+
+    /// Copies one row per key into `out` (`keys.len() × width` elements).
+    /// Each row is consistent on its own; the batch is not one snapshot.
+    pub fn pull_batch(&self, keys: &[u64], out: &mut [T]) -> Result<()> {
+        self.check_batch(keys, out.len())?;
+        for (&key, out) in keys.iter().zip(out.chunks_exact_mut(self.width)) {
+            self.pull_unchecked_width(key, out)?;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with a consistent copy of every row of shard `shard`
+    /// (values and update state), e.g. to write a checkpoint. Dense rows
+    /// come in key order, sparse rows in no particular order; rows pushed
+    /// concurrently are seen before or after the push, never torn.
+    pub fn visit_shard(&self, shard: usize, mut f: impl FnMut(RowSnapshot<'_, T>)) -> Result<()> {
+        if shard >= self.map.shards() {
+            return Err(Error::ShardOutOfRange { shard, shards: self.map.shards() });
+        }
+        let mut buf = vec![T::ZERO; self.width + self.state_len];
+        let mut emit = |key: u64, row: RowRef<'_, T>| {
+            row.read_all(&mut buf);
+            let (values, state) = buf.split_at(self.width);
+            f(RowSnapshot { key, values, state });
+        };
+        match &self.storage {
+            Storage::Dense(shards) => {
+                for local in 0..shards[shard].len() {
+                    emit(self.map.key_at(shard, local as u64), shards[shard].row(local));
+                }
+            }
+            Storage::Sparse(shards) => shards[shard].for_each(|leaf| emit(leaf.key, leaf.row())),
+        }
+        Ok(())
+    }
+}
