@@ -1,0 +1,193 @@
+//! Loom models of every concurrent protocol in the core crate.
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg laggard_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --test loom`
+//!
+//! Every participant runs on a spawned thread and the model's main thread
+//! only sets up and checks: loom explores interleavings between spawned
+//! threads reliably, but can miss those between the main thread and a
+//! thread it spawned before that thread first runs.
+#![cfg(laggard_loom)]
+
+use std::time::{Duration, Instant};
+
+use laggard::{Consistency, StalenessGate, Table, TableSpec, WorkerId};
+use loom::sync::Arc;
+use loom::thread;
+
+fn far() -> Instant {
+    // loom's condition variable never times out; the deadline only has to
+    // be valid.
+    Instant::now() + Duration::from_secs(3600)
+}
+
+/// Runs `a` and `b` on two spawned threads and returns their results.
+fn both<A, B, RA, RB>(a: A, b: B) -> (RA, RB)
+where
+    A: FnOnce() -> RA + Send + 'static,
+    B: FnOnce() -> RB + Send + 'static,
+    RA: Send + 'static,
+    RB: Send + 'static,
+{
+    let a = thread::spawn(a);
+    let b = thread::spawn(b);
+    (a.join().unwrap(), b.join().unwrap())
+}
+
+fn pull(table: &Table<i64>, key: u64) -> [i64; 2] {
+    let mut row = [0; 2];
+    table.pull(key, &mut row).unwrap();
+    row
+}
+
+fn dense_row() -> Arc<Table<i64>> {
+    Arc::new(Table::new(TableSpec::<i64>::dense(0..1, 2)).unwrap())
+}
+
+/// Two writers push to the same dense row: both pushes are applied, once.
+#[test]
+fn concurrent_pushes_to_one_row_are_exactly_once() {
+    loom::model(|| {
+        let table = dense_row();
+        let (t1, t2) = (Arc::clone(&table), Arc::clone(&table));
+        both(move || t1.push(0, &[1, 10]).unwrap(), move || t2.push(0, &[2, 20]).unwrap());
+        assert_eq!(pull(&table, 0), [3, 30]);
+    });
+}
+
+/// A pull racing two pushes sees the row after 0, 1 or 2 of them, never a
+/// mix of elements from different states.
+#[test]
+fn pull_racing_push_never_sees_a_torn_row() {
+    loom::model(|| {
+        let table = dense_row();
+        let (w, r) = (Arc::clone(&table), Arc::clone(&table));
+        let ((), seen) = both(
+            move || {
+                w.push(0, &[1, 1]).unwrap();
+                w.push(0, &[1, 1]).unwrap();
+            },
+            move || pull(&r, 0),
+        );
+        assert!(seen[0] == seen[1] && (0..=2).contains(&seen[0]), "torn read {seen:?}");
+        assert_eq!(pull(&table, 0), [2, 2]);
+    });
+}
+
+/// Two threads create the same sparse row at once: one row, both pushes.
+#[test]
+fn sparse_insert_racing_insert_of_the_same_key() {
+    loom::model(|| {
+        let table = Arc::new(Table::new(TableSpec::<i64>::sparse(2)).unwrap());
+        let (t1, t2) = (Arc::clone(&table), Arc::clone(&table));
+        both(move || t1.push(42, &[1, 0]).unwrap(), move || t2.push(42, &[0, 1]).unwrap());
+        assert_eq!(table.rows(), 1);
+        assert_eq!(pull(&table, 42), [1, 1]);
+    });
+}
+
+/// Three keys whose hashes share the first trie level of a small sparse
+/// table (16 root slots, indexed by the top 4 bits of the hash).
+fn colliding_keys() -> (u64, u64, u64) {
+    // The same bijective mixer the table uses.
+    fn mix64(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let slot = |k: u64| mix64(k) >> 60;
+    let mut same = (1..).filter(|&k| slot(k) == slot(0));
+    (0, same.next().unwrap(), same.next().unwrap())
+}
+
+/// Different keys inserted into one trie slot at once (one thread may split
+/// the slot while the other fills it) are all kept, and a concurrent reader
+/// of one of them sees it absent or complete.
+#[test]
+fn sparse_inserts_of_colliding_keys_are_all_kept() {
+    let (a, b, c) = colliding_keys();
+    loom::model(move || {
+        let table = Arc::new(Table::new(TableSpec::<i64>::sparse(2)).unwrap());
+        table.push(a, &[1, 1]).unwrap();
+        let (t1, t2) = (Arc::clone(&table), Arc::clone(&table));
+        let ((), seen_b) = both(
+            move || t1.push(b, &[2, 2]).unwrap(),
+            move || {
+                t2.push(c, &[3, 3]).unwrap();
+                pull(&t2, b)
+            },
+        );
+        assert!(seen_b == [0, 0] || seen_b == [2, 2], "{seen_b:?}");
+        assert_eq!(table.rows(), 3);
+        assert_eq!((pull(&table, a), pull(&table, b), pull(&table, c)), ([1, 1], [2, 2], [3, 3]));
+    });
+}
+
+/// BSP: a worker that waits at clock 1 sees the other worker's clock-0 push
+/// once the wait returns, and is never left asleep (loom reports a deadlock
+/// if the wake-up is lost).
+#[test]
+fn gate_wait_advance_sees_the_push_and_never_loses_the_wakeup() {
+    loom::model(|| {
+        let gate = Arc::new(StalenessGate::new(2, Consistency::Bsp));
+        let table = dense_row();
+        let (g1, t1) = (Arc::clone(&gate), Arc::clone(&table));
+        let (g0, t0) = (Arc::clone(&gate), Arc::clone(&table));
+        let ((), seen) = both(
+            move || {
+                t1.push(0, &[1, 1]).unwrap();
+                g1.advance(WorkerId(1)).unwrap();
+            },
+            move || {
+                let clock = g0.advance(WorkerId(0)).unwrap();
+                g0.wait_to_read(WorkerId(0), clock, far()).unwrap();
+                pull(&t0, 0)
+            },
+        );
+        assert_eq!(seen, [1, 1], "admitted before the clock-0 push was visible");
+    });
+}
+
+/// A worker that leaves instead of advancing releases a waiting reader.
+#[test]
+fn gate_leave_releases_a_waiter() {
+    loom::model(|| {
+        let gate = Arc::new(StalenessGate::new(2, Consistency::Bsp));
+        let (g1, g0) = (Arc::clone(&gate), Arc::clone(&gate));
+        both(
+            move || g1.leave(WorkerId(1)).unwrap(),
+            move || {
+                let clock = g0.advance(WorkerId(0)).unwrap();
+                g0.wait_to_read(WorkerId(0), clock, far()).unwrap();
+            },
+        );
+    });
+}
+
+/// SSP(1): a worker at clock 2 is admitted only once the other worker
+/// finished clock 0, and then sees that clock's push (it may or may not
+/// see the clock-1 push).
+#[test]
+fn gate_never_admits_a_read_that_violates_the_bound() {
+    loom::model(|| {
+        let gate = Arc::new(StalenessGate::new(2, Consistency::Ssp { staleness: 1 }));
+        let table = dense_row();
+        let (g1, t1) = (Arc::clone(&gate), Arc::clone(&table));
+        let (g0, t0) = (Arc::clone(&gate), Arc::clone(&table));
+        let ((), seen) = both(
+            move || {
+                for _ in 0..2 {
+                    t1.push(0, &[1, 1]).unwrap();
+                    g1.advance(WorkerId(1)).unwrap();
+                }
+            },
+            move || {
+                g0.advance(WorkerId(0)).unwrap();
+                let clock = g0.advance(WorkerId(0)).unwrap();
+                g0.wait_to_read(WorkerId(0), clock, far()).unwrap();
+                pull(&t0, 0)
+            },
+        );
+        assert!(seen[0] >= 1, "read at clock 2 with s=1 missed the clock-0 update: {seen:?}");
+    });
+}
