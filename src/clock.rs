@@ -99,7 +99,9 @@ pub struct VectorClock {
 impl VectorClock {
     /// `workers` active workers, all at clock 0.
     pub fn new(workers: usize) -> Self {
-        VectorClock { entries: vec![(0, WorkerStatus::Active); workers] }
+        VectorClock {
+            entries: vec![(0, WorkerStatus::Active); workers],
+        }
     }
 
     /// Number of workers ever registered.
@@ -119,7 +121,11 @@ impl VectorClock {
 
     /// The smallest clock among active workers, `None` if none is active.
     pub fn min_active(&self) -> Option<u64> {
-        self.entries.iter().filter(|e| e.1 == WorkerStatus::Active).map(|e| e.0).min()
+        self.entries
+            .iter()
+            .filter(|e| e.1 == WorkerStatus::Active)
+            .map(|e| e.0)
+            .min()
     }
 
     /// Active workers whose clock is below `clock`, slowest first.
@@ -135,7 +141,10 @@ impl VectorClock {
 
     /// Every worker with its clock and status.
     pub fn iter(&self) -> impl Iterator<Item = (WorkerId, u64, WorkerStatus)> + '_ {
-        self.entries.iter().enumerate().map(|(i, &(c, s))| (WorkerId(i as u32), c, s))
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, &(c, s))| (WorkerId(i as u32), c, s))
     }
 }
 
@@ -255,9 +264,12 @@ impl StalenessGate {
         }
     }
 
-    fn entry<'a>(clocks: &'a mut VectorClock, worker: WorkerId) -> Result<&'a mut (u64, WorkerStatus)> {
+    fn entry(clocks: &mut VectorClock, worker: WorkerId) -> Result<&mut (u64, WorkerStatus)> {
         let workers = clocks.len();
-        clocks.entries.get_mut(worker.0 as usize).ok_or(Error::UnknownWorker { worker, workers })
+        clocks
+            .entries
+            .get_mut(worker.0 as usize)
+            .ok_or(Error::UnknownWorker { worker, workers })
     }
 
     /// Registers a new worker and returns its id. It starts at the slowest
@@ -265,7 +277,9 @@ impl StalenessGate {
     /// clock seen if no worker is active.
     pub fn join(&self) -> WorkerId {
         let mut clocks = self.lock();
-        let start = clocks.min_active().unwrap_or_else(|| clocks.entries.iter().map(|e| e.0).max().unwrap_or(0));
+        let start = clocks
+            .min_active()
+            .unwrap_or_else(|| clocks.entries.iter().map(|e| e.0).max().unwrap_or(0));
         let id = WorkerId(clocks.entries.len() as u32);
         clocks.entries.push((start, WorkerStatus::Active));
         self.publish(&clocks);
@@ -279,7 +293,10 @@ impl StalenessGate {
         let mut clocks = self.lock();
         let entry = Self::entry(&mut clocks, worker)?;
         if entry.1 != WorkerStatus::Active {
-            return Err(Error::WorkerNotActive { worker, state: entry.1.as_str() });
+            return Err(Error::WorkerNotActive {
+                worker,
+                state: entry.1.as_str(),
+            });
         }
         entry.0 += 1;
         let clock = entry.0;
@@ -346,7 +363,12 @@ impl StalenessGate {
         self.wait_min(clock, None, deadline)
     }
 
-    fn wait_min(&self, needed: u64, waiter: Option<(WorkerId, u64)>, deadline: Instant) -> Result<()> {
+    fn wait_min(
+        &self,
+        needed: u64,
+        waiter: Option<(WorkerId, u64)>,
+        deadline: Instant,
+    ) -> Result<()> {
         // SYNC POINT: Acquire pairs with the Release store in `publish`.
         let reached = || self.min_active.load(Ordering::Acquire) >= needed;
         if reached() {

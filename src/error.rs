@@ -86,7 +86,11 @@ impl fmt::Display for Error {
                 f,
                 "row width mismatch: the table's rows have {expected} elements but the slice has {got}"
             ),
-            Error::BatchShape { keys, width, values } => write!(
+            Error::BatchShape {
+                keys,
+                width,
+                values,
+            } => write!(
                 f,
                 "batch shape mismatch: {keys} keys of width {width} need {} values, but the buffer has {values}",
                 keys.saturating_mul(*width)
@@ -96,7 +100,10 @@ impl fmt::Display for Error {
                 "key {key} is outside the dense table's key range {first}..={last}"
             ),
             Error::ShardOutOfRange { shard, shards } => {
-                write!(f, "shard {shard} does not exist: the table has {shards} shards")
+                write!(
+                    f,
+                    "shard {shard} does not exist: the table has {shards} shards"
+                )
             }
             Error::UnknownWorker { worker, workers } => write!(
                 f,
@@ -107,7 +114,10 @@ impl fmt::Display for Error {
             }
             Error::Timeout(t) => t.fmt(f),
             Error::OutOfMemory { bytes } => {
-                write!(f, "could not allocate {bytes} bytes for the table; shrink its key range or width")
+                write!(
+                    f,
+                    "could not allocate {bytes} bytes for the table; shrink its key range or width"
+                )
             }
         }
     }
@@ -123,5 +133,8 @@ impl From<GateTimeout> for Error {
 
 /// Shorthand for an [`Error::InvalidConfig`].
 pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
-    Error::InvalidConfig { what, reason: reason.into() }
+    Error::InvalidConfig {
+        what,
+        reason: reason.into(),
+    }
 }

@@ -79,3 +79,8 @@ pub use error::{Error, Result};
 pub use schedule::Schedule;
 pub use table::{Init, Placement, RowSnapshot, ShardMap, Table, TableSpec};
 pub use update::{Adagrad, Adam, Assign, RowMut, Sgd, Sum, Update};
+
+/// The README's examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -35,17 +35,32 @@ impl Schedule {
     ///
     /// Returns an error unless `F` and `L` are positive and finite and
     /// `P >= 1`.
-    pub fn ssp_theorem(diameter: f64, lipschitz: f64, staleness: u64, workers: u64) -> Result<Self> {
+    pub fn ssp_theorem(
+        diameter: f64,
+        lipschitz: f64,
+        staleness: u64,
+        workers: u64,
+    ) -> Result<Self> {
         if !(diameter.is_finite() && diameter > 0.0) {
-            return Err(invalid("SSP schedule diameter F", format!("{diameter} must be positive and finite")));
+            return Err(invalid(
+                "SSP schedule diameter F",
+                format!("{diameter} must be positive and finite"),
+            ));
         }
         if !(lipschitz.is_finite() && lipschitz > 0.0) {
-            return Err(invalid("SSP schedule Lipschitz constant L", format!("{lipschitz} must be positive and finite")));
+            return Err(invalid(
+                "SSP schedule Lipschitz constant L",
+                format!("{lipschitz} must be positive and finite"),
+            ));
         }
         if workers == 0 {
-            return Err(invalid("SSP schedule worker count P", "at least one worker is needed"));
+            return Err(invalid(
+                "SSP schedule worker count P",
+                "at least one worker is needed",
+            ));
         }
-        let sigma = diameter / (lipschitz * (2.0 * (staleness as f64 + 1.0) * workers as f64).sqrt());
+        let sigma =
+            diameter / (lipschitz * (2.0 * (staleness as f64 + 1.0) * workers as f64).sqrt());
         Ok(Schedule::InverseSqrt { sigma })
     }
 
@@ -70,7 +85,10 @@ impl Schedule {
         if v.is_finite() && v > 0.0 {
             Ok(())
         } else {
-            Err(invalid(what, format!("learning rate {v} must be positive and finite")))
+            Err(invalid(
+                what,
+                format!("learning rate {v} must be positive and finite"),
+            ))
         }
     }
 }

@@ -10,7 +10,9 @@ pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize,
 pub(crate) use std::sync::{Condvar, Mutex, MutexGuard};
 
 #[cfg(laggard_loom)]
-pub(crate) use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+pub(crate) use loom::sync::atomic::{
+    AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
+};
 #[cfg(laggard_loom)]
 pub(crate) use loom::sync::{Condvar, Mutex, MutexGuard};
 

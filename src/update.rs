@@ -91,7 +91,11 @@ impl<'a, T: Element> RowMut<'a, T> {
     /// `other`. Panics if the lengths differ.
     #[inline]
     pub fn zip_update(&mut self, other: &[T], mut f: impl FnMut(T, T) -> T) {
-        assert_eq!(self.cells.len(), other.len(), "zip_update needs equal lengths");
+        assert_eq!(
+            self.cells.len(),
+            other.len(),
+            "zip_update needs equal lengths"
+        );
         for (c, &d) in self.cells.iter().zip(other) {
             T::store(c, f(T::load(c), d));
         }
@@ -187,7 +191,10 @@ impl Sgd {
 
     /// SGD whose rate follows `schedule`, indexed by the row's push count.
     pub fn with_schedule(schedule: Schedule) -> Self {
-        Sgd { lr: schedule, momentum: 0.0 }
+        Sgd {
+            lr: schedule,
+            momentum: 0.0,
+        }
     }
 
     /// Adds heavy-ball momentum `mu` (in `[0, 1)`).
@@ -205,7 +212,10 @@ impl<T: Float> Update<T> for Sgd {
     fn validate(&self) -> Result<()> {
         self.lr.validate("Sgd learning rate")?;
         if !(0.0..1.0).contains(&self.momentum) {
-            return Err(invalid("Sgd momentum", format!("{} must be in [0, 1)", self.momentum)));
+            return Err(invalid(
+                "Sgd momentum",
+                format!("{} must be in [0, 1)", self.momentum),
+            ));
         }
         Ok(())
     }
@@ -290,7 +300,12 @@ impl Adam {
     /// Adam with learning rate `lr` and the usual `beta1 = 0.9`,
     /// `beta2 = 0.999`, `eps = 1e-8`.
     pub fn new(lr: f64) -> Self {
-        Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+        Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
     }
 
     /// Sets the moment decay rates (each in `[0, 1)`).

@@ -59,12 +59,20 @@ fn timeout_names_the_waiter_the_need_and_who_is_behind() {
     }
     gate.advance(WorkerId(3)).unwrap();
     let err = gate.wait_to_read(WorkerId(0), 3, soon()).unwrap_err();
-    let Error::Timeout(t) = &err else { panic!("expected a timeout, got {err:?}") };
+    let Error::Timeout(t) = &err else {
+        panic!("expected a timeout, got {err:?}")
+    };
     assert_eq!(t.waiter, Some((WorkerId(0), 3)));
     assert_eq!(t.needed, 2);
     assert_eq!(t.behind, vec![(WorkerId(1), 0), (WorkerId(3), 1)]);
     let msg = err.to_string();
-    for needle in ["worker 0 at clock 3", "SSP(s=1)", "reach clock 2", "worker 1 at clock 0 (2 short)", "worker 3 at clock 1 (1 short)"] {
+    for needle in [
+        "worker 0 at clock 3",
+        "SSP(s=1)",
+        "reach clock 2",
+        "worker 1 at clock 0 (2 short)",
+        "worker 3 at clock 1 (1 short)",
+    ] {
         assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
     }
 }
@@ -77,10 +85,19 @@ fn leaving_or_dying_releases_the_others() {
     assert!(!gate.can_read(1));
     gate.declare_dead(WorkerId(2)).unwrap();
     assert!(gate.can_read(1));
-    assert_eq!(gate.advance(WorkerId(2)), Err(Error::WorkerNotActive { worker: WorkerId(2), state: "dead" }));
+    assert_eq!(
+        gate.advance(WorkerId(2)),
+        Err(Error::WorkerNotActive {
+            worker: WorkerId(2),
+            state: "dead"
+        })
+    );
     gate.leave(WorkerId(1)).unwrap();
     gate.leave(WorkerId(1)).unwrap();
-    assert_eq!(gate.snapshot().get(WorkerId(1)), Some((1, WorkerStatus::Left)));
+    assert_eq!(
+        gate.snapshot().get(WorkerId(1)),
+        Some((1, WorkerStatus::Left))
+    );
     for _ in 0..5 {
         gate.advance(WorkerId(0)).unwrap();
     }
@@ -92,7 +109,13 @@ fn leaving_or_dying_releases_the_others() {
 #[test]
 fn unknown_workers_are_errors() {
     let gate = StalenessGate::new(2, Consistency::Bsp);
-    assert_eq!(gate.advance(WorkerId(2)), Err(Error::UnknownWorker { worker: WorkerId(2), workers: 2 }));
+    assert_eq!(
+        gate.advance(WorkerId(2)),
+        Err(Error::UnknownWorker {
+            worker: WorkerId(2),
+            workers: 2
+        })
+    );
     assert!(gate.leave(WorkerId(9)).is_err());
 }
 
@@ -124,7 +147,9 @@ fn bsp_lockstep_across_threads_never_loses_a_wakeup() {
     const WORKERS: u32 = 4;
     const CLOCKS: u64 = 300;
     let gate = StalenessGate::new(WORKERS as usize, Consistency::Bsp);
-    let progress: Vec<_> = (0..WORKERS).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+    let progress: Vec<_> = (0..WORKERS)
+        .map(|_| std::sync::atomic::AtomicU64::new(0))
+        .collect();
     thread::scope(|s| {
         for w in 0..WORKERS {
             let (gate, progress) = (&gate, &progress);

@@ -50,7 +50,10 @@ fn concurrent_pushes_to_one_row_are_exactly_once() {
     loom::model(|| {
         let table = dense_row();
         let (t1, t2) = (Arc::clone(&table), Arc::clone(&table));
-        both(move || t1.push(0, &[1, 10]).unwrap(), move || t2.push(0, &[2, 20]).unwrap());
+        both(
+            move || t1.push(0, &[1, 10]).unwrap(),
+            move || t2.push(0, &[2, 20]).unwrap(),
+        );
         assert_eq!(pull(&table, 0), [3, 30]);
     });
 }
@@ -69,7 +72,10 @@ fn pull_racing_push_never_sees_a_torn_row() {
             },
             move || pull(&r, 0),
         );
-        assert!(seen[0] == seen[1] && (0..=2).contains(&seen[0]), "torn read {seen:?}");
+        assert!(
+            seen[0] == seen[1] && (0..=2).contains(&seen[0]),
+            "torn read {seen:?}"
+        );
         assert_eq!(pull(&table, 0), [2, 2]);
     });
 }
@@ -80,7 +86,10 @@ fn sparse_insert_racing_insert_of_the_same_key() {
     loom::model(|| {
         let table = Arc::new(Table::new(TableSpec::<i64>::sparse(2)).unwrap());
         let (t1, t2) = (Arc::clone(&table), Arc::clone(&table));
-        both(move || t1.push(42, &[1, 0]).unwrap(), move || t2.push(42, &[0, 1]).unwrap());
+        both(
+            move || t1.push(42, &[1, 0]).unwrap(),
+            move || t2.push(42, &[0, 1]).unwrap(),
+        );
         assert_eq!(table.rows(), 1);
         assert_eq!(pull(&table, 42), [1, 1]);
     });
@@ -119,7 +128,10 @@ fn sparse_inserts_of_colliding_keys_are_all_kept() {
         );
         assert!(seen_b == [0, 0] || seen_b == [2, 2], "{seen_b:?}");
         assert_eq!(table.rows(), 3);
-        assert_eq!((pull(&table, a), pull(&table, b), pull(&table, c)), ([1, 1], [2, 2], [3, 3]));
+        assert_eq!(
+            (pull(&table, a), pull(&table, b), pull(&table, c)),
+            ([1, 1], [2, 2], [3, 3])
+        );
     });
 }
 
@@ -188,6 +200,9 @@ fn gate_never_admits_a_read_that_violates_the_bound() {
                 pull(&t0, 0)
             },
         );
-        assert!(seen[0] >= 1, "read at clock 2 with s=1 missed the clock-0 update: {seen:?}");
+        assert!(
+            seen[0] >= 1,
+            "read at clock 2 with s=1 missed the clock-0 update: {seen:?}"
+        );
     });
 }

@@ -55,13 +55,23 @@ impl Model {
         row.iter_mut().zip(delta).for_each(|(x, d)| *x += d);
     }
     fn get(&self, key: u64) -> Vec<i64> {
-        self.rows.get(&key).cloned().unwrap_or_else(|| vec![0; WIDTH])
+        self.rows
+            .get(&key)
+            .cloned()
+            .unwrap_or_else(|| vec![0; WIDTH])
     }
 }
 
-fn check(spec: TableSpec<i64>, dense: Option<std::ops::Range<u64>>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+fn check(
+    spec: TableSpec<i64>,
+    dense: Option<std::ops::Range<u64>>,
+    ops: Vec<Op>,
+) -> Result<(), TestCaseError> {
     let table = Table::new(spec).unwrap();
-    let mut model = Model { rows: HashMap::new(), dense };
+    let mut model = Model {
+        rows: HashMap::new(),
+        dense,
+    };
     for op in ops {
         match op {
             Op::Push(k, d) => {
@@ -102,9 +112,11 @@ fn check(spec: TableSpec<i64>, dense: Option<std::ops::Range<u64>>, ops: Vec<Op>
     // Every row the model has is in the table, found by visiting the shards.
     let mut visited = HashMap::new();
     for shard in 0..table.shard_map().shards() {
-        table.visit_shard(shard, |r| {
-            visited.insert(r.key, r.values.to_vec());
-        }).unwrap();
+        table
+            .visit_shard(shard, |r| {
+                visited.insert(r.key, r.values.to_vec());
+            })
+            .unwrap();
     }
     for (k, row) in &model.rows {
         prop_assert_eq!(visited.get(k), Some(row));

@@ -5,21 +5,31 @@ use std::sync::Arc;
 use std::thread;
 
 use laggard::{
-    Adagrad, Adam, Assign, Error, Init, Placement, RowMut, Schedule, Sgd, Sum, Table, TableSpec, Update,
+    Adagrad, Adam, Assign, Error, Init, Placement, RowMut, Schedule, Sgd, Sum, Table, TableSpec,
+    Update,
 };
 
 #[test]
 fn dense_push_pull_round_trip_across_placements() {
     for placement in [Placement::Range, Placement::RoundRobin] {
         for shards in [1, 3, 8] {
-            let t = Table::new(TableSpec::<i64>::dense(100..150, 3).shards(shards).placement(placement)).unwrap();
+            let t = Table::new(
+                TableSpec::<i64>::dense(100..150, 3)
+                    .shards(shards)
+                    .placement(placement),
+            )
+            .unwrap();
             for key in 100..150u64 {
                 t.push(key, &[key as i64, 1, -(key as i64)]).unwrap();
             }
             let mut row = [0i64; 3];
             for key in 100..150u64 {
                 t.pull(key, &mut row).unwrap();
-                assert_eq!(row, [key as i64, 1, -(key as i64)], "{placement:?}, {shards} shards");
+                assert_eq!(
+                    row,
+                    [key as i64, 1, -(key as i64)],
+                    "{placement:?}, {shards} shards"
+                );
             }
             assert_eq!(t.rows(), 50);
         }
@@ -29,19 +39,48 @@ fn dense_push_pull_round_trip_across_placements() {
 #[test]
 fn bad_input_is_an_error_and_changes_nothing() {
     let t = Table::new(TableSpec::<f32>::dense(0..10, 4)).unwrap();
-    assert_eq!(t.push(0, &[1.0; 3]), Err(Error::WidthMismatch { expected: 4, got: 3 }));
-    assert_eq!(t.pull(0, &mut [0.0; 5]), Err(Error::WidthMismatch { expected: 4, got: 5 }));
-    assert_eq!(t.push(10, &[1.0; 4]), Err(Error::KeyOutOfRange { key: 10, first: 0, last: 9 }));
+    assert_eq!(
+        t.push(0, &[1.0; 3]),
+        Err(Error::WidthMismatch {
+            expected: 4,
+            got: 3
+        })
+    );
+    assert_eq!(
+        t.pull(0, &mut [0.0; 5]),
+        Err(Error::WidthMismatch {
+            expected: 4,
+            got: 5
+        })
+    );
+    assert_eq!(
+        t.push(10, &[1.0; 4]),
+        Err(Error::KeyOutOfRange {
+            key: 10,
+            first: 0,
+            last: 9
+        })
+    );
     assert_eq!(
         t.push_batch(&[1, 2], &[1.0; 7]),
-        Err(Error::BatchShape { keys: 2, width: 4, values: 7 })
+        Err(Error::BatchShape {
+            keys: 2,
+            width: 4,
+            values: 7
+        })
     );
     // One bad key in a batch: nothing is applied.
     assert!(t.push_batch(&[1, 99], &[1.0; 8]).is_err());
     let mut row = [9.0f32; 4];
     t.pull(1, &mut row).unwrap();
     assert_eq!(row, [0.0; 4]);
-    assert_eq!(t.visit_shard(1, |_| {}), Err(Error::ShardOutOfRange { shard: 1, shards: 1 }));
+    assert_eq!(
+        t.visit_shard(1, |_| {}),
+        Err(Error::ShardOutOfRange {
+            shard: 1,
+            shards: 1
+        })
+    );
     let msg = t.push(10, &[1.0; 4]).unwrap_err().to_string();
     assert!(msg.contains("key 10") && msg.contains("0..=9"), "{msg}");
 }
@@ -51,13 +90,35 @@ fn invalid_specs_are_errors() {
     let cases: Vec<(TableSpec<f32>, &str)> = vec![
         (TableSpec::dense(0..10, 0), "width"),
         (TableSpec::dense(5..5, 2), "key range"),
-        (TableSpec::dense(0..10, 2).placement(Placement::Hash), "placement"),
+        (
+            TableSpec::dense(0..10, 2).placement(Placement::Hash),
+            "placement",
+        ),
         (TableSpec::dense(0..10, 2).shards(0), "shard count"),
-        (TableSpec::dense(0..10, 2).update(Sgd::new(-1.0)), "learning rate"),
-        (TableSpec::dense(0..10, 2).update(Sgd::new(0.1).momentum(1.0)), "momentum"),
-        (TableSpec::dense(0..10, 2).update(Adam::new(0.1).betas(0.9, 1.5)), "beta2"),
-        (TableSpec::dense(0..10, 2).update(Adagrad::new(f64::NAN)), "learning rate"),
-        (TableSpec::dense(0..10, 2).init(Init::Uniform { low: 1.0, high: 0.0, seed: 0 }), "initializer"),
+        (
+            TableSpec::dense(0..10, 2).update(Sgd::new(-1.0)),
+            "learning rate",
+        ),
+        (
+            TableSpec::dense(0..10, 2).update(Sgd::new(0.1).momentum(1.0)),
+            "momentum",
+        ),
+        (
+            TableSpec::dense(0..10, 2).update(Adam::new(0.1).betas(0.9, 1.5)),
+            "beta2",
+        ),
+        (
+            TableSpec::dense(0..10, 2).update(Adagrad::new(f64::NAN)),
+            "learning rate",
+        ),
+        (
+            TableSpec::dense(0..10, 2).init(Init::Uniform {
+                low: 1.0,
+                high: 0.0,
+                seed: 0,
+            }),
+            "initializer",
+        ),
         (TableSpec::dense(0..u64::MAX, 1 << 20), "allocate"),
     ];
     for (spec, needle) in cases {
@@ -68,7 +129,11 @@ fn invalid_specs_are_errors() {
 
 #[test]
 fn sparse_rows_are_created_on_first_push() {
-    let init = Init::Uniform { low: -1.0, high: 1.0, seed: 42 };
+    let init = Init::Uniform {
+        low: -1.0,
+        high: 1.0,
+        seed: 42,
+    };
     let t = Table::new(TableSpec::<f64>::sparse(2).shards(4).init(init)).unwrap();
     let mut before = [0.0; 2];
     t.pull(u64::MAX, &mut before).unwrap();
@@ -77,14 +142,20 @@ fn sparse_rows_are_created_on_first_push() {
     t.push(u64::MAX, &[0.5, 0.5]).unwrap();
     let mut after = [0.0; 2];
     t.pull(u64::MAX, &mut after).unwrap();
-    assert_eq!(after, [before[0] + 0.5, before[1] + 0.5], "the row starts from its initial values");
+    assert_eq!(
+        after,
+        [before[0] + 0.5, before[1] + 0.5],
+        "the row starts from its initial values"
+    );
     assert_eq!(t.rows(), 1);
 }
 
 #[test]
 fn sparse_table_holds_many_keys_that_share_trie_prefixes() {
     let t = Table::new(TableSpec::<u64>::sparse(1).shards(3)).unwrap();
-    let keys: Vec<u64> = (0..20_000u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+    let keys: Vec<u64> = (0..20_000u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
     for &k in &keys {
         t.push(k, &[k]).unwrap();
     }
@@ -108,20 +179,37 @@ fn sparse_table_holds_many_keys_that_share_trie_prefixes() {
 
 #[test]
 fn visit_shard_reports_values_and_update_state() {
-    let t = Table::new(TableSpec::<f64>::dense(0..4, 2).shards(2).update(Adagrad::new(0.1))).unwrap();
+    let t = Table::new(
+        TableSpec::<f64>::dense(0..4, 2)
+            .shards(2)
+            .update(Adagrad::new(0.1)),
+    )
+    .unwrap();
     t.push(3, &[2.0, 0.0]).unwrap();
     let mut rows = Vec::new();
-    t.visit_shard(1, |r| rows.push((r.key, r.values.to_vec(), r.state.to_vec()))).unwrap();
+    t.visit_shard(1, |r| {
+        rows.push((r.key, r.values.to_vec(), r.state.to_vec()))
+    })
+    .unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0], (2, vec![0.0, 0.0], vec![0.0, 0.0]));
     assert_eq!(rows[1].0, 3);
-    assert_eq!(rows[1].2, vec![4.0, 0.0], "Adagrad's accumulator lives beside the row");
+    assert_eq!(
+        rows[1].2,
+        vec![4.0, 0.0],
+        "Adagrad's accumulator lives beside the row"
+    );
 }
 
 #[test]
 fn update_rules_match_their_formulas() {
     fn run<U: Update<f64>>(rule: U, grads: &[[f64; 2]]) -> [f64; 2] {
-        let t = Table::new(TableSpec::<f64>::dense(0..1, 2).update(rule).init(Init::Constant(1.0))).unwrap();
+        let t = Table::new(
+            TableSpec::<f64>::dense(0..1, 2)
+                .update(rule)
+                .init(Init::Constant(1.0)),
+        )
+        .unwrap();
         for g in grads {
             t.push(0, g).unwrap();
         }
@@ -153,7 +241,13 @@ fn update_rules_match_their_formulas() {
             x[i] -= g[i] / ((t + 1) as f64).sqrt();
         }
     }
-    assert!(close(run(Sgd::with_schedule(Schedule::InverseSqrt { sigma: 1.0 }), &grads), x));
+    assert!(close(
+        run(
+            Sgd::with_schedule(Schedule::InverseSqrt { sigma: 1.0 }),
+            &grads
+        ),
+        x
+    ));
 
     let (mut x, mut a) = ([1.0f64; 2], [0.0f64; 2]);
     for g in &grads {
@@ -170,7 +264,10 @@ fn update_rules_match_their_formulas() {
         for i in 0..2 {
             m[i] = 0.9 * m[i] + 0.1 * g[i];
             v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
-            let (mh, vh) = (m[i] / (1.0 - 0.9f64.powi(t)), v[i] / (1.0 - 0.999f64.powi(t)));
+            let (mh, vh) = (
+                m[i] / (1.0 - 0.9f64.powi(t)),
+                v[i] / (1.0 - 0.999f64.powi(t)),
+            );
             x[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
         }
     }
@@ -189,7 +286,8 @@ impl Update<i64> for PanicsOnNegative {
 
 #[test]
 fn a_panicking_update_rule_releases_the_row() {
-    let t = Arc::new(Table::new(TableSpec::<i64>::dense(0..1, 1).update(PanicsOnNegative)).unwrap());
+    let t =
+        Arc::new(Table::new(TableSpec::<i64>::dense(0..1, 1).update(PanicsOnNegative)).unwrap());
     let t2 = Arc::clone(&t);
     assert!(thread::spawn(move || t2.push(0, &[-1])).join().is_err());
     // The row is not left locked: another push and a pull complete.

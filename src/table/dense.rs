@@ -25,21 +25,31 @@ impl<T: Element> DenseShard<T> {
         key_of: impl Fn(u64) -> u64,
     ) -> Result<Self> {
         let stride = width + state_len;
-        let total = rows.checked_mul(stride).ok_or(Error::OutOfMemory { bytes: usize::MAX })?;
+        let total = rows
+            .checked_mul(stride)
+            .ok_or(Error::OutOfMemory { bytes: usize::MAX })?;
         let bytes = total.saturating_mul(std::mem::size_of::<T::Cell>());
         let mut cells = Vec::new();
-        cells.try_reserve_exact(total).map_err(|_| Error::OutOfMemory { bytes })?;
+        cells
+            .try_reserve_exact(total)
+            .map_err(|_| Error::OutOfMemory { bytes })?;
         let mut locks = Vec::new();
         locks
             .try_reserve_exact(rows)
-            .map_err(|_| Error::OutOfMemory { bytes: rows.saturating_mul(8) })?;
+            .map_err(|_| Error::OutOfMemory {
+                bytes: rows.saturating_mul(8),
+            })?;
         for row in 0..rows {
             let key = key_of(row as u64);
             cells.extend((0..width).map(|i| T::new_cell(init.value(key, i))));
             cells.extend((0..state_len).map(|_| T::new_cell(T::ZERO)));
             locks.push(SeqLock::new());
         }
-        Ok(DenseShard { locks: locks.into(), cells: cells.into(), stride })
+        Ok(DenseShard {
+            locks: locks.into(),
+            cells: cells.into(),
+            stride,
+        })
     }
 
     /// Number of rows.
@@ -51,6 +61,9 @@ impl<T: Element> DenseShard<T> {
     #[inline]
     pub(crate) fn row(&self, local: usize) -> RowRef<'_, T> {
         let start = local * self.stride;
-        RowRef { lock: &self.locks[local], cells: &self.cells[start..start + self.stride] }
+        RowRef {
+            lock: &self.locks[local],
+            cells: &self.cells[start..start + self.stride],
+        }
     }
 }

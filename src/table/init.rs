@@ -47,8 +47,15 @@ impl Init {
         match *self {
             Init::Zeros => Ok(()),
             Init::Constant(v) if v.is_finite() => Ok(()),
-            Init::Uniform { low, high, .. } if low.is_finite() && high.is_finite() && low < high => Ok(()),
-            other => Err(invalid("table initializer", format!("{other:?} needs finite values with low < high"))),
+            Init::Uniform { low, high, .. }
+                if low.is_finite() && high.is_finite() && low < high =>
+            {
+                Ok(())
+            }
+            other => Err(invalid(
+                "table initializer",
+                format!("{other:?} needs finite values with low < high"),
+            )),
         }
     }
 }

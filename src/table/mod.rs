@@ -170,9 +170,11 @@ impl<T: Element> TableSpec<T> {
                 }
                 ShardMap::new(placement, self.shards, keys.start..=keys.end - 1)
             }
-            Kind::Sparse { .. } => {
-                ShardMap::new(self.placement.unwrap_or(Placement::Hash), self.shards, 0..=u64::MAX)
-            }
+            Kind::Sparse { .. } => ShardMap::new(
+                self.placement.unwrap_or(Placement::Hash),
+                self.shards,
+                0..=u64::MAX,
+            ),
         }
     }
 }
@@ -249,7 +251,9 @@ impl<T: Element> Table<T> {
                     .map(|shard| {
                         let rows = usize::try_from(map.shard_len(shard))
                             .map_err(|_| Error::OutOfMemory { bytes: usize::MAX })?;
-                        DenseShard::new(rows, width, state_len, &spec.init, |local| map.key_at(shard, local))
+                        DenseShard::new(rows, width, state_len, &spec.init, |local| {
+                            map.key_at(shard, local)
+                        })
                     })
                     .collect::<Result<_>>()?;
                 Storage::Dense(shards)
@@ -260,7 +264,13 @@ impl<T: Element> Table<T> {
                     .collect(),
             ),
         };
-        Ok(Table { spec, map, width, state_len, storage })
+        Ok(Table {
+            spec,
+            map,
+            width,
+            state_len,
+            storage,
+        })
     }
 
     /// Elements per row.
@@ -295,39 +305,58 @@ impl<T: Element> Table<T> {
     /// `key`'s row, created first in a sparse table.
     #[inline]
     fn row_for_push(&self, key: u64) -> Result<RowRef<'_, T>> {
-        let shard = self.map.shard_of(key)?;
         Ok(match &self.storage {
-            Storage::Dense(shards) => shards[shard].row(self.map.local_index(key) as usize),
-            Storage::Sparse(shards) => shards[shard].insert(key).row(),
+            Storage::Dense(shards) => {
+                let (shard, local) = self.map.locate(key)?;
+                shards[shard].row(local as usize)
+            }
+            Storage::Sparse(shards) => shards[self.map.shard_of(key)?].insert(key).row(),
         })
     }
 
     /// `key`'s row, or `None` for a sparse row never pushed.
     #[inline]
     fn row_for_pull(&self, key: u64) -> Result<Option<RowRef<'_, T>>> {
-        let shard = self.map.shard_of(key)?;
         Ok(match &self.storage {
-            Storage::Dense(shards) => Some(shards[shard].row(self.map.local_index(key) as usize)),
-            Storage::Sparse(shards) => shards[shard].find(key).map(|leaf| leaf.row()),
+            Storage::Dense(shards) => {
+                let (shard, local) = self.map.locate(key)?;
+                Some(shards[shard].row(local as usize))
+            }
+            Storage::Sparse(shards) => shards[self.map.shard_of(key)?]
+                .find(key)
+                .map(|leaf| leaf.row()),
         })
     }
 
     fn check_width(&self, got: usize) -> Result<()> {
-        if got == self.width { Ok(()) } else { Err(Error::WidthMismatch { expected: self.width, got }) }
+        if got == self.width {
+            Ok(())
+        } else {
+            Err(Error::WidthMismatch {
+                expected: self.width,
+                got,
+            })
+        }
     }
 
     fn check_batch(&self, keys: &[u64], values: usize) -> Result<()> {
         if keys.len().checked_mul(self.width) != Some(values) {
-            return Err(Error::BatchShape { keys: keys.len(), width: self.width, values });
+            return Err(Error::BatchShape {
+                keys: keys.len(),
+                width: self.width,
+                values,
+            });
         }
-        keys.iter().try_for_each(|&key| self.map.shard_of(key).map(drop))
+        keys.iter()
+            .try_for_each(|&key| self.map.shard_of(key).map(drop))
     }
 
     /// Applies `delta` (`width` elements) to row `key` with the table's
     /// update rule, creating the row first in a sparse table.
     pub fn push(&self, key: u64, delta: &[T]) -> Result<()> {
         self.check_width(delta.len())?;
-        self.row_for_push(key)?.apply(self.width, &*self.spec.update, delta);
+        self.row_for_push(key)?
+            .apply(self.width, &*self.spec.update, delta);
         Ok(())
     }
 
@@ -337,7 +366,8 @@ impl<T: Element> Table<T> {
     pub fn push_batch(&self, keys: &[u64], deltas: &[T]) -> Result<()> {
         self.check_batch(keys, deltas.len())?;
         for (&key, delta) in keys.iter().zip(deltas.chunks_exact(self.width)) {
-            self.row_for_push(key)?.apply(self.width, &*self.spec.update, delta);
+            self.row_for_push(key)?
+                .apply(self.width, &*self.spec.update, delta);
         }
         Ok(())
     }
@@ -352,7 +382,10 @@ impl<T: Element> Table<T> {
     fn pull_unchecked_width(&self, key: u64, out: &mut [T]) -> Result<()> {
         match self.row_for_pull(key)? {
             Some(row) => row.read_values(out),
-            None => out.iter_mut().enumerate().for_each(|(i, o)| *o = self.spec.init.value(key, i)),
+            None => out
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, o)| *o = self.spec.init.value(key, i)),
         }
         Ok(())
     }
@@ -373,7 +406,10 @@ impl<T: Element> Table<T> {
     /// concurrently are seen before or after the push, never torn.
     pub fn visit_shard(&self, shard: usize, mut f: impl FnMut(RowSnapshot<'_, T>)) -> Result<()> {
         if shard >= self.map.shards() {
-            return Err(Error::ShardOutOfRange { shard, shards: self.map.shards() });
+            return Err(Error::ShardOutOfRange {
+                shard,
+                shards: self.map.shards(),
+            });
         }
         let mut buf = vec![T::ZERO; self.width + self.state_len];
         let mut emit = |key: u64, row: RowRef<'_, T>| {
@@ -384,7 +420,10 @@ impl<T: Element> Table<T> {
         match &self.storage {
             Storage::Dense(shards) => {
                 for local in 0..shards[shard].len() {
-                    emit(self.map.key_at(shard, local as u64), shards[shard].row(local));
+                    emit(
+                        self.map.key_at(shard, local as u64),
+                        shards[shard].row(local),
+                    );
                 }
             }
             Storage::Sparse(shards) => shards[shard].for_each(|leaf| emit(leaf.key, leaf.row())),

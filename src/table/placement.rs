@@ -58,7 +58,13 @@ impl ShardMap {
         }
         let span = u128::from(last - first) + 1;
         let chunk = span.div_ceil(shards as u128);
-        Ok(ShardMap { placement, shards, first, last, chunk })
+        Ok(ShardMap {
+            placement,
+            shards,
+            first,
+            last,
+            chunk,
+        })
     }
 
     /// The placement rule.
@@ -80,7 +86,11 @@ impl ShardMap {
     #[inline]
     pub fn shard_of(&self, key: u64) -> Result<usize> {
         if key < self.first || key > self.last {
-            return Err(Error::KeyOutOfRange { key, first: self.first, last: self.last });
+            return Err(Error::KeyOutOfRange {
+                key,
+                first: self.first,
+                last: self.last,
+            });
         }
         let offset = key - self.first;
         Ok(match self.placement {
@@ -90,16 +100,32 @@ impl ShardMap {
         })
     }
 
-    /// The row index of `key` inside shard `shard_of(key)`, for `Range` and
-    /// `RoundRobin` placement. `key` must be inside the map.
+    /// The shard that owns `key` and the row index of `key` inside it, for
+    /// `Range` and `RoundRobin` placement (dense tables), in 64-bit
+    /// arithmetic: this is on every dense push and pull.
     #[inline]
-    pub(crate) fn local_index(&self, key: u64) -> u64 {
-        let offset = key - self.first;
-        match self.placement {
-            Placement::Range => (u128::from(offset) % self.chunk) as u64,
-            Placement::RoundRobin => offset / self.shards as u64,
-            Placement::Hash => unreachable!("dense tables reject Hash placement when built"),
+    pub(crate) fn locate(&self, key: u64) -> Result<(usize, u64)> {
+        if key < self.first || key > self.last {
+            return Err(Error::KeyOutOfRange {
+                key,
+                first: self.first,
+                last: self.last,
+            });
         }
+        let offset = key - self.first;
+        if self.shards == 1 {
+            return Ok((0, offset));
+        }
+        // With two or more shards the chunk is at most 2^63, so it fits.
+        let n = self.shards as u64;
+        Ok(match self.placement {
+            Placement::Range => {
+                let chunk = self.chunk as u64;
+                ((offset / chunk) as usize, offset % chunk)
+            }
+            Placement::RoundRobin => ((offset % n) as usize, offset / n),
+            Placement::Hash => unreachable!("dense tables reject Hash placement when built"),
+        })
     }
 
     /// How many keys shard `shard` owns, for `Range` and `RoundRobin`.
@@ -141,14 +167,18 @@ mod tests {
         let mut seen = vec![Vec::new(); shards];
         for key in keys {
             let shard = map.shard_of(key).unwrap();
-            let local = map.local_index(key);
+            let (located, local) = map.locate(key).unwrap();
+            assert_eq!(located, shard);
             assert_eq!(map.key_at(shard, local), key);
             seen[shard].push(local);
         }
         for (shard, locals) in seen.iter().enumerate() {
             assert_eq!(locals.len() as u128, map.shard_len(shard));
             let expected: Vec<u64> = (0..locals.len() as u64).collect();
-            assert_eq!(locals, &expected, "rows of shard {shard} are dense and in order");
+            assert_eq!(
+                locals, &expected,
+                "rows of shard {shard} are dense and in order"
+            );
         }
     }
 

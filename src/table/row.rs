@@ -33,7 +33,9 @@ pub(crate) struct WriteGuard<'a> {
 
 impl SeqLock {
     pub(crate) fn new() -> Self {
-        SeqLock { seq: AtomicU64::new(0) }
+        SeqLock {
+            seq: AtomicU64::new(0),
+        }
     }
 
     /// Takes the row for writing, spinning (then yielding) while another
@@ -56,7 +58,10 @@ impl SeqLock {
                 // Acquire fence in `read`: a reader that saw any of those
                 // stores then sees an odd or newer sequence and retries.
                 fence(Ordering::Release);
-                return WriteGuard { lock: self, odd: seq + 1 };
+                return WriteGuard {
+                    lock: self,
+                    odd: seq + 1,
+                };
             }
             backoff.snooze();
         }

@@ -40,7 +40,10 @@ pub(crate) struct Leaf<T: Element> {
 
 impl<T: Element> Leaf<T> {
     pub(crate) fn row(&self) -> RowRef<'_, T> {
-        RowRef { lock: &self.lock, cells: &self.cells }
+        RowRef {
+            lock: &self.lock,
+            cells: &self.cells,
+        }
     }
 }
 
@@ -77,7 +80,9 @@ impl<T: Element> SparseShard<T> {
         // NODE_BITS so the levels below consume whole nibbles.
         let wanted = (capacity / 4).max(1).next_power_of_two().trailing_zeros();
         let root_bits = wanted.div_ceil(NODE_BITS).clamp(1, 5) * NODE_BITS;
-        let root = (0..1usize << root_bits).map(|_| AtomicPtr::new(ptr::null_mut())).collect();
+        let root = (0..1usize << root_bits)
+            .map(|_| AtomicPtr::new(ptr::null_mut()))
+            .collect();
         SparseShard {
             root,
             root_bits,
@@ -176,10 +181,14 @@ impl<T: Element> SparseShard<T> {
                     // and there is room for another level.
                     debug_assert!(shift >= NODE_BITS);
                     let below = shift - NODE_BITS;
-                    let node = Node { slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())) };
+                    let node = Node {
+                        slots: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+                    };
                     let index = ((mix64(leaf.key) >> below) as usize) & (FANOUT - 1);
                     node.slots[index].store(current, Ordering::Relaxed);
-                    let tagged = Box::into_raw(Box::new(node)).map_addr(|a| a | NODE_TAG).cast::<u8>();
+                    let tagged = Box::into_raw(Box::new(node))
+                        .map_addr(|a| a | NODE_TAG)
+                        .cast::<u8>();
                     // Release publishes the node (and the moved leaf pointer).
                     if slot
                         .compare_exchange(current, tagged, Ordering::Release, Ordering::Acquire)
@@ -188,7 +197,9 @@ impl<T: Element> SparseShard<T> {
                         // SAFETY: the CAS failed, so the node was never
                         // shared. `Node` has no Drop, so the leaf it points
                         // to (still owned by the trie) is not freed.
-                        drop(unsafe { Box::from_raw(tagged.map_addr(|a| a & !NODE_TAG).cast::<Node>()) });
+                        drop(unsafe {
+                            Box::from_raw(tagged.map_addr(|a| a & !NODE_TAG).cast::<Node>())
+                        });
                     }
                     // Either way, look at the slot again.
                 }
@@ -205,13 +216,21 @@ impl<T: Element> SparseShard<T> {
             .map(|i| T::new_cell(self.init.value(key, i)))
             .chain((0..self.state_len).map(|_| T::new_cell(T::ZERO)))
             .collect();
-        Box::new(Leaf { key, lock: SeqLock::new(), cells })
+        Box::new(Leaf {
+            key,
+            lock: SeqLock::new(),
+            cells,
+        })
     }
 
     /// Calls `f` on every materialized row, in no particular order. Rows
     /// inserted concurrently may or may not be visited.
     pub(crate) fn for_each(&self, mut f: impl FnMut(&Leaf<T>)) {
-        fn walk<T: Element>(shard: &SparseShard<T>, slot: &AtomicPtr<u8>, f: &mut dyn FnMut(&Leaf<T>)) {
+        fn walk<T: Element>(
+            shard: &SparseShard<T>,
+            slot: &AtomicPtr<u8>,
+            f: &mut dyn FnMut(&Leaf<T>),
+        ) {
             // Acquire: pairs with the Release CAS in `insert`.
             match shard.decode(slot.load(Ordering::Acquire)) {
                 Slot::Empty => {}
@@ -236,13 +255,17 @@ impl<T: Element> Drop for SparseShard<T> {
                 // so it is freed exactly once.
                 let node = unsafe { Box::from_raw(p.map_addr(|a| a & !NODE_TAG).cast::<Node>()) };
                 // Relaxed: exclusive access, nothing to synchronize with.
-                node.slots.iter().for_each(|s| free::<T>(s.load(Ordering::Relaxed)));
+                node.slots
+                    .iter()
+                    .for_each(|s| free::<T>(s.load(Ordering::Relaxed)));
             } else {
                 // SAFETY: as above, for a leaf from `Box::into_raw(Box<Leaf<T>>)`.
                 drop(unsafe { Box::from_raw(p.cast::<Leaf<T>>()) });
             }
         }
         // Relaxed: exclusive access, nothing to synchronize with.
-        self.root.iter().for_each(|s| free::<T>(s.load(Ordering::Relaxed)));
+        self.root
+            .iter()
+            .for_each(|s| free::<T>(s.load(Ordering::Relaxed)));
     }
 }
