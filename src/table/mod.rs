@@ -381,7 +381,7 @@ impl<T: Element> Table<T> {
 
     fn pull_unchecked_width(&self, key: u64, out: &mut [T]) -> Result<()> {
         match self.row_for_pull(key)? {
-            Some(row) => row.read_values(out),
+            Some(row) => row.read_into(out),
             None => out
                 .iter_mut()
                 .enumerate()
@@ -413,7 +413,7 @@ impl<T: Element> Table<T> {
         }
         let mut buf = vec![T::ZERO; self.width + self.state_len];
         let mut emit = |key: u64, row: RowRef<'_, T>| {
-            row.read_all(&mut buf);
+            row.read_into(&mut buf);
             let (values, state) = buf.split_at(self.width);
             f(RowSnapshot { key, values, state });
         };

@@ -118,22 +118,14 @@ impl<'a, T: Element> RowRef<'a, T> {
         update.apply(&mut RowMut::new(values), &mut RowMut::new(state), delta);
     }
 
-    /// Copies the row's values into `out` (`out.len() == width`): a
-    /// consistent copy, never a torn one.
+    /// Copies the row's first `out.len()` cells into `out`: its values
+    /// (`out.len() == width`), or values and then state (`out.len() ==
+    /// cells`). A consistent copy, never a torn one.
     #[inline]
-    pub(crate) fn read_values(&self, out: &mut [T]) {
-        let values = &self.cells[..out.len()];
+    pub(crate) fn read_into(&self, out: &mut [T]) {
+        let cells = &self.cells[..out.len()];
         self.lock.read(|| {
-            for (o, c) in out.iter_mut().zip(values) {
-                *o = T::load(c);
-            }
-        })
-    }
-
-    /// Copies values and state together into `out` (`out.len() == cells`).
-    pub(crate) fn read_all(&self, out: &mut [T]) {
-        self.lock.read(|| {
-            for (o, c) in out.iter_mut().zip(self.cells) {
+            for (o, c) in out.iter_mut().zip(cells) {
                 *o = T::load(c);
             }
         })

@@ -104,11 +104,11 @@ impl<T: Element> SparseShard<T> {
         if p.is_null() {
             Slot::Empty
         } else if p.addr() & NODE_TAG != 0 {
-            // SAFETY: a tagged non-null slot value was made in `insert` from
+            // A tagged non-null slot value was made in `insert` from
             // `Box::into_raw(Box<Node>)` and published with a Release CAS
-            // that the Acquire load which produced `p` synchronizes with, so
-            // the node is initialized. Nodes are freed only by `Drop`, which
-            // takes `&mut self`, so the node outlives the `&self` borrow.
+            // that the Acquire load which produced `p` synchronizes with.
+            // SAFETY: so the node is initialized; nodes are freed only by
+            // `Drop`, which takes `&mut self`, so it outlives this borrow.
             Slot::Node(unsafe { &*p.map_addr(|a| a & !NODE_TAG).cast::<Node>() })
         } else {
             // SAFETY: as above, for a leaf made from `Box::into_raw(Box<Leaf<T>>)`.
@@ -249,10 +249,10 @@ impl<T: Element> Drop for SparseShard<T> {
                 return;
             }
             if p.addr() & NODE_TAG != 0 {
-                // SAFETY: `&mut` access to the shard means no other thread
-                // holds a reference into the trie; every node pointer came
-                // from `Box::into_raw` and is reachable from exactly one slot,
-                // so it is freed exactly once.
+                // `&mut` access to the shard means no other thread holds a
+                // reference into the trie.
+                // SAFETY: every node pointer came from `Box::into_raw` and is
+                // reachable from exactly one slot, so it is freed exactly once.
                 let node = unsafe { Box::from_raw(p.map_addr(|a| a & !NODE_TAG).cast::<Node>()) };
                 // Relaxed: exclusive access, nothing to synchronize with.
                 node.slots
