@@ -85,6 +85,18 @@ impl ShardMap {
     /// The shard that owns `key`, or an error if `key` is outside the map's keys.
     #[inline]
     pub fn shard_of(&self, key: u64) -> Result<usize> {
+        match self.placement {
+            Placement::Hash => {
+                self.offset(key)?;
+                Ok((mix64(key) % self.shards as u64) as usize)
+            }
+            Placement::Range | Placement::RoundRobin => self.locate(key).map(|(shard, _)| shard),
+        }
+    }
+
+    /// `key - first`, or an error if `key` is outside the map's keys.
+    #[inline]
+    fn offset(&self, key: u64) -> Result<u64> {
         if key < self.first || key > self.last {
             return Err(Error::KeyOutOfRange {
                 key,
@@ -92,12 +104,7 @@ impl ShardMap {
                 last: self.last,
             });
         }
-        let offset = key - self.first;
-        Ok(match self.placement {
-            Placement::Range => (u128::from(offset) / self.chunk) as usize,
-            Placement::RoundRobin => (offset % self.shards as u64) as usize,
-            Placement::Hash => (mix64(key) % self.shards as u64) as usize,
-        })
+        Ok(key - self.first)
     }
 
     /// The shard that owns `key` and the row index of `key` inside it, for
@@ -105,14 +112,7 @@ impl ShardMap {
     /// arithmetic: this is on every dense push and pull.
     #[inline]
     pub(crate) fn locate(&self, key: u64) -> Result<(usize, u64)> {
-        if key < self.first || key > self.last {
-            return Err(Error::KeyOutOfRange {
-                key,
-                first: self.first,
-                last: self.last,
-            });
-        }
-        let offset = key - self.first;
+        let offset = self.offset(key)?;
         if self.shards == 1 {
             return Ok((0, offset));
         }
