@@ -81,7 +81,7 @@ pub enum WorkerStatus {
 }
 
 impl WorkerStatus {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WorkerStatus::Active => "active",
             WorkerStatus::Left => "left",
@@ -112,6 +112,16 @@ impl VectorClock {
     /// True if no worker was ever registered.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// Sets a worker's clock and status; ids beyond the end are added
+    /// (workers in between start active at clock 0).
+    pub fn set(&mut self, worker: WorkerId, clock: u64, status: WorkerStatus) {
+        let i = worker.0 as usize;
+        if i >= self.entries.len() {
+            self.entries.resize(i + 1, (0, WorkerStatus::Active));
+        }
+        self.entries[i] = (clock, status);
     }
 
     /// A worker's clock and status.

@@ -56,6 +56,92 @@ pub trait Element:
     /// A `Relaxed` store; ordering comes from the row's sequence lock.
     #[doc(hidden)]
     fn store(cell: &Self::Cell, v: Self);
+
+    /// Bytes per element on the wire (little-endian).
+    #[doc(hidden)]
+    const SIZE: usize;
+    /// The element type's code on the wire (see [`ElementKind`]).
+    #[doc(hidden)]
+    const KIND: ElementKind;
+    /// Writes `self` as `SIZE` little-endian bytes at the start of `out`.
+    #[doc(hidden)]
+    fn write_le(self, out: &mut [u8]);
+    /// Reads a value from the first `SIZE` little-endian bytes of `bytes`.
+    #[doc(hidden)]
+    fn read_le(bytes: &[u8]) -> Self;
+    /// Addition that wraps for integers instead of panicking on overflow
+    /// (an overflowing delta from the network is not a reason to panic).
+    #[doc(hidden)]
+    fn wrapping_add(self, other: Self) -> Self;
+}
+
+/// The element type of a table as a value: what the wire protocol and the
+/// cluster schema record, so two processes can check they agree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ElementKind {
+    /// `f32`
+    F32,
+    /// `f64`
+    F64,
+    /// `i32`
+    I32,
+    /// `i64`
+    I64,
+    /// `u32`
+    U32,
+    /// `u64`
+    U64,
+}
+
+impl ElementKind {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            ElementKind::F32 | ElementKind::I32 | ElementKind::U32 => 4,
+            ElementKind::F64 | ElementKind::I64 | ElementKind::U64 => 8,
+        }
+    }
+
+    /// The Rust name of the type, e.g. `"f32"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ElementKind::F32 => "f32",
+            ElementKind::F64 => "f64",
+            ElementKind::I32 => "i32",
+            ElementKind::I64 => "i64",
+            ElementKind::U32 => "u32",
+            ElementKind::U64 => "u64",
+        }
+    }
+
+    /// A stable one-byte code.
+    pub(crate) fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl std::fmt::Display for ElementKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Writes `values` into `out` as little-endian bytes (`out.len()` must be
+/// `values.len() * T::SIZE`).
+pub(crate) fn write_le_slice<T: Element>(values: &[T], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), values.len() * T::SIZE);
+    for (v, o) in values.iter().zip(out.chunks_exact_mut(T::SIZE)) {
+        v.write_le(o);
+    }
+}
+
+/// Reads little-endian `bytes` into `out` (`bytes.len()` must be
+/// `out.len() * T::SIZE`).
+pub(crate) fn read_le_slice<T: Element>(bytes: &[u8], out: &mut [T]) {
+    debug_assert_eq!(bytes.len(), out.len() * T::SIZE);
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
+        *o = T::read_le(b);
+    }
 }
 
 /// A floating-point [`Element`] (`f32` or `f64`): what gradient-based
@@ -68,7 +154,7 @@ pub trait Float: Element + std::ops::Div<Output = Self> + std::ops::Neg<Output =
 }
 
 macro_rules! element {
-    ($t:ty, $cell:ty, $bits:ty, $to_bits:expr, $from_bits:expr) => {
+    ($t:ty, $kind:ident, $cell:ty, $bits:ty, $to_bits:expr, $from_bits:expr, $wrapping_add:expr) => {
         impl sealed::Sealed for $t {}
         impl Element for $t {
             const ZERO: Self = 0 as $t;
@@ -96,16 +182,80 @@ macro_rules! element {
                 // Relaxed: the seqlock's fences order this store (see table::row).
                 cell.store($to_bits(v), Ordering::Relaxed)
             }
+            const SIZE: usize = std::mem::size_of::<$t>();
+            const KIND: ElementKind = ElementKind::$kind;
+            #[inline]
+            fn write_le(self, out: &mut [u8]) {
+                out[..Self::SIZE].copy_from_slice(&self.to_le_bytes());
+            }
+            #[inline]
+            fn read_le(bytes: &[u8]) -> Self {
+                let mut b = [0u8; std::mem::size_of::<$t>()];
+                b.copy_from_slice(&bytes[..Self::SIZE]);
+                <$t>::from_le_bytes(b)
+            }
+            #[inline]
+            fn wrapping_add(self, other: Self) -> Self {
+                $wrapping_add(self, other)
+            }
         }
     };
 }
 
-element!(f32, AtomicU32, u32, f32::to_bits, f32::from_bits);
-element!(f64, AtomicU64, u64, f64::to_bits, f64::from_bits);
-element!(u32, AtomicU32, u32, |v: u32| v, |v: u32| v);
-element!(u64, AtomicU64, u64, |v: u64| v, |v: u64| v);
-element!(i32, AtomicU32, u32, |v: i32| v as u32, |v: u32| v as i32);
-element!(i64, AtomicU64, u64, |v: i64| v as u64, |v: u64| v as i64);
+element!(
+    f32,
+    F32,
+    AtomicU32,
+    u32,
+    f32::to_bits,
+    f32::from_bits,
+    |a: f32, b| a + b
+);
+element!(
+    f64,
+    F64,
+    AtomicU64,
+    u64,
+    f64::to_bits,
+    f64::from_bits,
+    |a: f64, b| a + b
+);
+element!(
+    u32,
+    U32,
+    AtomicU32,
+    u32,
+    |v: u32| v,
+    |v: u32| v,
+    u32::wrapping_add
+);
+element!(
+    u64,
+    U64,
+    AtomicU64,
+    u64,
+    |v: u64| v,
+    |v: u64| v,
+    u64::wrapping_add
+);
+element!(
+    i32,
+    I32,
+    AtomicU32,
+    u32,
+    |v: i32| v as u32,
+    |v: u32| v as i32,
+    i32::wrapping_add
+);
+element!(
+    i64,
+    I64,
+    AtomicU64,
+    u64,
+    |v: i64| v as u64,
+    |v: u64| v as i64,
+    i64::wrapping_add
+);
 
 macro_rules! float {
     ($t:ty) => {
@@ -143,6 +293,17 @@ mod tests {
         round_trip(u64::MAX);
         round_trip(i32::MIN);
         round_trip(-7i64);
+    }
+
+    #[test]
+    fn little_endian_round_trip_and_add() {
+        let mut bytes = [0u8; 16];
+        write_le_slice(&[-3i64, 5], &mut bytes);
+        let mut back = [0i64; 2];
+        read_le_slice(&bytes, &mut back);
+        assert_eq!(back, [-3, 5]);
+        assert_eq!(i64::MAX.wrapping_add(1), i64::MIN);
+        assert_eq!(f32::KIND.size(), 4);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The crate's error type.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::clock::{GateTimeout, WorkerId};
 
@@ -76,6 +77,68 @@ pub enum Error {
         /// How many bytes were requested.
         bytes: usize,
     },
+    /// A key that belongs to another server shard was sent to this one.
+    KeyNotOwned {
+        /// The key.
+        key: u64,
+        /// The shard the key belongs to.
+        owner: usize,
+        /// The shard that received it.
+        shard: usize,
+    },
+    /// No table of that name is configured in the cluster.
+    UnknownTable {
+        /// The name asked for.
+        name: String,
+        /// The names the cluster has.
+        known: Vec<String>,
+    },
+    /// The table exists but holds another element type.
+    TableType {
+        /// The table's name.
+        name: String,
+        /// The element type the table holds.
+        holds: &'static str,
+        /// The element type asked for.
+        asked: &'static str,
+    },
+    /// A peer sent something the protocol does not allow (a malformed,
+    /// truncated, oversized or wrong-version frame, or a message out of
+    /// place). The connection to that peer is dropped.
+    Protocol {
+        /// Who sent it.
+        peer: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The connection to a peer is gone (it closed, crashed or was dropped).
+    Disconnected {
+        /// The peer.
+        peer: String,
+        /// What was in progress or why the link closed.
+        reason: String,
+    },
+    /// A peer answered a request with an error.
+    Remote {
+        /// The peer that reported it.
+        peer: String,
+        /// Its message.
+        message: String,
+    },
+    /// A transport-level wait (connecting, sending under backpressure,
+    /// awaiting a reply) passed its deadline.
+    NoResponse {
+        /// What was awaited, e.g. "a reply to pull request 7 from server 1".
+        what: String,
+        /// How long the wait lasted.
+        waited: Duration,
+    },
+    /// The transport could not do what was asked (e.g. an endpoint name is
+    /// already bound).
+    Transport {
+        /// What failed and why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -119,6 +182,30 @@ impl fmt::Display for Error {
                     "could not allocate {bytes} bytes for the table; shrink its key range or width"
                 )
             }
+            Error::KeyNotOwned { key, owner, shard } => write!(
+                f,
+                "key {key} belongs to server shard {owner} but was sent to shard {shard}; \
+                 the participants disagree on the placement map"
+            ),
+            Error::UnknownTable { name, known } => {
+                write!(f, "no table named {name:?}; the cluster has {known:?}")
+            }
+            Error::TableType { name, holds, asked } => write!(
+                f,
+                "table {name:?} holds {holds} elements but was opened as {asked}"
+            ),
+            Error::Protocol { peer, reason } => {
+                write!(
+                    f,
+                    "protocol error from {peer}: {reason}; the connection was dropped"
+                )
+            }
+            Error::Disconnected { peer, reason } => write!(f, "{peer} disconnected: {reason}"),
+            Error::Remote { peer, message } => write!(f, "{peer} reported: {message}"),
+            Error::NoResponse { what, waited } => {
+                write!(f, "gave up after {waited:.3?} waiting for {what}")
+            }
+            Error::Transport { reason } => write!(f, "transport error: {reason}"),
         }
     }
 }

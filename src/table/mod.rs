@@ -232,11 +232,40 @@ pub struct Table<T: Element> {
     width: usize,
     state_len: usize,
     storage: Storage<T>,
+    /// `Some(s)` when only shard `s` is stored here (a server's part of a
+    /// distributed table); keys of other shards are rejected.
+    owned: Option<usize>,
 }
 
 impl<T: Element> Table<T> {
     /// Builds a table, validating the spec and allocating dense rows.
     pub fn new(spec: TableSpec<T>) -> Result<Self> {
+        Self::build(spec, None)
+    }
+
+    /// Builds the part of a table that one server shard stores: rows of
+    /// shard `shard` only (dense rows of other shards are not allocated).
+    /// Pushes and pulls of keys that belong to another shard return
+    /// [`Error::KeyNotOwned`].
+    ///
+    /// ```
+    /// use laggard::{Error, Table, TableSpec};
+    ///
+    /// let part = Table::for_shard(TableSpec::<i64>::dense(0..100, 2).shards(2), 1)?;
+    /// part.push(60, &[1, 1])?;
+    /// assert!(matches!(part.push(10, &[1, 1]), Err(Error::KeyNotOwned { owner: 0, .. })));
+    /// assert_eq!(part.rows(), 50);
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn for_shard(spec: TableSpec<T>, shard: usize) -> Result<Self> {
+        let shards = spec.shard_map()?.shards();
+        if shard >= shards {
+            return Err(Error::ShardOutOfRange { shard, shards });
+        }
+        Self::build(spec, Some(shard))
+    }
+
+    fn build(spec: TableSpec<T>, owned: Option<usize>) -> Result<Self> {
         let width = spec.width;
         if width == 0 {
             return Err(invalid("table width", "rows need at least one element"));
@@ -249,7 +278,9 @@ impl<T: Element> Table<T> {
             Kind::Dense { .. } => {
                 let shards = (0..map.shards())
                     .map(|shard| {
-                        let rows = usize::try_from(map.shard_len(shard))
+                        let stored = owned.is_none_or(|o| o == shard);
+                        let rows = if stored { map.shard_len(shard) } else { 0 };
+                        let rows = usize::try_from(rows)
                             .map_err(|_| Error::OutOfMemory { bytes: usize::MAX })?;
                         DenseShard::new(rows, width, state_len, &spec.init, |local| {
                             map.key_at(shard, local)
@@ -260,7 +291,11 @@ impl<T: Element> Table<T> {
             }
             Kind::Sparse { capacity } => Storage::Sparse(
                 (0..map.shards())
-                    .map(|_| SparseShard::new(capacity / map.shards(), width, state_len, spec.init))
+                    .map(|shard| {
+                        let stored = owned.is_none_or(|o| o == shard);
+                        let capacity = if stored { capacity / map.shards() } else { 0 };
+                        SparseShard::new(capacity, width, state_len, spec.init)
+                    })
                     .collect(),
             ),
         };
@@ -270,7 +305,33 @@ impl<T: Element> Table<T> {
             width,
             state_len,
             storage,
+            owned,
         })
+    }
+
+    /// The shard this table stores alone, if it was built with
+    /// [`Table::for_shard`].
+    pub fn owned_shard(&self) -> Option<usize> {
+        self.owned
+    }
+
+    /// Checks that `shard` (where `key` lives) is stored here.
+    #[inline]
+    fn check_owned(&self, key: u64, shard: usize) -> Result<usize> {
+        match self.owned {
+            Some(owned) if owned != shard => Err(Error::KeyNotOwned {
+                key,
+                owner: shard,
+                shard: owned,
+            }),
+            _ => Ok(shard),
+        }
+    }
+
+    /// The shard of `key`, if the key is valid and its shard stored here.
+    #[inline]
+    fn stored_shard(&self, key: u64) -> Result<usize> {
+        self.check_owned(key, self.map.shard_of(key)?)
     }
 
     /// Elements per row.
@@ -308,9 +369,9 @@ impl<T: Element> Table<T> {
         Ok(match &self.storage {
             Storage::Dense(shards) => {
                 let (shard, local) = self.map.locate(key)?;
-                shards[shard].row(local as usize)
+                shards[self.check_owned(key, shard)?].row(local as usize)
             }
-            Storage::Sparse(shards) => shards[self.map.shard_of(key)?].insert(key).row(),
+            Storage::Sparse(shards) => shards[self.stored_shard(key)?].insert(key).row(),
         })
     }
 
@@ -320,9 +381,9 @@ impl<T: Element> Table<T> {
         Ok(match &self.storage {
             Storage::Dense(shards) => {
                 let (shard, local) = self.map.locate(key)?;
-                Some(shards[shard].row(local as usize))
+                Some(shards[self.check_owned(key, shard)?].row(local as usize))
             }
-            Storage::Sparse(shards) => shards[self.map.shard_of(key)?]
+            Storage::Sparse(shards) => shards[self.stored_shard(key)?]
                 .find(key)
                 .map(|leaf| leaf.row()),
         })
@@ -347,8 +408,14 @@ impl<T: Element> Table<T> {
                 values,
             });
         }
+        self.check_keys(keys)
+    }
+
+    /// Checks that every key is valid for this table and stored here,
+    /// without touching any row.
+    pub fn check_keys(&self, keys: &[u64]) -> Result<()> {
         keys.iter()
-            .try_for_each(|&key| self.map.shard_of(key).map(drop))
+            .try_for_each(|&key| self.stored_shard(key).map(drop))
     }
 
     /// Applies `delta` (`width` elements) to row `key` with the table's

@@ -1,0 +1,538 @@
+//! The worker client's state machine: coalesced pushes with sequence
+//! numbers kept until acknowledged, and the SSP cache that answers pulls
+//! locally while they are fresh enough.
+//!
+//! Sans-IO: methods take what arrived and say what to send; the runtime
+//! (`Worker`) encodes and moves frames.
+//!
+//! # Freshness (lazy communication)
+//! A row fetched from a server is tagged with the server's visible clock
+//! `m`: it holds every update from clocks below `m`. A worker at clock `c`
+//! under SSP(s) needs every update from clocks `<= c - s - 1`, so a cached
+//! row is fresh while `m >= c - s`; only otherwise does a pull go to the
+//! server, which parks it until the slowest worker reaches `c - s`. Under
+//! BSP (`s = 0`) that means once per clock; under Async (no bound) a row is
+//! reused within the clock it was fetched in and fetched again after.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::codec::{Keys, Message, PullRequest, PullTimedOut, Push, Section, Sections, Welcome};
+use super::server::status_from_code;
+use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
+use crate::element::ElementKind;
+use crate::error::{Error, Result};
+use crate::table::ShardMap;
+
+/// What every participant must agree on about one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableInfo {
+    /// The table's name.
+    pub name: String,
+    /// Its element type.
+    pub kind: ElementKind,
+    /// Elements per row.
+    pub width: usize,
+    /// Its consistency model.
+    pub consistency: Consistency,
+    /// Which server shard owns which key.
+    pub map: ShardMap,
+}
+
+impl TableInfo {
+    /// Bytes per row on the wire.
+    pub fn row_bytes(&self) -> usize {
+        self.width * self.kind.size()
+    }
+}
+
+/// Counters a worker client keeps, so the effect of lazy communication and
+/// coalescing is visible.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Frames sent, of any kind.
+    pub messages_sent: u64,
+    /// Bytes of frames sent.
+    pub bytes_sent: u64,
+    /// Frames received.
+    pub messages_received: u64,
+    /// Bytes of frames received.
+    pub bytes_received: u64,
+    /// Push messages sent (one per shard per clock, plus explicit flushes).
+    pub push_messages: u64,
+    /// Pull request messages sent.
+    pub pull_messages: u64,
+    /// Rows passed to `push`.
+    pub rows_pushed: u64,
+    /// Of those, rows summed into a row already pending for the same clock.
+    pub rows_coalesced: u64,
+    /// Rows asked for by `pull`.
+    pub rows_pulled: u64,
+    /// Of those, rows answered from the cache.
+    pub rows_from_cache: u64,
+}
+
+/// Rows pending for one table and shard: deltas summed per key.
+#[derive(Debug, Default)]
+struct Rows {
+    index: HashMap<u64, usize>,
+    keys: Vec<u64>,
+    values: Vec<u8>,
+}
+
+impl Rows {
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// A push sent but not yet acknowledged, kept to resend after a reconnect.
+#[derive(Debug)]
+struct Sent {
+    seq: u64,
+    clock: u64,
+    tick: bool,
+    sections: Vec<(u32, Rows)>,
+}
+
+#[derive(Debug, Default)]
+struct Link {
+    /// The sequence number of the next push.
+    next_seq: u64,
+    unacked: VecDeque<Sent>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    /// Every update from clocks below this is in `values`.
+    data_clock: u64,
+    /// The worker's clock when the row was fetched.
+    fetched_at: u64,
+    values: Box<[u8]>,
+}
+
+/// A pull request in flight.
+#[derive(Debug)]
+struct Request {
+    shard: usize,
+    table: u32,
+    keys: Vec<u64>,
+    min_clock: u64,
+    timeout_ms: u64,
+    outcome: Option<Result<()>>,
+}
+
+/// One worker's protocol state.
+#[derive(Debug)]
+pub struct ClientCore {
+    worker: u32,
+    clock: u64,
+    tables: Arc<[TableInfo]>,
+    links: Vec<Link>,
+    /// `pending[shard][table]`: deltas not yet sent.
+    pending: Vec<Vec<Rows>>,
+    cache: Vec<HashMap<u64, Cached>>,
+    next_req: u64,
+    requests: HashMap<u64, Request>,
+    stats: ClientStats,
+}
+
+impl ClientCore {
+    /// A worker at clock 0 talking to `shards` server shards.
+    pub fn new(worker: u32, shards: usize, tables: Arc<[TableInfo]>) -> Self {
+        ClientCore {
+            worker,
+            clock: 0,
+            links: (0..shards)
+                .map(|_| Link {
+                    next_seq: 1,
+                    unacked: VecDeque::new(),
+                })
+                .collect(),
+            pending: (0..shards)
+                .map(|_| tables.iter().map(|_| Rows::default()).collect())
+                .collect(),
+            cache: tables.iter().map(|_| HashMap::new()).collect(),
+            tables,
+            next_req: 1,
+            requests: HashMap::new(),
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// The worker's id.
+    pub fn worker(&self) -> u32 {
+        self.worker
+    }
+
+    /// The worker's current clock (clocks finished so far).
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
+    /// The tables.
+    pub fn tables(&self) -> &[TableInfo] {
+        &self.tables
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+    }
+
+    /// Mutable counters, for the runtime's frame and byte counts.
+    pub fn stats_mut(&mut self) -> &mut ClientStats {
+        &mut self.stats
+    }
+
+    fn table(&self, table: u32) -> Result<&TableInfo> {
+        self.tables
+            .get(table as usize)
+            .ok_or_else(|| Error::UnknownTable {
+                name: format!("#{table}"),
+                known: self.tables.iter().map(|t| t.name.clone()).collect(),
+            })
+    }
+
+    /// The pending delta for `key` of `table`, to be added to: returns the
+    /// row's bytes and whether the row is new (all zero, nothing pending
+    /// yet). Deltas for one key within one clock are summed, so the server
+    /// applies the update rule once per key per clock.
+    pub fn pending_row(&mut self, table: u32, key: u64) -> Result<(&mut [u8], bool)> {
+        let info = self.table(table)?;
+        let shard = info.map.shard_of(key)?;
+        let row_bytes = info.row_bytes();
+        self.stats.rows_pushed += 1;
+        let rows = &mut self.pending[shard][table as usize];
+        let (at, fresh) = match rows.index.get(&key) {
+            Some(&at) => {
+                self.stats.rows_coalesced += 1;
+                (at, false)
+            }
+            None => {
+                let at = rows.values.len();
+                rows.values.resize(at + row_bytes, 0);
+                rows.keys.push(key);
+                rows.index.insert(key, at);
+                (at, true)
+            }
+        };
+        Ok((&mut rows.values[at..at + row_bytes], fresh))
+    }
+
+    /// Moves pending deltas into pushes, one per shard that has any, or one
+    /// per shard if `tick` (finishing the current clock, which every shard
+    /// must learn). Returns `(shard, seq)` of each push to send with
+    /// [`with_push`](Self::with_push).
+    pub fn flush(&mut self, tick: bool) -> Vec<(usize, u64)> {
+        let mut out = Vec::new();
+        for (shard, link) in self.links.iter_mut().enumerate() {
+            let pending = &mut self.pending[shard];
+            if !tick && pending.iter().all(Rows::is_empty) {
+                continue;
+            }
+            let sections = pending
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, rows)| !rows.is_empty())
+                .map(|(t, rows)| (t as u32, std::mem::take(rows)))
+                .collect();
+            let seq = link.next_seq;
+            link.next_seq += 1;
+            link.unacked.push_back(Sent {
+                seq,
+                clock: self.clock,
+                tick,
+                sections,
+            });
+            self.stats.push_messages += 1;
+            out.push((shard, seq));
+        }
+        if tick {
+            self.clock += 1;
+        }
+        out
+    }
+
+    /// Calls `f` with the push `seq` to `shard` as a message, if it is still
+    /// unacknowledged.
+    pub fn with_push<R>(
+        &self,
+        shard: usize,
+        seq: u64,
+        f: impl FnOnce(&Message<'_>) -> R,
+    ) -> Option<R> {
+        let sent = self
+            .links
+            .get(shard)?
+            .unacked
+            .iter()
+            .find(|s| s.seq == seq)?;
+        let sections: Vec<Section<'_>> = sent
+            .sections
+            .iter()
+            .map(|(table, rows)| Section {
+                table: *table,
+                keys: Keys::Native(&rows.keys),
+                values: &rows.values,
+            })
+            .collect();
+        Some(f(&Message::Push(Push {
+            worker: self.worker,
+            seq,
+            clock: sent.clock,
+            tick: sent.tick,
+            sections: Sections::Native(&sections),
+        })))
+    }
+
+    /// Pushes to `shard` not yet acknowledged.
+    pub fn unacked(&self, shard: usize) -> usize {
+        self.links.get(shard).map_or(0, |l| l.unacked.len())
+    }
+
+    /// The highest sequence number sent to each shard so far (0 if none).
+    pub fn last_sent(&self) -> Vec<u64> {
+        self.links.iter().map(|l| l.next_seq - 1).collect()
+    }
+
+    /// True once every shard acknowledged every push up to `seqs[shard]`.
+    pub fn acked_through(&self, seqs: &[u64]) -> bool {
+        self.links
+            .iter()
+            .zip(seqs)
+            .all(|(l, &seq)| l.unacked.front().is_none_or(|s| s.seq > seq))
+    }
+
+    /// A shard (re)accepted this worker: forgets pushes it already applied
+    /// and returns the sequence numbers to resend, in order.
+    pub fn on_welcome(&mut self, shard: usize, welcome: &Welcome) -> Result<Vec<u64>> {
+        let link = self
+            .links
+            .get_mut(shard)
+            .ok_or_else(|| protocol(shard, "welcome from an unknown shard"))?;
+        if welcome.shard as usize != shard {
+            return Err(protocol(
+                shard,
+                format!("the server says it is shard {}", welcome.shard),
+            ));
+        }
+        if welcome.applied_seq >= link.next_seq {
+            return Err(protocol(
+                shard,
+                format!(
+                    "the server applied push {} but this worker only sent {}",
+                    welcome.applied_seq,
+                    link.next_seq - 1
+                ),
+            ));
+        }
+        while link
+            .unacked
+            .front()
+            .is_some_and(|s| s.seq <= welcome.applied_seq)
+        {
+            link.unacked.pop_front();
+        }
+        Ok(link.unacked.iter().map(|s| s.seq).collect())
+    }
+
+    /// Plans a pull of `keys` from `table`: rows fresh in the cache need no
+    /// message; the others are asked of their shards. Returns the request
+    /// ids to send with [`with_request`](Self::with_request) (empty if the
+    /// cache answers everything).
+    pub fn plan_pull(&mut self, table: u32, keys: &[u64], timeout: Duration) -> Result<Vec<u64>> {
+        let info = self.table(table)?;
+        let consistency = info.consistency;
+        let map = info.map.clone();
+        let mut misses: Vec<Vec<u64>> = vec![Vec::new(); self.links.len()];
+        let cache = &self.cache[table as usize];
+        for &key in keys {
+            let shard = map.shard_of(key)?;
+            let fresh = cache
+                .get(&key)
+                .is_some_and(|row| is_fresh(consistency, row, self.clock));
+            if fresh {
+                self.stats.rows_from_cache += 1;
+            } else {
+                misses[shard].push(key);
+            }
+        }
+        self.stats.rows_pulled += keys.len() as u64;
+        let min_clock = consistency.required_min(self.clock).unwrap_or(0);
+        let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
+        let mut reqs = Vec::new();
+        for (shard, mut keys) in misses.into_iter().enumerate() {
+            if keys.is_empty() {
+                continue;
+            }
+            keys.sort_unstable();
+            keys.dedup();
+            let req = self.next_req;
+            self.next_req += 1;
+            self.requests.insert(
+                req,
+                Request {
+                    shard,
+                    table,
+                    keys,
+                    min_clock,
+                    timeout_ms,
+                    outcome: None,
+                },
+            );
+            self.stats.pull_messages += 1;
+            reqs.push(req);
+        }
+        Ok(reqs)
+    }
+
+    /// Calls `f` with the shard and message of pull request `req`.
+    pub fn with_request<R>(&self, req: u64, f: impl FnOnce(usize, &Message<'_>) -> R) -> Option<R> {
+        let r = self.requests.get(&req)?;
+        Some(f(
+            r.shard,
+            &Message::PullRequest(PullRequest {
+                req,
+                min_clock: r.min_clock,
+                timeout_ms: r.timeout_ms,
+                table: r.table,
+                keys: Keys::Native(&r.keys),
+            }),
+        ))
+    }
+
+    /// The outcome of request `req` once it has one (and forgets it), or
+    /// `None` while it is in flight.
+    pub fn take_outcome(&mut self, req: u64) -> Option<Result<()>> {
+        match self.requests.get(&req) {
+            Some(r) if r.outcome.is_some() => self.requests.remove(&req).and_then(|r| r.outcome),
+            Some(_) => None,
+            None => Some(Err(Error::Transport {
+                reason: format!("pull request {req} is unknown (already collected?)"),
+            })),
+        }
+    }
+
+    /// The cached row `key` of `table`, as little-endian bytes.
+    pub fn cached(&self, table: u32, key: u64) -> Option<&[u8]> {
+        self.cache
+            .get(table as usize)?
+            .get(&key)
+            .map(|c| &*c.values)
+    }
+
+    /// Forgets every cached row (the next pulls go to the servers).
+    pub fn clear_cache(&mut self) {
+        self.cache.iter_mut().for_each(HashMap::clear);
+    }
+
+    /// Fails every request in flight to `shard` with `err`.
+    pub fn fail_shard(&mut self, shard: usize, err: &Error) {
+        for r in self.requests.values_mut() {
+            if r.shard == shard && r.outcome.is_none() {
+                r.outcome = Some(Err(err.clone()));
+            }
+        }
+    }
+
+    /// Handles a message from `shard`. An error means the shard broke the
+    /// protocol or reported a fault; the connection should be dropped.
+    pub fn on_message(&mut self, shard: usize, msg: Message<'_>) -> Result<()> {
+        match msg {
+            Message::PushAck(ack) => {
+                let link = &mut self.links[shard];
+                if ack.seq >= link.next_seq {
+                    return Err(protocol(
+                        shard,
+                        format!("ack for push {} never sent", ack.seq),
+                    ));
+                }
+                while link.unacked.front().is_some_and(|s| s.seq <= ack.seq) {
+                    link.unacked.pop_front();
+                }
+                Ok(())
+            }
+            Message::PullResponse(resp) => {
+                let Some(r) = self.requests.get_mut(&resp.req) else {
+                    return Err(protocol(
+                        shard,
+                        format!("response to unknown request {}", resp.req),
+                    ));
+                };
+                let row_bytes = self.tables[r.table as usize].row_bytes();
+                if r.shard != shard
+                    || r.table != resp.table
+                    || resp.rows as usize != r.keys.len()
+                    || resp.values.len() != r.keys.len() * row_bytes
+                    || r.outcome.is_some()
+                {
+                    return Err(protocol(
+                        shard,
+                        format!("response to request {} does not match it", resp.req),
+                    ));
+                }
+                let cache = &mut self.cache[r.table as usize];
+                for (&key, values) in r.keys.iter().zip(resp.values.chunks_exact(row_bytes)) {
+                    let row = cache.entry(key).or_insert_with(|| Cached {
+                        data_clock: 0,
+                        fetched_at: 0,
+                        values: vec![0; row_bytes].into_boxed_slice(),
+                    });
+                    row.data_clock = resp.clock;
+                    row.fetched_at = self.clock;
+                    row.values.copy_from_slice(values);
+                }
+                r.outcome = Some(Ok(()));
+                Ok(())
+            }
+            Message::PullTimedOut(t) => {
+                let Some(r) = self.requests.get_mut(&t.req) else {
+                    return Err(protocol(
+                        shard,
+                        format!("timeout of unknown request {}", t.req),
+                    ));
+                };
+                let consistency = self.tables[r.table as usize].consistency;
+                r.outcome = Some(Err(timeout_error(self.worker, self.clock, consistency, &t)));
+                Ok(())
+            }
+            Message::Fault(f) => Err(Error::Remote {
+                peer: format!("server shard {shard}"),
+                message: f.text.to_owned(),
+            }),
+            other => Err(protocol(shard, format!("unexpected {}", other.name()))),
+        }
+    }
+}
+
+fn is_fresh(consistency: Consistency, row: &Cached, clock: u64) -> bool {
+    match consistency.required_min(clock) {
+        Some(min) => row.data_clock >= min,
+        None => row.fetched_at == clock,
+    }
+}
+
+fn protocol(shard: usize, reason: impl Into<String>) -> Error {
+    Error::Protocol {
+        peer: format!("server shard {shard}"),
+        reason: reason.into(),
+    }
+}
+
+/// The error a worker sees when a server gave up on its parked pull.
+fn timeout_error(worker: u32, clock: u64, consistency: Consistency, t: &PullTimedOut) -> Error {
+    let mut clocks = VectorClock::new(0);
+    for &(w, status, c) in &t.clocks {
+        clocks.set(WorkerId(w), c, status_from_code(status));
+    }
+    Error::from(GateTimeout {
+        waiter: Some((WorkerId(worker), clock)),
+        needed: t.needed,
+        consistency,
+        waited: Duration::from_micros(t.waited_us),
+        behind: clocks.behind(t.needed),
+        clocks,
+    })
+}

@@ -1,0 +1,1072 @@
+//! The wire format: frame header, message types, encoding and decoding.
+//!
+//! Every frame is a 16-byte header followed by a payload:
+//!
+//! | bytes  | field                                   |
+//! |--------|-----------------------------------------|
+//! | 0..4   | magic `b"LGRD"`                         |
+//! | 4..6   | protocol version, little-endian `u16`   |
+//! | 6      | message kind                            |
+//! | 7      | reserved, must be 0                     |
+//! | 8..12  | payload length, little-endian `u32`     |
+//! | 12..16 | reserved, must be 0                     |
+//!
+//! All integers are little-endian. Payload fields are laid out so that
+//! every `u64` (and every row of keys or values) starts at a multiple of 8
+//! bytes from the start of the frame. Decoding borrows keys and values from
+//! the frame instead of copying them, and checks every length against the
+//! bytes actually present: a malformed frame is a [`DecodeError`], never a
+//! panic.
+
+use std::fmt;
+
+/// The first four bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"LGRD";
+/// The protocol version this crate speaks.
+pub const VERSION: u16 = 1;
+/// Bytes in the frame header.
+pub const HEADER_LEN: usize = 16;
+/// The largest payload the codec accepts unless told otherwise (1 GiB).
+pub const DEFAULT_MAX_PAYLOAD: usize = 1 << 30;
+
+const KIND_HELLO: u8 = 1;
+const KIND_WELCOME: u8 = 2;
+const KIND_PUSH: u8 = 3;
+const KIND_PUSH_ACK: u8 = 4;
+const KIND_PULL_REQUEST: u8 = 5;
+const KIND_PULL_RESPONSE: u8 = 6;
+const KIND_PULL_TIMED_OUT: u8 = 7;
+const KIND_LEAVE: u8 = 8;
+const KIND_SHUTDOWN: u8 = 9;
+const KIND_FAULT: u8 = 10;
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Fewer bytes than a header.
+    Truncated {
+        /// Bytes present.
+        len: usize,
+    },
+    /// The frame does not start with [`MAGIC`].
+    BadMagic([u8; 4]),
+    /// The peer speaks another protocol version.
+    Version {
+        /// The version in the frame.
+        got: u16,
+    },
+    /// An unknown message kind.
+    UnknownKind(u8),
+    /// The header's payload length disagrees with the frame's size.
+    LengthMismatch {
+        /// Payload length in the header.
+        header: usize,
+        /// Payload bytes present.
+        actual: usize,
+    },
+    /// The payload is larger than the receiver accepts.
+    Oversized {
+        /// Payload length in the header.
+        len: usize,
+        /// The receiver's limit.
+        max: usize,
+    },
+    /// A field is inconsistent with the payload (a count that does not fit,
+    /// a non-zero reserved field, invalid UTF-8, ...).
+    Malformed(&'static str),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Truncated { len } => {
+                write!(
+                    f,
+                    "frame of {len} bytes is shorter than the {HEADER_LEN}-byte header"
+                )
+            }
+            DecodeError::BadMagic(m) => write!(f, "bad magic {m:02x?}, expected {MAGIC:02x?}"),
+            DecodeError::Version { got } => write!(
+                f,
+                "peer speaks protocol version {got}, this build speaks {VERSION}"
+            ),
+            DecodeError::UnknownKind(k) => write!(f, "unknown message kind {k}"),
+            DecodeError::LengthMismatch { header, actual } => write!(
+                f,
+                "header announces a {header}-byte payload but {actual} bytes arrived"
+            ),
+            DecodeError::Oversized { len, max } => {
+                write!(f, "payload of {len} bytes exceeds the limit of {max}")
+            }
+            DecodeError::Malformed(what) => write!(f, "malformed payload: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// The keys of a push section or pull, either as they arrived (raw
+/// little-endian bytes inside a frame) or as a slice to be encoded.
+#[derive(Debug, Clone, Copy)]
+pub enum Keys<'a> {
+    /// Little-endian `u64`s inside a received frame.
+    Wire(&'a [u8]),
+    /// Keys to encode.
+    Native(&'a [u64]),
+}
+
+impl<'a> Keys<'a> {
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        match self {
+            Keys::Wire(b) => b.len() / 8,
+            Keys::Native(k) => k.len(),
+        }
+    }
+
+    /// True if there are no keys.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = u64> + 'a {
+        let (wire, native): (&'a [u8], &'a [u64]) = match *self {
+            Keys::Wire(b) => (b, &[]),
+            Keys::Native(k) => (&[], k),
+        };
+        let wire = wire.chunks_exact(8).map(read_u64);
+        let native = native.iter().copied();
+        // Exactly one of the two is non-empty.
+        KeysIter { wire, native }
+    }
+
+    /// Appends the keys to `out`.
+    pub fn extend_into(&self, out: &mut Vec<u64>) {
+        out.extend(self.iter());
+    }
+
+    fn write(&self, w: &mut Writer<'_>) {
+        match self {
+            Keys::Wire(b) => w.bytes(b),
+            Keys::Native(k) => k.iter().for_each(|&k| w.u64(k)),
+        }
+    }
+}
+
+struct KeysIter<A, B> {
+    wire: A,
+    native: B,
+}
+
+impl<A: Iterator<Item = u64>, B: Iterator<Item = u64>> Iterator for KeysIter<A, B> {
+    type Item = u64;
+    fn next(&mut self) -> Option<u64> {
+        self.wire.next().or_else(|| self.native.next())
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let (a, _) = self.wire.size_hint();
+        let (b, _) = self.native.size_hint();
+        (a + b, Some(a + b))
+    }
+}
+
+impl<A: Iterator<Item = u64>, B: Iterator<Item = u64>> ExactSizeIterator for KeysIter<A, B> {}
+
+/// One table's rows inside a push: keys and their deltas as little-endian
+/// bytes (`keys.len() × width × element size`; the receiver checks the
+/// size against its schema).
+#[derive(Debug, Clone, Copy)]
+pub struct Section<'a> {
+    /// The table's index in the cluster schema.
+    pub table: u32,
+    /// The rows' keys.
+    pub keys: Keys<'a>,
+    /// The deltas, row after row.
+    pub values: &'a [u8],
+}
+
+impl Section<'_> {
+    fn encoded_len(&self) -> usize {
+        16 + 8 * self.keys.len() + pad8(self.values.len())
+    }
+}
+
+/// The sections of a push: parsed lazily from a received frame (already
+/// validated), or a slice to encode.
+#[derive(Debug, Clone, Copy)]
+pub enum Sections<'a> {
+    /// Validated sections inside a received frame.
+    Wire {
+        /// The section bytes.
+        bytes: &'a [u8],
+        /// How many sections they hold.
+        count: usize,
+    },
+    /// Sections to encode.
+    Native(&'a [Section<'a>]),
+}
+
+impl<'a> Sections<'a> {
+    /// Number of sections.
+    pub fn len(&self) -> usize {
+        match self {
+            Sections::Wire { count, .. } => *count,
+            Sections::Native(s) => s.len(),
+        }
+    }
+
+    /// True if the push carries no rows (a bare clock tick).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sections in order.
+    pub fn iter(&self) -> impl Iterator<Item = Section<'a>> + 'a {
+        let (mut wire, native): (Option<Reader<'a>>, &'a [Section<'a>]) = match *self {
+            Sections::Wire { bytes, .. } => (Some(Reader::new(bytes)), &[]),
+            Sections::Native(s) => (None, s),
+        };
+        let mut native = native.iter().copied();
+        std::iter::from_fn(move || match &mut wire {
+            // Validated by `decode`, so this cannot fail; stop if it somehow does.
+            Some(r) if !r.is_empty() => read_section(r).ok(),
+            Some(_) => None,
+            None => native.next(),
+        })
+    }
+}
+
+/// A participant introduces itself to a server shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    /// Who is connecting.
+    pub role: Role,
+    /// Fingerprint of the connecting side's cluster schema; the server
+    /// refuses a peer whose schema differs from its own.
+    pub schema: u64,
+    /// An id for this connection attempt (logged; lets a server tell a
+    /// reconnect from a stale connection).
+    pub session: u64,
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A worker, with its id.
+    Worker(u32),
+    /// The process that started the cluster and may shut it down.
+    Controller,
+}
+
+/// A server shard accepts a participant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Welcome {
+    /// The shard's index.
+    pub shard: u32,
+    /// Number of workers the shard expects.
+    pub workers: u32,
+    /// The highest push sequence number from this worker the shard has
+    /// applied (0 if none): the worker resends everything after it.
+    pub applied_seq: u64,
+    /// The worker's clock as the shard knows it.
+    pub clock: u64,
+}
+
+/// A batch of deltas from one worker (possibly none), optionally closing
+/// the worker's clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Push<'a> {
+    /// The sending worker.
+    pub worker: u32,
+    /// Sequence number, per worker and shard, starting at 1 and increasing
+    /// by one per push: a resent push (same number) is applied once.
+    pub seq: u64,
+    /// The clock the deltas belong to.
+    pub clock: u64,
+    /// True if the worker finished `clock` with this push (it is now at
+    /// `clock + 1`).
+    pub tick: bool,
+    /// The rows, per table.
+    pub sections: Sections<'a>,
+}
+
+/// A server acknowledges that a push was applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushAck {
+    /// The push's sequence number.
+    pub seq: u64,
+    /// The server's slowest active clock after the push.
+    pub min_clock: u64,
+}
+
+/// A worker asks for rows that reflect every update from clocks below
+/// `min_clock`.
+#[derive(Debug, Clone, Copy)]
+pub struct PullRequest<'a> {
+    /// Request id, unique per worker connection.
+    pub req: u64,
+    /// The server answers once every active worker reached this clock.
+    pub min_clock: u64,
+    /// How long the server may park the request, in milliseconds.
+    pub timeout_ms: u64,
+    /// The table.
+    pub table: u32,
+    /// The rows.
+    pub keys: Keys<'a>,
+}
+
+/// A server's answer to a pull.
+#[derive(Debug, Clone, Copy)]
+pub struct PullResponse<'a> {
+    /// The request answered.
+    pub req: u64,
+    /// The rows include every update from clocks below this one.
+    pub clock: u64,
+    /// The table.
+    pub table: u32,
+    /// Number of rows.
+    pub rows: u32,
+    /// The rows' values, little-endian, row after row.
+    pub values: &'a [u8],
+}
+
+/// A server gave up on a parked pull: the workers in `clocks` did not
+/// reach `needed` within the request's timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullTimedOut {
+    /// The request.
+    pub req: u64,
+    /// The clock every active worker had to reach.
+    pub needed: u64,
+    /// How long the request was parked, in microseconds.
+    pub waited_us: u64,
+    /// Every worker's id, status (0 active, 1 left, 2 dead) and clock.
+    pub clocks: Vec<(u32, u32, u64)>,
+}
+
+/// A fatal error report; the sender drops the connection after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fault<'a> {
+    /// A machine-readable code (see [`FaultCode`]).
+    pub code: u32,
+    /// A message for humans.
+    pub text: &'a str,
+}
+
+/// Codes carried by a [`Fault`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum FaultCode {
+    /// The peer broke the protocol.
+    Protocol = 1,
+    /// The peer's cluster schema differs.
+    Schema = 2,
+    /// Another connection already speaks for this worker.
+    DuplicateWorker = 3,
+    /// A push or pull named an unknown table, wrong width or foreign key.
+    BadRequest = 4,
+    /// The server is shutting down.
+    ShuttingDown = 5,
+}
+
+/// Every message of the protocol.
+#[derive(Debug, Clone)]
+pub enum Message<'a> {
+    /// Connection setup, participant to server.
+    Hello(Hello),
+    /// Connection accepted, server to participant.
+    Welcome(Welcome),
+    /// Deltas and/or a clock tick, worker to server.
+    Push(Push<'a>),
+    /// A push was applied, server to worker.
+    PushAck(PushAck),
+    /// A pull, worker to server.
+    PullRequest(PullRequest<'a>),
+    /// Rows, server to worker.
+    PullResponse(PullResponse<'a>),
+    /// A parked pull expired, server to worker.
+    PullTimedOut(PullTimedOut),
+    /// The worker is done; it no longer holds anyone back.
+    Leave {
+        /// The worker.
+        worker: u32,
+    },
+    /// Controller to server: stop serving.
+    Shutdown,
+    /// A fatal error; the connection closes.
+    Fault(Fault<'a>),
+}
+
+impl Message<'_> {
+    fn kind(&self) -> u8 {
+        match self {
+            Message::Hello(_) => KIND_HELLO,
+            Message::Welcome(_) => KIND_WELCOME,
+            Message::Push(_) => KIND_PUSH,
+            Message::PushAck(_) => KIND_PUSH_ACK,
+            Message::PullRequest(_) => KIND_PULL_REQUEST,
+            Message::PullResponse(_) => KIND_PULL_RESPONSE,
+            Message::PullTimedOut(_) => KIND_PULL_TIMED_OUT,
+            Message::Leave { .. } => KIND_LEAVE,
+            Message::Shutdown => KIND_SHUTDOWN,
+            Message::Fault(_) => KIND_FAULT,
+        }
+    }
+
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Welcome(_) => "welcome",
+            Message::Push(_) => "push",
+            Message::PushAck(_) => "push ack",
+            Message::PullRequest(_) => "pull request",
+            Message::PullResponse(_) => "pull response",
+            Message::PullTimedOut(_) => "pull timeout",
+            Message::Leave { .. } => "leave",
+            Message::Shutdown => "shutdown",
+            Message::Fault(_) => "fault",
+        }
+    }
+
+    fn payload_len(&self) -> usize {
+        match self {
+            Message::Hello(_) | Message::Welcome(_) => 24,
+            Message::Push(p) => 32 + p.sections.iter().map(|s| s.encoded_len()).sum::<usize>(),
+            Message::PushAck(_) => 16,
+            Message::PullRequest(p) => 32 + 8 * p.keys.len(),
+            Message::PullResponse(p) => 32 + pad8(p.values.len()),
+            Message::PullTimedOut(t) => 32 + 16 * t.clocks.len(),
+            Message::Leave { .. } => 8,
+            Message::Shutdown => 0,
+            Message::Fault(f) => 8 + pad8(f.text.len()),
+        }
+    }
+
+    /// Bytes the encoded frame takes, header included.
+    pub fn encoded_len(&self) -> usize {
+        HEADER_LEN + self.payload_len()
+    }
+
+    /// Encodes the frame into the start of `out`, which must hold at least
+    /// [`encoded_len`](Self::encoded_len) bytes; returns the bytes written.
+    ///
+    /// # Panics
+    /// If `out` is too short (a caller bug: the length is known up front).
+    pub fn encode(&self, out: &mut [u8]) -> usize {
+        let len = self.encoded_len();
+        let mut w = Writer::new(&mut out[..len]);
+        write_header(&mut w, self.kind(), self.payload_len());
+        match self {
+            Message::Hello(h) => {
+                let (role, worker) = match h.role {
+                    Role::Worker(id) => (0, id),
+                    Role::Controller => (1, 0),
+                };
+                w.u32(role);
+                w.u32(worker);
+                w.u64(h.schema);
+                w.u64(h.session);
+            }
+            Message::Welcome(m) => {
+                w.u32(m.shard);
+                w.u32(m.workers);
+                w.u64(m.applied_seq);
+                w.u64(m.clock);
+            }
+            Message::Push(p) => {
+                w.u32(p.worker);
+                w.u32(u32::from(p.tick));
+                w.u64(p.seq);
+                w.u64(p.clock);
+                w.u32(p.sections.len() as u32);
+                w.u32(0);
+                for s in p.sections.iter() {
+                    w.u32(s.table);
+                    w.u32(s.keys.len() as u32);
+                    w.u64(s.values.len() as u64);
+                    s.keys.write(&mut w);
+                    w.bytes(s.values);
+                    w.pad8();
+                }
+            }
+            Message::PushAck(a) => {
+                w.u64(a.seq);
+                w.u64(a.min_clock);
+            }
+            Message::PullRequest(p) => {
+                w.u64(p.req);
+                w.u64(p.min_clock);
+                w.u64(p.timeout_ms);
+                w.u32(p.table);
+                w.u32(p.keys.len() as u32);
+                p.keys.write(&mut w);
+            }
+            Message::PullResponse(p) => {
+                write_pull_response_head(&mut w, p.req, p.clock, p.table, p.rows, p.values.len());
+                w.bytes(p.values);
+                w.pad8();
+            }
+            Message::PullTimedOut(t) => {
+                w.u64(t.req);
+                w.u64(t.needed);
+                w.u64(t.waited_us);
+                w.u32(t.clocks.len() as u32);
+                w.u32(0);
+                for &(worker, status, clock) in &t.clocks {
+                    w.u32(worker);
+                    w.u32(status);
+                    w.u64(clock);
+                }
+            }
+            Message::Leave { worker } => {
+                w.u32(*worker);
+                w.u32(0);
+            }
+            Message::Shutdown => {}
+            Message::Fault(f) => {
+                w.u32(f.code);
+                w.u32(f.text.len() as u32);
+                w.bytes(f.text.as_bytes());
+                w.pad8();
+            }
+        }
+        debug_assert_eq!(w.pos, len);
+        len
+    }
+
+    /// Encodes into a new vector (for tests and small control messages).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = vec![0; self.encoded_len()];
+        self.encode(&mut out);
+        out
+    }
+}
+
+/// Frame length and offset of the values of a pull response whose values
+/// take `value_len` bytes: lets a server write rows straight into a send
+/// buffer with [`write_pull_response`].
+pub fn pull_response_layout(value_len: usize) -> (usize, usize) {
+    (HEADER_LEN + 32 + pad8(value_len), HEADER_LEN + 32)
+}
+
+/// Writes a pull response's header into `frame` (as long as
+/// [`pull_response_layout`] says) and returns the region for its values,
+/// which the caller fills.
+///
+/// # Panics
+/// If `frame` is not exactly the length the layout gives.
+pub fn write_pull_response(
+    frame: &mut [u8],
+    req: u64,
+    clock: u64,
+    table: u32,
+    rows: u32,
+    value_len: usize,
+) -> &mut [u8] {
+    let (len, offset) = pull_response_layout(value_len);
+    assert_eq!(frame.len(), len, "pull response frame has the wrong length");
+    let mut w = Writer::new(frame);
+    write_header(&mut w, KIND_PULL_RESPONSE, len - HEADER_LEN);
+    write_pull_response_head(&mut w, req, clock, table, rows, value_len);
+    // Zero the padding so no stale bytes leave the process.
+    frame[offset + value_len..].fill(0);
+    &mut frame[offset..offset + value_len]
+}
+
+fn write_pull_response_head(
+    w: &mut Writer<'_>,
+    req: u64,
+    clock: u64,
+    table: u32,
+    rows: u32,
+    value_len: usize,
+) {
+    w.u64(req);
+    w.u64(clock);
+    w.u32(table);
+    w.u32(rows);
+    w.u64(value_len as u64);
+}
+
+fn write_header(w: &mut Writer<'_>, kind: u8, payload: usize) {
+    w.bytes(&MAGIC);
+    w.u16(VERSION);
+    w.u8(kind);
+    w.u8(0);
+    w.u32(payload as u32);
+    w.u32(0);
+}
+
+/// Checks a frame's header and returns its payload, without parsing it.
+pub fn split_frame(frame: &[u8], max_payload: usize) -> Result<(u8, &[u8]), DecodeError> {
+    if frame.len() < HEADER_LEN {
+        return Err(DecodeError::Truncated { len: frame.len() });
+    }
+    let mut r = Reader::new(frame);
+    let magic: [u8; 4] = r.take(4)?.try_into().expect("4 bytes");
+    if magic != MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    let version = r.u16()?;
+    if version != VERSION {
+        return Err(DecodeError::Version { got: version });
+    }
+    let kind = r.u8()?;
+    if r.u8()? != 0 {
+        return Err(DecodeError::Malformed("reserved header byte is not zero"));
+    }
+    let len = r.u32()? as usize;
+    if r.u32()? != 0 {
+        return Err(DecodeError::Malformed("reserved header word is not zero"));
+    }
+    if len > max_payload {
+        return Err(DecodeError::Oversized {
+            len,
+            max: max_payload,
+        });
+    }
+    let payload = &frame[HEADER_LEN..];
+    if payload.len() != len {
+        return Err(DecodeError::LengthMismatch {
+            header: len,
+            actual: payload.len(),
+        });
+    }
+    Ok((kind, payload))
+}
+
+/// Decodes one frame (exactly one: trailing bytes are an error), borrowing
+/// keys and values from it.
+///
+/// ```
+/// use laggard::proto::{decode, Message, PushAck, DEFAULT_MAX_PAYLOAD};
+///
+/// let frame = Message::PushAck(PushAck { seq: 7, min_clock: 3 }).to_vec();
+/// match decode(&frame, DEFAULT_MAX_PAYLOAD)? {
+///     Message::PushAck(ack) => assert_eq!(ack.seq, 7),
+///     other => panic!("decoded {}", other.name()),
+/// }
+/// assert!(decode(&frame[..frame.len() - 1], DEFAULT_MAX_PAYLOAD).is_err());
+/// # Ok::<(), laggard::proto::DecodeError>(())
+/// ```
+pub fn decode(frame: &[u8], max_payload: usize) -> Result<Message<'_>, DecodeError> {
+    let (kind, payload) = split_frame(frame, max_payload)?;
+    let mut r = Reader::new(payload);
+    let msg = match kind {
+        KIND_HELLO => {
+            let role = r.u32()?;
+            let worker = r.u32()?;
+            let role = match role {
+                0 => Role::Worker(worker),
+                1 if worker == 0 => Role::Controller,
+                _ => return Err(DecodeError::Malformed("unknown role")),
+            };
+            Message::Hello(Hello {
+                role,
+                schema: r.u64()?,
+                session: r.u64()?,
+            })
+        }
+        KIND_WELCOME => Message::Welcome(Welcome {
+            shard: r.u32()?,
+            workers: r.u32()?,
+            applied_seq: r.u64()?,
+            clock: r.u64()?,
+        }),
+        KIND_PUSH => {
+            let worker = r.u32()?;
+            let tick = match r.u32()? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Malformed("unknown push flags")),
+            };
+            let seq = r.u64()?;
+            let clock = r.u64()?;
+            let count = r.u32()? as usize;
+            r.zero_u32()?;
+            let bytes = r.rest();
+            // Validate every section now, so `Sections::iter` cannot fail.
+            let mut check = Reader::new(bytes);
+            for _ in 0..count {
+                read_section(&mut check)?;
+            }
+            if !check.is_empty() {
+                return Err(DecodeError::Malformed("bytes after the last push section"));
+            }
+            Message::Push(Push {
+                worker,
+                seq,
+                clock,
+                tick,
+                sections: Sections::Wire { bytes, count },
+            })
+        }
+        KIND_PUSH_ACK => Message::PushAck(PushAck {
+            seq: r.u64()?,
+            min_clock: r.u64()?,
+        }),
+        KIND_PULL_REQUEST => {
+            let req = r.u64()?;
+            let min_clock = r.u64()?;
+            let timeout_ms = r.u64()?;
+            let table = r.u32()?;
+            let rows = r.u32()? as usize;
+            let keys = r.take(rows.checked_mul(8).ok_or(COUNT)?)?;
+            Message::PullRequest(PullRequest {
+                req,
+                min_clock,
+                timeout_ms,
+                table,
+                keys: Keys::Wire(keys),
+            })
+        }
+        KIND_PULL_RESPONSE => {
+            let req = r.u64()?;
+            let clock = r.u64()?;
+            let table = r.u32()?;
+            let rows = r.u32()?;
+            let value_len = usize::try_from(r.u64()?).map_err(|_| COUNT)?;
+            let values = r.take(value_len)?;
+            r.padding(value_len)?;
+            Message::PullResponse(PullResponse {
+                req,
+                clock,
+                table,
+                rows,
+                values,
+            })
+        }
+        KIND_PULL_TIMED_OUT => {
+            let req = r.u64()?;
+            let needed = r.u64()?;
+            let waited_us = r.u64()?;
+            let count = r.u32()? as usize;
+            r.zero_u32()?;
+            if count.checked_mul(16) != Some(r.remaining()) {
+                return Err(COUNT);
+            }
+            let mut clocks = Vec::with_capacity(count);
+            for _ in 0..count {
+                clocks.push((r.u32()?, r.u32()?, r.u64()?));
+            }
+            Message::PullTimedOut(PullTimedOut {
+                req,
+                needed,
+                waited_us,
+                clocks,
+            })
+        }
+        KIND_LEAVE => {
+            let worker = r.u32()?;
+            r.zero_u32()?;
+            Message::Leave { worker }
+        }
+        KIND_SHUTDOWN => Message::Shutdown,
+        KIND_FAULT => {
+            let code = r.u32()?;
+            let len = r.u32()? as usize;
+            let text = std::str::from_utf8(r.take(len)?)
+                .map_err(|_| DecodeError::Malformed("fault text is not UTF-8"))?;
+            r.padding(len)?;
+            Message::Fault(Fault { code, text })
+        }
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    if !r.is_empty() {
+        return Err(DecodeError::Malformed("bytes after the end of the message"));
+    }
+    Ok(msg)
+}
+
+const COUNT: DecodeError = DecodeError::Malformed("a count or length does not fit the payload");
+
+fn read_section<'a>(r: &mut Reader<'a>) -> Result<Section<'a>, DecodeError> {
+    let table = r.u32()?;
+    let rows = r.u32()? as usize;
+    let value_len = usize::try_from(r.u64()?).map_err(|_| COUNT)?;
+    let keys = r.take(rows.checked_mul(8).ok_or(COUNT)?)?;
+    let values = r.take(value_len)?;
+    r.padding(value_len)?;
+    Ok(Section {
+        table,
+        keys: Keys::Wire(keys),
+        values,
+    })
+}
+
+/// `n` rounded up to a multiple of 8.
+fn pad8(n: usize) -> usize {
+    n.div_ceil(8) * 8
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    u64::from_le_bytes(b.try_into().expect("8 bytes"))
+}
+
+/// Reads fields off a byte slice; every read is bounds-checked.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    fn remaining(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.bytes)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.bytes.len() {
+            return Err(COUNT);
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(read_u64(self.take(8)?))
+    }
+
+    fn zero_u32(&mut self) -> Result<(), DecodeError> {
+        match self.u32()? {
+            0 => Ok(()),
+            _ => Err(DecodeError::Malformed("reserved field is not zero")),
+        }
+    }
+
+    /// Skips the zero padding after a `len`-byte field.
+    fn padding(&mut self, len: usize) -> Result<(), DecodeError> {
+        if self.take(pad8(len) - len)?.iter().any(|&b| b != 0) {
+            return Err(DecodeError::Malformed("padding is not zero"));
+        }
+        Ok(())
+    }
+}
+
+/// Writes fields into a byte slice of exactly the right size.
+struct Writer<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Writer<'a> {
+    fn new(out: &'a mut [u8]) -> Self {
+        Writer { out, pos: 0 }
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        self.out[self.pos..self.pos + b.len()].copy_from_slice(b);
+        self.pos += b.len();
+    }
+
+    fn u8(&mut self, v: u8) {
+        self.bytes(&[v]);
+    }
+
+    fn u16(&mut self, v: u16) {
+        self.bytes(&v.to_le_bytes());
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.bytes(&v.to_le_bytes());
+    }
+
+    fn u64(&mut self, v: u64) {
+        self.bytes(&v.to_le_bytes());
+    }
+
+    fn pad8(&mut self) {
+        let end = pad8(self.pos);
+        self.out[self.pos..end].fill(0);
+        self.pos = end;
+    }
+}
+
+#[cfg(all(test, not(laggard_loom)))]
+mod tests {
+    use super::*;
+
+    fn round_trip(msg: Message<'_>) -> Vec<u8> {
+        let frame = msg.to_vec();
+        assert_eq!(frame.len() % 8, 0, "{} frame not padded", msg.name());
+        let back = decode(&frame, DEFAULT_MAX_PAYLOAD).expect("decodes");
+        assert_eq!(back.to_vec(), frame, "{} did not round-trip", msg.name());
+        frame
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let keys = [3u64, 1 << 40];
+        let values = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let sections = [
+            Section {
+                table: 0,
+                keys: Keys::Native(&keys),
+                values: &values,
+            },
+            Section {
+                table: 2,
+                keys: Keys::Native(&[]),
+                values: &[],
+            },
+        ];
+        round_trip(Message::Hello(Hello {
+            role: Role::Worker(3),
+            schema: 99,
+            session: 5,
+        }));
+        round_trip(Message::Hello(Hello {
+            role: Role::Controller,
+            schema: 1,
+            session: 2,
+        }));
+        round_trip(Message::Welcome(Welcome {
+            shard: 1,
+            workers: 4,
+            applied_seq: 10,
+            clock: 3,
+        }));
+        let frame = round_trip(Message::Push(Push {
+            worker: 2,
+            seq: 9,
+            clock: 4,
+            tick: true,
+            sections: Sections::Native(&sections),
+        }));
+        let Message::Push(p) = decode(&frame, DEFAULT_MAX_PAYLOAD).unwrap() else {
+            panic!("not a push")
+        };
+        let got: Vec<_> = p.sections.iter().collect();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].keys.iter().collect::<Vec<_>>(), keys);
+        assert_eq!(got[0].values, values);
+        round_trip(Message::PushAck(PushAck {
+            seq: 1,
+            min_clock: 2,
+        }));
+        round_trip(Message::PullRequest(PullRequest {
+            req: 1,
+            min_clock: 2,
+            timeout_ms: 3,
+            table: 4,
+            keys: Keys::Native(&keys),
+        }));
+        round_trip(Message::PullResponse(PullResponse {
+            req: 1,
+            clock: 2,
+            table: 0,
+            rows: 1,
+            values: &values[..5],
+        }));
+        round_trip(Message::PullTimedOut(PullTimedOut {
+            req: 1,
+            needed: 5,
+            waited_us: 100,
+            clocks: vec![(0, 0, 5), (1, 2, 1)],
+        }));
+        round_trip(Message::Leave { worker: 7 });
+        round_trip(Message::Shutdown);
+        round_trip(Message::Fault(Fault {
+            code: FaultCode::Schema as u32,
+            text: "schemas differ",
+        }));
+    }
+
+    #[test]
+    fn pull_response_written_in_place_matches_encode() {
+        let values = [9u8; 12];
+        let expected = Message::PullResponse(PullResponse {
+            req: 4,
+            clock: 8,
+            table: 1,
+            rows: 3,
+            values: &values,
+        })
+        .to_vec();
+        let (len, _) = pull_response_layout(values.len());
+        let mut frame = vec![0xAA; len];
+        write_pull_response(&mut frame, 4, 8, 1, 3, values.len()).copy_from_slice(&values);
+        assert_eq!(frame, expected);
+    }
+
+    #[test]
+    fn bad_frames_are_errors() {
+        let good = Message::Leave { worker: 1 }.to_vec();
+        assert!(matches!(
+            decode(&good[..3], 1 << 20),
+            Err(DecodeError::Truncated { .. })
+        ));
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert!(matches!(
+            decode(&bad, 1 << 20),
+            Err(DecodeError::BadMagic(_))
+        ));
+        let mut bad = good.clone();
+        bad[4] = 2;
+        assert_eq!(
+            decode(&bad, 1 << 20).unwrap_err(),
+            DecodeError::Version { got: 2 }
+        );
+        let mut bad = good.clone();
+        bad[6] = 200;
+        assert_eq!(
+            decode(&bad, 1 << 20).unwrap_err(),
+            DecodeError::UnknownKind(200)
+        );
+        let mut long = good.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert!(matches!(
+            decode(&long, 1 << 20),
+            Err(DecodeError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            decode(&good, 4),
+            Err(DecodeError::Oversized { .. })
+        ));
+        // A pull request claiming more keys than it carries.
+        let mut req = Message::PullRequest(PullRequest {
+            req: 1,
+            min_clock: 0,
+            timeout_ms: 0,
+            table: 0,
+            keys: Keys::Native(&[1, 2]),
+        })
+        .to_vec();
+        req[HEADER_LEN + 28] = 255;
+        assert!(matches!(
+            decode(&req, 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,518 @@
+//! The server shard's state machine: registration, idempotent pushes, the
+//! vector clock, and pulls parked until the slowest worker allows them
+//! (Bösen-style).
+//!
+//! Sans-IO: [`ServerCore::on_frame`], [`ServerCore::on_disconnect`] and
+//! [`ServerCore::poll`] take input and the current time and append
+//! [`Output`]s; the caller moves them over a transport. Table storage is
+//! reached through the [`ShardTables`] trait, so the machine can be driven
+//! against a model in tests.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use super::codec::{
+    self, DecodeError, Fault, FaultCode, Hello, Keys, Message, PullTimedOut, PushAck, Role, Welcome,
+};
+use crate::clock::{VectorClock, WorkerId, WorkerStatus};
+use crate::error::Result;
+use crate::transport::PeerId;
+
+/// What a server shard needs from its table storage.
+pub trait ShardTables {
+    /// Number of tables.
+    fn len(&self) -> usize;
+
+    /// True if there are no tables.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks that `table` exists, every key belongs to this shard, and
+    /// `value_len` is `keys × width × element size` (pass `None` for a
+    /// pull, which carries no values).
+    fn check(&self, table: u32, keys: Keys<'_>, value_len: Option<usize>) -> Result<()>;
+
+    /// Applies a checked push section with the table's update rule.
+    fn apply(&mut self, table: u32, keys: Keys<'_>, values: &[u8]) -> Result<()>;
+
+    /// Bytes per row of `table` on the wire.
+    fn row_bytes(&self, table: u32) -> usize;
+}
+
+/// Settings of one server shard.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// This shard's index.
+    pub shard: u32,
+    /// Number of workers in the cluster (ids `0..workers`).
+    pub workers: u32,
+    /// The cluster schema's fingerprint; peers with another are refused.
+    pub schema: u64,
+    /// A worker whose connection dropped without `Leave` is declared dead
+    /// after this long, and stops holding the others back.
+    pub dead_after: Duration,
+    /// The largest payload accepted.
+    pub max_payload: usize,
+}
+
+/// Something the server must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send a control message.
+    Send(PeerId, Reply),
+    /// Send rows: encode a pull response for `keys` of `table`, reading the
+    /// values from storage at encoding time.
+    Rows {
+        /// Who asked.
+        peer: PeerId,
+        /// The request.
+        req: u64,
+        /// The rows include every update from clocks below this.
+        clock: u64,
+        /// The table.
+        table: u32,
+        /// The keys, in the order asked.
+        keys: Vec<u64>,
+    },
+    /// Drop the connection (after sending what precedes this output).
+    Close(PeerId),
+    /// Stop serving.
+    Stop,
+}
+
+/// A control message the server sends (owned, unlike [`Message`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Registration accepted.
+    Welcome(Welcome),
+    /// A push was applied (or was a duplicate of one that was).
+    PushAck(PushAck),
+    /// A parked pull expired.
+    PullTimedOut(PullTimedOut),
+    /// A fatal error; a [`Output::Close`] follows.
+    Fault(FaultCode, String),
+}
+
+impl Reply {
+    /// The message to encode.
+    pub fn message(&self) -> Message<'_> {
+        match self {
+            Reply::Welcome(w) => Message::Welcome(*w),
+            Reply::PushAck(a) => Message::PushAck(*a),
+            Reply::PullTimedOut(t) => Message::PullTimedOut(t.clone()),
+            Reply::Fault(code, text) => Message::Fault(Fault {
+                code: *code as u32,
+                text,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Parked {
+    peer: PeerId,
+    req: u64,
+    table: u32,
+    keys: Vec<u64>,
+    min_clock: u64,
+    since: Instant,
+    deadline: Instant,
+}
+
+/// Counters a server keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerStats {
+    /// Push messages applied.
+    pub pushes: u64,
+    /// Push messages recognised as resends and not applied again.
+    pub duplicate_pushes: u64,
+    /// Rows applied.
+    pub rows_applied: u64,
+    /// Pull requests received.
+    pub pulls: u64,
+    /// Pull requests that had to wait for slower workers.
+    pub pulls_parked: u64,
+    /// Parked pulls that timed out.
+    pub pulls_timed_out: u64,
+    /// Workers declared dead after losing their connection.
+    pub workers_declared_dead: u64,
+    /// Connections dropped for protocol errors or bad requests.
+    pub peers_dropped: u64,
+}
+
+/// One server shard's protocol state.
+#[derive(Debug)]
+pub struct ServerCore {
+    cfg: ServerConfig,
+    clocks: VectorClock,
+    /// Highest applied push sequence number per worker.
+    applied: Vec<u64>,
+    roles: HashMap<PeerId, Role>,
+    /// The connection speaking for each worker.
+    conn_of: Vec<Option<PeerId>>,
+    /// When each worker's connection dropped without `Leave`.
+    lost_at: Vec<Option<Instant>>,
+    parked: Vec<Parked>,
+    stopped: bool,
+    stats: ServerStats,
+}
+
+impl ServerCore {
+    /// A shard with every worker at clock 0, none connected yet.
+    pub fn new(cfg: ServerConfig) -> Self {
+        let n = cfg.workers as usize;
+        ServerCore {
+            clocks: VectorClock::new(n),
+            applied: vec![0; n],
+            roles: HashMap::new(),
+            conn_of: vec![None; n],
+            lost_at: vec![None; n],
+            parked: Vec::new(),
+            stopped: false,
+            stats: ServerStats::default(),
+            cfg,
+        }
+    }
+
+    /// The vector clock as this shard knows it.
+    pub fn clocks(&self) -> &VectorClock {
+        &self.clocks
+    }
+
+    /// The shard's counters.
+    pub fn stats(&self) -> ServerStats {
+        self.stats
+    }
+
+    /// True once a controller asked the shard to stop.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Pulls currently parked.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// The earliest time [`poll`](Self::poll) has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let parked = self.parked.iter().map(|p| p.deadline);
+        let lost = self
+            .lost_at
+            .iter()
+            .flatten()
+            .map(|&t| t + self.cfg.dead_after);
+        parked.chain(lost).min()
+    }
+
+    /// The clock the table's contents reflect: every update from clocks
+    /// below it is applied.
+    fn visible_clock(&self) -> u64 {
+        self.clocks
+            .min_active()
+            .unwrap_or_else(|| self.clocks.iter().map(|(_, c, _)| c).max().unwrap_or(0))
+    }
+
+    /// Handles one received frame from `peer`.
+    pub fn on_frame(
+        &mut self,
+        peer: PeerId,
+        frame: &[u8],
+        now: Instant,
+        tables: &mut dyn ShardTables,
+        out: &mut Vec<Output>,
+    ) {
+        match codec::decode(frame, self.cfg.max_payload) {
+            Ok(msg) => self.on_message(peer, msg, now, tables, out),
+            Err(e) => self.drop_peer(peer, FaultCode::Protocol, decode_reason(&e), out),
+        }
+    }
+
+    fn drop_peer(&mut self, peer: PeerId, code: FaultCode, text: String, out: &mut Vec<Output>) {
+        self.stats.peers_dropped += 1;
+        out.push(Output::Send(peer, Reply::Fault(code, text)));
+        out.push(Output::Close(peer));
+        // What a closed connection means is decided when the transport
+        // reports it (`on_disconnect`), as for any other disconnect.
+    }
+
+    /// Handles one decoded message from `peer`.
+    pub fn on_message(
+        &mut self,
+        peer: PeerId,
+        msg: Message<'_>,
+        now: Instant,
+        tables: &mut dyn ShardTables,
+        out: &mut Vec<Output>,
+    ) {
+        let role = self.roles.get(&peer).copied();
+        match (role, msg) {
+            (None, Message::Hello(hello)) => self.on_hello(peer, hello, out),
+            (Some(Role::Worker(w)), Message::Push(push)) if push.worker == w => {
+                self.on_push(peer, w, push, tables, out)
+            }
+            (Some(Role::Worker(w)), Message::PullRequest(req)) => {
+                self.stats.pulls += 1;
+                if let Err(e) = tables.check(req.table, req.keys, None) {
+                    return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
+                }
+                let mut keys = Vec::with_capacity(req.keys.len());
+                req.keys.extend_into(&mut keys);
+                let parked = Parked {
+                    peer,
+                    req: req.req,
+                    table: req.table,
+                    keys,
+                    min_clock: req.min_clock,
+                    since: now,
+                    deadline: now + Duration::from_millis(req.timeout_ms),
+                };
+                let _ = w;
+                if self.visible_clock() >= parked.min_clock {
+                    self.answer(parked, out);
+                } else {
+                    self.stats.pulls_parked += 1;
+                    self.parked.push(parked);
+                }
+            }
+            (Some(Role::Worker(w)), Message::Leave { worker }) if worker == w => {
+                self.retire(w, WorkerStatus::Left, out);
+            }
+            (Some(Role::Controller), Message::Shutdown) => {
+                self.stopped = true;
+                for p in std::mem::take(&mut self.parked) {
+                    out.push(Output::Send(
+                        p.peer,
+                        Reply::Fault(
+                            FaultCode::ShuttingDown,
+                            "the server is shutting down".into(),
+                        ),
+                    ));
+                }
+                out.push(Output::Stop);
+            }
+            (Some(_), Message::Fault(_)) => out.push(Output::Close(peer)),
+            (role, msg) => {
+                let who = match role {
+                    None => "an unregistered peer".to_owned(),
+                    Some(Role::Controller) => "the controller".to_owned(),
+                    Some(Role::Worker(w)) => format!("worker {w}"),
+                };
+                let text = format!("unexpected {} from {who}", msg.name());
+                self.drop_peer(peer, FaultCode::Protocol, text, out);
+            }
+        }
+    }
+
+    fn on_hello(&mut self, peer: PeerId, hello: Hello, out: &mut Vec<Output>) {
+        if hello.schema != self.cfg.schema {
+            let text = format!(
+                "cluster schema {:#018x} differs from this server's {:#018x}: \
+                 the processes were configured with different tables",
+                hello.schema, self.cfg.schema
+            );
+            return self.drop_peer(peer, FaultCode::Schema, text, out);
+        }
+        let welcome = match hello.role {
+            Role::Controller => Welcome {
+                shard: self.cfg.shard,
+                workers: self.cfg.workers,
+                applied_seq: 0,
+                clock: self.visible_clock(),
+            },
+            Role::Worker(w) => {
+                let Some((clock, status)) = self.clocks.get(WorkerId(w)) else {
+                    let text = format!(
+                        "worker id {w} is out of range: the cluster has {} workers",
+                        self.cfg.workers
+                    );
+                    return self.drop_peer(peer, FaultCode::Protocol, text, out);
+                };
+                if status != WorkerStatus::Active {
+                    let text = format!("worker {w} has {} and cannot rejoin", status.as_str());
+                    return self.drop_peer(peer, FaultCode::Protocol, text, out);
+                }
+                if let Some(other) = self.conn_of[w as usize] {
+                    let text = format!("worker {w} is already connected as {other}");
+                    return self.drop_peer(peer, FaultCode::DuplicateWorker, text, out);
+                }
+                self.conn_of[w as usize] = Some(peer);
+                self.lost_at[w as usize] = None;
+                Welcome {
+                    shard: self.cfg.shard,
+                    workers: self.cfg.workers,
+                    applied_seq: self.applied[w as usize],
+                    clock,
+                }
+            }
+        };
+        self.roles.insert(peer, hello.role);
+        out.push(Output::Send(peer, Reply::Welcome(welcome)));
+    }
+
+    fn on_push(
+        &mut self,
+        peer: PeerId,
+        w: u32,
+        push: codec::Push<'_>,
+        tables: &mut dyn ShardTables,
+        out: &mut Vec<Output>,
+    ) {
+        let wi = w as usize;
+        let applied = self.applied[wi];
+        if push.seq <= applied {
+            // A resend after a reconnect: already applied, acknowledge again.
+            self.stats.duplicate_pushes += 1;
+            let ack = PushAck {
+                seq: push.seq,
+                min_clock: self.visible_clock(),
+            };
+            return out.push(Output::Send(peer, Reply::PushAck(ack)));
+        }
+        if push.seq != applied + 1 {
+            let text = format!(
+                "push sequence gap from worker {w}: got {}, expected {}",
+                push.seq,
+                applied + 1
+            );
+            return self.drop_peer(peer, FaultCode::Protocol, text, out);
+        }
+        let (clock, _) = self.clocks.get(WorkerId(w)).expect("registered worker");
+        if push.clock != clock {
+            let text = format!(
+                "worker {w} pushed for clock {} but is at clock {clock}",
+                push.clock
+            );
+            return self.drop_peer(peer, FaultCode::Protocol, text, out);
+        }
+        // Check every section before applying any, so a bad push changes nothing.
+        for s in push.sections.iter() {
+            if let Err(e) = tables.check(s.table, s.keys, Some(s.values.len())) {
+                return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
+            }
+        }
+        for s in push.sections.iter() {
+            if let Err(e) = tables.apply(s.table, s.keys, s.values) {
+                // Checked above; storage refusing now (out of memory) is fatal
+                // for this peer, and the push is not acknowledged.
+                return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
+            }
+            self.stats.rows_applied += s.keys.len() as u64;
+        }
+        self.applied[wi] = push.seq;
+        self.stats.pushes += 1;
+        if push.tick {
+            self.clocks
+                .set(WorkerId(w), clock + 1, WorkerStatus::Active);
+        }
+        let ack = PushAck {
+            seq: push.seq,
+            min_clock: self.visible_clock(),
+        };
+        out.push(Output::Send(peer, Reply::PushAck(ack)));
+        if push.tick {
+            self.release(out);
+        }
+    }
+
+    fn retire(&mut self, w: u32, status: WorkerStatus, out: &mut Vec<Output>) {
+        let (clock, current) = self.clocks.get(WorkerId(w)).expect("known worker");
+        if current == WorkerStatus::Active {
+            self.clocks.set(WorkerId(w), clock, status);
+        }
+        self.lost_at[w as usize] = None;
+        self.release(out);
+    }
+
+    /// Answers every parked pull the clock now allows.
+    fn release(&mut self, out: &mut Vec<Output>) {
+        let visible = self.visible_clock();
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| visible >= p.min_clock);
+        self.parked = waiting;
+        for p in ready {
+            self.answer(p, out);
+        }
+    }
+
+    fn answer(&mut self, p: Parked, out: &mut Vec<Output>) {
+        out.push(Output::Rows {
+            peer: p.peer,
+            req: p.req,
+            clock: self.visible_clock(),
+            table: p.table,
+            keys: p.keys,
+        });
+    }
+
+    /// A connection closed. A worker that did not say `Leave` is declared
+    /// dead after [`ServerConfig::dead_after`] unless it reconnects.
+    pub fn on_disconnect(&mut self, peer: PeerId, now: Instant) {
+        self.parked.retain(|p| p.peer != peer);
+        if let Some(Role::Worker(w)) = self.roles.remove(&peer) {
+            let wi = w as usize;
+            if self.conn_of[wi] == Some(peer) {
+                self.conn_of[wi] = None;
+                if self.clocks.get(WorkerId(w)).map(|e| e.1) == Some(WorkerStatus::Active) {
+                    self.lost_at[wi] = Some(now);
+                }
+            }
+        }
+    }
+
+    /// Expires parked pulls and declares lost workers dead, as of `now`.
+    pub fn poll(&mut self, now: Instant, out: &mut Vec<Output>) {
+        for w in 0..self.lost_at.len() {
+            if self.lost_at[w].is_some_and(|t| now >= t + self.cfg.dead_after) {
+                self.stats.workers_declared_dead += 1;
+                self.retire(w as u32, WorkerStatus::Dead, out);
+            }
+        }
+        let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| now >= p.deadline);
+        self.parked = waiting;
+        for p in expired {
+            self.stats.pulls_timed_out += 1;
+            let clocks = self
+                .clocks
+                .iter()
+                .map(|(w, c, s)| (w.0, status_code(s), c))
+                .collect();
+            let waited = now.saturating_duration_since(p.since);
+            out.push(Output::Send(
+                p.peer,
+                Reply::PullTimedOut(PullTimedOut {
+                    req: p.req,
+                    needed: p.min_clock,
+                    waited_us: waited.as_micros().min(u128::from(u64::MAX)) as u64,
+                    clocks,
+                }),
+            ));
+        }
+    }
+}
+
+fn decode_reason(e: &DecodeError) -> String {
+    format!("undecodable frame: {e}")
+}
+
+/// A worker status as sent in [`PullTimedOut::clocks`].
+pub(crate) fn status_code(s: WorkerStatus) -> u32 {
+    match s {
+        WorkerStatus::Active => 0,
+        WorkerStatus::Left => 1,
+        WorkerStatus::Dead => 2,
+    }
+}
+
+/// The inverse of [`status_code`]; unknown codes read as dead.
+pub(crate) fn status_from_code(c: u32) -> WorkerStatus {
+    match c {
+        0 => WorkerStatus::Active,
+        1 => WorkerStatus::Left,
+        _ => WorkerStatus::Dead,
+    }
+}

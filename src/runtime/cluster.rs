@@ -1,0 +1,248 @@
+//! A whole cluster in one process over the in-process transport: the
+//! default for trying laggard, for tests and for the demo.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::server::{Server, send_message};
+use super::spec::ClusterSpec;
+use super::worker::Worker;
+use crate::clock::WorkerId;
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::proto::{Hello, Message, Role, ServerStats, decode};
+use crate::table::Table;
+use crate::transport::{Endpoint, Event, InProcess, InProcessEndpoint, Transport};
+
+/// S server shards on their own threads and P workers, all in this
+/// process, connected by an [`InProcess`] network of their own (two
+/// clusters never see each other).
+///
+/// ```
+/// use laggard::{Cluster, ClusterSpec, Consistency, TableSpec};
+///
+/// let spec = ClusterSpec::new(2, 3).table(
+///     "counts",
+///     TableSpec::<i64>::dense(0..10, 2).consistency(Consistency::Ssp { staleness: 1 }),
+/// );
+/// let cluster = Cluster::start(spec)?;
+/// cluster.run_workers(|worker| {
+///     let counts = worker.table::<i64>("counts")?;
+///     let mut row = [0i64; 2];
+///     for _ in 0..5 {
+///         worker.pull(&counts, &[7], &mut row)?;
+///         worker.push(&counts, &[7], &[1, 10])?;
+///         worker.clock()?;
+///     }
+///     Ok(())
+/// })?;
+/// let mut row = [0i64; 2];
+/// cluster.read::<i64>("counts", &[7], &mut row)?;
+/// assert_eq!(row, [15, 150]); // 3 workers × 5 clocks
+/// cluster.shutdown()?;
+/// # Ok::<(), laggard::Error>(())
+/// ```
+pub struct Cluster {
+    spec: ClusterSpec,
+    net: InProcess,
+    servers: Vec<JoinHandle<Result<ServerStats>>>,
+    /// `parts[table][shard]`: each server's part, type-erased.
+    parts: Vec<Vec<Arc<dyn std::any::Any + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Starts the cluster's servers on threads of their own, on a new
+    /// in-process network.
+    pub fn start(spec: ClusterSpec) -> Result<Self> {
+        Self::start_on(spec, InProcess::new())
+    }
+
+    /// Starts the servers on the given in-process network (e.g. one built
+    /// with a smaller capacity).
+    pub fn start_on(spec: ClusterSpec, net: InProcess) -> Result<Self> {
+        spec.validate()?;
+        let mut servers = Vec::new();
+        let mut parts = vec![Vec::new(); spec.tables.len()];
+        for shard in 0..spec.servers {
+            let ep = net.bind(&spec.server_name(shard))?;
+            let server = Server::new(ep, &spec, shard)?;
+            for (t, part) in parts.iter_mut().enumerate() {
+                part.push(server.typed_part(t));
+            }
+            let handle = std::thread::Builder::new()
+                .name(spec.server_name(shard))
+                .spawn(move || server.run())
+                .map_err(|e| Error::Transport {
+                    reason: format!("could not start a server thread: {e}"),
+                })?;
+            servers.push(handle);
+        }
+        Ok(Cluster {
+            spec,
+            net,
+            servers,
+            parts,
+        })
+    }
+
+    /// The cluster's spec.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// The network the cluster runs on.
+    pub fn network(&self) -> &InProcess {
+        &self.net
+    }
+
+    /// Connects worker `id` (for running workers on threads of your own).
+    pub fn worker(&self, id: usize) -> Result<Worker<InProcessEndpoint>> {
+        let ep = self.net.bind(&self.spec.worker_name(id))?;
+        let deadline = Instant::now() + self.spec.timeout;
+        Worker::connect(ep, &self.spec, WorkerId(id as u32), deadline)
+    }
+
+    /// Runs `f` once per worker, each on its own thread with its own
+    /// connected [`Worker`]; a worker whose `f` succeeds then leaves
+    /// (flushing its pushes). Returns the results in worker order, or the
+    /// first error.
+    ///
+    /// A worker whose `f` fails drops its connection without leaving; the
+    /// servers declare it dead after the spec's `dead_after`, so the
+    /// others are held back at most that long.
+    pub fn run_workers<R, F>(&self, f: F) -> Result<Vec<R>>
+    where
+        R: Send,
+        F: Fn(&mut Worker<InProcessEndpoint>) -> Result<R> + Sync,
+    {
+        let f = &f;
+        let results: Vec<Result<R>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..self.spec.workers)
+                .map(|id| {
+                    s.spawn(move || -> Result<R> {
+                        let mut worker = self.worker(id)?;
+                        let result = f(&mut worker)?;
+                        worker.leave()?;
+                        Ok(result)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+
+    /// Reads rows of table `name` straight from the servers' storage
+    /// (bypassing the protocol; for inspecting results and tests).
+    pub fn read<T: Element>(&self, name: &str, keys: &[u64], out: &mut [T]) -> Result<()> {
+        let index = self.spec.table_index(name)?;
+        let info = &self.spec.tables[index].info;
+        if info.kind != T::KIND {
+            return Err(Error::TableType {
+                name: name.to_owned(),
+                holds: info.kind.name(),
+                asked: T::NAME,
+            });
+        }
+        if keys.len().checked_mul(info.width) != Some(out.len()) {
+            return Err(Error::BatchShape {
+                keys: keys.len(),
+                width: info.width,
+                values: out.len(),
+            });
+        }
+        for (&key, row) in keys.iter().zip(out.chunks_exact_mut(info.width)) {
+            let shard = info.map.shard_of(key)?;
+            let part = self.parts[index][shard]
+                .clone()
+                .downcast::<Table<T>>()
+                .map_err(|_| Error::Transport {
+                    reason: "table part has an unexpected type".into(),
+                })?;
+            part.pull(key, row)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the servers and returns their counters, shard by shard.
+    pub fn shutdown(mut self) -> Result<Vec<ServerStats>> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<Vec<ServerStats>> {
+        if self.servers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + self.spec.timeout;
+        let result = self.send_shutdown(deadline);
+        let stats: Vec<Result<ServerStats>> = self
+            .servers
+            .drain(..)
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect();
+        result?;
+        stats.into_iter().collect()
+    }
+
+    fn send_shutdown(&self, deadline: Instant) -> Result<()> {
+        let mut ep = self.net.bind("laggard-controller")?;
+        let hello = Message::Hello(Hello {
+            role: Role::Controller,
+            schema: self.spec.fingerprint(),
+            session: 0,
+        });
+        let mut peers = Vec::new();
+        for shard in 0..self.spec.servers {
+            let peer = ep.connect(&self.spec.server_name(shard), deadline)?;
+            send_message(&mut ep, peer, &hello, deadline)?;
+            peers.push(peer);
+        }
+        let mut welcomed = 0;
+        while welcomed < peers.len() {
+            match ep.recv(deadline)? {
+                Some(Event::Frame(_, frame)) => {
+                    if let Ok(Message::Welcome(_)) = decode(&frame, self.spec.max_payload) {
+                        welcomed += 1;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    return Err(Error::NoResponse {
+                        what: "the servers to accept the controller".into(),
+                        waited: Duration::ZERO,
+                    });
+                }
+            }
+        }
+        for &peer in &peers {
+            send_message(&mut ep, peer, &Message::Shutdown, deadline)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Best effort: a cluster dropped without `shutdown` still stops its
+        // server threads rather than leaking them.
+        let _ = self.stop();
+    }
+}

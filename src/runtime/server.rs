@@ -1,0 +1,179 @@
+//! A server shard: the protocol state machine driven over an endpoint.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::spec::ClusterSpec;
+use super::storage::ServerTables;
+use crate::error::{Error, Result};
+use crate::proto::{
+    Output, ServerConfig, ServerCore, ServerStats, pull_response_layout, write_pull_response,
+};
+use crate::transport::{Endpoint, Event, PeerId};
+
+/// The longest a server sleeps without checking its timers.
+const IDLE: Duration = Duration::from_millis(100);
+
+/// One server shard: owns its part of every table, applies pushes with the
+/// tables' update rules, tracks the vector clock and parks pulls until the
+/// slowest worker allows them. [`run`](Self::run) serves until a controller
+/// sends `Shutdown`.
+pub struct Server<E: Endpoint> {
+    ep: E,
+    core: ServerCore,
+    tables: ServerTables,
+    typed: Vec<Arc<dyn Any + Send + Sync>>,
+    send_timeout: Duration,
+    out: Vec<Output>,
+}
+
+impl<E: Endpoint> std::fmt::Debug for Server<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("endpoint", &self.ep.name())
+            .field("core", &self.core)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Endpoint> Server<E> {
+    /// Server shard `shard` of the cluster, reachable at `ep`.
+    pub fn new(ep: E, spec: &ClusterSpec, shard: usize) -> Result<Self> {
+        spec.validate()?;
+        if shard >= spec.servers {
+            return Err(Error::ShardOutOfRange {
+                shard,
+                shards: spec.servers,
+            });
+        }
+        let mut parts = Vec::new();
+        let mut typed = Vec::new();
+        for t in &spec.tables {
+            let (part, table) = (t.make_part)(shard)?;
+            parts.push(part);
+            typed.push(table);
+        }
+        let core = ServerCore::new(ServerConfig {
+            shard: shard as u32,
+            workers: spec.workers as u32,
+            schema: spec.fingerprint(),
+            dead_after: spec.dead_after,
+            max_payload: spec.max_payload,
+        });
+        Ok(Server {
+            ep,
+            core,
+            tables: ServerTables { parts },
+            typed,
+            send_timeout: spec.timeout,
+            out: Vec::new(),
+        })
+    }
+
+    /// This server's part of table number `index`, for inspection and
+    /// checkpoints (the in-process cluster hands these out).
+    pub(crate) fn typed_part(&self, index: usize) -> Arc<dyn Any + Send + Sync> {
+        self.typed[index].clone()
+    }
+
+    /// Serves until a controller sends `Shutdown`; returns the counters.
+    /// Fails only if the endpoint itself fails.
+    pub fn run(mut self) -> Result<ServerStats> {
+        while !self.core.is_stopped() {
+            let now = Instant::now();
+            let wake = self
+                .core
+                .next_deadline()
+                .map_or(now + IDLE, |d| d.min(now + IDLE));
+            match self.ep.recv(wake)? {
+                None | Some(Event::Connected(_)) => {}
+                Some(Event::Frame(peer, frame)) => {
+                    self.core.on_frame(
+                        peer,
+                        &frame,
+                        Instant::now(),
+                        &mut self.tables,
+                        &mut self.out,
+                    );
+                }
+                Some(Event::Disconnected(peer)) => self.core.on_disconnect(peer, Instant::now()),
+            }
+            self.core.poll(Instant::now(), &mut self.out);
+            self.deliver();
+        }
+        Ok(self.core.stats())
+    }
+
+    /// Sends what the state machine asked for. A peer that cannot be sent
+    /// to is disconnected; that never stops the server.
+    fn deliver(&mut self) {
+        let mut outputs = std::mem::take(&mut self.out);
+        for output in outputs.drain(..) {
+            let deadline = Instant::now() + self.send_timeout;
+            let (peer, sent) = match output {
+                Output::Send(peer, reply) => {
+                    let msg = reply.message();
+                    (
+                        peer,
+                        send_message(&mut self.ep, peer, &msg, deadline).map(drop),
+                    )
+                }
+                Output::Rows {
+                    peer,
+                    req,
+                    clock,
+                    table,
+                    keys,
+                } => (
+                    peer,
+                    self.send_rows(peer, req, clock, table, &keys, deadline),
+                ),
+                Output::Close(peer) => {
+                    self.ep.disconnect(peer);
+                    self.core.on_disconnect(peer, Instant::now());
+                    continue;
+                }
+                Output::Stop => continue,
+            };
+            if sent.is_err() {
+                self.ep.disconnect(peer);
+                self.core.on_disconnect(peer, Instant::now());
+            }
+        }
+        self.out = outputs;
+    }
+
+    /// Encodes a pull response straight into the transport's buffer,
+    /// reading the rows from the table into it.
+    fn send_rows(
+        &mut self,
+        peer: PeerId,
+        req: u64,
+        clock: u64,
+        table: u32,
+        keys: &[u64],
+        deadline: Instant,
+    ) -> Result<()> {
+        let value_len = keys.len() * crate::proto::ShardTables::row_bytes(&self.tables, table);
+        let (len, _) = pull_response_layout(value_len);
+        let mut buf = self.ep.lend(peer, len, deadline)?;
+        let values = write_pull_response(&mut buf, req, clock, table, keys.len() as u32, value_len);
+        self.tables.read(table, keys, values)?;
+        self.ep.send(buf)
+    }
+}
+
+/// Encodes `msg` into a lent buffer and sends it; returns the frame length.
+pub(crate) fn send_message<E: Endpoint>(
+    ep: &mut E,
+    peer: PeerId,
+    msg: &crate::proto::Message<'_>,
+    deadline: Instant,
+) -> Result<usize> {
+    let len = msg.encoded_len();
+    let mut buf = ep.lend(peer, len, deadline)?;
+    msg.encode(&mut buf);
+    ep.send(buf)?;
+    Ok(len)
+}

@@ -1,0 +1,122 @@
+//! A server's parts of the cluster's tables, behind one type-erased
+//! interface so the protocol state machine can reach tables of any element
+//! type.
+
+use std::sync::Arc;
+
+use crate::element::{Element, read_le_slice, write_le_slice};
+use crate::error::{Error, Result};
+use crate::proto::{Keys, ShardTables};
+use crate::table::Table;
+
+/// One table's part on one server, any element type.
+pub(crate) trait ErasedPart: Send {
+    fn check(&self, keys: Keys<'_>, value_len: Option<usize>) -> Result<()>;
+    fn apply(&mut self, keys: Keys<'_>, values: &[u8]) -> Result<()>;
+    fn read(&mut self, keys: &[u64], out: &mut [u8]) -> Result<()>;
+    fn row_bytes(&self) -> usize;
+}
+
+/// A typed part: the table and scratch rows for converting wire bytes.
+pub(crate) struct Part<T: Element> {
+    table: Arc<Table<T>>,
+    row: Vec<T>,
+}
+
+impl<T: Element> Part<T> {
+    pub(crate) fn new(table: Arc<Table<T>>) -> Self {
+        let row = vec![T::ZERO; table.width()];
+        Part { table, row }
+    }
+}
+
+impl<T: Element> ErasedPart for Part<T> {
+    fn check(&self, keys: Keys<'_>, value_len: Option<usize>) -> Result<()> {
+        if let Some(len) = value_len {
+            let expected = keys.len().checked_mul(self.row_bytes());
+            if expected != Some(len) {
+                return Err(Error::BatchShape {
+                    keys: keys.len(),
+                    width: self.table.width(),
+                    values: len / T::SIZE,
+                });
+            }
+        }
+        keys.iter()
+            .try_for_each(|k| self.table.check_keys(std::slice::from_ref(&k)))
+    }
+
+    fn apply(&mut self, keys: Keys<'_>, values: &[u8]) -> Result<()> {
+        let row_bytes = self.row_bytes();
+        for (key, bytes) in keys.iter().zip(values.chunks_exact(row_bytes)) {
+            read_le_slice(bytes, &mut self.row);
+            self.table.push(key, &self.row)?;
+        }
+        Ok(())
+    }
+
+    fn read(&mut self, keys: &[u64], out: &mut [u8]) -> Result<()> {
+        let row_bytes = self.row_bytes();
+        for (&key, bytes) in keys.iter().zip(out.chunks_exact_mut(row_bytes)) {
+            self.table.pull(key, &mut self.row)?;
+            write_le_slice(&self.row, bytes);
+        }
+        Ok(())
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.table.width() * T::SIZE
+    }
+}
+
+/// Every table's part on one server.
+pub(crate) struct ServerTables {
+    pub(crate) parts: Vec<Box<dyn ErasedPart>>,
+}
+
+impl ServerTables {
+    fn part(&self, table: u32) -> Result<&dyn ErasedPart> {
+        self.parts
+            .get(table as usize)
+            .map(|p| &**p)
+            .ok_or_else(|| unknown(table, self.parts.len()))
+    }
+
+    /// Reads rows into a pull response's value region.
+    pub(crate) fn read(&mut self, table: u32, keys: &[u64], out: &mut [u8]) -> Result<()> {
+        let n = self.parts.len();
+        self.parts
+            .get_mut(table as usize)
+            .ok_or_else(|| unknown(table, n))?
+            .read(keys, out)
+    }
+}
+
+fn unknown(table: u32, tables: usize) -> Error {
+    Error::UnknownTable {
+        name: format!("#{table}"),
+        known: (0..tables).map(|t| format!("#{t}")).collect(),
+    }
+}
+
+impl ShardTables for ServerTables {
+    fn len(&self) -> usize {
+        self.parts.len()
+    }
+
+    fn check(&self, table: u32, keys: Keys<'_>, value_len: Option<usize>) -> Result<()> {
+        self.part(table)?.check(keys, value_len)
+    }
+
+    fn apply(&mut self, table: u32, keys: Keys<'_>, values: &[u8]) -> Result<()> {
+        let n = self.parts.len();
+        self.parts
+            .get_mut(table as usize)
+            .ok_or_else(|| unknown(table, n))?
+            .apply(keys, values)
+    }
+
+    fn row_bytes(&self, table: u32) -> usize {
+        self.part(table).map_or(0, |p| p.row_bytes())
+    }
+}

@@ -1,0 +1,554 @@
+//! A worker: the client state machine driven over an endpoint, with typed
+//! push, pull and clock calls.
+
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use super::server::send_message;
+use super::spec::ClusterSpec;
+use crate::clock::WorkerId;
+use crate::element::{Element, read_le_slice, write_le_slice};
+use crate::error::{Error, Result};
+use crate::proto::{ClientCore, ClientStats, Hello, Message, Role, TableInfo, decode};
+use crate::transport::{Endpoint, Event, PeerId};
+
+/// How long a worker waits beyond a pull's deadline for the server's own
+/// timeout report (which names the workers behind) before giving up on
+/// the server itself.
+const SERVER_GRACE: Duration = Duration::from_millis(500);
+/// Unacknowledged pushes per shard before `clock` waits for acknowledgements.
+const MAX_UNACKED: usize = 64;
+
+/// A typed handle to one of the cluster's tables, from [`Worker::table`].
+#[derive(Debug)]
+pub struct TableHandle<T> {
+    index: u32,
+    width: usize,
+    _elem: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for TableHandle<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for TableHandle<T> {}
+
+impl<T> TableHandle<T> {
+    /// Elements per row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+}
+
+/// A pull in flight, from [`Worker::start_pull`]; finish it with
+/// [`Worker::finish_pull`].
+#[derive(Debug)]
+#[must_use = "a pull ticket does nothing until finished"]
+pub struct PullTicket<T> {
+    table: TableHandle<T>,
+    keys: Vec<u64>,
+    reqs: Vec<u64>,
+    started: Instant,
+}
+
+/// Pushes in flight, from [`Worker::start_clock`] or [`Worker::flush`];
+/// wait for the servers to apply them with [`Worker::wait_applied`].
+#[derive(Debug, Clone)]
+#[must_use = "a push ticket does nothing unless waited on"]
+pub struct PushTicket {
+    seqs: Vec<u64>,
+}
+
+/// One worker of a cluster.
+///
+/// - [`push`](Self::push) adds deltas to a local buffer, summed per key;
+///   nothing is sent until [`clock`](Self::clock) (or
+///   [`flush`](Self::flush)), which sends one message per server shard.
+/// - [`pull`](Self::pull) answers from the worker's cache while the cached
+///   rows are fresh enough for its clock and the table's consistency model,
+///   and otherwise asks the servers, which hold the request until the
+///   slowest worker allows it.
+/// - Every blocking call has a deadline (the cluster's default timeout, or
+///   one passed to the `_by` variants); a timeout names the workers behind.
+///
+/// A worker's own deltas become visible to its pulls once they reach the
+/// servers (at `clock`), as everyone else's do.
+pub struct Worker<E: Endpoint> {
+    ep: E,
+    core: ClientCore,
+    spec: ClusterSpec,
+    peers: Vec<PeerId>,
+    shard_of: HashMap<PeerId, usize>,
+    /// Set when a shard's connection failed; every later call reports it.
+    broken: Option<Error>,
+    left: bool,
+}
+
+impl<E: Endpoint> std::fmt::Debug for Worker<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("worker", &self.core.worker())
+            .field("clock", &self.core.clock())
+            .field("endpoint", &self.ep.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<E: Endpoint> Worker<E> {
+    /// Connects worker `id` through `ep` to every server shard of `spec`
+    /// (bound under [`ClusterSpec::server_name`]), waiting for them until
+    /// `deadline`.
+    pub fn connect(mut ep: E, spec: &ClusterSpec, id: WorkerId, deadline: Instant) -> Result<Self> {
+        spec.validate()?;
+        if id.0 as usize >= spec.workers {
+            return Err(Error::UnknownWorker {
+                worker: id,
+                workers: spec.workers,
+            });
+        }
+        let mut peers = Vec::with_capacity(spec.servers);
+        let mut shard_of = HashMap::new();
+        let hello = Message::Hello(Hello {
+            role: Role::Worker(id.0),
+            schema: spec.fingerprint(),
+            session: (u64::from(std::process::id()) << 32) | u64::from(id.0),
+        });
+        for shard in 0..spec.servers {
+            let peer = ep.connect(&spec.server_name(shard), deadline)?;
+            send_message(&mut ep, peer, &hello, deadline)?;
+            shard_of.insert(peer, shard);
+            peers.push(peer);
+        }
+        let mut worker = Worker {
+            core: ClientCore::new(id.0, spec.servers, spec.table_infos()),
+            ep,
+            spec: spec.clone(),
+            peers,
+            shard_of,
+            broken: None,
+            left: false,
+        };
+        let mut welcomed = vec![false; spec.servers];
+        let started = Instant::now();
+        while !welcomed.iter().all(|&w| w) {
+            match worker.ep.recv(deadline)? {
+                None => {
+                    let missing: Vec<_> = (0..spec.servers).filter(|&s| !welcomed[s]).collect();
+                    return Err(Error::NoResponse {
+                        what: format!("a welcome from server shards {missing:?}"),
+                        waited: started.elapsed(),
+                    });
+                }
+                Some(Event::Frame(peer, frame)) => {
+                    let shard = worker.shard(peer)?;
+                    match decode(&frame, spec.max_payload) {
+                        Ok(Message::Welcome(w)) => {
+                            // A fresh worker has nothing to resend.
+                            worker.core.on_welcome(shard, &w)?;
+                            welcomed[shard] = true;
+                        }
+                        Ok(Message::Fault(f)) => {
+                            return Err(Error::Remote {
+                                peer: format!("server shard {shard}"),
+                                message: f.text.to_owned(),
+                            });
+                        }
+                        Ok(other) => {
+                            return Err(Error::Protocol {
+                                peer: format!("server shard {shard}"),
+                                reason: format!("expected a welcome, got {}", other.name()),
+                            });
+                        }
+                        Err(e) => {
+                            return Err(Error::Protocol {
+                                peer: format!("server shard {shard}"),
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
+                }
+                Some(Event::Disconnected(peer)) => {
+                    return Err(Error::Disconnected {
+                        peer: worker.ep.peer_name(peer),
+                        reason: "the server closed the connection during registration".into(),
+                    });
+                }
+                Some(Event::Connected(peer)) => worker.ep.disconnect(peer),
+            }
+        }
+        Ok(worker)
+    }
+
+    fn shard(&self, peer: PeerId) -> Result<usize> {
+        self.shard_of
+            .get(&peer)
+            .copied()
+            .ok_or_else(|| Error::Protocol {
+                peer: self.ep.peer_name(peer),
+                reason: "a frame from a peer that is not a server of this cluster".into(),
+            })
+    }
+
+    /// This worker's id.
+    pub fn id(&self) -> WorkerId {
+        WorkerId(self.core.worker())
+    }
+
+    /// The worker's clock: how many times it called [`clock`](Self::clock).
+    pub fn current_clock(&self) -> u64 {
+        self.core.clock()
+    }
+
+    /// Messages, bytes, and how many rows the cache and coalescing saved.
+    pub fn stats(&self) -> ClientStats {
+        self.core.stats()
+    }
+
+    /// The cluster this worker belongs to.
+    pub fn spec(&self) -> &ClusterSpec {
+        &self.spec
+    }
+
+    /// A typed handle to table `name`; fails if there is none or it holds
+    /// another element type.
+    pub fn table<T: Element>(&self, name: &str) -> Result<TableHandle<T>> {
+        let index = self.spec.table_index(name)?;
+        let info: &TableInfo = &self.core.tables()[index];
+        if info.kind != T::KIND {
+            return Err(Error::TableType {
+                name: name.to_owned(),
+                holds: info.kind.name(),
+                asked: T::NAME,
+            });
+        }
+        Ok(TableHandle {
+            index: index as u32,
+            width: info.width,
+            _elem: PhantomData,
+        })
+    }
+
+    fn check_ok(&self) -> Result<()> {
+        match &self.broken {
+            Some(e) => Err(e.clone()),
+            None if self.left => Err(Error::WorkerNotActive {
+                worker: self.id(),
+                state: "left",
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds `deltas` (`keys.len() × width` elements, row after row) to the
+    /// worker's pending pushes. Deltas for one key within one clock are
+    /// summed; the servers receive them at the next [`clock`](Self::clock)
+    /// or [`flush`](Self::flush). Never blocks.
+    pub fn push<T: Element>(
+        &mut self,
+        table: &TableHandle<T>,
+        keys: &[u64],
+        deltas: &[T],
+    ) -> Result<()> {
+        self.check_ok()?;
+        let info = &self.core.tables()[table.index as usize];
+        if keys.len().checked_mul(info.width) != Some(deltas.len()) {
+            return Err(Error::BatchShape {
+                keys: keys.len(),
+                width: info.width,
+                values: deltas.len(),
+            });
+        }
+        for &key in keys {
+            info.map.shard_of(key)?;
+        }
+        for (&key, delta) in keys.iter().zip(deltas.chunks_exact(table.width)) {
+            let (row, fresh) = self.core.pending_row(table.index, key)?;
+            if fresh {
+                write_le_slice(delta, row);
+            } else {
+                for (d, b) in delta.iter().zip(row.chunks_exact_mut(T::SIZE)) {
+                    T::read_le(b).wrapping_add(*d).write_le(b);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls rows into `out` (`keys.len() × width` elements), waiting up to
+    /// the cluster's default timeout.
+    pub fn pull<T: Element>(
+        &mut self,
+        table: &TableHandle<T>,
+        keys: &[u64],
+        out: &mut [T],
+    ) -> Result<()> {
+        let deadline = Instant::now() + self.spec.timeout;
+        self.pull_by(table, keys, out, deadline)
+    }
+
+    /// Pulls rows into `out`, waiting until `deadline` at most.
+    pub fn pull_by<T: Element>(
+        &mut self,
+        table: &TableHandle<T>,
+        keys: &[u64],
+        out: &mut [T],
+        deadline: Instant,
+    ) -> Result<()> {
+        if keys.len().checked_mul(table.width) != Some(out.len()) {
+            return Err(Error::BatchShape {
+                keys: keys.len(),
+                width: table.width,
+                values: out.len(),
+            });
+        }
+        let ticket = self.start_pull_by(table, keys, deadline)?;
+        self.finish_pull(ticket, out, deadline)
+    }
+
+    /// Starts a pull without waiting: rows fresh in the cache need nothing,
+    /// the others are requested from their shards now. The servers may
+    /// park the requests for up to the cluster's default timeout.
+    pub fn start_pull<T: Element>(
+        &mut self,
+        table: &TableHandle<T>,
+        keys: &[u64],
+    ) -> Result<PullTicket<T>> {
+        let deadline = Instant::now() + self.spec.timeout;
+        self.start_pull_by(table, keys, deadline)
+    }
+
+    fn start_pull_by<T: Element>(
+        &mut self,
+        table: &TableHandle<T>,
+        keys: &[u64],
+        deadline: Instant,
+    ) -> Result<PullTicket<T>> {
+        self.check_ok()?;
+        let now = Instant::now();
+        let reqs =
+            self.core
+                .plan_pull(table.index, keys, deadline.saturating_duration_since(now))?;
+        for &req in &reqs {
+            let (shard, sent) = self
+                .core
+                .with_request(req, |shard, msg| {
+                    let peer = self.peers[shard];
+                    (shard, send_message(&mut self.ep, peer, msg, deadline))
+                })
+                .expect("request just planned");
+            self.after_send(shard, sent)?;
+        }
+        Ok(PullTicket {
+            table: *table,
+            keys: keys.to_vec(),
+            reqs,
+            started: now,
+        })
+    }
+
+    /// Waits for a started pull and copies its rows into `out`
+    /// (`keys × width` elements).
+    pub fn finish_pull<T: Element>(
+        &mut self,
+        ticket: PullTicket<T>,
+        out: &mut [T],
+        deadline: Instant,
+    ) -> Result<()> {
+        let width = ticket.table.width;
+        if ticket.keys.len() * width != out.len() {
+            return Err(Error::BatchShape {
+                keys: ticket.keys.len(),
+                width,
+                values: out.len(),
+            });
+        }
+        let mut first_err = None;
+        for &req in &ticket.reqs {
+            loop {
+                if let Some(outcome) = self.core.take_outcome(req) {
+                    if let Err(e) = outcome {
+                        first_err.get_or_insert(e);
+                    }
+                    break;
+                }
+                if !self.pump(deadline + SERVER_GRACE)? {
+                    let what = format!(
+                        "server shards to answer a pull of {} rows (worker {} at clock {})",
+                        ticket.keys.len(),
+                        self.core.worker(),
+                        self.core.clock()
+                    );
+                    return Err(Error::NoResponse {
+                        what,
+                        waited: ticket.started.elapsed(),
+                    });
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let row_bytes = width * T::SIZE;
+        for (&key, row) in ticket.keys.iter().zip(out.chunks_exact_mut(width)) {
+            let bytes =
+                self.core
+                    .cached(ticket.table.index, key)
+                    .ok_or_else(|| Error::Transport {
+                        reason: format!("row {key} missing from the cache after its pull"),
+                    })?;
+            read_le_slice(&bytes[..row_bytes], row);
+        }
+        Ok(())
+    }
+
+    /// Finishes the worker's current clock: sends the pending deltas and
+    /// the clock tick, one message per server shard, and returns the new
+    /// clock. Does not wait for the servers (a later pull waits if the
+    /// consistency model requires); waits only if too many earlier pushes
+    /// are still unacknowledged.
+    pub fn clock(&mut self) -> Result<u64> {
+        let ticket = self.start_clock()?;
+        drop(ticket);
+        Ok(self.core.clock())
+    }
+
+    /// [`clock`](Self::clock), returning a ticket to wait until the
+    /// servers applied this clock's pushes.
+    pub fn start_clock(&mut self) -> Result<PushTicket> {
+        self.send_pending(true)
+    }
+
+    /// Sends pending deltas now without finishing the clock.
+    pub fn flush(&mut self) -> Result<PushTicket> {
+        self.send_pending(false)
+    }
+
+    fn send_pending(&mut self, tick: bool) -> Result<PushTicket> {
+        self.check_ok()?;
+        let deadline = Instant::now() + self.spec.timeout;
+        // Backpressure: bound what is kept for resending.
+        if (0..self.peers.len()).any(|s| self.core.unacked(s) >= MAX_UNACKED) {
+            let last = self.core.last_sent();
+            let ticket = PushTicket { seqs: last };
+            self.wait_applied(&ticket, deadline)?;
+        }
+        for (shard, seq) in self.core.flush(tick) {
+            let sent = self
+                .core
+                .with_push(shard, seq, |msg| {
+                    let peer = self.peers[shard];
+                    send_message(&mut self.ep, peer, msg, deadline)
+                })
+                .expect("push just queued");
+            self.after_send(shard, sent)?;
+        }
+        // Take in whatever acknowledgements have arrived, without waiting.
+        while self.pump(Instant::now())? {}
+        Ok(PushTicket {
+            seqs: self.core.last_sent(),
+        })
+    }
+
+    /// Waits until the servers applied the pushes of `ticket`.
+    pub fn wait_applied(&mut self, ticket: &PushTicket, deadline: Instant) -> Result<()> {
+        let started = Instant::now();
+        while !self.core.acked_through(&ticket.seqs) {
+            self.check_ok()?;
+            if !self.pump(deadline)? {
+                return Err(Error::NoResponse {
+                    what: "server shards to acknowledge pushes".into(),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the pending deltas, waits until every server applied them,
+    /// and leaves the cluster: the worker no longer holds anyone back.
+    /// Returns the worker's counters.
+    pub fn leave(mut self) -> Result<ClientStats> {
+        let deadline = Instant::now() + self.spec.timeout;
+        let ticket = self.flush()?;
+        self.wait_applied(&ticket, deadline)?;
+        let msg = Message::Leave {
+            worker: self.core.worker(),
+        };
+        for shard in 0..self.peers.len() {
+            let peer = self.peers[shard];
+            let sent = send_message(&mut self.ep, peer, &msg, deadline);
+            self.after_send(shard, sent)?;
+        }
+        for &peer in &self.peers {
+            self.ep.flush(peer, deadline)?;
+        }
+        self.left = true;
+        Ok(self.core.stats())
+    }
+
+    /// Forgets every cached row, so the next pulls go to the servers.
+    pub fn clear_cache(&mut self) {
+        self.core.clear_cache();
+    }
+
+    fn after_send(&mut self, shard: usize, sent: Result<usize>) -> Result<()> {
+        match sent {
+            Ok(len) => {
+                let stats = self.core.stats_mut();
+                stats.messages_sent += 1;
+                stats.bytes_sent += len as u64;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(shard, e)),
+        }
+    }
+
+    /// Marks the connection to `shard` as failed: requests to it fail, and
+    /// so does every later call.
+    fn fail(&mut self, shard: usize, e: Error) -> Error {
+        self.core.fail_shard(shard, &e);
+        self.ep.disconnect(self.peers[shard]);
+        self.broken.get_or_insert(e.clone());
+        e
+    }
+
+    /// Handles one incoming event, waiting until `deadline`; false if none
+    /// came.
+    fn pump(&mut self, deadline: Instant) -> Result<bool> {
+        let Some(event) = self.ep.recv(deadline)? else {
+            return Ok(false);
+        };
+        match event {
+            Event::Frame(peer, frame) => {
+                let shard = self.shard(peer)?;
+                let stats = self.core.stats_mut();
+                stats.messages_received += 1;
+                stats.bytes_received += frame.len() as u64;
+                let handled = match decode(&frame, self.spec.max_payload) {
+                    Ok(msg) => self.core.on_message(shard, msg),
+                    Err(e) => Err(Error::Protocol {
+                        peer: format!("server shard {shard}"),
+                        reason: e.to_string(),
+                    }),
+                };
+                if let Err(e) = handled {
+                    self.fail(shard, e);
+                }
+            }
+            Event::Disconnected(peer) => {
+                if let Some(&shard) = self.shard_of.get(&peer) {
+                    let e = Error::Disconnected {
+                        peer: format!("server shard {shard}"),
+                        reason: "the connection closed".into(),
+                    };
+                    self.fail(shard, e);
+                }
+            }
+            Event::Connected(peer) => self.ep.disconnect(peer),
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,576 @@
+//! The in-process transport: endpoints in one process, connected by
+//! queues. The default for tests and the quickstart.
+//!
+//! Zero-copy: a lent buffer is a `Vec` that moves, unchanged, into the
+//! receiver's queue and out as the received frame; when the receiver drops
+//! the frame the allocation goes back to the connection's pool, so a
+//! steady stream of frames allocates nothing.
+//!
+//! Each direction of a connection has a credit of `capacity` bytes:
+//! lending reserves the frame's length, releasing the received frame
+//! returns it. A sender facing a slow receiver waits in `lend`.
+//!
+//! Locks: each inbox and each direction has its own mutex, and no code
+//! holds two at once, so there is no lock order to get wrong.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::PoisonError;
+use std::time::Instant;
+
+use super::{Endpoint, Event, PeerId, Transport};
+use crate::error::{Error, Result};
+use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Default credit per connection direction: 256 MiB.
+const DEFAULT_CAPACITY: usize = 256 << 20;
+/// Allocations kept per direction for reuse.
+const POOL: usize = 4;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section below leaves its state consistent before any
+    // call that could panic, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits on `cv` until `deadline`; false once the deadline has passed.
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Instant,
+) -> (MutexGuard<'a, T>, bool) {
+    let now = Instant::now();
+    if now >= deadline {
+        return (guard, false);
+    }
+    let (guard, _) = cv
+        .wait_timeout(guard, deadline - now)
+        .unwrap_or_else(PoisonError::into_inner);
+    (guard, true)
+}
+
+/// A namespace of in-process endpoints. Cheap to clone; clones share the
+/// namespace. Independent `InProcess` values are independent networks, so
+/// two clusters in one process never see each other.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use laggard::transport::{Endpoint, Event, InProcess, Transport};
+///
+/// let net = InProcess::new();
+/// let mut server = net.bind("server")?;
+/// let mut client = net.bind("client")?;
+/// let soon = Instant::now() + Duration::from_secs(5);
+/// let peer = client.connect("server", soon)?;
+/// let mut buf = client.lend(peer, 5, soon)?;
+/// buf.copy_from_slice(b"hello");
+/// client.send(buf)?;
+/// assert!(matches!(server.recv(soon)?, Some(Event::Connected(_))));
+/// match server.recv(soon)? {
+///     Some(Event::Frame(_, frame)) => assert_eq!(&*frame, b"hello"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), laggard::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct InProcess {
+    registry: Arc<Registry>,
+    capacity: usize,
+}
+
+impl fmt::Debug for InProcess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcess")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for InProcess {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InProcess {
+    /// A new, empty namespace with the default credit (256 MiB per
+    /// connection direction).
+    pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_CAPACITY)
+    }
+
+    /// A new namespace whose connections let at most `bytes` unread bytes
+    /// queue per direction; also the largest frame.
+    pub fn with_capacity(bytes: usize) -> Self {
+        InProcess {
+            registry: Arc::new(Registry {
+                names: Mutex::new(HashMap::new()),
+                bound: Condvar::new(),
+            }),
+            capacity: bytes.max(1),
+        }
+    }
+
+    /// Names currently bound (for tests that check nothing leaked).
+    pub fn bound_names(&self) -> Vec<String> {
+        let mut names: Vec<_> = lock(&self.registry.names).keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+impl Transport for InProcess {
+    type Endpoint = InProcessEndpoint;
+
+    fn bind(&self, name: &str) -> Result<InProcessEndpoint> {
+        let inbox = Arc::new(Inbox {
+            name: name.to_owned(),
+            state: Mutex::new(InboxState {
+                queue: VecDeque::new(),
+                closed: false,
+                next_peer: 0,
+            }),
+            ready: Condvar::new(),
+        });
+        {
+            let mut names = lock(&self.registry.names);
+            if names.contains_key(name) {
+                return Err(Error::Transport {
+                    reason: format!("endpoint name {name:?} is already bound"),
+                });
+            }
+            names.insert(name.to_owned(), inbox.clone());
+        }
+        self.registry.bound.notify_all();
+        Ok(InProcessEndpoint {
+            registry: self.registry.clone(),
+            capacity: self.capacity,
+            inbox,
+            peers: HashMap::new(),
+        })
+    }
+}
+
+struct Registry {
+    names: Mutex<HashMap<String, Arc<Inbox>>>,
+    /// Notified when a name is bound.
+    bound: Condvar,
+}
+
+/// Where an endpoint's events queue up.
+struct Inbox {
+    name: String,
+    state: Mutex<InboxState>,
+    /// Notified when a delivery is queued.
+    ready: Condvar,
+}
+
+struct InboxState {
+    queue: VecDeque<Delivery>,
+    closed: bool,
+    next_peer: u64,
+}
+
+impl Inbox {
+    /// Queues `delivery`, or gives it back if the endpoint is gone.
+    fn deliver(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
+        {
+            let mut state = lock(&self.state);
+            if state.closed {
+                return Err(delivery);
+            }
+            state.queue.push_back(delivery);
+        }
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn new_peer_id(&self) -> PeerId {
+        let mut state = lock(&self.state);
+        state.next_peer += 1;
+        PeerId(state.next_peer)
+    }
+}
+
+enum Delivery {
+    Connected(PeerId, Arc<Link>, usize),
+    Frame(PeerId, InProcessFrame),
+    Disconnected(PeerId),
+}
+
+/// A connection: side 0 connected to side 1.
+struct Link {
+    /// `dirs[i]` carries frames from side `i` to the other side.
+    dirs: [Direction; 2],
+    /// `ends[i]` is side `i`'s inbox and the id it knows the link by.
+    ends: [(Arc<Inbox>, PeerId); 2],
+}
+
+impl Link {
+    fn close(&self) {
+        self.dirs.iter().for_each(Direction::close);
+    }
+}
+
+/// One direction's credit and buffer pool.
+struct Direction {
+    state: Mutex<DirState>,
+    /// Notified when credit comes back or the direction closes.
+    changed: Condvar,
+    capacity: usize,
+}
+
+struct DirState {
+    in_flight: usize,
+    closed: bool,
+    pool: Vec<Vec<u8>>,
+}
+
+impl Direction {
+    fn new(capacity: usize) -> Self {
+        Direction {
+            state: Mutex::new(DirState {
+                in_flight: 0,
+                closed: false,
+                pool: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Returns `len` bytes of credit and a buffer for reuse.
+    fn release(&self, len: usize, buf: Vec<u8>) {
+        {
+            let mut state = lock(&self.state);
+            state.in_flight -= len;
+            if state.pool.len() < POOL {
+                state.pool.push(buf);
+            }
+        }
+        self.changed.notify_all();
+    }
+}
+
+/// An endpoint of an [`InProcess`] network.
+pub struct InProcessEndpoint {
+    registry: Arc<Registry>,
+    capacity: usize,
+    inbox: Arc<Inbox>,
+    peers: HashMap<PeerId, (Arc<Link>, usize)>,
+}
+
+impl fmt::Debug for InProcessEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InProcessEndpoint")
+            .field("name", &self.inbox.name)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl InProcessEndpoint {
+    fn link(&self, peer: PeerId) -> Result<(Arc<Link>, usize)> {
+        self.peers
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| Error::Disconnected {
+                peer: format!("{peer} of {}", self.inbox.name),
+                reason: "no such connection (it closed or never existed)".into(),
+            })
+    }
+
+    fn gone(&self, peer: PeerId, link: &Link, side: usize) -> Error {
+        Error::Disconnected {
+            peer: format!("{} ({peer})", link.ends[1 - side].0.name),
+            reason: format!("the connection from {} is closed", self.inbox.name),
+        }
+    }
+}
+
+impl Endpoint for InProcessEndpoint {
+    type Buf = InProcessBuf;
+    type Frame = InProcessFrame;
+
+    fn name(&self) -> &str {
+        &self.inbox.name
+    }
+
+    fn connect(&mut self, name: &str, deadline: Instant) -> Result<PeerId> {
+        let started = Instant::now();
+        let target = {
+            let mut names = lock(&self.registry.names);
+            loop {
+                if let Some(inbox) = names.get(name) {
+                    break inbox.clone();
+                }
+                let (guard, waiting) = wait_until(&self.registry.bound, names, deadline);
+                names = guard;
+                if !waiting {
+                    return Err(Error::NoResponse {
+                        what: format!("an endpoint named {name:?} to connect to"),
+                        waited: started.elapsed(),
+                    });
+                }
+            }
+        };
+        let mine = self.inbox.new_peer_id();
+        let theirs = target.new_peer_id();
+        let link = Arc::new(Link {
+            dirs: [Direction::new(self.capacity), Direction::new(self.capacity)],
+            ends: [(self.inbox.clone(), mine), (target.clone(), theirs)],
+        });
+        if target
+            .deliver(Delivery::Connected(theirs, link.clone(), 1))
+            .is_err()
+        {
+            return Err(Error::Disconnected {
+                peer: name.to_owned(),
+                reason: "the endpoint closed while connecting".into(),
+            });
+        }
+        self.peers.insert(mine, (link, 0));
+        Ok(mine)
+    }
+
+    fn lend(&mut self, peer: PeerId, len: usize, deadline: Instant) -> Result<InProcessBuf> {
+        let (link, side) = self.link(peer)?;
+        let dir = &link.dirs[side];
+        if len > dir.capacity {
+            return Err(Error::Transport {
+                reason: format!(
+                    "a {len}-byte frame exceeds the connection's {}-byte capacity; \
+                     build the InProcess network with a larger capacity",
+                    dir.capacity
+                ),
+            });
+        }
+        let started = Instant::now();
+        let mut state = lock(&dir.state);
+        loop {
+            if state.closed {
+                drop(state);
+                return Err(self.gone(peer, &link, side));
+            }
+            if state.in_flight + len <= dir.capacity {
+                state.in_flight += len;
+                break;
+            }
+            let (guard, waiting) = wait_until(&dir.changed, state, deadline);
+            state = guard;
+            if !waiting {
+                let unread = state.in_flight;
+                drop(state);
+                return Err(Error::NoResponse {
+                    what: format!(
+                        "room to send {len} bytes to {}, which has {unread} bytes unread",
+                        link.ends[1 - side].0.name
+                    ),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+        let mut data = state.pool.pop().unwrap_or_default();
+        drop(state);
+        // Reused buffers keep their old bytes (the encoder overwrites every
+        // byte of a frame); only growth is zero-filled.
+        data.truncate(len);
+        data.resize(len, 0);
+        Ok(InProcessBuf {
+            data: Some(data),
+            link,
+            side,
+        })
+    }
+
+    fn send(&mut self, mut buf: InProcessBuf) -> Result<()> {
+        let data = buf.data.take().expect("an unsent buffer holds its data");
+        let link = buf.link.clone();
+        let side = buf.side;
+        drop(buf);
+        let (inbox, peer) = &link.ends[1 - side];
+        let frame = InProcessFrame {
+            data,
+            link: link.clone(),
+            dir: side,
+        };
+        match inbox.deliver(Delivery::Frame(*peer, frame)) {
+            Ok(()) => Ok(()),
+            // Dropping the frame returned inside the error releases its credit.
+            Err(_) => Err(self.gone(link.ends[side].1, &link, side)),
+        }
+    }
+
+    fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
+        let (link, side) = self.link(peer)?;
+        let dir = &link.dirs[side];
+        let started = Instant::now();
+        let mut state = lock(&dir.state);
+        while state.in_flight > 0 && !state.closed {
+            let (guard, waiting) = wait_until(&dir.changed, state, deadline);
+            state = guard;
+            if !waiting {
+                let unread = state.in_flight;
+                drop(state);
+                return Err(Error::NoResponse {
+                    what: format!(
+                        "{} to read the {unread} bytes sent to it",
+                        link.ends[1 - side].0.name
+                    ),
+                    waited: started.elapsed(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Event<InProcessFrame>>> {
+        let delivery = {
+            let mut state = lock(&self.inbox.state);
+            loop {
+                if let Some(d) = state.queue.pop_front() {
+                    break d;
+                }
+                let (guard, waiting) = wait_until(&self.inbox.ready, state, deadline);
+                state = guard;
+                if !waiting {
+                    return Ok(None);
+                }
+            }
+        };
+        Ok(Some(match delivery {
+            Delivery::Connected(peer, link, side) => {
+                self.peers.insert(peer, (link, side));
+                Event::Connected(peer)
+            }
+            Delivery::Frame(peer, frame) => Event::Frame(peer, frame),
+            Delivery::Disconnected(peer) => {
+                self.peers.remove(&peer);
+                Event::Disconnected(peer)
+            }
+        }))
+    }
+
+    fn disconnect(&mut self, peer: PeerId) {
+        if let Some((link, side)) = self.peers.remove(&peer) {
+            link.close();
+            let (inbox, theirs) = &link.ends[1 - side];
+            // If their endpoint is gone too there is nobody to tell.
+            let _ = inbox.deliver(Delivery::Disconnected(*theirs));
+        }
+    }
+
+    fn max_frame_len(&self) -> usize {
+        self.capacity
+    }
+
+    fn peer_name(&self, peer: PeerId) -> String {
+        match self.peers.get(&peer) {
+            Some((link, side)) => link.ends[1 - side].0.name.clone(),
+            None => peer.to_string(),
+        }
+    }
+}
+
+impl Drop for InProcessEndpoint {
+    fn drop(&mut self) {
+        {
+            let mut names = lock(&self.registry.names);
+            if names
+                .get(&self.inbox.name)
+                .is_some_and(|i| Arc::ptr_eq(i, &self.inbox))
+            {
+                names.remove(&self.inbox.name);
+            }
+        }
+        let pending: Vec<Delivery> = {
+            let mut state = lock(&self.inbox.state);
+            state.closed = true;
+            state.queue.drain(..).collect()
+        };
+        for delivery in pending {
+            match delivery {
+                // A connection nobody accepted yet: close it too.
+                Delivery::Connected(_, link, side) => {
+                    link.close();
+                    let (inbox, theirs) = &link.ends[1 - side];
+                    let _ = inbox.deliver(Delivery::Disconnected(*theirs));
+                }
+                // Dropping the frame returns its credit.
+                Delivery::Frame(..) | Delivery::Disconnected(_) => {}
+            }
+        }
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            self.disconnect(peer);
+        }
+    }
+}
+
+/// A buffer lent by [`InProcessEndpoint::lend`]; dropping it unsent
+/// returns its credit.
+pub struct InProcessBuf {
+    data: Option<Vec<u8>>,
+    link: Arc<Link>,
+    side: usize,
+}
+
+impl fmt::Debug for InProcessBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InProcessBuf({} bytes)", self.len())
+    }
+}
+
+impl Deref for InProcessBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.data.as_deref().unwrap_or_default()
+    }
+}
+
+impl DerefMut for InProcessBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.data.as_deref_mut().unwrap_or_default()
+    }
+}
+
+impl Drop for InProcessBuf {
+    fn drop(&mut self) {
+        if let Some(data) = self.data.take() {
+            self.link.dirs[self.side].release(data.len(), data);
+        }
+    }
+}
+
+/// A received frame; dropping it returns the sender's credit.
+pub struct InProcessFrame {
+    data: Vec<u8>,
+    link: Arc<Link>,
+    dir: usize,
+}
+
+impl fmt::Debug for InProcessFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "InProcessFrame({} bytes)", self.data.len())
+    }
+}
+
+impl Deref for InProcessFrame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for InProcessFrame {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        self.link.dirs[self.dir].release(data.len(), data);
+    }
+}

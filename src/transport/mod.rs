@@ -1,0 +1,113 @@
+//! Moving frames between endpoints: the [`Transport`] trait and the
+//! in-process transport.
+//!
+//! A transport knows nothing of pushes and pulls; it moves opaque frames
+//! (the protocol's encoded messages) between named endpoints, in order per
+//! connection. The trait is shaped so that shared-memory and RDMA
+//! transports can be zero-copy:
+//!
+//! - **Lent buffers.** A sender asks the endpoint for a buffer of the frame's
+//!   exact length ([`Endpoint::lend`]) and encodes into it. A shared-memory
+//!   transport lends a slot of the ring the receiver reads; an RDMA
+//!   transport lends registered memory (registered once, reused), or a slot
+//!   of the receiver's buffer that a one-sided WRITE fills. No transport has
+//!   to copy the frame before it moves.
+//! - **Credits and backpressure.** Lending reserves room at the receiver;
+//!   when the receiver has too many unread bytes, `lend` waits (until its
+//!   deadline). This is the credit scheme RDMA needs anyway (a WRITE needs a
+//!   free remote slot) and what bounds memory everywhere else.
+//! - **Asynchronous completion.** [`Endpoint::send`] hands the buffer over
+//!   and returns; completion (the receiver released the frame, or a work
+//!   completion arrived) is separate, and [`Endpoint::flush`] waits for it.
+//! - **Borrowed receive.** [`Endpoint::recv`] hands out a frame that derefs
+//!   to the bytes where they landed (ring slot, registered buffer); dropping
+//!   it returns the space to the sender.
+//!
+//! Every blocking call takes a deadline. A peer that goes away shows up as
+//! an [`Event::Disconnected`] to the other side and makes sends to it fail,
+//! never hang.
+
+mod inproc;
+
+use std::ops::{Deref, DerefMut};
+use std::time::Instant;
+
+use crate::error::Result;
+
+pub use inproc::{InProcess, InProcessBuf, InProcessEndpoint, InProcessFrame};
+
+/// A connection as one endpoint sees it. Ids are local to the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer {}", self.0)
+    }
+}
+
+/// What [`Endpoint::recv`] returns.
+#[derive(Debug)]
+pub enum Event<F> {
+    /// Another endpoint connected to this one.
+    Connected(PeerId),
+    /// A frame arrived from a peer; drop it to release its space.
+    Frame(PeerId, F),
+    /// A peer closed the connection, dropped its endpoint or failed. Frames
+    /// it sent before are delivered first.
+    Disconnected(PeerId),
+}
+
+/// A way to create endpoints that can reach each other: a network (one
+/// in-process namespace, a shared-memory directory, a TCP cluster map).
+pub trait Transport: Send + Sync {
+    /// The endpoints this transport creates.
+    type Endpoint: Endpoint;
+
+    /// Creates an endpoint reachable by other endpoints of this transport
+    /// under `name`. Binding a name that is in use is an error.
+    fn bind(&self, name: &str) -> Result<Self::Endpoint>;
+}
+
+/// One participant's end of its connections.
+///
+/// An endpoint is driven by one thread at a time (`Send`, not `Sync`).
+pub trait Endpoint: Send {
+    /// A buffer lent for one outgoing frame, exactly as long as asked for.
+    type Buf: DerefMut<Target = [u8]> + Send;
+    /// A received frame, borrowed from the transport until dropped.
+    type Frame: Deref<Target = [u8]> + Send;
+
+    /// The name this endpoint is bound to.
+    fn name(&self) -> &str;
+
+    /// Connects to the endpoint bound to `name`, waiting for it to appear
+    /// until `deadline`. The other side sees [`Event::Connected`].
+    fn connect(&mut self, name: &str, deadline: Instant) -> Result<PeerId>;
+
+    /// Lends a buffer for a frame of `len` bytes to `peer`, waiting until
+    /// `deadline` while the peer has too many unread bytes.
+    fn lend(&mut self, peer: PeerId, len: usize, deadline: Instant) -> Result<Self::Buf>;
+
+    /// Sends a lent buffer's frame; returns once the transport owns it.
+    /// Frames to one peer arrive in the order they were sent.
+    fn send(&mut self, buf: Self::Buf) -> Result<()>;
+
+    /// Waits until every frame sent to `peer` was received and released,
+    /// or `deadline`.
+    fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()>;
+
+    /// The next event, or `None` if none came before `deadline` (a
+    /// deadline in the past polls without blocking).
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Event<Self::Frame>>>;
+
+    /// Closes the connection to `peer`; the peer sees
+    /// [`Event::Disconnected`]. Unknown peers are ignored.
+    fn disconnect(&mut self, peer: PeerId);
+
+    /// The largest frame this endpoint can send.
+    fn max_frame_len(&self) -> usize;
+
+    /// A name for `peer` in error messages (its endpoint name if known).
+    fn peer_name(&self, peer: PeerId) -> String;
+}
