@@ -100,7 +100,12 @@ struct Sent {
 struct Link {
     /// The sequence number of the next push.
     next_seq: u64,
+    /// Sent (or, while not welcomed, queued) and not yet acknowledged.
     unacked: VecDeque<Sent>,
+    /// True between the server's welcome and a disconnect. Pushes made
+    /// while false are queued and sent, in order, after the next welcome,
+    /// so the server never sees a sequence gap.
+    welcomed: bool,
 }
 
 #[derive(Debug)]
@@ -148,6 +153,7 @@ impl ClientCore {
                 .map(|_| Link {
                     next_seq: 1,
                     unacked: VecDeque::new(),
+                    welcomed: false,
                 })
                 .collect(),
             pending: (0..shards)
@@ -223,8 +229,9 @@ impl ClientCore {
 
     /// Moves pending deltas into pushes, one per shard that has any, or one
     /// per shard if `tick` (finishing the current clock, which every shard
-    /// must learn). Returns `(shard, seq)` of each push to send with
-    /// [`with_push`](Self::with_push).
+    /// must learn). Returns `(shard, seq)` of each push to send now with
+    /// [`with_push`](Self::with_push); pushes to a shard that is between
+    /// connections wait for its welcome ([`on_welcome`](Self::on_welcome)).
     pub fn flush(&mut self, tick: bool) -> Vec<(usize, u64)> {
         let mut out = Vec::new();
         for (shard, link) in self.links.iter_mut().enumerate() {
@@ -246,8 +253,10 @@ impl ClientCore {
                 tick,
                 sections,
             });
-            self.stats.push_messages += 1;
-            out.push((shard, seq));
+            if link.welcomed {
+                self.stats.push_messages += 1;
+                out.push((shard, seq));
+            }
         }
         if tick {
             self.clock += 1;
@@ -335,7 +344,10 @@ impl ClientCore {
         {
             link.unacked.pop_front();
         }
-        Ok(link.unacked.iter().map(|s| s.seq).collect())
+        link.welcomed = true;
+        let resend: Vec<u64> = link.unacked.iter().map(|s| s.seq).collect();
+        self.stats.push_messages += resend.len() as u64;
+        Ok(resend)
     }
 
     /// Plans a pull of `keys` from `table`: rows fresh in the cache need no
@@ -428,8 +440,12 @@ impl ClientCore {
         self.cache.iter_mut().for_each(HashMap::clear);
     }
 
-    /// Fails every request in flight to `shard` with `err`.
+    /// The connection to `shard` is gone: fails every request in flight to
+    /// it with `err`, and holds pushes for it until the next welcome.
     pub fn fail_shard(&mut self, shard: usize, err: &Error) {
+        if let Some(link) = self.links.get_mut(shard) {
+            link.welcomed = false;
+        }
         for r in self.requests.values_mut() {
             if r.shard == shard && r.outcome.is_none() {
                 r.outcome = Some(Err(err.clone()));

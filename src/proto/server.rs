@@ -378,7 +378,11 @@ impl ServerCore {
             );
             return self.drop_peer(peer, FaultCode::Protocol, text, out);
         }
-        let (clock, _) = self.clocks.get(WorkerId(w)).expect("registered worker");
+        let (clock, status) = self.clocks.get(WorkerId(w)).expect("registered worker");
+        if status != WorkerStatus::Active {
+            let text = format!("worker {w} pushed after it {}", status.as_str());
+            return self.drop_peer(peer, FaultCode::Protocol, text, out);
+        }
         if push.clock != clock {
             let text = format!(
                 "worker {w} pushed for clock {} but is at clock {clock}",

@@ -1,0 +1,383 @@
+//! The protocol's state machines under random schedules, without threads
+//! or transports: per-connection FIFO queues delivered in a random order,
+//! with connections cut and re-established mid-run (in-flight frames lost,
+//! unacknowledged pushes resent).
+//!
+//! Checked: no worker at clock `c` under SSP(s) ever reads a row missing an
+//! update from a clock `<= c - s - 1`; every push is applied exactly once
+//! (final sums equal the clocks each worker finished); and every schedule
+//! runs to completion.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use laggard::proto::{
+    ClientCore, Hello, Keys, Message, Output, PullResponse, Role, ServerConfig, ServerCore,
+    ShardTables, TableInfo, decode,
+};
+use laggard::transport::PeerId;
+use laggard::{Consistency, ElementKind, Error, Placement, ShardMap};
+use proptest::prelude::*;
+
+const MAX: usize = 1 << 20;
+
+/// Storage model: one table of i64 rows of width P, Sum rule.
+struct Model {
+    width: usize,
+    rows: HashMap<u64, Vec<i64>>,
+    shard: usize,
+    map: ShardMap,
+}
+
+impl ShardTables for Model {
+    fn len(&self) -> usize {
+        1
+    }
+    fn check(&self, table: u32, keys: Keys<'_>, value_len: Option<usize>) -> laggard::Result<()> {
+        assert_eq!(table, 0);
+        if let Some(len) = value_len {
+            assert_eq!(len, keys.len() * self.width * 8);
+        }
+        for k in keys.iter() {
+            assert_eq!(self.map.shard_of(k)?, self.shard);
+        }
+        Ok(())
+    }
+    fn apply(&mut self, _: u32, keys: Keys<'_>, values: &[u8]) -> laggard::Result<()> {
+        for (k, row) in keys.iter().zip(values.chunks_exact(self.width * 8)) {
+            let r = self.rows.entry(k).or_insert_with(|| vec![0; self.width]);
+            for (x, b) in r.iter_mut().zip(row.chunks_exact(8)) {
+                *x += i64::from_le_bytes(b.try_into().unwrap());
+            }
+        }
+        Ok(())
+    }
+    fn row_bytes(&self, _: u32) -> usize {
+        self.width * 8
+    }
+}
+
+#[derive(Debug, PartialEq)]
+enum Phase {
+    NeedPull,
+    Pulling(Vec<u64>),
+    NeedPush,
+    Leaving,
+    Done,
+}
+
+struct Sim {
+    workers: usize,
+    shards: usize,
+    clocks: u64,
+    staleness: u64,
+    servers: Vec<(ServerCore, Model)>,
+    clients: Vec<ClientCore>,
+    phase: Vec<Phase>,
+    /// `peer[w][s]`: the server-side id of worker w's connection to shard s.
+    peer: Vec<Vec<PeerId>>,
+    next_peer: u64,
+    /// Frames in flight per (worker, shard): to the server, to the worker.
+    up: HashMap<(usize, usize), VecDeque<Vec<u8>>>,
+    down: HashMap<(usize, usize), VecDeque<Vec<u8>>>,
+    now: Instant,
+    violations: Vec<String>,
+    duplicated: u64,
+}
+
+impl Sim {
+    fn new(workers: usize, shards: usize, clocks: u64, staleness: u64) -> Self {
+        let map = ShardMap::new(Placement::RoundRobin, shards, 0..=(shards as u64 - 1)).unwrap();
+        let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
+            name: "t".into(),
+            kind: ElementKind::I64,
+            width: workers,
+            consistency: Consistency::Ssp { staleness },
+            map: map.clone(),
+        }]);
+        let servers = (0..shards)
+            .map(|s| {
+                let core = ServerCore::new(ServerConfig {
+                    shard: s as u32,
+                    workers: workers as u32,
+                    schema: 7,
+                    dead_after: Duration::from_secs(3600),
+                    max_payload: MAX,
+                });
+                let model = Model {
+                    width: workers,
+                    rows: HashMap::new(),
+                    shard: s,
+                    map: map.clone(),
+                };
+                (core, model)
+            })
+            .collect();
+        let mut sim = Sim {
+            workers,
+            shards,
+            clocks,
+            staleness,
+            servers,
+            clients: (0..workers)
+                .map(|w| ClientCore::new(w as u32, shards, tables.clone()))
+                .collect(),
+            phase: (0..workers).map(|_| Phase::NeedPull).collect(),
+            peer: vec![vec![PeerId(0); shards]; workers],
+            next_peer: 1,
+            up: HashMap::new(),
+            down: HashMap::new(),
+            now: Instant::now(),
+            violations: Vec::new(),
+            duplicated: 0,
+        };
+        for w in 0..workers {
+            for s in 0..shards {
+                sim.connect(w, s);
+            }
+        }
+        sim
+    }
+
+    fn connect(&mut self, w: usize, s: usize) {
+        self.peer[w][s] = PeerId(self.next_peer);
+        self.next_peer += 1;
+        let hello = Message::Hello(Hello {
+            role: Role::Worker(w as u32),
+            schema: 7,
+            session: 0,
+        });
+        self.up.entry((w, s)).or_default().push_back(hello.to_vec());
+    }
+
+    /// Cuts the connection: frames in flight are lost; the worker
+    /// reconnects and its pull in flight (if any) fails and is retried.
+    fn cut(&mut self, w: usize, s: usize) {
+        self.up.entry((w, s)).or_default().clear();
+        self.down.entry((w, s)).or_default().clear();
+        let old = self.peer[w][s];
+        self.servers[s].0.on_disconnect(old, self.now);
+        let err = Error::Disconnected {
+            peer: "sim".into(),
+            reason: "cut".into(),
+        };
+        self.clients[w].fail_shard(s, &err);
+        if let Phase::Pulling(reqs) = &self.phase[w] {
+            for &r in reqs {
+                let _ = self.clients[w].take_outcome(r);
+            }
+            self.phase[w] = Phase::NeedPull;
+        }
+        self.connect(w, s);
+    }
+
+    /// The network delivers the push at the front of the queue twice (as a
+    /// retransmission would).
+    fn duplicate_push(&mut self, w: usize, s: usize) {
+        let q = self.up.entry((w, s)).or_default();
+        if let Some(front) = q
+            .front()
+            .filter(|f| matches!(decode(f, MAX), Ok(Message::Push(_))))
+        {
+            let copy = front.clone();
+            q.push_front(copy);
+            self.duplicated += 1;
+        }
+    }
+
+    fn worker_step(&mut self, w: usize) {
+        let core = &mut self.clients[w];
+        match &self.phase[w] {
+            Phase::NeedPull => {
+                let keys: Vec<u64> = (0..self.shards as u64).collect();
+                let reqs = core.plan_pull(0, &keys, Duration::from_secs(3600)).unwrap();
+                for &r in &reqs {
+                    let (s, frame) = core.with_request(r, |s, m| (s, m.to_vec())).unwrap();
+                    self.up.entry((w, s)).or_default().push_back(frame);
+                }
+                self.phase[w] = Phase::Pulling(reqs);
+                self.worker_step(w);
+            }
+            Phase::Pulling(reqs) => {
+                let mut pending = Vec::new();
+                for &r in reqs {
+                    match core.take_outcome(r) {
+                        None => pending.push(r),
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => panic!("pull failed: {e}"),
+                    }
+                }
+                if !pending.is_empty() {
+                    self.phase[w] = Phase::Pulling(pending);
+                    return;
+                }
+                // Check the SSP guarantee on every key.
+                let c = core.clock();
+                for key in 0..self.shards as u64 {
+                    let row = core.cached(0, key).unwrap();
+                    for other in 0..self.workers {
+                        let seen = i64::from_le_bytes(row[other * 8..][..8].try_into().unwrap());
+                        // Every worker runs all clocks (one that left had
+                        // pushed them all first), so all must be at c - s.
+                        let needed = c.saturating_sub(self.staleness);
+                        if (seen as u64) < needed {
+                            self.violations.push(format!(
+                                "worker {w} at clock {c} saw key {key} with {seen} clocks of worker {other} (needs {needed})"
+                            ));
+                        }
+                    }
+                }
+                self.phase[w] = Phase::NeedPush;
+            }
+            Phase::NeedPush => {
+                for key in 0..self.shards as u64 {
+                    let (row, _) = core.pending_row(0, key).unwrap();
+                    row[w * 8..][..8].copy_from_slice(&1i64.to_le_bytes());
+                }
+                let sent = core.flush(true);
+                for (s, seq) in sent {
+                    let frame = core.with_push(s, seq, |m| m.to_vec()).unwrap();
+                    self.up.entry((w, s)).or_default().push_back(frame);
+                }
+                self.phase[w] = if core.clock() == self.clocks {
+                    Phase::Leaving
+                } else {
+                    Phase::NeedPull
+                };
+            }
+            Phase::Leaving => {
+                // As `Worker::leave`: only once every push is acknowledged.
+                if core.acked_through(&core.last_sent()) {
+                    for s in 0..self.shards {
+                        let leave = Message::Leave { worker: w as u32 }.to_vec();
+                        self.up.entry((w, s)).or_default().push_back(leave);
+                    }
+                    self.phase[w] = Phase::Done;
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    fn deliver_up(&mut self, w: usize, s: usize) -> bool {
+        let Some(frame) = self.up.entry((w, s)).or_default().pop_front() else {
+            return false;
+        };
+        let peer = self.peer[w][s];
+        let mut out = Vec::new();
+        let (core, model) = &mut self.servers[s];
+        core.on_frame(peer, &frame, self.now, model, &mut out);
+        for o in out {
+            let (p, bytes) = match o {
+                Output::Send(_, laggard::proto::Reply::Fault(_, text)) => {
+                    panic!("server fault: {text}")
+                }
+                Output::Send(p, reply) => (p, reply.message().to_vec()),
+                Output::Rows {
+                    peer,
+                    req,
+                    clock,
+                    table,
+                    keys,
+                } => {
+                    let mut values = Vec::new();
+                    for k in &keys {
+                        let row = model.rows.get(k).cloned().unwrap_or(vec![0; self.workers]);
+                        row.iter()
+                            .for_each(|x| values.extend_from_slice(&x.to_le_bytes()));
+                    }
+                    let msg = Message::PullResponse(PullResponse {
+                        req,
+                        clock,
+                        table,
+                        rows: keys.len() as u32,
+                        values: &values,
+                    });
+                    (peer, msg.to_vec())
+                }
+                other => panic!("unexpected server output {other:?}"),
+            };
+            // Route to whichever worker owns that server-side peer id.
+            let dest = (0..self.workers).find(|&x| self.peer[x][s] == p).unwrap();
+            self.down.entry((dest, s)).or_default().push_back(bytes);
+        }
+        true
+    }
+
+    fn deliver_down(&mut self, w: usize, s: usize) -> bool {
+        let Some(frame) = self.down.entry((w, s)).or_default().pop_front() else {
+            return false;
+        };
+        let core = &mut self.clients[w];
+        match decode(&frame, MAX).unwrap() {
+            Message::Welcome(welcome) => {
+                for seq in core.on_welcome(s, &welcome).unwrap() {
+                    let frame = core.with_push(s, seq, |m| m.to_vec()).unwrap();
+                    self.up.entry((w, s)).or_default().push_back(frame);
+                }
+            }
+            msg => core.on_message(s, msg).unwrap(),
+        }
+        true
+    }
+
+    /// Delivers and steps round-robin until everyone is done.
+    fn finish(&mut self) {
+        for _ in 0..100_000 {
+            let mut progressed = false;
+            for w in 0..self.workers {
+                for s in 0..self.shards {
+                    progressed |= self.deliver_up(w, s);
+                    progressed |= self.deliver_down(w, s);
+                }
+                let before = format!("{:?}", self.phase[w]);
+                self.worker_step(w);
+                progressed |= before != format!("{:?}", self.phase[w]);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+    #[test]
+    fn ssp_guarantee_and_exactly_once_under_random_schedules(
+        workers in 1usize..4,
+        shards in 1usize..3,
+        clocks in 1u64..6,
+        staleness in 0u64..3,
+        schedule in proptest::collection::vec(any::<u16>(), 0..400),
+    ) {
+        let mut sim = Sim::new(workers, shards, clocks, staleness);
+        for choice in schedule {
+            let choice = choice as usize;
+            let w = choice % workers;
+            let s = (choice / workers) % shards;
+            match (choice / (workers * shards)) % 21 {
+                0..=5 => sim.worker_step(w),
+                6..=12 => { sim.deliver_up(w, s); }
+                13..=18 => { sim.deliver_down(w, s); }
+                19 => sim.duplicate_push(w, s),
+                _ if sim.phase[w] != Phase::Done => sim.cut(w, s),
+                _ => {}
+            }
+        }
+        sim.finish();
+        prop_assert_eq!(&sim.violations, &Vec::<String>::new());
+        for w in 0..workers {
+            prop_assert_eq!(&sim.phase[w], &Phase::Done, "worker {} did not finish", w);
+        }
+        let dups: u64 = sim.servers.iter().map(|(c, _)| c.stats().duplicate_pushes).sum();
+        prop_assert!(dups <= sim.duplicated, "{} duplicates acknowledged, {} made", dups, sim.duplicated);
+        for (s, (core, model)) in sim.servers.iter().enumerate() {
+            // Exactly once: each worker's element counts its clocks.
+            let row = model.rows.get(&(s as u64)).cloned().unwrap_or_default();
+            prop_assert_eq!(row, vec![clocks as i64; workers]);
+            prop_assert_eq!(core.parked(), 0);
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! The runtime end to end over the in-process transport: exactness under
+//! BSP, the SSP read guarantee, lazy communication, timeouts, failures and
+//! bad input.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use laggard::proto::{Hello, Message, Role};
+use laggard::transport::{Endpoint, Event, Transport};
+use laggard::{Cluster, ClusterSpec, Consistency, Error, Placement, TableSpec, WorkerId};
+
+/// Deltas worker `w` pushes to `key` at clock `c`: distinct per (w, c, key)
+/// so any lost or doubled push shows in the sums.
+fn delta(w: usize, c: u64, key: u64) -> i64 {
+    (w as i64 + 1) * 1_000 + c as i64 * 10 + key as i64
+}
+
+#[test]
+fn bsp_integer_sum_equals_the_sequential_result() {
+    let (servers, workers, clocks, keys) = (3, 4, 12u64, 20u64);
+    let spec = ClusterSpec::new(servers, workers).table(
+        "t",
+        TableSpec::<i64>::dense(0..keys, 3)
+            .placement(Placement::RoundRobin)
+            .consistency(Consistency::Bsp),
+    );
+    let cluster = Cluster::start(spec).unwrap();
+    cluster
+        .run_workers(|worker| {
+            let t = worker.table::<i64>("t")?;
+            let w = worker.id().0 as usize;
+            let mut row = vec![0; 3 * keys as usize];
+            let all: Vec<u64> = (0..keys).collect();
+            for c in 0..clocks {
+                worker.pull(&t, &all, &mut row)?;
+                // Two pushes to the same key in one clock are coalesced.
+                for key in (w as u64..keys).step_by(2) {
+                    let d = delta(w, c, key);
+                    worker.push(&t, &[key], &[d, 1, -d])?;
+                    worker.push(&t, &[key], &[0, 1, 0])?;
+                }
+                worker.clock()?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mut expected = vec![0i64; 3 * keys as usize];
+    for w in 0..workers {
+        for c in 0..clocks {
+            for key in (w as u64..keys).step_by(2) {
+                let d = delta(w, c, key);
+                let row = &mut expected[3 * key as usize..][..3];
+                row[0] += d;
+                row[1] += 2;
+                row[2] -= d;
+            }
+        }
+    }
+    let mut got = vec![0i64; 3 * keys as usize];
+    cluster
+        .read::<i64>("t", &(0..keys).collect::<Vec<_>>(), &mut got)
+        .unwrap();
+    assert_eq!(got, expected);
+    let stats = cluster.shutdown().unwrap();
+    // One push per worker per clock per shard, plus the final flush.
+    let pushes: u64 = stats.iter().map(|s| s.pushes).sum();
+    assert!(pushes >= (workers as u64) * clocks * servers as u64);
+    assert_eq!(stats.iter().map(|s| s.duplicate_pushes).sum::<u64>(), 0);
+}
+
+/// Every worker at clock `c` adds 1 to element `w` of row 0; a read at clock
+/// `c` under SSP(s) must then see element `w' >= c - s` for every worker
+/// `w'` still running (all its clocks `<= c - s - 1` are in).
+fn ssp_instrumented_run(staleness: u64, slow: usize) {
+    let workers = 4;
+    let clocks = 15u64;
+    let spec = ClusterSpec::new(2, workers).table(
+        "progress",
+        TableSpec::<u64>::dense(0..1, workers).consistency(Consistency::Ssp { staleness }),
+    );
+    let cluster = Cluster::start(spec).unwrap();
+    let violations = Mutex::new(Vec::new());
+    cluster
+        .run_workers(|worker| {
+            let t = worker.table::<u64>("progress")?;
+            let w = worker.id().0 as usize;
+            let mut row = vec![0u64; workers];
+            for c in 0..clocks {
+                if w == slow {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                worker.pull(&t, &[0], &mut row)?;
+                for (other, &seen) in row.iter().enumerate() {
+                    // Workers still running at this point have done at
+                    // least `c - s` clocks if the guarantee holds.
+                    if seen + staleness < c {
+                        violations.lock().unwrap().push((w, c, other, seen));
+                    }
+                }
+                let mut d = vec![0u64; workers];
+                d[w] = 1;
+                worker.push(&t, &[0], &d)?;
+                worker.clock()?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(violations.into_inner().unwrap(), vec![]);
+    let mut row = vec![0u64; workers];
+    cluster.read::<u64>("progress", &[0], &mut row).unwrap();
+    assert_eq!(row, vec![clocks; workers]);
+}
+
+#[test]
+fn ssp_reads_never_miss_updates_older_than_the_bound() {
+    ssp_instrumented_run(0, 3);
+    ssp_instrumented_run(1, 0);
+    ssp_instrumented_run(3, 2);
+}
+
+/// Runs one worker pattern and returns the pull messages the workers sent.
+fn pull_messages(consistency: Consistency) -> u64 {
+    let workers = 3;
+    let spec = ClusterSpec::new(2, workers).table(
+        "w",
+        TableSpec::<f32>::dense(0..64, 4).consistency(consistency),
+    );
+    let cluster = Cluster::start(spec).unwrap();
+    let stats = Mutex::new(Vec::new());
+    cluster
+        .run_workers(|worker| {
+            let t = worker.table::<f32>("w")?;
+            let keys: Vec<u64> = (0..64).collect();
+            let mut rows = vec![0.0; 64 * 4];
+            for _ in 0..20 {
+                worker.pull(&t, &keys, &mut rows)?;
+                worker.push(&t, &keys, &vec![0.5; 64 * 4])?;
+                worker.clock()?;
+            }
+            stats.lock().unwrap().push(worker.stats());
+            Ok(())
+        })
+        .unwrap();
+    let stats = stats.into_inner().unwrap();
+    stats.iter().map(|s| s.pull_messages).sum()
+}
+
+#[test]
+fn ssp_sends_fewer_pull_messages_than_bsp() {
+    let bsp = pull_messages(Consistency::Bsp);
+    let ssp = pull_messages(Consistency::Ssp { staleness: 3 });
+    // BSP refreshes every clock: 20 clocks × 2 shards × 3 workers.
+    assert_eq!(bsp, 20 * 2 * 3);
+    assert!(ssp * 2 <= bsp, "SSP(3) sent {ssp} pull messages, BSP {bsp}");
+}
+
+#[test]
+fn pushes_are_coalesced_into_one_message_per_shard_per_clock() {
+    let spec = ClusterSpec::new(2, 1).table("w", TableSpec::<i64>::dense(0..10, 1));
+    let cluster = Cluster::start(spec).unwrap();
+    let stats = cluster
+        .run_workers(|worker| {
+            let t = worker.table::<i64>("w")?;
+            for _ in 0..5 {
+                for key in 0..10 {
+                    worker.push(&t, &[key], &[1])?;
+                    worker.push(&t, &[key], &[1])?;
+                }
+                worker.clock()?;
+            }
+            Ok(worker.stats())
+        })
+        .unwrap();
+    let s = stats[0];
+    assert_eq!(s.rows_pushed, 100);
+    assert_eq!(s.rows_coalesced, 50);
+    assert_eq!(s.push_messages, 5 * 2);
+    let mut row = [0i64; 10];
+    cluster
+        .read::<i64>("w", &(0..10).collect::<Vec<_>>(), &mut row)
+        .unwrap();
+    assert_eq!(row, [10; 10]);
+}
+
+#[test]
+fn a_pull_that_times_out_names_the_workers_behind() {
+    let spec = ClusterSpec::new(1, 2).table(
+        "w",
+        TableSpec::<f64>::dense(0..4, 2).consistency(Consistency::Ssp { staleness: 1 }),
+    );
+    let cluster = Cluster::start(spec).unwrap();
+    let mut fast = cluster.worker(0).unwrap();
+    let slow = cluster.worker(1).unwrap();
+    let t = fast.table::<f64>("w").unwrap();
+    fast.clock().unwrap();
+    fast.clock().unwrap();
+    let mut row = [0.0; 2];
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let err = fast.pull_by(&t, &[1], &mut row, deadline).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Timeout(_)), "{text}");
+    assert!(text.contains("worker 0 at clock 2"), "{text}");
+    assert!(text.contains("behind: worker 1 at clock 0"), "{text}");
+    drop(slow);
+}
+
+#[test]
+fn a_worker_that_disappears_is_declared_dead_and_stops_holding_others_back() {
+    let spec = ClusterSpec::new(2, 2)
+        .dead_after(Duration::from_millis(50))
+        .table("w", TableSpec::<i32>::dense(0..4, 1));
+    let cluster = Cluster::start(spec).unwrap();
+    let mut alive = cluster.worker(0).unwrap();
+    let crashed = cluster.worker(1).unwrap();
+    drop(crashed); // no Leave: the servers see a dropped connection
+    let t = alive.table::<i32>("w").unwrap();
+    let mut row = [0];
+    for _ in 0..3 {
+        alive.clock().unwrap();
+        alive.pull(&t, &[0], &mut row).unwrap();
+    }
+    let stats = cluster.shutdown().unwrap();
+    assert!(stats.iter().all(|s| s.workers_declared_dead == 1));
+}
+
+#[test]
+fn two_clusters_in_one_process_are_independent() {
+    let make = |n: i64| {
+        let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<i64>::dense(0..1, 1));
+        let cluster = Cluster::start(spec).unwrap();
+        cluster
+            .run_workers(|worker| {
+                let t = worker.table::<i64>("w")?;
+                worker.push(&t, &[0], &[n])?;
+                worker.clock().map(drop)
+            })
+            .unwrap();
+        cluster
+    };
+    let (a, b) = (make(1), make(2));
+    let (mut x, mut y) = ([0], [0]);
+    a.read::<i64>("w", &[0], &mut x).unwrap();
+    b.read::<i64>("w", &[0], &mut y).unwrap();
+    assert_eq!((x, y), ([1], [2]));
+}
+
+#[test]
+fn misconfiguration_is_an_error_not_a_panic() {
+    assert!(
+        ClusterSpec::new(0, 1)
+            .table("w", TableSpec::<f32>::dense(0..4, 1))
+            .validate()
+            .is_err()
+    );
+    assert!(ClusterSpec::new(1, 1).validate().is_err());
+    let dup = ClusterSpec::new(1, 1)
+        .table("w", TableSpec::<f32>::dense(0..4, 1))
+        .table("w", TableSpec::<f32>::dense(0..4, 1));
+    assert!(
+        dup.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("used twice")
+    );
+    let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<f32>::dense(0..4, 2));
+    let cluster = Cluster::start(spec).unwrap();
+    let mut worker = cluster.worker(0).unwrap();
+    assert!(matches!(
+        worker.table::<f32>("nope"),
+        Err(Error::UnknownTable { .. })
+    ));
+    assert!(matches!(
+        worker.table::<i64>("w"),
+        Err(Error::TableType { .. })
+    ));
+    let t = worker.table::<f32>("w").unwrap();
+    assert!(matches!(
+        worker.push(&t, &[1], &[1.0]),
+        Err(Error::BatchShape { .. })
+    ));
+    assert!(matches!(
+        worker.push(&t, &[9], &[1.0, 2.0]),
+        Err(Error::KeyOutOfRange { .. })
+    ));
+    let mut out = [0.0; 3];
+    assert!(matches!(
+        worker.pull(&t, &[1], &mut out),
+        Err(Error::BatchShape { .. })
+    ));
+    assert!(matches!(
+        cluster.worker(5),
+        Err(Error::UnknownWorker { .. })
+    ));
+}
+
+#[test]
+fn a_peer_with_another_schema_is_refused_with_a_reason() {
+    let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<f32>::dense(0..4, 1));
+    let cluster = Cluster::start(spec.clone()).unwrap();
+    let other = ClusterSpec::new(1, 1).table("w", TableSpec::<f32>::dense(0..8, 1));
+    let ep = cluster.network().bind(&other.worker_name(0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let err = laggard::Worker::connect(ep, &other, WorkerId(0), deadline).unwrap_err();
+    assert!(err.to_string().contains("different tables"), "{err}");
+}
+
+#[test]
+fn garbage_frames_drop_the_peer_and_the_server_keeps_serving() {
+    let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<i64>::dense(0..4, 1));
+    let cluster = Cluster::start(spec.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rogue = cluster.network().bind("rogue").unwrap();
+    let server = rogue.connect(&spec.server_name(0), deadline).unwrap();
+    for junk in [&b"not a frame"[..], &[0u8; 64][..]] {
+        let mut buf = rogue.lend(server, junk.len(), deadline).unwrap();
+        buf.copy_from_slice(junk);
+        rogue.send(buf).unwrap();
+    }
+    // The server answers with a fault and closes the connection.
+    let mut closed = false;
+    while let Some(event) = rogue.recv(deadline).unwrap() {
+        if let Event::Disconnected(_) = event {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed);
+    // A rogue claiming to be worker 0 with the right schema, then a second
+    // connection claiming the same worker: refused.
+    let mut first = cluster.network().bind("first").unwrap();
+    let peer = first.connect(&spec.server_name(0), deadline).unwrap();
+    let hello = Message::Hello(Hello {
+        role: Role::Worker(0),
+        schema: spec.fingerprint(),
+        session: 1,
+    })
+    .to_vec();
+    let mut buf = first.lend(peer, hello.len(), deadline).unwrap();
+    buf.copy_from_slice(&hello);
+    first.send(buf).unwrap();
+    assert!(matches!(
+        first.recv(deadline).unwrap(),
+        Some(Event::Frame(..))
+    ));
+    let ep = cluster.network().bind(&spec.worker_name(0)).unwrap();
+    let err = laggard::Worker::connect(ep, &spec, WorkerId(0), deadline).unwrap_err();
+    assert!(err.to_string().contains("already connected"), "{err}");
+    drop(first);
+    // The server still serves a proper worker once the rogue is gone.
+    let mut row = [0i64];
+    let mut worker = cluster.worker(0);
+    for _ in 0..50 {
+        if worker.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        worker = cluster.worker(0);
+    }
+    let mut worker = worker.unwrap();
+    let t = worker.table::<i64>("w").unwrap();
+    worker.push(&t, &[1], &[5]).unwrap();
+    worker.clock().unwrap();
+    worker.pull(&t, &[1], &mut row).unwrap();
+    assert_eq!(row, [5]);
+    let stats = cluster.shutdown().unwrap();
+    assert!(stats[0].peers_dropped >= 2);
+}
+
+#[test]
+fn non_blocking_pull_and_clock_tickets() {
+    let spec = ClusterSpec::new(2, 1).table("w", TableSpec::<u64>::sparse(2));
+    let cluster = Cluster::start(spec).unwrap();
+    let mut worker = cluster.worker(0).unwrap();
+    let t = worker.table::<u64>("w").unwrap();
+    worker.push(&t, &[10, 1 << 40], &[1, 2, 3, 4]).unwrap();
+    let ticket = worker.start_clock().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    worker.wait_applied(&ticket, deadline).unwrap();
+    let pull = worker.start_pull(&t, &[1 << 40, 10, 99]).unwrap();
+    let mut out = [0u64; 6];
+    worker.finish_pull(pull, &mut out, deadline).unwrap();
+    assert_eq!(out, [3, 4, 1, 2, 0, 0]);
+    worker.leave().unwrap();
+}
