@@ -1,0 +1,199 @@
+//! Fuzz body for the wire protocol: arbitrary bytes must decode to an error
+//! or to a message that re-encodes to exactly those bytes, and arbitrary
+//! frame sequences fed to a server shard's state machine must never panic.
+//! Shared by the libFuzzer target and the stable-toolchain corpus replay.
+
+use std::time::{Duration, Instant};
+
+use laggard::proto::{Keys, Message, Output, ServerConfig, ServerCore, ShardTables, decode};
+use laggard::transport::PeerId;
+
+const MAX: usize = 1 << 16;
+
+/// One table of 16 keys, rows of 2 × i64; keys `>= 16` are foreign.
+struct Tables;
+
+impl ShardTables for Tables {
+    fn len(&self) -> usize {
+        1
+    }
+
+    fn check(&self, table: u32, keys: Keys<'_>, value_len: Option<usize>) -> laggard::Result<()> {
+        if table != 0 {
+            return Err(laggard::Error::UnknownTable {
+                name: format!("#{table}"),
+                known: vec!["#0".into()],
+            });
+        }
+        if value_len.is_some_and(|len| Some(len) != keys.len().checked_mul(16)) {
+            return Err(laggard::Error::WidthMismatch {
+                expected: 2,
+                got: 0,
+            });
+        }
+        match keys.iter().find(|&k| k >= 16) {
+            Some(key) => Err(laggard::Error::KeyOutOfRange {
+                key,
+                first: 0,
+                last: 15,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn apply(&mut self, _: u32, keys: Keys<'_>, values: &[u8]) -> laggard::Result<()> {
+        assert_eq!(
+            values.len(),
+            keys.len() * 16,
+            "apply called with an unchecked section"
+        );
+        Ok(())
+    }
+
+    fn row_bytes(&self, _: u32) -> usize {
+        16
+    }
+}
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    if let Ok(msg) = decode(data, MAX) {
+        assert_eq!(
+            msg.to_vec(),
+            data,
+            "{} did not re-encode to its input",
+            msg.name()
+        );
+    }
+    // The same bytes as a session: [peer: 1 byte][len: 2 bytes][frame]...
+    let mut server = ServerCore::new(ServerConfig {
+        shard: 0,
+        workers: 2,
+        schema: 1,
+        dead_after: Duration::from_millis(5),
+        max_payload: MAX,
+    });
+    let start = Instant::now();
+    let mut out = Vec::new();
+    let mut rest = data;
+    let mut step = 0u32;
+    while rest.len() >= 3 {
+        let peer = PeerId(u64::from(rest[0] % 4));
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let (frame, tail) = rest[3..].split_at(len);
+        rest = tail;
+        let now = start + Duration::from_millis(u64::from(step));
+        step += 1;
+        if rest.first().is_some_and(|b| b & 0x80 != 0) {
+            server.on_disconnect(peer, now);
+        }
+        server.on_frame(peer, frame, now, &mut Tables, &mut out);
+        server.poll(now, &mut out);
+        for o in out.drain(..) {
+            match o {
+                Output::Send(_, reply) => {
+                    let bytes = reply.message().to_vec();
+                    assert!(
+                        decode(&bytes, usize::MAX).is_ok(),
+                        "server sent an undecodable reply"
+                    );
+                }
+                Output::Rows { keys, .. } => assert!(keys.iter().all(|&k| k < 16)),
+                Output::Close(peer) => server.on_disconnect(peer, now),
+                Output::Stop => {}
+            }
+        }
+    }
+}
+
+/// Valid frames of every kind, and a session, to seed the corpus.
+pub fn seeds() -> Vec<Vec<u8>> {
+    use laggard::proto::*;
+    let keys = [1u64, 15];
+    let values = [7u8; 32];
+    let sections = [Section {
+        table: 0,
+        keys: Keys::Native(&keys),
+        values: &values,
+    }];
+    let msgs = vec![
+        Message::Hello(Hello {
+            role: Role::Worker(1),
+            schema: 1,
+            session: 9,
+        }),
+        Message::Hello(Hello {
+            role: Role::Controller,
+            schema: 1,
+            session: 0,
+        }),
+        Message::Welcome(Welcome {
+            shard: 0,
+            workers: 2,
+            applied_seq: 3,
+            clock: 4,
+        }),
+        Message::Push(Push {
+            worker: 1,
+            seq: 1,
+            clock: 0,
+            tick: true,
+            sections: Sections::Native(&sections),
+        }),
+        Message::PushAck(PushAck {
+            seq: 1,
+            min_clock: 0,
+        }),
+        Message::PullRequest(PullRequest {
+            req: 1,
+            min_clock: 1,
+            timeout_ms: 2,
+            table: 0,
+            keys: Keys::Native(&keys),
+        }),
+        Message::PullResponse(PullResponse {
+            req: 1,
+            clock: 1,
+            table: 0,
+            rows: 2,
+            values: &values,
+        }),
+        Message::PullTimedOut(PullTimedOut {
+            req: 1,
+            needed: 2,
+            waited_us: 3,
+            clocks: vec![(0, 0, 1), (1, 2, 0)],
+        }),
+        Message::Leave { worker: 1 },
+        Message::Shutdown,
+        Message::Fault(Fault {
+            code: 1,
+            text: "bad",
+        }),
+    ];
+    let mut seeds: Vec<Vec<u8>> = msgs.iter().map(Message::to_vec).collect();
+    // A session: two workers register, push, pull, one leaves; a controller stops.
+    let mut session = Vec::new();
+    let mut frame = |peer: u8, m: &Message<'_>| {
+        let bytes = m.to_vec();
+        session.push(peer);
+        session.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        session.extend_from_slice(&bytes);
+    };
+    frame(0, &msgs[0]);
+    frame(
+        1,
+        &Message::Hello(Hello {
+            role: Role::Worker(0),
+            schema: 1,
+            session: 2,
+        }),
+    );
+    frame(0, &msgs[3]);
+    frame(1, &msgs[5]);
+    frame(0, &msgs[8]);
+    frame(2, &msgs[1]);
+    frame(2, &msgs[9]);
+    seeds.push(session);
+    seeds
+}
