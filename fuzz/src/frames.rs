@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use laggard::proto::{Keys, Message, Output, ServerConfig, ServerCore, ShardTables, decode};
+use laggard::proto::{Keys, Output, ServerConfig, ServerCore, ShardTables, decode};
 use laggard::transport::PeerId;
 
 const MAX: usize = 1 << 16;

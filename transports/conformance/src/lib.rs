@@ -1,0 +1,298 @@
+//! The conformance suite for laggard transports.
+//!
+//! Every transport (in-process, shared memory, TCP, RDMA) runs the same
+//! checks through [`run_all`], or one at a time through the individual
+//! functions. A transport plugs in with a [`Factory`] that makes fresh,
+//! independent networks.
+//!
+//! ```
+//! use laggard::transport::InProcess;
+//! use laggard_conformance::Factory;
+//!
+//! struct InProc;
+//! impl Factory for InProc {
+//!     type T = InProcess;
+//!     fn transport(&self) -> InProcess { InProcess::new() }
+//!     fn with_buffering(&self, bytes: usize) -> InProcess { InProcess::with_capacity(bytes) }
+//!     fn leaks(&self, t: &InProcess) -> Vec<String> { t.bound_names() }
+//! }
+//! laggard_conformance::ordering_per_connection(&InProc);
+//! ```
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use laggard::Error;
+use laggard::transport::{Endpoint, Event, PeerId, Transport};
+
+/// Makes transports for the suite.
+pub trait Factory: Sync {
+    /// The transport under test.
+    type T: Transport;
+
+    /// A fresh network with default settings.
+    fn transport(&self) -> Self::T;
+
+    /// A fresh network whose connections buffer at most about `bytes`
+    /// unread bytes per direction, for the backpressure check.
+    fn with_buffering(&self, bytes: usize) -> Self::T;
+
+    /// What `t` still holds after every endpoint was dropped (names,
+    /// segments, sockets...): empty if nothing leaked.
+    fn leaks(&self, t: &Self::T) -> Vec<String>;
+}
+
+/// How long any single step of the suite may block.
+const STEP: Duration = Duration::from_secs(20);
+
+fn deadline() -> Instant {
+    Instant::now() + STEP
+}
+
+/// Sends a frame holding `bytes`.
+pub fn send_bytes<E: Endpoint>(ep: &mut E, peer: PeerId, bytes: &[u8]) -> laggard::Result<()> {
+    let mut buf = ep.lend(peer, bytes.len(), deadline())?;
+    buf.copy_from_slice(bytes);
+    ep.send(buf)
+}
+
+/// The next frame's peer and bytes, skipping connection events; panics if
+/// none arrives within the step deadline or the peer disconnects.
+fn next_frame<E: Endpoint>(ep: &mut E) -> (PeerId, Vec<u8>) {
+    next_frame_from(ep, false)
+}
+
+/// As [`next_frame`]; with `finished_ok`, disconnects (of peers that sent
+/// everything) are skipped too.
+fn next_frame_from<E: Endpoint>(ep: &mut E, finished_ok: bool) -> (PeerId, Vec<u8>) {
+    loop {
+        match ep.recv(deadline()).expect("recv") {
+            Some(Event::Frame(peer, frame)) => return (peer, frame.to_vec()),
+            Some(Event::Connected(_)) => {}
+            Some(Event::Disconnected(_)) if finished_ok => {}
+            Some(Event::Disconnected(p)) => panic!("unexpected disconnect of {p}"),
+            None => panic!("no frame within {STEP:?}"),
+        }
+    }
+}
+
+/// Runs every check.
+pub fn run_all<F: Factory>(f: &F) {
+    ordering_per_connection(f);
+    large_frames(f);
+    many_concurrent_connections(f);
+    peer_drop_is_an_error(f);
+    backpressure_when_the_receiver_is_slow(f);
+    recv_returns_at_its_deadline(f);
+    clean_shutdown_leaks_nothing(f);
+}
+
+/// Frames on one connection arrive in the order they were sent, intact.
+pub fn ordering_per_connection<F: Factory>(f: &F) {
+    let t = f.transport();
+    let mut server = t.bind("order-server").unwrap();
+    let mut client = t.bind("order-client").unwrap();
+    let peer = client.connect("order-server", deadline()).unwrap();
+    let n = 2_000u32;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..n {
+                let len = 8 + (i as usize % 61);
+                let mut frame = vec![(i % 251) as u8; len];
+                frame[..4].copy_from_slice(&i.to_le_bytes());
+                send_bytes(&mut client, peer, &frame).unwrap();
+            }
+        });
+        for i in 0..n {
+            let (_, frame) = next_frame(&mut server);
+            assert_eq!(
+                u32::from_le_bytes(frame[..4].try_into().unwrap()),
+                i,
+                "out of order"
+            );
+            assert_eq!(frame.len(), 8 + (i as usize % 61));
+            assert!(
+                frame[4..].iter().all(|&b| b == (i % 251) as u8),
+                "frame {i} corrupted"
+            );
+        }
+    });
+}
+
+/// Frames of many megabytes arrive intact, in both directions.
+pub fn large_frames<F: Factory>(f: &F) {
+    let t = f.transport();
+    let mut server = t.bind("large-server").unwrap();
+    let mut client = t.bind("large-client").unwrap();
+    let peer = client.connect("large-server", deadline()).unwrap();
+    let len = (16 << 20).min(client.max_frame_len());
+    let pattern: Vec<u8> = (0..len).map(|i| (i * 7 % 253) as u8).collect();
+    std::thread::scope(|s| {
+        s.spawn(|| send_bytes(&mut client, peer, &pattern).unwrap());
+        let (from, frame) = next_frame(&mut server);
+        assert!(frame == pattern, "large frame corrupted");
+        send_bytes(&mut server, from, &frame).unwrap();
+    });
+    let (_, back) = next_frame(&mut client);
+    assert!(back == pattern, "large reply corrupted");
+}
+
+/// Many clients at once, each on its own connection and thread: every
+/// frame arrives, in order per connection.
+pub fn many_concurrent_connections<F: Factory>(f: &F) {
+    let t = f.transport();
+    let mut server = t.bind("many-server").unwrap();
+    let (clients, frames) = (16usize, 200u32);
+    std::thread::scope(|s| {
+        for c in 0..clients {
+            let t = &t;
+            s.spawn(move || {
+                let mut ep = t.bind(&format!("many-client-{c}")).unwrap();
+                let peer = ep.connect("many-server", deadline()).unwrap();
+                for i in 0..frames {
+                    let mut frame = [0u8; 8];
+                    frame[..4].copy_from_slice(&(c as u32).to_le_bytes());
+                    frame[4..].copy_from_slice(&i.to_le_bytes());
+                    send_bytes(&mut ep, peer, &frame).unwrap();
+                }
+                ep.flush(peer, deadline()).unwrap();
+            });
+        }
+        let mut next: HashMap<u32, u32> = HashMap::new();
+        let mut owner: HashMap<PeerId, u32> = HashMap::new();
+        for _ in 0..clients as u32 * frames {
+            // Clients that sent everything drop their endpoints meanwhile.
+            let (peer, frame) = next_frame_from(&mut server, true);
+            let c = u32::from_le_bytes(frame[..4].try_into().unwrap());
+            let i = u32::from_le_bytes(frame[4..].try_into().unwrap());
+            assert_eq!(
+                *owner.entry(peer).or_insert(c),
+                c,
+                "two clients on one connection"
+            );
+            let expected = next.entry(c).or_insert(0);
+            assert_eq!(i, *expected, "client {c}: frame {i} out of order");
+            *expected += 1;
+        }
+        assert!(next.values().all(|&n| n == frames));
+    });
+}
+
+/// When a peer goes away, the other side sees a disconnect and its sends
+/// fail; nothing hangs.
+pub fn peer_drop_is_an_error<F: Factory>(f: &F) {
+    let t = f.transport();
+    let mut server = t.bind("drop-server").unwrap();
+    let mut client = t.bind("drop-client").unwrap();
+    let peer = client.connect("drop-server", deadline()).unwrap();
+    send_bytes(&mut client, peer, b"before").unwrap();
+    let (_, frame) = next_frame(&mut server);
+    assert_eq!(frame, b"before");
+    drop(server);
+    let started = Instant::now();
+    loop {
+        match client.recv(deadline()).unwrap() {
+            Some(Event::Disconnected(p)) => {
+                assert_eq!(p, peer);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("no disconnect event within {STEP:?}"),
+        }
+    }
+    assert!(started.elapsed() < STEP);
+    let err = send_bytes(&mut client, peer, b"after").unwrap_err();
+    assert!(
+        matches!(err, Error::Disconnected { .. }),
+        "sending to a dropped peer gave {err:?}"
+    );
+}
+
+/// A sender facing a receiver that does not read is held back (its lend
+/// times out with an error naming the peer), and continues once the
+/// receiver reads.
+pub fn backpressure_when_the_receiver_is_slow<F: Factory>(f: &F) {
+    let t = f.with_buffering(64 << 10);
+    let mut server = t.bind("bp-server").unwrap();
+    let mut client = t.bind("bp-client").unwrap();
+    let peer = client.connect("bp-server", deadline()).unwrap();
+    let frame = vec![5u8; 4 << 10];
+    let mut sent = 0usize;
+    let blocked = loop {
+        let mut buf = match client.lend(
+            peer,
+            frame.len(),
+            Instant::now() + Duration::from_millis(50),
+        ) {
+            Ok(buf) => buf,
+            Err(e) => break e,
+        };
+        buf.copy_from_slice(&frame);
+        client.send(buf).unwrap();
+        sent += 1;
+        assert!(sent < 100_000, "no backpressure after {sent} unread frames");
+    };
+    assert!(
+        matches!(blocked, Error::NoResponse { .. }),
+        "lend under backpressure gave {blocked:?}"
+    );
+    assert!(blocked.to_string().contains("bp-server"), "{blocked}");
+    // Reading frees room; every frame sent so far is intact.
+    for _ in 0..sent {
+        let (_, got) = next_frame(&mut server);
+        assert!(got == frame);
+    }
+    send_bytes(&mut client, peer, &frame).unwrap();
+    assert!(next_frame(&mut server).1 == frame);
+}
+
+/// `recv` with nothing to receive returns `None` at its deadline.
+pub fn recv_returns_at_its_deadline<F: Factory>(f: &F) {
+    let t = f.transport();
+    let mut ep = t.bind("idle").unwrap();
+    let started = Instant::now();
+    let got = ep.recv(started + Duration::from_millis(20)).unwrap();
+    assert!(got.is_none());
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    assert!(
+        ep.recv(Instant::now()).unwrap().is_none(),
+        "a past deadline polls"
+    );
+}
+
+/// After traffic and drops, nothing is left behind and names can be
+/// bound again.
+pub fn clean_shutdown_leaks_nothing<F: Factory>(f: &F) {
+    let t = f.transport();
+    {
+        let mut server = t.bind("clean-server").unwrap();
+        let mut clients: Vec<_> = (0..4)
+            .map(|c| t.bind(&format!("clean-client-{c}")).unwrap())
+            .collect();
+        for c in &mut clients {
+            let peer = c.connect("clean-server", deadline()).unwrap();
+            send_bytes(c, peer, b"hello").unwrap();
+        }
+        for _ in 0..4 {
+            next_frame(&mut server);
+        }
+        // A frame still unread and a lent buffer never sent, at drop time.
+        let peer = clients[0].connect("clean-server", deadline()).unwrap();
+        send_bytes(&mut clients[0], peer, b"unread").unwrap();
+        let _unsent = clients[1]
+            .connect("clean-server", deadline())
+            .and_then(|p| clients[1].lend(p, 16, deadline()));
+        assert!(
+            t.bind("clean-server").is_err(),
+            "a bound name was bound twice"
+        );
+    }
+    assert_eq!(
+        f.leaks(&t),
+        Vec::<String>::new(),
+        "resources left after every endpoint dropped"
+    );
+    let _again = t.bind("clean-server").expect("the name is free again");
+}

@@ -1,0 +1,54 @@
+//! The in-process transport passes the conformance suite.
+
+use laggard::transport::InProcess;
+use laggard_conformance::Factory;
+
+struct InProc;
+
+impl Factory for InProc {
+    type T = InProcess;
+    fn transport(&self) -> InProcess {
+        InProcess::new()
+    }
+    fn with_buffering(&self, bytes: usize) -> InProcess {
+        InProcess::with_capacity(bytes)
+    }
+    fn leaks(&self, t: &InProcess) -> Vec<String> {
+        t.bound_names()
+    }
+}
+
+#[test]
+fn ordering_per_connection() {
+    laggard_conformance::ordering_per_connection(&InProc);
+}
+
+#[test]
+fn large_frames() {
+    laggard_conformance::large_frames(&InProc);
+}
+
+#[test]
+fn many_concurrent_connections() {
+    laggard_conformance::many_concurrent_connections(&InProc);
+}
+
+#[test]
+fn peer_drop_is_an_error() {
+    laggard_conformance::peer_drop_is_an_error(&InProc);
+}
+
+#[test]
+fn backpressure_when_the_receiver_is_slow() {
+    laggard_conformance::backpressure_when_the_receiver_is_slow(&InProc);
+}
+
+#[test]
+fn recv_returns_at_its_deadline() {
+    laggard_conformance::recv_returns_at_its_deadline(&InProc);
+}
+
+#[test]
+fn clean_shutdown_leaks_nothing() {
+    laggard_conformance::clean_shutdown_leaks_nothing(&InProc);
+}
