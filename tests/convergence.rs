@@ -47,14 +47,21 @@ struct Data {
 
 fn data() -> Data {
     let truth: Vec<f64> = (0..D).map(|j| rand(j as u64) * 2.0 - 1.0).collect();
-    let mut d = Data { a: Vec::new(), y: Vec::new() };
+    let mut d = Data {
+        a: Vec::new(),
+        y: Vec::new(),
+    };
     for i in 0..N {
         let mut a = [0.0; D];
         for (j, x) in a.iter_mut().enumerate() {
             *x = rand(1_000 + (i * D + j) as u64) * 2.0 - 1.0;
         }
         let z: f64 = a.iter().zip(&truth).map(|(a, t)| a * t).sum();
-        d.y.push(if rand(500_000 + i as u64) < 1.0 / (1.0 + (-z).exp()) { 1.0 } else { 0.0 });
+        d.y.push(if rand(500_000 + i as u64) < 1.0 / (1.0 + (-z).exp()) {
+            1.0
+        } else {
+            0.0
+        });
         d.a.push(a);
     }
     d
@@ -72,7 +79,11 @@ fn sample_grad(a: &[f64; D], y: f64, x: &[f64], g: &mut [f64], scale: f64) {
 }
 
 fn full_loss(d: &Data, x: &[f64]) -> f64 {
-    d.a.iter().zip(&d.y).map(|(a, &y)| sample_loss(a, y, x)).sum::<f64>() / N as f64
+    d.a.iter()
+        .zip(&d.y)
+        .map(|(a, &y)| sample_loss(a, y, x))
+        .sum::<f64>()
+        / N as f64
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -157,15 +168,29 @@ fn ssp_regret_stays_under_the_theorem_bound() {
     let f_star = optimum_lower_bound(&d);
     for staleness in [0, 2, 5] {
         let (regret, bound, largest) = run(&d, staleness, 4, 60, f_star);
-        eprintln!("s={staleness}: regret {regret:.4} bound {bound:.4} largest {largest:.3} f*>={f_star:.4}");
-        assert!(largest <= RADIUS, "weights left the feasible ball: norm {largest}");
-        assert!(regret <= bound, "SSP(s={staleness}): regret {regret} > bound {bound}");
+        eprintln!(
+            "s={staleness}: regret {regret:.4} bound {bound:.4} largest {largest:.3} f*>={f_star:.4}"
+        );
+        assert!(
+            largest <= RADIUS,
+            "weights left the feasible ball: norm {largest}"
+        );
+        assert!(
+            regret <= bound,
+            "SSP(s={staleness}): regret {regret} > bound {bound}"
+        );
         // f(x*) was replaced by a lower bound, so the regret is positive.
-        assert!(regret > 0.0, "regret {regret} below zero: the optimum bound is wrong");
+        assert!(
+            regret > 0.0,
+            "regret {regret} below zero: the optimum bound is wrong"
+        );
     }
     // The worst-case bound is loose; what it promises in shape (regret
     // falling as T grows) shows in the measurement too.
     let (short, _, _) = run(&d, 2, 4, 15, f_star);
     let (long, _, _) = run(&d, 2, 4, 120, f_star);
-    assert!(long < short, "regret did not fall with T: {short} at T=60, {long} at T=480");
+    assert!(
+        long < short,
+        "regret did not fall with T: {short} at T=60, {long} at T=480"
+    );
 }

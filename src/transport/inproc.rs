@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use super::{Endpoint, Event, PeerId, Transport};
 use crate::error::{Error, Result};
-use crate::sync::{Arc, Condvar, Mutex, MutexGuard};
+use crate::sync::{Arc, Backoff, Condvar, Mutex, MutexGuard};
 
 /// Default credit per connection direction: 256 MiB.
 const DEFAULT_CAPACITY: usize = 256 << 20;
@@ -431,6 +431,15 @@ impl Endpoint for InProcessEndpoint {
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<Option<Event<InProcessFrame>>> {
+        // Spin briefly before sleeping: a reply usually follows within
+        // microseconds, and waking a sleeping thread costs more than that.
+        let mut backoff = Backoff::new();
+        while !backoff.is_completed() && Instant::now() < deadline {
+            if !lock(&self.inbox.state).queue.is_empty() {
+                break;
+            }
+            backoff.snooze();
+        }
         let delivery = {
             let mut state = lock(&self.inbox.state);
             loop {
