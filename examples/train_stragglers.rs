@@ -208,10 +208,13 @@ fn train(cfg: &Config, data: &Data, consistency: Consistency) -> laggard::Result
             let mut weights = vec![0f32; FEATURES];
             let mut last_print = Instant::now();
             loop {
+                // Acquire pairs with the Release store after the workers
+                // finished: the last sample then sees their final pushes.
                 let finished = done.load(Ordering::Acquire);
                 cluster.read::<f32>("weights", &keys, &mut weights)?;
                 let mean_clock = clocks
                     .iter()
+                    // Relaxed: a progress figure for display, ordered with nothing.
                     .map(|c| c.load(Ordering::Relaxed))
                     .sum::<u64>() as f64
                     / cfg.workers as f64;
@@ -255,10 +258,12 @@ fn train(cfg: &Config, data: &Data, consistency: Consistency) -> laggard::Result
                 std::thread::sleep(cfg.compute_time(w, clock));
                 worker.push(&weights, &keys, &grad)?;
                 worker.clock()?;
+                // Relaxed: read only for the progress display.
                 clocks[w as usize].store(clock + 1, Ordering::Relaxed);
             }
             Ok(worker.stats())
         });
+        // Release pairs with the monitor's Acquire load above.
         done.store(true, Ordering::Release);
         monitor.join().expect("monitor panicked")?;
         stats
