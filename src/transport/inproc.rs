@@ -245,6 +245,24 @@ impl Direction {
         self.changed.notify_all();
     }
 
+    /// Waits until `ready` holds for the state, and returns it locked; at
+    /// the deadline gives up with the bytes still unread.
+    fn wait(
+        &self,
+        deadline: Instant,
+        mut ready: impl FnMut(&DirState) -> bool,
+    ) -> std::result::Result<MutexGuard<'_, DirState>, usize> {
+        let mut state = lock(&self.state);
+        while !ready(&state) {
+            let (guard, waiting) = wait_until(&self.changed, state, deadline);
+            state = guard;
+            if !waiting && !ready(&state) {
+                return Err(state.in_flight);
+            }
+        }
+        Ok(state)
+    }
+
     /// Returns `len` bytes of credit and a buffer for reuse.
     fn release(&self, len: usize, buf: Vec<u8>) {
         {
@@ -352,30 +370,19 @@ impl Endpoint for InProcessEndpoint {
             });
         }
         let started = Instant::now();
-        let mut state = lock(&dir.state);
-        loop {
-            if state.closed {
-                drop(state);
-                return Err(self.gone(peer, &link, side));
-            }
-            if state.in_flight + len <= dir.capacity {
-                state.in_flight += len;
-                break;
-            }
-            let (guard, waiting) = wait_until(&dir.changed, state, deadline);
-            state = guard;
-            if !waiting {
-                let unread = state.in_flight;
-                drop(state);
-                return Err(Error::NoResponse {
-                    what: format!(
-                        "room to send {len} bytes to {}, which has {unread} bytes unread",
-                        link.ends[1 - side].0.name
-                    ),
-                    waited: started.elapsed(),
-                });
-            }
+        let waited = dir.wait(deadline, |s| s.closed || s.in_flight + len <= dir.capacity);
+        let mut state = waited.map_err(|unread| Error::NoResponse {
+            what: format!(
+                "room to send {len} bytes to {}, which has {unread} bytes unread",
+                link.ends[1 - side].0.name
+            ),
+            waited: started.elapsed(),
+        })?;
+        if state.closed {
+            drop(state);
+            return Err(self.gone(peer, &link, side));
         }
+        state.in_flight += len;
         let mut data = state.pool.pop().unwrap_or_default();
         drop(state);
         // Reused buffers keep their old bytes (the encoder overwrites every
@@ -411,23 +418,15 @@ impl Endpoint for InProcessEndpoint {
         let (link, side) = self.link(peer)?;
         let dir = &link.dirs[side];
         let started = Instant::now();
-        let mut state = lock(&dir.state);
-        while state.in_flight > 0 && !state.closed {
-            let (guard, waiting) = wait_until(&dir.changed, state, deadline);
-            state = guard;
-            if !waiting {
-                let unread = state.in_flight;
-                drop(state);
-                return Err(Error::NoResponse {
-                    what: format!(
-                        "{} to read the {unread} bytes sent to it",
-                        link.ends[1 - side].0.name
-                    ),
-                    waited: started.elapsed(),
-                });
-            }
-        }
-        Ok(())
+        dir.wait(deadline, |s| s.closed || s.in_flight == 0)
+            .map_err(|unread| Error::NoResponse {
+                what: format!(
+                    "{} to read the {unread} bytes sent to it",
+                    link.ends[1 - side].0.name
+                ),
+                waited: started.elapsed(),
+            })
+            .map(drop)
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<Option<Event<InProcessFrame>>> {
