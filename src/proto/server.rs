@@ -252,7 +252,7 @@ impl ServerCore {
             (Some(Role::Worker(w)), Message::Push(push)) if push.worker == w => {
                 self.on_push(peer, w, push, tables, out)
             }
-            (Some(Role::Worker(w)), Message::PullRequest(req)) => {
+            (Some(Role::Worker(_)), Message::PullRequest(req)) => {
                 self.stats.pulls += 1;
                 if let Err(e) = tables.check(req.table, req.keys, None) {
                     return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
@@ -268,7 +268,6 @@ impl ServerCore {
                     since: now,
                     deadline: now + Duration::from_millis(req.timeout_ms),
                 };
-                let _ = w;
                 if self.visible_clock() >= parked.min_clock {
                     self.answer(parked, out);
                 } else {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::server::{Server, send_message};
 use super::spec::ClusterSpec;
@@ -150,15 +150,7 @@ impl Cluster {
     /// Reads rows of table `name` straight from the servers' storage
     /// (bypassing the protocol; for inspecting results and tests).
     pub fn read<T: Element>(&self, name: &str, keys: &[u64], out: &mut [T]) -> Result<()> {
-        let index = self.spec.table_index(name)?;
-        let info = &self.spec.tables[index].info;
-        if info.kind != T::KIND {
-            return Err(Error::TableType {
-                name: name.to_owned(),
-                holds: info.kind.name(),
-                asked: T::NAME,
-            });
-        }
+        let (index, info) = self.spec.typed_table::<T>(name)?;
         if keys.len().checked_mul(info.width) != Some(out.len()) {
             return Err(Error::BatchShape {
                 keys: keys.len(),
@@ -215,6 +207,7 @@ impl Cluster {
             send_message(&mut ep, peer, &hello, deadline)?;
             peers.push(peer);
         }
+        let started = Instant::now();
         let mut welcomed = 0;
         while welcomed < peers.len() {
             match ep.recv(deadline)? {
@@ -227,7 +220,7 @@ impl Cluster {
                 None => {
                     return Err(Error::NoResponse {
                         what: "the servers to accept the controller".into(),
-                        waited: Duration::ZERO,
+                        waited: started.elapsed(),
                     });
                 }
             }

@@ -243,6 +243,20 @@ impl ClusterSpec {
         h.0
     }
 
+    /// The index and description of table `name`, checked to hold `T`.
+    pub(crate) fn typed_table<T: Element>(&self, name: &str) -> Result<(usize, &TableInfo)> {
+        let index = self.table_index(name)?;
+        let info = &self.tables[index].info;
+        if info.kind != T::KIND {
+            return Err(Error::TableType {
+                name: name.to_owned(),
+                holds: info.kind.name(),
+                asked: T::NAME,
+            });
+        }
+        Ok((index, info))
+    }
+
     pub(crate) fn table_index(&self, name: &str) -> Result<usize> {
         self.tables
             .iter()

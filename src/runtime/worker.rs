@@ -10,7 +10,7 @@ use super::spec::ClusterSpec;
 use crate::clock::WorkerId;
 use crate::element::{Element, read_le_slice, write_le_slice};
 use crate::error::{Error, Result};
-use crate::proto::{ClientCore, ClientStats, Hello, Message, Role, TableInfo, decode};
+use crate::proto::{ClientCore, ClientStats, Hello, Message, Role, decode};
 use crate::transport::{Endpoint, Event, PeerId};
 
 /// How long a worker waits beyond a pull's deadline for the server's own
@@ -215,15 +215,7 @@ impl<E: Endpoint> Worker<E> {
     /// A typed handle to table `name`; fails if there is none or it holds
     /// another element type.
     pub fn table<T: Element>(&self, name: &str) -> Result<TableHandle<T>> {
-        let index = self.spec.table_index(name)?;
-        let info: &TableInfo = &self.core.tables()[index];
-        if info.kind != T::KIND {
-            return Err(Error::TableType {
-                name: name.to_owned(),
-                holds: info.kind.name(),
-                asked: T::NAME,
-            });
-        }
+        let (index, info) = self.spec.typed_table::<T>(name)?;
         Ok(TableHandle {
             index: index as u32,
             width: info.width,
