@@ -71,7 +71,8 @@ mod error;
 pub mod proto;
 mod runtime;
 mod schedule;
-mod sync;
+#[doc(hidden)]
+pub mod sync;
 mod table;
 pub mod transport;
 mod update;
@@ -79,7 +80,9 @@ mod update;
 pub use clock::{Consistency, GateTimeout, StalenessGate, VectorClock, WorkerId, WorkerStatus};
 pub use element::{Element, ElementKind, Float};
 pub use error::{Error, Result};
-pub use runtime::{Cluster, ClusterSpec, PullTicket, PushTicket, Server, TableHandle, Worker};
+pub use runtime::{
+    Cluster, ClusterSpec, PullTicket, PushTicket, Server, ServerReport, TableHandle, Worker,
+};
 pub use schedule::Schedule;
 pub use table::{Init, Placement, RowSnapshot, ShardMap, Table, TableSpec};
 pub use update::{Adagrad, Adam, Assign, RowMut, Sgd, Sum, Update};

@@ -71,6 +71,8 @@ pub struct ClientStats {
     pub rows_pulled: u64,
     /// Of those, rows answered from the cache.
     pub rows_from_cache: u64,
+    /// Connections to a server re-established after they dropped.
+    pub reconnects: u64,
 }
 
 /// Rows pending for one table and shard: deltas summed per key.
@@ -440,8 +442,36 @@ impl ClientCore {
         self.cache.iter_mut().for_each(HashMap::clear);
     }
 
-    /// The connection to `shard` is gone: fails every request in flight to
-    /// it with `err`, and holds pushes for it until the next welcome.
+    /// The connection to `shard` dropped and a new one is being made:
+    /// pushes for it are held until the next welcome, and requests in
+    /// flight stay pending, to be resent then (see
+    /// [`open_requests`](Self::open_requests)).
+    pub fn link_lost(&mut self, shard: usize) {
+        if let Some(link) = self.links.get_mut(shard) {
+            link.welcomed = false;
+        }
+    }
+
+    /// Whether `shard` has welcomed this worker on its current connection.
+    pub fn is_welcomed(&self, shard: usize) -> bool {
+        self.links.get(shard).is_some_and(|l| l.welcomed)
+    }
+
+    /// Requests to `shard` still waiting for an answer, oldest first.
+    pub fn open_requests(&self, shard: usize) -> Vec<u64> {
+        let mut reqs: Vec<u64> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| r.shard == shard && r.outcome.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        reqs.sort_unstable();
+        reqs
+    }
+
+    /// The connection to `shard` is gone for good: fails every request in
+    /// flight to it with `err`, and holds pushes for it until the next
+    /// welcome.
     pub fn fail_shard(&mut self, shard: usize, err: &Error) {
         if let Some(link) = self.links.get_mut(shard) {
             link.welcomed = false;

@@ -151,6 +151,8 @@ pub struct ServerCore {
     roles: HashMap<PeerId, Role>,
     /// The connection speaking for each worker.
     conn_of: Vec<Option<PeerId>>,
+    /// The session (process) each worker first registered from.
+    session_of: Vec<Option<u64>>,
     /// When each worker's connection dropped without `Leave`.
     lost_at: Vec<Option<Instant>>,
     parked: Vec<Parked>,
@@ -167,6 +169,7 @@ impl ServerCore {
             applied: vec![0; n],
             roles: HashMap::new(),
             conn_of: vec![None; n],
+            session_of: vec![None; n],
             lost_at: vec![None; n],
             parked: Vec::new(),
             stopped: false,
@@ -188,6 +191,12 @@ impl ServerCore {
     /// True once a controller asked the shard to stop.
     pub fn is_stopped(&self) -> bool {
         self.stopped
+    }
+
+    /// True once every worker has left or been declared dead: nobody can
+    /// push or pull any more.
+    pub fn workers_done(&self) -> bool {
+        self.clocks.min_active().is_none()
     }
 
     /// Pulls currently parked.
@@ -332,10 +341,25 @@ impl ServerCore {
                     let text = format!("worker {w} has {} and cannot rejoin", status.as_str());
                     return self.drop_peer(peer, FaultCode::Protocol, text, out);
                 }
-                if let Some(other) = self.conn_of[w as usize] {
-                    let text = format!("worker {w} is already connected as {other}");
-                    return self.drop_peer(peer, FaultCode::DuplicateWorker, text, out);
+                let wi = w as usize;
+                if let Some(other) = self.conn_of[wi] {
+                    if self.session_of[wi] != Some(hello.session) {
+                        let text = format!(
+                            "worker {w} is already connected as {other} from another process \
+                             (session {:#x}, this one {:#x}): two processes claim the same rank",
+                            self.session_of[wi].unwrap_or_default(),
+                            hello.session
+                        );
+                        return self.drop_peer(peer, FaultCode::DuplicateWorker, text, out);
+                    }
+                    // The same process reconnected before this shard noticed
+                    // its old connection drop: the new one takes over. Its
+                    // resends are deduplicated by sequence number.
+                    self.roles.remove(&other);
+                    self.parked.retain(|p| p.peer != other);
+                    out.push(Output::Close(other));
                 }
+                self.session_of[wi] = Some(hello.session);
                 self.conn_of[w as usize] = Some(peer);
                 self.lost_at[w as usize] = None;
                 Welcome {

@@ -8,6 +8,6 @@ mod storage;
 mod worker;
 
 pub use cluster::Cluster;
-pub use server::Server;
+pub use server::{Server, ServerReport};
 pub use spec::ClusterSpec;
 pub use worker::{PullTicket, PushTicket, TableHandle, Worker};

@@ -15,6 +15,16 @@ use crate::transport::{Endpoint, Event, PeerId};
 /// The longest a server sleeps without checking its timers.
 const IDLE: Duration = Duration::from_millis(100);
 
+/// How a server's run ended: its counters and the final vector clock
+/// (each worker's clock and whether it left or was declared dead).
+#[derive(Debug, Clone)]
+pub struct ServerReport {
+    /// The shard's counters.
+    pub stats: ServerStats,
+    /// Every worker's last clock and status, as this shard saw them.
+    pub clocks: crate::clock::VectorClock,
+}
+
 /// One server shard: owns its part of every table, applies pushes with the
 /// tables' update rules, tracks the vector clock and parks pulls until the
 /// slowest worker allows them. [`run`](Self::run) serves until a controller
@@ -79,8 +89,21 @@ impl<E: Endpoint> Server<E> {
 
     /// Serves until a controller sends `Shutdown`; returns the counters.
     /// Fails only if the endpoint itself fails.
-    pub fn run(mut self) -> Result<ServerStats> {
-        while !self.core.is_stopped() {
+    pub fn run(self) -> Result<ServerStats> {
+        self.serve(false).map(|report| report.stats)
+    }
+
+    /// Serves until a controller sends `Shutdown` or every worker has left
+    /// or been declared dead (nobody can push or pull any more): what the
+    /// server process of a multi-process cluster runs. The report says
+    /// how each worker ended.
+    pub fn run_until_workers_done(self) -> Result<ServerReport> {
+        self.serve(true)
+    }
+
+    fn serve(mut self, until_done: bool) -> Result<ServerReport> {
+        let finished = |core: &ServerCore| core.is_stopped() || (until_done && core.workers_done());
+        while !finished(&self.core) {
             let now = Instant::now();
             let wake = self
                 .core
@@ -102,7 +125,10 @@ impl<E: Endpoint> Server<E> {
             self.core.poll(Instant::now(), &mut self.out);
             self.deliver();
         }
-        Ok(self.core.stats())
+        Ok(ServerReport {
+            stats: self.core.stats(),
+            clocks: self.core.clocks().clone(),
+        })
     }
 
     /// Sends what the state machine asked for. A peer that cannot be sent

@@ -1,7 +1,7 @@
 //! A worker: the client state machine driven over an endpoint, with typed
 //! push, pull and clock calls.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
@@ -76,13 +76,26 @@ pub struct PushTicket {
 ///
 /// A worker's own deltas become visible to its pulls once they reach the
 /// servers (at `clock`), as everyone else's do.
+///
+/// If a connection to a server drops, the worker reconnects (for up to the
+/// spec's `dead_after`, after which the server would have declared it
+/// dead), and resends the pushes the server had not acknowledged and the
+/// pulls it had not answered. The server applies each push exactly once
+/// by its sequence number, so nothing is lost or applied twice.
 pub struct Worker<E: Endpoint> {
     ep: E,
     core: ClientCore,
     spec: ClusterSpec,
     peers: Vec<PeerId>,
     shard_of: HashMap<PeerId, usize>,
-    /// Set when a shard's connection failed; every later call reports it.
+    /// Connections replaced by a reconnect; their late events are ignored.
+    stale: HashSet<PeerId>,
+    /// Per shard, when its connection dropped, until a new one is welcomed.
+    lost_since: Vec<Option<Instant>>,
+    /// What this worker says when it (re)connects.
+    session: u64,
+    /// Set when a shard's connection failed for good; every later call
+    /// reports it.
     broken: Option<Error>,
     left: bool,
 }
@@ -111,10 +124,20 @@ impl<E: Endpoint> Worker<E> {
         }
         let mut peers = Vec::with_capacity(spec.servers);
         let mut shard_of = HashMap::new();
+        // Unique per worker object: a reconnect of this object takes over
+        // its old connection, while any other claimant of the id is
+        // refused.
+        let session = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.write_u32(id.0);
+            h.finish()
+        };
         let hello = Message::Hello(Hello {
             role: Role::Worker(id.0),
             schema: spec.fingerprint(),
-            session: (u64::from(std::process::id()) << 32) | u64::from(id.0),
+            session,
         });
         for shard in 0..spec.servers {
             let peer = ep.connect(&spec.server_name(shard), deadline)?;
@@ -128,6 +151,9 @@ impl<E: Endpoint> Worker<E> {
             spec: spec.clone(),
             peers,
             shard_of,
+            stale: HashSet::new(),
+            lost_since: vec![None; spec.servers],
+            session,
             broken: None,
             left: false,
         };
@@ -324,14 +350,7 @@ impl<E: Endpoint> Worker<E> {
             self.core
                 .plan_pull(table.index, keys, deadline.saturating_duration_since(now))?;
         for &req in &reqs {
-            let (shard, sent) = self
-                .core
-                .with_request(req, |shard, msg| {
-                    let peer = self.peers[shard];
-                    (shard, send_message(&mut self.ep, peer, msg, deadline))
-                })
-                .expect("request just planned");
-            self.after_send(shard, sent)?;
+            self.send_request(req, deadline)?;
         }
         Ok(PullTicket {
             table: *table,
@@ -428,14 +447,7 @@ impl<E: Endpoint> Worker<E> {
             self.wait_applied(&ticket, deadline)?;
         }
         for (shard, seq) in self.core.flush(tick) {
-            let sent = self
-                .core
-                .with_push(shard, seq, |msg| {
-                    let peer = self.peers[shard];
-                    send_message(&mut self.ep, peer, msg, deadline)
-                })
-                .expect("push just queued");
-            self.after_send(shard, sent)?;
+            self.send_push(shard, seq, deadline)?;
         }
         // Take in whatever acknowledgements have arrived, without waiting.
         while self.pump(Instant::now())? {}
@@ -469,13 +481,37 @@ impl<E: Endpoint> Worker<E> {
         let msg = Message::Leave {
             worker: self.core.worker(),
         };
+        let started = Instant::now();
         for shard in 0..self.peers.len() {
-            let peer = self.peers[shard];
-            let sent = send_message(&mut self.ep, peer, &msg, deadline);
-            self.after_send(shard, sent)?;
+            loop {
+                // After a reconnect, the shard must welcome the worker back
+                // before it accepts the leave.
+                while !self.core.is_welcomed(shard) {
+                    self.check_ok()?;
+                    if !self.pump(deadline)? {
+                        return Err(Error::NoResponse {
+                            what: format!("server shard {shard} to accept a reconnect"),
+                            waited: started.elapsed(),
+                        });
+                    }
+                }
+                let peer = self.peers[shard];
+                match send_message(&mut self.ep, peer, &msg, deadline) {
+                    Ok(_) => break,
+                    Err(e @ Error::Disconnected { .. }) => self.reconnect(shard, e)?,
+                    Err(e) => return Err(self.fail(shard, e)),
+                }
+            }
         }
         for &peer in &self.peers {
-            self.ep.flush(peer, deadline)?;
+            match self.ep.flush(peer, deadline) {
+                // Everything was acknowledged before the leave; if the
+                // connection dropped under it, the shard declares the
+                // worker dead after `dead_after` instead, with the same
+                // outcome.
+                Ok(()) | Err(Error::Disconnected { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         self.left = true;
         Ok(self.core.stats())
@@ -486,6 +522,37 @@ impl<E: Endpoint> Worker<E> {
         self.core.clear_cache();
     }
 
+    /// Sends pull request `req`, unless its shard is reconnecting (then it
+    /// goes out with the resends once the shard welcomes the worker).
+    fn send_request(&mut self, req: u64, deadline: Instant) -> Result<()> {
+        let Some(shard) = self.core.with_request(req, |shard, _| shard) else {
+            return Ok(());
+        };
+        if !self.core.is_welcomed(shard) {
+            return Ok(());
+        }
+        let peer = self.peers[shard];
+        let sent = self
+            .core
+            .with_request(req, |_, msg| {
+                send_message(&mut self.ep, peer, msg, deadline)
+            })
+            .expect("request checked above");
+        self.after_send(shard, sent)
+    }
+
+    /// Sends push `seq` to `shard`.
+    fn send_push(&mut self, shard: usize, seq: u64, deadline: Instant) -> Result<()> {
+        let peer = self.peers[shard];
+        let Some(sent) = self.core.with_push(shard, seq, |msg| {
+            send_message(&mut self.ep, peer, msg, deadline)
+        }) else {
+            // Acknowledged meanwhile.
+            return Ok(());
+        };
+        self.after_send(shard, sent)
+    }
+
     fn after_send(&mut self, shard: usize, sent: Result<usize>) -> Result<()> {
         match sent {
             Ok(len) => {
@@ -494,8 +561,74 @@ impl<E: Endpoint> Worker<E> {
                 stats.bytes_sent += len as u64;
                 Ok(())
             }
+            // What was not delivered is resent after the reconnect.
+            Err(e @ Error::Disconnected { .. }) => self.reconnect(shard, e),
             Err(e) => Err(self.fail(shard, e)),
         }
+    }
+
+    /// The connection to `shard` dropped: makes a new one and says hello;
+    /// the welcome (handled in `pump`) triggers the resends. Tries until
+    /// `dead_after` has passed since the connection first dropped; then
+    /// the shard is failed for good.
+    fn reconnect(&mut self, shard: usize, cause: Error) -> Result<()> {
+        let since = *self.lost_since[shard].get_or_insert_with(Instant::now);
+        let deadline = since + self.spec.dead_after;
+        self.core.link_lost(shard);
+        let hello = Message::Hello(Hello {
+            role: Role::Worker(self.core.worker()),
+            schema: self.spec.fingerprint(),
+            session: self.session,
+        });
+        let mut last = cause;
+        loop {
+            let old = self.peers[shard];
+            if self.shard_of.remove(&old).is_some() {
+                self.ep.disconnect(old);
+                self.stale.insert(old);
+            }
+            if Instant::now() >= deadline {
+                let e = Error::Disconnected {
+                    peer: format!("server shard {shard}"),
+                    reason: format!(
+                        "the connection dropped and no reconnect succeeded within {:?}; \
+                         last error: {last}",
+                        self.spec.dead_after
+                    ),
+                };
+                return Err(self.fail(shard, e));
+            }
+            let attempt = self
+                .ep
+                .connect(&self.spec.server_name(shard), deadline)
+                .and_then(|peer| {
+                    self.peers[shard] = peer;
+                    self.shard_of.insert(peer, shard);
+                    send_message(&mut self.ep, peer, &hello, deadline)
+                });
+            match attempt {
+                Ok(_) => {
+                    self.core.stats_mut().reconnects += 1;
+                    return Ok(());
+                }
+                Err(e) => last = e,
+            }
+        }
+    }
+
+    /// A shard welcomed the worker on a new connection: resends what it
+    /// has not applied or answered.
+    fn on_rewelcome(&mut self, shard: usize, welcome: &crate::proto::Welcome) -> Result<()> {
+        let resend = self.core.on_welcome(shard, welcome)?;
+        self.lost_since[shard] = None;
+        let deadline = Instant::now() + self.spec.timeout;
+        for seq in resend {
+            self.send_push(shard, seq, deadline)?;
+        }
+        for req in self.core.open_requests(shard) {
+            self.send_request(req, deadline)?;
+        }
+        Ok(())
     }
 
     /// Marks the connection to `shard` as failed: requests to it fail, and
@@ -514,12 +647,16 @@ impl<E: Endpoint> Worker<E> {
             return Ok(false);
         };
         match event {
+            Event::Frame(peer, _) | Event::Disconnected(peer) if self.stale.contains(&peer) => {}
             Event::Frame(peer, frame) => {
                 let shard = self.shard(peer)?;
                 let stats = self.core.stats_mut();
                 stats.messages_received += 1;
                 stats.bytes_received += frame.len() as u64;
                 let handled = match decode(&frame, self.spec.max_payload) {
+                    Ok(Message::Welcome(w)) if !self.core.is_welcomed(shard) => {
+                        self.on_rewelcome(shard, &w)
+                    }
                     Ok(msg) => self.core.on_message(shard, msg),
                     Err(e) => Err(Error::Protocol {
                         peer: format!("server shard {shard}"),
@@ -527,7 +664,9 @@ impl<E: Endpoint> Worker<E> {
                     }),
                 };
                 if let Err(e) = handled {
-                    self.fail(shard, e);
+                    if self.broken.is_none() {
+                        self.fail(shard, e);
+                    }
                 }
             }
             Event::Disconnected(peer) => {
@@ -536,7 +675,9 @@ impl<E: Endpoint> Worker<E> {
                         peer: format!("server shard {shard}"),
                         reason: "the connection closed".into(),
                     };
-                    self.fail(shard, e);
+                    // A failed reconnect marks the worker broken; callers
+                    // see that through `check_ok`.
+                    let _ = self.reconnect(shard, e);
                 }
             }
             Event::Connected(peer) => self.ep.disconnect(peer),
