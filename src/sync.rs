@@ -3,23 +3,32 @@
 //! Every concurrent structure in the crate imports its atomics, locks and
 //! spin hints from here, so building with `RUSTFLAGS="--cfg laggard_loom"`
 //! swaps all of them for loom's model-checked versions at once.
+//!
+//! The module is public (and hidden from the docs) only so that laggard's
+//! own transport crates build their wait/notify structures on the same
+//! switch; it is not part of the stable API.
 
 #[cfg(not(laggard_loom))]
-pub(crate) use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
+pub use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 #[cfg(not(laggard_loom))]
-pub(crate) use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 #[cfg(laggard_loom)]
-pub(crate) use loom::sync::atomic::{
-    AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence,
-};
+pub use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 #[cfg(laggard_loom)]
-pub(crate) use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+pub use loom::sync::{Arc, Condvar, Mutex, MutexGuard};
+/// Runs a loom model (only under `laggard_loom`).
+#[cfg(laggard_loom)]
+pub use loom::{model, thread};
+/// Threads: std's, or loom's under `laggard_loom`.
+#[cfg(not(laggard_loom))]
+pub use std::thread;
 
 /// Exponential backoff for the short spin-waits in this crate: a few rounds
 /// of `spin_loop` hints, then yielding the time slice so a waiting thread
 /// never burns a core while the thread it waits for is descheduled.
-pub(crate) struct Backoff {
+#[derive(Debug, Default)]
+pub struct Backoff {
     step: u32,
 }
 
@@ -27,13 +36,13 @@ impl Backoff {
     /// After this many doublings the backoff yields instead of spinning.
     const SPIN_LIMIT: u32 = 6;
 
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Backoff { step: 0 }
     }
 
     /// Waits a little longer than the previous call did.
     #[inline]
-    pub(crate) fn snooze(&mut self) {
+    pub fn snooze(&mut self) {
         #[cfg(laggard_loom)]
         {
             // Under loom every spin is a scheduling point; one is enough.
@@ -58,7 +67,7 @@ impl Backoff {
     /// Under loom it is true from the start: spinning is only an
     /// optimisation, and loom's yields would let the awaited thread finish
     /// first, hiding the parking path from the model checker.
-    pub(crate) fn is_completed(&self) -> bool {
+    pub fn is_completed(&self) -> bool {
         cfg!(laggard_loom) || self.step > Self::SPIN_LIMIT
     }
 }

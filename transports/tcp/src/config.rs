@@ -1,0 +1,128 @@
+//! Settings of the TCP transport.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use laggard::{Error, Result};
+
+/// How a [`TcpTransport`](crate::TcpTransport)'s endpoints listen, buffer
+/// and detect dead peers. Build with [`TcpConfig::default`] and the
+/// setters; [`validate`](Self::validate) says what is wrong.
+///
+/// ```
+/// use std::time::Duration;
+/// use laggard_tcp::TcpConfig;
+///
+/// let cfg = TcpConfig::default()
+///     .window(16 << 20)
+///     .heartbeat(Duration::from_millis(200))
+///     .dead_after(Duration::from_secs(2));
+/// cfg.validate()?;
+/// # Ok::<(), laggard::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct TcpConfig {
+    pub(crate) window: usize,
+    pub(crate) max_frame_len: usize,
+    pub(crate) heartbeat: Duration,
+    pub(crate) dead_after: Duration,
+    pub(crate) credit_delay: Duration,
+    pub(crate) linger: Duration,
+    pub(crate) listen_ip: IpAddr,
+}
+
+impl Default for TcpConfig {
+    /// A 64 MiB window per connection direction, frames up to 1 GiB and a
+    /// little more, a heartbeat every 500 ms, a silent peer declared gone
+    /// after 5 s, listening on loopback.
+    fn default() -> Self {
+        TcpConfig {
+            window: 64 << 20,
+            max_frame_len: (1 << 30) + (64 << 10),
+            heartbeat: Duration::from_millis(500),
+            dead_after: Duration::from_secs(5),
+            credit_delay: Duration::from_micros(500),
+            linger: Duration::from_secs(1),
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+impl TcpConfig {
+    /// Bytes a peer may send ahead of this endpoint's reading, per
+    /// connection: the most an endpoint buffers for one peer (a single
+    /// frame larger than the window is still admitted on its own).
+    pub fn window(mut self, bytes: usize) -> Self {
+        self.window = bytes;
+        self
+    }
+
+    /// The longest frame an endpoint sends or accepts (at most 4 GiB − 1).
+    pub fn max_frame_len(mut self, bytes: usize) -> Self {
+        self.max_frame_len = bytes;
+        self
+    }
+
+    /// How often an idle connection sends a heartbeat.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// How long a connection may stay silent (no data, no heartbeat)
+    /// before it is declared lost; also bounds a stalled write.
+    pub fn dead_after(mut self, after: Duration) -> Self {
+        self.dead_after = after;
+        self
+    }
+
+    /// How long released credit may wait for a frame to ride on before it
+    /// is sent on its own.
+    pub fn credit_delay(mut self, delay: Duration) -> Self {
+        self.credit_delay = delay;
+        self
+    }
+
+    /// How long dropping an endpoint waits for its peers to close their
+    /// side before cutting the connections.
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// The address endpoints listen on when the transport has none for
+    /// their name (default loopback; `0.0.0.0` for every interface).
+    pub fn listen_ip(mut self, ip: IpAddr) -> Self {
+        self.listen_ip = ip;
+        self
+    }
+
+    /// Returns the first problem with the settings, if any.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |what: &'static str, reason: String| Error::InvalidConfig { what, reason };
+        if self.window == 0 {
+            return Err(invalid("tcp window", "must be at least one byte".into()));
+        }
+        if self.max_frame_len == 0 || self.max_frame_len > u32::MAX as usize {
+            return Err(invalid(
+                "tcp max frame length",
+                format!(
+                    "{} bytes; use between 1 and {} (the header's length field is 32 bits)",
+                    self.max_frame_len,
+                    u32::MAX
+                ),
+            ));
+        }
+        if self.heartbeat.is_zero() || self.heartbeat >= self.dead_after {
+            return Err(invalid(
+                "tcp heartbeat",
+                format!(
+                    "every {:?} with peers declared lost after {:?}; the heartbeat must be \
+                     shorter (a few heartbeats per dead_after)",
+                    self.heartbeat, self.dead_after
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

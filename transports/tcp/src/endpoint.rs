@@ -1,0 +1,1041 @@
+//! The TCP transport: endpoints that listen on a socket, connections with
+//! credit-based flow control, heartbeats and graceful close.
+//!
+//! Threads: each endpoint has an acceptor (blocked in `accept`) and a
+//! keeper (returns credit that found no frame to ride on, sends
+//! heartbeats); each connection has a reader that reads whole frames
+//! straight into pooled buffers and queues them for `recv`. Sends are
+//! written by the sending thread itself (header and payload in one
+//! vectored write), so a small message costs no thread hand-off on the way
+//! out.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard::{Error, Result};
+
+use crate::config::TcpConfig;
+use crate::flow::{Flow, Inbox, Pop, Stalled};
+use crate::wire::{Accept, HEADER_LEN, Header, Hello, Kind};
+
+/// Buffers kept per endpoint for reuse, and the largest one kept.
+const POOL_BUFFERS: usize = 8;
+const POOL_MAX_BYTES: usize = 64 << 20;
+/// Read buffer per connection: small frames arrive many per system call;
+/// larger reads bypass it and land in the frame's own buffer.
+const READ_BUFFER: usize = 64 << 10;
+/// First and longest pause between attempts to connect.
+const RETRY_MIN: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_millis(200);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here leave their state consistent before anything
+    // that could panic, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A network of TCP endpoints: which name listens at which address.
+/// Cheap to clone; clones share the address book.
+///
+/// Names bound here without a known address listen on an ephemeral port of
+/// [`TcpConfig::listen_ip`] and are added to the book, so endpoints of one
+/// process find each other with no setup. Endpoints in other processes or
+/// on other hosts are added with [`address`](Self::address) (the
+/// [bootstrap](crate::bootstrap) does this from the cluster map).
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use laggard::transport::{Endpoint, Event, Transport};
+/// use laggard_tcp::TcpTransport;
+///
+/// let net = TcpTransport::new();
+/// let mut server = net.bind("server")?;
+/// let mut client = net.bind("client")?;
+/// let soon = Instant::now() + Duration::from_secs(5);
+/// let peer = client.connect("server", soon)?;
+/// let mut buf = client.lend(peer, 5, soon)?;
+/// buf.copy_from_slice(b"hello");
+/// client.send(buf)?;
+/// assert!(matches!(server.recv(soon)?, Some(Event::Connected(_))));
+/// match server.recv(soon)? {
+///     Some(Event::Frame(_, frame)) => assert_eq!(&*frame, b"hello"),
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), laggard::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct TcpTransport {
+    book: Arc<Book>,
+    cfg: TcpConfig,
+}
+
+#[derive(Default)]
+struct Book {
+    addrs: Mutex<HashMap<String, SocketAddr>>,
+    /// Names bound by live endpoints; true where the address was chosen
+    /// at bind time (and is forgotten at drop).
+    bound: Mutex<HashMap<String, bool>>,
+    /// Transport threads still running, over every endpoint.
+    threads: AtomicUsize,
+}
+
+impl fmt::Debug for TcpTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpTransport")
+            .field("addresses", &*lock(&self.book.addrs))
+            .field("config", &self.cfg)
+            .finish()
+    }
+}
+
+impl Default for TcpTransport {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TcpTransport {
+    /// A transport with the default settings and an empty address book.
+    pub fn new() -> Self {
+        TcpTransport {
+            book: Arc::default(),
+            cfg: TcpConfig::default(),
+        }
+    }
+
+    /// A transport with these settings.
+    pub fn with_config(cfg: TcpConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(TcpTransport {
+            book: Arc::default(),
+            cfg,
+        })
+    }
+
+    /// The transport's settings.
+    pub fn config(&self) -> &TcpConfig {
+        &self.cfg
+    }
+
+    /// Records that `name` listens at `addr` (an endpoint bound here under
+    /// `name` will listen there).
+    pub fn address(self, name: &str, addr: SocketAddr) -> Self {
+        self.set_address(name, addr);
+        self
+    }
+
+    /// As [`address`](Self::address), through a shared reference.
+    pub fn set_address(&self, name: &str, addr: SocketAddr) {
+        lock(&self.book.addrs).insert(name.to_owned(), addr);
+    }
+
+    /// Where `name` listens, if known.
+    pub fn address_of(&self, name: &str) -> Option<SocketAddr> {
+        lock(&self.book.addrs).get(name).copied()
+    }
+
+    /// Names bound by endpoints that are still alive.
+    pub fn bound_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = lock(&self.book.bound).keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Transport threads still running (zero once every endpoint was
+    /// dropped).
+    pub fn live_threads(&self) -> usize {
+        // Relaxed: a count for reports and tests; each thread's work is
+        // ordered by the join that follows its decrement.
+        self.book.threads.load(Ordering::Relaxed)
+    }
+
+    fn spawn(&self, what: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+        let book = self.book.clone();
+        // Relaxed: a counter only (see `live_threads`).
+        book.threads.fetch_add(1, Ordering::Relaxed);
+        let counted = book.clone();
+        std::thread::Builder::new()
+            .name(format!("laggard-tcp {what}"))
+            .spawn(move || {
+                f();
+                // Relaxed: a counter only (see `live_threads`).
+                counted.threads.fetch_sub(1, Ordering::Relaxed);
+            })
+            .map_err(|e| {
+                // Relaxed: a counter only (see `live_threads`).
+                book.threads.fetch_sub(1, Ordering::Relaxed);
+                Error::Transport {
+                    reason: format!("could not start a {what} thread: {e}"),
+                }
+            })
+    }
+}
+
+impl Transport for TcpTransport {
+    type Endpoint = TcpEndpoint;
+
+    fn bind(&self, name: &str) -> Result<TcpEndpoint> {
+        let known = self.address_of(name);
+        {
+            let mut bound = lock(&self.book.bound);
+            if bound.contains_key(name) {
+                return Err(Error::Transport {
+                    reason: format!("the name {name:?} is already bound by a live endpoint"),
+                });
+            }
+            bound.insert(name.to_owned(), known.is_none());
+        }
+        let unbind = |e: Error| {
+            lock(&self.book.bound).remove(name);
+            e
+        };
+        let at = known.unwrap_or(SocketAddr::new(self.cfg.listen_ip, 0));
+        let listener = TcpListener::bind(at).map_err(|e| {
+            unbind(Error::Transport {
+                reason: format!(
+                    "cannot listen on {at} for {name:?}: {e}{}",
+                    if e.kind() == io::ErrorKind::AddrInUse {
+                        " (another process holds the port: pick another, or stop it)"
+                    } else {
+                        ""
+                    }
+                ),
+            })
+        })?;
+        let local = listener.local_addr().map_err(|e| {
+            unbind(Error::Transport {
+                reason: format!("cannot read the listening address of {name:?}: {e}"),
+            })
+        })?;
+        if known.is_none() {
+            self.set_address(name, local);
+        }
+        TcpEndpoint::start(self.clone(), name, listener, local).map_err(unbind)
+    }
+}
+
+/// Everything an endpoint's threads share.
+struct Shared {
+    name: String,
+    cfg: TcpConfig,
+    inbox: Inbox<Incoming>,
+    /// Connections with released credit to return.
+    keeper: Inbox<Arc<Conn>>,
+    conns: Mutex<HashMap<PeerId, Arc<Conn>>>,
+    /// Every socket with a thread reading it, to cut them at drop.
+    sockets: Mutex<HashMap<u64, TcpStream>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    pool: Pool,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn next_id(&self) -> u64 {
+        // Relaxed: a unique counter; nothing else is published through it.
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn stopping(&self) -> bool {
+        // Acquire: pairs with the Release store in `TcpEndpoint::drop`.
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    fn keep(&self, handle: JoinHandle<()>) {
+        let mut threads = lock(&self.threads);
+        // Reap threads of connections that ended meanwhile.
+        let (done, running): (Vec<_>, Vec<_>) =
+            threads.drain(..).partition(JoinHandle::is_finished);
+        *threads = running;
+        threads.push(handle);
+        drop(threads);
+        for h in done {
+            let _ = h.join();
+        }
+    }
+}
+
+enum Incoming {
+    Connected(PeerId),
+    Frame(PeerId, TcpFrame),
+    Disconnected(PeerId),
+}
+
+/// One connection.
+struct Conn {
+    id: PeerId,
+    peer_name: String,
+    flow: Flow,
+    writer: Mutex<Writer>,
+    /// For shutting the socket down from any thread.
+    socket: TcpStream,
+}
+
+struct Writer {
+    stream: TcpStream,
+    last_write: Instant,
+}
+
+impl Conn {
+    fn new(id: PeerId, peer_name: String, window: usize, stream: TcpStream) -> io::Result<Self> {
+        Ok(Conn {
+            id,
+            peer_name,
+            flow: Flow::new(window),
+            socket: stream.try_clone()?,
+            writer: Mutex::new(Writer {
+                stream,
+                last_write: Instant::now(),
+            }),
+        })
+    }
+
+    /// Writes one frame: header and payload in one vectored write.
+    fn write(&self, kind: Kind, payload: &[u8], credit: u32) -> io::Result<()> {
+        let header = Header::new(kind, payload.len() as u32, credit).encode();
+        let mut w = lock(&self.writer);
+        write_all_vectored(&mut w.stream, &header, payload)?;
+        w.last_write = Instant::now();
+        Ok(())
+    }
+
+    /// Writes a frame, taking any credit to return along; on failure the
+    /// connection is closed and the reason returned.
+    fn send(&self, kind: Kind, payload: &[u8]) -> std::result::Result<(), String> {
+        let credit = self.flow.take_credit();
+        self.write(kind, payload, credit).map_err(|e| {
+            let reason = format!("writing to the socket failed: {e}");
+            self.flow.close(&reason, false);
+            // The reader sees the shutdown and reports the disconnect.
+            let _ = self.socket.shutdown(Shutdown::Both);
+            reason
+        })
+    }
+
+    /// Closes from this side: nothing more is sent or delivered; the peer
+    /// sees end-of-stream after every frame already written.
+    fn close_here(&self) {
+        let first = self.flow.closed().is_none();
+        self.flow
+            .close("the connection was closed by this endpoint", true);
+        let mut w = lock(&self.writer);
+        if first {
+            // Return the credit of frames released here, so a peer
+            // flushing to us sees its frames consumed.
+            let credit = self.flow.take_credit();
+            if credit > 0 {
+                let header = Header::new(Kind::Credit, 0, credit).encode();
+                let _ = write_all_vectored(&mut w.stream, &header, &[]);
+            }
+        }
+        let _ = self.socket.shutdown(Shutdown::Write);
+    }
+
+    fn idle_for(&self, now: Instant) -> Option<Duration> {
+        // A writer busy elsewhere is not idle.
+        let w = self.writer.try_lock().ok()?;
+        Some(now.saturating_duration_since(w.last_write))
+    }
+
+    fn error(&self, stalled: Stalled, wanted: usize, waited: Duration) -> Error {
+        match stalled {
+            Stalled::TimedOut { outstanding } => Error::NoResponse {
+                what: format!(
+                    "{} to read what was sent to it ({outstanding} bytes unread of its \
+                     {}-byte window, {wanted} more to send)",
+                    self.peer_name,
+                    self.flow.window()
+                ),
+                waited,
+            },
+            Stalled::Closed(reason) => Error::Disconnected {
+                peer: self.peer_name.clone(),
+                reason,
+            },
+        }
+    }
+}
+
+fn write_all_vectored(stream: &mut TcpStream, header: &[u8], payload: &[u8]) -> io::Result<()> {
+    let mut slices = [IoSlice::new(header), IoSlice::new(payload)];
+    let mut bufs = &mut slices[..];
+    while !bufs.is_empty() {
+        match stream.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reusable buffers, so a steady stream of frames allocates (and faults
+/// in) nothing.
+struct Pool {
+    bufs: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Pool {
+    /// A buffer of exactly `len` bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut v = {
+            let mut bufs = lock(&self.bufs);
+            let best = bufs
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            match best {
+                Some(i) => bufs.swap_remove(i),
+                None => bufs.pop().unwrap_or_default(),
+            }
+        };
+        if v.len() >= len {
+            v.truncate(len);
+        } else {
+            v.resize(len, 0);
+        }
+        v
+    }
+
+    fn put(&self, v: Vec<u8>) {
+        if v.capacity() == 0 || v.capacity() > POOL_MAX_BYTES {
+            return;
+        }
+        let mut bufs = lock(&self.bufs);
+        if bufs.len() < POOL_BUFFERS {
+            bufs.push(v);
+        }
+    }
+}
+
+/// One participant's end of its TCP connections; see [`TcpTransport`].
+pub struct TcpEndpoint {
+    transport: TcpTransport,
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    acceptor: Option<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for TcpEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpEndpoint")
+            .field("name", &self.shared.name)
+            .field("listening", &self.local)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TcpEndpoint {
+    fn start(
+        transport: TcpTransport,
+        name: &str,
+        listener: TcpListener,
+        local: SocketAddr,
+    ) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            cfg: transport.cfg.clone(),
+            inbox: Inbox::new(),
+            keeper: Inbox::new(),
+            conns: Mutex::default(),
+            sockets: Mutex::default(),
+            threads: Mutex::default(),
+            pool: Pool {
+                bufs: Mutex::default(),
+            },
+            next_id: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let mut ep = TcpEndpoint {
+            transport: transport.clone(),
+            shared: shared.clone(),
+            local,
+            acceptor: None,
+            keeper: None,
+        };
+        let (s, t) = (shared.clone(), transport.clone());
+        ep.acceptor = Some(transport.spawn("acceptor", move || accept_loop(&t, &s, listener))?);
+        let s = shared;
+        ep.keeper = Some(transport.spawn("keeper", move || keeper_loop(&s))?);
+        Ok(ep)
+    }
+
+    /// The address this endpoint listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn conn(&self, peer: PeerId) -> Result<Arc<Conn>> {
+        lock(&self.shared.conns)
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| Error::Disconnected {
+                peer: peer.to_string(),
+                reason: "no open connection has this id (it was closed)".into(),
+            })
+    }
+}
+
+impl Endpoint for TcpEndpoint {
+    type Buf = TcpBuf;
+    type Frame = TcpFrame;
+
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    fn connect(&mut self, name: &str, deadline: Instant) -> Result<PeerId> {
+        let started = Instant::now();
+        let (stream, reader, accept) = handshake(&self.transport, &self.shared, name, deadline)
+            .map_err(|e| e.into_error(name, started.elapsed()))?;
+        let id = PeerId(self.shared.next_id());
+        let window = usize::try_from(accept.window).unwrap_or(usize::MAX);
+        let conn = Conn::new(id, accept.name, window, stream).map_err(|e| Error::Transport {
+            reason: format!("cannot share the socket to {name:?}: {e}"),
+        })?;
+        let conn = Arc::new(conn);
+        lock(&self.shared.conns).insert(id, conn.clone());
+        let token = self.shared.next_id();
+        if let Ok(s) = conn.socket.try_clone() {
+            lock(&self.shared.sockets).insert(token, s);
+        }
+        let shared = self.shared.clone();
+        let handle = self
+            .transport
+            .spawn("reader", move || read_conn(&shared, &conn, reader, token))?;
+        self.shared.keep(handle);
+        Ok(id)
+    }
+
+    fn lend(&mut self, peer: PeerId, len: usize, deadline: Instant) -> Result<TcpBuf> {
+        let conn = self.conn(peer)?;
+        if len > self.shared.cfg.max_frame_len {
+            return Err(Error::Transport {
+                reason: format!(
+                    "a frame of {len} bytes is longer than the {} this transport sends \
+                     (TcpConfig::max_frame_len)",
+                    self.shared.cfg.max_frame_len
+                ),
+            });
+        }
+        let started = Instant::now();
+        conn.flow
+            .reserve(len, deadline)
+            .map_err(|s| conn.error(s, len, started.elapsed()))?;
+        Ok(TcpBuf {
+            data: self.shared.pool.take(len),
+            conn,
+            sent: false,
+        })
+    }
+
+    fn send(&mut self, mut buf: TcpBuf) -> Result<()> {
+        buf.sent = true;
+        let data = std::mem::take(&mut buf.data);
+        let conn = buf.conn.clone();
+        if let Some(reason) = conn.flow.closed() {
+            return Err(Error::Disconnected {
+                peer: conn.peer_name.clone(),
+                reason,
+            });
+        }
+        let sent = conn.send(Kind::Data, &data);
+        self.shared.pool.put(data);
+        sent.map_err(|reason| Error::Disconnected {
+            peer: conn.peer_name.clone(),
+            reason,
+        })
+    }
+
+    fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
+        let conn = self.conn(peer)?;
+        let started = Instant::now();
+        conn.flow
+            .drained(deadline)
+            .map_err(|s| conn.error(s, 0, started.elapsed()))
+    }
+
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Event<TcpFrame>>> {
+        loop {
+            let incoming = match self.shared.inbox.pop(deadline) {
+                Pop::Item(i) => i,
+                Pop::Empty | Pop::Closed => return Ok(None),
+            };
+            match incoming {
+                Incoming::Connected(p) => return Ok(Some(Event::Connected(p))),
+                Incoming::Frame(p, frame) => {
+                    // Frames of a connection closed here meanwhile are dropped.
+                    if lock(&self.shared.conns).contains_key(&p) {
+                        return Ok(Some(Event::Frame(p, frame)));
+                    }
+                }
+                Incoming::Disconnected(p) => {
+                    if lock(&self.shared.conns).remove(&p).is_some() {
+                        return Ok(Some(Event::Disconnected(p)));
+                    }
+                }
+            }
+        }
+    }
+
+    fn disconnect(&mut self, peer: PeerId) {
+        if let Some(conn) = lock(&self.shared.conns).remove(&peer) {
+            conn.close_here();
+        }
+    }
+
+    fn max_frame_len(&self) -> usize {
+        self.shared.cfg.max_frame_len
+    }
+
+    fn peer_name(&self, peer: PeerId) -> String {
+        match lock(&self.shared.conns).get(&peer) {
+            Some(conn) => conn.peer_name.clone(),
+            None => peer.to_string(),
+        }
+    }
+}
+
+impl Drop for TcpEndpoint {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        // Release: pairs with the Acquire load in `Shared::stopping`.
+        shared.stopping.store(true, Ordering::Release);
+        // Wake the acceptor with a connection of our own.
+        let mut wake = self.local;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(h) = self.acceptor.take() {
+            let _ = h.join();
+        }
+        // Frames never received are released first, so their credit goes
+        // back with the close.
+        drop(shared.inbox.close());
+        // Close every connection: peers see end-of-stream after what was
+        // written, and close their side, which ends our readers.
+        let conns: Vec<Arc<Conn>> = lock(&shared.conns).drain().map(|(_, c)| c).collect();
+        for conn in &conns {
+            conn.close_here();
+        }
+        drop(shared.keeper.close());
+        if let Some(h) = self.keeper.take() {
+            let _ = h.join();
+        }
+        let end = Instant::now() + shared.cfg.linger;
+        while Instant::now() < end && lock(&shared.threads).iter().any(|h| !h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Peers that did not close in time are cut off.
+        for s in lock(&shared.sockets).values() {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        let threads: Vec<_> = lock(&shared.threads).drain(..).collect();
+        for h in threads {
+            let _ = h.join();
+        }
+        let mut bound = lock(&self.transport.book.bound);
+        if bound.remove(&shared.name) == Some(true) {
+            lock(&self.transport.book.addrs).remove(&shared.name);
+        }
+    }
+}
+
+/// Why a connection attempt failed.
+enum ConnectError {
+    /// Nobody accepted before the deadline; the last attempt's error.
+    Unreachable(String),
+    /// The endpoint refused, saying why.
+    Refused(String),
+    /// The other side broke the handshake.
+    Protocol(String),
+}
+
+impl ConnectError {
+    fn into_error(self, name: &str, waited: Duration) -> Error {
+        match self {
+            ConnectError::Unreachable(last) => Error::NoResponse {
+                what: format!("endpoint {name:?} to accept a connection (last attempt: {last})"),
+                waited,
+            },
+            ConnectError::Refused(message) => Error::Remote {
+                peer: name.to_owned(),
+                message,
+            },
+            ConnectError::Protocol(reason) => Error::Protocol {
+                peer: name.to_owned(),
+                reason,
+            },
+        }
+    }
+}
+
+/// Connects to `name` (retrying until `deadline`) and runs the handshake.
+fn handshake(
+    transport: &TcpTransport,
+    shared: &Shared,
+    name: &str,
+    deadline: Instant,
+) -> std::result::Result<(TcpStream, BufReader<TcpStream>, Accept), ConnectError> {
+    let mut pause = RETRY_MIN;
+    let stream = loop {
+        let last = match transport.address_of(name) {
+            None => format!("no address is known for {name:?}"),
+            Some(addr) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1))) {
+                    Ok(s) => break s,
+                    Err(e) => format!("{addr}: {e}"),
+                }
+            }
+        };
+        if Instant::now() + pause >= deadline {
+            return Err(ConnectError::Unreachable(last));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(RETRY_MAX);
+    };
+    let io = |e: io::Error| ConnectError::Unreachable(format!("during the handshake: {e}"));
+    stream.set_nodelay(true).map_err(io)?;
+    let left = deadline.saturating_duration_since(Instant::now());
+    let left = left.max(Duration::from_millis(1));
+    stream.set_read_timeout(Some(left)).map_err(io)?;
+    stream.set_write_timeout(Some(left)).map_err(io)?;
+    let hello = Hello {
+        window: shared.cfg.window as u64,
+        to: name.to_owned(),
+        from: shared.name.clone(),
+    }
+    .encode();
+    let mut w = stream.try_clone().map_err(io)?;
+    let header = Header::new(Kind::Hello, hello.len() as u32, 0).encode();
+    write_all_vectored(&mut w, &header, &hello).map_err(io)?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone().map_err(io)?);
+    let mut hb = [0u8; HEADER_LEN];
+    reader.read_exact(&mut hb).map_err(io)?;
+    let header = Header::decode(&hb, shared.cfg.max_frame_len)
+        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    let mut payload = vec![0u8; header.len as usize];
+    reader.read_exact(&mut payload).map_err(io)?;
+    match header.kind {
+        Kind::Accept => {
+            let accept =
+                Accept::decode(&payload).map_err(|e| ConnectError::Protocol(e.to_string()))?;
+            if accept.name != name {
+                return Err(ConnectError::Protocol(format!(
+                    "the endpoint there is {:?}, not {name:?} (a stale address?)",
+                    accept.name
+                )));
+            }
+            let dead = Some(shared.cfg.dead_after);
+            stream.set_read_timeout(dead).map_err(io)?;
+            stream.set_write_timeout(dead).map_err(io)?;
+            Ok((stream, reader, accept))
+        }
+        Kind::Refuse => Err(ConnectError::Refused(
+            String::from_utf8_lossy(&payload).into_owned(),
+        )),
+        other => Err(ConnectError::Protocol(format!(
+            "expected an accept, got a {other:?} frame"
+        ))),
+    }
+}
+
+fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: TcpListener) {
+    for stream in listener.incoming() {
+        if shared.stopping() {
+            break;
+        }
+        let stream = match stream {
+            Ok(s) => s,
+            Err(_) => {
+                // Out of descriptors or an aborted connection: try again
+                // shortly rather than spin.
+                std::thread::sleep(RETRY_MIN);
+                continue;
+            }
+        };
+        let token = shared.next_id();
+        if let Ok(s) = stream.try_clone() {
+            lock(&shared.sockets).insert(token, s);
+        }
+        let s = shared.clone();
+        match transport.spawn("reader", move || accept_conn(&s, stream, token)) {
+            Ok(h) => shared.keep(h),
+            Err(_) => {
+                if let Some(s) = lock(&shared.sockets).remove(&token) {
+                    let _ = s.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+}
+
+/// The accepting side of a handshake, then the connection's reader.
+fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
+    let cfg = &shared.cfg;
+    let setup = (|| -> io::Result<Option<(Arc<Conn>, BufReader<TcpStream>)>> {
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(cfg.dead_after))?;
+        stream.set_write_timeout(Some(cfg.dead_after))?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
+        let mut hb = [0u8; HEADER_LEN];
+        reader.read_exact(&mut hb)?;
+        let refuse = |why: String| -> io::Result<Option<_>> {
+            let mut w = stream.try_clone()?;
+            let h = Header::new(Kind::Refuse, why.len() as u32, 0).encode();
+            write_all_vectored(&mut w, &h, why.as_bytes())?;
+            Ok(None)
+        };
+        let header = match Header::decode(&hb, cfg.max_frame_len) {
+            Ok(h) if h.kind == Kind::Hello => h,
+            Ok(h) => return refuse(format!("expected a hello, got a {:?} frame", h.kind)),
+            Err(e) => return refuse(e.to_string()),
+        };
+        let mut payload = vec![0u8; header.len as usize];
+        reader.read_exact(&mut payload)?;
+        let hello = match Hello::decode(&payload) {
+            Ok(h) => h,
+            Err(e) => return refuse(e.to_string()),
+        };
+        if hello.to != shared.name {
+            return refuse(format!(
+                "this endpoint is {:?}, not {:?} (a stale address?)",
+                shared.name, hello.to
+            ));
+        }
+        if shared.stopping() {
+            return refuse(format!("endpoint {:?} is shutting down", shared.name));
+        }
+        let id = PeerId(shared.next_id());
+        let window = usize::try_from(hello.window).unwrap_or(usize::MAX);
+        let conn = Arc::new(Conn::new(id, hello.from, window, stream.try_clone()?)?);
+        lock(&shared.conns).insert(id, conn.clone());
+        let accept = Accept {
+            window: cfg.window as u64,
+            name: shared.name.clone(),
+        }
+        .encode();
+        if let Err(e) = conn.write(Kind::Accept, &accept, 0) {
+            lock(&shared.conns).remove(&id);
+            return Err(e);
+        }
+        Ok(Some((conn, reader)))
+    })();
+    if let Ok(Some((conn, reader))) = setup {
+        if shared.inbox.push(Incoming::Connected(conn.id)).is_ok() {
+            read_conn(shared, &conn, reader, token);
+            return;
+        }
+        lock(&shared.conns).remove(&conn.id);
+    }
+    if let Some(s) = lock(&shared.sockets).remove(&token) {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+}
+
+/// Reads frames until the connection ends, then reports why.
+fn read_conn(shared: &Arc<Shared>, conn: &Arc<Conn>, reader: BufReader<TcpStream>, token: u64) {
+    let reason = read_frames(shared, conn, reader);
+    let here = conn.flow.closed_here();
+    conn.flow.close(&reason, false);
+    let _ = conn.socket.shutdown(Shutdown::Both);
+    lock(&shared.sockets).remove(&token);
+    if !here {
+        let _ = shared.inbox.push(Incoming::Disconnected(conn.id));
+    }
+}
+
+/// Fills `buf`; on failure says how many bytes had arrived.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::result::Result<(), (usize, io::Error)> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => return Err((got, io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((got, e)),
+        }
+    }
+    Ok(())
+}
+
+fn describe(e: &io::Error, clean_boundary: bool, cfg: &TcpConfig) -> String {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof if clean_boundary => "the peer closed the connection".into(),
+        io::ErrorKind::UnexpectedEof => "the connection ended in the middle of a frame".into(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
+            "nothing (not even a heartbeat) arrived for {:?}: the peer or the network is down",
+            cfg.dead_after
+        ),
+        _ => format!("reading from the socket failed: {e}"),
+    }
+}
+
+fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, mut reader: BufReader<TcpStream>) -> String {
+    let cfg = &shared.cfg;
+    loop {
+        let mut hb = [0u8; HEADER_LEN];
+        if let Err((got, e)) = fill(&mut reader, &mut hb) {
+            return describe(&e, got == 0, cfg);
+        }
+        let header = match Header::decode(&hb, cfg.max_frame_len) {
+            Ok(h) => h,
+            Err(e) => return format!("the peer broke the framing: {e}"),
+        };
+        if let Err(e) = conn.flow.credited(header.credit) {
+            return e;
+        }
+        match header.kind {
+            Kind::Data => {
+                let mut data = shared.pool.take(header.len as usize);
+                if let Err((_, e)) = fill(&mut reader, &mut data) {
+                    return describe(&e, false, cfg);
+                }
+                if conn.flow.closed_here() {
+                    shared.pool.put(data);
+                    continue;
+                }
+                let frame = TcpFrame {
+                    data,
+                    conn: conn.clone(),
+                    shared: shared.clone(),
+                };
+                if shared.inbox.push(Incoming::Frame(conn.id, frame)).is_err() {
+                    return "the endpoint was dropped".into();
+                }
+            }
+            Kind::Credit | Kind::Heartbeat => {}
+            other => return format!("the peer sent a {other:?} frame after the handshake"),
+        }
+    }
+}
+
+/// Returns credit that found no frame to ride on, and sends heartbeats on
+/// idle connections.
+fn keeper_loop(shared: &Arc<Shared>) {
+    let cfg = &shared.cfg;
+    let tick = cfg.heartbeat / 2;
+    let mut due = Vec::new();
+    loop {
+        if !shared.keeper.drain(Instant::now() + tick, &mut due) {
+            return;
+        }
+        if !due.is_empty() {
+            // Give the credit a moment to ride on a reply instead.
+            std::thread::sleep(cfg.credit_delay);
+            for conn in due.drain(..) {
+                let credit = conn.flow.take_credit();
+                if credit > 0 && conn.flow.closed().is_none() {
+                    if let Err(e) = conn.write(Kind::Credit, &[], credit) {
+                        conn.flow.restore_credit(credit);
+                        conn.flow
+                            .close(&format!("writing to the socket failed: {e}"), false);
+                        let _ = conn.socket.shutdown(Shutdown::Both);
+                    }
+                }
+            }
+        }
+        let now = Instant::now();
+        let conns: Vec<Arc<Conn>> = lock(&shared.conns).values().cloned().collect();
+        for conn in conns {
+            if conn.idle_for(now).is_some_and(|idle| idle >= tick) && conn.flow.closed().is_none() {
+                let _ = conn.send(Kind::Heartbeat, &[]);
+            }
+        }
+    }
+}
+
+/// A buffer lent for one frame; send it with [`Endpoint::send`]. Dropping
+/// it unsent gives its credit back.
+pub struct TcpBuf {
+    data: Vec<u8>,
+    conn: Arc<Conn>,
+    sent: bool,
+}
+
+impl fmt::Debug for TcpBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TcpBuf({} bytes to {})",
+            self.data.len(),
+            self.conn.peer_name
+        )
+    }
+}
+
+impl Deref for TcpBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl DerefMut for TcpBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+}
+
+impl Drop for TcpBuf {
+    fn drop(&mut self) {
+        if !self.sent {
+            self.conn.flow.unreserve(self.data.len());
+        }
+    }
+}
+
+/// A received frame, read straight into its own buffer; dropping it
+/// returns the sender's credit.
+pub struct TcpFrame {
+    data: Vec<u8>,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for TcpFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "TcpFrame({} bytes from {})",
+            self.data.len(),
+            self.conn.peer_name
+        )
+    }
+}
+
+impl Deref for TcpFrame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+impl Drop for TcpFrame {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        let len = data.len();
+        self.shared.pool.put(data);
+        if self.conn.flow.released(len) {
+            // If the endpoint is gone there is nobody to return credit to.
+            let _ = self.shared.keeper.push(self.conn.clone());
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The connection state shared between threads, without any I/O: credit
+//! accounting (how many bytes may be sent ahead of the peer's reading) and
+//! the event queue an endpoint's readers fill. These are the transport's
+//! wait/notify protocols; `tests/loom.rs` model-checks them.
+//!
+//! Locks: each `Flow` and each `Inbox` has its own mutex, and no code holds
+//! two at once.
+
+use std::collections::VecDeque;
+use std::sync::PoisonError;
+use std::time::Instant;
+
+use laggard::sync::{AtomicUsize, Backoff, Condvar, Mutex, MutexGuard, Ordering};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its state consistent before anything
+    // that could panic, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Waits on `cv` until `deadline`; false once the deadline has passed.
+fn wait_until<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: Instant,
+) -> (MutexGuard<'a, T>, bool) {
+    let now = Instant::now();
+    if now >= deadline {
+        return (guard, false);
+    }
+    let (guard, _) = cv
+        .wait_timeout(guard, deadline - now)
+        .unwrap_or_else(PoisonError::into_inner);
+    (guard, true)
+}
+
+/// Why a wait on a [`Flow`] ended without success.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stalled {
+    /// The deadline passed; `outstanding` bytes were still unread by the
+    /// peer.
+    TimedOut { outstanding: usize },
+    /// The connection closed, for this reason.
+    Closed(String),
+}
+
+#[derive(Debug)]
+struct FlowState {
+    /// Bytes lent or sent to the peer that it has not released yet.
+    outstanding: usize,
+    /// Bytes of the peer's frames released here, not yet reported to it.
+    to_return: u64,
+    /// Why the connection closed, once it has.
+    closed: Option<String>,
+    /// Whether this side closed it (then nothing more is delivered).
+    closed_here: bool,
+}
+
+/// Credit-based flow control for one connection.
+///
+/// The peer grants a window: the bytes it buffers for us before it reads
+/// them. Lending a buffer reserves its length; the peer returns credit as
+/// it releases frames. A frame longer than the window is admitted when
+/// nothing else is outstanding, so memory stays bounded by the larger of
+/// the two.
+#[derive(Debug)]
+pub struct Flow {
+    window: usize,
+    state: Mutex<FlowState>,
+    /// Senders waiting for credit, or for every frame to be released.
+    changed: Condvar,
+}
+
+impl Flow {
+    pub fn new(window: usize) -> Self {
+        Flow {
+            window,
+            state: Mutex::new(FlowState {
+                outstanding: 0,
+                to_return: 0,
+                closed: None,
+                closed_here: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    /// The peer's window.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    fn wait(
+        &self,
+        deadline: Instant,
+        ready: impl Fn(&FlowState) -> bool,
+    ) -> Result<MutexGuard<'_, FlowState>, Stalled> {
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(reason) = &state.closed {
+                return Err(Stalled::Closed(reason.clone()));
+            }
+            if ready(&state) {
+                return Ok(state);
+            }
+            let (guard, waiting) = wait_until(&self.changed, state, deadline);
+            state = guard;
+            if !waiting && state.closed.is_none() && !ready(&state) {
+                return Err(Stalled::TimedOut {
+                    outstanding: state.outstanding,
+                });
+            }
+        }
+    }
+
+    /// Reserves `len` bytes of the peer's window, waiting for credit until
+    /// `deadline`.
+    pub fn reserve(&self, len: usize, deadline: Instant) -> Result<(), Stalled> {
+        let window = self.window;
+        let mut state = self.wait(deadline, |s| {
+            s.outstanding == 0 || s.outstanding.saturating_add(len) <= window
+        })?;
+        state.outstanding += len;
+        Ok(())
+    }
+
+    /// Gives back a reservation that was never sent.
+    pub fn unreserve(&self, len: usize) {
+        let mut state = lock(&self.state);
+        state.outstanding = state.outstanding.saturating_sub(len);
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// The peer released `bytes`. More than is outstanding is a protocol
+    /// violation, reported as an error.
+    pub fn credited(&self, bytes: u32) -> Result<(), String> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let mut state = lock(&self.state);
+        let bytes = bytes as usize;
+        if bytes > state.outstanding {
+            return Err(format!(
+                "the peer returned {bytes} bytes of credit with only {} outstanding",
+                state.outstanding
+            ));
+        }
+        state.outstanding -= bytes;
+        drop(state);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Waits until the peer released everything sent to it.
+    pub fn drained(&self, deadline: Instant) -> Result<(), Stalled> {
+        self.wait(deadline, |s| s.outstanding == 0).map(drop)
+    }
+
+    /// A frame of `bytes` from the peer was released here. Returns true if
+    /// nothing was waiting to be returned before (so whoever returns credit
+    /// should be told).
+    pub fn released(&self, bytes: usize) -> bool {
+        let mut state = lock(&self.state);
+        let was_empty = state.to_return == 0;
+        state.to_return += bytes as u64;
+        was_empty && state.closed.is_none()
+    }
+
+    /// Takes up to `u32::MAX` bytes of credit to report to the peer.
+    pub fn take_credit(&self) -> u32 {
+        let mut state = lock(&self.state);
+        let take = state.to_return.min(u64::from(u32::MAX));
+        state.to_return -= take;
+        take as u32
+    }
+
+    /// Puts back credit that could not be sent.
+    pub fn restore_credit(&self, bytes: u32) {
+        lock(&self.state).to_return += u64::from(bytes);
+    }
+
+    /// Closes the flow: every waiter and every later wait fails with
+    /// `reason`. The first reason sticks. `here` says this side closed it.
+    pub fn close(&self, reason: &str, here: bool) {
+        let mut state = lock(&self.state);
+        if state.closed.is_none() {
+            state.closed = Some(reason.to_owned());
+            state.closed_here = here;
+        }
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    /// Why the connection closed, if it has.
+    pub fn closed(&self) -> Option<String> {
+        lock(&self.state).closed.clone()
+    }
+
+    /// True once this side closed the connection.
+    pub fn closed_here(&self) -> bool {
+        lock(&self.state).closed_here
+    }
+}
+
+/// What [`Inbox::pop`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pop<T> {
+    /// The oldest item.
+    Item(T),
+    /// Nothing came before the deadline.
+    Empty,
+    /// The inbox is closed and empty.
+    Closed,
+}
+
+#[derive(Debug)]
+struct InboxState<T> {
+    items: VecDeque<T>,
+    closed: bool,
+}
+
+/// A queue that many threads push to and one thread pops from, waiting
+/// with a deadline: spin briefly, then sleep until a push or `close`.
+#[derive(Debug)]
+pub struct Inbox<T> {
+    state: Mutex<InboxState<T>>,
+    /// Items queued; only a hint for the spin before sleeping.
+    queued: AtomicUsize,
+    pushed: Condvar,
+}
+
+impl<T> Inbox<T> {
+    pub fn new() -> Self {
+        Inbox {
+            state: Mutex::new(InboxState {
+                items: VecDeque::new(),
+                closed: false,
+            }),
+            queued: AtomicUsize::new(0),
+            pushed: Condvar::new(),
+        }
+    }
+
+    /// Queues `item`; gives it back if the inbox is closed.
+    pub fn push(&self, item: T) -> Result<(), T> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(item);
+        }
+        state.items.push_back(item);
+        // Relaxed: a hint for `pop`'s spin, which takes the lock before
+        // touching the queue; the mutex orders the item itself.
+        self.queued.store(state.items.len(), Ordering::Relaxed);
+        drop(state);
+        self.pushed.notify_one();
+        Ok(())
+    }
+
+    /// Takes the oldest item, waiting until `deadline`.
+    pub fn pop(&self, deadline: Instant) -> Pop<T> {
+        // Spin briefly first: a frame on its way is usually here within
+        // microseconds, sooner than a sleeping thread wakes.
+        let mut backoff = Backoff::new();
+        // Relaxed: a hint only (see `push`).
+        while self.queued.load(Ordering::Relaxed) == 0 && !backoff.is_completed() {
+            backoff.snooze();
+        }
+        let mut state = lock(&self.state);
+        loop {
+            if let Some(item) = state.items.pop_front() {
+                // Relaxed: a hint only (see `push`).
+                self.queued.store(state.items.len(), Ordering::Relaxed);
+                return Pop::Item(item);
+            }
+            if state.closed {
+                return Pop::Closed;
+            }
+            let (guard, waiting) = wait_until(&self.pushed, state, deadline);
+            state = guard;
+            if !waiting && state.items.is_empty() {
+                return if state.closed {
+                    Pop::Closed
+                } else {
+                    Pop::Empty
+                };
+            }
+        }
+    }
+
+    /// Takes every queued item into `out`, waiting until `deadline` for at
+    /// least one. False once the inbox is closed.
+    pub fn drain(&self, deadline: Instant, out: &mut Vec<T>) -> bool {
+        match self.pop(deadline) {
+            Pop::Item(item) => out.push(item),
+            Pop::Empty => return true,
+            Pop::Closed => return false,
+        }
+        let mut state = lock(&self.state);
+        out.extend(state.items.drain(..));
+        // Relaxed: a hint only (see `push`).
+        self.queued.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// Closes the inbox: the waiter wakes, later pushes are refused, and
+    /// what was queued is returned (to be dropped outside the lock).
+    pub fn close(&self) -> Vec<T> {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        let rest = state.items.drain(..).collect();
+        // Relaxed: a hint only (see `push`).
+        self.queued.store(0, Ordering::Relaxed);
+        drop(state);
+        self.pushed.notify_all();
+        rest
+    }
+}
