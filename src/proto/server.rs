@@ -337,11 +337,24 @@ impl ServerCore {
                     );
                     return self.drop_peer(peer, FaultCode::Protocol, text, out);
                 };
+                let wi = w as usize;
+                if status == WorkerStatus::Left && self.session_of[wi] == Some(hello.session) {
+                    // The worker reconnected to repeat a leave whose
+                    // delivery it could not confirm; leaving again is a
+                    // no-op, and it can do nothing else.
+                    self.roles.insert(peer, hello.role);
+                    let welcome = Welcome {
+                        shard: self.cfg.shard,
+                        workers: self.cfg.workers,
+                        applied_seq: self.applied[wi],
+                        clock,
+                    };
+                    return out.push(Output::Send(peer, Reply::Welcome(welcome)));
+                }
                 if status != WorkerStatus::Active {
                     let text = format!("worker {w} has {} and cannot rejoin", status.as_str());
                     return self.drop_peer(peer, FaultCode::Protocol, text, out);
                 }
-                let wi = w as usize;
                 if let Some(other) = self.conn_of[wi] {
                     if self.session_of[wi] != Some(hello.session) {
                         let text = format!(

@@ -17,6 +17,9 @@ use crate::transport::{Endpoint, Event, PeerId};
 /// timeout report (which names the workers behind) before giving up on
 /// the server itself.
 const SERVER_GRACE: Duration = Duration::from_millis(500);
+/// How long `leave` tries to reach a shard again to repeat a leave whose
+/// delivery it could not confirm.
+const LEAVE_RECONNECT: Duration = Duration::from_secs(2);
 /// Unacknowledged pushes per shard before `clock` waits for acknowledgements.
 const MAX_UNACKED: usize = 64;
 
@@ -94,6 +97,8 @@ pub struct Worker<E: Endpoint> {
     lost_since: Vec<Option<Instant>>,
     /// What this worker says when it (re)connects.
     session: u64,
+    /// Shards that took this worker's leave; their connections may close.
+    left_shards: Vec<bool>,
     /// Set when a shard's connection failed for good; every later call
     /// reports it.
     broken: Option<Error>,
@@ -114,7 +119,7 @@ impl<E: Endpoint> Worker<E> {
     /// Connects worker `id` through `ep` to every server shard of `spec`
     /// (bound under [`ClusterSpec::server_name`]), waiting for them until
     /// `deadline`.
-    pub fn connect(mut ep: E, spec: &ClusterSpec, id: WorkerId, deadline: Instant) -> Result<Self> {
+    pub fn connect(ep: E, spec: &ClusterSpec, id: WorkerId, deadline: Instant) -> Result<Self> {
         spec.validate()?;
         if id.0 as usize >= spec.workers {
             return Err(Error::UnknownWorker {
@@ -122,8 +127,6 @@ impl<E: Endpoint> Worker<E> {
                 workers: spec.workers,
             });
         }
-        let mut peers = Vec::with_capacity(spec.servers);
-        let mut shard_of = HashMap::new();
         // Unique per worker object: a reconnect of this object takes over
         // its old connection, while any other claimant of the id is
         // refused.
@@ -134,78 +137,52 @@ impl<E: Endpoint> Worker<E> {
             h.write_u32(id.0);
             h.finish()
         };
-        let hello = Message::Hello(Hello {
-            role: Role::Worker(id.0),
-            schema: spec.fingerprint(),
-            session,
-        });
-        for shard in 0..spec.servers {
-            let peer = ep.connect(&spec.server_name(shard), deadline)?;
-            send_message(&mut ep, peer, &hello, deadline)?;
-            shard_of.insert(peer, shard);
-            peers.push(peer);
-        }
         let mut worker = Worker {
             core: ClientCore::new(id.0, spec.servers, spec.table_infos()),
             ep,
             spec: spec.clone(),
-            peers,
-            shard_of,
+            peers: vec![PeerId(u64::MAX); spec.servers],
+            shard_of: HashMap::new(),
             stale: HashSet::new(),
             lost_since: vec![None; spec.servers],
             session,
+            left_shards: vec![false; spec.servers],
             broken: None,
             left: false,
         };
-        let mut welcomed = vec![false; spec.servers];
+        let hello = worker.hello();
+        for shard in 0..spec.servers {
+            let peer = worker.ep.connect(&spec.server_name(shard), deadline)?;
+            worker.peers[shard] = peer;
+            worker.shard_of.insert(peer, shard);
+            let sent = send_message(&mut worker.ep, peer, &hello, deadline);
+            worker.after_send(shard, sent)?;
+        }
+        // Registration rides on the reconnect machinery: a connection that
+        // drops before its welcome is made again.
         let started = Instant::now();
-        while !welcomed.iter().all(|&w| w) {
-            match worker.ep.recv(deadline)? {
-                None => {
-                    let missing: Vec<_> = (0..spec.servers).filter(|&s| !welcomed[s]).collect();
-                    return Err(Error::NoResponse {
-                        what: format!("a welcome from server shards {missing:?}"),
-                        waited: started.elapsed(),
-                    });
-                }
-                Some(Event::Frame(peer, frame)) => {
-                    let shard = worker.shard(peer)?;
-                    match decode(&frame, spec.max_payload) {
-                        Ok(Message::Welcome(w)) => {
-                            // A fresh worker has nothing to resend.
-                            worker.core.on_welcome(shard, &w)?;
-                            welcomed[shard] = true;
-                        }
-                        Ok(Message::Fault(f)) => {
-                            return Err(Error::Remote {
-                                peer: format!("server shard {shard}"),
-                                message: f.text.to_owned(),
-                            });
-                        }
-                        Ok(other) => {
-                            return Err(Error::Protocol {
-                                peer: format!("server shard {shard}"),
-                                reason: format!("expected a welcome, got {}", other.name()),
-                            });
-                        }
-                        Err(e) => {
-                            return Err(Error::Protocol {
-                                peer: format!("server shard {shard}"),
-                                reason: e.to_string(),
-                            });
-                        }
-                    }
-                }
-                Some(Event::Disconnected(peer)) => {
-                    return Err(Error::Disconnected {
-                        peer: worker.ep.peer_name(peer),
-                        reason: "the server closed the connection during registration".into(),
-                    });
-                }
-                Some(Event::Connected(peer)) => worker.ep.disconnect(peer),
+        while !(0..spec.servers).all(|s| worker.core.is_welcomed(s)) {
+            worker.check_ok()?;
+            if !worker.pump(deadline)? {
+                let missing: Vec<_> = (0..spec.servers)
+                    .filter(|&s| !worker.core.is_welcomed(s))
+                    .collect();
+                return Err(Error::NoResponse {
+                    what: format!("a welcome from server shards {missing:?}"),
+                    waited: started.elapsed(),
+                });
             }
         }
+        worker.check_ok()?;
         Ok(worker)
+    }
+
+    fn hello(&self) -> Message<'static> {
+        Message::Hello(Hello {
+            role: Role::Worker(self.core.worker()),
+            schema: self.spec.fingerprint(),
+            session: self.session,
+        })
     }
 
     fn shard(&self, peer: PeerId) -> Result<usize> {
@@ -496,21 +473,34 @@ impl<E: Endpoint> Worker<E> {
                     }
                 }
                 let peer = self.peers[shard];
-                match send_message(&mut self.ep, peer, &msg, deadline) {
-                    Ok(_) => break,
-                    Err(e @ Error::Disconnected { .. }) => self.reconnect(shard, e)?,
+                // The leave is confirmed once the shard consumed it; if the
+                // connection drops first, reconnect and say it again (the
+                // shard welcomes a worker that left back for exactly that,
+                // and a second leave changes nothing).
+                let sent = send_message(&mut self.ep, peer, &msg, deadline)
+                    .and_then(|_| self.ep.flush(peer, deadline));
+                match sent {
+                    Ok(()) => {
+                        self.left_shards[shard] = true;
+                        break;
+                    }
+                    Err(e @ Error::Disconnected { .. }) => {
+                        // A shard whose workers have all left stops serving,
+                        // so one that cannot be reached again soon most
+                        // likely took the leave. Either way every push was
+                        // applied, and a shard that missed the leave
+                        // declares the worker dead after `dead_after`.
+                        let soon = Instant::now() + LEAVE_RECONNECT.min(self.spec.dead_after);
+                        if self.reconnect_by(shard, e, soon).is_err() {
+                            // Done with this shard; the others still hear
+                            // the leave.
+                            self.broken = None;
+                            self.left_shards[shard] = true;
+                            break;
+                        }
+                    }
                     Err(e) => return Err(self.fail(shard, e)),
                 }
-            }
-        }
-        for &peer in &self.peers {
-            match self.ep.flush(peer, deadline) {
-                // Everything was acknowledged before the leave; if the
-                // connection dropped under it, the shard declares the
-                // worker dead after `dead_after` instead, with the same
-                // outcome.
-                Ok(()) | Err(Error::Disconnected { .. }) => {}
-                Err(e) => return Err(e),
             }
         }
         self.left = true;
@@ -573,13 +563,12 @@ impl<E: Endpoint> Worker<E> {
     /// the shard is failed for good.
     fn reconnect(&mut self, shard: usize, cause: Error) -> Result<()> {
         let since = *self.lost_since[shard].get_or_insert_with(Instant::now);
-        let deadline = since + self.spec.dead_after;
+        self.reconnect_by(shard, cause, since + self.spec.dead_after)
+    }
+
+    fn reconnect_by(&mut self, shard: usize, cause: Error, deadline: Instant) -> Result<()> {
         self.core.link_lost(shard);
-        let hello = Message::Hello(Hello {
-            role: Role::Worker(self.core.worker()),
-            schema: self.spec.fingerprint(),
-            session: self.session,
-        });
+        let hello = self.hello();
         let mut last = cause;
         loop {
             let old = self.peers[shard];
@@ -591,9 +580,7 @@ impl<E: Endpoint> Worker<E> {
                 let e = Error::Disconnected {
                     peer: format!("server shard {shard}"),
                     reason: format!(
-                        "the connection dropped and no reconnect succeeded within {:?}; \
-                         last error: {last}",
-                        self.spec.dead_after
+                        "the connection dropped and no reconnect succeeded; last error: {last}"
                     ),
                 };
                 return Err(self.fail(shard, e));
@@ -671,6 +658,12 @@ impl<E: Endpoint> Worker<E> {
             }
             Event::Disconnected(peer) => {
                 if let Some(&shard) = self.shard_of.get(&peer) {
+                    if self.left_shards[shard] {
+                        // A shard that took the leave may stop serving.
+                        self.shard_of.remove(&peer);
+                        self.stale.insert(peer);
+                        return Ok(true);
+                    }
                     let e = Error::Disconnected {
                         peer: format!("server shard {shard}"),
                         reason: "the connection closed".into(),

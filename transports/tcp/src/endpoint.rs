@@ -686,7 +686,8 @@ impl ConnectError {
     }
 }
 
-/// Connects to `name` (retrying until `deadline`) and runs the handshake.
+/// Connects to `name` and runs the handshake, retrying until `deadline`
+/// while nobody listens or a connection breaks during the handshake.
 fn handshake(
     transport: &TcpTransport,
     shared: &Shared,
@@ -694,13 +695,17 @@ fn handshake(
     deadline: Instant,
 ) -> std::result::Result<(TcpStream, BufReader<TcpStream>, Accept), ConnectError> {
     let mut pause = RETRY_MIN;
-    let stream = loop {
+    loop {
         let last = match transport.address_of(name) {
             None => format!("no address is known for {name:?}"),
             Some(addr) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1))) {
-                    Ok(s) => break s,
+                    Ok(stream) => match greet(stream, shared, name, deadline) {
+                        Ok(done) => return Ok(done),
+                        Err(Greeting::Io(e)) => format!("{addr}: during the handshake: {e}"),
+                        Err(Greeting::Failed(e)) => return Err(e),
+                    },
                     Err(e) => format!("{addr}: {e}"),
                 }
             }
@@ -710,50 +715,69 @@ fn handshake(
         }
         std::thread::sleep(pause);
         pause = (pause * 2).min(RETRY_MAX);
-    };
-    let io = |e: io::Error| ConnectError::Unreachable(format!("during the handshake: {e}"));
-    stream.set_nodelay(true).map_err(io)?;
+    }
+}
+
+enum Greeting {
+    /// The connection broke; worth another attempt.
+    Io(io::Error),
+    /// The other side answered, negatively.
+    Failed(ConnectError),
+}
+
+impl From<io::Error> for Greeting {
+    fn from(e: io::Error) -> Self {
+        Greeting::Io(e)
+    }
+}
+
+/// The connecting side of the handshake on a fresh stream.
+fn greet(
+    stream: TcpStream,
+    shared: &Shared,
+    name: &str,
+    deadline: Instant,
+) -> std::result::Result<(TcpStream, BufReader<TcpStream>, Accept), Greeting> {
+    stream.set_nodelay(true)?;
     let left = deadline.saturating_duration_since(Instant::now());
     let left = left.max(Duration::from_millis(1));
-    stream.set_read_timeout(Some(left)).map_err(io)?;
-    stream.set_write_timeout(Some(left)).map_err(io)?;
+    stream.set_read_timeout(Some(left))?;
+    stream.set_write_timeout(Some(left))?;
     let hello = Hello {
         window: shared.cfg.window as u64,
         to: name.to_owned(),
         from: shared.name.clone(),
     }
     .encode();
-    let mut w = stream.try_clone().map_err(io)?;
+    let mut w = stream.try_clone()?;
     let header = Header::new(Kind::Hello, hello.len() as u32, 0).encode();
-    write_all_vectored(&mut w, &header, &hello).map_err(io)?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone().map_err(io)?);
+    write_all_vectored(&mut w, &header, &hello)?;
+    let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
     let mut hb = [0u8; HEADER_LEN];
-    reader.read_exact(&mut hb).map_err(io)?;
-    let header = Header::decode(&hb, shared.cfg.max_frame_len)
-        .map_err(|e| ConnectError::Protocol(e.to_string()))?;
+    reader.read_exact(&mut hb)?;
+    let failed = |reason: String| Greeting::Failed(ConnectError::Protocol(reason));
+    let header =
+        Header::decode(&hb, shared.cfg.max_frame_len).map_err(|e| failed(e.to_string()))?;
     let mut payload = vec![0u8; header.len as usize];
-    reader.read_exact(&mut payload).map_err(io)?;
+    reader.read_exact(&mut payload)?;
     match header.kind {
         Kind::Accept => {
-            let accept =
-                Accept::decode(&payload).map_err(|e| ConnectError::Protocol(e.to_string()))?;
+            let accept = Accept::decode(&payload).map_err(|e| failed(e.to_string()))?;
             if accept.name != name {
-                return Err(ConnectError::Protocol(format!(
+                return Err(failed(format!(
                     "the endpoint there is {:?}, not {name:?} (a stale address?)",
                     accept.name
                 )));
             }
             let dead = Some(shared.cfg.dead_after);
-            stream.set_read_timeout(dead).map_err(io)?;
-            stream.set_write_timeout(dead).map_err(io)?;
+            stream.set_read_timeout(dead)?;
+            stream.set_write_timeout(dead)?;
             Ok((stream, reader, accept))
         }
-        Kind::Refuse => Err(ConnectError::Refused(
+        Kind::Refuse => Err(Greeting::Failed(ConnectError::Refused(
             String::from_utf8_lossy(&payload).into_owned(),
-        )),
-        other => Err(ConnectError::Protocol(format!(
-            "expected an accept, got a {other:?} frame"
         ))),
+        other => Err(failed(format!("expected an accept, got a {other:?} frame"))),
     }
 }
 
