@@ -42,10 +42,7 @@ fn a_sender_waiting_for_credit_is_woken_by_close() {
         let sender = thread::spawn(move || f1.reserve(1, far()));
         let reader = thread::spawn(move || f2.close("gone", false));
         reader.join().unwrap();
-        assert_eq!(
-            sender.join().unwrap(),
-            Err(Stalled::Closed("gone".into()))
-        );
+        assert_eq!(sender.join().unwrap(), Err(Stalled::Closed("gone".into())));
     });
 }
 
@@ -79,7 +76,11 @@ fn racing_senders_never_overdraw_the_window() {
         });
         reader.join().unwrap();
         let results: Vec<_> = senders.into_iter().map(|s| s.join().unwrap()).collect();
-        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        assert_eq!(
+            results.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "{results:?}"
+        );
         assert!(results.contains(&Err(Stalled::Closed("done".into()))));
     });
 }
