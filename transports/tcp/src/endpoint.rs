@@ -179,46 +179,69 @@ impl TcpTransport {
     }
 }
 
+impl TcpTransport {
+    /// Binds `name` to a listener the caller already opened (the bootstrap
+    /// opens it before roles are known). The address book learns its
+    /// address.
+    pub fn bind_on(&self, name: &str, listener: TcpListener) -> Result<TcpEndpoint> {
+        self.claim(name, false)?;
+        self.start(name, listener, false)
+    }
+
+    /// Marks `name` bound; `auto` says its address was chosen here.
+    fn claim(&self, name: &str, auto: bool) -> Result<()> {
+        let mut bound = lock(&self.book.bound);
+        if bound.contains_key(name) {
+            return Err(Error::Transport {
+                reason: format!("the name {name:?} is already bound by a live endpoint"),
+            });
+        }
+        bound.insert(name.to_owned(), auto);
+        Ok(())
+    }
+
+    fn start(&self, name: &str, listener: TcpListener, auto: bool) -> Result<TcpEndpoint> {
+        let started = listener
+            .local_addr()
+            .map_err(|e| Error::Transport {
+                reason: format!("cannot read the listening address of {name:?}: {e}"),
+            })
+            .and_then(|local| {
+                if auto || self.address_of(name).is_none() {
+                    self.set_address(name, local);
+                }
+                TcpEndpoint::start(self.clone(), name, listener, local)
+            });
+        if started.is_err() {
+            lock(&self.book.bound).remove(name);
+        }
+        started
+    }
+}
+
 impl Transport for TcpTransport {
     type Endpoint = TcpEndpoint;
 
     fn bind(&self, name: &str) -> Result<TcpEndpoint> {
         let known = self.address_of(name);
-        {
-            let mut bound = lock(&self.book.bound);
-            if bound.contains_key(name) {
-                return Err(Error::Transport {
-                    reason: format!("the name {name:?} is already bound by a live endpoint"),
-                });
-            }
-            bound.insert(name.to_owned(), known.is_none());
-        }
-        let unbind = |e: Error| {
-            lock(&self.book.bound).remove(name);
-            e
-        };
+        self.claim(name, known.is_none())?;
         let at = known.unwrap_or(SocketAddr::new(self.cfg.listen_ip, 0));
-        let listener = TcpListener::bind(at).map_err(|e| {
-            unbind(Error::Transport {
-                reason: format!(
-                    "cannot listen on {at} for {name:?}: {e}{}",
-                    if e.kind() == io::ErrorKind::AddrInUse {
-                        " (another process holds the port: pick another, or stop it)"
-                    } else {
-                        ""
-                    }
-                ),
-            })
-        })?;
-        let local = listener.local_addr().map_err(|e| {
-            unbind(Error::Transport {
-                reason: format!("cannot read the listening address of {name:?}: {e}"),
-            })
-        })?;
-        if known.is_none() {
-            self.set_address(name, local);
+        match TcpListener::bind(at) {
+            Ok(listener) => self.start(name, listener, known.is_none()),
+            Err(e) => {
+                lock(&self.book.bound).remove(name);
+                Err(Error::Transport {
+                    reason: format!(
+                        "cannot listen on {at} for {name:?}: {e}{}",
+                        if e.kind() == io::ErrorKind::AddrInUse {
+                            " (another process holds the port: pick another, or stop it)"
+                        } else {
+                            ""
+                        }
+                    ),
+                })
+            }
         }
-        TcpEndpoint::start(self.clone(), name, listener, local).map_err(unbind)
     }
 }
 

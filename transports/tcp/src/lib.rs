@@ -46,11 +46,13 @@
 
 #![warn(missing_docs)]
 
+pub mod bootstrap;
 mod config;
 mod endpoint;
 mod flow;
 mod wire;
 
+pub use bootstrap::{Bootstrap, Member, Node, Role};
 pub use config::TcpConfig;
 pub use endpoint::{TcpBuf, TcpEndpoint, TcpFrame, TcpTransport};
 

@@ -1,0 +1,211 @@
+//! Reading a process's place in the job from the launcher's environment.
+
+use std::time::Duration;
+
+use laggard::{Error, Result};
+
+/// The default coordinator port when the launcher names only a host
+/// (torchrun's default too).
+pub const DEFAULT_PORT: u16 = 29500;
+
+/// Which launcher's variables described the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Launcher {
+    /// `LAGGARD_*` variables only.
+    Laggard,
+    /// torchrun / torch.distributed: `RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
+    /// `MASTER_PORT`.
+    Torchrun,
+    /// Slurm: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_JOB_NODELIST`.
+    Slurm,
+    /// Open MPI: `OMPI_COMM_WORLD_RANK`, `OMPI_COMM_WORLD_SIZE`.
+    OpenMpi,
+}
+
+/// What the environment says about this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub(crate) launcher: Launcher,
+    pub(crate) rank: usize,
+    pub(crate) world: usize,
+    pub(crate) coordinator: String,
+    pub(crate) servers: Option<usize>,
+    pub(crate) host: Option<String>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+fn parse<T: std::str::FromStr>(var: &str, value: &str) -> Result<T> {
+    value.trim().parse().map_err(|_| Error::InvalidConfig {
+        what: "launcher environment",
+        reason: format!("{var}={value:?} is not a valid number"),
+    })
+}
+
+/// The first host of a Slurm node list: `node[03-05,9]` gives `node03`,
+/// `a,b` gives `a`.
+pub(crate) fn first_slurm_host(list: &str) -> Option<String> {
+    let list = list.trim();
+    let end = list.find([',', '[']).unwrap_or(list.len());
+    let prefix = &list[..end];
+    if list[end..].starts_with('[') {
+        let inner = &list[end + 1..];
+        let first = inner.split([',', '-', ']']).next()?;
+        Some(format!("{prefix}{first}"))
+    } else if prefix.is_empty() {
+        None
+    } else {
+        Some(prefix.to_owned())
+    }
+}
+
+/// Reads the placement from variables looked up with `get`. `LAGGARD_*`
+/// variables override whatever a launcher set.
+pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placement> {
+    let missing = |what: &str| Error::InvalidConfig {
+        what: "launcher environment",
+        reason: format!(
+            "{what}; run under torchrun, Slurm (srun) or Open MPI (mpirun), or set \
+             LAGGARD_RANK, LAGGARD_WORLD_SIZE, LAGGARD_COORDINATOR (host:port) and \
+             LAGGARD_SERVERS"
+        ),
+    };
+    let num = |var: &str| get(var).map(|v| parse::<usize>(var, &v)).transpose();
+    let (launcher, rank, world, host) = if let (Some(r), Some(w)) =
+        (num("RANK")?, num("WORLD_SIZE")?)
+    {
+        let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
+        let coord = get("MASTER_ADDR").map(|a| format!("{a}:{port}"));
+        (Launcher::Torchrun, Some(r), Some(w), coord)
+    } else if let (Some(r), Some(w)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
+        let host = get("SLURM_JOB_NODELIST")
+            .or_else(|| get("SLURM_NODELIST"))
+            .and_then(|l| first_slurm_host(&l));
+        let port = num("LAGGARD_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
+        (
+            Launcher::Slurm,
+            Some(r),
+            Some(w),
+            host.map(|h| format!("{h}:{port}")),
+        )
+    } else if let (Some(r), Some(w)) = (num("OMPI_COMM_WORLD_RANK")?, num("OMPI_COMM_WORLD_SIZE")?)
+    {
+        // Open MPI names no rendezvous host; MASTER_ADDR or
+        // LAGGARD_COORDINATOR must.
+        let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
+        let coord = get("MASTER_ADDR").map(|a| format!("{a}:{port}"));
+        (Launcher::OpenMpi, Some(r), Some(w), coord)
+    } else {
+        (Launcher::Laggard, None, None, None)
+    };
+    let rank = num("LAGGARD_RANK")?
+        .or(rank)
+        .ok_or_else(|| missing("no rank is set"))?;
+    let world = num("LAGGARD_WORLD_SIZE")?
+        .or(world)
+        .ok_or_else(|| missing("no world size is set"))?;
+    let coordinator = get("LAGGARD_COORDINATOR")
+        .or(host)
+        .ok_or_else(|| missing("no coordinator address is set"))?;
+    let coordinator = if coordinator.contains(':') {
+        coordinator
+    } else {
+        format!("{coordinator}:{DEFAULT_PORT}")
+    };
+    let timeout = num("LAGGARD_TIMEOUT_MS")?.map(|ms| Duration::from_millis(ms as u64));
+    Ok(Placement {
+        launcher,
+        rank,
+        world,
+        coordinator,
+        servers: num("LAGGARD_SERVERS")?,
+        host: get("LAGGARD_HOST"),
+        timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Placement> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        placement(&|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn torchrun() {
+        let p = from(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "8"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("MASTER_PORT", "1234"),
+        ])
+        .unwrap();
+        assert_eq!(p.launcher, Launcher::Torchrun);
+        assert_eq!((p.rank, p.world), (3, 8));
+        assert_eq!(p.coordinator, "10.0.0.1:1234");
+    }
+
+    #[test]
+    fn slurm_takes_the_first_host_of_the_job() {
+        let p = from(&[
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "6"),
+            ("SLURM_JOB_NODELIST", "gpu[07-09,12]"),
+        ])
+        .unwrap();
+        assert_eq!(p.launcher, Launcher::Slurm);
+        assert_eq!((p.rank, p.world), (5, 6));
+        assert_eq!(p.coordinator, format!("gpu07:{DEFAULT_PORT}"));
+        assert_eq!(first_slurm_host("a,b").as_deref(), Some("a"));
+        assert_eq!(first_slurm_host("single").as_deref(), Some("single"));
+        assert_eq!(first_slurm_host("").as_deref(), None);
+    }
+
+    #[test]
+    fn open_mpi_needs_a_coordinator() {
+        let err =
+            from(&[("OMPI_COMM_WORLD_RANK", "0"), ("OMPI_COMM_WORLD_SIZE", "4")]).unwrap_err();
+        assert!(err.to_string().contains("coordinator"), "{err}");
+        let p = from(&[
+            ("OMPI_COMM_WORLD_RANK", "2"),
+            ("OMPI_COMM_WORLD_SIZE", "4"),
+            ("LAGGARD_COORDINATOR", "head:7000"),
+        ])
+        .unwrap();
+        assert_eq!(p.launcher, Launcher::OpenMpi);
+        assert_eq!((p.rank, p.world), (2, 4));
+        assert_eq!(p.coordinator, "head:7000");
+    }
+
+    #[test]
+    fn laggard_variables_override_the_launcher() {
+        let p = from(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "8"),
+            ("MASTER_ADDR", "10.0.0.1"),
+            ("LAGGARD_RANK", "1"),
+            ("LAGGARD_SERVERS", "2"),
+            ("LAGGARD_TIMEOUT_MS", "1500"),
+            ("LAGGARD_HOST", "10.0.0.9"),
+        ])
+        .unwrap();
+        assert_eq!((p.rank, p.world), (1, 8));
+        assert_eq!(p.coordinator, format!("10.0.0.1:{DEFAULT_PORT}"));
+        assert_eq!(p.servers, Some(2));
+        assert_eq!(p.timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(p.host.as_deref(), Some("10.0.0.9"));
+    }
+
+    #[test]
+    fn nothing_set_or_garbage_is_a_clear_error() {
+        let err = from(&[]).unwrap_err();
+        assert!(err.to_string().contains("LAGGARD_RANK"), "{err}");
+        let err = from(&[("RANK", "x"), ("WORLD_SIZE", "2")]).unwrap_err();
+        assert!(err.to_string().contains("RANK=\"x\""), "{err}");
+    }
+}

@@ -1,0 +1,682 @@
+//! Assembling a cluster across processes and hosts: one rendezvous at a
+//! coordinator (rank 0) that collects every process's address and hands
+//! out the cluster map.
+//!
+//! Every process of the job runs the same program. Each learns its rank,
+//! the world size and the coordinator's address from the launcher's
+//! environment ([`Bootstrap::from_env`]: torchrun, Slurm, Open MPI, or
+//! `LAGGARD_*` variables) or from code ([`Bootstrap::new`]), builds the
+//! same [`ClusterSpec`], and calls [`Bootstrap::join`]. The coordinator
+//! checks that everyone agrees (world size, server count, the spec's
+//! fingerprint, no rank claimed twice), places the server shards spread
+//! across hosts, and answers each process with the map and its role.
+//!
+//! ```no_run
+//! use laggard::{ClusterSpec, Sgd, TableSpec};
+//! use laggard_tcp::{Bootstrap, Role};
+//!
+//! let boot = Bootstrap::from_env()?;
+//! let spec = ClusterSpec::new(boot.servers(), boot.workers())
+//!     .table("w", TableSpec::<f32>::dense(0..1024, 8).update(Sgd::new(0.1)));
+//! let node = boot.join(&spec)?;
+//! match node.role() {
+//!     Role::Server(_) => {
+//!         let report = node.run_server()?; // until every worker left or died
+//!         println!("{:?}", report.stats);
+//!     }
+//!     Role::Worker(_) => {
+//!         let mut worker = node.worker()?;
+//!         // ... push, pull, clock ...
+//!         worker.leave()?;
+//!     }
+//! }
+//! # Ok::<(), laggard::Error>(())
+//! ```
+
+mod env;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::time::{Duration, Instant};
+
+use laggard::{ClusterSpec, Error, Result, Server, ServerReport, Worker, WorkerId};
+
+pub use env::{DEFAULT_PORT, Launcher};
+
+use crate::{TcpConfig, TcpEndpoint, TcpTransport};
+
+const VERSION: u32 = 1;
+
+/// A process's role in the cluster, assigned by the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Server shard number `.0`.
+    Server(usize),
+    /// Worker `.0`.
+    Worker(WorkerId),
+}
+
+/// One process in the cluster map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its role.
+    pub role: Role,
+    /// Its rank in the launcher's numbering.
+    pub rank: usize,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+/// How to find the rest of the job: rank, world size, coordinator, and
+/// how many of the processes are servers.
+#[derive(Debug, Clone)]
+pub struct Bootstrap {
+    launcher: Launcher,
+    rank: usize,
+    world: usize,
+    servers: usize,
+    coordinator: String,
+    host: Option<String>,
+    timeout: Duration,
+    tcp: TcpConfig,
+}
+
+impl Bootstrap {
+    /// Process `rank` of `world`, of which `servers` are server shards,
+    /// meeting at `coordinator` (`host:port`, where rank 0 listens).
+    /// Times out after 60 s by default.
+    pub fn new(rank: usize, world: usize, servers: usize, coordinator: &str) -> Self {
+        Bootstrap {
+            launcher: Launcher::Laggard,
+            rank,
+            world,
+            servers,
+            coordinator: coordinator.to_owned(),
+            host: None,
+            timeout: Duration::from_secs(60),
+            tcp: TcpConfig::default(),
+        }
+    }
+
+    /// Reads the placement from this process's environment: torchrun
+    /// (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), Slurm
+    /// (`SLURM_PROCID`, `SLURM_NTASKS`, the job's first node as
+    /// coordinator), Open MPI (`OMPI_COMM_WORLD_RANK`,
+    /// `OMPI_COMM_WORLD_SIZE`, with `MASTER_ADDR` or `LAGGARD_COORDINATOR`),
+    /// overridden by `LAGGARD_RANK`, `LAGGARD_WORLD_SIZE`,
+    /// `LAGGARD_COORDINATOR`, `LAGGARD_SERVERS` (default 1),
+    /// `LAGGARD_HOST` (the address others reach this process at) and
+    /// `LAGGARD_TIMEOUT_MS`.
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// As [`from_env`](Self::from_env), with variables looked up by `get`.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let p = env::placement(&get)?;
+        let mut b = Bootstrap::new(p.rank, p.world, p.servers.unwrap_or(1), &p.coordinator);
+        b.launcher = p.launcher;
+        b.host = p.host;
+        if let Some(t) = p.timeout {
+            b.timeout = t;
+        }
+        Ok(b)
+    }
+
+    /// How long joining may take, waiting for every process.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The address other processes reach this one at (default: the local
+    /// address of the route to the coordinator).
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_owned());
+        self
+    }
+
+    /// Settings of the TCP transport the cluster runs on.
+    pub fn tcp_config(mut self, cfg: TcpConfig) -> Self {
+        self.tcp = cfg;
+        self
+    }
+
+    /// Which launcher's environment described the job.
+    pub fn launcher(&self) -> Launcher {
+        self.launcher
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Processes in the job.
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// How many processes are server shards.
+    pub fn servers(&self) -> usize {
+        self.servers
+    }
+
+    /// How many processes are workers.
+    pub fn workers(&self) -> usize {
+        self.world.saturating_sub(self.servers)
+    }
+
+    fn check(&self, spec: &ClusterSpec) -> Result<()> {
+        let invalid = |reason: String| Error::InvalidConfig {
+            what: "bootstrap",
+            reason,
+        };
+        if self.servers == 0 || self.servers >= self.world {
+            return Err(invalid(format!(
+                "{} servers in a job of {} processes; at least one of each role is needed",
+                self.servers, self.world
+            )));
+        }
+        if self.rank >= self.world {
+            return Err(invalid(format!(
+                "rank {} is outside a world of {}",
+                self.rank, self.world
+            )));
+        }
+        if spec.servers() != self.servers || spec.workers() != self.workers() {
+            return Err(invalid(format!(
+                "the spec describes {} servers and {} workers, but the job has {} servers \
+                 and {} workers; build it with ClusterSpec::new(boot.servers(), boot.workers())",
+                spec.servers(),
+                spec.workers(),
+                self.servers,
+                self.workers()
+            )));
+        }
+        spec.validate()?;
+        self.tcp.validate()
+    }
+
+    /// Meets every other process at the coordinator (rank 0 runs it), and
+    /// returns this process's part of the cluster. Fails with a clear
+    /// error within the timeout if the coordinator is unreachable, a
+    /// process disagrees about the job, or a rank is claimed twice.
+    pub fn join(self, spec: &ClusterSpec) -> Result<Node> {
+        self.check(spec)?;
+        let deadline = Instant::now() + self.timeout;
+        let coord = resolve(&self.coordinator)?;
+        let coordinator = if self.rank == 0 {
+            let listener =
+                TcpListener::bind((Ipv4Addr::UNSPECIFIED, coord.port())).map_err(|e| {
+                    Error::Transport {
+                        reason: format!(
+                            "rank 0 cannot listen for the rendezvous on port {}: {e}; pick \
+                             another port (MASTER_PORT, LAGGARD_COORDINATOR) or stop whatever \
+                             holds it",
+                            coord.port()
+                        ),
+                    }
+                })?;
+            let (world, servers, schema) = (self.world, self.servers, spec.fingerprint());
+            Some(std::thread::spawn(move || {
+                coordinate(listener, world, servers, schema, deadline)
+            }))
+        } else {
+            None
+        };
+        let ip = match &self.host {
+            Some(h) => h.parse::<IpAddr>().map_err(|_| Error::InvalidConfig {
+                what: "bootstrap host",
+                reason: format!("{h:?} is not an IP address"),
+            })?,
+            None => local_ip_towards(coord),
+        };
+        let listener = TcpListener::bind((ip, 0)).map_err(|e| Error::Transport {
+            reason: format!("cannot listen on {ip}: {e}"),
+        })?;
+        let addr = listener.local_addr().map_err(|e| Error::Transport {
+            reason: format!("cannot read the listening address: {e}"),
+        })?;
+        let answer = rendezvous(&self, coord, spec.fingerprint(), addr, deadline);
+        if let Some(c) = coordinator {
+            // The coordinator's own failure is what every rank was told.
+            let _ = c.join();
+        }
+        let (members, role) = answer?;
+        let transport = TcpTransport::with_config(self.tcp.clone())?;
+        for m in &members {
+            let name = match m.role {
+                Role::Server(s) => spec.server_name(s),
+                Role::Worker(w) => spec.worker_name(w.0 as usize),
+            };
+            transport.set_address(&name, m.addr);
+        }
+        Ok(Node {
+            role,
+            rank: self.rank,
+            members,
+            transport,
+            listener,
+            spec: spec.clone(),
+        })
+    }
+}
+
+fn resolve(addr: &str) -> Result<SocketAddr> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| Error::InvalidConfig {
+            what: "coordinator address",
+            reason: format!("{addr:?} does not resolve to host:port"),
+        })
+}
+
+/// The local address of the route to `to` (no packet is sent).
+fn local_ip_towards(to: SocketAddr) -> IpAddr {
+    if to.ip().is_loopback() {
+        return to.ip();
+    }
+    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.connect(to).and_then(|()| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// One process's part of a bootstrapped cluster.
+#[derive(Debug)]
+pub struct Node {
+    role: Role,
+    rank: usize,
+    members: Vec<Member>,
+    transport: TcpTransport,
+    listener: TcpListener,
+    spec: ClusterSpec,
+}
+
+impl Node {
+    /// This process's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// This process's rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Every process of the cluster: role, rank and address.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// Runs this process's server shard until every worker has left or
+    /// been declared dead. Fails if this process is a worker.
+    pub fn run_server(self) -> Result<ServerReport> {
+        let Role::Server(shard) = self.role else {
+            return Err(Error::InvalidConfig {
+                what: "node role",
+                reason: format!("rank {} is {:?}, not a server", self.rank, self.role),
+            });
+        };
+        let ep = self
+            .transport
+            .bind_on(&self.spec.server_name(shard), self.listener)?;
+        Server::new(ep, &self.spec, shard)?.run_until_workers_done()
+    }
+
+    /// Connects this process's worker to every server shard. Fails if this
+    /// process is a server.
+    pub fn worker(self) -> Result<Worker<TcpEndpoint>> {
+        let Role::Worker(id) = self.role else {
+            return Err(Error::InvalidConfig {
+                what: "node role",
+                reason: format!("rank {} is {:?}, not a worker", self.rank, self.role),
+            });
+        };
+        let ep = self
+            .transport
+            .bind_on(&self.spec.worker_name(id.0 as usize), self.listener)?;
+        let deadline = Instant::now() + self.spec.default_timeout();
+        Worker::connect(ep, &self.spec, id, deadline)
+    }
+}
+
+/// A process's announcement at the rendezvous.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Join {
+    rank: usize,
+    world: usize,
+    servers: usize,
+    schema: u64,
+    addr: SocketAddr,
+}
+
+impl Join {
+    fn line(&self) -> String {
+        format!(
+            "laggard-join {VERSION} {} {} {} {:#x} {}\n",
+            self.rank, self.world, self.servers, self.schema, self.addr
+        )
+    }
+
+    fn parse(line: &str) -> std::result::Result<Join, String> {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let bad = || format!("not a laggard join: {:?}", line.trim());
+        if f.len() != 7 || f[0] != "laggard-join" {
+            return Err(bad());
+        }
+        if f[1] != VERSION.to_string() {
+            return Err(format!(
+                "rendezvous version {} (this coordinator speaks {VERSION}); run one laggard \
+                 version everywhere",
+                f[1]
+            ));
+        }
+        let num = |s: &str| s.parse::<usize>().map_err(|_| bad());
+        Ok(Join {
+            rank: num(f[2])?,
+            world: num(f[3])?,
+            servers: num(f[4])?,
+            schema: u64::from_str_radix(f[5].trim_start_matches("0x"), 16).map_err(|_| bad())?,
+            addr: f[6].parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// Sends this process's join and reads the map or the error.
+fn rendezvous(
+    boot: &Bootstrap,
+    coord: SocketAddr,
+    schema: u64,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> Result<(Vec<Member>, Role)> {
+    let started = Instant::now();
+    let mut last = String::new();
+    let stream = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::NoResponse {
+                what: format!(
+                    "the coordinator at {coord} (rank 0) to accept a connection; is rank 0 \
+                     running and reachable? (last error: {last})"
+                ),
+                waited: started.elapsed(),
+            });
+        }
+        match TcpStream::connect_timeout(&coord, left) {
+            Ok(s) => break s,
+            Err(e) => {
+                last = e.to_string();
+                std::thread::sleep(Duration::from_millis(50).min(left));
+            }
+        }
+    };
+    let io = |e: std::io::Error| Error::Transport {
+        reason: format!("the rendezvous with {coord} failed: {e}"),
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .map_err(io)?;
+    let join = Join {
+        rank: boot.rank,
+        world: boot.world,
+        servers: boot.servers,
+        schema,
+        addr,
+    };
+    (&stream).write_all(join.line().as_bytes()).map_err(io)?;
+    let mut members = Vec::new();
+    let mut role = None;
+    for line in BufReader::new(&stream).lines() {
+        let line = line.map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::NoResponse {
+                what: format!("every process of the job to join at {coord}"),
+                waited: started.elapsed(),
+            },
+            _ => io(e),
+        })?;
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let bad = || Error::Protocol {
+            peer: format!("coordinator {coord}"),
+            reason: format!("unexpected line {line:?}"),
+        };
+        match f.as_slice() {
+            ["error", ..] => {
+                return Err(Error::Remote {
+                    peer: format!("coordinator {coord}"),
+                    message: line["error".len()..].trim().to_owned(),
+                });
+            }
+            [kind, index, rank, addr] => {
+                let index: usize = index.parse().map_err(|_| bad())?;
+                let member = Member {
+                    role: parse_role(kind, index).ok_or_else(bad)?,
+                    rank: rank.parse().map_err(|_| bad())?,
+                    addr: addr.parse().map_err(|_| bad())?,
+                };
+                if member.rank == boot.rank {
+                    role = Some(member.role);
+                }
+                members.push(member);
+            }
+            ["end"] => {
+                let role = role.ok_or_else(bad)?;
+                return Ok((members, role));
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Err(Error::Disconnected {
+        peer: format!("coordinator {coord}"),
+        reason: "it closed the rendezvous before sending the cluster map".into(),
+    })
+}
+
+fn parse_role(kind: &str, index: usize) -> Option<Role> {
+    match kind {
+        "server" => Some(Role::Server(index)),
+        "worker" => Some(Role::Worker(WorkerId(u32::try_from(index).ok()?))),
+        _ => None,
+    }
+}
+
+/// Places `servers` shards spread across hosts (one per host in turn, the
+/// lowest ranks first); the other ranks are workers in rank order.
+fn place(joins: &[Join], servers: usize) -> Vec<Member> {
+    let mut hosts: Vec<(IpAddr, Vec<usize>)> = Vec::new();
+    for j in joins {
+        match hosts.iter_mut().find(|(ip, _)| *ip == j.addr.ip()) {
+            Some((_, ranks)) => ranks.push(j.rank),
+            None => hosts.push((j.addr.ip(), vec![j.rank])),
+        }
+    }
+    let mut server_ranks = Vec::new();
+    let mut round = 0;
+    while server_ranks.len() < servers {
+        for (_, ranks) in &hosts {
+            if let Some(&r) = ranks.get(round) {
+                if server_ranks.len() < servers {
+                    server_ranks.push(r);
+                }
+            }
+        }
+        round += 1;
+    }
+    let mut members: Vec<Member> = server_ranks
+        .iter()
+        .enumerate()
+        .map(|(shard, &r)| Member {
+            role: Role::Server(shard),
+            rank: r,
+            addr: joins[r].addr,
+        })
+        .collect();
+    let workers = joins.iter().filter(|j| !server_ranks.contains(&j.rank));
+    for (id, j) in workers.enumerate() {
+        members.push(Member {
+            role: Role::Worker(WorkerId(id as u32)),
+            rank: j.rank,
+            addr: j.addr,
+        });
+    }
+    members
+}
+
+/// Rank 0's side: collects `world` joins, checks them, and answers each
+/// with the map or with the error that stopped the rendezvous.
+fn coordinate(
+    listener: TcpListener,
+    world: usize,
+    servers: usize,
+    schema: u64,
+    deadline: Instant,
+) -> std::result::Result<(), String> {
+    let mut joined: Vec<Option<(TcpStream, Join)>> = (0..world).map(|_| None).collect();
+    let mut extra = Vec::new();
+    let mut error = None;
+    let _ = listener.set_nonblocking(true);
+    while error.is_none() && joined.iter().any(Option::is_none) {
+        if Instant::now() >= deadline {
+            let missing: Vec<usize> = (0..world).filter(|&r| joined[r].is_none()).collect();
+            error = Some(format!(
+                "only {} of {world} processes joined in time; missing ranks {missing:?}",
+                world - missing.len()
+            ));
+            break;
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+        let mut line = String::new();
+        let read = BufReader::new(&stream).read_line(&mut line);
+        let join = match read
+            .map_err(|e| e.to_string())
+            .and_then(|_| Join::parse(&line))
+        {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = (&stream).write_all(format!("error {e}\n").as_bytes());
+                continue;
+            }
+        };
+        let problem = if join.world != world {
+            Some(format!(
+                "rank {} says the job has {} processes, rank 0 says {world}",
+                join.rank, join.world
+            ))
+        } else if join.servers != servers {
+            Some(format!(
+                "rank {} says {} servers, rank 0 says {servers}",
+                join.rank, join.servers
+            ))
+        } else if join.schema != schema {
+            Some(format!(
+                "rank {} built a different cluster spec (fingerprint {:#x}, rank 0 has \
+                 {schema:#x}): every process must declare the same tables",
+                join.rank, join.schema
+            ))
+        } else if join.rank >= world {
+            Some(format!("rank {} is outside a world of {world}", join.rank))
+        } else if let Some((_, first)) = &joined[join.rank] {
+            Some(format!(
+                "rank {} is claimed by two processes, at {} and {}",
+                join.rank, first.addr, join.addr
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(p) => {
+                error = Some(p);
+                extra.push(stream);
+            }
+            None => {
+                let r = join.rank;
+                joined[r] = Some((stream, join));
+            }
+        }
+    }
+    if let Some(e) = &error {
+        let line = format!("error {e}\n");
+        for s in joined.iter().flatten().map(|(s, _)| s).chain(&extra) {
+            let _ = (&*s).write_all(line.as_bytes());
+        }
+        return Err(e.clone());
+    }
+    let joins: Vec<Join> = joined.iter().flatten().map(|(_, j)| j.clone()).collect();
+    let members = place(&joins, servers);
+    let mut map = String::new();
+    for m in &members {
+        let (kind, index) = match m.role {
+            Role::Server(s) => ("server", s),
+            Role::Worker(w) => ("worker", w.0 as usize),
+        };
+        map.push_str(&format!("{kind} {index} {} {}\n", m.rank, m.addr));
+    }
+    map.push_str("end\n");
+    for (s, _) in joined.iter().flatten() {
+        let _ = (&*s).write_all(map.as_bytes());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn join(rank: usize, ip: [u8; 4]) -> Join {
+        Join {
+            rank,
+            world: 6,
+            servers: 2,
+            schema: 7,
+            addr: SocketAddr::from((ip, 1000 + rank as u16)),
+        }
+    }
+
+    #[test]
+    fn joins_round_trip_and_garbage_is_refused() {
+        let j = join(3, [10, 0, 0, 2]);
+        assert_eq!(Join::parse(&j.line()), Ok(j));
+        assert!(Join::parse("GET / HTTP/1.1").is_err());
+        assert!(
+            Join::parse("laggard-join 9 0 1 1 0x1 1.2.3.4:5")
+                .unwrap_err()
+                .contains("version")
+        );
+    }
+
+    #[test]
+    fn servers_are_spread_across_hosts() {
+        // Ranks 0-2 on host a, 3-5 on host b.
+        let joins: Vec<Join> = (0..6)
+            .map(|r| join(r, if r < 3 { [10, 0, 0, 1] } else { [10, 0, 0, 2] }))
+            .collect();
+        let members = place(&joins, 2);
+        let servers: Vec<usize> = members
+            .iter()
+            .filter(|m| matches!(m.role, Role::Server(_)))
+            .map(|m| m.rank)
+            .collect();
+        assert_eq!(servers, [0, 3], "one server per host");
+        let workers: Vec<(u32, usize)> = members
+            .iter()
+            .filter_map(|m| match m.role {
+                Role::Worker(w) => Some((w.0, m.rank)),
+                Role::Server(_) => None,
+            })
+            .collect();
+        assert_eq!(workers, [(0, 1), (1, 2), (2, 4), (3, 5)]);
+    }
+}
