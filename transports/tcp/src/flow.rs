@@ -90,13 +90,19 @@ impl Flow {
         self.window
     }
 
+    /// Waits until `ready`; a closed flow fails the wait unless
+    /// `even_closed` and it is ready.
     fn wait(
         &self,
         deadline: Instant,
+        even_closed: bool,
         ready: impl Fn(&FlowState) -> bool,
     ) -> Result<MutexGuard<'_, FlowState>, Stalled> {
         let mut state = lock(&self.state);
         loop {
+            if even_closed && ready(&state) {
+                return Ok(state);
+            }
             if let Some(reason) = &state.closed {
                 return Err(Stalled::Closed(reason.clone()));
             }
@@ -117,7 +123,7 @@ impl Flow {
     /// `deadline`.
     pub fn reserve(&self, len: usize, deadline: Instant) -> Result<(), Stalled> {
         let window = self.window;
-        let mut state = self.wait(deadline, |s| {
+        let mut state = self.wait(deadline, false, |s| {
             s.outstanding == 0 || s.outstanding.saturating_add(len) <= window
         })?;
         state.outstanding += len;
@@ -152,9 +158,10 @@ impl Flow {
         Ok(())
     }
 
-    /// Waits until the peer released everything sent to it.
+    /// Waits until the peer released everything sent to it (which stays
+    /// true if the connection closed after the last credit came back).
     pub fn drained(&self, deadline: Instant) -> Result<(), Stalled> {
-        self.wait(deadline, |s| s.outstanding == 0).map(drop)
+        self.wait(deadline, true, |s| s.outstanding == 0).map(drop)
     }
 
     /// A frame of `bytes` from the peer was released here. Returns true if

@@ -189,3 +189,21 @@ fn drain_takes_every_item_once() {
         assert_eq!(got, [0, 1]);
     });
 }
+
+/// A peer that returns its last credit and then closes: a waiting flush
+/// succeeds (everything was consumed), whichever it sees first.
+#[test]
+fn flush_succeeds_when_the_last_credit_precedes_the_close() {
+    model(|| {
+        let flow = Arc::new(Flow::new(100));
+        flow.reserve(6, far()).unwrap();
+        let (f1, f2) = (flow.clone(), flow.clone());
+        let flusher = thread::spawn(move || f1.drained(far()));
+        let reader = thread::spawn(move || {
+            f2.credited(6).unwrap();
+            f2.close("the peer closed the connection", false);
+        });
+        reader.join().unwrap();
+        assert_eq!(flusher.join().unwrap(), Ok(()));
+    });
+}

@@ -1,0 +1,169 @@
+//! Training with stragglers over TCP: the same logistic regression as the
+//! in-process demo, but every server shard and every worker is a process
+//! of its own, assembled by the bootstrap from the launcher's environment.
+//!
+//! Run it under the bundled launcher (one host), or under torchrun, Slurm
+//! or Open MPI (see the README):
+//!
+//! ```text
+//! cargo build --release -p laggard-tcp --example train_tcp --bin laggard-launch
+//! target/release/laggard-launch --servers 2 --workers 4 -- \
+//!     target/release/examples/train_tcp [--consistency bsp|ssp:3|async] [--clocks 150]
+//!     [--compute-ms 2] [--straggle-prob 0.5] [--straggle-ms 20] [--dead-after-ms 3000]
+//! ```
+//!
+//! On each clock one worker (drawn at random, the same draw in every
+//! process) straggles with probability `--straggle-prob`. Each worker
+//! prints its progress; worker 0 prints the final loss of the weights it
+//! pulls at the end. Each server prints what it applied and which workers,
+//! if any, it declared dead.
+
+use std::time::{Duration, Instant};
+
+use laggard::{ClusterSpec, Consistency, Sgd, TableSpec, WorkerStatus};
+use laggard_tcp::{Bootstrap, Role};
+
+#[path = "../../../examples/common/logreg.rs"]
+mod logreg;
+
+use logreg::{FEATURES, ROW_WIDTH, ROWS, generate, loss, rand};
+
+struct Config {
+    consistency: Consistency,
+    clocks: u64,
+    compute: Duration,
+    straggle_prob: f64,
+    straggle: Duration,
+    dead_after: Duration,
+}
+
+fn parse_args() -> Result<Config, String> {
+    let mut c = Config {
+        consistency: Consistency::Ssp { staleness: 3 },
+        clocks: 150,
+        compute: Duration::from_millis(2),
+        straggle_prob: 0.5,
+        straggle: Duration::from_millis(20),
+        dead_after: Duration::from_secs(3),
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let flag = pair[0].as_str();
+        let value = pair.get(1).ok_or(format!("{flag} needs a value"))?;
+        let num = |v: &str| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag {
+            "--consistency" => {
+                c.consistency = match value.as_str() {
+                    "bsp" => Consistency::Bsp,
+                    "async" => Consistency::Async,
+                    s => match s.strip_prefix("ssp:") {
+                        Some(n) => Consistency::Ssp {
+                            staleness: num(n)? as u64,
+                        },
+                        None => return Err(format!("--consistency {s}: use bsp, ssp:N or async")),
+                    },
+                }
+            }
+            "--clocks" => c.clocks = num(value)? as u64,
+            "--compute-ms" => c.compute = Duration::from_secs_f64(num(value)? / 1e3),
+            "--straggle-prob" => c.straggle_prob = num(value)?,
+            "--straggle-ms" => c.straggle = Duration::from_secs_f64(num(value)? / 1e3),
+            "--dead-after-ms" => c.dead_after = Duration::from_secs_f64(num(value)? / 1e3),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    Ok(c)
+}
+
+fn main() {
+    let cfg = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("train_tcp: {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(&cfg) {
+        eprintln!("train_tcp: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cfg: &Config) -> laggard::Result<()> {
+    let boot = Bootstrap::from_env()?;
+    let workers = boot.workers() as u32;
+    let spec = ClusterSpec::new(boot.servers(), boot.workers())
+        .table(
+            "weights",
+            TableSpec::<f32>::dense(0..ROWS, ROW_WIDTH)
+                .update(Sgd::new(0.5))
+                .consistency(cfg.consistency),
+        )
+        .dead_after(cfg.dead_after);
+    let node = boot.join(&spec)?;
+    match node.role() {
+        Role::Server(shard) => {
+            let report = node.run_server()?;
+            let dead: Vec<String> = report
+                .clocks
+                .iter()
+                .filter(|&(_, _, status)| status == WorkerStatus::Dead)
+                .map(|(w, c, _)| format!("worker {} (at clock {c})", w.0))
+                .collect();
+            println!(
+                "server shard {shard}: {} pushes applied, {} pulls ({} waited for slower workers)",
+                report.stats.pushes, report.stats.pulls, report.stats.pulls_parked
+            );
+            if !dead.is_empty() {
+                println!(
+                    "server shard {shard}: declared dead after {:?} without a connection: {}",
+                    cfg.dead_after,
+                    dead.join(", ")
+                );
+            }
+        }
+        Role::Worker(id) => {
+            let data = generate();
+            let mut worker = node.worker()?;
+            let weights = worker.table::<f32>("weights")?;
+            let keys: Vec<u64> = (0..ROWS).collect();
+            let mut x = vec![0f32; FEATURES];
+            let mut grad = vec![0f32; FEATURES];
+            let start = Instant::now();
+            for clock in 0..cfg.clocks {
+                worker.pull(&weights, &keys, &mut x)?;
+                logreg::gradient(&data, &x, id.0, workers, clock, &mut grad);
+                let slow = rand(clock ^ 0x5eed) < cfg.straggle_prob
+                    && (rand(clock ^ 0xfeed) * f64::from(workers)) as u32 == id.0;
+                std::thread::sleep(cfg.compute + if slow { cfg.straggle } else { Duration::ZERO });
+                worker.push(&weights, &keys, &grad)?;
+                worker.clock()?;
+                if (clock + 1) % 25 == 0 {
+                    println!(
+                        "worker {}: clock {}  {:.2?}",
+                        id.0,
+                        clock + 1,
+                        start.elapsed()
+                    );
+                }
+            }
+            if id.0 == 0 {
+                worker.clear_cache();
+                worker.pull(&weights, &keys, &mut x)?;
+                println!(
+                    "worker 0: {} after {} clocks in {:.2?}: loss {:.4}",
+                    cfg.consistency,
+                    cfg.clocks,
+                    start.elapsed(),
+                    loss(&data, &x)
+                );
+            }
+            let stats = worker.leave()?;
+            println!(
+                "worker {}: {} messages, {} pulls sent, {} reconnects",
+                id.0, stats.messages_sent, stats.pull_messages, stats.reconnects
+            );
+        }
+    }
+    Ok(())
+}

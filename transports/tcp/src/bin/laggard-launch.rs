@@ -1,0 +1,163 @@
+//! Starts a laggard cluster on this host: S server and P worker processes
+//! of one program, each with the environment the bootstrap reads
+//! (`LAGGARD_RANK`, `LAGGARD_WORLD_SIZE`, `LAGGARD_COORDINATOR`,
+//! `LAGGARD_SERVERS`), their output prefixed by rank.
+//!
+//! ```text
+//! laggard-launch --servers 2 --workers 4 [--port 29500] [--timeout-s 600] -- PROGRAM [ARGS...]
+//! ```
+//!
+//! Exits 0 once every process exited successfully; otherwise says which
+//! ranks failed and how, and exits 1. With `--timeout-s`, processes still
+//! running at the deadline are killed.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+struct Args {
+    servers: usize,
+    workers: usize,
+    port: Option<u16>,
+    timeout: Option<Duration>,
+    program: Vec<String>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let mut a = Args {
+        servers: 1,
+        workers: 2,
+        port: None,
+        timeout: None,
+        program: Vec::new(),
+    };
+    while let Some(flag) = args.next() {
+        if flag == "--" {
+            a.program = args.by_ref().collect();
+            break;
+        }
+        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+        let num = |v: &str| v.parse::<u64>().map_err(|e| format!("{flag} {v}: {e}"));
+        match flag.as_str() {
+            "--servers" => a.servers = num(&value)? as usize,
+            "--workers" => a.workers = num(&value)? as usize,
+            "--port" => a.port = Some(num(&value)? as u16),
+            "--timeout-s" => a.timeout = Some(Duration::from_secs(num(&value)?)),
+            other => return Err(format!("unknown flag {other}")),
+        }
+    }
+    if a.program.is_empty() {
+        return Err("no program given; put it after `--`".into());
+    }
+    if a.servers == 0 || a.workers == 0 {
+        return Err("need at least one server and one worker".into());
+    }
+    Ok(a)
+}
+
+fn forward(rank: usize, stream: impl std::io::Read + Send + 'static, err: bool) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if err {
+                eprintln!("[rank {rank}] {line}");
+            } else {
+                println!("[rank {rank}] {line}");
+            }
+        }
+    });
+}
+
+fn describe(status: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return format!("was killed by signal {sig}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exited with code {code}"),
+        None => "ended abnormally".into(),
+    }
+}
+
+fn main() {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("laggard-launch: {e}");
+            eprintln!(
+                "usage: laggard-launch --servers S --workers P [--port N] [--timeout-s T] -- PROGRAM [ARGS...]"
+            );
+            std::process::exit(2);
+        }
+    };
+    let port = args.port.unwrap_or_else(|| {
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(29500)
+    });
+    let world = args.servers + args.workers;
+    let mut children: Vec<(usize, Child)> = Vec::new();
+    for rank in 0..world {
+        let spawned = Command::new(&args.program[0])
+            .args(&args.program[1..])
+            .env("LAGGARD_RANK", rank.to_string())
+            .env("LAGGARD_WORLD_SIZE", world.to_string())
+            .env("LAGGARD_COORDINATOR", format!("127.0.0.1:{port}"))
+            .env("LAGGARD_SERVERS", args.servers.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        match spawned {
+            Ok(mut child) => {
+                if let Some(out) = child.stdout.take() {
+                    forward(rank, out, false);
+                }
+                if let Some(err) = child.stderr.take() {
+                    forward(rank, err, true);
+                }
+                children.push((rank, child));
+            }
+            Err(e) => {
+                eprintln!("laggard-launch: cannot start {:?}: {e}", args.program[0]);
+                for (_, c) in &mut children {
+                    let _ = c.kill();
+                }
+                std::process::exit(1);
+            }
+        }
+    }
+    let deadline = args.timeout.map(|t| Instant::now() + t);
+    let mut failed = Vec::new();
+    let mut running = children;
+    while !running.is_empty() {
+        let mut still = Vec::new();
+        for (rank, mut child) in running {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) => failed.push(format!("rank {rank} {}", describe(status))),
+                Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failed.push(format!("rank {rank} was still running at the timeout"));
+                }
+                Ok(None) => still.push((rank, child)),
+                Err(e) => failed.push(format!("rank {rank}: cannot wait for it: {e}")),
+            }
+        }
+        running = still;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Let the output threads finish their last lines.
+    std::thread::sleep(Duration::from_millis(50));
+    if failed.is_empty() {
+        eprintln!("laggard-launch: all {world} processes finished");
+    } else {
+        eprintln!("laggard-launch: {}", failed.join("; "));
+        std::process::exit(1);
+    }
+}
