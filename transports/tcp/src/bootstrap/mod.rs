@@ -46,6 +46,8 @@ pub use env::{DEFAULT_PORT, Launcher};
 use crate::{TcpConfig, TcpEndpoint, TcpTransport};
 
 const VERSION: u32 = 1;
+/// How long a failed rendezvous keeps telling late processes why.
+const ERROR_GRACE: Duration = Duration::from_secs(2);
 
 /// A process's role in the cluster, assigned by the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -609,8 +611,27 @@ fn coordinate(
     }
     if let Some(e) = &error {
         let line = format!("error {e}\n");
+        let mut told = 0;
         for s in joined.iter().flatten().map(|(s, _)| s).chain(&extra) {
             let _ = (&*s).write_all(line.as_bytes());
+            told += 1;
+        }
+        // Processes still on their way are told too, for a little while,
+        // rather than finding the coordinator gone.
+        let grace = (Instant::now() + ERROR_GRACE).min(deadline);
+        while told < world && Instant::now() < grace {
+            match listener.accept() {
+                Ok((s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    // Read its join first: closing on unread bytes would
+                    // reset the connection and lose the answer.
+                    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                    let _ = BufReader::new(&s).read_line(&mut String::new());
+                    let _ = (&s).write_all(line.as_bytes());
+                    told += 1;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
         return Err(e.clone());
     }

@@ -1,0 +1,326 @@
+//! Clusters of real processes on loopback, and on two network namespaces
+//! joined by a veth pair (different addresses, as on two hosts).
+//!
+//! The processes are this test binary itself, started with
+//! `LAGGARD_TEST_CHILD` set and filtered to `child_process`, which then
+//! plays its part instead of testing.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use laggard::{ClusterSpec, Consistency, Sum, TableSpec, WorkerStatus};
+use laggard_tcp::{Bootstrap, Role};
+
+const CHILD: &str = "LAGGARD_TEST_CHILD";
+const KEYS: u64 = 8;
+
+fn spec(boot: &Bootstrap, consistency: Consistency, dead_after: Duration) -> ClusterSpec {
+    ClusterSpec::new(boot.servers(), boot.workers())
+        .table(
+            "t",
+            TableSpec::<i64>::dense(0..KEYS, 2)
+                .update(Sum)
+                .consistency(consistency),
+        )
+        .dead_after(dead_after)
+        .timeout(Duration::from_secs(60))
+}
+
+fn delta(worker: u32, clock: u64, key: u64) -> [i64; 2] {
+    [
+        1,
+        i64::from(worker) * 100_000 + clock as i64 * 10 + key as i64,
+    ]
+}
+
+/// What one process does when started as a child.
+#[test]
+fn child_process() {
+    let Ok(mode) = std::env::var(CHILD) else {
+        return; // a normal test run: nothing to do
+    };
+    let clocks: u64 = std::env::var("TEST_CLOCKS").unwrap().parse().unwrap();
+    let boot = Bootstrap::from_env().unwrap();
+    let (consistency, dead_after) = match mode.as_str() {
+        "sum" => (Consistency::Bsp, Duration::from_secs(10)),
+        "kill" => (Consistency::Ssp { staleness: 1 }, Duration::from_secs(1)),
+        other => panic!("unknown child mode {other}"),
+    };
+    let spec = spec(&boot, consistency, dead_after);
+    let workers = boot.workers() as u32;
+    let node = boot.join(&spec).unwrap();
+    match node.role() {
+        Role::Server(shard) => {
+            let report = node.run_server().unwrap();
+            for (w, c, status) in report.clocks.iter() {
+                if status == WorkerStatus::Dead {
+                    println!("shard {shard}: worker {} declared dead at clock {c}", w.0);
+                }
+            }
+            println!("shard {shard}: done");
+        }
+        Role::Worker(id) => {
+            let mut worker = node.worker().unwrap();
+            let t = worker.table::<i64>("t").unwrap();
+            let keys: Vec<u64> = (0..KEYS).collect();
+            let mut rows = vec![0i64; KEYS as usize * 2];
+            for c in 0..clocks {
+                worker.pull(&t, &keys, &mut rows).unwrap();
+                let deltas: Vec<i64> = keys.iter().flat_map(|&k| delta(id.0, c, k)).collect();
+                worker.push(&t, &keys, &deltas).unwrap();
+                worker.clock().unwrap();
+                println!("worker {}: clock {}", id.0, c + 1);
+                if mode == "kill" {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            if mode == "sum" {
+                // BSP: at clock `clocks` every push of every worker is in.
+                worker.pull(&t, &keys, &mut rows).unwrap();
+                for k in 0..KEYS {
+                    let mut expect = [0i64; 2];
+                    for w in 0..workers {
+                        for c in 0..clocks {
+                            let d = delta(w, c, k);
+                            expect[0] += d[0];
+                            expect[1] += d[1];
+                        }
+                    }
+                    assert_eq!(rows[k as usize * 2..k as usize * 2 + 2], expect, "key {k}");
+                }
+                println!("worker {}: sums exact", id.0);
+            }
+            worker.leave().unwrap();
+        }
+    }
+}
+
+/// Starts rank `rank` of a job, optionally inside network namespace `ns`.
+fn start(
+    mode: &str,
+    rank: usize,
+    world: usize,
+    servers: usize,
+    coordinator: &str,
+    clocks: u64,
+    ns: Option<(&str, &str)>,
+) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = match ns {
+        Some((ns, _)) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    cmd.args([
+        "child_process",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD, mode)
+    .env("TEST_CLOCKS", clocks.to_string())
+    .env("LAGGARD_RANK", rank.to_string())
+    .env("LAGGARD_WORLD_SIZE", world.to_string())
+    .env("LAGGARD_SERVERS", servers.to_string())
+    .env("LAGGARD_COORDINATOR", coordinator)
+    .env("LAGGARD_TIMEOUT_MS", "30000")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    if let Some((_, host)) = ns {
+        cmd.env("LAGGARD_HOST", host);
+    }
+    cmd.spawn().expect("start a child process")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for every child (at most `limit`), returning each one's output.
+fn finish(children: Vec<Child>, limit: Duration) -> Vec<(bool, String)> {
+    let deadline = Instant::now() + limit;
+    children
+        .into_iter()
+        .map(|mut c| {
+            let out = c.stdout.take().unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut s = String::new();
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+                s
+            });
+            let ok = loop {
+                if let Some(status) = c.try_wait().unwrap() {
+                    break status.success();
+                }
+                if Instant::now() >= deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            (ok, reader.join().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn processes_on_loopback_compute_exact_sums() {
+    let (servers, workers) = (2, 3);
+    let world = servers + workers;
+    let coord = format!("127.0.0.1:{}", free_port());
+    let children: Vec<Child> = (0..world)
+        .map(|r| start("sum", r, world, servers, &coord, 30, None))
+        .collect();
+    let results = finish(children, Duration::from_secs(120));
+    for (rank, (ok, out)) in results.iter().enumerate() {
+        assert!(ok, "rank {rank} failed; its output:\n{out}");
+    }
+    let exact = results
+        .iter()
+        .filter(|(_, out)| out.contains("sums exact"))
+        .count();
+    assert_eq!(exact, workers);
+}
+
+#[test]
+fn a_killed_worker_is_declared_dead_and_the_others_finish() {
+    let (servers, workers) = (1, 3);
+    let world = servers + workers;
+    let coord = format!("127.0.0.1:{}", free_port());
+    let mut children: Vec<Child> = (0..world)
+        .map(|r| start("kill", r, world, servers, &coord, 300, None))
+        .collect();
+    // One host: rank 0 is the server, ranks 1..=3 are workers 0..=2. Kill
+    // worker 2 once it is well into the run.
+    let mut victim = children.pop().unwrap();
+    let mut lines = BufReader::new(victim.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    loop {
+        let line = lines.next().expect("the victim's output ended").unwrap();
+        if line.contains("worker 2: clock 20") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the victim never got going"
+        );
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    // The others are held back at most `dead_after` (1 s), then go on.
+    let results = finish(children, Duration::from_secs(120));
+    for (rank, (ok, out)) in results.iter().enumerate() {
+        assert!(ok, "rank {rank} failed; its output:\n{out}");
+    }
+    let server = &results[0].1;
+    assert!(
+        server.contains("worker 2 declared dead"),
+        "the server did not report the dead worker:\n{server}"
+    );
+    for (w, (_, out)) in results[1..].iter().enumerate() {
+        assert!(out.contains(&format!("worker {w}: clock 300")), "{out}");
+    }
+}
+
+/// Two network namespaces joined by a veth pair, removed on drop.
+struct Netns {
+    names: [String; 2],
+}
+
+impl Netns {
+    fn create() -> Result<Netns, String> {
+        let id = std::process::id() % 100_000;
+        let names = [format!("lgA{id}"), format!("lgB{id}")];
+        let (va, vb) = (format!("lva{id}"), format!("lvb{id}"));
+        let ns = Netns { names };
+        let [a, b] = &ns.names;
+        let steps: Vec<Vec<&str>> = vec![
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", a],
+            vec!["link", "set", &vb, "netns", b],
+            vec!["-n", a, "addr", "add", "10.231.0.1/24", "dev", &va],
+            vec!["-n", b, "addr", "add", "10.231.0.2/24", "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up"],
+            vec!["-n", b, "link", "set", &vb, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+        ];
+        for step in steps {
+            let out = Command::new("ip")
+                .args(&step)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`ip {}` failed: {}",
+                    step.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+#[test]
+fn servers_and_workers_on_different_addresses() {
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: cannot create network namespaces here ({why}); run as root with iproute2"
+            );
+            return;
+        }
+    };
+    let [a, b] = [ns.names[0].as_str(), ns.names[1].as_str()];
+    // Rank 0 (coordinator and, being alone on its host, a server) in
+    // namespace A; the other ranks in namespace B.
+    let (servers, workers) = (2, 3);
+    let world = servers + workers;
+    let coord = "10.231.0.1:29631";
+    let children: Vec<Child> = (0..world)
+        .map(|r| {
+            let place = if r == 0 {
+                (a, "10.231.0.1")
+            } else {
+                (b, "10.231.0.2")
+            };
+            start("sum", r, world, servers, coord, 20, Some(place))
+        })
+        .collect();
+    let results = finish(children, Duration::from_secs(120));
+    for (rank, (ok, out)) in results.iter().enumerate() {
+        assert!(ok, "rank {rank} failed; its output:\n{out}");
+    }
+    // Placement spread the servers: one per host.
+    assert!(results[0].1.contains("shard 0: done"), "{}", results[0].1);
+    assert!(results[1].1.contains("shard 1: done"), "{}", results[1].1);
+    let exact = results
+        .iter()
+        .filter(|(_, out)| out.contains("sums exact"))
+        .count();
+    assert_eq!(exact, workers);
+}
