@@ -14,7 +14,8 @@ pub enum Launcher {
     /// `LAGGARD_*` variables only.
     Laggard,
     /// torchrun / torch.distributed: `RANK`, `WORLD_SIZE`, `MASTER_ADDR`,
-    /// `MASTER_PORT`.
+    /// `MASTER_PORT` (laggard meets on `MASTER_PORT + 1`: torchrun's own
+    /// store holds `MASTER_PORT`).
     Torchrun,
     /// Slurm: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_JOB_NODELIST`.
     Slurm,
@@ -73,7 +74,9 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
     let (launcher, rank, world, host) = if let (Some(r), Some(w)) =
         (num("RANK")?, num("WORLD_SIZE")?)
     {
-        let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
+        // torchrun's agent serves its own store on MASTER_PORT at that
+        // host, so the rendezvous takes the next port.
+        let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT)) + 1;
         let coord = get("MASTER_ADDR").map(|a| format!("{a}:{port}"));
         (Launcher::Torchrun, Some(r), Some(w), coord)
     } else if let (Some(r), Some(w)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
@@ -147,7 +150,8 @@ mod tests {
         .unwrap();
         assert_eq!(p.launcher, Launcher::Torchrun);
         assert_eq!((p.rank, p.world), (3, 8));
-        assert_eq!(p.coordinator, "10.0.0.1:1234");
+        // MASTER_PORT itself is torchrun's store; laggard meets on the next.
+        assert_eq!(p.coordinator, "10.0.0.1:1235");
     }
 
     #[test]
@@ -195,7 +199,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((p.rank, p.world), (1, 8));
-        assert_eq!(p.coordinator, format!("10.0.0.1:{DEFAULT_PORT}"));
+        assert_eq!(p.coordinator, format!("10.0.0.1:{}", DEFAULT_PORT + 1));
         assert_eq!(p.servers, Some(2));
         assert_eq!(p.timeout, Some(Duration::from_millis(1500)));
         assert_eq!(p.host.as_deref(), Some("10.0.0.9"));

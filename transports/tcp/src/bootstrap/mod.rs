@@ -101,7 +101,8 @@ impl Bootstrap {
     }
 
     /// Reads the placement from this process's environment: torchrun
-    /// (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`), Slurm
+    /// (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`; the rendezvous uses
+    /// `MASTER_PORT + 1`, since torchrun's own store holds `MASTER_PORT`), Slurm
     /// (`SLURM_PROCID`, `SLURM_NTASKS`, the job's first node as
     /// coordinator), Open MPI (`OMPI_COMM_WORLD_RANK`,
     /// `OMPI_COMM_WORLD_SIZE`, with `MASTER_ADDR` or `LAGGARD_COORDINATOR`),
