@@ -308,11 +308,17 @@ struct Writer {
 }
 
 impl Conn {
-    fn new(id: PeerId, peer_name: String, window: usize, stream: TcpStream) -> io::Result<Self> {
+    fn new(
+        id: PeerId,
+        peer_name: String,
+        windows: (usize, usize),
+        stream: TcpStream,
+    ) -> io::Result<Self> {
+        let (theirs, ours) = windows;
         Ok(Conn {
             id,
             peer_name,
-            flow: Flow::new(window),
+            flow: Flow::with_granted(theirs, ours as u64),
             socket: stream.try_clone()?,
             writer: Mutex::new(Writer {
                 stream,
@@ -525,7 +531,8 @@ impl Endpoint for TcpEndpoint {
             .map_err(|e| e.into_error(name, started.elapsed()))?;
         let id = PeerId(self.shared.next_id());
         let window = usize::try_from(accept.window).unwrap_or(usize::MAX);
-        let conn = Conn::new(id, accept.name, window, stream).map_err(|e| Error::Transport {
+        let windows = (window, self.shared.cfg.window);
+        let conn = Conn::new(id, accept.name, windows, stream).map_err(|e| Error::Transport {
             reason: format!("cannot share the socket to {name:?}: {e}"),
         })?;
         let conn = Arc::new(conn);
@@ -872,7 +879,8 @@ fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
         }
         let id = PeerId(shared.next_id());
         let window = usize::try_from(hello.window).unwrap_or(usize::MAX);
-        let conn = Arc::new(Conn::new(id, hello.from, window, stream.try_clone()?)?);
+        let windows = (window, cfg.window);
+        let conn = Arc::new(Conn::new(id, hello.from, windows, stream.try_clone()?)?);
         lock(&shared.conns).insert(id, conn.clone());
         let accept = Accept {
             window: cfg.window as u64,
@@ -951,6 +959,9 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, mut reader: BufReader<Tcp
         }
         match header.kind {
             Kind::Data => {
+                if let Err(e) = conn.flow.arrived(header.len as usize) {
+                    return e;
+                }
                 let mut data = shared.pool.take(header.len as usize);
                 if let Err((_, e)) = fill(&mut reader, &mut data) {
                     return describe(&e, false, cfg);

@@ -50,6 +50,9 @@ struct FlowState {
     outstanding: usize,
     /// Bytes of the peer's frames released here, not yet reported to it.
     to_return: u64,
+    /// Bytes received from the peer whose credit was not returned yet:
+    /// never more than the window granted to it, if it plays by the rules.
+    held: u64,
     /// Why the connection closed, once it has.
     closed: Option<String>,
     /// Whether this side closed it (then nothing more is delivered).
@@ -66,18 +69,23 @@ struct FlowState {
 #[derive(Debug)]
 pub struct Flow {
     window: usize,
+    /// The window this side granted the peer.
+    granted: u64,
     state: Mutex<FlowState>,
     /// Senders waiting for credit, or for every frame to be released.
     changed: Condvar,
 }
 
 impl Flow {
-    pub fn new(window: usize) -> Self {
+    /// A flow whose peer grants `window` bytes and was granted `granted`.
+    pub fn with_granted(window: usize, granted: u64) -> Self {
         Flow {
             window,
+            granted,
             state: Mutex::new(FlowState {
                 outstanding: 0,
                 to_return: 0,
+                held: 0,
                 closed: None,
                 closed_here: false,
             }),
@@ -179,12 +187,31 @@ impl Flow {
         let mut state = lock(&self.state);
         let take = state.to_return.min(u64::from(u32::MAX));
         state.to_return -= take;
+        state.held = state.held.saturating_sub(take);
         take as u32
     }
 
     /// Puts back credit that could not be sent.
     pub fn restore_credit(&self, bytes: u32) {
-        lock(&self.state).to_return += u64::from(bytes);
+        let mut state = lock(&self.state);
+        state.to_return += u64::from(bytes);
+        state.held += u64::from(bytes);
+    }
+
+    /// A frame of `bytes` arrived from the peer. A peer that sends beyond
+    /// the window granted to it (ignoring its credit) is an error.
+    pub fn arrived(&self, bytes: usize) -> Result<(), String> {
+        let mut state = lock(&self.state);
+        let bytes = bytes as u64;
+        if state.held > 0 && state.held.saturating_add(bytes) > self.granted {
+            return Err(format!(
+                "the peer sent {bytes} bytes with {} already unreturned, beyond the \
+                 {}-byte window granted to it",
+                state.held, self.granted
+            ));
+        }
+        state.held += bytes;
+        Ok(())
     }
 
     /// Closes the flow: every waiter and every later wait fails with

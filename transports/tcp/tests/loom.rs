@@ -21,7 +21,7 @@ fn far() -> Instant {
 #[test]
 fn a_sender_waiting_for_credit_is_woken_by_its_return() {
     model(|| {
-        let flow = Arc::new(Flow::new(10));
+        let flow = Arc::new(Flow::with_granted(10, 1 << 20));
         flow.reserve(8, far()).unwrap();
         let (f1, f2) = (flow.clone(), flow.clone());
         let sender = thread::spawn(move || f1.reserve(8, far()));
@@ -36,7 +36,7 @@ fn a_sender_waiting_for_credit_is_woken_by_its_return() {
 #[test]
 fn a_sender_waiting_for_credit_is_woken_by_close() {
     model(|| {
-        let flow = Arc::new(Flow::new(10));
+        let flow = Arc::new(Flow::with_granted(10, 1 << 20));
         flow.reserve(10, far()).unwrap();
         let (f1, f2) = (flow.clone(), flow.clone());
         let sender = thread::spawn(move || f1.reserve(1, far()));
@@ -51,7 +51,7 @@ fn a_sender_waiting_for_credit_is_woken_by_close() {
 #[test]
 fn racing_senders_never_overdraw_the_window() {
     model(|| {
-        let flow = Arc::new(Flow::new(4));
+        let flow = Arc::new(Flow::with_granted(4, 1 << 20));
         flow.reserve(4, far()).unwrap();
         let through = Arc::new(AtomicUsize::new(0));
         let senders: Vec<_> = (0..2)
@@ -89,7 +89,7 @@ fn racing_senders_never_overdraw_the_window() {
 #[test]
 fn flush_is_woken_when_the_last_frame_is_released() {
     model(|| {
-        let flow = Arc::new(Flow::new(100));
+        let flow = Arc::new(Flow::with_granted(100, 1 << 20));
         flow.reserve(3, far()).unwrap();
         flow.reserve(5, far()).unwrap();
         let (f1, f2) = (flow.clone(), flow.clone());
@@ -108,7 +108,7 @@ fn flush_is_woken_when_the_last_frame_is_released() {
 #[test]
 fn released_credit_is_returned_exactly_once() {
     model(|| {
-        let flow = Arc::new(Flow::new(100));
+        let flow = Arc::new(Flow::with_granted(100, 1 << 20));
         let (f1, f2) = (flow.clone(), flow.clone());
         let releaser = thread::spawn(move || {
             let first = f1.released(3);
@@ -195,7 +195,7 @@ fn drain_takes_every_item_once() {
 #[test]
 fn flush_succeeds_when_the_last_credit_precedes_the_close() {
     model(|| {
-        let flow = Arc::new(Flow::new(100));
+        let flow = Arc::new(Flow::with_granted(100, 1 << 20));
         flow.reserve(6, far()).unwrap();
         let (f1, f2) = (flow.clone(), flow.clone());
         let flusher = thread::spawn(move || f1.drained(far()));
