@@ -85,3 +85,27 @@ impl<T> std::ops::Deref for CachePadded<T> {
         &self.0
     }
 }
+
+/// Locks `m`, ignoring poisoning: every critical section in laggard leaves
+/// its state consistent before anything that could panic, so a poisoned
+/// lock is still usable.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Waits on `cv` until notified or `deadline`; the flag is false once the
+/// deadline has passed (without waiting).
+pub fn wait_until<'a, T>(
+    cv: &Condvar,
+    guard: MutexGuard<'a, T>,
+    deadline: std::time::Instant,
+) -> (MutexGuard<'a, T>, bool) {
+    let now = std::time::Instant::now();
+    if now >= deadline {
+        return (guard, false);
+    }
+    let (guard, _) = cv
+        .wait_timeout(guard, deadline - now)
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (guard, true)
+}

@@ -16,39 +16,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::PoisonError;
 use std::time::Instant;
 
 use super::{Endpoint, Event, PeerId, Transport};
 use crate::error::{Error, Result};
-use crate::sync::{Arc, Backoff, Condvar, Mutex, MutexGuard};
+use crate::sync::{Arc, Backoff, Condvar, Mutex, MutexGuard, lock, wait_until};
 
 /// Default credit per connection direction: 256 MiB.
 const DEFAULT_CAPACITY: usize = 256 << 20;
 /// Allocations kept per direction for reuse.
 const POOL: usize = 4;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section below leaves its state consistent before any
-    // call that could panic, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Waits on `cv` until `deadline`; false once the deadline has passed.
-fn wait_until<'a, T>(
-    cv: &Condvar,
-    guard: MutexGuard<'a, T>,
-    deadline: Instant,
-) -> (MutexGuard<'a, T>, bool) {
-    let now = Instant::now();
-    if now >= deadline {
-        return (guard, false);
-    }
-    let (guard, _) = cv
-        .wait_timeout(guard, deadline - now)
-        .unwrap_or_else(PoisonError::into_inner);
-    (guard, true)
-}
 
 /// A namespace of in-process endpoints. Cheap to clone; clones share the
 /// namespace. Independent `InProcess` values are independent networks, so

@@ -7,32 +7,9 @@
 //! two at once.
 
 use std::collections::VecDeque;
-use std::sync::PoisonError;
 use std::time::Instant;
 
-use laggard::sync::{AtomicUsize, Backoff, Condvar, Mutex, MutexGuard, Ordering};
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section leaves its state consistent before anything
-    // that could panic, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Waits on `cv` until `deadline`; false once the deadline has passed.
-fn wait_until<'a, T>(
-    cv: &Condvar,
-    guard: MutexGuard<'a, T>,
-    deadline: Instant,
-) -> (MutexGuard<'a, T>, bool) {
-    let now = Instant::now();
-    if now >= deadline {
-        return (guard, false);
-    }
-    let (guard, _) = cv
-        .wait_timeout(guard, deadline - now)
-        .unwrap_or_else(PoisonError::into_inner);
-    (guard, true)
-}
+use laggard::sync::{AtomicUsize, Backoff, Condvar, Mutex, MutexGuard, Ordering, lock, wait_until};
 
 /// Why a wait on a [`Flow`] ended without success.
 #[derive(Debug, Clone, PartialEq, Eq)]
