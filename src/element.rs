@@ -126,6 +126,50 @@ impl std::fmt::Display for ElementKind {
     }
 }
 
+/// Views little-endian wire bytes as elements without copying, where that
+/// is exact: on a little-endian host, with `bytes` aligned for `T` and a
+/// whole number of elements long. `None` otherwise; convert instead.
+pub(crate) fn le_view<T: Element>(bytes: &[u8]) -> Option<&[T]> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: `Element` is sealed and implemented only for f32, f64, i32,
+    // i64, u32 and u64: plain numbers without padding, for which every bit
+    // pattern is a valid value, so any initialised bytes may be read as
+    // them. `align_to` puts in the middle only whole, aligned elements
+    // inside `bytes`, borrowed for as long as `bytes` is.
+    let (head, mid, tail) = unsafe { bytes.align_to::<T>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
+}
+
+/// As [`le_view`], for writing: elements written through the view land in
+/// `bytes` as their little-endian encoding.
+pub(crate) fn le_view_mut<T: Element>(bytes: &mut [u8]) -> Option<&mut [T]> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: as in `le_view`: every bit pattern is a valid `T`, and bytes
+    // have no invariants of their own, so reading and writing `T`s through
+    // the aligned middle slice is sound; it borrows `bytes` mutably.
+    let (head, mid, tail) = unsafe { bytes.align_to_mut::<T>() };
+    (head.is_empty() && tail.is_empty()).then_some(mid)
+}
+
+/// `values` as their little-endian bytes, without copying, on a
+/// little-endian host; `None` on a big-endian one.
+pub(crate) fn le_bytes<T: Element>(values: &[T]) -> Option<&[u8]> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: `T` is a plain number without padding (see `le_view`), so
+    // all `size_of_val(values)` bytes behind `values` are initialised and
+    // may be read as `u8`, which needs no alignment; the slice borrows
+    // `values`.
+    Some(unsafe {
+        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+    })
+}
+
 /// Writes `values` into `out` as little-endian bytes (`out.len()` must be
 /// `values.len() * T::SIZE`).
 pub(crate) fn write_le_slice<T: Element>(values: &[T], out: &mut [u8]) {
@@ -311,5 +355,44 @@ mod tests {
         assert_eq!(i32::from_f64(1e20), i32::MAX);
         assert_eq!(u64::from_f64(-3.0), 0);
         assert_eq!(f32::from_f64(0.5).to_f64(), 0.5);
+    }
+}
+
+#[cfg(test)]
+mod view_tests {
+    use super::*;
+
+    #[test]
+    fn views_agree_with_the_converting_path() {
+        let values = [1.5f32, -2.0, 3.25];
+        let mut bytes = vec![0u8; 12];
+        write_le_slice(&values, &mut bytes);
+        if let Some(b) = le_bytes(&values) {
+            assert_eq!(b, &bytes[..]);
+        }
+        // An aligned view reads what the converter wrote; a misaligned or
+        // ragged one is refused.
+        let mut buf = vec![0u8; 32];
+        let off = buf.as_ptr().align_offset(4);
+        let aligned = &mut buf[off..off + 16];
+        aligned[..12].copy_from_slice(&bytes);
+        if let Some(v) = le_view::<f32>(&aligned[..12]) {
+            assert_eq!(v, &values);
+        }
+        assert!(le_view::<f32>(&aligned[1..13]).is_none());
+        assert!(le_view::<f32>(&aligned[..11]).is_none());
+        if let Some(v) = le_view_mut::<f32>(&mut aligned[..12]) {
+            v[1] = 7.0;
+        }
+        let mut back = [0f32; 3];
+        read_le_slice(&aligned[..12], &mut back);
+        assert_eq!(
+            back[1],
+            if cfg!(target_endian = "little") {
+                7.0
+            } else {
+                -2.0
+            }
+        );
     }
 }

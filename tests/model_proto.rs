@@ -232,8 +232,9 @@ impl Sim {
             }
             Phase::NeedPush => {
                 for key in 0..self.shards as u64 {
-                    let (row, _) = core.pending_row(0, key).unwrap();
-                    row[w * 8..][..8].copy_from_slice(&1i64.to_le_bytes());
+                    let mut delta = vec![0i64; self.workers];
+                    delta[w] = 1;
+                    core.pending_add(0, key, &delta).unwrap();
                 }
                 let sent = core.flush(true);
                 for (s, seq) in sent {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::codec::{Keys, Message, PullRequest, PullTimedOut, Push, Section, Sections, Welcome};
 use super::server::status_from_code;
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
-use crate::element::ElementKind;
+use crate::element::{Element, ElementKind, le_bytes, write_le_slice};
 use crate::error::{Error, Result};
 use crate::table::ShardMap;
 
@@ -74,6 +74,9 @@ pub struct ClientStats {
     /// Connections to a server re-established after they dropped.
     pub reconnects: u64,
 }
+
+/// Value buffers of acknowledged pushes kept for reuse.
+const SPARE_BUFFERS: usize = 4;
 
 /// Rows pending for one table and shard: deltas summed per key.
 #[derive(Debug, Default)]
@@ -142,6 +145,8 @@ pub struct ClientCore {
     cache: Vec<HashMap<u64, Cached>>,
     next_req: u64,
     requests: HashMap<u64, Request>,
+    /// Emptied value buffers of acknowledged pushes, for the next clocks.
+    spare: Vec<Vec<u8>>,
     stats: ClientStats,
 }
 
@@ -165,6 +170,7 @@ impl ClientCore {
             tables,
             next_req: 1,
             requests: HashMap::new(),
+            spare: Vec::new(),
             stats: ClientStats::default(),
         }
     }
@@ -203,30 +209,43 @@ impl ClientCore {
             })
     }
 
-    /// The pending delta for `key` of `table`, to be added to: returns the
-    /// row's bytes and whether the row is new (all zero, nothing pending
-    /// yet). Deltas for one key within one clock are summed, so the server
+    /// Adds `delta` (one row of `table`'s elements) to the pending push for
+    /// `key`. Deltas for one key within one clock are summed, so the server
     /// applies the update rule once per key per clock.
-    pub fn pending_row(&mut self, table: u32, key: u64) -> Result<(&mut [u8], bool)> {
+    pub fn pending_add<T: Element>(&mut self, table: u32, key: u64, delta: &[T]) -> Result<()> {
         let info = self.table(table)?;
         let shard = info.map.shard_of(key)?;
         let row_bytes = info.row_bytes();
+        if info.kind != T::KIND || delta.len() * T::SIZE != row_bytes {
+            return Err(Error::WidthMismatch {
+                expected: info.width,
+                got: delta.len(),
+            });
+        }
         self.stats.rows_pushed += 1;
         let rows = &mut self.pending[shard][table as usize];
-        let (at, fresh) = match rows.index.get(&key) {
+        match rows.index.get(&key) {
             Some(&at) => {
                 self.stats.rows_coalesced += 1;
-                (at, false)
+                let row = &mut rows.values[at..at + row_bytes];
+                for (d, b) in delta.iter().zip(row.chunks_exact_mut(T::SIZE)) {
+                    T::read_le(b).wrapping_add(*d).write_le(b);
+                }
             }
             None => {
                 let at = rows.values.len();
-                rows.values.resize(at + row_bytes, 0);
+                match le_bytes(delta) {
+                    Some(bytes) => rows.values.extend_from_slice(bytes),
+                    None => {
+                        rows.values.resize(at + row_bytes, 0);
+                        write_le_slice(delta, &mut rows.values[at..]);
+                    }
+                }
                 rows.keys.push(key);
                 rows.index.insert(key, at);
-                (at, true)
             }
-        };
-        Ok((&mut rows.values[at..at + row_bytes], fresh))
+        }
+        Ok(())
     }
 
     /// Moves pending deltas into pushes, one per shard that has any, or one
@@ -241,11 +260,21 @@ impl ClientCore {
             if !tick && pending.iter().all(Rows::is_empty) {
                 continue;
             }
+            let spare = &mut self.spare;
             let sections = pending
                 .iter_mut()
                 .enumerate()
                 .filter(|(_, rows)| !rows.is_empty())
-                .map(|(t, rows)| (t as u32, std::mem::take(rows)))
+                .map(|(t, rows)| {
+                    // Reuse the buffers of acknowledged pushes: a large row
+                    // then costs no fresh allocation (and page faults) per
+                    // clock.
+                    let fresh = Rows {
+                        values: spare.pop().unwrap_or_default(),
+                        ..Rows::default()
+                    };
+                    (t as u32, std::mem::replace(rows, fresh))
+                })
                 .collect();
             let seq = link.next_seq;
             link.next_seq += 1;
@@ -496,7 +525,15 @@ impl ClientCore {
                     ));
                 }
                 while link.unacked.front().is_some_and(|s| s.seq <= ack.seq) {
-                    link.unacked.pop_front();
+                    if let Some(sent) = link.unacked.pop_front() {
+                        for (_, rows) in sent.sections {
+                            if self.spare.len() < SPARE_BUFFERS {
+                                let mut values = rows.values;
+                                values.clear();
+                                self.spare.push(values);
+                            }
+                        }
+                    }
                 }
                 Ok(())
             }

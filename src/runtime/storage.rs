@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::element::{Element, read_le_slice, write_le_slice};
+use crate::element::{Element, le_view, le_view_mut, read_le_slice, write_le_slice};
 use crate::error::{Error, Result};
 use crate::proto::{Keys, ShardTables};
 use crate::table::Table;
@@ -49,8 +49,14 @@ impl<T: Element> ErasedPart for Part<T> {
     fn apply(&mut self, keys: Keys<'_>, values: &[u8]) -> Result<()> {
         let row_bytes = self.row_bytes();
         for (key, bytes) in keys.iter().zip(values.chunks_exact(row_bytes)) {
-            read_le_slice(bytes, &mut self.row);
-            self.table.push(key, &self.row)?;
+            // Straight from the frame where the wire format is the host's.
+            match le_view::<T>(bytes) {
+                Some(row) => self.table.push(key, row)?,
+                None => {
+                    read_le_slice(bytes, &mut self.row);
+                    self.table.push(key, &self.row)?;
+                }
+            }
         }
         Ok(())
     }
@@ -58,8 +64,14 @@ impl<T: Element> ErasedPart for Part<T> {
     fn read(&mut self, keys: &[u64], out: &mut [u8]) -> Result<()> {
         let row_bytes = self.row_bytes();
         for (&key, bytes) in keys.iter().zip(out.chunks_exact_mut(row_bytes)) {
-            self.table.pull(key, &mut self.row)?;
-            write_le_slice(&self.row, bytes);
+            // Straight into the response where the wire format is the host's.
+            match le_view_mut::<T>(bytes) {
+                Some(row) => self.table.pull(key, row)?,
+                None => {
+                    self.table.pull(key, &mut self.row)?;
+                    write_le_slice(&self.row, bytes);
+                }
+            }
         }
         Ok(())
     }

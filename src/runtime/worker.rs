@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::server::send_message;
 use super::spec::ClusterSpec;
 use crate::clock::WorkerId;
-use crate::element::{Element, read_le_slice, write_le_slice};
+use crate::element::{Element, read_le_slice};
 use crate::error::{Error, Result};
 use crate::proto::{ClientCore, ClientStats, Hello, Message, Role, decode};
 use crate::transport::{Endpoint, Event, PeerId};
@@ -260,14 +260,7 @@ impl<E: Endpoint> Worker<E> {
             info.map.shard_of(key)?;
         }
         for (&key, delta) in keys.iter().zip(deltas.chunks_exact(table.width)) {
-            let (row, fresh) = self.core.pending_row(table.index, key)?;
-            if fresh {
-                write_le_slice(delta, row);
-            } else {
-                for (d, b) in delta.iter().zip(row.chunks_exact_mut(T::SIZE)) {
-                    T::read_le(b).wrapping_add(*d).write_le(b);
-                }
-            }
+            self.core.pending_add(table.index, key, delta)?;
         }
         Ok(())
     }
