@@ -372,7 +372,7 @@ mod view_tests {
         }
         // An aligned view reads what the converter wrote; a misaligned or
         // ragged one is refused.
-        let mut buf = vec![0u8; 32];
+        let mut buf = [0u8; 32];
         let off = buf.as_ptr().align_offset(4);
         let aligned = &mut buf[off..off + 16];
         aligned[..12].copy_from_slice(&bytes);
