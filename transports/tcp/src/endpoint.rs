@@ -414,24 +414,24 @@ struct Pool {
 }
 
 impl Pool {
-    /// A buffer of exactly `len` bytes (contents unspecified).
+    /// A buffer of at least `len` initialised bytes (contents
+    /// unspecified). Buffers keep their initialised length between uses,
+    /// so a reused buffer is never zeroed again.
     fn take(&self, len: usize) -> Vec<u8> {
         let mut v = {
             let mut bufs = lock(&self.bufs);
             let best = bufs
                 .iter()
                 .enumerate()
-                .filter(|(_, b)| b.capacity() >= len)
-                .min_by_key(|(_, b)| b.capacity())
+                .filter(|(_, b)| b.len() >= len)
+                .min_by_key(|(_, b)| b.len())
                 .map(|(i, _)| i);
             match best {
                 Some(i) => bufs.swap_remove(i),
                 None => bufs.pop().unwrap_or_default(),
             }
         };
-        if v.len() >= len {
-            v.truncate(len);
-        } else {
+        if v.len() < len {
             v.resize(len, 0);
         }
         v
@@ -566,6 +566,7 @@ impl Endpoint for TcpEndpoint {
             .map_err(|s| conn.error(s, len, started.elapsed()))?;
         Ok(TcpBuf {
             data: self.shared.pool.take(len),
+            len,
             conn,
             sent: false,
         })
@@ -581,7 +582,7 @@ impl Endpoint for TcpEndpoint {
                 reason,
             });
         }
-        let sent = conn.send(Kind::Data, &data);
+        let sent = conn.send(Kind::Data, &data[..buf.len]);
         self.shared.pool.put(data);
         sent.map_err(|reason| Error::Disconnected {
             peer: conn.peer_name.clone(),
@@ -962,8 +963,9 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, mut reader: BufReader<Tcp
                 if let Err(e) = conn.flow.arrived(header.len as usize) {
                     return e;
                 }
-                let mut data = shared.pool.take(header.len as usize);
-                if let Err((_, e)) = fill(&mut reader, &mut data) {
+                let len = header.len as usize;
+                let mut data = shared.pool.take(len);
+                if let Err((_, e)) = fill(&mut reader, &mut data[..len]) {
                     return describe(&e, false, cfg);
                 }
                 if conn.flow.closed_here() {
@@ -972,6 +974,7 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, mut reader: BufReader<Tcp
                 }
                 let frame = TcpFrame {
                     data,
+                    len,
                     conn: conn.clone(),
                     shared: shared.clone(),
                 };
@@ -1023,39 +1026,36 @@ fn keeper_loop(shared: &Arc<Shared>) {
 /// A buffer lent for one frame; send it with [`Endpoint::send`]. Dropping
 /// it unsent gives its credit back.
 pub struct TcpBuf {
+    /// A pooled buffer; the frame is its first `len` bytes.
     data: Vec<u8>,
+    len: usize,
     conn: Arc<Conn>,
     sent: bool,
 }
 
 impl fmt::Debug for TcpBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "TcpBuf({} bytes to {})",
-            self.data.len(),
-            self.conn.peer_name
-        )
+        write!(f, "TcpBuf({} bytes to {})", self.len, self.conn.peer_name)
     }
 }
 
 impl Deref for TcpBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.data
+        &self.data[..self.len]
     }
 }
 
 impl DerefMut for TcpBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        &mut self.data
+        &mut self.data[..self.len]
     }
 }
 
 impl Drop for TcpBuf {
     fn drop(&mut self) {
         if !self.sent {
-            self.conn.flow.unreserve(self.data.len());
+            self.conn.flow.unreserve(self.len);
         }
     }
 }
@@ -1063,7 +1063,9 @@ impl Drop for TcpBuf {
 /// A received frame, read straight into its own buffer; dropping it
 /// returns the sender's credit.
 pub struct TcpFrame {
+    /// A pooled buffer; the frame is its first `len` bytes.
     data: Vec<u8>,
+    len: usize,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
 }
@@ -1073,8 +1075,7 @@ impl fmt::Debug for TcpFrame {
         write!(
             f,
             "TcpFrame({} bytes from {})",
-            self.data.len(),
-            self.conn.peer_name
+            self.len, self.conn.peer_name
         )
     }
 }
@@ -1082,14 +1083,14 @@ impl fmt::Debug for TcpFrame {
 impl Deref for TcpFrame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.data
+        &self.data[..self.len]
     }
 }
 
 impl Drop for TcpFrame {
     fn drop(&mut self) {
         let data = std::mem::take(&mut self.data);
-        let len = data.len();
+        let len = self.len;
         self.shared.pool.put(data);
         if self.conn.flow.released(len) {
             // If the endpoint is gone there is nobody to return credit to.
