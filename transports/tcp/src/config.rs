@@ -29,12 +29,14 @@ pub struct TcpConfig {
     pub(crate) credit_delay: Duration,
     pub(crate) linger: Duration,
     pub(crate) listen_ip: IpAddr,
+    pub(crate) spin: Duration,
 }
 
 impl Default for TcpConfig {
     /// A 64 MiB window per connection direction, frames up to 1 GiB and a
     /// little more, a heartbeat every 500 ms, a silent peer declared gone
-    /// after 5 s, listening on loopback.
+    /// after 5 s, listening on loopback, and `recv` spinning up to 50 us
+    /// before it sleeps.
     fn default() -> Self {
         TcpConfig {
             window: 64 << 20,
@@ -44,6 +46,7 @@ impl Default for TcpConfig {
             credit_delay: Duration::from_micros(500),
             linger: Duration::from_secs(1),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            spin: Duration::from_micros(50),
         }
     }
 }
@@ -94,6 +97,15 @@ impl TcpConfig {
     /// their name (default loopback; `0.0.0.0` for every interface).
     pub fn listen_ip(mut self, ip: IpAddr) -> Self {
         self.listen_ip = ip;
+        self
+    }
+
+    /// How long `recv` spins and yields, waiting for a frame, before it
+    /// sleeps. An answer over loopback or a LAN usually arrives sooner
+    /// than a sleeping thread is woken, so spinning halves small-message
+    /// round trips; it costs CPU while waiting. Zero sleeps at once.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
         self
     }
 

@@ -476,7 +476,7 @@ impl TcpEndpoint {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             cfg: transport.cfg.clone(),
-            inbox: Inbox::new(),
+            inbox: Inbox::with_spin(transport.cfg.spin),
             keeper: Inbox::new(),
             conns: Mutex::default(),
             sockets: Mutex::default(),
