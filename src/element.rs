@@ -133,11 +133,10 @@ pub(crate) fn le_view<T: Element>(bytes: &[u8]) -> Option<&[T]> {
     if cfg!(target_endian = "big") {
         return None;
     }
-    // SAFETY: `Element` is sealed and implemented only for f32, f64, i32,
-    // i64, u32 and u64: plain numbers without padding, for which every bit
-    // pattern is a valid value, so any initialised bytes may be read as
-    // them. `align_to` puts in the middle only whole, aligned elements
-    // inside `bytes`, borrowed for as long as `bytes` is.
+    // `Element` is sealed: only f32, f64, i32, i64, u32 and u64, plain
+    // numbers without padding for which every bit pattern is valid.
+    // SAFETY: so any initialised bytes may be read as `T`; `align_to`
+    // yields only whole, aligned elements inside `bytes`, borrowed as it is.
     let (head, mid, tail) = unsafe { bytes.align_to::<T>() };
     (head.is_empty() && tail.is_empty()).then_some(mid)
 }
@@ -148,9 +147,9 @@ pub(crate) fn le_view_mut<T: Element>(bytes: &mut [u8]) -> Option<&mut [T]> {
     if cfg!(target_endian = "big") {
         return None;
     }
-    // SAFETY: as in `le_view`: every bit pattern is a valid `T`, and bytes
-    // have no invariants of their own, so reading and writing `T`s through
-    // the aligned middle slice is sound; it borrows `bytes` mutably.
+    // SAFETY: every bit pattern is a valid `T` (see `le_view`) and bytes
+    // have no invariants, so reading and writing `T`s through the aligned
+    // middle slice is sound; it borrows `bytes` mutably.
     let (head, mid, tail) = unsafe { bytes.align_to_mut::<T>() };
     (head.is_empty() && tail.is_empty()).then_some(mid)
 }
@@ -161,13 +160,11 @@ pub(crate) fn le_bytes<T: Element>(values: &[T]) -> Option<&[u8]> {
     if cfg!(target_endian = "big") {
         return None;
     }
-    // SAFETY: `T` is a plain number without padding (see `le_view`), so
-    // all `size_of_val(values)` bytes behind `values` are initialised and
-    // may be read as `u8`, which needs no alignment; the slice borrows
-    // `values`.
-    Some(unsafe {
-        std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
-    })
+    let (ptr, len) = (values.as_ptr().cast::<u8>(), std::mem::size_of_val(values));
+    // SAFETY: `T` is a plain number without padding (see `le_view`): all
+    // `len` bytes behind `values` are initialised, `u8` needs no alignment,
+    // and the slice borrows `values`.
+    Some(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
 /// Writes `values` into `out` as little-endian bytes (`out.len()` must be

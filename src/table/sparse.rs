@@ -194,12 +194,10 @@ impl<T: Element> SparseShard<T> {
                         .compare_exchange(current, tagged, Ordering::Release, Ordering::Acquire)
                         .is_err()
                     {
-                        // SAFETY: the CAS failed, so the node was never
-                        // shared. `Node` has no Drop, so the leaf it points
-                        // to (still owned by the trie) is not freed.
-                        drop(unsafe {
-                            Box::from_raw(tagged.map_addr(|a| a & !NODE_TAG).cast::<Node>())
-                        });
+                        let node = tagged.map_addr(|a| a & !NODE_TAG).cast::<Node>();
+                        // SAFETY: the CAS failed, so the node was never shared.
+                        // `Node` has no Drop: the leaf it points to (still the trie's) lives on.
+                        drop(unsafe { Box::from_raw(node) });
                     }
                     // Either way, look at the slot again.
                 }
