@@ -563,6 +563,7 @@ impl<E: Endpoint> Worker<E> {
         self.core.link_lost(shard);
         let hello = self.hello();
         let mut last = cause;
+        let mut pause = Duration::from_millis(10);
         loop {
             let old = self.peers[shard];
             if self.shard_of.remove(&old).is_some() {
@@ -591,7 +592,15 @@ impl<E: Endpoint> Worker<E> {
                     self.core.stats_mut().reconnects += 1;
                     return Ok(());
                 }
-                Err(e) => last = e,
+                Err(e) => {
+                    // An attempt can fail at once (a refusal, a connection
+                    // cut during the hello): pause rather than spin.
+                    last = e;
+                    std::thread::sleep(
+                        pause.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
             }
         }
     }
