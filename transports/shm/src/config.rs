@@ -1,0 +1,124 @@
+//! Settings of a shared-memory network.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use laggard::{Error, Result};
+
+use crate::layout::{RING_MAX, RING_MIN};
+
+/// Settings for [`ShmTransport`](crate::ShmTransport). Every process of a
+/// cluster should use the same ones.
+///
+/// ```
+/// use std::time::Duration;
+/// use laggard_shm::ShmConfig;
+///
+/// let cfg = ShmConfig::default()
+///     .ring_bytes(256 << 20)      // frames up to 128 MiB
+///     .busy_poll(true)            // lowest latency, one core per waiting thread
+///     .liveness_interval(Duration::from_millis(20));
+/// assert_eq!(cfg.max_frame_len(), (128 << 20) - 8);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ShmConfig {
+    pub(crate) dir: PathBuf,
+    pub(crate) ring_bytes: u64,
+    pub(crate) spin: Duration,
+    pub(crate) busy_poll: bool,
+    pub(crate) liveness_interval: Duration,
+}
+
+impl Default for ShmConfig {
+    /// Segments in `/dev/shm`, 64 MiB rings (frames up to 32 MiB), spin
+    /// 50 µs before sleeping, peers checked every 50 ms.
+    fn default() -> Self {
+        ShmConfig {
+            dir: PathBuf::from("/dev/shm"),
+            ring_bytes: 64 << 20,
+            spin: Duration::from_micros(50),
+            busy_poll: false,
+            liveness_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl ShmConfig {
+    /// The directory segments live in (default `/dev/shm`). It must be on
+    /// a memory file system (tmpfs) for the transport to be fast.
+    pub fn dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.dir = dir.as_ref().to_owned();
+        self
+    }
+
+    /// Bytes of each connection direction's ring, rounded up to a power of
+    /// two (at least 4 KiB). It bounds the unread bytes per direction, and
+    /// the largest frame is half of it. Memory is only used as the ring
+    /// fills.
+    pub fn ring_bytes(mut self, bytes: u64) -> Self {
+        self.ring_bytes = bytes;
+        self
+    }
+
+    /// How long a waiting call spins before it sleeps on the futex.
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Never sleep: waiting calls spin until their deadline. The lowest
+    /// latency, at the price of a busy core per waiting thread.
+    pub fn busy_poll(mut self, on: bool) -> Self {
+        self.busy_poll = on;
+        self
+    }
+
+    /// How often a waiting call checks that its peers' processes still
+    /// run; a crashed peer is reported within about this long.
+    pub fn liveness_interval(mut self, every: Duration) -> Self {
+        self.liveness_interval = every;
+        self
+    }
+
+    /// The ring capacity these settings give.
+    pub(crate) fn ring_capacity(&self) -> u64 {
+        self.ring_bytes
+            .clamp(RING_MIN, RING_MAX)
+            .checked_next_power_of_two()
+            .unwrap_or(RING_MAX)
+    }
+
+    /// The largest frame a connection carries.
+    pub fn max_frame_len(&self) -> usize {
+        crate::ring::max_frame(self.ring_capacity()) as usize
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        let bad = |what, reason: String| Err(Error::InvalidConfig { what, reason });
+        if self.ring_bytes > RING_MAX {
+            return bad(
+                "ring bytes",
+                format!(
+                    "{} is more than the {RING_MAX} a ring may hold",
+                    self.ring_bytes
+                ),
+            );
+        }
+        if self.liveness_interval.is_zero() {
+            return bad(
+                "liveness interval",
+                "must be positive (it bounds how long a crashed peer goes unnoticed)".into(),
+            );
+        }
+        if !self.dir.is_dir() {
+            return bad(
+                "segment directory",
+                format!(
+                    "{} is not a directory; use a tmpfs such as /dev/shm",
+                    self.dir.display()
+                ),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,956 @@
+//! The shared-memory transport and its endpoints.
+//!
+//! Binding a name creates the endpoint's mailbox segment. Connecting
+//! creates a connection segment (two rings), claims a slot in the other
+//! endpoint's mailbox, writes the segment's name there and rings its
+//! doorbell; the other side attaches, unlinks the name (both sides keep
+//! their mappings) and reports [`Event::Connected`].
+//!
+//! A lent buffer is a slot of the ring the peer reads, so a frame is
+//! written once, by its sender, into memory its receiver reads in place.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard::{Error, Result};
+
+use crate::config::ShmConfig;
+use crate::doorbell::Doorbell;
+use crate::layout::{self, Header, Owner};
+use crate::ring::{self, Consumer, Producer, RingCtl, Taken};
+use crate::segment::{self, OpenError, Segment};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A shared-memory network: the endpoints of one cluster on this host.
+/// Cheap to clone. Independent cluster ids never see each other.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use laggard::transport::{Endpoint, Event, Transport};
+/// use laggard_shm::ShmTransport;
+///
+/// let net = ShmTransport::new(&format!("doc{}", std::process::id()))?;
+/// let mut server = net.bind("server")?;
+/// let mut client = net.bind("client")?;
+/// let soon = Instant::now() + Duration::from_secs(5);
+/// let peer = client.connect("server", soon)?;
+/// let mut buf = client.lend(peer, 5, soon)?; // a slot of the server's ring
+/// buf.copy_from_slice(b"hello");
+/// client.send(buf)?;
+/// assert!(matches!(server.recv(soon)?, Some(Event::Connected(_))));
+/// match server.recv(soon)? {
+///     Some(Event::Frame(_, frame)) => assert_eq!(&*frame, b"hello"), // read in place
+///     other => panic!("unexpected {other:?}"),
+/// }
+/// # Ok::<(), laggard::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ShmTransport {
+    cluster: String,
+    cfg: Arc<ShmConfig>,
+    me: Owner,
+    /// Numbers the connection segments this value (and its clones) make;
+    /// with `nonce`, their names are unique even among several transports
+    /// of one cluster in one process.
+    serial: Arc<AtomicU64>,
+    nonce: u64,
+}
+
+impl fmt::Debug for ShmTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmTransport")
+            .field("cluster", &self.cluster)
+            .field("dir", &self.cfg.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport_error(reason: String) -> Error {
+    Error::Transport { reason }
+}
+
+impl ShmTransport {
+    /// The network of cluster `cluster` with default settings. The id
+    /// (1 to 32 ASCII letters, digits or `_`) is part of every segment's
+    /// name; all processes of one cluster use the same one.
+    pub fn new(cluster: &str) -> Result<Self> {
+        Self::with_config(cluster, ShmConfig::default())
+    }
+
+    /// The network of cluster `cluster` with settings `cfg`.
+    pub fn with_config(cluster: &str, cfg: ShmConfig) -> Result<Self> {
+        if cluster.is_empty()
+            || cluster.len() > 32
+            || !cluster
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(Error::InvalidConfig {
+                what: "cluster id",
+                reason: format!("{cluster:?}: use 1 to 32 ASCII letters, digits or '_'"),
+            });
+        }
+        cfg.validate()?;
+        let me = Owner::current().map_err(|e| {
+            transport_error(format!(
+                "cannot read this process's start time from /proc: {e}"
+            ))
+        })?;
+        let serial = Arc::new(AtomicU64::new(0));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let nonce = nanos ^ (Arc::as_ptr(&serial) as u64).rotate_left(32);
+        Ok(ShmTransport {
+            cluster: cluster.to_owned(),
+            cfg: Arc::new(cfg),
+            me,
+            serial,
+            nonce,
+        })
+    }
+
+    /// The cluster id.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ShmConfig {
+        &self.cfg
+    }
+
+    /// The file names of this cluster's segments that exist now (for
+    /// checking that nothing was left behind).
+    pub fn segments(&self) -> Vec<String> {
+        let prefix = segment::cluster_prefix(&self.cluster);
+        let mut names: Vec<String> = std::fs::read_dir(&self.cfg.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Removes this cluster's segments whose creating process no longer
+    /// runs (left by crashed runs), and returns their paths. Segments of
+    /// live processes and files that are not laggard segments are left.
+    pub fn remove_stale(&self) -> Vec<PathBuf> {
+        let mut removed = Vec::new();
+        for name in self.segments() {
+            let path = self.cfg.dir.join(&name);
+            if let Ok((_, header)) = Segment::open(&path) {
+                if !header.owner.is_alive() && std::fs::remove_file(&path).is_ok() {
+                    removed.push(path);
+                }
+            }
+        }
+        removed
+    }
+
+    fn mailbox_header(&self, name: &str) -> Header {
+        Header {
+            kind: layout::KIND_MAILBOX,
+            total: layout::MAILBOX_LEN as u64,
+            owner: self.me,
+            param: layout::SLOTS as u64,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Transport for ShmTransport {
+    type Endpoint = ShmEndpoint;
+
+    fn bind(&self, name: &str) -> Result<ShmEndpoint> {
+        if name.is_empty() || name.len() > layout::NAME_MAX {
+            return Err(transport_error(format!(
+                "endpoint name {name:?}: use 1 to {} bytes",
+                layout::NAME_MAX
+            )));
+        }
+        let path = segment::mailbox_path(&self.cfg.dir, &self.cluster, name);
+        if path.file_name().is_some_and(|f| f.len() > 250) {
+            return Err(transport_error(format!(
+                "endpoint name {name:?} is too long for a file name once escaped"
+            )));
+        }
+        let header = self.mailbox_header(name);
+        let mut attempts = 0;
+        let seg = loop {
+            attempts += 1;
+            match Segment::create(&path, &header) {
+                Ok(seg) => break seg,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 3 => {
+                    match Segment::open(&path) {
+                        Ok((old, h)) if h.owner.is_alive() && !Mailbox::closed_in(&old) => {
+                            return Err(transport_error(format!(
+                                "endpoint name {name:?} is already bound (by process {})",
+                                h.owner.pid
+                            )));
+                        }
+                        // A crashed or closed endpoint's mailbox: stale.
+                        Ok(_) => {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(OpenError::Io(e)) => {
+                            return Err(transport_error(format!(
+                                "cannot open {}: {e}",
+                                path.display()
+                            )));
+                        }
+                        Err(OpenError::Invalid(why)) => {
+                            return Err(transport_error(format!(
+                                "{} is in the way and is not a usable laggard segment ({why}); \
+                                 remove it",
+                                path.display()
+                            )));
+                        }
+                    }
+                }
+                Err(e) => {
+                    return Err(transport_error(format!(
+                        "cannot create the segment {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        };
+        let mailbox = Mailbox {
+            seg,
+            owner: self.me,
+        };
+        Ok(ShmEndpoint {
+            net: self.clone(),
+            name: name.to_owned(),
+            path,
+            mailbox,
+            conns: HashMap::new(),
+            order: Vec::new(),
+            rr: 0,
+            next_peer: 0,
+            next_check: Instant::now() + self.cfg.liveness_interval,
+        })
+    }
+}
+
+/// A mapped mailbox segment.
+#[derive(Debug)]
+struct Mailbox {
+    seg: Segment,
+    owner: Owner,
+}
+
+impl Mailbox {
+    fn doorbell(&self) -> &Doorbell {
+        // SAFETY: MB_DOORBELL is in bounds of every mailbox (its length
+        // was checked on open) and 128-aligned; Doorbell is two AtomicU32
+        // (repr(C)), valid for any bytes; the mapping lives as long as
+        // `self`.
+        unsafe { &*(self.seg.ptr(layout::MB_DOORBELL) as *const Doorbell) }
+    }
+
+    fn closed_in(seg: &Segment) -> bool {
+        // Acquire: pairs with the Release store in `ShmEndpoint::drop`.
+        seg.u32_at(layout::MB_CLOSED).load(Ordering::Acquire) != 0
+    }
+
+    fn slot(&self, i: usize, field: usize) -> &AtomicU32 {
+        self.seg
+            .u32_at(layout::MB_SLOTS + i * layout::SLOT_SIZE + field)
+    }
+}
+
+/// One connection, shared by the endpoint and its outstanding buffers and
+/// frames.
+struct Conn {
+    seg: Segment,
+    /// 0 if we connected, 1 if we accepted. We write ring `side`.
+    side: usize,
+    cap: u64,
+    peer_mailbox: Mailbox,
+    peer_name: String,
+    producer: Mutex<Producer>,
+    consumer: Mutex<Consumer>,
+    /// The peer's process died or broke the ring's rules.
+    failed: AtomicBool,
+    why: Mutex<Option<String>>,
+    /// The connection segment's path while it may still exist (we created
+    /// it and the peer may not have attached yet).
+    file: Option<PathBuf>,
+}
+
+impl Conn {
+    fn ctl(&self, ring: usize) -> &RingCtl {
+        // SAFETY: the ring words lie inside the segment's fixed header
+        // area (CONN_RINGS + 2 * 256 <= CONN_DATA <= len, checked on open),
+        // 128-aligned; RingCtl is atomics and padding, valid for any bytes.
+        unsafe { &*(self.seg.ptr(layout::CONN_RINGS + ring * 256) as *const RingCtl) }
+    }
+
+    fn words(&self, ring: usize) -> &[AtomicU64] {
+        let cap = self.cap as usize;
+        self.seg.u64s_at(layout::CONN_DATA + ring * cap, cap / 8)
+    }
+
+    fn data(&self, ring: usize, pos: u64) -> *mut u8 {
+        self.seg
+            .ptr(layout::CONN_DATA + ring * self.cap as usize + (pos % self.cap) as usize)
+    }
+
+    fn closed(&self, side: usize) -> &AtomicU32 {
+        self.seg.u32_at(layout::CONN_CLOSED + side * 128)
+    }
+
+    fn accepted(&self) -> &AtomicU32 {
+        self.seg.u32_at(layout::CONN_ACCEPTED)
+    }
+
+    fn fail(&self, why: String) {
+        lock(&self.why).get_or_insert(why);
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// Whether the peer will send nothing more and read nothing more.
+    fn peer_gone(&self) -> bool {
+        // Acquire (all three): pair with the Release stores of the flags
+        // (`fail`, `close`, `accept`, the mailbox's drop); frames published
+        // before the flag are seen by the ring check that follows.
+        self.failed.load(Ordering::Acquire)
+            || self.closed(1 - self.side).load(Ordering::Acquire) != 0
+            || (self.side == 0
+                && self.accepted().load(Ordering::Acquire) == 0
+                && Mailbox::closed_in(&self.peer_mailbox.seg))
+    }
+
+    fn gone_error(&self) -> Error {
+        let why = lock(&self.why).clone();
+        Error::Disconnected {
+            peer: self.peer_name.clone(),
+            reason: why.unwrap_or_else(|| "the peer closed the shared-memory connection".into()),
+        }
+    }
+
+    /// Marks our side closed and tells the peer.
+    fn close(&self) {
+        // Release: pairs with the Acquire load in the peer's `peer_gone`.
+        self.closed(self.side).store(1, Ordering::Release);
+        self.peer_mailbox.doorbell().ring();
+    }
+
+    fn take(&self) -> std::result::Result<Option<Taken>, ring::Corrupt> {
+        let rx = 1 - self.side;
+        lock(&self.consumer).next(self.ctl(rx), self.words(rx))
+    }
+
+    fn has_more(&self) -> bool {
+        lock(&self.consumer).has_more(self.ctl(1 - self.side))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(file) = &self.file {
+            let _ = std::fs::remove_file(file);
+        }
+    }
+}
+
+/// An endpoint of a [`ShmTransport`] network.
+pub struct ShmEndpoint {
+    net: ShmTransport,
+    name: String,
+    path: PathBuf,
+    mailbox: Mailbox,
+    conns: HashMap<PeerId, Arc<Conn>>,
+    order: Vec<PeerId>,
+    rr: usize,
+    next_peer: u64,
+    next_check: Instant,
+}
+
+impl fmt::Debug for ShmEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmEndpoint")
+            .field("name", &self.name)
+            .field("peers", &self.conns.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ShmEndpoint {
+    fn conn(&self, peer: PeerId) -> Result<Arc<Conn>> {
+        self.conns
+            .get(&peer)
+            .cloned()
+            .ok_or_else(|| Error::Disconnected {
+                peer: format!("{peer} of {}", self.name),
+                reason: "no such connection (it closed or never existed)".into(),
+            })
+    }
+
+    fn add(&mut self, conn: Conn) -> PeerId {
+        self.next_peer += 1;
+        let peer = PeerId(self.next_peer);
+        self.conns.insert(peer, Arc::new(conn));
+        self.order.push(peer);
+        peer
+    }
+
+    fn remove(&mut self, peer: PeerId) -> Option<Arc<Conn>> {
+        self.order.retain(|&p| p != peer);
+        self.conns.remove(&peer)
+    }
+
+    /// Waits on our doorbell until `ready` or `until` (capped at the next
+    /// liveness check, which it runs when due).
+    fn wait(&mut self, until: Instant, ready: impl FnMut() -> bool) {
+        let now = Instant::now();
+        if now >= self.next_check {
+            self.check_liveness();
+            return;
+        }
+        let cfg = &self.net.cfg;
+        self.mailbox
+            .doorbell()
+            .wait(until.min(self.next_check), cfg.spin, cfg.busy_poll, ready);
+    }
+
+    /// Marks connections whose peer process died, and frees connect
+    /// slots claimed by processes that died before finishing.
+    fn check_liveness(&mut self) {
+        for conn in self.conns.values() {
+            let owner = conn.peer_mailbox.owner;
+            if !conn.failed.load(Ordering::Acquire) && !owner.is_alive() {
+                conn.fail(format!(
+                    "its process (pid {}) is gone without closing the connection",
+                    owner.pid
+                ));
+            }
+        }
+        for i in 0..layout::SLOTS {
+            // Acquire: pairs with the claimer's Relaxed pid store after its
+            // Acquire CAS; a pid of 0 means "not yet written".
+            let state = self
+                .mailbox
+                .slot(i, layout::SLOT_STATE)
+                .load(Ordering::Acquire);
+            let pid = self
+                .mailbox
+                .slot(i, layout::SLOT_PID)
+                .load(Ordering::Relaxed);
+            if state == layout::SLOT_CLAIMED
+                && pid != 0
+                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            {
+                self.free_slot(i);
+            }
+        }
+        self.next_check = Instant::now() + self.net.cfg.liveness_interval;
+    }
+
+    fn free_slot(&self, i: usize) {
+        self.mailbox
+            .slot(i, layout::SLOT_PID)
+            .store(0, Ordering::Relaxed);
+        // Release: pairs with the next claimer's Acquire CAS; our reads of
+        // the slot (and the pid reset) happen before its writes.
+        self.mailbox
+            .slot(i, layout::SLOT_STATE)
+            .store(layout::SLOT_FREE, Ordering::Release);
+    }
+
+    /// Attaches to connections waiting in our slots; the first new one.
+    fn accept(&mut self) -> Option<PeerId> {
+        for i in 0..layout::SLOTS {
+            // Acquire: pairs with the connector's Release store of READY;
+            // the name it wrote is visible.
+            if self
+                .mailbox
+                .slot(i, layout::SLOT_STATE)
+                .load(Ordering::Acquire)
+                != layout::SLOT_READY
+            {
+                continue;
+            }
+            let base = layout::MB_SLOTS + i * layout::SLOT_SIZE;
+            let len = self
+                .mailbox
+                .slot(i, layout::SLOT_NAME_LEN)
+                .load(Ordering::Relaxed) as usize;
+            let file = (len <= layout::SLOT_NAME_MAX)
+                .then(|| self.mailbox.seg.read_bytes(base + layout::SLOT_NAME, len));
+            self.free_slot(i);
+            let Some(Ok(file)) = file.map(String::from_utf8) else {
+                continue;
+            };
+            // A connector that vanished, or garbage, is skipped: there is
+            // nobody to report it to.
+            if let Ok(conn) = self.attach(&file) {
+                return Some(self.add(conn));
+            }
+        }
+        None
+    }
+
+    fn attach(&self, file: &str) -> std::result::Result<Conn, String> {
+        let prefix = segment::cluster_prefix(&self.net.cluster);
+        let safe = file.starts_with(&prefix)
+            && file
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !safe {
+            return Err(format!(
+                "{file:?} is not a connection segment of this cluster"
+            ));
+        }
+        let path = self.net.cfg.dir.join(file);
+        let (seg, header) = Segment::open(&path).map_err(|e| format!("{e:?}"))?;
+        // Both sides keep their mappings; the name is no longer needed.
+        let _ = std::fs::remove_file(&path);
+        if header.kind != layout::KIND_CONNECTION {
+            return Err(format!("{file} is not a connection segment"));
+        }
+        let mb_path = segment::mailbox_path(&self.net.cfg.dir, &self.net.cluster, &header.name);
+        let (mb, mb_header) = Segment::open(&mb_path).map_err(|e| format!("{e:?}"))?;
+        if mb_header.owner != header.owner || mb_header.kind != layout::KIND_MAILBOX {
+            return Err(format!(
+                "{}'s mailbox belongs to another process",
+                header.name
+            ));
+        }
+        let conn = Conn {
+            seg,
+            side: 1,
+            cap: header.param,
+            peer_mailbox: Mailbox {
+                seg: mb,
+                owner: header.owner,
+            },
+            peer_name: header.name,
+            producer: Mutex::new(Producer::default()),
+            consumer: Mutex::new(Consumer::default()),
+            failed: AtomicBool::new(false),
+            why: Mutex::new(None),
+            file: None,
+        };
+        // Release: pairs with the connector's Acquire load in `peer_gone`.
+        conn.accepted().store(1, Ordering::Release);
+        Ok(conn)
+    }
+
+    /// Something for `recv` to do (without doing it).
+    fn has_work(&self) -> bool {
+        (0..layout::SLOTS).any(|i| {
+            self.mailbox
+                .slot(i, layout::SLOT_STATE)
+                .load(Ordering::Relaxed)
+                == layout::SLOT_READY
+        }) || self.conns.values().any(|c| c.has_more() || c.peer_gone())
+    }
+
+    /// The next event if one is ready.
+    fn poll(&mut self) -> Option<Event<ShmFrame>> {
+        if let Some(peer) = self.accept() {
+            return Some(Event::Connected(peer));
+        }
+        let n = self.order.len();
+        for k in 0..n {
+            let idx = (self.rr + k) % n;
+            let peer = self.order[idx];
+            let conn = self.conns[&peer].clone();
+            // Checked before the ring: frames sent before the close are
+            // delivered first.
+            let gone = conn.peer_gone();
+            match conn.take() {
+                Ok(Some(taken)) => {
+                    self.rr = idx + 1;
+                    return Some(Event::Frame(peer, ShmFrame { conn, taken }));
+                }
+                Ok(None) if !gone => {}
+                Ok(None) => {
+                    self.remove(peer);
+                    conn.close();
+                    return Some(Event::Disconnected(peer));
+                }
+                Err(ring::Corrupt(why)) => {
+                    conn.fail(format!("it broke the ring protocol: {why}"));
+                    self.remove(peer);
+                    conn.close();
+                    return Some(Event::Disconnected(peer));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Endpoint for ShmEndpoint {
+    type Buf = ShmBuf;
+    type Frame = ShmFrame;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn connect(&mut self, name: &str, deadline: Instant) -> Result<PeerId> {
+        let started = Instant::now();
+        let cfg = self.net.cfg.clone();
+        let mb_path = segment::mailbox_path(&cfg.dir, &self.net.cluster, name);
+        let no_response = |what: String| Error::NoResponse {
+            what,
+            waited: started.elapsed(),
+        };
+        // The peer's mailbox: wait for it to be bound (by a live process).
+        let (mailbox, header) = loop {
+            match Segment::open(&mb_path) {
+                Ok((seg, h)) if h.owner.is_alive() && !Mailbox::closed_in(&seg) => break (seg, h),
+                Ok(_) => {} // stale: its owner died or closed it
+                Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(OpenError::Io(e)) => {
+                    return Err(transport_error(format!(
+                        "cannot open {}: {e}",
+                        mb_path.display()
+                    )));
+                }
+                Err(OpenError::Invalid(why)) => {
+                    return Err(transport_error(format!(
+                        "{} is not a usable laggard mailbox: {why}",
+                        mb_path.display()
+                    )));
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(no_response(format!(
+                    "an endpoint named {name:?} to connect to (cluster {}, {})",
+                    self.net.cluster,
+                    cfg.dir.display()
+                )));
+            }
+            std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(2)));
+        };
+        if header.kind != layout::KIND_MAILBOX {
+            return Err(transport_error(format!(
+                "{} is not a mailbox",
+                mb_path.display()
+            )));
+        }
+        let peer_mailbox = Mailbox {
+            seg: mailbox,
+            owner: header.owner,
+        };
+        // Our connection segment.
+        let serial = self.net.serial.fetch_add(1, Ordering::Relaxed);
+        let file = segment::connection_file(&self.net.cluster, self.net.me, self.net.nonce, serial);
+        let path = cfg.dir.join(&file);
+        let cap = cfg.ring_capacity();
+        let total = layout::connection_len(cap).expect("capacity checked by the config");
+        let seg = Segment::create(
+            &path,
+            &Header {
+                kind: layout::KIND_CONNECTION,
+                total,
+                owner: self.net.me,
+                param: cap,
+                name: self.name.clone(),
+            },
+        )
+        .map_err(|e| transport_error(format!("cannot create {}: {e}", path.display())))?;
+        let conn = Conn {
+            seg,
+            side: 0,
+            cap,
+            peer_mailbox,
+            peer_name: name.to_owned(),
+            producer: Mutex::new(Producer::default()),
+            consumer: Mutex::new(Consumer::default()),
+            failed: AtomicBool::new(false),
+            why: Mutex::new(None),
+            file: Some(path),
+        };
+        // Claim a slot in the peer's mailbox and post the segment's name.
+        let slot = loop {
+            let free = (0..layout::SLOTS).find(|&i| {
+                // Acquire: pairs with the acceptor's Release store of FREE;
+                // its reads of the slot are done before we write it.
+                conn.peer_mailbox
+                    .slot(i, layout::SLOT_STATE)
+                    .compare_exchange(
+                        layout::SLOT_FREE,
+                        layout::SLOT_CLAIMED,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            });
+            if let Some(i) = free {
+                break i;
+            }
+            if conn.peer_gone() || !conn.peer_mailbox.owner.is_alive() {
+                return Err(conn.gone_error());
+            }
+            if Instant::now() >= deadline {
+                return Err(no_response(format!(
+                    "a free connect slot at {name:?} (all {} are taken)",
+                    layout::SLOTS
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        };
+        let base = layout::MB_SLOTS + slot * layout::SLOT_SIZE;
+        let mb = &conn.peer_mailbox;
+        mb.slot(slot, layout::SLOT_PID)
+            .store(self.net.me.pid, Ordering::Relaxed);
+        mb.slot(slot, layout::SLOT_NAME_LEN)
+            .store(file.len() as u32, Ordering::Relaxed);
+        mb.seg
+            .write_bytes(base + layout::SLOT_NAME, file.as_bytes());
+        // Release: pairs with the acceptor's Acquire load in `accept`.
+        mb.slot(slot, layout::SLOT_STATE)
+            .store(layout::SLOT_READY, Ordering::Release);
+        mb.doorbell().ring();
+        Ok(self.add(conn))
+    }
+
+    fn lend(&mut self, peer: PeerId, len: usize, deadline: Instant) -> Result<ShmBuf> {
+        let conn = self.conn(peer)?;
+        let max = ring::max_frame(conn.cap) as usize;
+        if len > max {
+            return Err(transport_error(format!(
+                "a {len}-byte frame exceeds this connection's largest frame ({max} bytes); \
+                 use ShmConfig::ring_bytes of at least {}",
+                (len as u64 + 8) * 2
+            )));
+        }
+        let started = Instant::now();
+        let tx = conn.side;
+        loop {
+            if conn.peer_gone() {
+                return Err(conn.gone_error());
+            }
+            let head = conn.ctl(tx).head();
+            let reserved = lock(&conn.producer).reserve(conn.ctl(tx), conn.words(tx), len as u64);
+            match reserved {
+                Ok(Some(r)) => {
+                    return Ok(ShmBuf {
+                        conn,
+                        record: r.record,
+                        payload: r.payload,
+                        len,
+                        sent: false,
+                    });
+                }
+                Ok(None) => {}
+                Err(ring::Corrupt(why)) => {
+                    conn.fail(format!("it broke the ring protocol: {why}"));
+                    return Err(conn.gone_error());
+                }
+            }
+            if Instant::now() >= deadline {
+                let unread = lock(&conn.producer).unread(conn.ctl(tx));
+                return Err(Error::NoResponse {
+                    what: format!(
+                        "room to send {len} bytes to {}, which has {unread} bytes unread",
+                        conn.peer_name
+                    ),
+                    waited: started.elapsed(),
+                });
+            }
+            self.wait(deadline, || conn.ctl(tx).head() != head || conn.peer_gone());
+        }
+    }
+
+    fn send(&mut self, mut buf: ShmBuf) -> Result<()> {
+        let conn = buf.conn.clone();
+        if conn.peer_gone() {
+            return Err(conn.gone_error()); // dropping `buf` turns it into a pad
+        }
+        buf.sent = true;
+        let tx = conn.side;
+        let moved = lock(&conn.producer).complete(conn.ctl(tx), conn.words(tx), buf.record, true);
+        if moved {
+            conn.peer_mailbox.doorbell().ring();
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
+        let conn = self.conn(peer)?;
+        let started = Instant::now();
+        let tx = conn.side;
+        loop {
+            if lock(&conn.producer).drained(conn.ctl(tx)) || conn.peer_gone() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let unread = lock(&conn.producer).unread(conn.ctl(tx));
+                return Err(Error::NoResponse {
+                    what: format!("{} to read the {unread} bytes sent to it", conn.peer_name),
+                    waited: started.elapsed(),
+                });
+            }
+            let head = conn.ctl(tx).head();
+            self.wait(deadline, || conn.ctl(tx).head() != head || conn.peer_gone());
+        }
+    }
+
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Event<ShmFrame>>> {
+        loop {
+            if let Some(event) = self.poll() {
+                return Ok(Some(event));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            // The doorbell wait borrows `self` immutably inside `wait`'s
+            // closure, so check liveness here and wait on the mailbox
+            // directly.
+            if Instant::now() >= self.next_check {
+                self.check_liveness();
+                continue;
+            }
+            let cfg = self.net.cfg.clone();
+            let until = deadline.min(self.next_check);
+            self.mailbox
+                .doorbell()
+                .wait(until, cfg.spin, cfg.busy_poll, || self.has_work());
+        }
+    }
+
+    fn disconnect(&mut self, peer: PeerId) {
+        if let Some(conn) = self.remove(peer) {
+            conn.close();
+        }
+    }
+
+    fn max_frame_len(&self) -> usize {
+        self.net.cfg.max_frame_len()
+    }
+
+    fn peer_name(&self, peer: PeerId) -> String {
+        match self.conns.get(&peer) {
+            Some(conn) => conn.peer_name.clone(),
+            None => peer.to_string(),
+        }
+    }
+}
+
+impl Drop for ShmEndpoint {
+    fn drop(&mut self) {
+        // Release: pairs with the Acquire loads in `Mailbox::closed_in`.
+        self.mailbox
+            .seg
+            .u32_at(layout::MB_CLOSED)
+            .store(1, Ordering::Release);
+        let _ = std::fs::remove_file(&self.path);
+        for (_, conn) in self.conns.drain() {
+            conn.close();
+        }
+        self.order.clear();
+        // Connections posted but never accepted: their creators see the
+        // closed mailbox within a liveness interval and give up.
+    }
+}
+
+/// A buffer lent by [`ShmEndpoint::lend`]: a slot of the ring the peer
+/// reads. Dropping it unsent turns the slot into padding.
+pub struct ShmBuf {
+    conn: Arc<Conn>,
+    record: u64,
+    payload: u64,
+    len: usize,
+    sent: bool,
+}
+
+impl fmt::Debug for ShmBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShmBuf({} bytes)", self.len)
+    }
+}
+
+impl Deref for ShmBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let ptr = self.conn.data(self.conn.side, self.payload);
+        // SAFETY: `reserve` placed [payload, payload + len) inside the data
+        // region without wrapping and gave it to this buffer alone; the
+        // consumer does not read it until it is published, which happens
+        // only when this buffer is consumed by `send`.
+        unsafe { std::slice::from_raw_parts(ptr, self.len) }
+    }
+}
+
+impl DerefMut for ShmBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        let ptr = self.conn.data(self.conn.side, self.payload);
+        // SAFETY: as in `deref`; `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
+    }
+}
+
+impl Drop for ShmBuf {
+    fn drop(&mut self) {
+        if !self.sent {
+            let tx = self.conn.side;
+            let moved = lock(&self.conn.producer).complete(
+                self.conn.ctl(tx),
+                self.conn.words(tx),
+                self.record,
+                false,
+            );
+            if moved {
+                self.conn.peer_mailbox.doorbell().ring();
+            }
+        }
+    }
+}
+
+/// A received frame, read in place in the ring; dropping it releases the
+/// space to the sender.
+pub struct ShmFrame {
+    conn: Arc<Conn>,
+    taken: Taken,
+}
+
+impl fmt::Debug for ShmFrame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShmFrame({} bytes)", self.taken.len)
+    }
+}
+
+impl Deref for ShmFrame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        let ptr = self.conn.data(1 - self.conn.side, self.taken.payload);
+        // SAFETY: `Consumer::next` checked that the record lies inside the
+        // data region and inside what was published; the producer does not
+        // touch it again until we release it in `drop`.
+        unsafe { std::slice::from_raw_parts(ptr, self.taken.len as usize) }
+    }
+}
+
+impl Drop for ShmFrame {
+    fn drop(&mut self) {
+        let rx = 1 - self.conn.side;
+        let moved =
+            lock(&self.conn.consumer).release(self.conn.ctl(rx), self.taken.start, self.taken.end);
+        if moved {
+            self.conn.peer_mailbox.doorbell().ring();
+        }
+    }
+}

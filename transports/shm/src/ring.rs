@@ -1,0 +1,308 @@
+//! The single-producer, single-consumer byte ring that carries one
+//! direction of a connection.
+//!
+//! Positions are byte counters that only grow (`u64`, so they never wrap in
+//! practice); a position's place in the data region is `pos % cap`. The
+//! producer owns `tail` (everything before it is published), the consumer
+//! owns `head` (everything before it is released and may be overwritten).
+//!
+//! Records are 8-byte aligned: an 8-byte header word (`kind << 32 | len`)
+//! followed by `len` payload bytes padded to 8. A frame never wraps: when
+//! it does not fit before the end of the region, a pad record fills the
+//! rest and the frame starts at the beginning. A lent buffer that is
+//! dropped unsent turns into a pad record of the same size.
+//!
+//! Frames may be released out of order (a received frame is an owned value
+//! that can be dropped anywhere); `head` advances over the longest released
+//! prefix. The producer may have several buffers lent at once; they are
+//! published in the order they were lent.
+//!
+//! Everything the consumer reads from the shared words is checked: a peer
+//! that writes garbage gets its connection closed, never an out-of-bounds
+//! access. The data region is accessed as `AtomicU64` words here (headers);
+//! payload bytes are written and read through the lent buffer and the
+//! received frame, ordered by the same `tail`/`head` publication.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use laggard::sync::{AtomicU64, Ordering};
+
+/// Size of a record header.
+pub const HEADER: u64 = 8;
+/// A record holding a frame.
+const KIND_FRAME: u64 = 1;
+/// A record to skip: the filler before a wrap, or a buffer dropped unsent.
+const KIND_PAD: u64 = 2;
+
+/// The largest frame a ring of `cap` bytes carries: at most half of it, so
+/// a frame always fits once the ring is empty, wherever the wrap falls.
+pub fn max_frame(cap: u64) -> u64 {
+    (cap / 2 - HEADER).min(u64::from(u32::MAX))
+}
+
+fn padded(len: u64) -> u64 {
+    len.div_ceil(8) * 8
+}
+
+fn header(kind: u64, len: u64) -> u64 {
+    kind << 32 | len
+}
+
+/// The two shared words of one ring, each on its own cache line because
+/// different processes write them.
+#[repr(C)]
+pub struct RingCtl {
+    tail: AtomicU64,
+    _pad_tail: [u8; 120],
+    head: AtomicU64,
+    _pad_head: [u8; 120],
+}
+
+impl RingCtl {
+    /// A ring's words outside a segment, with the given positions (loom
+    /// models and the fuzz target; in a segment they start zeroed).
+    pub fn with(tail: u64, head: u64) -> Self {
+        RingCtl {
+            tail: AtomicU64::new(tail),
+            _pad_tail: [0; 120],
+            head: AtomicU64::new(head),
+            _pad_head: [0; 120],
+        }
+    }
+
+    /// The published position (for a doorbell predicate).
+    pub fn tail(&self) -> u64 {
+        // Acquire: pairs with the producer's Release store in `publish`.
+        self.tail.load(Ordering::Acquire)
+    }
+
+    /// The released position (for a doorbell predicate).
+    pub fn head(&self) -> u64 {
+        // Acquire: pairs with the consumer's Release store in `release`.
+        self.head.load(Ordering::Acquire)
+    }
+}
+
+/// The peer broke the ring's rules; the connection must be dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupt(pub String);
+
+/// A region of `words.len() * 8` bytes seen as words; the capacity.
+fn cap_of(words: &[AtomicU64]) -> u64 {
+    words.len() as u64 * 8
+}
+
+fn word(words: &[AtomicU64], pos: u64) -> &AtomicU64 {
+    &words[((pos % cap_of(words)) / 8) as usize]
+}
+
+/// A lent, not yet published, record.
+#[derive(Debug)]
+struct Lent {
+    start: u64,
+    end: u64,
+    ready: bool,
+}
+
+/// The producer's private state.
+#[derive(Debug, Default)]
+pub struct Producer {
+    reserved: u64,
+    published: u64,
+    lent: VecDeque<Lent>,
+}
+
+/// Where a lent buffer lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reservation {
+    /// Start of the record (its key for [`Producer::complete`]).
+    pub record: u64,
+    /// Position of the payload; `% cap` is its offset in the data region.
+    pub payload: u64,
+}
+
+impl Producer {
+    /// Reserves room for a `len`-byte frame, or `None` when the consumer
+    /// has not released enough yet. `len` must be at most [`max_frame`].
+    pub fn reserve(
+        &mut self,
+        ctl: &RingCtl,
+        words: &[AtomicU64],
+        len: u64,
+    ) -> Result<Option<Reservation>, Corrupt> {
+        let cap = cap_of(words);
+        debug_assert!(len <= max_frame(cap));
+        let need = HEADER + padded(len);
+        let at = self.reserved % cap;
+        let filler = if at + need > cap { cap - at } else { 0 };
+        let head = ctl.head();
+        if head > self.published {
+            return Err(Corrupt(format!(
+                "the reader released up to byte {head}, past the {} bytes written",
+                self.published
+            )));
+        }
+        if self.reserved + filler + need - head > cap {
+            return Ok(None);
+        }
+        if filler > 0 {
+            // Relaxed: published by the Release store of `tail`.
+            word(words, self.reserved).store(header(KIND_PAD, filler - HEADER), Ordering::Relaxed);
+        }
+        let record = self.reserved + filler;
+        // Relaxed: published by the Release store of `tail`.
+        word(words, record).store(header(KIND_FRAME, len), Ordering::Relaxed);
+        self.lent.push_back(Lent {
+            start: self.reserved,
+            end: record + need,
+            ready: false,
+        });
+        self.reserved = record + need;
+        Ok(Some(Reservation {
+            record,
+            payload: record + HEADER,
+        }))
+    }
+
+    /// Completes the lent record at `record`: `sent` publishes its frame,
+    /// otherwise it becomes a pad. Returns whether `tail` moved (so the
+    /// consumer should be woken).
+    pub fn complete(
+        &mut self,
+        ctl: &RingCtl,
+        words: &[AtomicU64],
+        record: u64,
+        sent: bool,
+    ) -> bool {
+        let Some(lent) = self
+            .lent
+            .iter_mut()
+            .find(|l| l.start <= record && record < l.end)
+        else {
+            return false;
+        };
+        if !sent {
+            // Relaxed: published by the Release store of `tail`.
+            word(words, record).store(
+                header(KIND_PAD, lent.end - record - HEADER),
+                Ordering::Relaxed,
+            );
+        }
+        lent.ready = true;
+        let before = self.published;
+        while self.lent.front().is_some_and(|l| l.ready) {
+            self.published = self.lent.pop_front().map_or(self.published, |l| l.end);
+        }
+        if self.published == before {
+            return false;
+        }
+        // Release: pairs with the consumer's Acquire load in `next`; the
+        // headers and payloads before `published` are visible with it.
+        ctl.tail.store(self.published, Ordering::Release);
+        true
+    }
+
+    /// Bytes published and not yet released by the consumer.
+    pub fn unread(&self, ctl: &RingCtl) -> u64 {
+        self.published.saturating_sub(ctl.head())
+    }
+
+    /// Whether everything published was released.
+    pub fn drained(&self, ctl: &RingCtl) -> bool {
+        ctl.head() >= self.published
+    }
+}
+
+/// A frame the consumer took from the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// Start of its record: the key for [`Consumer::release`].
+    pub start: u64,
+    /// End of its record.
+    pub end: u64,
+    /// Position of the payload.
+    pub payload: u64,
+    /// Payload length.
+    pub len: u64,
+}
+
+/// The consumer's private state.
+#[derive(Debug, Default)]
+pub struct Consumer {
+    read: u64,
+    head: u64,
+    released: BTreeMap<u64, u64>,
+}
+
+impl Consumer {
+    /// Whether the producer published something not yet taken.
+    pub fn has_more(&self, ctl: &RingCtl) -> bool {
+        ctl.tail() != self.read
+    }
+
+    /// The next frame, skipping pads, or `None` if the ring is empty.
+    pub fn next(&mut self, ctl: &RingCtl, words: &[AtomicU64]) -> Result<Option<Taken>, Corrupt> {
+        let cap = cap_of(words);
+        loop {
+            let tail = ctl.tail();
+            if tail == self.read {
+                return Ok(None);
+            }
+            let avail = tail.wrapping_sub(self.read);
+            if tail < self.read || avail > cap {
+                return Err(Corrupt(format!(
+                    "the writer published up to byte {tail}, but {} were read and the ring holds {cap}",
+                    self.read
+                )));
+            }
+            let at = self.read % cap;
+            // Relaxed: ordered by the Acquire load of `tail` above.
+            let h = word(words, self.read).load(Ordering::Relaxed);
+            let (kind, len) = (h >> 32, h & 0xffff_ffff);
+            let size = HEADER + padded(len);
+            if at + size > cap || size > avail {
+                return Err(Corrupt(format!(
+                    "a record of {len} bytes at offset {at} overruns the ring ({avail} bytes published, capacity {cap})"
+                )));
+            }
+            let start = self.read;
+            self.read += size;
+            match kind {
+                KIND_PAD => {
+                    self.release(ctl, start, self.read);
+                }
+                KIND_FRAME => {
+                    return Ok(Some(Taken {
+                        start,
+                        end: self.read,
+                        payload: start + HEADER,
+                        len,
+                    }));
+                }
+                other => {
+                    return Err(Corrupt(format!(
+                        "unknown record kind {other} at offset {at}"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Releases a taken record; returns whether `head` moved (so the
+    /// producer should be woken).
+    pub fn release(&mut self, ctl: &RingCtl, start: u64, end: u64) -> bool {
+        if start != self.head {
+            self.released.insert(start, end);
+            return false;
+        }
+        self.head = end;
+        while let Some(next) = self.released.remove(&self.head) {
+            self.head = next;
+        }
+        // Release: pairs with the producer's Acquire load in `reserve` and
+        // `drained`; our reads of the released bytes happen before it
+        // overwrites them.
+        ctl.head.store(self.head, Ordering::Release);
+        true
+    }
+}
