@@ -82,20 +82,30 @@ impl Doorbell {
                 std::hint::spin_loop();
             }
         }
-        // Acquire: pairs with the Release bump in `ring`.
-        let seen = self.seq.load(Ordering::Acquire);
-        self.sleepers.fetch_add(1, Ordering::Relaxed);
-        // SeqCst: pairs with the fence in `ring` (see the module docs).
-        fence(Ordering::SeqCst);
-        let ok = ready() || {
-            let now = Instant::now();
-            if now < until {
-                self.sleep(seen, until - now);
+        // Sleep until rung; a wake-up that finds `ready()` still false
+        // (another event, or a stale `seen`) sleeps again.
+        loop {
+            // Acquire: pairs with the Release bump in `ring`.
+            let seen = self.seq.load(Ordering::Acquire);
+            self.sleepers.fetch_add(1, Ordering::Relaxed);
+            // SeqCst: pairs with the fence in `ring` (see the module docs).
+            fence(Ordering::SeqCst);
+            let done = if ready() {
+                Some(true)
+            } else {
+                let now = Instant::now();
+                if now >= until {
+                    Some(false)
+                } else {
+                    self.sleep(seen, until - now);
+                    None
+                }
+            };
+            self.sleepers.fetch_sub(1, Ordering::Relaxed);
+            if let Some(done) = done {
+                return done;
             }
-            ready()
-        };
-        self.sleepers.fetch_sub(1, Ordering::Relaxed);
-        ok
+        }
     }
 
     #[cfg(not(laggard_loom))]

@@ -54,6 +54,7 @@ mod config;
 mod doorbell;
 #[cfg(not(laggard_loom))]
 mod endpoint;
+#[cfg(not(laggard_loom))]
 mod layout;
 mod ring;
 #[cfg(not(laggard_loom))]
@@ -112,5 +113,5 @@ pub fn fuzz_attach(bytes: &[u8]) {
 #[doc(hidden)]
 pub mod loom_api {
     pub use crate::doorbell::Doorbell;
-    pub use crate::ring::{Consumer, Producer, RingCtl, max_frame};
+    pub use crate::ring::{Consumer, Producer, RingCtl, Taken, max_frame};
 }

@@ -1,0 +1,221 @@
+//! Loom models of the shared-memory transport's lock-free parts: the
+//! single-producer single-consumer ring and the doorbell's futex protocol.
+//!
+//! Run with:
+//! `RUSTFLAGS="--cfg laggard_loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p laggard-shm --release --test loom`
+//!
+//! The ring's data region is modelled as loom atomics accessed Relaxed, so
+//! a payload read that is not ordered after its write (a missing
+//! Release/Acquire on the positions) can return a stale value and fail
+//! the content checks. The futex is modelled with a mutex and a condition
+//! variable that never times out, so a lost wake-up is a deadlock loom
+//! reports.
+#![cfg(laggard_loom)]
+
+use std::time::{Duration, Instant};
+
+use laggard::sync::{Arc, AtomicU64, Ordering, model, thread};
+use laggard_shm::loom_api::{Consumer, Doorbell, Producer, RingCtl, max_frame};
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(3600)
+}
+
+/// A ring of `cap` bytes: its shared words and data region.
+struct Ring {
+    ctl: RingCtl,
+    words: Vec<AtomicU64>,
+}
+
+fn ring(cap: usize) -> Arc<Ring> {
+    Arc::new(Ring {
+        ctl: RingCtl::with(0, 0),
+        words: (0..cap / 8).map(|_| AtomicU64::new(0)).collect(),
+    })
+}
+
+impl Ring {
+    fn word(&self, pos: u64, i: usize) -> &AtomicU64 {
+        let cap = self.words.len() as u64 * 8;
+        &self.words[((pos % cap) / 8) as usize + i]
+    }
+
+    /// Writes frame `n` (`words` words, each `n * 100 + i`), retrying while
+    /// the ring is full; `bell` is rung after publishing when given.
+    fn send(&self, producer: &mut Producer, n: u64, words: usize, bell: Option<&Doorbell>) {
+        let r = loop {
+            match producer.reserve(&self.ctl, &self.words, words as u64 * 8) {
+                Ok(Some(r)) => break r,
+                Ok(None) => thread::yield_now(),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        for i in 0..words {
+            self.word(r.payload, i)
+                .store(n * 100 + i as u64, Ordering::Relaxed);
+        }
+        if producer.complete(&self.ctl, &self.words, r.record, true) {
+            if let Some(bell) = bell {
+                bell.ring();
+            }
+        }
+    }
+
+    /// Checks that taken frame `n` holds what `send` wrote.
+    fn check(&self, taken: &laggard_shm::loom_api::Taken, n: u64, words: usize) {
+        assert_eq!(taken.len, words as u64 * 8, "frame {n} has the wrong length");
+        for i in 0..words {
+            assert_eq!(
+                self.word(taken.payload, i).load(Ordering::Relaxed),
+                n * 100 + i as u64,
+                "frame {n} word {i} is stale"
+            );
+        }
+    }
+}
+
+/// Frames arrive in order and intact across a wrap, with the producer
+/// waiting for room; the consumer releases out of order.
+#[test]
+fn ring_delivers_in_order_across_the_wrap() {
+    model(|| {
+        let r = ring(64); // frames of up to 24 bytes
+        assert_eq!(max_frame(64), 24);
+        let sizes = [3usize, 2, 3];
+        let p = r.clone();
+        let producer = thread::spawn(move || {
+            let mut producer = Producer::default();
+            for (n, &w) in sizes.iter().enumerate() {
+                p.send(&mut producer, n as u64, w, None);
+            }
+        });
+        let mut consumer = Consumer::default();
+        let mut held = None;
+        for (n, &w) in sizes.iter().enumerate() {
+            let taken = loop {
+                match consumer.next(&r.ctl, &r.words) {
+                    Ok(Some(t)) => break t,
+                    Ok(None) => thread::yield_now(),
+                    Err(e) => panic!("{e:?}"),
+                }
+            };
+            r.check(&taken, n as u64, w);
+            // Hold the first frame until the second is read.
+            match held.take() {
+                None if n == 0 => held = Some(taken),
+                Some(first) => {
+                    consumer.release(&r.ctl, taken.start, taken.end);
+                    consumer.release(&r.ctl, first.start, first.end);
+                }
+                None => {
+                    consumer.release(&r.ctl, taken.start, taken.end);
+                }
+            }
+        }
+        producer.join().unwrap();
+    });
+}
+
+/// A buffer dropped unsent becomes padding the consumer skips, and a
+/// later frame is still delivered.
+#[test]
+fn an_unsent_buffer_is_skipped() {
+    model(|| {
+        let r = ring(64);
+        let p = r.clone();
+        let producer = thread::spawn(move || {
+            let mut producer = Producer::default();
+            let dropped = producer.reserve(&p.ctl, &p.words, 16).unwrap().unwrap();
+            p.send(&mut producer, 1, 2, None); // lent after, published after
+            producer.complete(&p.ctl, &p.words, dropped.record, false);
+        });
+        let mut consumer = Consumer::default();
+        let taken = loop {
+            match consumer.next(&r.ctl, &r.words) {
+                Ok(Some(t)) => break t,
+                Ok(None) => thread::yield_now(),
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        r.check(&taken, 1, 2);
+        producer.join().unwrap();
+    });
+}
+
+/// A consumer asleep on its doorbell is woken by the frame's publication.
+#[test]
+fn a_sleeping_receiver_is_woken_by_a_frame() {
+    model(|| {
+        let r = ring(64);
+        let bell = Arc::new(Doorbell::new());
+        let (p, b) = (r.clone(), bell.clone());
+        let producer = thread::spawn(move || {
+            let mut producer = Producer::default();
+            p.send(&mut producer, 7, 1, Some(&b));
+        });
+        let mut consumer = Consumer::default();
+        let woke = bell.wait(far(), Duration::ZERO, false, || consumer.has_more(&r.ctl));
+        assert!(woke);
+        let taken = consumer.next(&r.ctl, &r.words).unwrap().unwrap();
+        r.check(&taken, 7, 1);
+        producer.join().unwrap();
+    });
+}
+
+/// A producer asleep waiting for room is woken when the consumer releases.
+#[test]
+fn a_sleeping_sender_is_woken_by_a_release() {
+    model(|| {
+        let r = ring(64);
+        let bell = Arc::new(Doorbell::new()); // the producer's
+        let mut producer = Producer::default();
+        r.send(&mut producer, 1, 3, None); // 32 of 64 bytes
+        r.send(&mut producer, 2, 3, None); // full
+        let (c, b) = (r.clone(), bell.clone());
+        let consumer = thread::spawn(move || {
+            let mut consumer = Consumer::default();
+            let t = consumer.next(&c.ctl, &c.words).unwrap().unwrap();
+            if consumer.release(&c.ctl, t.start, t.end) {
+                b.ring();
+            }
+        });
+        let mut reserved = None;
+        let woke = bell.wait(far(), Duration::ZERO, false, || {
+            reserved = producer.reserve(&r.ctl, &r.words, 24).unwrap();
+            reserved.is_some()
+        });
+        assert!(woke && reserved.is_some());
+        consumer.join().unwrap();
+    });
+}
+
+/// Two ringers and one sleeper: every ring is seen (the sleeper wakes for
+/// the second change even if it slept after the first).
+#[test]
+fn the_doorbell_loses_no_wake_up_between_two_ringers() {
+    model(|| {
+        let bell = Arc::new(Doorbell::new());
+        let count = Arc::new(AtomicU64::new(0));
+        let ringers: Vec<_> = (0..2)
+            .map(|_| {
+                let (b, c) = (bell.clone(), count.clone());
+                thread::spawn(move || {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    b.ring();
+                })
+            })
+            .collect();
+        loop {
+            let seen = count.load(Ordering::Relaxed);
+            if seen == 2 {
+                break;
+            }
+            assert!(bell.wait(far(), Duration::ZERO, false, || {
+                count.load(Ordering::Relaxed) != seen
+            }));
+        }
+        for r in ringers {
+            r.join().unwrap();
+        }
+    });
+}
