@@ -63,7 +63,11 @@ impl Ring {
 
     /// Checks that taken frame `n` holds what `send` wrote.
     fn check(&self, taken: &laggard_shm::loom_api::Taken, n: u64, words: usize) {
-        assert_eq!(taken.len, words as u64 * 8, "frame {n} has the wrong length");
+        assert_eq!(
+            taken.len,
+            words as u64 * 8,
+            "frame {n} has the wrong length"
+        );
         for i in 0..words {
             assert_eq!(
                 self.word(taken.payload, i).load(Ordering::Relaxed),

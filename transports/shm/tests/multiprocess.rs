@@ -34,7 +34,10 @@ fn spec(servers: usize, workers: usize, mode: &str) -> ClusterSpec {
 }
 
 fn delta(worker: u32, clock: u64, key: u64) -> [i64; 2] {
-    [1, i64::from(worker) * 100_000 + clock as i64 * 10 + key as i64]
+    [
+        1,
+        i64::from(worker) * 100_000 + clock as i64 * 10 + key as i64,
+    ]
 }
 
 fn env(name: &str) -> String {
@@ -127,9 +130,22 @@ fn cluster(tag: &str) -> String {
     format!("{tag}{}", std::process::id())
 }
 
-fn spawn(cluster: &str, role: &str, mode: &str, servers: usize, workers: usize, clocks: u64) -> Child {
+fn spawn(
+    cluster: &str,
+    role: &str,
+    mode: &str,
+    servers: usize,
+    workers: usize,
+    clocks: u64,
+) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_process", "--nocapture", "--test-threads", "1"])
+        .args([
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD, role)
         .env("SHM_CLUSTER", cluster)
         .env("SHM_MODE", mode)
@@ -160,11 +176,17 @@ fn processes_sum_exactly_and_leave_nothing_behind() {
     let mut children = Vec::new();
     for s in 0..servers {
         let role = format!("server:{s}");
-        children.push((role.clone(), spawn(&cluster, &role, "sum", servers, workers, clocks)));
+        children.push((
+            role.clone(),
+            spawn(&cluster, &role, "sum", servers, workers, clocks),
+        ));
     }
     for w in 0..workers {
         let role = format!("worker:{w}");
-        children.push((role.clone(), spawn(&cluster, &role, "sum", servers, workers, clocks)));
+        children.push((
+            role.clone(),
+            spawn(&cluster, &role, "sum", servers, workers, clocks),
+        ));
     }
     let mut exact = 0;
     for (role, child) in children {
@@ -173,7 +195,11 @@ fn processes_sum_exactly_and_leave_nothing_behind() {
     }
     assert_eq!(exact, workers, "every worker checks the sums");
     let net = ShmTransport::new(&cluster).unwrap();
-    assert_eq!(net.segments(), Vec::<String>::new(), "segments left in /dev/shm");
+    assert_eq!(
+        net.segments(),
+        Vec::<String>::new(),
+        "segments left in /dev/shm"
+    );
 }
 
 #[test]
@@ -183,7 +209,14 @@ fn a_killed_worker_is_declared_dead_and_its_segment_cleaned_up() {
     let server = spawn(&cluster, "server:0", "kill", 1, workers, clocks);
     let mut others = Vec::new();
     for w in [0, 1] {
-        others.push(spawn(&cluster, &format!("worker:{w}"), "kill", 1, workers, clocks));
+        others.push(spawn(
+            &cluster,
+            &format!("worker:{w}"),
+            "kill",
+            1,
+            workers,
+            clocks,
+        ));
     }
     let mut victim = spawn(&cluster, "worker:2", "kill", 1, workers, clocks);
     // Kill the victim once it is well into the run.
@@ -197,7 +230,11 @@ fn a_killed_worker_is_declared_dead_and_its_segment_cleaned_up() {
     victim.wait().unwrap();
     for (w, child) in others.into_iter().enumerate() {
         let lines = finish(&format!("worker {w}"), child);
-        assert!(lines.iter().any(|l| l.ends_with(&format!("clock {clocks}"))));
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with(&format!("clock {clocks}")))
+        );
     }
     let lines = finish("server", server);
     assert!(
@@ -234,7 +271,10 @@ fn a_crashed_peer_is_a_disconnect_within_the_liveness_interval() {
     // The default liveness interval is 50 ms; the deadline allows plenty
     // for a slow CI machine. The process sent no close: only the liveness
     // check can tell.
-    match watcher.recv(Instant::now() + Duration::from_secs(10)).unwrap() {
+    match watcher
+        .recv(Instant::now() + Duration::from_secs(10))
+        .unwrap()
+    {
         Some(Event::Disconnected(p)) => assert_eq!(p, peer),
         other => panic!("expected a disconnect, got {other:?}"),
     }
@@ -244,7 +284,9 @@ fn a_crashed_peer_is_a_disconnect_within_the_liveness_interval() {
     assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
     drop(watcher);
     // The victim's mailbox is stale: rebinding its name replaces it.
-    let again = net.bind("victim").expect("a dead process's name can be bound");
+    let again = net
+        .bind("victim")
+        .expect("a dead process's name can be bound");
     drop(again);
     assert_eq!(net.segments(), Vec::<String>::new());
 }

@@ -1,0 +1,206 @@
+//! Bad segments and bad settings are errors, never panics, hangs or
+//! undefined behaviour: foreign, truncated and world-writable files in a
+//! segment's place, a peer that corrupts its ring, and invalid settings.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use laggard::Error;
+use laggard::transport::{Endpoint, Event, Transport};
+use laggard_shm::{ShmConfig, ShmTransport};
+
+fn net(tag: &str) -> ShmTransport {
+    ShmTransport::new(&format!("{tag}{}", std::process::id())).unwrap()
+}
+
+fn mailbox(net: &ShmTransport, name: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/shm/laggard-{}-ep-{name}", net.cluster()))
+}
+
+fn write_file(path: &PathBuf, bytes: &[u8], mode: u32) {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
+
+#[test]
+fn a_foreign_file_in_a_mailbox_place_is_an_error() {
+    let net = net("foreign");
+    let path = mailbox(&net, "squatted");
+    write_file(&path, &[0xAB; 20_000], 0o600);
+    let err = net.bind("squatted").unwrap_err();
+    assert!(
+        err.to_string().contains("not a usable laggard segment"),
+        "{err}"
+    );
+    let mut client = net.bind("client").unwrap();
+    let err = client.connect("squatted", soon()).unwrap_err();
+    assert!(err.to_string().contains("magic"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_truncated_or_world_writable_mailbox_is_an_error() {
+    let net = net("trunc");
+    let real = net.bind("real").unwrap();
+    let bytes = std::fs::read(mailbox(&net, "real")).unwrap();
+    let mut client = net.bind("client").unwrap();
+
+    let short = mailbox(&net, "short");
+    write_file(&short, &bytes[..bytes.len() / 2], 0o600);
+    let err = client.connect("short", soon()).unwrap_err();
+    assert!(err.to_string().contains("truncated"), "{err}");
+
+    let open = mailbox(&net, "open");
+    write_file(&open, &bytes, 0o666);
+    std::fs::set_permissions(&open, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let err = client.connect("open", soon()).unwrap_err();
+    assert!(err.to_string().contains("other users"), "{err}");
+
+    std::fs::remove_file(short).unwrap();
+    std::fs::remove_file(open).unwrap();
+    drop(real);
+}
+
+/// Connects `client` to `server` and returns the connection segment's
+/// file, which exists until the server accepts.
+fn connect_unaccepted(
+    net: &ShmTransport,
+    client: &mut impl Endpoint,
+    server: &str,
+) -> (laggard::transport::PeerId, File) {
+    let peer = client.connect(server, soon()).unwrap();
+    let conn = net
+        .segments()
+        .into_iter()
+        .find(|n| n.contains("-conn-"))
+        .expect("the connection segment exists until accepted");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/dev/shm/{conn}"))
+        .unwrap();
+    (peer, file)
+}
+
+fn expect_connect_then_disconnect(server: &mut laggard_shm::ShmEndpoint) {
+    assert!(matches!(
+        server.recv(soon()).unwrap(),
+        Some(Event::Connected(_))
+    ));
+    match server.recv(soon()).unwrap() {
+        Some(Event::Disconnected(_)) => {}
+        other => panic!("a corrupt ring must drop the connection, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_peer_that_corrupts_its_ring_is_dropped() {
+    // Offsets from the layout (see `layout.rs`): ring 0's `tail` word is
+    // at 1024, its data at 4096.
+    let cases: [(&str, u64, Option<u64>); 3] = [
+        ("tail past the capacity", 1 << 40, None),
+        ("unknown record kind", 16, Some(7 << 32 | 8)),
+        ("record longer than published", 16, Some(1 << 32 | 4000)),
+    ];
+    for (what, tail, header) in cases {
+        let net = net("corrupt");
+        let mut server = net.bind("server").unwrap();
+        let mut client = net.bind("client").unwrap();
+        let (peer, mut file) = connect_unaccepted(&net, &mut client, "server");
+        if let Some(h) = header {
+            file.seek(SeekFrom::Start(4096)).unwrap();
+            file.write_all(&h.to_ne_bytes()).unwrap();
+        }
+        file.seek(SeekFrom::Start(1024)).unwrap();
+        file.write_all(&tail.to_ne_bytes()).unwrap();
+        expect_connect_then_disconnect(&mut server);
+        // The writer learns that the connection is gone.
+        let err = client
+            .lend(peer, 8, soon())
+            .and_then(|buf| client.send(buf))
+            .unwrap_err();
+        assert!(matches!(err, Error::Disconnected { .. }), "{what}: {err:?}");
+        drop((server, client));
+        assert_eq!(net.segments(), Vec::<String>::new(), "{what}");
+    }
+}
+
+#[test]
+fn a_corrupt_connection_header_is_refused() {
+    let net = net("badconn");
+    let mut server = net.bind("server").unwrap();
+    let mut client = net.bind("client").unwrap();
+    let (_peer, mut file) = connect_unaccepted(&net, &mut client, "server");
+    file.seek(SeekFrom::Start(40)).unwrap(); // the ring capacity
+    file.write_all(&3000u64.to_ne_bytes()).unwrap();
+    // Refused: no connection event, and nothing panics.
+    assert!(
+        server
+            .recv(Instant::now() + Duration::from_millis(200))
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn an_oversized_frame_is_an_error_that_says_what_to_change() {
+    let net = ShmTransport::with_config(
+        &format!("big{}", std::process::id()),
+        ShmConfig::default().ring_bytes(1 << 16),
+    )
+    .unwrap();
+    let _server = net.bind("server").unwrap();
+    let mut client = net.bind("client").unwrap();
+    let peer = client.connect("server", soon()).unwrap();
+    let err = client.lend(peer, 1 << 16, soon()).unwrap_err();
+    assert!(err.to_string().contains("ring_bytes"), "{err}");
+    assert!(client.lend(peer, (1 << 15) - 8, soon()).is_ok());
+}
+
+#[test]
+fn a_bound_name_cannot_be_bound_twice() {
+    let net = net("twice");
+    let _a = net.bind("name").unwrap();
+    let err = net.bind("name").unwrap_err();
+    assert!(err.to_string().contains("already bound"), "{err}");
+    let err = net.bind("").unwrap_err();
+    assert!(err.to_string().contains("1 to"), "{err}");
+}
+
+#[test]
+fn invalid_settings_are_errors() {
+    let bad = [
+        ShmTransport::new("has-dash").unwrap_err(),
+        ShmTransport::new("").unwrap_err(),
+        ShmTransport::with_config("ok", ShmConfig::default().dir("/no/such/dir")).unwrap_err(),
+        ShmTransport::with_config("ok", ShmConfig::default().liveness_interval(Duration::ZERO))
+            .unwrap_err(),
+        ShmTransport::with_config("ok", ShmConfig::default().ring_bytes(1 << 50)).unwrap_err(),
+    ];
+    for err in bad {
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    }
+}
+
+#[test]
+fn connecting_to_nobody_times_out_with_the_name() {
+    let net = net("nobody");
+    let mut client = net.bind("client").unwrap();
+    let err = client
+        .connect("absent", Instant::now() + Duration::from_millis(50))
+        .unwrap_err();
+    assert!(matches!(err, Error::NoResponse { .. }), "{err:?}");
+    assert!(err.to_string().contains("absent"), "{err}");
+}
