@@ -243,6 +243,7 @@ impl Transport for ShmTransport {
             order: Vec::new(),
             rr: 0,
             next_peer: 0,
+            scanned: 0,
             next_check: Instant::now() + self.cfg.liveness_interval,
         })
     }
@@ -381,6 +382,8 @@ pub struct ShmEndpoint {
     rr: usize,
     next_peer: u64,
     next_check: Instant,
+    /// The mailbox's `posted` count when its slots were last scanned.
+    scanned: u32,
 }
 
 impl fmt::Debug for ShmEndpoint {
@@ -474,8 +477,22 @@ impl ShmEndpoint {
             .store(layout::SLOT_FREE, Ordering::Release);
     }
 
+    /// The mailbox's count of posted connections.
+    fn posted(&self) -> u32 {
+        // Acquire: pairs with the connector's Release increment, made after
+        // it set its slot READY; the scan that follows sees the slot.
+        self.mailbox
+            .seg
+            .u32_at(layout::MB_POSTED)
+            .load(Ordering::Acquire)
+    }
+
     /// Attaches to connections waiting in our slots; the first new one.
     fn accept(&mut self) -> Option<PeerId> {
+        let posted = self.posted();
+        if posted == self.scanned {
+            return None;
+        }
         for i in 0..layout::SLOTS {
             // Acquire: pairs with the connector's Release store of READY;
             // the name it wrote is visible.
@@ -501,9 +518,12 @@ impl ShmEndpoint {
             // A connector that vanished, or garbage, is skipped: there is
             // nobody to report it to.
             if let Ok(conn) = self.attach(&file) {
+                // More may wait: `scanned` stays behind until a scan
+                // finds nothing.
                 return Some(self.add(conn));
             }
         }
+        self.scanned = posted;
         None
     }
 
@@ -723,6 +743,10 @@ impl Endpoint for ShmEndpoint {
         // Release: pairs with the acceptor's Acquire load in `accept`.
         mb.slot(slot, layout::SLOT_STATE)
             .store(layout::SLOT_READY, Ordering::Release);
+        // Release: pairs with the Acquire load in the acceptor's `posted`.
+        mb.seg
+            .u32_at(layout::MB_POSTED)
+            .fetch_add(1, Ordering::Release);
         mb.doorbell().ring();
         Ok(self.add(conn))
     }

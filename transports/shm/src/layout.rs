@@ -9,7 +9,7 @@
 //! | offset | contents |
 //! |---|---|
 //! | 0 | header: magic, version, kind, total length, owner (pid, start time), slot count, endpoint name |
-//! | 256 | `closed` flag (the endpoint was dropped) |
+//! | 256 | `closed` flag (the endpoint was dropped); at 264, `posted`: connections posted so far |
 //! | 384 | doorbell (futex word, sleepers) |
 //! | 512 | connect slots, [`SLOT_SIZE`] bytes each: state, claimer pid, connection segment name |
 //!
@@ -55,6 +55,9 @@ pub const HEADER_LEN: usize = OFF_NAME + NAME_MAX;
 
 /// Mailbox: the `closed` word.
 pub const MB_CLOSED: usize = 256;
+/// Mailbox: how many connections were posted to the slots (so the owner
+/// scans them only when this moved).
+pub const MB_POSTED: usize = 264;
 /// Mailbox: the doorbell.
 pub const MB_DOORBELL: usize = 384;
 /// Mailbox: the first connect slot.

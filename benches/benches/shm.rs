@@ -1,0 +1,228 @@
+//! The shared-memory transport, each figure against a baseline in the same
+//! run. Server and worker are threads of this process, but everything
+//! between them goes through `/dev/shm` segments and futexes exactly as
+//! between processes.
+//!
+//! - `shm_small_64B`: a 64-byte push and its acknowledgement (push, flush,
+//!   wait until applied), in busy-poll mode, against a two-thread
+//!   cache-line ping-pong. Also the transport alone: a 64-byte frame and an
+//!   8-byte reply.
+//! - `shm_large_{4,64}MiB`: one row pushed (and applied), or pulled after a
+//!   clock made the cached copy stale, against `memcpy` of the same size. Also the transport alone: the row written
+//!   into a lent ring slot by the sender and copied out by the receiver.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use laggard::transport::{Endpoint, Event, Transport};
+use laggard::{ClusterSpec, Consistency, Server, ServerReport, TableSpec, Worker, WorkerId};
+use laggard_shm::{ShmConfig, ShmEndpoint, ShmTransport};
+
+fn net(tag: &str, cfg: ShmConfig) -> ShmTransport {
+    ShmTransport::with_config(&format!("bench{tag}{}", std::process::id()), cfg).unwrap()
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+/// One server shard on a thread and worker 0, over `net`.
+fn cluster(
+    spec: &ClusterSpec,
+    net: &ShmTransport,
+) -> (
+    Worker<ShmEndpoint>,
+    JoinHandle<laggard::Result<ServerReport>>,
+) {
+    let server = Server::new(net.bind(&spec.server_name(0)).unwrap(), spec, 0).unwrap();
+    let serving = std::thread::spawn(move || server.run_until_workers_done());
+    let ep = net.bind(&spec.worker_name(0)).unwrap();
+    let worker = Worker::connect(ep, spec, WorkerId(0), far()).unwrap();
+    (worker, serving)
+}
+
+/// A second thread that answers every odd value of `line` with the next
+/// even one, until `stop`.
+fn pingpong_partner(line: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            let v = line.load(Ordering::Acquire);
+            if v % 2 == 1 {
+                line.store(v + 1, Ordering::Release);
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    })
+}
+
+/// A transport-level echo: the far side answers each frame with an
+/// `reply`-byte frame, until the connection closes.
+fn echo_server(net: &ShmTransport, name: &str, reply: usize, copy_out: bool) -> JoinHandle<()> {
+    let mut ep = net.bind(name).unwrap();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        loop {
+            match ep.recv(far()).unwrap() {
+                Some(Event::Frame(peer, frame)) => {
+                    if copy_out {
+                        sink.clear();
+                        sink.extend_from_slice(&frame);
+                        black_box(&sink);
+                    }
+                    drop(frame);
+                    let mut buf = ep.lend(peer, reply, far()).unwrap();
+                    buf.fill(1);
+                    ep.send(buf).unwrap();
+                }
+                Some(Event::Connected(_)) => {}
+                Some(Event::Disconnected(_)) | None => return,
+            }
+        }
+    })
+}
+
+fn small(c: &mut Criterion) {
+    let mut g = c.benchmark_group("shm_small_64B");
+
+    let line = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let partner = pingpong_partner(line.clone(), stop.clone());
+    g.bench_function("baseline_cacheline_pingpong", |b| {
+        b.iter(|| {
+            let v = line.load(Ordering::Relaxed) + 1;
+            line.store(v, Ordering::Release);
+            while line.load(Ordering::Acquire) != v + 1 {
+                std::hint::spin_loop();
+            }
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    partner.join().unwrap();
+
+    let busy = ShmConfig::default().busy_poll(true).ring_bytes(1 << 20);
+    let spec = ClusterSpec::new(1, 1).table(
+        "small",
+        TableSpec::<f32>::dense(0..1, 16).consistency(Consistency::Async),
+    );
+    let shm = net("small", busy.clone());
+    let (mut worker, serving) = cluster(&spec, &shm);
+    let table = worker.table::<f32>("small").unwrap();
+    let delta = [0.5f32; 16];
+    g.bench_function("laggard_push_ack_busy_poll", |b| {
+        b.iter(|| {
+            worker.push(&table, &[0], black_box(&delta)).unwrap();
+            let ticket = worker.flush().unwrap();
+            worker.wait_applied(&ticket, far()).unwrap();
+        })
+    });
+    worker.leave().unwrap();
+    serving.join().unwrap().unwrap();
+
+    let shm = net("frame", busy);
+    let echo = echo_server(&shm, "echo", 8, false);
+    let mut client = shm.bind("client").unwrap();
+    let peer = client.connect("echo", far()).unwrap();
+    g.bench_function("transport_frame_and_reply_busy_poll", |b| {
+        b.iter(|| {
+            let mut buf = client.lend(peer, 64, far()).unwrap();
+            buf.fill(3);
+            client.send(buf).unwrap();
+            loop {
+                if let Some(Event::Frame(_, reply)) = client.recv(far()).unwrap() {
+                    black_box(&*reply);
+                    break;
+                }
+            }
+        })
+    });
+    drop(client);
+    echo.join().unwrap();
+    g.finish();
+}
+
+fn large(c: &mut Criterion) {
+    for mib in [4usize, 64] {
+        let bytes = mib << 20;
+        let len = bytes / 4;
+        let mut g = c.benchmark_group(format!("shm_large_{mib}MiB"));
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.sample_size(10);
+
+        let src = vec![7u8; bytes];
+        let mut dst = vec![0u8; bytes];
+        g.bench_function("baseline_memcpy", |b| {
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&src));
+                black_box(&mut dst);
+            })
+        });
+
+        let cfg = ShmConfig::default().ring_bytes(4 * bytes as u64);
+        let shm = net(&format!("big{mib}"), cfg.clone());
+        let echo = echo_server(&shm, "echo", 8, true);
+        let mut client = shm.bind("client").unwrap();
+        let peer = client.connect("echo", far()).unwrap();
+        g.bench_function("transport_write_in_copy_out", |b| {
+            b.iter(|| {
+                let mut buf = client.lend(peer, bytes, far()).unwrap();
+                buf.copy_from_slice(black_box(&src));
+                client.send(buf).unwrap();
+                loop {
+                    if let Some(Event::Frame(..)) = client.recv(far()).unwrap() {
+                        break;
+                    }
+                }
+            })
+        });
+        drop(client);
+        echo.join().unwrap();
+
+        // Pushes go to an Async table; pulls read a BSP one, where each
+        // clock makes the cached row stale so the pull fetches it again
+        // (into the cached row's buffer, as in training).
+        let spec = ClusterSpec::new(1, 1)
+            .table(
+                "row",
+                TableSpec::<f32>::dense(0..1, len).consistency(Consistency::Async),
+            )
+            .table(
+                "pulled",
+                TableSpec::<f32>::dense(0..1, len).consistency(Consistency::Bsp),
+            );
+        let shm = net(&format!("row{mib}"), cfg);
+        let (mut worker, serving) = cluster(&spec, &shm);
+        let table = worker.table::<f32>("row").unwrap();
+        let pulled = worker.table::<f32>("pulled").unwrap();
+        let delta = vec![0.25f32; len];
+        let mut row = vec![0f32; len];
+        g.bench_function("laggard_push_applied", |b| {
+            b.iter(|| {
+                worker.push(&table, &[0], black_box(&delta)).unwrap();
+                let ticket = worker.flush().unwrap();
+                worker.wait_applied(&ticket, far()).unwrap();
+            })
+        });
+        g.bench_function("laggard_pull", |b| {
+            b.iter(|| {
+                worker.clock().unwrap();
+                worker.pull(&pulled, &[0], &mut row).unwrap();
+                black_box(&mut row);
+            })
+        });
+        g.finish();
+        worker.leave().unwrap();
+        serving.join().unwrap().unwrap();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
+    targets = small, large
+}
+criterion_main!(benches);
