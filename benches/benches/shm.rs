@@ -127,7 +127,7 @@ fn small(c: &mut Criterion) {
     let echo = echo_server(&shm, "echo", 8, false);
     let mut client = shm.bind("client").unwrap();
     let peer = client.connect("echo", far()).unwrap();
-    g.bench_function("transport_frame_and_reply_busy_poll", |b| {
+    g.bench_function("laggard_transport_frame_reply_busy", |b| {
         b.iter(|| {
             let mut buf = client.lend(peer, 64, far()).unwrap();
             buf.fill(3);
@@ -167,7 +167,7 @@ fn large(c: &mut Criterion) {
         let echo = echo_server(&shm, "echo", 8, true);
         let mut client = shm.bind("client").unwrap();
         let peer = client.connect("echo", far()).unwrap();
-        g.bench_function("transport_write_in_copy_out", |b| {
+        g.bench_function("laggard_transport_in_out", |b| {
             b.iter(|| {
                 let mut buf = client.lend(peer, bytes, far()).unwrap();
                 buf.copy_from_slice(black_box(&src));
