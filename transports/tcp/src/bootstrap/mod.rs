@@ -46,6 +46,9 @@ pub use env::{DEFAULT_PORT, Launcher};
 use crate::{TcpConfig, TcpEndpoint, TcpTransport};
 
 const VERSION: u32 = 1;
+/// How long past the deadline a process waits for the coordinator's
+/// verdict.
+const VERDICT_GRACE: Duration = Duration::from_secs(1);
 /// How long a failed rendezvous keeps telling late processes why.
 const ERROR_GRACE: Duration = Duration::from_secs(2);
 
@@ -420,10 +423,11 @@ fn rendezvous(
     let io = |e: std::io::Error| Error::Transport {
         reason: format!("the rendezvous with {coord} failed: {e}"),
     };
-    let left = deadline.saturating_duration_since(Instant::now());
-    stream
-        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-        .map_err(io)?;
+    // The coordinator gives its verdict (the map, or why not) at the
+    // deadline at the latest; wait a moment longer so that verdict, not a
+    // bare timeout, is what this process reports.
+    let left = deadline.saturating_duration_since(Instant::now()) + VERDICT_GRACE;
+    stream.set_read_timeout(Some(left)).map_err(io)?;
     let join = Join {
         rank: boot.rank,
         world: boot.world,
