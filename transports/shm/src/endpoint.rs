@@ -876,12 +876,15 @@ impl Endpoint for ShmEndpoint {
 
 impl Drop for ShmEndpoint {
     fn drop(&mut self) {
+        // The name goes first: once `closed` is set, another process may
+        // treat the file as stale and bind the name anew, and removing the
+        // file after that would remove its mailbox.
+        let _ = std::fs::remove_file(&self.path);
         // Release: pairs with the Acquire loads in `Mailbox::closed_in`.
         self.mailbox
             .seg
             .u32_at(layout::MB_CLOSED)
             .store(1, Ordering::Release);
-        let _ = std::fs::remove_file(&self.path);
         for (_, conn) in self.conns.drain() {
             conn.close();
         }
