@@ -26,6 +26,7 @@ use crate::doorbell::Doorbell;
 use crate::layout::{self, Header, Owner};
 use crate::ring::{self, Consumer, Producer, RingCtl, Taken};
 use crate::segment::{self, OpenError, Segment};
+use crate::slots;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -456,7 +457,7 @@ impl ShmEndpoint {
                 .mailbox
                 .slot(i, layout::SLOT_PID)
                 .load(Ordering::Relaxed);
-            if state == layout::SLOT_CLAIMED
+            if state == slots::CLAIMED
                 && pid != 0
                 && !std::path::Path::new(&format!("/proc/{pid}")).exists()
             {
@@ -467,24 +468,15 @@ impl ShmEndpoint {
     }
 
     fn free_slot(&self, i: usize) {
-        self.mailbox
-            .slot(i, layout::SLOT_PID)
-            .store(0, Ordering::Relaxed);
-        // Release: pairs with the next claimer's Acquire CAS; our reads of
-        // the slot (and the pid reset) happen before its writes.
-        self.mailbox
-            .slot(i, layout::SLOT_STATE)
-            .store(layout::SLOT_FREE, Ordering::Release);
+        slots::free(
+            self.mailbox.slot(i, layout::SLOT_STATE),
+            self.mailbox.slot(i, layout::SLOT_PID),
+        );
     }
 
     /// The mailbox's count of posted connections.
     fn posted(&self) -> u32 {
-        // Acquire: pairs with the connector's Release increment, made after
-        // it set its slot READY; the scan that follows sees the slot.
-        self.mailbox
-            .seg
-            .u32_at(layout::MB_POSTED)
-            .load(Ordering::Acquire)
+        slots::posted(self.mailbox.seg.u32_at(layout::MB_POSTED))
     }
 
     /// Attaches to connections waiting in our slots; the first new one.
@@ -494,14 +486,7 @@ impl ShmEndpoint {
             return None;
         }
         for i in 0..layout::SLOTS {
-            // Acquire: pairs with the connector's Release store of READY;
-            // the name it wrote is visible.
-            if self
-                .mailbox
-                .slot(i, layout::SLOT_STATE)
-                .load(Ordering::Acquire)
-                != layout::SLOT_READY
-            {
+            if !slots::is_ready(self.mailbox.slot(i, layout::SLOT_STATE)) {
                 continue;
             }
             let base = layout::MB_SLOTS + i * layout::SLOT_SIZE;
@@ -575,12 +560,8 @@ impl ShmEndpoint {
 
     /// Something for `recv` to do (without doing it).
     fn has_work(&self) -> bool {
-        (0..layout::SLOTS).any(|i| {
-            self.mailbox
-                .slot(i, layout::SLOT_STATE)
-                .load(Ordering::Relaxed)
-                == layout::SLOT_READY
-        }) || self.conns.values().any(|c| c.has_more() || c.peer_gone())
+        self.posted() != self.scanned
+            || self.conns.values().any(|c| c.has_more() || c.peer_gone())
     }
 
     /// The next event if one is ready.
@@ -705,19 +686,8 @@ impl Endpoint for ShmEndpoint {
         };
         // Claim a slot in the peer's mailbox and post the segment's name.
         let slot = loop {
-            let free = (0..layout::SLOTS).find(|&i| {
-                // Acquire: pairs with the acceptor's Release store of FREE;
-                // its reads of the slot are done before we write it.
-                conn.peer_mailbox
-                    .slot(i, layout::SLOT_STATE)
-                    .compare_exchange(
-                        layout::SLOT_FREE,
-                        layout::SLOT_CLAIMED,
-                        Ordering::Acquire,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            });
+            let mb = &conn.peer_mailbox;
+            let free = slots::claim((0..layout::SLOTS).map(|i| mb.slot(i, layout::SLOT_STATE)));
             if let Some(i) = free {
                 break i;
             }
@@ -740,13 +710,10 @@ impl Endpoint for ShmEndpoint {
             .store(file.len() as u32, Ordering::Relaxed);
         mb.seg
             .write_bytes(base + layout::SLOT_NAME, file.as_bytes());
-        // Release: pairs with the acceptor's Acquire load in `accept`.
-        mb.slot(slot, layout::SLOT_STATE)
-            .store(layout::SLOT_READY, Ordering::Release);
-        // Release: pairs with the Acquire load in the acceptor's `posted`.
-        mb.seg
-            .u32_at(layout::MB_POSTED)
-            .fetch_add(1, Ordering::Release);
+        slots::post(
+            mb.slot(slot, layout::SLOT_STATE),
+            mb.seg.u32_at(layout::MB_POSTED),
+        );
         mb.doorbell().ring();
         Ok(self.add(conn))
     }

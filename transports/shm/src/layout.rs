@@ -66,7 +66,7 @@ pub const MB_SLOTS: usize = 512;
 pub const SLOTS: usize = 64;
 /// Bytes per connect slot.
 pub const SLOT_SIZE: usize = 256;
-/// Slot: state word (`SLOT_FREE`, `SLOT_CLAIMED`, `SLOT_READY`).
+/// Slot: state word (see `slots`).
 pub const SLOT_STATE: usize = 0;
 /// Slot: the claimer's pid (0 while unknown).
 pub const SLOT_PID: usize = 4;
@@ -76,12 +76,6 @@ pub const SLOT_NAME_LEN: usize = 8;
 pub const SLOT_NAME: usize = 16;
 /// Longest connection segment file name.
 pub const SLOT_NAME_MAX: usize = SLOT_SIZE - SLOT_NAME;
-/// Slot states.
-pub const SLOT_FREE: u32 = 0;
-/// Slot states.
-pub const SLOT_CLAIMED: u32 = 1;
-/// Slot states.
-pub const SLOT_READY: u32 = 2;
 /// A mailbox's total size.
 pub const MAILBOX_LEN: usize = MB_SLOTS + SLOTS * SLOT_SIZE;
 

@@ -59,6 +59,7 @@ mod layout;
 mod ring;
 #[cfg(not(laggard_loom))]
 mod segment;
+mod slots;
 
 #[cfg(not(laggard_loom))]
 pub use config::ShmConfig;
@@ -114,4 +115,5 @@ pub fn fuzz_attach(bytes: &[u8]) {
 pub mod loom_api {
     pub use crate::doorbell::Doorbell;
     pub use crate::ring::{Consumer, Producer, RingCtl, Taken, max_frame};
+    pub use crate::slots::{claim, free, is_ready, post, posted};
 }

@@ -223,3 +223,65 @@ fn the_doorbell_loses_no_wake_up_between_two_ringers() {
         }
     });
 }
+
+/// Two connectors post through one connect slot (so it is reused) while
+/// the owner sleeps on its doorbell and scans only when `posted` moved:
+/// each name arrives exactly once and intact, and no post is missed.
+#[test]
+fn connect_slots_deliver_every_post_once() {
+    use laggard::sync::AtomicU32;
+    use laggard_shm::loom_api::{claim, free, is_ready, post, posted};
+
+    struct Mailbox {
+        state: AtomicU32,
+        pid: AtomicU32,
+        name: AtomicU64,
+        posted: AtomicU32,
+        bell: Doorbell,
+    }
+    model(|| {
+        let mb = Arc::new(Mailbox {
+            state: AtomicU32::new(0),
+            pid: AtomicU32::new(0),
+            name: AtomicU64::new(0),
+            posted: AtomicU32::new(0),
+            bell: Doorbell::new(),
+        });
+        let connectors: Vec<_> = (1..=2u64)
+            .map(|n| {
+                let mb = mb.clone();
+                thread::spawn(move || {
+                    while claim([&mb.state]).is_none() {
+                        thread::yield_now();
+                    }
+                    mb.pid.store(n as u32, Ordering::Relaxed);
+                    mb.name.store(n * 11, Ordering::Relaxed);
+                    post(&mb.state, &mb.posted);
+                    mb.bell.ring();
+                })
+            })
+            .collect();
+        let mut scanned = 0;
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let seen = posted(&mb.posted);
+            if seen == scanned {
+                assert!(mb.bell.wait(far(), Duration::ZERO, false, || {
+                    posted(&mb.posted) != scanned
+                }));
+                continue;
+            }
+            if is_ready(&mb.state) {
+                got.push(mb.name.load(Ordering::Relaxed));
+                free(&mb.state, &mb.pid);
+            } else {
+                scanned = seen;
+            }
+        }
+        got.sort();
+        assert_eq!(got, [11, 22]);
+        for c in connectors {
+            c.join().unwrap();
+        }
+    });
+}
