@@ -259,10 +259,9 @@ struct Mailbox {
 
 impl Mailbox {
     fn doorbell(&self) -> &Doorbell {
-        // SAFETY: MB_DOORBELL is in bounds of every mailbox (its length
-        // was checked on open) and 128-aligned; Doorbell is two AtomicU32
-        // (repr(C)), valid for any bytes; the mapping lives as long as
-        // `self`.
+        // SAFETY: MB_DOORBELL is in bounds (length checked on open) and
+        // 128-aligned; Doorbell is two AtomicU32s, valid for any bytes, and
+        // the mapping lives as long as `self`.
         unsafe { &*(self.seg.ptr(layout::MB_DOORBELL) as *const Doorbell) }
     }
 
@@ -881,10 +880,9 @@ impl Deref for ShmBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let ptr = self.conn.data(self.conn.side, self.payload);
-        // SAFETY: `reserve` placed [payload, payload + len) inside the data
-        // region without wrapping and gave it to this buffer alone; the
-        // consumer does not read it until it is published, which happens
-        // only when this buffer is consumed by `send`.
+        // The consumer reads these bytes only once `send` publishes them.
+        // SAFETY: `reserve` gave [payload, payload + len), inside the data
+        // region and unwrapped, to this buffer alone; the mapping outlives it.
         unsafe { std::slice::from_raw_parts(ptr, self.len) }
     }
 }
