@@ -25,21 +25,20 @@ use laggard_shm::{ShmConfig, ShmTransport};
 
 #[path = "../../../examples/common/logreg.rs"]
 mod logreg;
+#[path = "../../../examples/common/worker.rs"]
+mod worker;
 
-use logreg::{FEATURES, ROW_WIDTH, ROWS, generate, loss, rand};
+use logreg::{ROW_WIDTH, ROWS};
+use worker::{Schedule, parse_consistency};
 
 const ROLE: &str = "LAGGARD_SHM_ROLE";
 const CLUSTER: &str = "LAGGARD_SHM_CLUSTER";
 
-#[derive(Clone)]
 struct Config {
     servers: usize,
     workers: usize,
     consistency: Consistency,
-    clocks: u64,
-    compute: Duration,
-    straggle_prob: f64,
-    straggle: Duration,
+    schedule: Schedule,
     busy_poll: bool,
 }
 
@@ -48,10 +47,7 @@ fn parse_args() -> Result<Config, String> {
         servers: 1,
         workers: 4,
         consistency: Consistency::Ssp { staleness: 3 },
-        clocks: 150,
-        compute: Duration::from_millis(2),
-        straggle_prob: 0.5,
-        straggle: Duration::from_millis(20),
+        schedule: Schedule::default(),
         busy_poll: false,
     };
     let mut args = std::env::args().skip(1);
@@ -61,26 +57,16 @@ fn parse_args() -> Result<Config, String> {
             continue;
         }
         let value = args.next().ok_or(format!("{flag} needs a value"))?;
-        let num = |v: &str| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
+        let count = || {
+            value
+                .parse::<usize>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
         match flag.as_str() {
-            "--servers" => c.servers = num(&value)? as usize,
-            "--workers" => c.workers = num(&value)? as usize,
-            "--consistency" => {
-                c.consistency = match value.as_str() {
-                    "bsp" => Consistency::Bsp,
-                    "async" => Consistency::Async,
-                    s => match s.strip_prefix("ssp:") {
-                        Some(n) => Consistency::Ssp {
-                            staleness: num(n)? as u64,
-                        },
-                        None => return Err(format!("--consistency {s}: use bsp, ssp:N or async")),
-                    },
-                }
-            }
-            "--clocks" => c.clocks = num(&value)? as u64,
-            "--compute-ms" => c.compute = Duration::from_secs_f64(num(&value)? / 1e3),
-            "--straggle-prob" => c.straggle_prob = num(&value)?,
-            "--straggle-ms" => c.straggle = Duration::from_secs_f64(num(&value)? / 1e3),
+            "--servers" => c.servers = count()?,
+            "--workers" => c.workers = count()?,
+            "--consistency" => c.consistency = parse_consistency(&value)?,
+            _ if c.schedule.parse_flag(&flag, &value)? => {}
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -203,36 +189,8 @@ fn train(cfg: &Config, net: &ShmTransport, spec: &ClusterSpec, id: u32) -> lagga
     let ep = net.bind(&spec.worker_name(id as usize))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut worker = Worker::connect(ep, spec, WorkerId(id), deadline)?;
-    let weights = worker.table::<f32>("weights")?;
-    let data = generate();
-    let keys: Vec<u64> = (0..ROWS).collect();
-    let mut x = vec![0f32; FEATURES];
-    let mut grad = vec![0f32; FEATURES];
     let workers = cfg.workers as u32;
-    let start = Instant::now();
-    for clock in 0..cfg.clocks {
-        worker.pull(&weights, &keys, &mut x)?;
-        logreg::gradient(&data, &x, id, workers, clock, &mut grad);
-        let slow = rand(clock ^ 0x5eed) < cfg.straggle_prob
-            && (rand(clock ^ 0xfeed) * f64::from(workers)) as u32 == id;
-        std::thread::sleep(cfg.compute + if slow { cfg.straggle } else { Duration::ZERO });
-        worker.push(&weights, &keys, &grad)?;
-        worker.clock()?;
-        if (clock + 1) % 50 == 0 {
-            println!("worker {id}: clock {}  {:.2?}", clock + 1, start.elapsed());
-        }
-    }
-    if id == 0 {
-        worker.clear_cache();
-        worker.pull(&weights, &keys, &mut x)?;
-        println!(
-            "worker 0: {} after {} clocks in {:.2?}: loss {:.4}",
-            cfg.consistency,
-            cfg.clocks,
-            start.elapsed(),
-            loss(&data, &x)
-        );
-    }
+    worker::train(&mut worker, id, workers, cfg.consistency, &cfg.schedule)?;
     let stats = worker.leave()?;
     println!(
         "worker {id}: {} messages, {} pulls sent",

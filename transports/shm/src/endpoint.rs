@@ -559,8 +559,7 @@ impl ShmEndpoint {
 
     /// Something for `recv` to do (without doing it).
     fn has_work(&self) -> bool {
-        self.posted() != self.scanned
-            || self.conns.values().any(|c| c.has_more() || c.peer_gone())
+        self.posted() != self.scanned || self.conns.values().any(|c| c.has_more() || c.peer_gone())
     }
 
     /// The next event if one is ready.

@@ -18,57 +18,42 @@
 //! pulls at the end. Each server prints what it applied and which workers,
 //! if any, it declared dead.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use laggard::{ClusterSpec, Consistency, Sgd, TableSpec, WorkerStatus};
 use laggard_tcp::{Bootstrap, Role};
 
 #[path = "../../../examples/common/logreg.rs"]
 mod logreg;
+#[path = "../../../examples/common/worker.rs"]
+mod worker;
 
-use logreg::{FEATURES, ROW_WIDTH, ROWS, generate, loss, rand};
+use logreg::{ROW_WIDTH, ROWS};
+use worker::{Schedule, parse_consistency};
 
 struct Config {
     consistency: Consistency,
-    clocks: u64,
-    compute: Duration,
-    straggle_prob: f64,
-    straggle: Duration,
+    schedule: Schedule,
     dead_after: Duration,
 }
 
 fn parse_args() -> Result<Config, String> {
     let mut c = Config {
         consistency: Consistency::Ssp { staleness: 3 },
-        clocks: 150,
-        compute: Duration::from_millis(2),
-        straggle_prob: 0.5,
-        straggle: Duration::from_millis(20),
+        schedule: Schedule::default(),
         dead_after: Duration::from_secs(3),
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let flag = pair[0].as_str();
         let value = pair.get(1).ok_or(format!("{flag} needs a value"))?;
-        let num = |v: &str| v.parse::<f64>().map_err(|e| format!("{flag} {v}: {e}"));
         match flag {
-            "--consistency" => {
-                c.consistency = match value.as_str() {
-                    "bsp" => Consistency::Bsp,
-                    "async" => Consistency::Async,
-                    s => match s.strip_prefix("ssp:") {
-                        Some(n) => Consistency::Ssp {
-                            staleness: num(n)? as u64,
-                        },
-                        None => return Err(format!("--consistency {s}: use bsp, ssp:N or async")),
-                    },
-                }
+            "--consistency" => c.consistency = parse_consistency(value)?,
+            "--dead-after-ms" => {
+                let ms: f64 = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
+                c.dead_after = Duration::from_secs_f64(ms / 1e3);
             }
-            "--clocks" => c.clocks = num(value)? as u64,
-            "--compute-ms" => c.compute = Duration::from_secs_f64(num(value)? / 1e3),
-            "--straggle-prob" => c.straggle_prob = num(value)?,
-            "--straggle-ms" => c.straggle = Duration::from_secs_f64(num(value)? / 1e3),
-            "--dead-after-ms" => c.dead_after = Duration::from_secs_f64(num(value)? / 1e3),
+            _ if c.schedule.parse_flag(flag, value)? => {}
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -123,41 +108,8 @@ fn run(cfg: &Config) -> laggard::Result<()> {
             }
         }
         Role::Worker(id) => {
-            let data = generate();
             let mut worker = node.worker()?;
-            let weights = worker.table::<f32>("weights")?;
-            let keys: Vec<u64> = (0..ROWS).collect();
-            let mut x = vec![0f32; FEATURES];
-            let mut grad = vec![0f32; FEATURES];
-            let start = Instant::now();
-            for clock in 0..cfg.clocks {
-                worker.pull(&weights, &keys, &mut x)?;
-                logreg::gradient(&data, &x, id.0, workers, clock, &mut grad);
-                let slow = rand(clock ^ 0x5eed) < cfg.straggle_prob
-                    && (rand(clock ^ 0xfeed) * f64::from(workers)) as u32 == id.0;
-                std::thread::sleep(cfg.compute + if slow { cfg.straggle } else { Duration::ZERO });
-                worker.push(&weights, &keys, &grad)?;
-                worker.clock()?;
-                if (clock + 1) % 25 == 0 {
-                    println!(
-                        "worker {}: clock {}  {:.2?}",
-                        id.0,
-                        clock + 1,
-                        start.elapsed()
-                    );
-                }
-            }
-            if id.0 == 0 {
-                worker.clear_cache();
-                worker.pull(&weights, &keys, &mut x)?;
-                println!(
-                    "worker 0: {} after {} clocks in {:.2?}: loss {:.4}",
-                    cfg.consistency,
-                    cfg.clocks,
-                    start.elapsed(),
-                    loss(&data, &x)
-                );
-            }
+            worker::train(&mut worker, id.0, workers, cfg.consistency, &cfg.schedule)?;
             let stats = worker.leave()?;
             println!(
                 "worker {}: {} messages, {} pulls sent, {} reconnects",

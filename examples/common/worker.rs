@@ -1,0 +1,110 @@
+//! A worker's part in the multi-process demos (`train_tcp`, `train_shm`):
+//! the same training loop and straggler schedule whatever the transport.
+//! Needs the `logreg` module at the crate root.
+
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use laggard::transport::Endpoint;
+use laggard::{Consistency, Worker};
+
+use crate::logreg::{self, FEATURES, ROWS, generate, loss, rand};
+
+/// The straggler schedule and the run's length.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// Clocks to run.
+    pub clocks: u64,
+    /// Compute time per clock.
+    pub compute: Duration,
+    /// Probability that some worker straggles on a clock.
+    pub straggle_prob: f64,
+    /// Extra time the straggler takes.
+    pub straggle: Duration,
+}
+
+impl Default for Schedule {
+    fn default() -> Self {
+        Schedule {
+            clocks: 150,
+            compute: Duration::from_millis(2),
+            straggle_prob: 0.5,
+            straggle: Duration::from_millis(20),
+        }
+    }
+}
+
+impl Schedule {
+    /// Applies `--clocks`, `--compute-ms`, `--straggle-prob` or
+    /// `--straggle-ms`; `Ok(false)` if `flag` is none of them.
+    pub fn parse_flag(&mut self, flag: &str, value: &str) -> Result<bool, String> {
+        let num = || {
+            value
+                .parse::<f64>()
+                .map_err(|e| format!("{flag} {value}: {e}"))
+        };
+        match flag {
+            "--clocks" => self.clocks = num()? as u64,
+            "--compute-ms" => self.compute = Duration::from_secs_f64(num()? / 1e3),
+            "--straggle-prob" => self.straggle_prob = num()?,
+            "--straggle-ms" => self.straggle = Duration::from_secs_f64(num()? / 1e3),
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// `bsp`, `ssp:N` or `async`.
+pub fn parse_consistency(s: &str) -> Result<Consistency, String> {
+    match s {
+        "bsp" => Ok(Consistency::Bsp),
+        "async" => Ok(Consistency::Async),
+        s => match s.strip_prefix("ssp:").map(str::parse) {
+            Some(Ok(staleness)) => Ok(Consistency::Ssp { staleness }),
+            _ => Err(format!("--consistency {s}: use bsp, ssp:N or async")),
+        },
+    }
+}
+
+/// Trains worker `id` of `workers` on table "weights" for the schedule's
+/// clocks; on each clock one worker (the same draw in every process)
+/// straggles with the schedule's probability. Worker 0 finally prints the
+/// loss of the weights it pulls from the servers.
+pub fn train<E: Endpoint>(
+    worker: &mut Worker<E>,
+    id: u32,
+    workers: u32,
+    consistency: Consistency,
+    s: &Schedule,
+) -> laggard::Result<()> {
+    let data = generate();
+    let weights = worker.table::<f32>("weights")?;
+    let keys: Vec<u64> = (0..ROWS).collect();
+    let mut x = vec![0f32; FEATURES];
+    let mut grad = vec![0f32; FEATURES];
+    let start = Instant::now();
+    for clock in 0..s.clocks {
+        worker.pull(&weights, &keys, &mut x)?;
+        logreg::gradient(&data, &x, id, workers, clock, &mut grad);
+        let slow = rand(clock ^ 0x5eed) < s.straggle_prob
+            && (rand(clock ^ 0xfeed) * f64::from(workers)) as u32 == id;
+        std::thread::sleep(s.compute + if slow { s.straggle } else { Duration::ZERO });
+        worker.push(&weights, &keys, &grad)?;
+        worker.clock()?;
+        if (clock + 1) % 25 == 0 {
+            println!("worker {id}: clock {}  {:.2?}", clock + 1, start.elapsed());
+        }
+    }
+    if id == 0 {
+        worker.clear_cache();
+        worker.pull(&weights, &keys, &mut x)?;
+        println!(
+            "worker 0: {consistency} after {} clocks in {:.2?}: loss {:.4}",
+            s.clocks,
+            start.elapsed(),
+            loss(&data, &x)
+        );
+    }
+    Ok(())
+}
