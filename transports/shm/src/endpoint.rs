@@ -529,13 +529,23 @@ impl ShmEndpoint {
         if header.kind != layout::KIND_CONNECTION {
             return Err(format!("{file} is not a connection segment"));
         }
+        // A well-formed connection we refuse is closed on our side, so its
+        // connector learns of the refusal instead of filling the ring.
+        let refuse = |why: String| {
+            // Release: pairs with the Acquire load in the connector's
+            // `peer_gone`.
+            seg.u32_at(layout::CONN_CLOSED + 128)
+                .store(1, Ordering::Release);
+            why
+        };
         let mb_path = segment::mailbox_path(&self.net.cfg.dir, &self.net.cluster, &header.name);
-        let (mb, mb_header) = Segment::open(&mb_path).map_err(|e| format!("{e:?}"))?;
+        let (mb, mb_header) = Segment::open(&mb_path)
+            .map_err(|e| refuse(format!("{}'s mailbox: {e:?}", header.name)))?;
         if mb_header.owner != header.owner || mb_header.kind != layout::KIND_MAILBOX {
-            return Err(format!(
+            return Err(refuse(format!(
                 "{}'s mailbox belongs to another process",
                 header.name
-            ));
+            )));
         }
         let conn = Conn {
             seg,

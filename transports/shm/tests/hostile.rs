@@ -155,6 +155,29 @@ fn a_corrupt_connection_header_is_refused() {
 }
 
 #[test]
+fn a_refused_connection_is_reported_to_its_connector() {
+    let net = net("refused");
+    let mut server = net.bind("server").unwrap();
+    let mut client = net.bind("client").unwrap();
+    let (peer, mut file) = connect_unaccepted(&net, &mut client, "server");
+    // The header names a connector that has no mailbox (offset 56: the
+    // name; its length, 6, is unchanged).
+    file.seek(SeekFrom::Start(56)).unwrap();
+    file.write_all(b"nobody").unwrap();
+    assert!(
+        server
+            .recv(Instant::now() + Duration::from_millis(200))
+            .unwrap()
+            .is_none()
+    );
+    let err = client
+        .lend(peer, 8, soon())
+        .and_then(|buf| client.send(buf))
+        .unwrap_err();
+    assert!(matches!(err, Error::Disconnected { .. }), "{err:?}");
+}
+
+#[test]
 fn an_oversized_frame_is_an_error_that_says_what_to_change() {
     let net = ShmTransport::with_config(
         &format!("big{}", std::process::id()),
