@@ -131,8 +131,8 @@ impl ShmTransport {
         &self.cfg
     }
 
-    /// The file names of this cluster's segments that exist now (for
-    /// checking that nothing was left behind).
+    /// The file names of this cluster's segments that exist now, with any
+    /// half-made ones (for checking that nothing was left behind).
     pub fn segments(&self) -> Vec<String> {
         let prefix = segment::cluster_prefix(&self.cluster);
         let mut names: Vec<String> = std::fs::read_dir(&self.cfg.dir)
@@ -140,23 +140,28 @@ impl ShmTransport {
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
+            .filter(|n| n.starts_with(&prefix) || segment::temp_file_owner(n, &prefix).is_some())
             .collect();
         names.sort();
         names
     }
 
     /// Removes this cluster's segments whose creating process no longer
-    /// runs (left by crashed runs), and returns their paths. Segments of
-    /// live processes and files that are not laggard segments are left.
+    /// runs (left by crashed runs), and half-made ones of processes that
+    /// died while creating them; returns their paths. Segments of live
+    /// processes and files that are not laggard segments are left.
     pub fn remove_stale(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
+        let prefix = segment::cluster_prefix(&self.cluster);
         for name in self.segments() {
             let path = self.cfg.dir.join(&name);
-            if let Ok((_, header)) = Segment::open(&path) {
-                if !header.owner.is_alive() && std::fs::remove_file(&path).is_ok() {
-                    removed.push(path);
-                }
+            // A segment half made by a process that died while creating it.
+            let stale = match segment::temp_file_owner(&name, &prefix) {
+                Some(pid) => !segment::pid_exists(pid),
+                None => Segment::open(&path).is_ok_and(|(_, h)| !h.owner.is_alive()),
+            };
+            if stale && std::fs::remove_file(&path).is_ok() {
+                removed.push(path);
             }
         }
         removed
@@ -456,10 +461,7 @@ impl ShmEndpoint {
                 .mailbox
                 .slot(i, layout::SLOT_PID)
                 .load(Ordering::Relaxed);
-            if state == slots::CLAIMED
-                && pid != 0
-                && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            {
+            if state == slots::CLAIMED && pid != 0 && !segment::pid_exists(pid) {
                 self.free_slot(i);
             }
         }

@@ -30,7 +30,7 @@ impl Segment {
     /// Fails with `AlreadyExists` if the name is taken.
     pub fn create(path: &Path, header: &Header) -> io::Result<Segment> {
         let tmp = path.with_file_name(format!(
-            ".{}.{}.tmp",
+            ".{}.{}{TEMP_SUFFIX}",
             path.file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or("segment"),
@@ -204,6 +204,23 @@ fn start_time(pid: u32) -> io::Result<u64> {
         .and_then(|(_, rest)| rest.split_whitespace().nth(22 - 3))
         .and_then(|f| f.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable /proc/<pid>/stat"))
+}
+
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// The pid that made the temporary file `name` (`.<segment>.<pid>.tmp`)
+/// while creating a segment of the cluster with `prefix`, if it is one.
+pub fn temp_file_owner(name: &str, prefix: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_suffix(TEMP_SUFFIX)?;
+    if !rest.starts_with(prefix) {
+        return None;
+    }
+    rest.rsplit_once('.')?.1.parse().ok()
+}
+
+/// Whether a process with this pid exists (of any age).
+pub fn pid_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// The file name prefix of every segment of `cluster`.
