@@ -53,8 +53,11 @@ impl ShmConfig {
 
     /// Bytes of each connection direction's ring, rounded up to a power of
     /// two (at least 4 KiB). It bounds the unread bytes per direction, and
-    /// the largest frame is half of it. Memory is only used as the ring
-    /// fills.
+    /// the largest frame is half of it. Memory is used only as far as the
+    /// ring is written: while the reader keeps up, the writer starts over
+    /// at the beginning after 64 KiB (or a quarter of the ring), so an
+    /// idle or request-response connection touches little more than that
+    /// and its largest frame.
     pub fn ring_bytes(mut self, bytes: u64) -> Self {
         self.ring_bytes = bytes;
         self

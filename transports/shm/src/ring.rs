@@ -40,6 +40,12 @@ pub fn max_frame(cap: u64) -> u64 {
     (cap / 2 - HEADER).min(u64::from(u32::MAX))
 }
 
+/// How far into the ring the producer goes before it checks whether it
+/// can start over at the beginning.
+fn recycle_after(cap: u64) -> u64 {
+    (cap / 4).min(64 << 10)
+}
+
 fn padded(len: u64) -> u64 {
     len.div_ceil(8) * 8
 }
@@ -138,8 +144,13 @@ impl Producer {
         debug_assert!(len <= max_frame(cap));
         let need = HEADER + padded(len);
         let at = self.reserved % cap;
-        let filler = if at + need > cap { cap - at } else { 0 };
-        if self.reserved + filler + need - self.head_seen > cap {
+        let mut filler = if at + need > cap { cap - at } else { 0 };
+        // Far into the ring with this frame fitting before `at`: if the
+        // reader has caught up, start over at the beginning, so a
+        // connection that is not backed up keeps reusing its first pages
+        // (hot in cache, and the rest of the ring is never touched).
+        let recycle = filler == 0 && at >= recycle_after(cap) && need <= at;
+        if recycle || self.reserved + filler + need - self.head_seen > cap {
             let head = ctl.head();
             if head > self.published || head < self.head_seen {
                 return Err(Corrupt(format!(
@@ -148,6 +159,9 @@ impl Producer {
                 )));
             }
             self.head_seen = head;
+            if recycle && head == self.reserved {
+                filler = cap - at;
+            }
             if self.reserved + filler + need - head > cap {
                 return Ok(None);
             }
@@ -311,5 +325,54 @@ impl Consumer {
         // overwrites them.
         ctl.head.store(self.head, Ordering::Release);
         true
+    }
+}
+
+#[cfg(all(test, not(laggard_loom)))]
+mod tests {
+    use super::*;
+
+    /// A reader that keeps up: the writer starts over at the beginning
+    /// instead of walking the whole ring, so only its first pages are used.
+    #[test]
+    fn a_ring_that_keeps_up_reuses_its_first_pages() {
+        let cap = 1u64 << 20;
+        let ctl = RingCtl::with(0, 0);
+        let words: Vec<AtomicU64> = (0..cap / 8).map(|_| AtomicU64::new(0)).collect();
+        let (mut producer, mut consumer) = (Producer::default(), Consumer::default());
+        let mut furthest = 0;
+        for n in 0..10_000u64 {
+            let r = producer.reserve(&ctl, &words, 100).unwrap().unwrap();
+            words[((r.payload % cap) / 8) as usize].store(n, Ordering::Relaxed);
+            assert!(producer.complete(&ctl, &words, r.record, true));
+            let t = consumer.next(&ctl, &words).unwrap().unwrap();
+            assert_eq!(
+                words[((t.payload % cap) / 8) as usize].load(Ordering::Relaxed),
+                n
+            );
+            consumer.release(&ctl, t.start, t.end);
+            furthest = furthest.max(t.end % cap);
+        }
+        assert!(
+            furthest <= recycle_after(cap) + 112,
+            "used {furthest} bytes"
+        );
+        assert!(consumer.next(&ctl, &words).unwrap().is_none());
+    }
+
+    /// A reader that falls behind: the writer goes on into the rest of the
+    /// ring (it never waits for room it could use).
+    #[test]
+    fn a_backed_up_ring_uses_all_of_it() {
+        let cap = 1u64 << 16;
+        let ctl = RingCtl::with(0, 0);
+        let words: Vec<AtomicU64> = (0..cap / 8).map(|_| AtomicU64::new(0)).collect();
+        let mut producer = Producer::default();
+        let mut sent = 0;
+        while let Some(r) = producer.reserve(&ctl, &words, 1000).unwrap() {
+            producer.complete(&ctl, &words, r.record, true);
+            sent += 1;
+        }
+        assert_eq!(sent, cap / 1008, "frames until full");
     }
 }
