@@ -301,6 +301,28 @@ struct Conn {
 }
 
 impl Conn {
+    fn new(
+        seg: Segment,
+        side: usize,
+        cap: u64,
+        peer_mailbox: Mailbox,
+        peer_name: String,
+        file: Option<PathBuf>,
+    ) -> Self {
+        Conn {
+            seg,
+            side,
+            cap,
+            peer_mailbox,
+            peer_name,
+            producer: Mutex::new(Producer::default()),
+            consumer: Mutex::new(Consumer::default()),
+            failed: AtomicBool::new(false),
+            why: Mutex::new(None),
+            file,
+        }
+    }
+
     fn ctl(&self, ring: usize) -> &RingCtl {
         // SAFETY: the ring words lie inside the segment's fixed header
         // area (CONN_RINGS + 2 * 256 <= CONN_DATA <= len, checked on open),
@@ -425,17 +447,19 @@ impl ShmEndpoint {
     }
 
     /// Waits on our doorbell until `ready` or `until` (capped at the next
-    /// liveness check, which it runs when due).
-    fn wait(&mut self, until: Instant, ready: impl FnMut() -> bool) {
-        let now = Instant::now();
-        if now >= self.next_check {
+    /// liveness check, which it runs instead when due).
+    fn wait(&mut self, until: Instant, mut ready: impl FnMut(&Self) -> bool) {
+        if Instant::now() >= self.next_check {
             self.check_liveness();
             return;
         }
-        let cfg = &self.net.cfg;
-        self.mailbox
+        let this = &*self;
+        let cfg = &this.net.cfg;
+        this.mailbox
             .doorbell()
-            .wait(until.min(self.next_check), cfg.spin, cfg.busy_poll, ready);
+            .wait(until.min(this.next_check), cfg.spin, cfg.busy_poll, || {
+                ready(this)
+            });
     }
 
     /// Marks connections whose peer process died, and frees connect
@@ -549,21 +573,11 @@ impl ShmEndpoint {
                 header.name
             )));
         }
-        let conn = Conn {
-            seg,
-            side: 1,
-            cap: header.param,
-            peer_mailbox: Mailbox {
-                seg: mb,
-                owner: header.owner,
-            },
-            peer_name: header.name,
-            producer: Mutex::new(Producer::default()),
-            consumer: Mutex::new(Consumer::default()),
-            failed: AtomicBool::new(false),
-            why: Mutex::new(None),
-            file: None,
+        let peer_mailbox = Mailbox {
+            seg: mb,
+            owner: header.owner,
         };
+        let conn = Conn::new(seg, 1, header.param, peer_mailbox, header.name, None);
         // Release: pairs with the connector's Acquire load in `peer_gone`.
         conn.accepted().store(1, Ordering::Release);
         Ok(conn)
@@ -682,18 +696,7 @@ impl Endpoint for ShmEndpoint {
             },
         )
         .map_err(|e| transport_error(format!("cannot create {}: {e}", path.display())))?;
-        let conn = Conn {
-            seg,
-            side: 0,
-            cap,
-            peer_mailbox,
-            peer_name: name.to_owned(),
-            producer: Mutex::new(Producer::default()),
-            consumer: Mutex::new(Consumer::default()),
-            failed: AtomicBool::new(false),
-            why: Mutex::new(None),
-            file: Some(path),
-        };
+        let conn = Conn::new(seg, 0, cap, peer_mailbox, name.to_owned(), Some(path));
         // Claim a slot in the peer's mailbox and post the segment's name.
         let slot = loop {
             let mb = &conn.peer_mailbox;
@@ -772,7 +775,9 @@ impl Endpoint for ShmEndpoint {
                     waited: started.elapsed(),
                 });
             }
-            self.wait(deadline, || conn.ctl(tx).head() != head || conn.peer_gone());
+            self.wait(deadline, |_| {
+                conn.ctl(tx).head() != head || conn.peer_gone()
+            });
         }
     }
 
@@ -806,7 +811,9 @@ impl Endpoint for ShmEndpoint {
                 });
             }
             let head = conn.ctl(tx).head();
-            self.wait(deadline, || conn.ctl(tx).head() != head || conn.peer_gone());
+            self.wait(deadline, |_| {
+                conn.ctl(tx).head() != head || conn.peer_gone()
+            });
         }
     }
 
@@ -818,18 +825,7 @@ impl Endpoint for ShmEndpoint {
             if Instant::now() >= deadline {
                 return Ok(None);
             }
-            // The doorbell wait borrows `self` immutably inside `wait`'s
-            // closure, so check liveness here and wait on the mailbox
-            // directly.
-            if Instant::now() >= self.next_check {
-                self.check_liveness();
-                continue;
-            }
-            let cfg = self.net.cfg.clone();
-            let until = deadline.min(self.next_check);
-            self.mailbox
-                .doorbell()
-                .wait(until, cfg.spin, cfg.busy_poll, || self.has_work());
+            self.wait(deadline, Self::has_work);
         }
     }
 
