@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Real RDMA verbs without RDMA hardware: a small Linux guest with soft-RoCE
+# (the kernel's rdma_rxe driver), booted under QEMU's software emulation.
+#
+#   guest.sh packages                 install the Debian packages this needs
+#   guest.sh initramfs OUT FILE...    pack FILEs (binaries) into a guest image
+#   guest.sh run IMAGE JOB [ARGS]     boot one guest, rxe on loopback, run
+#                                     /jobs/JOB ARGS; exit with its status
+#   guest.sh run2 IMAGE JOB_A JOB_B   boot two guests joined by a QEMU socket
+#                                     network (10.0.0.1 and 10.0.0.2), rxe on
+#                                     eth0; exit non-zero if either job failed
+#
+# Every guest powers itself off when its job ends and runs under `timeout`,
+# so nothing here can hang (GUEST_TIMEOUT_S, default 600).
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+timeout_s="${GUEST_TIMEOUT_S:-600}"
+kver() { ls /lib/modules | sort -V | tail -1; }
+
+packages() {
+    local need=(qemu-system-x86 linux-image-amd64 busybox-static rdma-core
+        ibverbs-utils ibverbs-providers perftest iproute2 libibverbs-dev
+        cmake gcc make python3 pkg-config libnl-3-dev libnl-route-3-dev
+        libclang-dev cpio)
+    local missing=()
+    for p in "${need[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+    done
+    if [ ${#missing[@]} -eq 0 ]; then return 0; fi
+    echo "installing: ${missing[*]}"
+    if [ "$(id -u)" != 0 ]; then
+        echo "guest.sh: these Debian packages are missing and installing them needs root: ${missing[*]}" >&2
+        exit 2
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# Copies a file and the shared libraries it links (with the dynamic loader).
+add_with_libs() {
+    local root="$1" file="$2" dest="$3"
+    mkdir -p "$root/$(dirname "$dest")"
+    cp -L "$file" "$root/$dest"
+    ldd "$file" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+        [ -e "$lib" ] || continue
+        mkdir -p "$root/$(dirname "$lib")"
+        [ -e "$root/$lib" ] || cp -L "$lib" "$root/$lib"
+    done
+}
+
+initramfs() {
+    local out="$1"; shift
+    local k; k="$(kver)"
+    local root; root="$(mktemp -d)"
+    trap 'rm -rf "$root"' RETURN
+    mkdir -p "$root"/{bin,sbin,proc,sys,dev,tmp,etc,jobs,laggard,lib/modules}
+    cp /bin/busybox "$root/bin/busybox"
+    for applet in $("$root/bin/busybox" --list); do
+        [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+    done
+    # Kernel modules: rdma_rxe and the virtio network stack, each after the
+    # modules it depends on (read from modules.dep).
+    local moddir="/lib/modules/$k"
+    python3 - "$moddir" > "$root/modules.order" <<'PY'
+import sys
+moddir = sys.argv[1]
+deps = {}
+for line in open(f"{moddir}/modules.dep"):
+    mod, _, rest = line.partition(":")
+    deps[mod] = rest.split()
+want = ["kernel/crypto/crc32_generic.ko", "kernel/drivers/virtio/virtio_pci.ko",
+        "kernel/drivers/net/virtio_net.ko", "kernel/drivers/infiniband/core/ib_uverbs.ko",
+        "kernel/drivers/infiniband/sw/rxe/rdma_rxe.ko"]
+order, seen = [], set()
+def visit(m):
+    if m in seen: return
+    seen.add(m)
+    # modules.dep lists every (transitive) dependency; load them deepest first
+    for d in reversed(deps.get(m, [])): visit(d)
+    order.append(m)
+for m in want: visit(m)
+print("\n".join(order))
+PY
+    while read -r m; do
+        mkdir -p "$root/lib/modules/$(dirname "$m")"
+        cp "$moddir/$m" "$root/lib/modules/$m"
+    done < "$root/modules.order"
+    # The verbs library, the rxe provider, the rdma tool and perftest.
+    add_with_libs "$root" /usr/bin/rdma /bin/rdma
+    for t in ib_write_bw ib_write_lat ibv_devices ibv_devinfo; do
+        add_with_libs "$root" "/usr/bin/$t" "/bin/$t"
+    done
+    local prov; prov="$(ls /usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav*.so)"
+    add_with_libs "$root" "$prov" "$prov"
+    mkdir -p "$root/etc/libibverbs.d"
+    cp /etc/libibverbs.d/rxe.driver "$root/etc/libibverbs.d/"
+    # The project's binaries.
+    for f in "$@"; do
+        add_with_libs "$root" "$f" "/laggard/$(basename "$f")"
+    done
+    cp "$here/init" "$root/init"
+    cp "$here"/jobs/* "$root/jobs/"
+    chmod +x "$root/init" "$root"/jobs/*
+    (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) > "$out"
+    echo "guest image: $out ($(du -h "$out" | cut -f1))"
+}
+
+qemu() {
+    local image="$1" append="$2"; shift 2
+    timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
+        -machine pc -cpu max -smp 2 -m 3G -nographic -no-reboot \
+        -kernel "/boot/vmlinuz-$(kver)" -initrd "$image" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=3 $append" "$@"
+}
+
+# The job's status is the number after the marker its guest printed last.
+status_of() {
+    local s
+    s="$(grep -a -o 'LAGGARD-JOB-STATUS [0-9]*' "$1" | tail -1 | cut -d' ' -f2)"
+    echo "${s:-255}"
+}
+
+run() {
+    local image="$1" job="$2"; shift 2
+    local log; log="$(mktemp)"
+    qemu "$image" "laggard.job=$job laggard.args=$(IFS=,; echo "$*")" | tee "$log" | tr -d '\r'
+    local s; s="$(status_of "$log")"
+    rm -f "$log"
+    [ "$s" = 0 ] || { echo "guest job $job failed (status $s)"; return 1; }
+}
+
+run2() {
+    local image="$1" job_a="$2" job_b="$3"
+    local port_a=$((20000 + RANDOM % 20000)); local port_b=$((port_a + 1))
+    local log_a log_b; log_a="$(mktemp)"; log_b="$(mktemp)"
+    qemu "$image" "laggard.job=$job_a laggard.ip=10.0.0.1 laggard.peer=10.0.0.2" \
+        -netdev "socket,id=n0,udp=127.0.0.1:$port_b,localaddr=127.0.0.1:$port_a" \
+        -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:01 > "$log_a" 2>&1 &
+    local pid_a=$!
+    qemu "$image" "laggard.job=$job_b laggard.ip=10.0.0.2 laggard.peer=10.0.0.1" \
+        -netdev "socket,id=n0,udp=127.0.0.1:$port_a,localaddr=127.0.0.1:$port_b" \
+        -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:02 > "$log_b" 2>&1 || true
+    wait "$pid_a" || true
+    echo "--- guest A ($job_a)"; tr -d '\r' < "$log_a"
+    echo "--- guest B ($job_b)"; tr -d '\r' < "$log_b"
+    local sa sb; sa="$(status_of "$log_a")"; sb="$(status_of "$log_b")"
+    rm -f "$log_a" "$log_b"
+    [ "$sa" = 0 ] && [ "$sb" = 0 ] || { echo "two-guest run failed (A: $sa, B: $sb)"; return 1; }
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+    packages) packages ;;
+    initramfs) initramfs "$@" ;;
+    run) run "$@" ;;
+    run2) run2 "$@" ;;
+    *) sed -n '2,14p' "$0"; exit 2 ;;
+esac

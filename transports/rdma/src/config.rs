@@ -1,0 +1,174 @@
+//! Settings of an RDMA network.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use laggard::{Error, Result};
+
+use crate::hello::{RING_MAX, RING_MIN};
+
+/// Settings for [`RdmaTransport`](crate::RdmaTransport). Every process of
+/// a cluster should use the same ones.
+///
+/// ```
+/// use std::time::Duration;
+/// use laggard_rdma::RdmaConfig;
+///
+/// let cfg = RdmaConfig::default()
+///     .device("mlx5_0")          // default: the first device found
+///     .ring_bytes(64 << 20)      // frames up to 32 MiB
+///     .busy_poll(true);          // lowest latency, one core per waiting thread
+/// assert_eq!(cfg.max_frame_len(), 32 << 20);
+/// cfg.validate().unwrap();
+/// ```
+#[derive(Debug, Clone)]
+pub struct RdmaConfig {
+    pub(crate) device: Option<String>,
+    pub(crate) port: u8,
+    pub(crate) gid_index: Option<u8>,
+    pub(crate) ring_bytes: u64,
+    pub(crate) recv_depth: u32,
+    pub(crate) spin: Duration,
+    pub(crate) busy_poll: bool,
+    pub(crate) listen_ip: IpAddr,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) linger: Duration,
+}
+
+impl Default for RdmaConfig {
+    /// The first device, port 1, its best RoCE GID, 16 MiB rings (frames up
+    /// to 8 MiB), 256 frames in flight per connection, spin 50 µs before
+    /// sleeping on the completion channel, side channel on 127.0.0.1.
+    fn default() -> Self {
+        RdmaConfig {
+            device: None,
+            port: 1,
+            gid_index: None,
+            ring_bytes: 16 << 20,
+            recv_depth: 256,
+            spin: Duration::from_micros(50),
+            busy_poll: false,
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            handshake_timeout: Duration::from_secs(10),
+            linger: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RdmaConfig {
+    /// The verbs device to use, by name (`ibv_devices` lists them); by
+    /// default the first one found.
+    pub fn device(mut self, name: &str) -> Self {
+        self.device = Some(name.to_owned());
+        self
+    }
+
+    /// The device port (default 1).
+    pub fn port(mut self, port: u8) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// The GID table index to use on RoCE. By default the first RoCE v2
+    /// GID holding an IPv4 address, else the first RoCE v2 GID, else the
+    /// first RoCE v1 GID.
+    pub fn gid_index(mut self, index: u8) -> Self {
+        self.gid_index = Some(index);
+        self
+    }
+
+    /// Bytes of each connection's receive ring, rounded up to a power of
+    /// two (4 KiB to 16 GiB). The sender keeps a registered mirror of the
+    /// same size, so each connection registers twice this, counted against
+    /// the memlock limit. The largest frame is half of it.
+    pub fn ring_bytes(mut self, bytes: u64) -> Self {
+        self.ring_bytes = bytes.max(1).next_power_of_two();
+        self
+    }
+
+    /// Receives kept posted per connection: at most this many frames (less
+    /// two, for control messages) are in flight to an endpoint (default
+    /// 256, at least 4).
+    pub fn recv_depth(mut self, depth: u32) -> Self {
+        self.recv_depth = depth;
+        self
+    }
+
+    /// How long a waiting call polls its completion queues before it
+    /// sleeps on the completion channel (default 50 µs).
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Never sleep: waiting calls poll until their deadline (one core per
+    /// waiting thread, lowest latency).
+    pub fn busy_poll(mut self, on: bool) -> Self {
+        self.busy_poll = on;
+        self
+    }
+
+    /// The address endpoints listen on for the side channel (connection
+    /// setup and liveness), default 127.0.0.1. Across hosts, an address
+    /// the peers can reach (or 0.0.0.0 with addresses given through
+    /// [`RdmaTransport::address`](crate::RdmaTransport::address)).
+    pub fn listen_ip(mut self, ip: IpAddr) -> Self {
+        self.listen_ip = ip;
+        self
+    }
+
+    /// How long a connection's handshake may take once the peer answered
+    /// (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long closing a connection waits for its last writes to complete
+    /// (default 1 s).
+    pub fn linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
+    }
+
+    /// The largest frame an endpoint with these settings accepts.
+    pub fn max_frame_len(&self) -> usize {
+        (self.ring_bytes / 2) as usize
+    }
+
+    /// Bytes each connection registers: its ring, the mirror of the peer's
+    /// (assumed the same size) and a page of control words.
+    pub fn registered_per_connection(&self) -> u64 {
+        2 * self.ring_bytes + 4096
+    }
+
+    /// Checks the settings; the error says which is wrong.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what, reason: String| Err(Error::InvalidConfig { what, reason });
+        if !(RING_MIN..=RING_MAX).contains(&self.ring_bytes) {
+            return bad(
+                "RdmaConfig::ring_bytes",
+                format!(
+                    "{} is not between {RING_MIN} and {RING_MAX}",
+                    self.ring_bytes
+                ),
+            );
+        }
+        if !(4..=1 << 16).contains(&self.recv_depth) {
+            return bad(
+                "RdmaConfig::recv_depth",
+                format!("{} is not in 4..=65536", self.recv_depth),
+            );
+        }
+        if self.port == 0 {
+            return bad(
+                "RdmaConfig::port",
+                "0 is not a port; ports count from 1".into(),
+            );
+        }
+        if self.handshake_timeout.is_zero() {
+            return bad("RdmaConfig::handshake_timeout", "it is zero".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,608 @@
+//! One connection: its queue pair, completion queue, registered rings, and
+//! the protocol that runs over them.
+//!
+//! ## The protocol
+//! - **Frames.** The sender writes a frame from its mirror ring to the same
+//!   offset of the receiver's ring with one RDMA WRITE WITH IMMEDIATE; the
+//!   immediate value is the offset in 8-byte units, the completion's length
+//!   is the frame's. RC delivers the writes, and their completions, in
+//!   order.
+//! - **Credit.** The receiver releases frames in any order. When the
+//!   released prefix grows, it writes `(head, released frames, check)` into
+//!   the sender's credit word with a WRITE WITH IMMEDIATE tagged
+//!   [`IMM_CREDIT`] (so the sender wakes); at most one credit write is in
+//!   flight, later releases coalesce into the next.
+//! - **Receives.** Every WRITE WITH IMMEDIATE consumes a posted receive.
+//!   Each side keeps `recv_depth` posted and re-posts as it polls; a sender
+//!   keeps at most `recv_depth - 2` frames unreleased, leaving room for a
+//!   credit write and the close.
+//! - **Close.** A closing side posts a zero-length write tagged
+//!   [`IMM_CLOSE`] after its last frame, waits (at most the linger time)
+//!   for its completion, then closes the TCP side channel. A peer whose
+//!   side channel ends without a close crashed.
+//! - **Lent buffers dropped unsent** still take their place in the ring;
+//!   they are announced as padding ([`IMM_PAD`]) so both sides keep
+//!   counting alike.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use ibverbs_sys as ffi;
+
+use crate::config::RdmaConfig;
+use crate::hello::Hello;
+use crate::ring::{ALIGN, RecvRing, SendRing, Violation};
+use crate::verbs::{self, Channel, Cq, Device, Mr, Path, Qp, QpAddress};
+
+/// Control messages have this bit set in their immediate value.
+const IMM_CONTROL: u32 = 1 << 31;
+/// A credit update was written into the credit word.
+const IMM_CREDIT: u32 = IMM_CONTROL | 1;
+/// The peer closed the connection; nothing follows.
+const IMM_CLOSE: u32 = IMM_CONTROL | 2;
+/// A lent buffer dropped unsent: counts as an (empty, unseen) frame.
+const IMM_PAD: u32 = 1 << 30;
+/// The offset bits of a data or padding immediate (in 8-byte units).
+const IMM_OFFSET: u32 = IMM_PAD - 1;
+
+const WR_DATA: u64 = 1;
+const WR_CREDIT: u64 = 2;
+const WR_CLOSE: u64 = 3;
+const WR_RECV: u64 = 4;
+
+/// The control page: the credit word the peer writes, and the source of
+/// the credit writes we send.
+const CTL_LEN: usize = 4096;
+const CREDIT_IN: usize = 0;
+const CREDIT_OUT: usize = 64;
+const CREDIT_LEN: u32 = 24;
+const CREDIT_CHECK: u64 = 0x6c61_6767_6172_6421;
+
+/// How long a side channel may be closed before a close arrives in band,
+/// before the peer is taken for crashed.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What became of a lent buffer, by reservation number.
+#[derive(Debug, Clone, Copy)]
+enum Lent {
+    Out,
+    Sent { offset: u64, len: u32 },
+    Dropped { offset: u64 },
+}
+
+/// What the endpoint learns from polling a connection.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// A frame arrived: its id, offset and length in the receive ring.
+    Frame { id: u64, offset: u64, len: usize },
+    /// The connection ended (closed by the peer, or failed: the reason).
+    Ended(Option<String>),
+}
+
+/// The half-built connection: resources made, receives posted, the queue
+/// pair in INIT, waiting for the peer's hello.
+pub(crate) struct Pending {
+    qp: Qp,
+    recv_mr: Mr,
+    ctl_mr: Mr,
+    cq: Cq,
+    psn: u32,
+    recv_depth: u32,
+}
+
+impl Pending {
+    pub fn new(
+        dev: &Arc<Device>,
+        channel: &Arc<Channel>,
+        cfg: &RdmaConfig,
+        path: &Path,
+    ) -> io::Result<Pending> {
+        // Sends in flight: frames (bounded by the peer's receives, which
+        // we do not know yet; at most 65536) plus a credit and a close.
+        let send_depth = cfg.recv_depth + 16;
+        let cq = Cq::new(dev, channel, send_depth + cfg.recv_depth + 16)?;
+        let qp = Qp::new(dev, &cq, send_depth, cfg.recv_depth, path.port)?;
+        let recv_mr = Mr::new(dev, cfg.ring_bytes as usize, true)?;
+        let ctl_mr = Mr::new(dev, CTL_LEN, true)?;
+        for _ in 0..cfg.recv_depth {
+            qp.post_recv(WR_RECV)?;
+        }
+        let psn = random_psn();
+        Ok(Pending {
+            qp,
+            recv_mr,
+            ctl_mr,
+            cq,
+            psn,
+            recv_depth: cfg.recv_depth,
+        })
+    }
+
+    /// Our half of the handshake.
+    pub fn hello(&self, name: &str, target: &str, lid: u16, gid: [u8; 16]) -> Hello {
+        Hello {
+            name: name.to_owned(),
+            target: target.to_owned(),
+            qp: QpAddress {
+                qpn: self.qp.qpn(),
+                psn: self.psn,
+                lid,
+                gid,
+            },
+            ring_addr: self.recv_mr.addr(),
+            ring_len: self.recv_mr.len() as u64,
+            ring_rkey: self.recv_mr.rkey(),
+            credit_addr: self.ctl_mr.addr() + CREDIT_IN as u64,
+            credit_rkey: self.ctl_mr.rkey(),
+            recv_depth: self.recv_depth,
+        }
+    }
+
+    /// Connects the queue pair to the peer that sent `remote` and makes the
+    /// mirror of its ring.
+    pub fn finish(
+        self,
+        dev: &Arc<Device>,
+        path: &Path,
+        remote: &Hello,
+        stream: TcpStream,
+    ) -> io::Result<Conn> {
+        if self.recv_mr.len() as u64 > crate::hello::RING_MAX {
+            return Err(io::Error::other("ring too large"));
+        }
+        let send_mr = Mr::new(dev, remote.ring_len as usize, false)?;
+        self.qp.connect(path, self.psn, &remote.qp)?;
+        stream.set_nonblocking(true)?;
+        let max_in_flight = u64::from(remote.recv_depth.min(self.recv_depth + 4)) - 2;
+        let recv_len = self.recv_mr.len() as u64;
+        Ok(Conn {
+            peer: remote.name.clone(),
+            state: Mutex::new(State {
+                qp: self.qp,
+                send_mr,
+                recv_mr: self.recv_mr,
+                ctl_mr: self.ctl_mr,
+                cq: self.cq,
+                remote_ring: (remote.ring_addr, remote.ring_rkey),
+                remote_credit: (remote.credit_addr, remote.credit_rkey),
+                send: SendRing::new(remote.ring_len, max_in_flight),
+                recv: RecvRing::new(recv_len),
+                lent: VecDeque::new(),
+                first_lent: 0,
+                credit_in_flight: false,
+                credit_dirty: false,
+                closing: false,
+                close_done: false,
+                ended: false,
+                side_channel_closed: None,
+                failure: None,
+            }),
+            stream,
+        })
+    }
+}
+
+fn random_psn() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    (h.finish() as u32) & 0xff_ffff
+}
+
+/// A live connection, shared by the endpoint and the frames and buffers
+/// lent from it.
+pub(crate) struct Conn {
+    /// The peer's endpoint name.
+    pub peer: String,
+    state: Mutex<State>,
+    stream: TcpStream,
+}
+
+struct State {
+    // Verbs resources, in drop order: the queue pair before the memory it
+    // accessed and the completion queue it used.
+    qp: Qp,
+    send_mr: Mr,
+    recv_mr: Mr,
+    ctl_mr: Mr,
+    cq: Cq,
+    remote_ring: (u64, u32),
+    remote_credit: (u64, u32),
+    send: SendRing,
+    recv: RecvRing,
+    /// Lent buffers not yet posted, from reservation `first_lent` on.
+    lent: VecDeque<Lent>,
+    first_lent: u64,
+    credit_in_flight: bool,
+    credit_dirty: bool,
+    /// We posted our close.
+    closing: bool,
+    /// Our close completed (everything before it was delivered).
+    close_done: bool,
+    /// The end was reported to the endpoint.
+    ended: bool,
+    /// When the side channel was seen closed without a close in band.
+    side_channel_closed: Option<Instant>,
+    /// Why the connection failed, if it did.
+    failure: Option<String>,
+}
+
+impl State {
+    fn fail(&mut self, why: String) {
+        if self.failure.is_none() {
+            self.failure = Some(why);
+            self.qp.fail();
+        }
+    }
+
+    fn post_credit(&mut self) {
+        if self.credit_in_flight || !self.credit_dirty || self.failure.is_some() || self.closing {
+            return;
+        }
+        let (head, released) = self.recv.credit();
+        let words = [
+            head,
+            released,
+            head ^ released.rotate_left(17) ^ CREDIT_CHECK,
+        ];
+        let out = self.ctl_mr.ptr().wrapping_add(CREDIT_OUT) as *mut u64;
+        for (i, w) in words.iter().enumerate() {
+            // SAFETY: CREDIT_OUT + 24 lies inside the 4 KiB control page,
+            // 8-aligned; no credit write is in flight, so the device is
+            // not reading these bytes.
+            unsafe { out.add(i).write_volatile(*w) };
+        }
+        // SAFETY: the 24 bytes are in `ctl_mr` and stay untouched until the
+        // completion (credit_in_flight blocks rewriting them).
+        let posted = unsafe {
+            self.qp.write_imm(
+                WR_CREDIT,
+                &self.ctl_mr,
+                self.ctl_mr.addr() + CREDIT_OUT as u64,
+                CREDIT_LEN,
+                self.remote_credit,
+                IMM_CREDIT,
+            )
+        };
+        match posted {
+            Ok(()) => {
+                self.credit_in_flight = true;
+                self.credit_dirty = false;
+            }
+            Err(e) => self.fail(format!("posting a credit update failed: {e}")),
+        }
+    }
+
+    /// Reads the credit word the peer wrote.
+    fn read_credit(&mut self) {
+        let inp = self.ctl_mr.ptr().wrapping_add(CREDIT_IN) as *const u64;
+        for _ in 0..1000 {
+            // SAFETY: CREDIT_IN + 24 lies inside the control page,
+            // 8-aligned. The peer's device may be writing a newer credit
+            // concurrently: the check word tells a torn read, retried.
+            let [head, released, check] = unsafe {
+                [
+                    inp.read_volatile(),
+                    inp.add(1).read_volatile(),
+                    inp.add(2).read_volatile(),
+                ]
+            };
+            if check == head ^ released.rotate_left(17) ^ CREDIT_CHECK {
+                self.send.credit(head, released);
+                return;
+            }
+            std::hint::spin_loop();
+        }
+        self.fail("the peer's credit word stays inconsistent".into());
+    }
+
+    /// Posts every lent buffer that is next in line and settled.
+    fn post_ready(&mut self) -> io::Result<()> {
+        while let Some(&front) = self.lent.front() {
+            let (wr, len, offset, imm) = match front {
+                Lent::Out => break,
+                Lent::Sent { offset, len } => (WR_DATA, len, offset, (offset / ALIGN) as u32),
+                Lent::Dropped { offset } => (WR_DATA, 0, offset, IMM_PAD | (offset / ALIGN) as u32),
+            };
+            self.lent.pop_front();
+            self.first_lent += 1;
+            if self.failure.is_some() {
+                continue;
+            }
+            let (addr, rkey) = self.remote_ring;
+            // SAFETY: [offset, offset + len) is this reservation's part of
+            // the mirror ring, which nobody touches until the receiver
+            // releases it (after the write completed).
+            unsafe {
+                self.qp.write_imm(
+                    wr,
+                    &self.send_mr,
+                    self.send_mr.addr() + offset,
+                    len,
+                    (addr + offset, rkey),
+                    imm,
+                )?
+            };
+        }
+        Ok(())
+    }
+
+    /// Takes every completion off the queue.
+    fn poll(&mut self, out: &mut Vec<Progress>) {
+        let mut wcs = [ffi::ibv_wc::default(); 32];
+        loop {
+            let n = match self.cq.poll(&mut wcs) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.fail(format!("polling the completion queue failed: {e}"));
+                    return;
+                }
+            };
+            for wc in &wcs[..n] {
+                self.completion(wc, out);
+            }
+            if n < wcs.len() {
+                return;
+            }
+        }
+    }
+
+    fn completion(&mut self, wc: &ffi::ibv_wc, out: &mut Vec<Progress>) {
+        if let Some((status, vendor)) = wc.error() {
+            let flushed = status == ffi::ibv_wc_status::IBV_WC_WR_FLUSH_ERR;
+            if !(flushed && (self.failure.is_some() || self.closing)) {
+                let what = if wc.wr_id() == WR_RECV {
+                    "a receive"
+                } else {
+                    "an RDMA WRITE"
+                };
+                self.fail(format!(
+                    "{what} completed with {} (vendor error {vendor:#x})",
+                    verbs::status_name(status)
+                ));
+            }
+            return;
+        }
+        match wc.wr_id() {
+            WR_CREDIT => {
+                self.credit_in_flight = false;
+                self.post_credit();
+            }
+            WR_CLOSE => self.close_done = true,
+            WR_DATA => {}
+            WR_RECV => {
+                if let Err(e) = self.qp.post_recv(WR_RECV) {
+                    self.fail(format!("re-posting a receive failed: {e}"));
+                    return;
+                }
+                let Some(imm) = wc.imm_data() else {
+                    self.fail("the peer sent a message without immediate data".into());
+                    return;
+                };
+                let imm = u32::from_be(imm);
+                match imm {
+                    IMM_CREDIT => self.read_credit(),
+                    IMM_CLOSE => out.push(Progress::Ended(None)),
+                    imm if imm & IMM_CONTROL != 0 => {
+                        self.fail(format!("unknown control message {imm:#x}"))
+                    }
+                    imm => {
+                        let offset = u64::from(imm & IMM_OFFSET) * ALIGN;
+                        let len = if imm & IMM_PAD != 0 {
+                            0
+                        } else {
+                            wc.len() as u64
+                        };
+                        match self.recv.arrive(offset, len) {
+                            Err(Violation(why)) => {
+                                self.fail(format!("the peer broke the ring protocol: {why}"))
+                            }
+                            Ok(id) if imm & IMM_PAD != 0 => self.release(id),
+                            Ok(id) => out.push(Progress::Frame {
+                                id,
+                                offset,
+                                len: len as usize,
+                            }),
+                        }
+                    }
+                }
+            }
+            other => self.fail(format!("a completion with unknown work request id {other}")),
+        }
+    }
+
+    fn release(&mut self, id: u64) {
+        if self.recv.release(id).is_some() {
+            self.credit_dirty = true;
+            self.post_credit();
+        }
+    }
+}
+
+impl Conn {
+    /// Polls completions and the side channel; returns what the endpoint
+    /// must hear of, in order.
+    pub fn progress(&self, out: &mut Vec<Progress>) {
+        let mut st = lock(&self.state);
+        if st.ended {
+            return;
+        }
+        // Look at the side channel first, then drain the completions: a
+        // close sent before the side channel closed is then seen.
+        if st.side_channel_closed.is_none() && !self.side_channel_open() {
+            st.side_channel_closed = Some(Instant::now());
+        }
+        st.poll(out);
+        let ended_in_band = out.iter().any(|p| matches!(p, Progress::Ended(_)));
+        if !ended_in_band {
+            if let Some(since) = st.side_channel_closed {
+                if since.elapsed() >= CLOSE_GRACE {
+                    st.fail(
+                        "the peer's process ended or its side channel broke without a close".into(),
+                    );
+                }
+            }
+            if let Some(why) = &st.failure {
+                out.push(Progress::Ended(Some(why.clone())));
+            }
+        }
+        if out.iter().any(|p| matches!(p, Progress::Ended(_))) {
+            st.ended = true;
+        }
+    }
+
+    /// Whether the TCP side channel is still open (the peer's process is
+    /// alive and has not closed it).
+    fn side_channel_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        match self.stream.peek(&mut byte) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => {
+                e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted
+            }
+        }
+    }
+
+    /// Why sends fail, if they do.
+    pub fn failure(&self) -> Option<String> {
+        let st = lock(&self.state);
+        if let Some(f) = &st.failure {
+            return Some(f.clone());
+        }
+        (st.ended || st.closing).then(|| "the connection was closed".to_owned())
+    }
+
+    /// The largest frame this connection can carry to the peer.
+    pub fn max_frame(&self) -> usize {
+        lock(&self.state).send.max_frame() as usize
+    }
+
+    /// Reserves a frame of `len` bytes, if there is room now: its
+    /// reservation number and where its bytes are in the mirror ring.
+    pub fn reserve(&self, len: usize) -> Option<(u64, *mut u8)> {
+        let mut st = lock(&self.state);
+        let r = st.send.reserve(len as u64)?;
+        st.lent.push_back(Lent::Out);
+        Some((r.seq, st.send_mr.ptr().wrapping_add(r.offset as usize)))
+    }
+
+    /// Sends (or, with `send` false, abandons) reservation `seq`.
+    pub fn settle(&self, seq: u64, ptr: *mut u8, len: usize, send: bool) -> io::Result<()> {
+        let mut st = lock(&self.state);
+        let offset = ptr as u64 - st.send_mr.addr();
+        let i = (seq - st.first_lent) as usize;
+        st.lent[i] = if send {
+            Lent::Sent {
+                offset,
+                len: len as u32,
+            }
+        } else {
+            Lent::Dropped { offset }
+        };
+        st.post_ready()
+    }
+
+    /// Every frame sent was released by the peer.
+    pub fn drained(&self) -> bool {
+        let st = lock(&self.state);
+        st.lent.is_empty() && st.send.drained()
+    }
+
+    /// The receive ring's bytes at `offset`.
+    pub fn frame_ptr(&self, offset: u64) -> *const u8 {
+        lock(&self.state)
+            .recv_mr
+            .ptr()
+            .wrapping_add(offset as usize)
+    }
+
+    /// Releases frame `id`'s space.
+    pub fn release(&self, id: u64) {
+        lock(&self.state).release(id);
+    }
+
+    /// Arms the completion queue: the channel gets an event at the next
+    /// completion.
+    pub fn arm(&self) {
+        let st = lock(&self.state);
+        if let Err(e) = st.cq.arm() {
+            drop(st);
+            lock(&self.state).fail(format!("arming the completion queue failed: {e}"));
+        }
+    }
+
+    /// Starts closing: posts the close after everything sent so far.
+    pub fn start_close(&self) {
+        let mut st = lock(&self.state);
+        if st.closing || st.failure.is_some() || st.ended {
+            st.closing = true;
+            return;
+        }
+        st.closing = true;
+        // Everything settled before the close goes out before it.
+        if st.post_ready().is_err() {
+            st.close_done = true;
+            return;
+        }
+        // SAFETY: a zero-length write reads no local memory.
+        let posted = unsafe {
+            st.qp.write_imm(
+                WR_CLOSE,
+                &st.ctl_mr,
+                st.ctl_mr.addr(),
+                0,
+                st.remote_ring,
+                IMM_CLOSE,
+            )
+        };
+        if posted.is_err() {
+            st.close_done = true;
+        }
+    }
+
+    /// Whether our close completed, or can no longer.
+    pub fn close_settled(&self) -> bool {
+        let mut st = lock(&self.state);
+        let mut sink = Vec::new();
+        st.poll(&mut sink);
+        st.close_done || st.failure.is_some()
+    }
+
+    /// Ends the side channel (the peer sees the close, or a crash).
+    pub fn shut_side_channel(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.shut_side_channel();
+    }
+}
+
+/// Closes `conns`: posts each one's close, waits until they completed or
+/// `linger` passed, and ends their side channels.
+pub(crate) fn close_all(conns: &[Arc<Conn>], linger: Duration) {
+    for c in conns {
+        c.start_close();
+    }
+    let until = Instant::now() + linger;
+    while Instant::now() < until && !conns.iter().all(|c| c.close_settled()) {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for c in conns {
+        c.shut_side_channel();
+    }
+}

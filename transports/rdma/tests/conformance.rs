@@ -1,0 +1,56 @@
+//! The RDMA transport passes the conformance suite. Needs an RDMA device
+//! (soft-RoCE is enough): run through `guest/guest.sh`, or on a host with
+//! one. Without a device every test fails with the preflight's message.
+
+use laggard_conformance::Factory;
+use laggard_rdma::{RdmaConfig, RdmaTransport};
+
+struct Rdma;
+
+impl Factory for Rdma {
+    type T = RdmaTransport;
+    fn transport(&self) -> RdmaTransport {
+        RdmaTransport::new()
+    }
+    fn with_buffering(&self, bytes: usize) -> RdmaTransport {
+        RdmaTransport::with_config(RdmaConfig::default().ring_bytes(bytes as u64)).unwrap()
+    }
+    fn leaks(&self, t: &RdmaTransport) -> Vec<String> {
+        t.leaks()
+    }
+}
+
+#[test]
+fn ordering_per_connection() {
+    laggard_conformance::ordering_per_connection(&Rdma);
+}
+
+#[test]
+fn large_frames() {
+    laggard_conformance::large_frames(&Rdma);
+}
+
+#[test]
+fn many_concurrent_connections() {
+    laggard_conformance::many_concurrent_connections(&Rdma);
+}
+
+#[test]
+fn peer_drop_is_an_error() {
+    laggard_conformance::peer_drop_is_an_error(&Rdma);
+}
+
+#[test]
+fn backpressure_when_the_receiver_is_slow() {
+    laggard_conformance::backpressure_when_the_receiver_is_slow(&Rdma);
+}
+
+#[test]
+fn recv_returns_at_its_deadline() {
+    laggard_conformance::recv_returns_at_its_deadline(&Rdma);
+}
+
+#[test]
+fn clean_shutdown_leaks_nothing() {
+    laggard_conformance::clean_shutdown_leaks_nothing(&Rdma);
+}
