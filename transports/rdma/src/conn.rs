@@ -9,13 +9,15 @@
 //!   order.
 //! - **Credit.** The receiver releases frames in any order. When the
 //!   released prefix grows, it writes `(head, released frames, check)` into
-//!   the sender's credit word with a WRITE WITH IMMEDIATE tagged
-//!   [`IMM_CREDIT`] (so the sender wakes); at most one credit write is in
-//!   flight, later releases coalesce into the next.
+//!   the sender's credit word with an inline WRITE WITH IMMEDIATE tagged
+//!   [`IMM_CREDIT`] (so the sender wakes). The credit is posted by whoever
+//!   releases the frame, at once: it never waits for the receiving
+//!   endpoint to poll again. At most [`CREDITS_IN_FLIGHT`] are in flight;
+//!   a release beyond that polls for their completions first.
 //! - **Receives.** Every WRITE WITH IMMEDIATE consumes a posted receive.
 //!   Each side keeps `recv_depth` posted and re-posts as it polls; a sender
-//!   keeps at most `recv_depth - 2` frames unreleased, leaving room for a
-//!   credit write and the close.
+//!   keeps at most `recv_depth - CREDITS_IN_FLIGHT - 2` frames unreleased,
+//!   so credit writes and the close always find a receive.
 //! - **Close.** A closing side posts a zero-length write tagged
 //!   [`IMM_CLOSE`] after its last frame, waits (at most the linger time)
 //!   for its completion, then closes the TCP side channel. A peer whose
@@ -53,12 +55,14 @@ const WR_CREDIT: u64 = 2;
 const WR_CLOSE: u64 = 3;
 const WR_RECV: u64 = 4;
 
-/// The control page: the credit word the peer writes, and the source of
-/// the credit writes we send.
+/// The control page: the credit word the peer writes.
 const CTL_LEN: usize = 4096;
 const CREDIT_IN: usize = 0;
-const CREDIT_OUT: usize = 64;
-const CREDIT_LEN: u32 = 24;
+/// Credit writes a connection may have in flight.
+pub(crate) const CREDITS_IN_FLIGHT: u32 = 8;
+/// How long a release waits for a credit write to complete when
+/// [`CREDITS_IN_FLIGHT`] are out (they complete within a round trip).
+const CREDIT_WAIT: Duration = Duration::from_millis(5);
 const CREDIT_CHECK: u64 = 0x6c61_6767_6172_6421;
 
 /// How long a side channel may be closed before a close arrives in band,
@@ -160,7 +164,17 @@ impl Pending {
         let send_mr = Mr::new(dev, remote.ring_len as usize, false)?;
         self.qp.connect(path, self.psn, &remote.qp)?;
         stream.set_nonblocking(true)?;
-        let max_in_flight = u64::from(remote.recv_depth.min(self.recv_depth + 4)) - 2;
+        // The peer keeps `remote.recv_depth` receives posted; leave room
+        // for our credit writes and the close. Our own send queue holds
+        // `recv_depth + 16`: as many frames, the credits and the close.
+        let reserve = CREDITS_IN_FLIGHT + 2;
+        let max_in_flight = u64::from(
+            remote
+                .recv_depth
+                .min(self.recv_depth)
+                .saturating_sub(reserve)
+                .max(1),
+        );
         let recv_len = self.recv_mr.len() as u64;
         Ok(Conn {
             peer: remote.name.clone(),
@@ -176,8 +190,9 @@ impl Pending {
                 recv: RecvRing::new(recv_len),
                 lent: VecDeque::new(),
                 first_lent: 0,
-                credit_in_flight: false,
+                credits_out: 0,
                 credit_dirty: false,
+                arrived: Vec::new(),
                 closing: false,
                 close_done: false,
                 ended: false,
@@ -224,8 +239,13 @@ struct State {
     /// Lent buffers not yet posted, from reservation `first_lent` on.
     lent: VecDeque<Lent>,
     first_lent: u64,
-    credit_in_flight: bool,
+    /// Credit writes posted and not yet completed.
+    credits_out: u32,
+    /// The released prefix grew since the last credit write.
     credit_dirty: bool,
+    /// What polling found, for the endpoint to take (polling also happens
+    /// on releasing threads).
+    arrived: Vec<Progress>,
     /// We posted our close.
     closing: bool,
     /// Our close completed (everything before it was delivered).
@@ -246,9 +266,29 @@ impl State {
         }
     }
 
-    fn post_credit(&mut self) {
-        if self.credit_in_flight || !self.credit_dirty || self.failure.is_some() || self.closing {
+    /// Posts the current credit if it changed since the last one. With
+    /// `may_wait`, a full quota of credit writes in flight is polled for
+    /// (briefly); otherwise the credit stays due and the next completion
+    /// posts it.
+    fn post_credit(&mut self, may_wait: bool) {
+        if !self.credit_dirty || self.failure.is_some() || self.closing {
             return;
+        }
+        if self.credits_out >= CREDITS_IN_FLIGHT {
+            if !may_wait {
+                return;
+            }
+            let until = Instant::now() + CREDIT_WAIT;
+            while self.credits_out >= CREDITS_IN_FLIGHT
+                && self.failure.is_none()
+                && Instant::now() < until
+            {
+                self.poll();
+            }
+            if self.credits_out >= CREDITS_IN_FLIGHT || !self.credit_dirty || self.failure.is_some()
+            {
+                return;
+            }
         }
         let (head, released) = self.recv.credit();
         let words = [
@@ -256,28 +296,12 @@ impl State {
             released,
             head ^ released.rotate_left(17) ^ CREDIT_CHECK,
         ];
-        let out = self.ctl_mr.ptr().wrapping_add(CREDIT_OUT) as *mut u64;
-        for (i, w) in words.iter().enumerate() {
-            // SAFETY: CREDIT_OUT + 24 lies inside the 4 KiB control page,
-            // 8-aligned; no credit write is in flight, so the device is
-            // not reading these bytes.
-            unsafe { out.add(i).write_volatile(*w) };
-        }
-        // SAFETY: the 24 bytes are in `ctl_mr` and stay untouched until the
-        // completion (credit_in_flight blocks rewriting them).
-        let posted = unsafe {
-            self.qp.write_imm(
-                WR_CREDIT,
-                &self.ctl_mr,
-                self.ctl_mr.addr() + CREDIT_OUT as u64,
-                CREDIT_LEN,
-                self.remote_credit,
-                IMM_CREDIT,
-            )
-        };
+        let posted = self
+            .qp
+            .write_inline_imm(WR_CREDIT, &words, self.remote_credit, IMM_CREDIT);
         match posted {
             Ok(()) => {
-                self.credit_in_flight = true;
+                self.credits_out += 1;
                 self.credit_dirty = false;
             }
             Err(e) => self.fail(format!("posting a credit update failed: {e}")),
@@ -339,7 +363,7 @@ impl State {
     }
 
     /// Takes every completion off the queue.
-    fn poll(&mut self, out: &mut Vec<Progress>) {
+    fn poll(&mut self) {
         let mut wcs = [ffi::ibv_wc::default(); 32];
         loop {
             let n = match self.cq.poll(&mut wcs) {
@@ -350,7 +374,7 @@ impl State {
                 }
             };
             for wc in &wcs[..n] {
-                self.completion(wc, out);
+                self.completion(wc);
             }
             if n < wcs.len() {
                 return;
@@ -358,7 +382,10 @@ impl State {
         }
     }
 
-    fn completion(&mut self, wc: &ffi::ibv_wc, out: &mut Vec<Progress>) {
+    fn completion(&mut self, wc: &ffi::ibv_wc) {
+        if wc.wr_id() == WR_CREDIT {
+            self.credits_out = self.credits_out.saturating_sub(1);
+        }
         if let Some((status, vendor)) = wc.error() {
             let flushed = status == ffi::ibv_wc_status::IBV_WC_WR_FLUSH_ERR;
             if !(flushed && (self.failure.is_some() || self.closing)) {
@@ -375,10 +402,7 @@ impl State {
             return;
         }
         match wc.wr_id() {
-            WR_CREDIT => {
-                self.credit_in_flight = false;
-                self.post_credit();
-            }
+            WR_CREDIT => self.post_credit(false),
             WR_CLOSE => self.close_done = true,
             WR_DATA => {}
             WR_RECV => {
@@ -393,7 +417,7 @@ impl State {
                 let imm = u32::from_be(imm);
                 match imm {
                     IMM_CREDIT => self.read_credit(),
-                    IMM_CLOSE => out.push(Progress::Ended(None)),
+                    IMM_CLOSE => self.arrived.push(Progress::Ended(None)),
                     imm if imm & IMM_CONTROL != 0 => {
                         self.fail(format!("unknown control message {imm:#x}"))
                     }
@@ -408,8 +432,8 @@ impl State {
                             Err(Violation(why)) => {
                                 self.fail(format!("the peer broke the ring protocol: {why}"))
                             }
-                            Ok(id) if imm & IMM_PAD != 0 => self.release(id),
-                            Ok(id) => out.push(Progress::Frame {
+                            Ok(id) if imm & IMM_PAD != 0 => self.release(id, false),
+                            Ok(id) => self.arrived.push(Progress::Frame {
                                 id,
                                 offset,
                                 len: len as usize,
@@ -422,10 +446,10 @@ impl State {
         }
     }
 
-    fn release(&mut self, id: u64) {
+    fn release(&mut self, id: u64, may_wait: bool) {
         if self.recv.release(id).is_some() {
             self.credit_dirty = true;
-            self.post_credit();
+            self.post_credit(may_wait);
         }
     }
 }
@@ -443,7 +467,8 @@ impl Conn {
         if st.side_channel_closed.is_none() && !self.side_channel_open() {
             st.side_channel_closed = Some(Instant::now());
         }
-        st.poll(out);
+        st.poll();
+        out.append(&mut st.arrived);
         let ended_in_band = out.iter().any(|p| matches!(p, Progress::Ended(_)));
         if !ended_in_band {
             if let Some(since) = st.side_channel_closed {
@@ -530,7 +555,7 @@ impl Conn {
 
     /// Releases frame `id`'s space.
     pub fn release(&self, id: u64) {
-        lock(&self.state).release(id);
+        lock(&self.state).release(id, true);
     }
 
     /// Arms the completion queue: the channel gets an event at the next
@@ -575,9 +600,16 @@ impl Conn {
     /// Whether our close completed, or can no longer.
     pub fn close_settled(&self) -> bool {
         let mut st = lock(&self.state);
-        let mut sink = Vec::new();
-        st.poll(&mut sink);
+        st.poll();
+        st.arrived.clear();
         st.close_done || st.failure.is_some()
+    }
+
+    /// Replaces the key of the peer's ring with a wrong one, so the next
+    /// frame's write fails at the peer with a remote access error (tests).
+    pub fn corrupt_remote_key(&self) {
+        let mut st = lock(&self.state);
+        st.remote_ring.1 ^= 0x5a5a_5a5a;
     }
 
     /// Ends the side channel (the peer sees the close, or a crash).
