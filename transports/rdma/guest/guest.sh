@@ -6,7 +6,8 @@
 #   guest.sh initramfs OUT FILE...    pack FILEs (binaries) into a guest image
 #   guest.sh run IMAGE JOB [ARGS]     boot one guest, rxe on loopback, run
 #                                     /jobs/JOB ARGS; exit with its status
-#   guest.sh run2 IMAGE JOB_A JOB_B   boot two guests joined by a QEMU socket
+#   guest.sh run2 IMAGE "JOB_A [ARGS]" "JOB_B [ARGS]"
+#                                     boot two guests joined by a QEMU socket
 #                                     network (10.0.0.1 and 10.0.0.2), rxe on
 #                                     eth0; exit non-zero if either job failed
 #
@@ -132,13 +133,15 @@ run() {
 
 run2() {
     local image="$1" job_a="$2" job_b="$3"
+    # "JOB ARG..." -> laggard.job=JOB laggard.args=ARG,...
+    cmdline() { local job="${1%% *}" args=""; [ "$1" = "$job" ] || args="${1#* }"; echo "laggard.job=$job laggard.args=${args// /,}"; }
     local port_a=$((20000 + RANDOM % 20000)); local port_b=$((port_a + 1))
     local log_a log_b; log_a="$(mktemp)"; log_b="$(mktemp)"
-    qemu "$image" "laggard.job=$job_a laggard.ip=10.0.0.1 laggard.peer=10.0.0.2" \
+    qemu "$image" "$(cmdline "$job_a") laggard.ip=10.0.0.1 laggard.peer=10.0.0.2" \
         -netdev "socket,id=n0,udp=127.0.0.1:$port_b,localaddr=127.0.0.1:$port_a" \
         -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:01 > "$log_a" 2>&1 &
     local pid_a=$!
-    qemu "$image" "laggard.job=$job_b laggard.ip=10.0.0.2 laggard.peer=10.0.0.1" \
+    qemu "$image" "$(cmdline "$job_b") laggard.ip=10.0.0.2 laggard.peer=10.0.0.1" \
         -netdev "socket,id=n0,udp=127.0.0.1:$port_a,localaddr=127.0.0.1:$port_b" \
         -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:02 > "$log_b" 2>&1 || true
     wait "$pid_a" || true
@@ -155,5 +158,5 @@ case "$cmd" in
     initramfs) initramfs "$@" ;;
     run) run "$@" ;;
     run2) run2 "$@" ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
 esac

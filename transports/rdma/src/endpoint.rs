@@ -346,6 +346,16 @@ impl RdmaEndpoint {
             .or_else(|| lock(&self.shared.addresses).get(&self.name).copied())
     }
 
+    /// Makes the next frame to `peer` fail with a remote access error, as
+    /// a wrong key or a peer that deregistered its memory would: for tests
+    /// of completion-error handling only.
+    #[doc(hidden)]
+    pub fn inject_remote_access_error(&mut self, peer: PeerId) {
+        if let Some(c) = self.conns.get(&peer) {
+            c.corrupt_remote_key();
+        }
+    }
+
     fn conn(&self, peer: PeerId) -> Result<Arc<Conn>> {
         self.conns.get(&peer).cloned().ok_or_else(|| {
             let reason = match self.ended.get(&peer) {

@@ -72,8 +72,13 @@ fn is_ipv4_mapped(gid: &[u8; 16]) -> bool {
 
 /// The devices present, or the error a user can act on.
 fn pick_device(cfg: &RdmaConfig) -> Result<String> {
-    let names =
-        verbs::device_names().map_err(|e| problem(format!("could not list RDMA devices: {e}")))?;
+    // libibverbs answers ENOSYS where the kernel has no verbs interface
+    // at all (no ib_uverbs): as far as the user is concerned, no device.
+    let (names, no_uverbs) = match verbs::device_names() {
+        Ok(names) => (names, false),
+        Err(e) if e.raw_os_error() == Some(38) => (Vec::new(), true),
+        Err(e) => return Err(problem(format!("could not list RDMA devices: {e}"))),
+    };
     let in_sysfs: Vec<String> = std::fs::read_dir("/sys/class/infiniband")
         .map(|d| {
             d.filter_map(|e| e.ok())
@@ -90,12 +95,16 @@ fn pick_device(cfg: &RdmaConfig) -> Result<String> {
                 in_sysfs.join(", ")
             )));
         }
-        return Err(problem(
-            "this machine has no RDMA device (ibv_get_device_list found none). Use an \
-             InfiniBand or RoCE adapter, or soft-RoCE on any Ethernet interface: \
+        let why = if no_uverbs {
+            "the kernel has no RDMA verbs interface: module ib_uverbs is not loaded"
+        } else {
+            "ibv_get_device_list found none"
+        };
+        return Err(problem(format!(
+            "this machine has no RDMA device ({why}). Use an InfiniBand or RoCE adapter, \
+             or soft-RoCE on any Ethernet interface: \
              `modprobe rdma_rxe && rdma link add rxe0 type rxe netdev eth0`"
-                .into(),
-        ));
+        )));
     }
     match &cfg.device {
         None => Ok(names[0].clone()),
