@@ -4,8 +4,9 @@
 #
 #   check.sh          host checks, then the guests: the tests (unit,
 #                     conformance, verbs), the training demo in one guest,
-#                     and the demo split across two guests (servers on one,
-#                     workers on the other)
+#                     the demo split across two guests (servers on one,
+#                     workers on the other), and a smoke run of the benchmarks
+#   check.sh bench    the same, with the full benchmarks against perftest
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 crate="$(dirname "$here")"
@@ -38,6 +39,13 @@ for line in sys.stdin:
 ' "$bins"
 cargo build --release --example train_rdma
 cp target/release/examples/train_rdma "$bins/"
+cargo bench --no-run --message-format=json 2>/dev/null | python3 -c '
+import json, shutil, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        shutil.copy(m["executable"], sys.argv[1] + "/bench-" + m["target"]["name"])
+' "$bins"
 ls "$bins"
 image="$bins/guest.cpio.gz"
 "$here/guest.sh" initramfs "$image" "$bins"/*
@@ -53,5 +61,13 @@ step "guest: the training demo, 2 servers and 4 workers, one process each"
 
 step "two guests: servers on 10.0.0.1, workers on 10.0.0.2, rxe on eth0"
 "$here/guest.sh" run2 "$image" "servers --servers 2 --workers 2 --clocks 30" "workers --servers 2 --workers 2 --clocks 30"
+
+if [ "${1:-}" = bench ]; then
+    step "guest: benchmarks against perftest (ratios)"
+    "$here/guest.sh" run "$image" bench
+else
+    step "guest: benchmarks run once (smoke)"
+    "$here/guest.sh" run "$image" bench smoke
+fi
 
 step "rdma checks passed"

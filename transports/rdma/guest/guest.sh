@@ -17,7 +17,15 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 timeout_s="${GUEST_TIMEOUT_S:-600}"
-kver() { ls /lib/modules | sort -V | tail -1; }
+# The newest Debian kernel installed with its modules (the guest's kernel).
+kver() {
+    local v
+    for v in $(ls /boot | sed -n 's/^vmlinuz-//p' | sort -rV); do
+        [ -f "/lib/modules/$v/modules.dep" ] && { echo "$v"; return; }
+    done
+    echo "guest.sh: no kernel in /boot with modules in /lib/modules (install linux-image-amd64)" >&2
+    exit 2
+}
 
 packages() {
     local need=(qemu-system-x86 linux-image-amd64 busybox-static rdma-core

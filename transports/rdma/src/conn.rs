@@ -69,6 +69,10 @@ const CREDIT_CHECK: u64 = 0x6c61_6767_6172_6421;
 /// before the peer is taken for crashed.
 const CLOSE_GRACE: Duration = Duration::from_millis(100);
 
+/// How often polling looks at the side channel (a crashed peer is seen
+/// within this plus [`CLOSE_GRACE`]).
+const SIDE_CHANNEL_CHECK: Duration = Duration::from_millis(1);
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -197,6 +201,7 @@ impl Pending {
                 close_done: false,
                 ended: false,
                 side_channel_closed: None,
+                side_channel_checked: Instant::now(),
                 failure: None,
             }),
             stream,
@@ -254,6 +259,8 @@ struct State {
     ended: bool,
     /// When the side channel was seen closed without a close in band.
     side_channel_closed: Option<Instant>,
+    /// When the side channel was last looked at.
+    side_channel_checked: Instant,
     /// Why the connection failed, if it did.
     failure: Option<String>,
 }
@@ -462,10 +469,16 @@ impl Conn {
         if st.ended {
             return;
         }
-        // Look at the side channel first, then drain the completions: a
-        // close sent before the side channel closed is then seen.
-        if st.side_channel_closed.is_none() && !self.side_channel_open() {
-            st.side_channel_closed = Some(Instant::now());
+        // Look at the side channel first (a system call, so at most every
+        // SIDE_CHANNEL_CHECK), then drain the completions: a close sent
+        // before the side channel closed is then seen.
+        if st.side_channel_closed.is_none()
+            && st.side_channel_checked.elapsed() >= SIDE_CHANNEL_CHECK
+        {
+            st.side_channel_checked = Instant::now();
+            if !self.side_channel_open() {
+                st.side_channel_closed = Some(Instant::now());
+            }
         }
         st.poll();
         out.append(&mut st.arrived);

@@ -1,0 +1,163 @@
+//! RDMA benchmarks, meant to run inside the soft-RoCE guest next to
+//! perftest (`guest/guest.sh run IMAGE bench`), which reports each figure
+//! as a ratio to `ib_write_bw` / `ib_write_lat` run in the same guest:
+//! absolute numbers under emulation mean nothing.
+//!
+//! - `rdma_stream/N`: one-way stream of N-byte frames (lend, fill nothing,
+//!   send; the receiver drops each), the transport's counterpart of
+//!   `ib_write_bw -s N`.
+//! - `rdma_pingpong_64B`: a 64-byte frame there and back; half of it is
+//!   the counterpart of `ib_write_lat -s 64`.
+//! - `rdma_push_applied/N` and `rdma_pull/N`: the runtime's push of an
+//!   N-byte row (f32) until the server applied it, and a pull of one,
+//!   through a server over RDMA.
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use laggard::transport::{Endpoint, Event, Transport};
+use laggard::{ClusterSpec, Consistency, Server, Sum, TableSpec, Worker, WorkerId};
+use laggard_rdma::{RdmaConfig, RdmaTransport};
+
+const SIZES: [usize; 3] = [64 << 10, 1 << 20, 16 << 20];
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(60)
+}
+
+fn net() -> RdmaTransport {
+    RdmaTransport::with_config(RdmaConfig::default().ring_bytes(64 << 20).busy_poll(true)).unwrap()
+}
+
+/// A receiver thread that drops every frame until its peer goes.
+fn sink(mut ep: impl Endpoint + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        loop {
+            match ep.recv(soon()) {
+                Ok(Some(Event::Disconnected(_))) | Ok(None) | Err(_) => return,
+                Ok(Some(_)) => {}
+            }
+        }
+    })
+}
+
+fn stream(c: &mut Criterion) {
+    let mut g = c.benchmark_group("rdma_stream");
+    for size in SIZES {
+        let net = net();
+        let server = net.bind("stream-server").unwrap();
+        let mut client = net.bind("stream-client").unwrap();
+        let peer = client.connect("stream-server", soon()).unwrap();
+        let receiving = sink(server);
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let buf = client.lend(peer, size, soon()).unwrap();
+                    client.send(buf).unwrap();
+                }
+                client.flush(peer, soon()).unwrap();
+                start.elapsed()
+            })
+        });
+        drop(client);
+        receiving.join().unwrap();
+    }
+    g.finish();
+}
+
+fn pingpong(c: &mut Criterion) {
+    let net = net();
+    let mut server = net.bind("pp-server").unwrap();
+    let mut client = net.bind("pp-client").unwrap();
+    let peer = client.connect("pp-server", soon()).unwrap();
+    let echoing = std::thread::spawn(move || {
+        loop {
+            match server.recv(soon()) {
+                Ok(Some(Event::Frame(from, frame))) => {
+                    let mut buf = server.lend(from, frame.len(), soon()).unwrap();
+                    buf.copy_from_slice(&frame);
+                    drop(frame);
+                    server.send(buf).unwrap();
+                }
+                Ok(Some(Event::Connected(_))) => {}
+                _ => return,
+            }
+        }
+    });
+    c.bench_function("rdma_pingpong_64B", |b| {
+        b.iter(|| {
+            let mut buf = client.lend(peer, 64, soon()).unwrap();
+            buf.fill(1);
+            client.send(buf).unwrap();
+            loop {
+                if let Some(Event::Frame(_, f)) = client.recv(soon()).unwrap() {
+                    return f.len();
+                }
+            }
+        })
+    });
+    drop(client);
+    echoing.join().unwrap();
+}
+
+fn pushpull(c: &mut Criterion) {
+    for size in SIZES {
+        let width = size / 4;
+        // Pushes go to an Async table; pulls read a BSP one, where each
+        // clock makes the cached row stale so the pull fetches it again.
+        let spec = ClusterSpec::new(1, 1)
+            .table(
+                "row",
+                TableSpec::<f32>::dense(0..1, width)
+                    .update(Sum)
+                    .consistency(Consistency::Async),
+            )
+            .table(
+                "pulled",
+                TableSpec::<f32>::dense(0..1, width).consistency(Consistency::Bsp),
+            )
+            .timeout(Duration::from_secs(60));
+        let net = net();
+        let server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
+        let serving = std::thread::spawn(move || server.run_until_workers_done().unwrap());
+        let ep = net.bind(&spec.worker_name(0)).unwrap();
+        let mut worker = Worker::connect(ep, &spec, WorkerId(0), soon()).unwrap();
+        let table = worker.table::<f32>("row").unwrap();
+        let pulled = worker.table::<f32>("pulled").unwrap();
+        let delta = vec![1.0f32; width];
+        let mut row = vec![0f32; width];
+        let mut g = c.benchmark_group("rdma_push_applied");
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}"), |b| {
+            b.iter(|| {
+                worker.push(&table, &[0], &delta).unwrap();
+                let ticket = worker.flush().unwrap();
+                worker.wait_applied(&ticket, soon()).unwrap();
+            })
+        });
+        g.finish();
+        let mut g = c.benchmark_group("rdma_pull");
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}"), |b| {
+            b.iter(|| {
+                worker.clock().unwrap();
+                worker.pull(&pulled, &[0], &mut row).unwrap();
+            })
+        });
+        g.finish();
+        worker.leave().unwrap();
+        serving.join().unwrap();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = stream, pingpong, pushpull
+}
+criterion_main!(benches);
