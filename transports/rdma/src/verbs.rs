@@ -308,10 +308,10 @@ impl Cq {
 
 impl Drop for Cq {
     fn drop(&mut self) {
-        // SAFETY: the QP using this CQ is destroyed first (Conn drops its
-        // QP before its CQ), and every event taken for it was acknowledged
-        // at once (Channel::drain); the kernel discards its events not yet
-        // taken, so the channel never hands out this CQ again.
+        // Every event taken for this CQ was acknowledged at once
+        // (Channel::drain); the kernel discards the ones not yet taken.
+        // SAFETY: the QP using this CQ was destroyed first (Conn drops its
+        // QP before its CQ), and no event for it is unacknowledged.
         unsafe { ffi::ibv_destroy_cq(self.cq) };
         Live::down(&self.dev.live.cqs);
     }
@@ -569,36 +569,16 @@ impl Qp {
         mr: &Mr,
         local: u64,
         len: u32,
-        (remote_addr, rkey): (u64, u32),
+        remote: (u64, u32),
         imm: u32,
     ) -> io::Result<()> {
-        let mut sge = ffi::ibv_sge {
+        let sge = ffi::ibv_sge {
             addr: local,
             length: len,
             lkey: mr.lkey(),
         };
-        let mut wr = ffi::ibv_send_wr {
-            wr_id,
-            next: ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: if len == 0 { 0 } else { 1 },
-            opcode: ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM,
-            send_flags: ffi::ibv_send_flags::IBV_SEND_SIGNALED.0,
-            ..Default::default()
-        };
-        wr.__bindgen_anon_1.imm_data = imm.to_be();
-        wr.wr.rdma = ffi::ibv_send_wr__bindgen_ty_2__bindgen_ty_1 { remote_addr, rkey };
-        let mut bad = ptr::null_mut();
-        // SAFETY: the QP is valid; `wr` and `sge` outlive the call (the
-        // provider copies them); the caller keeps the bytes alive.
-        let rc = unsafe {
-            let ops = &mut (*(*self.qp).context).ops;
-            ops.post_send.expect("post_send")(self.qp, &mut wr, &mut bad)
-        };
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        Ok(())
+        // SAFETY: the caller keeps the bytes registered and untouched.
+        unsafe { self.post_write(wr_id, sge, 0, remote, imm) }
     }
 
     /// Posts a signalled RDMA WRITE WITH IMMEDIATE of `words`, inline: the
@@ -613,20 +593,44 @@ impl Qp {
         remote: (u64, u32),
         imm: u32,
     ) -> io::Result<()> {
-        let mut sge = ffi::ibv_sge {
+        let sge = ffi::ibv_sge {
             addr: words.as_ptr() as u64,
             length: 24,
             lkey: 0,
         };
+        // SAFETY: an inline post copies the 24 bytes before it returns,
+        // while `words` is borrowed.
+        unsafe {
+            self.post_write(
+                wr_id,
+                sge,
+                ffi::ibv_send_flags::IBV_SEND_INLINE.0,
+                remote,
+                imm,
+            )
+        }
+    }
+
+    /// Posts one signalled WRITE WITH IMMEDIATE of `sge` (none if empty).
+    ///
+    /// # Safety
+    /// The bytes `sge` names are readable until the device has read them
+    /// (at once for inline sends, else until the completion).
+    unsafe fn post_write(
+        &self,
+        wr_id: u64,
+        mut sge: ffi::ibv_sge,
+        flags: u32,
+        remote: (u64, u32),
+        imm: u32,
+    ) -> io::Result<()> {
         let mut wr = ffi::ibv_send_wr {
             wr_id,
             next: ptr::null_mut(),
             sg_list: &mut sge,
-            num_sge: 1,
+            num_sge: if sge.length == 0 { 0 } else { 1 },
             opcode: ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM,
-            send_flags: (ffi::ibv_send_flags::IBV_SEND_SIGNALED
-                | ffi::ibv_send_flags::IBV_SEND_INLINE)
-                .0,
+            send_flags: ffi::ibv_send_flags::IBV_SEND_SIGNALED.0 | flags,
             ..Default::default()
         };
         wr.__bindgen_anon_1.imm_data = imm.to_be();
@@ -635,8 +639,8 @@ impl Qp {
             rkey: remote.1,
         };
         let mut bad = ptr::null_mut();
-        // SAFETY: the QP is valid; `wr`, `sge` and `words` outlive the
-        // call, and an inline post copies the bytes before returning.
+        // SAFETY: the QP is valid; `wr` and `sge` outlive the call (the
+        // provider copies them); the caller keeps the bytes readable.
         let rc = unsafe {
             let ops = &mut (*(*self.qp).context).ops;
             ops.post_send.expect("post_send")(self.qp, &mut wr, &mut bad)
