@@ -162,9 +162,6 @@ impl Pending {
         remote: &Hello,
         stream: TcpStream,
     ) -> io::Result<Conn> {
-        if self.recv_mr.len() as u64 > crate::hello::RING_MAX {
-            return Err(io::Error::other("ring too large"));
-        }
         let send_mr = Mr::new(dev, remote.ring_len as usize, false)?;
         self.qp.connect(path, self.psn, &remote.qp)?;
         stream.set_nonblocking(true)?;
