@@ -13,6 +13,10 @@ pub use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Orderi
 #[cfg(not(laggard_loom))]
 pub use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+/// A cell whose accesses loom tracks (it reports any two that race);
+/// std's `UnsafeCell` with the same closure interface otherwise.
+#[cfg(laggard_loom)]
+pub(crate) use loom::cell::UnsafeCell;
 #[cfg(laggard_loom)]
 pub use loom::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 #[cfg(laggard_loom)]
@@ -69,6 +73,31 @@ impl Backoff {
     /// first, hiding the parking path from the model checker.
     pub fn is_completed(&self) -> bool {
         cfg!(laggard_loom) || self.step > Self::SPIN_LIMIT
+    }
+}
+
+/// `std::cell::UnsafeCell` behind the interface of loom's: raw pointers are
+/// handed to a closure, so loom builds can check every access for races.
+#[cfg(not(laggard_loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(laggard_loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    /// Calls `f` with a pointer for reading the value.
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+
+    /// Calls `f` with a pointer for writing the value.
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
     }
 }
 

@@ -40,50 +40,83 @@ use crate::schedule::Schedule;
 /// table holds the row's write lock.
 ///
 /// Reads and writes go through `get`/`set` (or the bulk helpers) rather than
-/// a `&mut [T]`, because concurrent optimistic readers may be reading the
-/// same cells; the write lock makes the rule the only writer.
+/// a `&mut [T]`, because a narrow row's cells are atomics that concurrent
+/// optimistic readers may be reading; the write lock makes the rule the
+/// only writer. Wide rows (a few hundred elements and more) are plain
+/// memory, and the bulk helpers ([`update`](RowMut::update),
+/// [`zip_update`](RowMut::zip_update), [`fill`](RowMut::fill),
+/// [`copy_to`](RowMut::copy_to)) run over them as vectorisable loops, so a
+/// rule written with them is as fast as a hand-written loop over a slice.
 #[derive(Debug)]
 pub struct RowMut<'a, T: Element> {
-    cells: &'a [T::Cell],
+    view: View<'a, T>,
+}
+
+/// Where a [`RowMut`]'s elements live.
+#[derive(Debug)]
+enum View<'a, T: Element> {
+    /// A narrow row's atomic cells.
+    Cells(&'a [T::Cell]),
+    /// A wide row's plain elements, held exclusively.
+    Plain(&'a mut [T]),
 }
 
 impl<'a, T: Element> RowMut<'a, T> {
-    /// Only the table creates views, and only while it holds the row's
-    /// write lock.
+    /// A view of a narrow row's cells. Only the table creates views, and
+    /// only while it holds the row's write lock.
     pub(crate) fn new(cells: &'a [T::Cell]) -> Self {
-        RowMut { cells }
+        RowMut {
+            view: View::Cells(cells),
+        }
+    }
+
+    /// A view of a wide row's elements, which the table holds exclusively.
+    pub(crate) fn plain(elements: &'a mut [T]) -> Self {
+        RowMut {
+            view: View::Plain(elements),
+        }
     }
 
     /// Number of elements in the view.
     #[inline]
     pub fn len(&self) -> usize {
-        self.cells.len()
+        match &self.view {
+            View::Cells(cells) => cells.len(),
+            View::Plain(elements) => elements.len(),
+        }
     }
 
     /// True if the view has no elements (a rule without per-row state gets
     /// an empty state view).
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.cells.is_empty()
+        self.len() == 0
     }
 
     /// The element at `i`. Panics if `i >= len()`, like slice indexing.
     #[inline]
     pub fn get(&self, i: usize) -> T {
-        T::load(&self.cells[i])
+        match &self.view {
+            View::Cells(cells) => T::load(&cells[i]),
+            View::Plain(elements) => elements[i],
+        }
     }
 
     /// Sets the element at `i`. Panics if `i >= len()`, like slice indexing.
     #[inline]
     pub fn set(&mut self, i: usize, v: T) {
-        T::store(&self.cells[i], v)
+        match &mut self.view {
+            View::Cells(cells) => T::store(&cells[i], v),
+            View::Plain(elements) => elements[i] = v,
+        }
     }
 
     /// Replaces each element `x` with `f(x)`.
     #[inline]
     pub fn update(&mut self, mut f: impl FnMut(T) -> T) {
-        for c in self.cells {
-            T::store(c, f(T::load(c)));
+        match &mut self.view {
+            View::Cells(cells) => cells.iter().for_each(|c| T::store(c, f(T::load(c)))),
+            View::Plain(elements) => elements.iter_mut().for_each(|x| *x = f(*x)),
         }
     }
 
@@ -91,36 +124,55 @@ impl<'a, T: Element> RowMut<'a, T> {
     /// `other`. Panics if the lengths differ.
     #[inline]
     pub fn zip_update(&mut self, other: &[T], mut f: impl FnMut(T, T) -> T) {
-        assert_eq!(
-            self.cells.len(),
-            other.len(),
-            "zip_update needs equal lengths"
-        );
-        for (c, &d) in self.cells.iter().zip(other) {
-            T::store(c, f(T::load(c), d));
+        assert_eq!(self.len(), other.len(), "zip_update needs equal lengths");
+        match &mut self.view {
+            View::Cells(cells) => {
+                for (c, &d) in cells.iter().zip(other) {
+                    T::store(c, f(T::load(c), d));
+                }
+            }
+            View::Plain(elements) => {
+                for (x, &d) in elements.iter_mut().zip(other) {
+                    *x = f(*x, d);
+                }
+            }
         }
     }
 
     /// Sets every element to `v`.
     pub fn fill(&mut self, v: T) {
-        for c in self.cells {
-            T::store(c, v);
+        match &mut self.view {
+            View::Cells(cells) => cells.iter().for_each(|c| T::store(c, v)),
+            View::Plain(elements) => elements.fill(v),
         }
     }
 
     /// Copies the elements into `out`. Panics if the lengths differ.
     pub fn copy_to(&self, out: &mut [T]) {
-        assert_eq!(self.cells.len(), out.len(), "copy_to needs equal lengths");
-        for (o, c) in out.iter_mut().zip(self.cells) {
-            *o = T::load(c);
+        assert_eq!(self.len(), out.len(), "copy_to needs equal lengths");
+        match &self.view {
+            View::Cells(cells) => {
+                for (o, c) in out.iter_mut().zip(*cells) {
+                    *o = T::load(c);
+                }
+            }
+            View::Plain(elements) => out.copy_from_slice(elements),
         }
     }
 
     /// Splits the view in two at `mid` (for rules with several state
     /// vectors, such as Adam's two moments). Panics if `mid > len()`.
     pub fn split_at(&mut self, mid: usize) -> (RowMut<'_, T>, RowMut<'_, T>) {
-        let (a, b) = self.cells.split_at(mid);
-        (RowMut { cells: a }, RowMut { cells: b })
+        match &mut self.view {
+            View::Cells(cells) => {
+                let (a, b) = cells.split_at(mid);
+                (RowMut::new(a), RowMut::new(b))
+            }
+            View::Plain(elements) => {
+                let (a, b) = elements.split_at_mut(mid);
+                (RowMut::plain(a), RowMut::plain(b))
+            }
+        }
     }
 }
 

@@ -81,6 +81,83 @@ fn pull_racing_push_never_sees_a_torn_row() {
     });
 }
 
+/// Cells of a wide row: at this width the table stores plain elements behind
+/// a reader-writer word, and loom checks every access to them for races.
+const WIDE: usize = 256;
+
+fn wide_row() -> Arc<Table<i64>> {
+    Arc::new(Table::new(TableSpec::<i64>::dense(0..1, WIDE)).unwrap())
+}
+
+/// The wide row's value if all its elements are equal; panics on a torn row.
+fn pull_wide(table: &Table<i64>) -> i64 {
+    let mut row = vec![0; WIDE];
+    table.pull(0, &mut row).unwrap();
+    assert!(row.iter().all(|&x| x == row[0]), "torn wide row {row:?}");
+    row[0]
+}
+
+/// Two writers push to the same wide row: both pushes are applied, once.
+#[test]
+fn concurrent_pushes_to_one_wide_row_are_exactly_once() {
+    loom::model(|| {
+        let table = wide_row();
+        let (t1, t2) = (Arc::clone(&table), Arc::clone(&table));
+        both(
+            move || t1.push(0, &[1; WIDE]).unwrap(),
+            move || t2.push(0, &[2; WIDE]).unwrap(),
+        );
+        assert_eq!(pull_wide(&table), 3);
+    });
+}
+
+/// A pull of a wide row racing two pushes sees it after 0, 1 or 2 of them.
+#[test]
+fn pull_racing_push_never_sees_a_torn_wide_row() {
+    loom::model(|| {
+        let table = wide_row();
+        let (w, r) = (Arc::clone(&table), Arc::clone(&table));
+        let ((), seen) = both(
+            move || {
+                w.push(0, &[1; WIDE]).unwrap();
+                w.push(0, &[1; WIDE]).unwrap();
+            },
+            move || pull_wide(&r),
+        );
+        assert!((0..=2).contains(&seen), "impossible wide row value {seen}");
+        assert_eq!(pull_wide(&table), 2);
+    });
+}
+
+/// Two pulls share a wide row while a push waits for them (and holds new
+/// pulls back): the push still gets in, and each pull sees it whole or not.
+///
+/// One preemption is enough to reach that schedule (the first pull is
+/// preempted holding the row, the push arrives and announces itself, the
+/// second pull arrives and waits), and it is the bound this model runs
+/// with: with two, loom can spend the second on keeping the first pull
+/// descheduled while the two spinning threads hand the processor back and
+/// forth by yielding, a path with no end.
+#[test]
+fn push_waiting_for_two_pulls_of_a_wide_row() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(1);
+    builder.check(|| {
+        let table = wide_row();
+        let (w, r1, r2) = (Arc::clone(&table), Arc::clone(&table), Arc::clone(&table));
+        let reader = thread::spawn(move || pull_wide(&r1));
+        let (seen, ()) = both(
+            move || pull_wide(&r2),
+            move || w.push(0, &[5; WIDE]).unwrap(),
+        );
+        let first = reader.join().unwrap();
+        for v in [first, seen] {
+            assert!(v == 0 || v == 5, "impossible wide row value {v}");
+        }
+        assert_eq!(pull_wide(&table), 5);
+    });
+}
+
 /// Two threads create the same sparse row at once: one row, both pushes.
 #[test]
 fn sparse_insert_racing_insert_of_the_same_key() {

@@ -286,15 +286,22 @@ impl Update<i64> for PanicsOnNegative {
 
 #[test]
 fn a_panicking_update_rule_releases_the_row() {
-    let t =
-        Arc::new(Table::new(TableSpec::<i64>::dense(0..1, 1).update(PanicsOnNegative)).unwrap());
-    let t2 = Arc::clone(&t);
-    assert!(thread::spawn(move || t2.push(0, &[-1])).join().is_err());
-    // The row is not left locked: another push and a pull complete.
-    t.push(0, &[5]).unwrap();
-    let mut row = [0];
-    t.pull(0, &mut row).unwrap();
-    assert_eq!(row, [5]);
+    // Width 1 is a narrow row (atomic cells); 300 a wide one (plain elements).
+    for width in [1, 300] {
+        let spec = TableSpec::<i64>::dense(0..1, width).update(PanicsOnNegative);
+        let t = Arc::new(Table::new(spec).unwrap());
+        let t2 = Arc::clone(&t);
+        assert!(
+            thread::spawn(move || t2.push(0, &vec![-1; width]))
+                .join()
+                .is_err()
+        );
+        // The row is not left locked: another push and a pull complete.
+        t.push(0, &vec![5; width]).unwrap();
+        let mut row = vec![0; width];
+        t.pull(0, &mut row).unwrap();
+        assert_eq!(row, vec![5; width]);
+    }
 }
 
 #[test]
@@ -313,17 +320,17 @@ fn two_tables_in_one_process_are_independent() {
 fn concurrent_pushes_and_untorn_pulls(spec: TableSpec<i64>) {
     const THREADS: usize = 4;
     const PUSHES: i64 = 2_000;
-    const WIDTH: usize = 64;
+    let width = spec.width();
     let table = Table::new(spec).unwrap();
     let keys = [3u64, 5, 7];
     thread::scope(|s| {
         for t in 0..THREADS {
             let table = &table;
             s.spawn(move || {
-                let mut row = vec![0i64; WIDTH];
+                let mut row = vec![0i64; width];
                 for i in 0..PUSHES {
                     let key = keys[(i as usize + t) % keys.len()];
-                    table.push(key, &vec![i % 7 + 1; WIDTH]).unwrap();
+                    table.push(key, &vec![i % 7 + 1; width]).unwrap();
                     table.pull(keys[i as usize % keys.len()], &mut row).unwrap();
                     assert!(row.iter().all(|&x| x == row[0]), "torn row: {row:?}");
                 }
@@ -332,7 +339,7 @@ fn concurrent_pushes_and_untorn_pulls(spec: TableSpec<i64>) {
     });
     let expected: i64 = (0..PUSHES).map(|i| i % 7 + 1).sum::<i64>() * THREADS as i64;
     let mut total = 0;
-    let mut row = vec![0i64; WIDTH];
+    let mut row = vec![0i64; width];
     for key in keys {
         table.pull(key, &mut row).unwrap();
         total += row[0];
@@ -348,4 +355,14 @@ fn concurrent_dense_pushes_are_exactly_once_and_pulls_untorn() {
 #[test]
 fn concurrent_sparse_pushes_are_exactly_once_and_pulls_untorn() {
     concurrent_pushes_and_untorn_pulls(TableSpec::sparse(64).shards(2));
+}
+
+#[test]
+fn concurrent_wide_dense_pushes_are_exactly_once_and_pulls_untorn() {
+    concurrent_pushes_and_untorn_pulls(TableSpec::dense(0..16, 1024).shards(2));
+}
+
+#[test]
+fn concurrent_wide_sparse_pushes_are_exactly_once_and_pulls_untorn() {
+    concurrent_pushes_and_untorn_pulls(TableSpec::sparse(1024).shards(2));
 }

@@ -3,15 +3,21 @@
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::table::init::Init;
-use crate::table::row::{RowRef, SeqLock};
+use crate::table::row::{NarrowRow, RowRef, SeqLock};
+use crate::table::wide::{WIDE_ROW_CELLS, WideRow};
 
-/// The rows of one shard of a dense table, in one allocation.
+/// The rows of one shard of a dense table.
 #[derive(Debug)]
-pub(crate) struct DenseShard<T: Element> {
-    locks: Box<[SeqLock]>,
-    /// `rows × stride` cells: each row's values, then its update state.
-    cells: Box<[T::Cell]>,
-    stride: usize,
+pub(crate) enum DenseShard<T: Element> {
+    /// Narrow rows, in one allocation.
+    Narrow {
+        locks: Box<[SeqLock]>,
+        /// `rows × stride` cells: each row's values, then its update state.
+        cells: Box<[T::Cell]>,
+        stride: usize,
+    },
+    /// Wide rows, one allocation each.
+    Wide(Box<[WideRow<T>]>),
 }
 
 impl<T: Element> DenseShard<T> {
@@ -25,27 +31,30 @@ impl<T: Element> DenseShard<T> {
         key_of: impl Fn(u64) -> u64,
     ) -> Result<Self> {
         let stride = width + state_len;
+        let row_values = |key: u64| {
+            (0..width)
+                .map(move |i| init.value(key, i))
+                .chain((0..state_len).map(|_| T::ZERO))
+        };
+        if stride >= WIDE_ROW_CELLS {
+            let mut wide = reserve(rows)?;
+            for row in 0..rows {
+                let mut cells = reserve(stride)?;
+                cells.extend(row_values(key_of(row as u64)));
+                wide.push(WideRow::new(cells.into()));
+            }
+            return Ok(DenseShard::Wide(wide.into()));
+        }
         let total = rows
             .checked_mul(stride)
             .ok_or(Error::OutOfMemory { bytes: usize::MAX })?;
-        let bytes = total.saturating_mul(std::mem::size_of::<T::Cell>());
-        let mut cells = Vec::new();
-        cells
-            .try_reserve_exact(total)
-            .map_err(|_| Error::OutOfMemory { bytes })?;
-        let mut locks = Vec::new();
-        locks
-            .try_reserve_exact(rows)
-            .map_err(|_| Error::OutOfMemory {
-                bytes: rows.saturating_mul(8),
-            })?;
+        let mut cells = reserve(total)?;
+        let mut locks = reserve(rows)?;
         for row in 0..rows {
-            let key = key_of(row as u64);
-            cells.extend((0..width).map(|i| T::new_cell(init.value(key, i))));
-            cells.extend((0..state_len).map(|_| T::new_cell(T::ZERO)));
+            cells.extend(row_values(key_of(row as u64)).map(T::new_cell));
             locks.push(SeqLock::new());
         }
-        Ok(DenseShard {
+        Ok(DenseShard::Narrow {
             locks: locks.into(),
             cells: cells.into(),
             stride,
@@ -54,16 +63,37 @@ impl<T: Element> DenseShard<T> {
 
     /// Number of rows.
     pub(crate) fn len(&self) -> usize {
-        self.locks.len()
+        match self {
+            DenseShard::Narrow { locks, .. } => locks.len(),
+            DenseShard::Wide(rows) => rows.len(),
+        }
     }
 
     /// Row `local`, which must be `< len()`.
     #[inline]
     pub(crate) fn row(&self, local: usize) -> RowRef<'_, T> {
-        let start = local * self.stride;
-        RowRef {
-            lock: &self.locks[local],
-            cells: &self.cells[start..start + self.stride],
+        match self {
+            DenseShard::Narrow {
+                locks,
+                cells,
+                stride,
+            } => {
+                let start = local * stride;
+                RowRef::Narrow(NarrowRow {
+                    lock: &locks[local],
+                    cells: &cells[start..start + stride],
+                })
+            }
+            DenseShard::Wide(rows) => RowRef::Wide(&rows[local]),
         }
     }
+}
+
+/// An empty vector with room for `len` items, or `OutOfMemory`.
+fn reserve<V>(len: usize) -> Result<Vec<V>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
+        bytes: len.saturating_mul(std::mem::size_of::<V>()),
+    })?;
+    Ok(v)
 }

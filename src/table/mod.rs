@@ -3,15 +3,20 @@
 //! A [`Table`] holds rows of a fixed width keyed by `u64`, split into shards
 //! by a [`ShardMap`]. Dense tables preallocate every key of a range (model
 //! weights); sparse tables create rows on first push (embeddings over huge
-//! key spaces). Any number of threads may push and pull at once: pushes to
-//! one row are serialized by the row's sequence lock, and pulls copy rows
-//! optimistically without writing shared memory.
+//! key spaces). Any number of threads may push and pull at once. Pushes to
+//! one row are serialized by a word in that row. Narrow rows (fewer than
+//! 256 elements of values plus update state) keep atomic cells under a
+//! sequence lock, and pulls copy them optimistically without writing shared
+//! memory. Wide rows keep plain elements, which pushes update and pulls copy
+//! with vectorised loops, holding the row's reader-writer word exclusively
+//! or shared.
 
 mod dense;
 mod init;
 mod placement;
 mod row;
 mod sparse;
+mod wide;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -214,16 +219,22 @@ pub struct RowSnapshot<'a, T> {
 /// ```
 ///
 /// # Progress guarantees
-/// - **pull** copies a row optimistically and retries if a push to that row
+/// - **pull** of a *narrow* row (values plus update state under 256
+///   elements) copies it optimistically and retries if a push to that row
 ///   overlapped the copy; after four such retries it takes the row's write
-///   lock, so it finishes even under a continuous stream of pushes. It
-///   never waits for pushes to other rows. A pull of a sparse row finds it
-///   wait-free (one load per trie level, at most 16 levels).
-/// - **push** holds the row's write lock while it applies the update rule
-///   to that one row (no allocation, no system calls under the lock). It
+///   lock, so it finishes even under a continuous stream of pushes. A pull
+///   of a *wide* row holds the row's word shared for one `memcpy`; it spins,
+///   then yields, only while a push to that same row holds the word or
+///   waits for it. Either way a pull never waits for pushes to other rows.
+///   A pull of a sparse row finds it wait-free (one load per trie level, at
+///   most 16 levels).
+/// - **push** holds the row's word exclusively while it applies the update
+///   rule to that one row (no allocation, no system calls under it). It
 ///   spins, then yields, only while another push to the *same row* holds
-///   the lock. A push that creates a sparse row is lock-free: its CAS fails
-///   only when another insert into the same trie slot succeeded.
+///   the word, or (wide rows) pulls of that row are copying it; once it
+///   waits, new pulls of the row wait behind it, so pulls cannot starve it.
+///   A push that creates a sparse row is lock-free: its CAS fails only when
+///   another insert into the same trie slot succeeded.
 /// - No operation takes a `Mutex` or `RwLock`.
 #[derive(Debug)]
 pub struct Table<T: Element> {

@@ -1,4 +1,5 @@
-//! The per-row sequence lock: exclusive writers, optimistic readers.
+//! Rows in storage, and the sequence lock of narrow rows: exclusive
+//! writers, optimistic readers.
 //!
 //! Writers (pushes) take the row by moving its sequence number from even to
 //! odd with a CAS, apply the update rule, and release it by storing the next
@@ -14,6 +15,7 @@
 
 use crate::element::Element;
 use crate::sync::{AtomicU64, Backoff, Ordering, fence};
+use crate::table::wide::WideRow;
 use crate::update::{RowMut, Update};
 
 /// How many optimistic reads a pull tries before it takes the write lock.
@@ -101,21 +103,51 @@ impl Drop for WriteGuard<'_> {
     }
 }
 
-/// One row in storage: its lock, then `width` value cells followed by the
-/// update rule's state cells.
+/// A narrow row in storage: its lock, then `width` value cells followed by
+/// the update rule's state cells.
 #[derive(Clone, Copy)]
-pub(crate) struct RowRef<'a, T: Element> {
+pub(crate) struct NarrowRow<'a, T: Element> {
     pub(crate) lock: &'a SeqLock,
     pub(crate) cells: &'a [T::Cell],
 }
 
-impl<'a, T: Element> RowRef<'a, T> {
+impl<T: Element> NarrowRow<'_, T> {
     /// Applies `delta` with `update` under the row's write lock.
     #[inline]
-    pub(crate) fn apply(&self, width: usize, update: &dyn Update<T>, delta: &[T]) {
+    fn apply(&self, width: usize, update: &dyn Update<T>, delta: &[T]) {
         let _guard = self.lock.write();
         let (values, state) = self.cells.split_at(width);
         update.apply(&mut RowMut::new(values), &mut RowMut::new(state), delta);
+    }
+
+    /// Copies the row's first `out.len()` cells, optimistically.
+    #[inline]
+    fn read_into(&self, out: &mut [T]) {
+        let cells = &self.cells[..out.len()];
+        self.lock.read(|| {
+            for (o, c) in out.iter_mut().zip(cells) {
+                *o = T::load(c);
+            }
+        })
+    }
+}
+
+/// One row in storage, narrow (atomic cells under a sequence lock) or wide
+/// (plain elements under a reader-writer word; see [`super::wide`]).
+pub(crate) enum RowRef<'a, T: Element> {
+    Narrow(NarrowRow<'a, T>),
+    Wide(&'a WideRow<T>),
+}
+
+impl<T: Element> RowRef<'_, T> {
+    /// Applies `delta` (`width` elements) with `update`, excluding every
+    /// other push to the row.
+    #[inline]
+    pub(crate) fn apply(&self, width: usize, update: &dyn Update<T>, delta: &[T]) {
+        match self {
+            RowRef::Narrow(row) => row.apply(width, update, delta),
+            RowRef::Wide(row) => row.apply(width, update, delta),
+        }
     }
 
     /// Copies the row's first `out.len()` cells into `out`: its values
@@ -123,11 +155,9 @@ impl<'a, T: Element> RowRef<'a, T> {
     /// cells`). A consistent copy, never a torn one.
     #[inline]
     pub(crate) fn read_into(&self, out: &mut [T]) {
-        let cells = &self.cells[..out.len()];
-        self.lock.read(|| {
-            for (o, c) in out.iter_mut().zip(cells) {
-                *o = T::load(c);
-            }
-        })
+        match self {
+            RowRef::Narrow(row) => row.read_into(out),
+            RowRef::Wide(row) => row.read_into(out),
+        }
     }
 }

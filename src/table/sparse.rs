@@ -18,7 +18,8 @@ use crate::element::Element;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 use crate::table::init::Init;
 use crate::table::placement::mix64;
-use crate::table::row::{RowRef, SeqLock};
+use crate::table::row::{NarrowRow, RowRef, SeqLock};
+use crate::table::wide::{WIDE_ROW_CELLS, WideRow};
 
 const NODE_BITS: u32 = 4;
 const FANOUT: usize = 1 << NODE_BITS;
@@ -34,15 +35,24 @@ struct Node {
 #[derive(Debug)]
 pub(crate) struct Leaf<T: Element> {
     pub(crate) key: u64,
-    lock: SeqLock,
-    cells: Box<[T::Cell]>,
+    body: LeafBody<T>,
+}
+
+/// A leaf's row: narrow or wide, as in dense shards.
+#[derive(Debug)]
+enum LeafBody<T: Element> {
+    Narrow {
+        lock: SeqLock,
+        cells: Box<[T::Cell]>,
+    },
+    Wide(WideRow<T>),
 }
 
 impl<T: Element> Leaf<T> {
     pub(crate) fn row(&self) -> RowRef<'_, T> {
-        RowRef {
-            lock: &self.lock,
-            cells: &self.cells,
+        match &self.body {
+            LeafBody::Narrow { lock, cells } => RowRef::Narrow(NarrowRow { lock, cells }),
+            LeafBody::Wide(row) => RowRef::Wide(row),
         }
     }
 }
@@ -210,15 +220,18 @@ impl<T: Element> SparseShard<T> {
     }
 
     fn new_leaf(&self, key: u64) -> Box<Leaf<T>> {
-        let cells = (0..self.width)
-            .map(|i| T::new_cell(self.init.value(key, i)))
-            .chain((0..self.state_len).map(|_| T::new_cell(T::ZERO)))
-            .collect();
-        Box::new(Leaf {
-            key,
-            lock: SeqLock::new(),
-            cells,
-        })
+        let values = (0..self.width)
+            .map(|i| self.init.value(key, i))
+            .chain((0..self.state_len).map(|_| T::ZERO));
+        let body = if self.width + self.state_len >= WIDE_ROW_CELLS {
+            LeafBody::Wide(WideRow::new(values.collect()))
+        } else {
+            LeafBody::Narrow {
+                lock: SeqLock::new(),
+                cells: values.map(T::new_cell).collect(),
+            }
+        };
+        Box::new(Leaf { key, body })
     }
 
     /// Calls `f` on every materialized row, in no particular order. Rows

@@ -1,0 +1,186 @@
+//! Wide rows: plain element storage behind a per-row reader-writer spin word.
+//!
+//! A narrow row keeps its elements in atomic cells so that pulls can copy
+//! it optimistically under the row's sequence lock. That costs little for
+//! short rows, but element-wise atomic accesses cannot be vectorised: a
+//! pull of a million-element row is a million scalar loads instead of a
+//! `memcpy`, and a push a million scalar read-modify-writes instead of a
+//! SIMD loop. Optimistic copying of plain memory is not an option either:
+//! in Rust's memory model a copy that overlaps a write is a data race even
+//! if the copy is thrown away.
+//!
+//! So rows of at least [`WIDE_ROW_CELLS`] cells (values plus update state)
+//! store plain elements and exclude writers from readers instead: a pull
+//! holds the row's word in shared mode for one `copy_from_slice`, a push
+//! holds it exclusively while the update rule runs over a plain `&mut [T]`.
+//! The word is writer-preferring: once a push waits, new pulls of that row
+//! wait behind it, so a stream of pulls cannot starve pushes. Nobody sleeps
+//! holding it, and every waiter spins briefly and then yields.
+
+use std::fmt;
+
+use crate::element::Element;
+use crate::sync::{AtomicU64, Backoff, Ordering, UnsafeCell};
+use crate::update::{RowMut, Update};
+
+/// Rows with at least this many cells (values plus update state) are
+/// stored wide. Below it the atomic cells of a narrow row are as fast as a
+/// vectorised loop, and pulls stay optimistic.
+pub(crate) const WIDE_ROW_CELLS: usize = 256;
+
+/// Set while a writer holds the word.
+const WRITER: u64 = 1;
+/// Set by a writer that waits for readers to leave; new readers wait too.
+const WRITER_WAITING: u64 = 2;
+/// One reader; the bits above the two flags count the readers.
+const READER: u64 = 4;
+
+/// A reader-writer spin word: many readers or one writer.
+#[derive(Debug)]
+struct RwWord {
+    state: AtomicU64,
+}
+
+/// Shared access; dropping it (also on unwind) lets writers in.
+struct ReadGuard<'a>(&'a RwWord);
+
+/// Exclusive access; dropping it (also on unwind) publishes the writes.
+struct WriteGuard<'a>(&'a RwWord);
+
+impl RwWord {
+    fn new() -> Self {
+        RwWord {
+            state: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes the word shared, spinning (then yielding) while a writer holds
+    /// it or waits for it.
+    fn read(&self) -> ReadGuard<'_> {
+        let mut backoff = Backoff::new();
+        loop {
+            // Relaxed: only a guess for the CAS, which orders the access.
+            let state = self.state.load(Ordering::Relaxed);
+            if state & (WRITER | WRITER_WAITING) == 0
+                // SYNC POINT: Acquire on success pairs with the Release
+                // `fetch_and` in `WriteGuard::drop`: the copy this reader
+                // makes sees everything the last writer stored.
+                && self
+                    .state
+                    .compare_exchange_weak(
+                        state,
+                        state + READER,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                return ReadGuard(self);
+            }
+            backoff.snooze();
+        }
+    }
+
+    /// Takes the word exclusively, spinning (then yielding) while readers
+    /// or another writer hold it. Announces itself so that no new reader
+    /// gets in meanwhile.
+    fn write(&self) -> WriteGuard<'_> {
+        let mut backoff = Backoff::new();
+        loop {
+            // Relaxed: only a guess for the CAS, which orders the access.
+            let state = self.state.load(Ordering::Relaxed);
+            if state & !WRITER_WAITING == 0 {
+                // SYNC POINT: Acquire on success pairs with the Release
+                // `fetch_sub` in `ReadGuard::drop` and the Release
+                // `fetch_and` in `WriteGuard::drop`: every earlier reader's
+                // copy and writer's stores happen-before this writer's
+                // stores. Taking the word clears WRITER_WAITING; another
+                // waiting writer sets it again on its next round.
+                if self
+                    .state
+                    .compare_exchange_weak(state, WRITER, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return WriteGuard(self);
+                }
+            } else if state & WRITER_WAITING == 0 {
+                // Relaxed: the flag only holds new readers back; it
+                // publishes nothing.
+                self.state.fetch_or(WRITER_WAITING, Ordering::Relaxed);
+            }
+            backoff.snooze();
+        }
+    }
+}
+
+impl Drop for ReadGuard<'_> {
+    fn drop(&mut self) {
+        // SYNC POINT: Release pairs with the Acquire CAS in `RwWord::write`:
+        // this reader's copy happens-before the next writer's stores.
+        self.0.state.fetch_sub(READER, Ordering::Release);
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        // SYNC POINT: Release pairs with the Acquire CASes in `RwWord::read`
+        // and `RwWord::write`. `fetch_and` keeps a WRITER_WAITING flag that
+        // another writer set meanwhile.
+        self.0.state.fetch_and(!WRITER, Ordering::Release);
+    }
+}
+
+/// A wide row: its word, then `width` values followed by the update
+/// rule's state, as plain elements.
+pub(crate) struct WideRow<T: Element> {
+    word: RwWord,
+    cells: UnsafeCell<Box<[T]>>,
+}
+
+// SAFETY: the elements are only reached through `apply` (holding the word
+// exclusively) and `read_into` (holding it shared), so no two threads ever
+// access them in a conflicting way; `T: Element` is `Send + Sync`.
+unsafe impl<T: Element> Sync for WideRow<T> {}
+
+impl<T: Element> WideRow<T> {
+    /// A row holding `cells` (values then state).
+    pub(crate) fn new(cells: Box<[T]>) -> Self {
+        WideRow {
+            word: RwWord::new(),
+            cells: UnsafeCell::new(cells),
+        }
+    }
+
+    /// Applies `delta` with `update` holding the row exclusively.
+    #[inline]
+    pub(crate) fn apply(&self, width: usize, update: &dyn Update<T>, delta: &[T]) {
+        let _guard = self.word.write();
+        self.cells.with_mut(|cells| {
+            // SAFETY: the write guard excludes every other reader and writer
+            // of the cells until it drops, after this borrow ends.
+            let cells = unsafe { &mut **cells };
+            let (values, state) = cells.split_at_mut(width);
+            update.apply(&mut RowMut::plain(values), &mut RowMut::plain(state), delta);
+        });
+    }
+
+    /// Copies the row's first `out.len()` cells into `out`, holding the row
+    /// shared: a consistent copy, never a torn one.
+    #[inline]
+    pub(crate) fn read_into(&self, out: &mut [T]) {
+        let _guard = self.word.read();
+        self.cells.with(|cells| {
+            // SAFETY: the read guard excludes writers until it drops, after
+            // this borrow ends; other readers only read.
+            let cells = unsafe { &**cells };
+            out.copy_from_slice(&cells[..out.len()]);
+        });
+    }
+}
+
+impl<T: Element> fmt::Debug for WideRow<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The elements are not shown: reading them needs the word.
+        f.debug_struct("WideRow").field("word", &self.word).finish()
+    }
+}
