@@ -167,21 +167,67 @@ pub(crate) fn le_bytes<T: Element>(values: &[T]) -> Option<&[u8]> {
     Some(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
+/// `values` as their little-endian bytes, for writing, without copying, on
+/// a little-endian host; `None` on a big-endian one.
+pub(crate) fn le_bytes_mut<T: Element>(values: &mut [T]) -> Option<&mut [u8]> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    let (ptr, len) = (
+        values.as_mut_ptr().cast::<u8>(),
+        std::mem::size_of_val(values),
+    );
+    // SAFETY: as in `le_bytes`; and every bit pattern is a valid `T`, so
+    // whatever bytes are written leave valid elements behind. The slice
+    // borrows `values` mutably.
+    Some(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
 /// Writes `values` into `out` as little-endian bytes (`out.len()` must be
-/// `values.len() * T::SIZE`).
+/// `values.len() * T::SIZE`): one `memcpy` on a little-endian host.
 pub(crate) fn write_le_slice<T: Element>(values: &[T], out: &mut [u8]) {
     debug_assert_eq!(out.len(), values.len() * T::SIZE);
-    for (v, o) in values.iter().zip(out.chunks_exact_mut(T::SIZE)) {
-        v.write_le(o);
+    match le_bytes(values) {
+        Some(bytes) => out.copy_from_slice(bytes),
+        None => {
+            for (v, o) in values.iter().zip(out.chunks_exact_mut(T::SIZE)) {
+                v.write_le(o);
+            }
+        }
     }
 }
 
 /// Reads little-endian `bytes` into `out` (`bytes.len()` must be
-/// `out.len() * T::SIZE`).
+/// `out.len() * T::SIZE`): one `memcpy` on a little-endian host, whatever
+/// the alignment of `bytes`.
 pub(crate) fn read_le_slice<T: Element>(bytes: &[u8], out: &mut [T]) {
     debug_assert_eq!(bytes.len(), out.len() * T::SIZE);
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
-        *o = T::read_le(b);
+    match le_bytes_mut(out) {
+        Some(out) => out.copy_from_slice(bytes),
+        None => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(T::SIZE)) {
+                *o = T::read_le(b);
+            }
+        }
+    }
+}
+
+/// Adds `delta` element-wise (wrapping for integers) into the row encoded
+/// as little-endian `bytes` (`bytes.len()` must be `delta.len() * T::SIZE`),
+/// in place: a vectorisable loop where the bytes can be viewed as `T`s.
+pub(crate) fn add_le_slice<T: Element>(bytes: &mut [u8], delta: &[T]) {
+    debug_assert_eq!(bytes.len(), delta.len() * T::SIZE);
+    match le_view_mut::<T>(bytes) {
+        Some(row) => {
+            for (x, &d) in row.iter_mut().zip(delta) {
+                *x = x.wrapping_add(d);
+            }
+        }
+        None => {
+            for (d, b) in delta.iter().zip(bytes.chunks_exact_mut(T::SIZE)) {
+                T::read_le(b).wrapping_add(*d).write_le(b);
+            }
+        }
     }
 }
 
@@ -358,6 +404,44 @@ mod tests {
 #[cfg(test)]
 mod view_tests {
     use super::*;
+
+    /// The slice helpers (one `memcpy` or a vector loop on little-endian
+    /// hosts) agree with converting element by element, at every alignment.
+    fn slice_helpers_match_elementwise<T: Element>(values: &[T], delta: &[T]) {
+        let n = values.len() * T::SIZE;
+        let mut expected = vec![0u8; n];
+        for (v, o) in values.iter().zip(expected.chunks_exact_mut(T::SIZE)) {
+            v.write_le(o);
+        }
+        let mut buf = vec![0u8; n + 8];
+        for off in 0..8 {
+            let bytes = &mut buf[off..off + n];
+            write_le_slice(values, bytes);
+            assert_eq!(bytes, &expected[..], "write at offset {off}");
+            let mut back = vec![T::ZERO; values.len()];
+            read_le_slice(bytes, &mut back);
+            assert_eq!(back, values, "read at offset {off}");
+            add_le_slice(bytes, delta);
+            let mut sum = vec![T::ZERO; values.len()];
+            read_le_slice(bytes, &mut sum);
+            let want: Vec<T> = values
+                .iter()
+                .zip(delta)
+                .map(|(&v, &d)| v.wrapping_add(d))
+                .collect();
+            assert_eq!(sum, want, "add at offset {off}");
+        }
+    }
+
+    #[test]
+    fn slice_helpers_match_elementwise_conversion() {
+        slice_helpers_match_elementwise(&[1.5f32, -2.0, 3.25], &[0.5, 0.5, -1.0]);
+        slice_helpers_match_elementwise(&[1.5f64, -2.0e300], &[1.0, 2.0e300]);
+        slice_helpers_match_elementwise(&[i32::MAX, -7], &[1, 7]);
+        slice_helpers_match_elementwise(&[i64::MIN, 3], &[-1, 4]);
+        slice_helpers_match_elementwise(&[u32::MAX, 0], &[2, 9]);
+        slice_helpers_match_elementwise(&[u64::MAX, 1 << 40], &[1, 1]);
+    }
 
     #[test]
     fn views_agree_with_the_converting_path() {

@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::codec::{Keys, Message, PullRequest, PullTimedOut, Push, Section, Sections, Welcome};
 use super::server::status_from_code;
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
-use crate::element::{Element, ElementKind, le_bytes, write_le_slice};
+use crate::element::{Element, ElementKind, add_le_slice, le_bytes, write_le_slice};
 use crate::error::{Error, Result};
 use crate::table::ShardMap;
 
@@ -227,10 +227,7 @@ impl ClientCore {
         match rows.index.get(&key) {
             Some(&at) => {
                 self.stats.rows_coalesced += 1;
-                let row = &mut rows.values[at..at + row_bytes];
-                for (d, b) in delta.iter().zip(row.chunks_exact_mut(T::SIZE)) {
-                    T::read_le(b).wrapping_add(*d).write_le(b);
-                }
+                add_le_slice(&mut rows.values[at..at + row_bytes], delta);
             }
             None => {
                 let at = rows.values.len();
