@@ -4,6 +4,13 @@
 //!   and one server over loopback (BSP, so the pull goes to the server),
 //!   against a raw `TcpStream` echo of the same bytes (the row out, the row
 //!   back) on loopback.
+//! - `tcp_push_stream_*`: pushes of one row, back to back (each ending its
+//!   clock, none waited for), until the server applied all of them,
+//!   against a raw `TcpStream` writing the same bytes to a reader that
+//!   acknowledges the last one: push bandwidth against raw bandwidth.
+//! - `tcp_pull_*`: a clock (which makes the cached row stale) and a pull of
+//!   one row, against a raw request of 16 bytes answered with the row's
+//!   bytes: pull bandwidth against raw request/response bandwidth.
 //! - `tcp_push_scaling`: one worker pushes 1 MiB (64 rows of 4096 f32, SGD)
 //!   per clock and waits for the servers to apply it, with the table on two
 //!   server shards against one.
@@ -107,6 +114,145 @@ fn roundtrip(c: &mut Criterion) {
     }
 }
 
+/// A raw sink over loopback: the far side reads `pushes × len` bytes, then
+/// answers one byte.
+fn sink_pair() -> (TcpStream, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut want = [0u8; 16];
+        let mut buf = vec![0u8; 1 << 20];
+        // Each batch: 16 bytes saying how many bytes follow, the bytes, one
+        // byte back.
+        while s.read_exact(&mut want).is_ok() {
+            let mut left = u128::from_le_bytes(want) as usize;
+            while left > 0 {
+                let n = left.min(buf.len());
+                if s.read_exact(&mut buf[..n]).is_err() {
+                    return;
+                }
+                left -= n;
+            }
+            if s.write_all(&[1]).is_err() {
+                return;
+            }
+        }
+    });
+    let client = TcpStream::connect(addr).unwrap();
+    client.set_nodelay(true).unwrap();
+    (client, server)
+}
+
+/// A raw responder over loopback: answers every 16-byte request with
+/// `len` bytes.
+fn responder_pair(len: usize) -> (TcpStream, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        let mut req = [0u8; 16];
+        let row = vec![3u8; len];
+        while s.read_exact(&mut req).is_ok() {
+            if s.write_all(&row).is_err() {
+                break;
+            }
+        }
+    });
+    let client = TcpStream::connect(addr).unwrap();
+    client.set_nodelay(true).unwrap();
+    (client, server)
+}
+
+/// Push and pull bandwidth of large rows, each against the raw socket
+/// doing the same transfer.
+fn bandwidth(c: &mut Criterion) {
+    for bytes in [1usize << 20, 16 << 20] {
+        let len = bytes / 4;
+        let spec = ClusterSpec::new(1, 1)
+            .table(
+                "pushed",
+                TableSpec::<f32>::dense(0..1, len).consistency(Consistency::Async),
+            )
+            .table(
+                "pulled",
+                TableSpec::<f32>::dense(0..1, len).consistency(Consistency::Bsp),
+            );
+        let net = TcpTransport::new();
+        let (mut worker, servers) = cluster(&spec, &net);
+        let pushed = worker.table::<f32>("pushed").unwrap();
+        let pulled = worker.table::<f32>("pulled").unwrap();
+        let delta = vec![0.25f32; len];
+        let mut row = vec![0f32; len];
+
+        let mut g = c.benchmark_group(format!("tcp_push_stream_{}KiB", bytes >> 10));
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.sample_size(10);
+        let (mut client, sink) = sink_pair();
+        let out = vec![7u8; bytes];
+        g.bench_function("baseline_raw_tcp_stream", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                client
+                    .write_all(&(u128::from(iters) * bytes as u128).to_le_bytes())
+                    .unwrap();
+                for _ in 0..iters {
+                    client.write_all(black_box(&out)).unwrap();
+                }
+                client.read_exact(&mut [0u8]).unwrap();
+                start.elapsed()
+            })
+        });
+        drop(client);
+        sink.join().unwrap();
+        g.bench_function("laggard_push_stream", |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let mut last = None;
+                for _ in 0..iters {
+                    worker.push(&pushed, &[0], black_box(&delta)).unwrap();
+                    last = Some(worker.start_clock().unwrap());
+                }
+                if let Some(ticket) = last {
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    worker.wait_applied(&ticket, deadline).unwrap();
+                }
+                start.elapsed()
+            })
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group(format!("tcp_pull_{}KiB", bytes >> 10));
+        g.throughput(Throughput::Bytes(bytes as u64));
+        g.sample_size(10);
+        let (mut client, responder) = responder_pair(bytes);
+        let mut back = vec![0u8; bytes];
+        g.bench_function("baseline_raw_tcp_request_response", |b| {
+            b.iter(|| {
+                client.write_all(&[0u8; 16]).unwrap();
+                client.read_exact(&mut back).unwrap();
+                black_box(&mut back);
+            })
+        });
+        drop(client);
+        responder.join().unwrap();
+        g.bench_function("laggard_clock_pull", |b| {
+            b.iter(|| {
+                worker.clock().unwrap();
+                worker.pull(&pulled, &[0], &mut row).unwrap();
+                black_box(&mut row);
+            })
+        });
+        g.finish();
+        worker.leave().unwrap();
+        for s in servers {
+            s.join().unwrap().unwrap();
+        }
+    }
+}
+
 fn scaling(c: &mut Criterion) {
     const ROWS: u64 = 64;
     const WIDTH: usize = 4096;
@@ -150,6 +296,6 @@ fn scaling(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
-    targets = roundtrip, scaling
+    targets = roundtrip, bandwidth, scaling
 }
 criterion_main!(benches);
