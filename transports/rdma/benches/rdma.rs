@@ -11,6 +11,10 @@
 //! - `rdma_push_applied/N` and `rdma_pull/N`: the runtime's push of an
 //!   N-byte row (f32) until the server applied it, and a pull of one,
 //!   through a server over RDMA.
+//! - `rdma_push_stream/N`: pushes of an N-byte row back to back, each
+//!   ending its clock and none waited for, until the server applied all of
+//!   them: the runtime's push bandwidth, the counterpart of
+//!   `ib_write_bw -s N`, which also keeps many writes in flight.
 
 use std::time::{Duration, Instant};
 
@@ -135,6 +139,23 @@ fn pushpull(c: &mut Criterion) {
                 worker.push(&table, &[0], &delta).unwrap();
                 let ticket = worker.flush().unwrap();
                 worker.wait_applied(&ticket, soon()).unwrap();
+            })
+        });
+        g.finish();
+        let mut g = c.benchmark_group("rdma_push_stream");
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                let mut last = None;
+                for _ in 0..iters {
+                    worker.push(&table, &[0], &delta).unwrap();
+                    last = Some(worker.start_clock().unwrap());
+                }
+                if let Some(ticket) = last {
+                    worker.wait_applied(&ticket, soon()).unwrap();
+                }
+                start.elapsed()
             })
         });
         g.finish();
