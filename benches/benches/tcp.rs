@@ -26,24 +26,31 @@ use laggard::transport::Transport;
 use laggard::{ClusterSpec, Consistency, Server, ServerReport, Sgd, TableSpec, Worker, WorkerId};
 use laggard_tcp::{TcpEndpoint, TcpTransport};
 
-/// A raw echo over loopback: the far side reads `len` bytes and writes
-/// them back.
-fn echo_pair(len: usize) -> (TcpStream, JoinHandle<()>) {
+/// A raw loopback connection: `serve` runs on a thread with the accepted
+/// end; the connecting end is returned. Both ends have Nagle off.
+fn raw_pair(serve: impl FnOnce(TcpStream) + Send + 'static) -> (TcpStream, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
+        let (s, _) = listener.accept().unwrap();
         s.set_nodelay(true).unwrap();
+        serve(s);
+    });
+    let client = TcpStream::connect(addr).unwrap();
+    client.set_nodelay(true).unwrap();
+    (client, server)
+}
+
+/// A raw echo: the far side reads `len` bytes and writes them back.
+fn echo_pair(len: usize) -> (TcpStream, JoinHandle<()>) {
+    raw_pair(move |mut s| {
         let mut buf = vec![0u8; len];
         while s.read_exact(&mut buf).is_ok() {
             if s.write_all(&buf).is_err() {
                 break;
             }
         }
-    });
-    let client = TcpStream::connect(addr).unwrap();
-    client.set_nodelay(true).unwrap();
-    (client, server)
+    })
 }
 
 /// Starts `spec`'s servers on threads over `net`, and connects worker 0.
@@ -114,18 +121,12 @@ fn roundtrip(c: &mut Criterion) {
     }
 }
 
-/// A raw sink over loopback: the far side reads `pushes × len` bytes, then
-/// answers one byte.
+/// A raw sink: for each batch, the far side reads a 16-byte count, that
+/// many bytes, and answers one byte.
 fn sink_pair() -> (TcpStream, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_nodelay(true).unwrap();
+    raw_pair(|mut s| {
         let mut want = [0u8; 16];
         let mut buf = vec![0u8; 1 << 20];
-        // Each batch: 16 bytes saying how many bytes follow, the bytes, one
-        // byte back.
         while s.read_exact(&mut want).is_ok() {
             let mut left = u128::from_le_bytes(want) as usize;
             while left > 0 {
@@ -139,20 +140,13 @@ fn sink_pair() -> (TcpStream, JoinHandle<()>) {
                 return;
             }
         }
-    });
-    let client = TcpStream::connect(addr).unwrap();
-    client.set_nodelay(true).unwrap();
-    (client, server)
+    })
 }
 
-/// A raw responder over loopback: answers every 16-byte request with
+/// A raw responder: the far side answers every 16-byte request with
 /// `len` bytes.
 fn responder_pair(len: usize) -> (TcpStream, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_nodelay(true).unwrap();
+    raw_pair(move |mut s| {
         let mut req = [0u8; 16];
         let row = vec![3u8; len];
         while s.read_exact(&mut req).is_ok() {
@@ -160,10 +154,7 @@ fn responder_pair(len: usize) -> (TcpStream, JoinHandle<()>) {
                 break;
             }
         }
-    });
-    let client = TcpStream::connect(addr).unwrap();
-    client.set_nodelay(true).unwrap();
-    (client, server)
+    })
 }
 
 /// Push and pull bandwidth of large rows, each against the raw socket
