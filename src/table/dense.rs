@@ -4,7 +4,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::table::init::Init;
 use crate::table::row::{NarrowRow, RowRef, SeqLock};
-use crate::table::wide::{WIDE_ROW_CELLS, WideRow};
+use crate::table::wide::{WideRow, is_wide};
 
 /// The rows of one shard of a dense table.
 #[derive(Debug)]
@@ -31,16 +31,11 @@ impl<T: Element> DenseShard<T> {
         key_of: impl Fn(u64) -> u64,
     ) -> Result<Self> {
         let stride = width + state_len;
-        let row_values = |key: u64| {
-            (0..width)
-                .map(move |i| init.value(key, i))
-                .chain((0..state_len).map(|_| T::ZERO))
-        };
-        if stride >= WIDE_ROW_CELLS {
+        if is_wide(stride) {
             let mut wide = reserve(rows)?;
             for row in 0..rows {
                 let mut cells = reserve(stride)?;
-                cells.extend(row_values(key_of(row as u64)));
+                cells.extend(init.cells::<T>(key_of(row as u64), width, state_len));
                 wide.push(WideRow::new(cells.into()));
             }
             return Ok(DenseShard::Wide(wide.into()));
@@ -51,7 +46,10 @@ impl<T: Element> DenseShard<T> {
         let mut cells = reserve(total)?;
         let mut locks = reserve(rows)?;
         for row in 0..rows {
-            cells.extend(row_values(key_of(row as u64)).map(T::new_cell));
+            cells.extend(
+                init.cells(key_of(row as u64), width, state_len)
+                    .map(T::new_cell),
+            );
             locks.push(SeqLock::new());
         }
         Ok(DenseShard::Narrow {

@@ -43,6 +43,19 @@ impl Init {
         }
     }
 
+    /// A new row's cells: the initial values of row `key`'s `width`
+    /// elements, then `state_len` zeros for the update rule's state.
+    pub(crate) fn cells<T: Element>(
+        &self,
+        key: u64,
+        width: usize,
+        state_len: usize,
+    ) -> impl Iterator<Item = T> + '_ {
+        (0..width)
+            .map(move |i| self.value(key, i))
+            .chain((0..state_len).map(|_| T::ZERO))
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
         match *self {
             Init::Zeros => Ok(()),

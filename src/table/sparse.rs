@@ -19,7 +19,7 @@ use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 use crate::table::init::Init;
 use crate::table::placement::mix64;
 use crate::table::row::{NarrowRow, RowRef, SeqLock};
-use crate::table::wide::{WIDE_ROW_CELLS, WideRow};
+use crate::table::wide::{WideRow, is_wide};
 
 const NODE_BITS: u32 = 4;
 const FANOUT: usize = 1 << NODE_BITS;
@@ -220,10 +220,8 @@ impl<T: Element> SparseShard<T> {
     }
 
     fn new_leaf(&self, key: u64) -> Box<Leaf<T>> {
-        let values = (0..self.width)
-            .map(|i| self.init.value(key, i))
-            .chain((0..self.state_len).map(|_| T::ZERO));
-        let body = if self.width + self.state_len >= WIDE_ROW_CELLS {
+        let values = self.init.cells(key, self.width, self.state_len);
+        let body = if is_wide(self.width + self.state_len) {
             LeafBody::Wide(WideRow::new(values.collect()))
         } else {
             LeafBody::Narrow {

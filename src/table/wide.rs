@@ -24,9 +24,14 @@ use crate::sync::{AtomicU64, Backoff, Ordering, UnsafeCell};
 use crate::update::{RowMut, Update};
 
 /// Rows with at least this many cells (values plus update state) are
-/// stored wide. Below it the atomic cells of a narrow row are as fast as a
+/// stored wide (see [`is_wide`]). Below it the atomic cells of a narrow row are as fast as a
 /// vectorised loop, and pulls stay optimistic.
 pub(crate) const WIDE_ROW_CELLS: usize = 256;
+
+/// True if rows of `cells` cells (values plus update state) are stored wide.
+pub(crate) fn is_wide(cells: usize) -> bool {
+    cells >= WIDE_ROW_CELLS
+}
 
 /// Set while a writer holds the word.
 const WRITER: u64 = 1;
