@@ -135,9 +135,11 @@ fn pull_racing_push_never_sees_a_torn_wide_row() {
 /// One preemption is enough to reach that schedule (the first pull is
 /// preempted holding the row, the push arrives and announces itself, the
 /// second pull arrives and waits), and it is the bound this model runs
-/// with: with two, loom can spend the second on keeping the first pull
-/// descheduled while the two spinning threads hand the processor back and
-/// forth by yielding, a path with no end.
+/// with. With two, loom gives up on the model ("exceeded maximum number
+/// of branches", even with 20,000 allowed), the error it reports for
+/// spinning without progress: a preemption spent keeping the first pull
+/// descheduled lets the two spinning threads yield to each other without
+/// end.
 #[test]
 fn push_waiting_for_two_pulls_of_a_wide_row() {
     let mut builder = loom::model::Builder::new();
