@@ -147,7 +147,7 @@ impl<'a> Keys<'a> {
         out.extend(self.iter());
     }
 
-    fn write(&self, w: &mut Writer<'_>) {
+    fn write(&self, w: &mut Writer<'_, '_>) {
         match self {
             Keys::Wire(b) => w.bytes(b),
             Keys::Native(k) => k.iter().for_each(|&k| w.u64(k)),
@@ -399,7 +399,7 @@ pub enum Message<'a> {
     Fault(Fault<'a>),
 }
 
-impl Message<'_> {
+impl<'a> Message<'a> {
     fn kind(&self) -> u8 {
         match self {
             Message::Hello(_) => KIND_HELLO,
@@ -457,8 +457,32 @@ impl Message<'_> {
     /// If `out` is too short (a caller bug: the length is known up front).
     pub fn encode(&self, out: &mut [u8]) -> usize {
         let len = self.encoded_len();
-        let mut w = Writer::new(&mut out[..len]);
-        write_header(&mut w, self.kind(), self.payload_len());
+        self.write(&mut Writer::new(&mut out[..len]));
+        len
+    }
+
+    /// Encodes the frame in pieces, leaving the bulk values (a push's
+    /// deltas, a pull response's rows) where they are, for a transport
+    /// that can send them without copying them into a frame first
+    /// ([`Endpoint::send_parts`](crate::transport::Endpoint::send_parts)).
+    pub fn encode_parts(&self) -> EncodedParts<'a> {
+        let mut w = Writer {
+            sink: Sink::Split {
+                head: Vec::new(),
+                values: Vec::new(),
+            },
+            pos: 0,
+        };
+        self.write(&mut w);
+        match w.sink {
+            Sink::Split { head, values } => EncodedParts { head, values },
+            Sink::Slice(_) => unreachable!("the writer was made with a split sink"),
+        }
+    }
+
+    fn write(&self, w: &mut Writer<'_, 'a>) {
+        let len = self.encoded_len();
+        write_header(w, self.kind(), self.payload_len());
         match self {
             Message::Hello(h) => {
                 let (role, worker) = match h.role {
@@ -487,8 +511,8 @@ impl Message<'_> {
                     w.u32(s.table);
                     w.u32(s.keys.len() as u32);
                     w.u64(s.values.len() as u64);
-                    s.keys.write(&mut w);
-                    w.bytes(s.values);
+                    s.keys.write(w);
+                    w.values(s.values);
                     w.pad8();
                 }
             }
@@ -502,11 +526,11 @@ impl Message<'_> {
                 w.u64(p.timeout_ms);
                 w.u32(p.table);
                 w.u32(p.keys.len() as u32);
-                p.keys.write(&mut w);
+                p.keys.write(w);
             }
             Message::PullResponse(p) => {
-                write_pull_response_head(&mut w, p.req, p.clock, p.table, p.rows, p.values.len());
-                w.bytes(p.values);
+                write_pull_response_head(w, p.req, p.clock, p.table, p.rows, p.values.len());
+                w.values(p.values);
                 w.pad8();
             }
             Message::PullTimedOut(t) => {
@@ -534,7 +558,6 @@ impl Message<'_> {
             }
         }
         debug_assert_eq!(w.pos, len);
-        len
     }
 
     /// Encodes into a new vector (for tests and small control messages).
@@ -577,7 +600,7 @@ pub fn write_pull_response(
 }
 
 fn write_pull_response_head(
-    w: &mut Writer<'_>,
+    w: &mut Writer<'_, '_>,
     req: u64,
     clock: u64,
     table: u32,
@@ -591,7 +614,7 @@ fn write_pull_response_head(
     w.u64(value_len as u64);
 }
 
-fn write_header(w: &mut Writer<'_>, kind: u8, payload: usize) {
+fn write_header(w: &mut Writer<'_, '_>, kind: u8, payload: usize) {
     w.bytes(&MAGIC);
     w.u16(VERSION);
     w.u8(kind);
@@ -873,20 +896,51 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Writes fields into a byte slice of exactly the right size.
-struct Writer<'a> {
-    out: &'a mut [u8],
+/// Where a [`Writer`] puts the frame.
+enum Sink<'o, 'v> {
+    /// Into a byte slice of exactly the frame's size.
+    Slice(&'o mut [u8]),
+    /// Into `head`, except bulk value regions, which stay where they are
+    /// and are recorded as `(offset in head, bytes)`.
+    Split {
+        head: Vec<u8>,
+        values: Vec<(usize, &'v [u8])>,
+    },
+}
+
+/// Writes fields of a frame; `pos` counts every byte of the frame so far,
+/// value regions left in place included.
+struct Writer<'o, 'v> {
+    sink: Sink<'o, 'v>,
     pos: usize,
 }
 
-impl<'a> Writer<'a> {
-    fn new(out: &'a mut [u8]) -> Self {
-        Writer { out, pos: 0 }
+impl<'o, 'v> Writer<'o, 'v> {
+    fn new(out: &'o mut [u8]) -> Self {
+        Writer {
+            sink: Sink::Slice(out),
+            pos: 0,
+        }
     }
 
     fn bytes(&mut self, b: &[u8]) {
-        self.out[self.pos..self.pos + b.len()].copy_from_slice(b);
+        match &mut self.sink {
+            Sink::Slice(out) => out[self.pos..self.pos + b.len()].copy_from_slice(b),
+            Sink::Split { head, .. } => head.extend_from_slice(b),
+        }
         self.pos += b.len();
+    }
+
+    /// A bulk value region: copied into a slice sink, left in place (and
+    /// recorded) by a split one.
+    fn values(&mut self, b: &'v [u8]) {
+        match &mut self.sink {
+            Sink::Slice(_) => self.bytes(b),
+            Sink::Split { head, values } => {
+                values.push((head.len(), b));
+                self.pos += b.len();
+            }
+        }
     }
 
     fn u8(&mut self, v: u8) {
@@ -906,9 +960,34 @@ impl<'a> Writer<'a> {
     }
 
     fn pad8(&mut self) {
-        let end = pad8(self.pos);
-        self.out[self.pos..end].fill(0);
-        self.pos = end;
+        let zeros = [0u8; 8];
+        self.bytes(&zeros[..pad8(self.pos) - self.pos]);
+    }
+}
+
+/// A frame encoded in pieces: the bulk value regions stay where they are,
+/// everything else is in one small buffer. [`parts`](Self::parts) gives
+/// the pieces in order; their concatenation is the frame
+/// [`Message::encode`] writes.
+#[derive(Debug)]
+pub struct EncodedParts<'v> {
+    head: Vec<u8>,
+    values: Vec<(usize, &'v [u8])>,
+}
+
+impl<'v> EncodedParts<'v> {
+    /// The frame's pieces in order (empty pieces left out).
+    pub fn parts(&self) -> Vec<&[u8]> {
+        let mut parts = Vec::with_capacity(2 * self.values.len() + 1);
+        let mut from = 0;
+        for &(at, bytes) in &self.values {
+            parts.push(&self.head[from..at]);
+            parts.push(bytes);
+            from = at;
+        }
+        parts.push(&self.head[from..]);
+        parts.retain(|p| !p.is_empty());
+        parts
     }
 }
 
@@ -921,6 +1000,8 @@ mod tests {
         assert_eq!(frame.len() % 8, 0, "{} frame not padded", msg.name());
         let back = decode(&frame, DEFAULT_MAX_PAYLOAD).expect("decodes");
         assert_eq!(back.to_vec(), frame, "{} did not round-trip", msg.name());
+        let split = msg.encode_parts();
+        assert_eq!(split.parts().concat(), frame, "{} in parts", msg.name());
         frame
     }
 
@@ -1000,6 +1081,31 @@ mod tests {
             code: FaultCode::Schema as u32,
             text: "schemas differ",
         }));
+    }
+
+    #[test]
+    fn a_push_in_parts_leaves_its_deltas_where_they_are() {
+        let keys = [1u64, 2];
+        let values = vec![5u8; 1000];
+        let sections = [Section {
+            table: 0,
+            keys: Keys::Native(&keys),
+            values: &values,
+        }];
+        let msg = Message::Push(Push {
+            worker: 1,
+            seq: 2,
+            clock: 3,
+            tick: false,
+            sections: Sections::Native(&sections),
+        });
+        let split = msg.encode_parts();
+        let parts = split.parts();
+        assert!(
+            parts.iter().any(|p| std::ptr::eq(*p, &values[..])),
+            "the deltas were copied"
+        );
+        assert_eq!(parts.concat(), msg.to_vec());
     }
 
     #[test]

@@ -190,7 +190,14 @@ impl<E: Endpoint> Server<E> {
     }
 }
 
-/// Encodes `msg` into a lent buffer and sends it; returns the frame length.
+/// Frames at least this long are sent in parts
+/// ([`Endpoint::send_parts`]), so that a transport with vectored writes
+/// sends a push's deltas straight from the worker's pending buffer.
+/// Shorter ones are encoded into a lent buffer, which costs no allocation.
+const SEND_IN_PARTS: usize = 64 << 10;
+
+/// Sends `msg`, encoded into a lent buffer or, if it is long, in parts;
+/// returns the frame length.
 pub(crate) fn send_message<E: Endpoint>(
     ep: &mut E,
     peer: PeerId,
@@ -198,8 +205,12 @@ pub(crate) fn send_message<E: Endpoint>(
     deadline: Instant,
 ) -> Result<usize> {
     let len = msg.encoded_len();
-    let mut buf = ep.lend(peer, len, deadline)?;
-    msg.encode(&mut buf);
-    ep.send(buf)?;
+    if len >= SEND_IN_PARTS {
+        ep.send_parts(peer, &msg.encode_parts().parts(), deadline)?;
+    } else {
+        let mut buf = ep.lend(peer, len, deadline)?;
+        msg.encode(&mut buf);
+        ep.send(buf)?;
+    }
     Ok(len)
 }

@@ -93,6 +93,23 @@ pub trait Endpoint: Send {
     /// Frames to one peer arrive in the order they were sent.
     fn send(&mut self, buf: Self::Buf) -> Result<()>;
 
+    /// Sends one frame made of `parts`, in order: the same as lending a
+    /// buffer for their concatenation, copying them in and sending it
+    /// (the same waiting, the same errors), which is what this default
+    /// does. A transport that can write scattered bytes without gathering
+    /// them first (TCP's vectored writes) overrides it, so bulk rows go
+    /// out without that copy.
+    fn send_parts(&mut self, peer: PeerId, parts: &[&[u8]], deadline: Instant) -> Result<()> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let mut buf = self.lend(peer, len, deadline)?;
+        let mut at = 0;
+        for part in parts {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        self.send(buf)
+    }
+
     /// Waits until every frame sent to `peer` was received and released,
     /// or `deadline`.
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()>;

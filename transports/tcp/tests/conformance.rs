@@ -36,6 +36,11 @@ fn large_frames() {
 }
 
 #[test]
+fn frames_sent_in_parts_arrive_whole() {
+    laggard_conformance::frames_sent_in_parts_arrive_whole(&Tcp);
+}
+
+#[test]
 fn many_concurrent_connections() {
     laggard_conformance::many_concurrent_connections(&Tcp);
 }
