@@ -327,9 +327,11 @@ impl Conn {
         })
     }
 
-    /// Writes one frame: header and payload in one vectored write.
-    fn write(&self, kind: Kind, payload: &[u8], credit: u32) -> io::Result<()> {
-        let header = Header::new(kind, payload.len() as u32, credit).encode();
+    /// Writes one frame: header and payload (the concatenation of its
+    /// parts) in one vectored write.
+    fn write(&self, kind: Kind, payload: &[&[u8]], credit: u32) -> io::Result<()> {
+        let len: usize = payload.iter().map(|p| p.len()).sum();
+        let header = Header::new(kind, len as u32, credit).encode();
         let mut w = lock(&self.writer);
         write_all_vectored(&mut w.stream, &header, payload)?;
         w.last_write = Instant::now();
@@ -338,7 +340,7 @@ impl Conn {
 
     /// Writes a frame, taking any credit to return along; on failure the
     /// connection is closed and the reason returned.
-    fn send(&self, kind: Kind, payload: &[u8]) -> std::result::Result<(), String> {
+    fn send(&self, kind: Kind, payload: &[&[u8]]) -> std::result::Result<(), String> {
         let credit = self.flow.take_credit();
         self.write(kind, payload, credit).map_err(|e| {
             let reason = format!("writing to the socket failed: {e}");
@@ -393,8 +395,12 @@ impl Conn {
     }
 }
 
-fn write_all_vectored(stream: &mut TcpStream, header: &[u8], payload: &[u8]) -> io::Result<()> {
-    let mut slices = [IoSlice::new(header), IoSlice::new(payload)];
+fn write_all_vectored(stream: &mut TcpStream, header: &[u8], payload: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = std::iter::once(header)
+        .chain(payload.iter().copied())
+        .filter(|part| !part.is_empty())
+        .map(IoSlice::new)
+        .collect();
     let mut bufs = &mut slices[..];
     while !bufs.is_empty() {
         match stream.write_vectored(bufs) {
@@ -515,6 +521,26 @@ impl TcpEndpoint {
                 reason: "no open connection has this id (it was closed)".into(),
             })
     }
+
+    /// Reserves credit for a frame of `len` bytes to `peer`, waiting until
+    /// `deadline` while the peer has too much unread.
+    fn reserve(&self, peer: PeerId, len: usize, deadline: Instant) -> Result<Arc<Conn>> {
+        let conn = self.conn(peer)?;
+        if len > self.shared.cfg.max_frame_len {
+            return Err(Error::Transport {
+                reason: format!(
+                    "a frame of {len} bytes is longer than the {} this transport sends \
+                     (TcpConfig::max_frame_len)",
+                    self.shared.cfg.max_frame_len
+                ),
+            });
+        }
+        let started = Instant::now();
+        conn.flow
+            .reserve(len, deadline)
+            .map_err(|s| conn.error(s, len, started.elapsed()))?;
+        Ok(conn)
+    }
 }
 
 impl Endpoint for TcpEndpoint {
@@ -550,20 +576,7 @@ impl Endpoint for TcpEndpoint {
     }
 
     fn lend(&mut self, peer: PeerId, len: usize, deadline: Instant) -> Result<TcpBuf> {
-        let conn = self.conn(peer)?;
-        if len > self.shared.cfg.max_frame_len {
-            return Err(Error::Transport {
-                reason: format!(
-                    "a frame of {len} bytes is longer than the {} this transport sends \
-                     (TcpConfig::max_frame_len)",
-                    self.shared.cfg.max_frame_len
-                ),
-            });
-        }
-        let started = Instant::now();
-        conn.flow
-            .reserve(len, deadline)
-            .map_err(|s| conn.error(s, len, started.elapsed()))?;
+        let conn = self.reserve(peer, len, deadline)?;
         Ok(TcpBuf {
             data: self.shared.pool.take(len),
             len,
@@ -575,19 +588,19 @@ impl Endpoint for TcpEndpoint {
     fn send(&mut self, mut buf: TcpBuf) -> Result<()> {
         buf.sent = true;
         let data = std::mem::take(&mut buf.data);
-        let conn = buf.conn.clone();
-        if let Some(reason) = conn.flow.closed() {
-            return Err(Error::Disconnected {
-                peer: conn.peer_name.clone(),
-                reason,
-            });
-        }
-        let sent = conn.send(Kind::Data, &data[..buf.len]);
+        let sent = send_data(&buf.conn, &[&data[..buf.len]]);
         self.shared.pool.put(data);
-        sent.map_err(|reason| Error::Disconnected {
-            peer: conn.peer_name.clone(),
-            reason,
-        })
+        sent
+    }
+
+    /// Writes the parts straight from where they are, header first, in
+    /// one vectored write: no copy into a lent buffer.
+    fn send_parts(&mut self, peer: PeerId, parts: &[&[u8]], deadline: Instant) -> Result<()> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        let conn = self.reserve(peer, len, deadline)?;
+        // The credit reserved is spent as a sent lent buffer's is, also if
+        // the write fails (the connection is closed then).
+        send_data(&conn, parts)
     }
 
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
@@ -782,7 +795,7 @@ fn greet(
     .encode();
     let mut w = stream.try_clone()?;
     let header = Header::new(Kind::Hello, hello.len() as u32, 0).encode();
-    write_all_vectored(&mut w, &header, &hello)?;
+    write_all_vectored(&mut w, &header, &[&hello])?;
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
     let mut hb = [0u8; HEADER_LEN];
     reader.read_exact(&mut hb)?;
@@ -855,7 +868,7 @@ fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
         let refuse = |why: String| -> io::Result<Option<_>> {
             let mut w = stream.try_clone()?;
             let h = Header::new(Kind::Refuse, why.len() as u32, 0).encode();
-            write_all_vectored(&mut w, &h, why.as_bytes())?;
+            write_all_vectored(&mut w, &h, &[why.as_bytes()])?;
             Ok(None)
         };
         let header = match Header::decode(&hb, cfg.max_frame_len) {
@@ -888,7 +901,7 @@ fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
             name: shared.name.clone(),
         }
         .encode();
-        if let Err(e) = conn.write(Kind::Accept, &accept, 0) {
+        if let Err(e) = conn.write(Kind::Accept, &[&accept], 0) {
             lock(&shared.conns).remove(&id);
             return Err(e);
         }
@@ -1021,6 +1034,22 @@ fn keeper_loop(shared: &Arc<Shared>) {
             }
         }
     }
+}
+
+/// Writes a data frame of `parts` on `conn`, whose credit the caller
+/// reserved.
+fn send_data(conn: &Conn, parts: &[&[u8]]) -> Result<()> {
+    if let Some(reason) = conn.flow.closed() {
+        return Err(Error::Disconnected {
+            peer: conn.peer_name.clone(),
+            reason,
+        });
+    }
+    conn.send(Kind::Data, parts)
+        .map_err(|reason| Error::Disconnected {
+            peer: conn.peer_name.clone(),
+            reason,
+        })
 }
 
 /// A buffer lent for one frame; send it with [`Endpoint::send`]. Dropping
