@@ -481,7 +481,6 @@ impl<'a> Message<'a> {
     }
 
     fn write(&self, w: &mut Writer<'_, 'a>) {
-        let len = self.encoded_len();
         write_header(w, self.kind(), self.payload_len());
         match self {
             Message::Hello(h) => {
@@ -557,7 +556,7 @@ impl<'a> Message<'a> {
                 w.pad8();
             }
         }
-        debug_assert_eq!(w.pos, len);
+        debug_assert_eq!(w.pos, self.encoded_len());
     }
 
     /// Encodes into a new vector (for tests and small control messages).
