@@ -26,7 +26,6 @@ pub struct TcpConfig {
     pub(crate) max_frame_len: usize,
     pub(crate) heartbeat: Duration,
     pub(crate) dead_after: Duration,
-    pub(crate) credit_delay: Duration,
     pub(crate) linger: Duration,
     pub(crate) listen_ip: IpAddr,
     pub(crate) spin: Duration,
@@ -43,7 +42,6 @@ impl Default for TcpConfig {
             max_frame_len: (1 << 30) + (64 << 10),
             heartbeat: Duration::from_millis(500),
             dead_after: Duration::from_secs(5),
-            credit_delay: Duration::from_micros(500),
             linger: Duration::from_secs(1),
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             spin: Duration::from_micros(50),
@@ -76,13 +74,6 @@ impl TcpConfig {
     /// before it is declared lost; also bounds a stalled write.
     pub fn dead_after(mut self, after: Duration) -> Self {
         self.dead_after = after;
-        self
-    }
-
-    /// How long released credit may wait for a frame to ride on before it
-    /// is sent on its own.
-    pub fn credit_delay(mut self, delay: Duration) -> Self {
-        self.credit_delay = delay;
         self
     }
 

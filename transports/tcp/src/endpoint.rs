@@ -2,7 +2,7 @@
 //! credit-based flow control, heartbeats and graceful close.
 //!
 //! Threads: each endpoint has an acceptor (blocked in `accept`) and a
-//! keeper (returns credit that found no frame to ride on, sends
+//! keeper (returns credit that is due and found no frame to ride on, sends
 //! heartbeats); each connection has a reader that reads whole frames
 //! straight into pooled buffers and queues them for `recv`. Sends are
 //! written by the sending thread itself (header and payload in one
@@ -351,6 +351,12 @@ impl Conn {
         })
     }
 
+    /// Asks the peer for its credit, because this side has to wait for it.
+    /// A failed write closes the connection, which ends the wait.
+    fn ask(&self) {
+        let _ = self.send(Kind::Ask, &[]);
+    }
+
     /// Closes from this side: nothing more is sent or delivered; the peer
     /// sees end-of-stream after every frame already written.
     fn close_here(&self) {
@@ -537,7 +543,7 @@ impl TcpEndpoint {
         }
         let started = Instant::now();
         conn.flow
-            .reserve(len, deadline)
+            .reserve(len, deadline, || conn.ask())
             .map_err(|s| conn.error(s, len, started.elapsed()))?;
         Ok(conn)
     }
@@ -607,7 +613,7 @@ impl Endpoint for TcpEndpoint {
         let conn = self.conn(peer)?;
         let started = Instant::now();
         conn.flow
-            .drained(deadline)
+            .drained(deadline, || conn.ask())
             .map_err(|s| conn.error(s, 0, started.elapsed()))
     }
 
@@ -995,13 +1001,19 @@ fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, mut reader: BufReader<Tcp
                     return "the endpoint was dropped".into();
                 }
             }
+            Kind::Ask => {
+                if conn.flow.asked() && shared.keeper.push(conn.clone()).is_err() {
+                    return "the endpoint was dropped".into();
+                }
+            }
             Kind::Credit | Kind::Heartbeat => {}
             other => return format!("the peer sent a {other:?} frame after the handshake"),
         }
     }
 }
 
-/// Returns credit that found no frame to ride on, and sends heartbeats on
+/// Returns credit that is due and found no frame to ride on (the peer
+/// asked for it, or half its window is unreturned), and sends heartbeats on
 /// idle connections.
 fn keeper_loop(shared: &Arc<Shared>) {
     let cfg = &shared.cfg;
@@ -1012,8 +1024,6 @@ fn keeper_loop(shared: &Arc<Shared>) {
             return;
         }
         if !due.is_empty() {
-            // Give the credit a moment to ride on a reply instead.
-            std::thread::sleep(cfg.credit_delay);
             for conn in due.drain(..) {
                 let credit = conn.flow.take_credit();
                 if credit > 0 && conn.flow.closed().is_none() {
@@ -1122,7 +1132,9 @@ impl Drop for TcpFrame {
         let len = self.len;
         self.shared.pool.put(data);
         if self.conn.flow.released(len) {
-            // If the endpoint is gone there is nobody to return credit to.
+            // Due now (asked for, or half the window): the keeper sends it
+            // unless a frame going back takes it first. If the endpoint is
+            // gone there is nobody to return credit to.
             let _ = self.shared.keeper.push(self.conn.clone());
         }
     }

@@ -30,6 +30,9 @@ struct FlowState {
     /// Bytes received from the peer whose credit was not returned yet:
     /// never more than the window granted to it, if it plays by the rules.
     held: u64,
+    /// The peer asked for its credit (it waits for it): return it as soon
+    /// as frames are released, until everything received is returned.
+    asked: bool,
     /// Why the connection closed, once it has.
     closed: Option<String>,
     /// Whether this side closed it (then nothing more is delivered).
@@ -63,6 +66,7 @@ impl Flow {
                 outstanding: 0,
                 to_return: 0,
                 held: 0,
+                asked: false,
                 closed: None,
                 closed_here: false,
             }),
@@ -76,13 +80,16 @@ impl Flow {
     }
 
     /// Waits until `ready`; a closed flow fails the wait unless
-    /// `even_closed` and it is ready.
+    /// `even_closed` and it is ready. Before it first sleeps it calls
+    /// `ask` once, with no lock held, to ask the peer for its credit.
     fn wait(
         &self,
         deadline: Instant,
         even_closed: bool,
+        ask: impl FnOnce(),
         ready: impl Fn(&FlowState) -> bool,
     ) -> Result<MutexGuard<'_, FlowState>, Stalled> {
+        let mut ask = Some(ask);
         let mut state = lock(&self.state);
         loop {
             if even_closed && ready(&state) {
@@ -93,6 +100,13 @@ impl Flow {
             }
             if ready(&state) {
                 return Ok(state);
+            }
+            if let Some(ask) = ask.take() {
+                // Credit that comes back meanwhile is seen on the re-check.
+                drop(state);
+                ask();
+                state = lock(&self.state);
+                continue;
             }
             let (guard, waiting) = wait_until(&self.changed, state, deadline);
             state = guard;
@@ -105,10 +119,11 @@ impl Flow {
     }
 
     /// Reserves `len` bytes of the peer's window, waiting for credit until
-    /// `deadline`.
-    pub fn reserve(&self, len: usize, deadline: Instant) -> Result<(), Stalled> {
+    /// `deadline`; `ask` (asking the peer for its credit) is called once if
+    /// it has to wait.
+    pub fn reserve(&self, len: usize, deadline: Instant, ask: impl FnOnce()) -> Result<(), Stalled> {
         let window = self.window;
-        let mut state = self.wait(deadline, false, |s| {
+        let mut state = self.wait(deadline, false, ask, |s| {
             s.outstanding == 0 || s.outstanding.saturating_add(len) <= window
         })?;
         state.outstanding += len;
@@ -144,19 +159,36 @@ impl Flow {
     }
 
     /// Waits until the peer released everything sent to it (which stays
-    /// true if the connection closed after the last credit came back).
-    pub fn drained(&self, deadline: Instant) -> Result<(), Stalled> {
-        self.wait(deadline, true, |s| s.outstanding == 0).map(drop)
+    /// true if the connection closed after the last credit came back);
+    /// `ask` is called once if it has to wait.
+    pub fn drained(&self, deadline: Instant, ask: impl FnOnce()) -> Result<(), Stalled> {
+        self.wait(deadline, true, ask, |s| s.outstanding == 0)
+            .map(drop)
     }
 
     /// A frame of `bytes` from the peer was released here. Returns true if
-    /// nothing was waiting to be returned before (so whoever returns credit
-    /// should be told).
+    /// the credit should be sent now, not left to ride on the next frame
+    /// going back: the peer asked for it, or half of the window granted to
+    /// it is unreturned. True once per batch: not again until the credit
+    /// was taken.
     pub fn released(&self, bytes: usize) -> bool {
         let mut state = lock(&self.state);
-        let was_empty = state.to_return == 0;
+        let before = state.to_return;
         state.to_return += bytes as u64;
-        was_empty && state.closed.is_none()
+        let half = self.granted / 2;
+        let due = state.asked || state.to_return >= half;
+        let was_due = before > 0 && (state.asked || before >= half);
+        due && !was_due && state.closed.is_none()
+    }
+
+    /// The peer asked for its credit. Returns true if there is credit to
+    /// send now; otherwise it goes out as frames are released.
+    pub fn asked(&self) -> bool {
+        let mut state = lock(&self.state);
+        if state.held > 0 {
+            state.asked = true;
+        }
+        state.to_return > 0 && state.closed.is_none()
     }
 
     /// Takes up to `u32::MAX` bytes of credit to report to the peer.
@@ -165,6 +197,10 @@ impl Flow {
         let take = state.to_return.min(u64::from(u32::MAX));
         state.to_return -= take;
         state.held = state.held.saturating_sub(take);
+        if state.held == 0 {
+            // Everything received is returned: the peer waits no more.
+            state.asked = false;
+        }
         take as u32
     }
 
@@ -339,5 +375,66 @@ impl<T> Inbox<T> {
         drop(state);
         self.pushed.notify_all();
         rest
+    }
+}
+
+#[cfg(all(test, not(laggard_loom)))]
+mod tests {
+    use super::*;
+
+    /// The receiver's side of a connection whose peer was granted 100
+    /// bytes and has sent `arrived` of them.
+    fn receiver(arrived: usize) -> Flow {
+        let flow = Flow::with_granted(1 << 20, 100);
+        flow.arrived(arrived).unwrap();
+        flow
+    }
+
+    #[test]
+    fn credit_is_due_once_half_the_granted_window_is_unreturned() {
+        let flow = receiver(80);
+        assert!(!flow.released(30), "30 of 100: left to ride on a frame");
+        assert!(flow.released(20), "50 of 100: due now");
+        assert!(!flow.released(10), "already due: the keeper was told");
+        assert_eq!(flow.take_credit(), 60);
+        assert!(!flow.released(20), "a fresh batch starts below half");
+    }
+
+    #[test]
+    fn an_ask_makes_released_credit_due_until_everything_is_returned() {
+        let flow = receiver(30);
+        assert!(!flow.released(10));
+        assert!(flow.asked(), "10 bytes were already released");
+        assert_eq!(flow.take_credit(), 10);
+        assert!(flow.released(10), "asked, and 10 bytes still held");
+        assert_eq!(flow.take_credit(), 10);
+        assert!(flow.released(10), "the last 10 bytes too");
+        assert_eq!(flow.take_credit(), 10);
+        // Everything received was returned: the ask is answered.
+        flow.arrived(10).unwrap();
+        assert!(!flow.released(10));
+    }
+
+    #[test]
+    fn an_ask_with_nothing_released_waits_for_the_release() {
+        let flow = receiver(10);
+        assert!(!flow.asked());
+        assert!(flow.released(10));
+        assert_eq!(flow.take_credit(), 10);
+    }
+
+    #[test]
+    fn a_waiting_sender_asks_once_and_one_that_need_not_wait_never() {
+        let flow = Flow::with_granted(10, 1 << 20);
+        let mut asks = 0;
+        flow.reserve(8, Instant::now(), || asks += 1).unwrap();
+        assert_eq!(asks, 0, "room in the window: no ask");
+        let soon = Instant::now() + std::time::Duration::from_millis(20);
+        let stalled = flow.reserve(8, soon, || asks += 1);
+        assert_eq!(stalled, Err(Stalled::TimedOut { outstanding: 8 }));
+        assert_eq!(asks, 1);
+        let stalled = flow.drained(Instant::now(), || asks += 1);
+        assert_eq!(stalled, Err(Stalled::TimedOut { outstanding: 8 }));
+        assert_eq!(asks, 2);
     }
 }

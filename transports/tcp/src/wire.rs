@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! 0..4   magic "LGTC"
-//! 4      version (1)
-//! 5      kind: 1 data, 2 credit, 3 heartbeat, 4 hello, 5 accept, 6 refuse
+//! 4      version (2)
+//! 5      kind: 1 data, 2 credit, 3 heartbeat, 4 hello, 5 accept, 6 refuse,
+//!        7 ask
 //! 6..8   reserved, zero
 //! 8..12  payload length (u32, little-endian)
 //! 12..16 credit returned to the receiver of this header, in bytes (u32)
@@ -12,6 +13,10 @@
 //!
 //! Every header carries credit, so a data frame going one way returns the
 //! credit of frames released the other way without a message of its own.
+//! Credit that finds no frame to ride on is sent on its own only when it
+//! is needed: when the peer asks for it (an `ask`, sent by a peer that has
+//! to wait for credit: its window is full, or it flushes), or when half
+//! of the window granted to the peer is unreturned.
 //! Everything here validates what it reads: a stream that is not laggard's,
 //! or a peer that breaks the rules, is an error naming what was wrong.
 
@@ -20,7 +25,7 @@ use std::fmt;
 /// Bytes in a header.
 pub(crate) const HEADER_LEN: usize = 16;
 const MAGIC: [u8; 4] = *b"LGTC";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// The longest handshake payload accepted (names and a reason).
 pub(crate) const MAX_CONTROL: u32 = 4096;
 
@@ -39,6 +44,9 @@ pub(crate) enum Kind {
     Accept,
     /// The accepting side refuses; the payload says why.
     Refuse,
+    /// "Return my credit": the sender waits for it (its window is full,
+    /// or it flushes).
+    Ask,
 }
 
 impl Kind {
@@ -50,6 +58,7 @@ impl Kind {
             Kind::Hello => 4,
             Kind::Accept => 5,
             Kind::Refuse => 6,
+            Kind::Ask => 7,
         }
     }
 
@@ -61,6 +70,7 @@ impl Kind {
             4 => Kind::Hello,
             5 => Kind::Accept,
             6 => Kind::Refuse,
+            7 => Kind::Ask,
             _ => return None,
         })
     }
@@ -105,7 +115,7 @@ impl Header {
         let credit = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
         let ok = match kind {
             Kind::Data => len as usize <= max_len,
-            Kind::Credit | Kind::Heartbeat => len == 0,
+            Kind::Credit | Kind::Heartbeat | Kind::Ask => len == 0,
             Kind::Hello | Kind::Accept | Kind::Refuse => len <= MAX_CONTROL,
         };
         if !ok {
@@ -253,6 +263,10 @@ mod tests {
         assert_eq!(Header::decode(&b, 1 << 20), Err(WireError::Reserved));
         let hb = Header::new(Kind::Heartbeat, 3, 0).encode();
         assert!(Header::decode(&hb, 1 << 20).is_err());
+        let ask = Header::new(Kind::Ask, 0, 5);
+        assert_eq!(Header::decode(&ask.encode(), 1 << 20), Ok(ask));
+        let ask = Header::new(Kind::Ask, 1, 0).encode();
+        assert!(Header::decode(&ask, 1 << 20).is_err());
     }
 
     #[test]

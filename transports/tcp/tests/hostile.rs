@@ -12,7 +12,7 @@ use laggard_tcp::{TcpConfig, TcpTransport};
 fn header(kind: u8, len: u32, credit: u32) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..4].copy_from_slice(b"LGTC");
-    b[4] = 1;
+    b[4] = 2; // the framing version
     b[5] = kind;
     b[8..12].copy_from_slice(&len.to_le_bytes());
     b[12..16].copy_from_slice(&credit.to_le_bytes());
