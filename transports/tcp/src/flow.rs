@@ -121,7 +121,12 @@ impl Flow {
     /// Reserves `len` bytes of the peer's window, waiting for credit until
     /// `deadline`; `ask` (asking the peer for its credit) is called once if
     /// it has to wait.
-    pub fn reserve(&self, len: usize, deadline: Instant, ask: impl FnOnce()) -> Result<(), Stalled> {
+    pub fn reserve(
+        &self,
+        len: usize,
+        deadline: Instant,
+        ask: impl FnOnce(),
+    ) -> Result<(), Stalled> {
         let window = self.window;
         let mut state = self.wait(deadline, false, ask, |s| {
             s.outstanding == 0 || s.outstanding.saturating_add(len) <= window
