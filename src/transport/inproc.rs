@@ -380,6 +380,7 @@ impl Endpoint for InProcessEndpoint {
         drop(buf);
         let (inbox, peer) = &link.ends[1 - side];
         let frame = InProcessFrame {
+            credit: data.len(),
             data,
             link: link.clone(),
             dir: side,
@@ -389,6 +390,13 @@ impl Endpoint for InProcessEndpoint {
             // Dropping the frame returned inside the error releases its credit.
             Err(_) => Err(self.gone(link.ends[side].1, &link, side)),
         }
+    }
+
+    /// Swaps the buffers: no copy.
+    fn take_frame(&mut self, mut frame: InProcessFrame, into: &mut Vec<u8>) {
+        // Dropping the frame pools `into`'s old allocation and returns the
+        // frame's credit.
+        std::mem::swap(&mut frame.data, into);
     }
 
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
@@ -536,6 +544,9 @@ impl Drop for InProcessBuf {
 /// A received frame; dropping it returns the sender's credit.
 pub struct InProcessFrame {
     data: Vec<u8>,
+    /// The frame's length, returned as credit on release (`data` may
+    /// have been swapped for another buffer by then).
+    credit: usize,
     link: Arc<Link>,
     dir: usize,
 }
@@ -556,6 +567,6 @@ impl Deref for InProcessFrame {
 impl Drop for InProcessFrame {
     fn drop(&mut self) {
         let data = std::mem::take(&mut self.data);
-        self.link.dirs[self.dir].release(data.len(), data);
+        self.link.dirs[self.dir].release(self.credit, data);
     }
 }

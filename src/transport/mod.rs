@@ -110,6 +110,18 @@ pub trait Endpoint: Send {
         self.send(buf)
     }
 
+    /// Moves a received frame's bytes into `into` (replacing what it held)
+    /// and releases the frame, as dropping it would.
+    ///
+    /// The default copies. A transport whose frames own a heap buffer (TCP,
+    /// in-process) swaps the two buffers instead, keeping `into`'s old
+    /// allocation for later frames, so a large frame changes hands without
+    /// a copy: the worker keeps a large pulled row in its cache this way.
+    fn take_frame(&mut self, frame: Self::Frame, into: &mut Vec<u8>) {
+        into.clear();
+        into.extend_from_slice(&frame);
+    }
+
     /// Waits until every frame sent to `peer` was received and released,
     /// or `deadline`.
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()>;

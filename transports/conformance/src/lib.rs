@@ -83,6 +83,7 @@ pub fn run_all<F: Factory>(f: &F) {
     ordering_per_connection(f);
     large_frames(f);
     frames_sent_in_parts_arrive_whole(f);
+    taken_frames_keep_their_bytes_and_release_credit(f);
     many_concurrent_connections(f);
     peer_drop_is_an_error(f);
     backpressure_when_the_receiver_is_slow(f);
@@ -174,6 +175,44 @@ pub fn frames_sent_in_parts_arrive_whole<F: Factory>(f: &F) {
                 frame == expected(i),
                 "frame {i} in parts corrupted or out of order"
             );
+        }
+    });
+}
+
+/// [`Endpoint::take_frame`] moves a frame's exact bytes into the given
+/// buffer, whatever that buffer held before (longer, shorter, reused), and
+/// releases the frame: with a window of a few frames, many frames taken
+/// into one buffer all arrive, and the sender's flush sees them consumed.
+pub fn taken_frames_keep_their_bytes_and_release_credit<F: Factory>(f: &F) {
+    let t = f.with_buffering(256 << 10);
+    let mut server = t.bind("take-server").unwrap();
+    let mut client = t.bind("take-client").unwrap();
+    let peer = client.connect("take-server", deadline()).unwrap();
+    let frames = 40usize;
+    let expected = |i: usize| -> Vec<u8> {
+        let len = [100 << 10, 7, 64 << 10, 1][i % 4];
+        (0..len).map(|j| ((i * 17 + j) % 253) as u8).collect()
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..frames {
+                send_bytes(&mut client, peer, &expected(i)).unwrap();
+            }
+            client.flush(peer, deadline()).unwrap();
+        });
+        let mut buf = vec![9u8; 3 << 10];
+        let mut i = 0;
+        while i < frames {
+            match server.recv(deadline()).expect("recv") {
+                Some(Event::Frame(_, frame)) => {
+                    server.take_frame(frame, &mut buf);
+                    assert!(buf == expected(i), "frame {i} changed when taken");
+                    i += 1;
+                }
+                Some(Event::Connected(_)) => {}
+                Some(Event::Disconnected(p)) => panic!("unexpected disconnect of {p}"),
+                None => panic!("no frame {i} within {STEP:?}"),
+            }
         }
     });
 }

@@ -46,6 +46,11 @@ fn frames_sent_in_parts_arrive_whole() {
 }
 
 #[test]
+fn taken_frames_keep_their_bytes_and_release_credit() {
+    laggard_conformance::taken_frames_keep_their_bytes_and_release_credit(&Shm);
+}
+
+#[test]
 fn many_concurrent_connections() {
     laggard_conformance::many_concurrent_connections(&Shm);
 }

@@ -609,6 +609,15 @@ impl Endpoint for TcpEndpoint {
         send_data(&conn, parts)
     }
 
+    /// Swaps the frame's pooled buffer into `into` (no copy); `into`'s old
+    /// allocation joins the pool in its place.
+    fn take_frame(&mut self, mut frame: TcpFrame, into: &mut Vec<u8>) {
+        std::mem::swap(&mut frame.data, into);
+        into.truncate(frame.len);
+        // Dropping the frame pools the old allocation and releases the
+        // frame's credit.
+    }
+
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
         let conn = self.conn(peer)?;
         let started = Instant::now();
