@@ -84,6 +84,10 @@ struct Sim {
     now: Instant,
     violations: Vec<String>,
     duplicated: u64,
+    /// Every other frame to a worker is handed over as an owned buffer
+    /// (`on_owned_frame`, which keeps a one-row pull response in the cache
+    /// as it is), the others decoded in place (`on_message`).
+    owned_next: bool,
 }
 
 impl Sim {
@@ -131,6 +135,7 @@ impl Sim {
             now: Instant::now(),
             violations: Vec::new(),
             duplicated: 0,
+            owned_next: false,
         };
         for w in 0..workers {
             for s in 0..shards {
@@ -311,12 +316,16 @@ impl Sim {
             return false;
         };
         let core = &mut self.clients[w];
+        self.owned_next = !self.owned_next;
         match decode(&frame, MAX).unwrap() {
             Message::Welcome(welcome) => {
                 for seq in core.on_welcome(s, &welcome).unwrap() {
                     let frame = core.with_push(s, seq, |m| m.to_vec()).unwrap();
                     self.up.entry((w, s)).or_default().push_back(frame);
                 }
+            }
+            _ if self.owned_next => {
+                core.on_owned_frame(s, frame, MAX).unwrap();
             }
             msg => core.on_message(s, msg).unwrap(),
         }

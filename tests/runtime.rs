@@ -68,6 +68,83 @@ fn bsp_integer_sum_equals_the_sequential_result() {
     assert_eq!(stats.iter().map(|s| s.duplicate_pushes).sum::<u64>(), 0);
 }
 
+/// Rows long enough (128 KiB) that each pull response is kept in the
+/// worker's cache in the frame it came in. Every BSP pull at clock `c` sees
+/// all pushes of earlier clocks and some of clock `c` (a worker that got
+/// there first may have pushed already), never a torn row; a second pull
+/// in the clock is answered from the cache with the same row; the final
+/// rows are the exact sums.
+#[test]
+fn long_rows_pulled_every_clock_are_exact() {
+    let (workers, clocks, width) = (3, 6u64, 16 << 10);
+    let spec = ClusterSpec::new(2, workers).table(
+        "long",
+        TableSpec::<i64>::dense(0..2, width).consistency(Consistency::Bsp),
+    );
+    // What row `key` may hold at clock `c`: every push of clocks below
+    // `c`, plus any subset of the other workers' pushes of clock `c`.
+    let allowed = |me: usize, c: u64, key: u64| -> Vec<i64> {
+        let before: i64 = (0..workers)
+            .flat_map(|w| (0..c).map(move |c| delta(w, c, key)))
+            .sum();
+        let others: Vec<i64> = (0..workers)
+            .filter(|&w| w != me)
+            .map(|w| delta(w, c, key))
+            .collect();
+        (0..1u32 << others.len())
+            .map(|set| {
+                let early: i64 = (0..others.len())
+                    .filter(|i| set >> i & 1 == 1)
+                    .map(|i| others[i])
+                    .sum();
+                before + early
+            })
+            .collect()
+    };
+    let cluster = Cluster::start(spec).unwrap();
+    cluster
+        .run_workers(|worker| {
+            let long = worker.table::<i64>("long")?;
+            let w = worker.id().0 as usize;
+            let mut row = vec![0; width];
+            let mut again = vec![0; width];
+            for c in 0..clocks {
+                for key in 0..2 {
+                    worker.pull(&long, &[key], &mut row)?;
+                    assert!(
+                        allowed(w, c, key).contains(&row[0]),
+                        "worker {w} at clock {c} read row {key} as {}",
+                        row[0]
+                    );
+                    assert!(row.iter().all(|&x| x == row[0]), "row {key} torn");
+                    worker.pull(&long, &[key], &mut again)?;
+                    assert!(
+                        again == row,
+                        "the cached row {key} changed within clock {c}"
+                    );
+                    worker.push(&long, &[key], &vec![delta(w, c, key); width])?;
+                }
+                worker.clock()?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let mut got = vec![0i64; 2 * width];
+    cluster.read::<i64>("long", &[0, 1], &mut got).unwrap();
+    for key in 0..2u64 {
+        let want: i64 = (0..workers)
+            .flat_map(|w| (0..clocks).map(move |c| delta(w, c, key)))
+            .sum();
+        assert!(
+            got[key as usize * width..][..width]
+                .iter()
+                .all(|&x| x == want)
+        );
+    }
+    let stats = cluster.shutdown().unwrap();
+    assert_eq!(stats.iter().map(|s| s.duplicate_pushes).sum::<u64>(), 0);
+}
+
 /// Every worker at clock `c` adds 1 to element `w` of row 0; a read at clock
 /// `c` under SSP(s) must then see element `w' >= c - s` for every worker
 /// `w'` still running (all its clocks `<= c - s - 1` are in).

@@ -18,7 +18,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::codec::{Keys, Message, PullRequest, PullTimedOut, Push, Section, Sections, Welcome};
+use super::codec::{
+    Keys, Message, PullRequest, PullResponse, PullTimedOut, Push, Section, Sections, Welcome,
+    decode,
+};
 use super::server::status_from_code;
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
 use crate::element::{Element, ElementKind, add_le_slice, le_bytes, write_le_slice};
@@ -119,7 +122,11 @@ struct Cached {
     data_clock: u64,
     /// The worker's clock when the row was fetched.
     fetched_at: u64,
-    values: Box<[u8]>,
+    /// The row's little-endian bytes are `values[at..at + row_bytes]`: a
+    /// row adopted with its frame ([`ClientCore::on_owned_frame`]) lies
+    /// where it arrived, after the frame's header.
+    values: Vec<u8>,
+    at: usize,
 }
 
 /// A pull request in flight.
@@ -460,7 +467,7 @@ impl ClientCore {
         self.cache
             .get(table as usize)?
             .get(&key)
-            .map(|c| &*c.values)
+            .map(|c| &c.values[c.at..])
     }
 
     /// Forgets every cached row (the next pulls go to the servers).
@@ -509,6 +516,73 @@ impl ClientCore {
         }
     }
 
+    /// Handles a frame from `shard` given as an owned buffer, decoding it
+    /// (payloads up to `max_payload`). A response carrying one row is kept
+    /// in the cache as it is, frame and all, rather than copied out of it.
+    /// Returns a buffer for the caller to reuse: the cache entry's old one,
+    /// or `frame` itself when it was not kept.
+    pub fn on_owned_frame(
+        &mut self,
+        shard: usize,
+        frame: Vec<u8>,
+        max_payload: usize,
+    ) -> Result<Vec<u8>> {
+        let adopt = match decode(&frame, max_payload) {
+            Ok(Message::PullResponse(resp)) if resp.rows == 1 => {
+                // Where the row lies in the frame (decoding borrows it).
+                let at = (resp.values.as_ptr() as usize).checked_sub(frame.as_ptr() as usize);
+                match at.filter(|at| at + resp.values.len() <= frame.len()) {
+                    Some(at) => {
+                        self.check_response(shard, &resp)?;
+                        (resp.req, resp.clock, at)
+                    }
+                    None => {
+                        return self
+                            .on_message(shard, Message::PullResponse(resp))
+                            .map(|()| frame);
+                    }
+                }
+            }
+            Ok(msg) => return self.on_message(shard, msg).map(|()| frame),
+            Err(e) => return Err(protocol(shard, e.to_string())),
+        };
+        let (req, data_clock, at) = adopt;
+        let r = self.requests.get_mut(&req).expect("checked above");
+        let row = Cached {
+            data_clock,
+            fetched_at: self.clock,
+            values: frame,
+            at,
+        };
+        let old = self.cache[r.table as usize].insert(r.keys[0], row);
+        r.outcome = Some(Ok(()));
+        Ok(old.map(|c| c.values).unwrap_or_default())
+    }
+
+    /// Checks that `resp` answers a pull request of ours from `shard` that
+    /// is still open, with rows of the right shape; returns the row size.
+    fn check_response(&self, shard: usize, resp: &PullResponse<'_>) -> Result<usize> {
+        let Some(r) = self.requests.get(&resp.req) else {
+            return Err(protocol(
+                shard,
+                format!("response to unknown request {}", resp.req),
+            ));
+        };
+        let row_bytes = self.tables[r.table as usize].row_bytes();
+        if r.shard != shard
+            || r.table != resp.table
+            || resp.rows as usize != r.keys.len()
+            || resp.values.len() != r.keys.len() * row_bytes
+            || r.outcome.is_some()
+        {
+            return Err(protocol(
+                shard,
+                format!("response to request {} does not match it", resp.req),
+            ));
+        }
+        Ok(row_bytes)
+    }
+
     /// Handles a message from `shard`. An error means the shard broke the
     /// protocol or reported a fault; the connection should be dropped.
     pub fn on_message(&mut self, shard: usize, msg: Message<'_>) -> Result<()> {
@@ -535,34 +609,21 @@ impl ClientCore {
                 Ok(())
             }
             Message::PullResponse(resp) => {
-                let Some(r) = self.requests.get_mut(&resp.req) else {
-                    return Err(protocol(
-                        shard,
-                        format!("response to unknown request {}", resp.req),
-                    ));
-                };
-                let row_bytes = self.tables[r.table as usize].row_bytes();
-                if r.shard != shard
-                    || r.table != resp.table
-                    || resp.rows as usize != r.keys.len()
-                    || resp.values.len() != r.keys.len() * row_bytes
-                    || r.outcome.is_some()
-                {
-                    return Err(protocol(
-                        shard,
-                        format!("response to request {} does not match it", resp.req),
-                    ));
-                }
+                let row_bytes = self.check_response(shard, &resp)?;
+                let r = self.requests.get_mut(&resp.req).expect("checked above");
                 let cache = &mut self.cache[r.table as usize];
                 for (&key, values) in r.keys.iter().zip(resp.values.chunks_exact(row_bytes)) {
                     let row = cache.entry(key).or_insert_with(|| Cached {
                         data_clock: 0,
                         fetched_at: 0,
-                        values: vec![0; row_bytes].into_boxed_slice(),
+                        values: Vec::new(),
+                        at: 0,
                     });
                     row.data_clock = resp.clock;
                     row.fetched_at = self.clock;
-                    row.values.copy_from_slice(values);
+                    row.values.clear();
+                    row.values.extend_from_slice(values);
+                    row.at = 0;
                 }
                 r.outcome = Some(Ok(()));
                 Ok(())

@@ -103,7 +103,16 @@ pub struct Worker<E: Endpoint> {
     /// reports it.
     broken: Option<Error>,
     left: bool,
+    /// A buffer for the next long frame to be moved into
+    /// ([`Endpoint::take_frame`]); a long pulled row stays in the cache in
+    /// the frame it came in.
+    frame_spare: Vec<u8>,
 }
+
+/// Frames this long or longer are moved out of the transport (no copy
+/// where it owns heap buffers) and a pulled row in one is cached where it
+/// lies; shorter ones are decoded in place.
+const TAKE_FRAMES_FROM: usize = 64 << 10;
 
 impl<E: Endpoint> std::fmt::Debug for Worker<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -149,6 +158,7 @@ impl<E: Endpoint> Worker<E> {
             left_shards: vec![false; spec.servers],
             broken: None,
             left: false,
+            frame_spare: Vec::new(),
         };
         let hello = worker.hello();
         for shard in 0..spec.servers {
@@ -642,15 +652,23 @@ impl<E: Endpoint> Worker<E> {
                 let stats = self.core.stats_mut();
                 stats.messages_received += 1;
                 stats.bytes_received += frame.len() as u64;
-                let handled = match decode(&frame, self.spec.max_payload) {
-                    Ok(Message::Welcome(w)) if !self.core.is_welcomed(shard) => {
-                        self.on_rewelcome(shard, &w)
+                let handled = if frame.len() >= TAKE_FRAMES_FROM && self.core.is_welcomed(shard) {
+                    let mut buf = std::mem::take(&mut self.frame_spare);
+                    self.ep.take_frame(frame, &mut buf);
+                    self.core
+                        .on_owned_frame(shard, buf, self.spec.max_payload)
+                        .map(|spare| self.frame_spare = spare)
+                } else {
+                    match decode(&frame, self.spec.max_payload) {
+                        Ok(Message::Welcome(w)) if !self.core.is_welcomed(shard) => {
+                            self.on_rewelcome(shard, &w)
+                        }
+                        Ok(msg) => self.core.on_message(shard, msg),
+                        Err(e) => Err(Error::Protocol {
+                            peer: format!("server shard {shard}"),
+                            reason: e.to_string(),
+                        }),
                     }
-                    Ok(msg) => self.core.on_message(shard, msg),
-                    Err(e) => Err(Error::Protocol {
-                        peer: format!("server shard {shard}"),
-                        reason: e.to_string(),
-                    }),
                 };
                 if let Err(e) = handled {
                     if self.broken.is_none() {
