@@ -8,7 +8,8 @@ use super::spec::ClusterSpec;
 use super::storage::ServerTables;
 use crate::error::{Error, Result};
 use crate::proto::{
-    Output, ServerConfig, ServerCore, ServerStats, pull_response_layout, write_pull_response,
+    Message, Output, PullResponse, ServerConfig, ServerCore, ServerStats, pull_response_layout,
+    write_pull_response,
 };
 use crate::transport::{Endpoint, Event, PeerId};
 
@@ -171,7 +172,11 @@ impl<E: Endpoint> Server<E> {
     }
 
     /// Encodes a pull response straight into the transport's buffer,
-    /// reading the rows from the table into it.
+    /// reading the rows from the table into it. A response of one long row
+    /// is sent in parts with the row in place ([`Endpoint::send_parts`]):
+    /// over TCP its bytes go from the table to the socket with no copy.
+    /// The row is held shared until the transport has it; this thread is
+    /// the only one that pushes to its tables, so no push waits on that.
     fn send_rows(
         &mut self,
         peer: PeerId,
@@ -182,6 +187,21 @@ impl<E: Endpoint> Server<E> {
         deadline: Instant,
     ) -> Result<()> {
         let value_len = keys.len() * crate::proto::ShardTables::row_bytes(&self.tables, table);
+        if let [key] = *keys {
+            if value_len >= SEND_IN_PARTS {
+                let ep = &mut self.ep;
+                return self.tables.send_row(table, key, &mut |values| {
+                    let msg = Message::PullResponse(PullResponse {
+                        req,
+                        clock,
+                        table,
+                        rows: 1,
+                        values,
+                    });
+                    ep.send_parts(peer, &msg.encode_parts().parts(), deadline)
+                });
+            }
+        }
         let (len, _) = pull_response_layout(value_len);
         let mut buf = self.ep.lend(peer, len, deadline)?;
         let values = write_pull_response(&mut buf, req, clock, table, keys.len() as u32, value_len);

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::element::{Element, le_view, le_view_mut, read_le_slice, write_le_slice};
+use crate::element::{Element, le_bytes, le_view, le_view_mut, read_le_slice, write_le_slice};
 use crate::error::{Error, Result};
 use crate::proto::{Keys, ShardTables};
 use crate::table::Table;
@@ -14,6 +14,10 @@ pub(crate) trait ErasedPart: Send {
     fn check(&self, keys: Keys<'_>, value_len: Option<usize>) -> Result<()>;
     fn apply(&mut self, keys: Keys<'_>, values: &[u8]) -> Result<()>;
     fn read(&mut self, keys: &[u64], out: &mut [u8]) -> Result<()>;
+    /// Calls `send` with row `key` as little-endian bytes: in place where
+    /// that is the host's format and the row is wide (held shared
+    /// meanwhile), else converted into a scratch buffer.
+    fn send_row(&mut self, key: u64, send: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
     fn row_bytes(&self) -> usize;
 }
 
@@ -76,6 +80,17 @@ impl<T: Element> ErasedPart for Part<T> {
         Ok(())
     }
 
+    fn send_row(&mut self, key: u64, send: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+        self.table.with_row(key, |values| match le_bytes(values) {
+            Some(bytes) => send(bytes),
+            None => {
+                let mut bytes = vec![0; std::mem::size_of_val(values)];
+                write_le_slice(values, &mut bytes);
+                send(&bytes)
+            }
+        })?
+    }
+
     fn row_bytes(&self) -> usize {
         self.table.width() * T::SIZE
     }
@@ -92,6 +107,21 @@ impl ServerTables {
             .get(table as usize)
             .map(|p| &**p)
             .ok_or_else(|| unknown(table, self.parts.len()))
+    }
+
+    /// Calls `send` with one row's little-endian bytes (see
+    /// [`ErasedPart::send_row`]).
+    pub(crate) fn send_row(
+        &mut self,
+        table: u32,
+        key: u64,
+        send: &mut dyn FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let n = self.parts.len();
+        self.parts
+            .get_mut(table as usize)
+            .ok_or_else(|| unknown(table, n))?
+            .send_row(key, send)
     }
 
     /// Reads rows into a pull response's value region.

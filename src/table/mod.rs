@@ -468,6 +468,23 @@ impl<T: Element> Table<T> {
         Ok(())
     }
 
+    /// Calls `f` with row `key`'s values: in place for a wide row, which is
+    /// held shared while `f` runs (pushes to that row wait until it
+    /// returns), a copy otherwise. For a server that sends a long row
+    /// straight from the table; only its own thread pushes, so nothing
+    /// waits on it.
+    pub(crate) fn with_row<R>(&self, key: u64, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+        Ok(match self.row_for_pull(key)? {
+            Some(row) => row.with_values(self.width, f),
+            None => {
+                let values: Vec<T> = (0..self.width)
+                    .map(|i| self.spec.init.value(key, i))
+                    .collect();
+                f(&values)
+            }
+        })
+    }
+
     /// Copies one row per key into `out` (`keys.len() × width` elements).
     /// Each row is consistent on its own; the batch is not one snapshot.
     pub fn pull_batch(&self, keys: &[u64], out: &mut [T]) -> Result<()> {

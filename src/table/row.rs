@@ -160,4 +160,18 @@ impl<T: Element> RowRef<'_, T> {
             RowRef::Wide(row) => row.read_into(out),
         }
     }
+
+    /// Calls `f` with the row's `width` values, consistent: a wide row's in
+    /// place (held shared, so pushes to it wait until `f` returns), a
+    /// narrow row's as a copy.
+    pub(crate) fn with_values<R>(&self, width: usize, f: impl FnOnce(&[T]) -> R) -> R {
+        match self {
+            RowRef::Narrow(row) => {
+                let mut values = vec![T::ZERO; width];
+                row.read_into(&mut values);
+                f(&values)
+            }
+            RowRef::Wide(row) => row.with_cells(width, f),
+        }
+    }
 }

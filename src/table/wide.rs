@@ -143,7 +143,7 @@ pub(crate) struct WideRow<T: Element> {
 }
 
 // SAFETY: the elements are only reached through `apply` (holding the word
-// exclusively) and `read_into` (holding it shared), so no two threads ever
+// exclusively) and `read_into` and `with_cells` (holding it shared), so no two threads ever
 // access them in a conflicting way; `T: Element` is `Send + Sync`.
 unsafe impl<T: Element> Sync for WideRow<T> {}
 
@@ -167,6 +167,19 @@ impl<T: Element> WideRow<T> {
             let (values, state) = cells.split_at_mut(width);
             update.apply(&mut RowMut::plain(values), &mut RowMut::plain(state), delta);
         });
+    }
+
+    /// Calls `f` with the row's first `len` cells in place, holding the
+    /// row shared while it runs: pushes to the row wait until it returns.
+    #[inline]
+    pub(crate) fn with_cells<R>(&self, len: usize, f: impl FnOnce(&[T]) -> R) -> R {
+        let _guard = self.word.read();
+        self.cells.with(|cells| {
+            // SAFETY: as in `read_into`: the read guard excludes writers
+            // until it drops, after this borrow (and `f`) ends.
+            let cells = unsafe { &**cells };
+            f(&cells[..len])
+        })
     }
 
     /// Copies the row's first `out.len()` cells into `out`, holding the row
