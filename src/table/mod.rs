@@ -460,12 +460,17 @@ impl<T: Element> Table<T> {
     fn pull_unchecked_width(&self, key: u64, out: &mut [T]) -> Result<()> {
         match self.row_for_pull(key)? {
             Some(row) => row.read_into(out),
-            None => out
-                .iter_mut()
-                .enumerate()
-                .for_each(|(i, o)| *o = self.spec.init.value(key, i)),
+            None => self.fill_initial(key, out),
         }
         Ok(())
+    }
+
+    /// Fills `out` with the initial values of row `key` (a sparse row
+    /// that was never pushed to).
+    fn fill_initial(&self, key: u64, out: &mut [T]) {
+        out.iter_mut()
+            .enumerate()
+            .for_each(|(i, o)| *o = self.spec.init.value(key, i));
     }
 
     /// Calls `f` with row `key`'s values: in place for a wide row, which is
@@ -477,9 +482,8 @@ impl<T: Element> Table<T> {
         Ok(match self.row_for_pull(key)? {
             Some(row) => row.with_values(self.width, f),
             None => {
-                let values: Vec<T> = (0..self.width)
-                    .map(|i| self.spec.init.value(key, i))
-                    .collect();
+                let mut values = vec![T::ZERO; self.width];
+                self.fill_initial(key, &mut values);
                 f(&values)
             }
         })

@@ -143,8 +143,9 @@ pub(crate) struct WideRow<T: Element> {
 }
 
 // SAFETY: the elements are only reached through `apply` (holding the word
-// exclusively) and `read_into` and `with_cells` (holding it shared), so no two threads ever
-// access them in a conflicting way; `T: Element` is `Send + Sync`.
+// exclusively) and `read_into` and `with_cells` (holding it shared), so no
+// two threads ever access them in a conflicting way; `T: Element` is
+// `Send + Sync`.
 unsafe impl<T: Element> Sync for WideRow<T> {}
 
 impl<T: Element> WideRow<T> {
