@@ -392,11 +392,12 @@ impl Endpoint for InProcessEndpoint {
         }
     }
 
-    /// Swaps the buffers: no copy.
+    /// Swaps the buffers: no copy (see [`take_owned`](super::take_owned)).
     fn take_frame(&mut self, mut frame: InProcessFrame, into: &mut Vec<u8>) {
-        // Dropping the frame pools `into`'s old allocation and returns the
-        // frame's credit.
-        std::mem::swap(&mut frame.data, into);
+        // Dropping the frame pools what it holds then (`into`'s old
+        // allocation, or its own after a copy) and returns its credit.
+        let len = frame.credit;
+        super::take_owned(&mut frame.data, len, into);
     }
 
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {

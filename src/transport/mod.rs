@@ -36,6 +36,37 @@ use crate::error::Result;
 
 pub use inproc::{InProcess, InProcessBuf, InProcessEndpoint, InProcessFrame};
 
+/// [`Endpoint::take_frame`] for a transport whose frame is the first `len`
+/// bytes of a heap buffer `frame`: swaps `frame` and `into` (no copy), so
+/// `into`'s old allocation is what the transport keeps. A frame whose
+/// allocation is more than twice its length (a pooled buffer reused for a
+/// shorter frame) is copied instead, so a short frame never leaves a long
+/// allocation in the caller's hands.
+///
+/// ```
+/// let mut frame = vec![7u8; 100];
+/// let mut into = vec![1u8; 10];
+/// laggard::transport::take_owned(&mut frame, 100, &mut into);
+/// assert_eq!(into, [7u8; 100]);
+/// assert_eq!(frame, [1u8; 10]); // the caller's old buffer, for reuse
+///
+/// // A 10-byte frame in a 1000-byte pooled buffer is copied out.
+/// let mut pooled = Vec::with_capacity(1000);
+/// pooled.resize(10, 3u8);
+/// laggard::transport::take_owned(&mut pooled, 10, &mut into);
+/// assert_eq!(into, [3u8; 10]);
+/// assert!(pooled.capacity() >= 1000); // stays with the transport
+/// ```
+pub fn take_owned(frame: &mut Vec<u8>, len: usize, into: &mut Vec<u8>) {
+    if frame.capacity() / 2 > len {
+        into.clear();
+        into.extend_from_slice(&frame[..len]);
+    } else {
+        std::mem::swap(frame, into);
+        into.truncate(len);
+    }
+}
+
 /// A connection as one endpoint sees it. Ids are local to the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);

@@ -610,11 +610,12 @@ impl Endpoint for TcpEndpoint {
     }
 
     /// Swaps the frame's pooled buffer into `into` (no copy); `into`'s old
-    /// allocation joins the pool in its place.
+    /// allocation joins the pool in its place (see
+    /// [`laggard::transport::take_owned`]).
     fn take_frame(&mut self, mut frame: TcpFrame, into: &mut Vec<u8>) {
-        std::mem::swap(&mut frame.data, into);
-        into.truncate(frame.len);
-        // Dropping the frame pools the old allocation and releases the
+        let len = frame.len;
+        laggard::transport::take_owned(&mut frame.data, len, into);
+        // Dropping the frame pools what it holds now and releases the
         // frame's credit.
     }
 
