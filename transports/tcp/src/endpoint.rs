@@ -1,13 +1,13 @@
 //! The TCP transport: endpoints that listen on a socket, connections with
 //! credit-based flow control, heartbeats and graceful close.
 //!
-//! Threads: each endpoint has an acceptor (blocked in `accept`) and a
-//! keeper (returns credit that is due and found no frame to ride on, sends
-//! heartbeats); each connection has a reader that reads whole frames
-//! straight into pooled buffers and queues them for `recv`. Sends are
-//! written by the sending thread itself (header and payload in one
-//! vectored write), so a small message costs no thread hand-off on the way
-//! out.
+//! Threads: each endpoint has an acceptor (blocked in `accept`, with a
+//! short-lived thread per handshake) and a keeper (returns credit that is
+//! due and found no frame to ride on, sends heartbeats, reads on its tick).
+//! Connections have no thread: a thread that waits reads every connection
+//! itself, straight into pooled frame buffers (see [`crate::reading`]).
+//! Sends are written by the sending thread itself (header and payload in
+//! one vectored write). So a frame costs no thread hand-off either way.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -24,6 +24,7 @@ use laggard::{Error, Result};
 
 use crate::config::TcpConfig;
 use crate::flow::{Flow, Inbox, Pop, Stalled};
+use crate::reading::{self, Readers, Reading, Waker};
 use crate::wire::{Accept, HEADER_LEN, Header, Hello, Kind};
 
 /// Buffers kept per endpoint for reuse, and the largest one kept.
@@ -36,7 +37,7 @@ const READ_BUFFER: usize = 64 << 10;
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(200);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here leave their state consistent before anything
     // that could panic, so a poisoned lock is still usable.
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -246,17 +247,25 @@ impl Transport for TcpTransport {
 }
 
 /// Everything an endpoint's threads share.
-struct Shared {
+pub(crate) struct Shared {
     name: String,
-    cfg: TcpConfig,
-    inbox: Inbox<Incoming>,
+    pub(crate) cfg: TcpConfig,
+    pub(crate) inbox: Inbox<Incoming>,
     /// Connections with released credit to return.
-    keeper: Inbox<Arc<Conn>>,
+    pub(crate) keeper: Inbox<Arc<Conn>>,
     conns: Mutex<HashMap<PeerId, Arc<Conn>>>,
-    /// Every socket with a thread reading it, to cut them at drop.
-    sockets: Mutex<HashMap<u64, TcpStream>>,
+    /// The connections being read; whoever holds the lock reads them.
+    /// (The shim's mutex: `flow::wait_reading` waits on it, and that loop
+    /// is model-checked.)
+    pub(crate) readers: laggard::sync::Mutex<Readers>,
+    /// Connections whose handshake finished, for the next reader to adopt.
+    pub(crate) joining: Mutex<Vec<Reading>>,
+    /// Wakes a thread polling `readers` when a connection joins.
+    pub(crate) waker: Waker,
+    /// Every socket still open, to cut them at drop.
+    pub(crate) sockets: Mutex<HashMap<u64, TcpStream>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    pool: Pool,
+    pub(crate) pool: Pool,
     next_id: AtomicU64,
     stopping: AtomicBool,
 }
@@ -286,20 +295,20 @@ impl Shared {
     }
 }
 
-enum Incoming {
+pub(crate) enum Incoming {
     Connected(PeerId),
     Frame(PeerId, TcpFrame),
     Disconnected(PeerId),
 }
 
 /// One connection.
-struct Conn {
-    id: PeerId,
+pub(crate) struct Conn {
+    pub(crate) id: PeerId,
     peer_name: String,
-    flow: Flow,
+    pub(crate) flow: Flow,
     writer: Mutex<Writer>,
     /// For shutting the socket down from any thread.
-    socket: TcpStream,
+    pub(crate) socket: TcpStream,
 }
 
 struct Writer {
@@ -329,23 +338,34 @@ impl Conn {
 
     /// Writes one frame: header and payload (the concatenation of its
     /// parts) in one vectored write.
-    fn write(&self, kind: Kind, payload: &[&[u8]], credit: u32) -> io::Result<()> {
+    fn write(
+        &self,
+        shared: &Arc<Shared>,
+        kind: Kind,
+        payload: &[&[u8]],
+        credit: u32,
+    ) -> io::Result<()> {
         let len: usize = payload.iter().map(|p| p.len()).sum();
         let header = Header::new(kind, len as u32, credit).encode();
         let mut w = lock(&self.writer);
-        write_all_vectored(&mut w.stream, &header, payload)?;
+        write_reading(shared, &mut w.stream, &header, payload)?;
         w.last_write = Instant::now();
         Ok(())
     }
 
     /// Writes a frame, taking any credit to return along; on failure the
     /// connection is closed and the reason returned.
-    fn send(&self, kind: Kind, payload: &[&[u8]]) -> std::result::Result<(), String> {
+    fn send(
+        &self,
+        shared: &Arc<Shared>,
+        kind: Kind,
+        payload: &[&[u8]],
+    ) -> std::result::Result<(), String> {
         let credit = self.flow.take_credit();
-        self.write(kind, payload, credit).map_err(|e| {
+        self.write(shared, kind, payload, credit).map_err(|e| {
             let reason = format!("writing to the socket failed: {e}");
             self.flow.close(&reason, false);
-            // The reader sees the shutdown and reports the disconnect.
+            // Reading sees the shutdown and reports the disconnect.
             let _ = self.socket.shutdown(Shutdown::Both);
             reason
         })
@@ -353,13 +373,13 @@ impl Conn {
 
     /// Asks the peer for its credit, because this side has to wait for it.
     /// A failed write closes the connection, which ends the wait.
-    fn ask(&self) {
-        let _ = self.send(Kind::Ask, &[]);
+    fn ask(&self, shared: &Arc<Shared>) {
+        let _ = self.send(shared, Kind::Ask, &[]);
     }
 
     /// Closes from this side: nothing more is sent or delivered; the peer
     /// sees end-of-stream after every frame already written.
-    fn close_here(&self) {
+    fn close_here(&self, shared: &Arc<Shared>) {
         let first = self.flow.closed().is_none();
         self.flow
             .close("the connection was closed by this endpoint", true);
@@ -370,7 +390,7 @@ impl Conn {
             let credit = self.flow.take_credit();
             if credit > 0 {
                 let header = Header::new(Kind::Credit, 0, credit).encode();
-                let _ = write_all_vectored(&mut w.stream, &header, &[]);
+                let _ = write_reading(shared, &mut w.stream, &header, &[]);
             }
         }
         let _ = self.socket.shutdown(Shutdown::Write);
@@ -401,6 +421,7 @@ impl Conn {
     }
 }
 
+/// Writes a frame on a blocking socket (during the handshake).
 fn write_all_vectored(stream: &mut TcpStream, header: &[u8], payload: &[&[u8]]) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = std::iter::once(header)
         .chain(payload.iter().copied())
@@ -419,9 +440,50 @@ fn write_all_vectored(stream: &mut TcpStream, header: &[u8], payload: &[&[u8]]) 
     Ok(())
 }
 
+/// Writes a frame on a connection's nonblocking socket. While the socket
+/// is full it reads every connection (so the peer, perhaps itself waiting
+/// to write to us, is read); a peer that reads nothing for `dead_after` is
+/// an error.
+fn write_reading(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    header: &[u8],
+    payload: &[&[u8]],
+) -> io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = std::iter::once(header)
+        .chain(payload.iter().copied())
+        .filter(|part| !part.is_empty())
+        .map(IoSlice::new)
+        .collect();
+    let mut bufs = &mut slices[..];
+    let mut progress = Instant::now();
+    while !bufs.is_empty() {
+        match stream.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                IoSlice::advance_slices(&mut bufs, n);
+                progress = Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let stuck = progress.elapsed();
+                if stuck >= shared.cfg.dead_after {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the peer read nothing for {stuck:?}"),
+                    ));
+                }
+                reading::wait_writable(shared, stream, shared.cfg.dead_after - stuck);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Reusable buffers, so a steady stream of frames allocates (and faults
 /// in) nothing.
-struct Pool {
+pub(crate) struct Pool {
     bufs: Mutex<Vec<Vec<u8>>>,
 }
 
@@ -429,7 +491,7 @@ impl Pool {
     /// A buffer of at least `len` initialised bytes (contents
     /// unspecified). Buffers keep their initialised length between uses,
     /// so a reused buffer is never zeroed again.
-    fn take(&self, len: usize) -> Vec<u8> {
+    pub(crate) fn take(&self, len: usize) -> Vec<u8> {
         let mut v = {
             let mut bufs = lock(&self.bufs);
             let best = bufs
@@ -449,7 +511,7 @@ impl Pool {
         v
     }
 
-    fn put(&self, v: Vec<u8>) {
+    pub(crate) fn put(&self, v: Vec<u8>) {
         if v.capacity() == 0 || v.capacity() > POOL_MAX_BYTES {
             return;
         }
@@ -485,12 +547,18 @@ impl TcpEndpoint {
         listener: TcpListener,
         local: SocketAddr,
     ) -> Result<Self> {
+        let waker = Waker::new().map_err(|e| Error::Transport {
+            reason: format!("cannot create the wake-up socket pair for {name:?}: {e}"),
+        })?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             cfg: transport.cfg.clone(),
-            inbox: Inbox::with_spin(transport.cfg.spin),
+            inbox: Inbox::new(),
             keeper: Inbox::new(),
             conns: Mutex::default(),
+            readers: laggard::sync::Mutex::new(Vec::new()),
+            joining: Mutex::default(),
+            waker,
             sockets: Mutex::default(),
             threads: Mutex::default(),
             pool: Pool {
@@ -542,10 +610,32 @@ impl TcpEndpoint {
             });
         }
         let started = Instant::now();
-        conn.flow
-            .reserve(len, deadline, || conn.ask())
-            .map_err(|s| conn.error(s, len, started.elapsed()))?;
-        Ok(conn)
+        let stalled = |s| conn.error(s, len, started.elapsed());
+        if conn.flow.try_reserve(len).map_err(stalled)? {
+            return Ok(conn);
+        }
+        conn.ask(&self.shared);
+        let cfg = &self.shared.cfg;
+        let got = reading::wait_for(&self.shared, deadline, cfg.spin, || {
+            conn.flow
+                .try_reserve(len)
+                .map(|ok| ok.then_some(()))
+                .transpose()
+        });
+        match got {
+            Some(Ok(())) => Ok(conn),
+            Some(Err(s)) => Err(stalled(s)),
+            None => Err(stalled(Stalled::TimedOut {
+                outstanding: conn.flow.outstanding(),
+            })),
+        }
+    }
+
+    /// Adopts a connection whose handshake finished: it is read from now.
+    fn join(&self, conn: Arc<Conn>, token: u64, reader: BufReader<TcpStream>) -> Result<()> {
+        join_reading(&self.shared, conn, token, reader).map_err(|e| Error::Transport {
+            reason: format!("cannot make the socket nonblocking: {e}"),
+        })
     }
 }
 
@@ -573,11 +663,11 @@ impl Endpoint for TcpEndpoint {
         if let Ok(s) = conn.socket.try_clone() {
             lock(&self.shared.sockets).insert(token, s);
         }
-        let shared = self.shared.clone();
-        let handle = self
-            .transport
-            .spawn("reader", move || read_conn(&shared, &conn, reader, token))?;
-        self.shared.keep(handle);
+        if let Err(e) = self.join(conn.clone(), token, reader) {
+            lock(&self.shared.conns).remove(&id);
+            conn.close_here(&self.shared);
+            return Err(e);
+        }
         Ok(id)
     }
 
@@ -594,7 +684,7 @@ impl Endpoint for TcpEndpoint {
     fn send(&mut self, mut buf: TcpBuf) -> Result<()> {
         buf.sent = true;
         let data = std::mem::take(&mut buf.data);
-        let sent = send_data(&buf.conn, &[&data[..buf.len]]);
+        let sent = send_data(&self.shared, &buf.conn, &[&data[..buf.len]]);
         self.shared.pool.put(data);
         sent
     }
@@ -606,7 +696,7 @@ impl Endpoint for TcpEndpoint {
         let conn = self.reserve(peer, len, deadline)?;
         // The credit reserved is spent as a sent lent buffer's is, also if
         // the write fails (the connection is closed then).
-        send_data(&conn, parts)
+        send_data(&self.shared, &conn, parts)
     }
 
     /// Swaps the frame's pooled buffer into `into` (no copy); `into`'s old
@@ -622,16 +712,39 @@ impl Endpoint for TcpEndpoint {
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
         let conn = self.conn(peer)?;
         let started = Instant::now();
-        conn.flow
-            .drained(deadline, || conn.ask())
-            .map_err(|s| conn.error(s, 0, started.elapsed()))
+        let stalled = |s| conn.error(s, 0, started.elapsed());
+        if conn.flow.is_drained().map_err(stalled)? {
+            return Ok(());
+        }
+        conn.ask(&self.shared);
+        let cfg = &self.shared.cfg;
+        let got = reading::wait_for(&self.shared, deadline, cfg.spin, || {
+            conn.flow
+                .is_drained()
+                .map(|ok| ok.then_some(()))
+                .transpose()
+        });
+        match got {
+            Some(Ok(())) => Ok(()),
+            Some(Err(s)) => Err(stalled(s)),
+            None => Err(stalled(Stalled::TimedOut {
+                outstanding: conn.flow.outstanding(),
+            })),
+        }
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<Option<Event<TcpFrame>>> {
+        let shared = &self.shared;
         loop {
-            let incoming = match self.shared.inbox.pop(deadline) {
-                Pop::Item(i) => i,
-                Pop::Empty | Pop::Closed => return Ok(None),
+            let popped = reading::wait_for(shared, deadline, shared.cfg.spin, || {
+                match shared.inbox.try_pop() {
+                    Pop::Item(i) => Some(Some(i)),
+                    Pop::Closed => Some(None),
+                    Pop::Empty => None,
+                }
+            });
+            let Some(Some(incoming)) = popped else {
+                return Ok(None);
             };
             match incoming {
                 Incoming::Connected(p) => return Ok(Some(Event::Connected(p))),
@@ -652,7 +765,7 @@ impl Endpoint for TcpEndpoint {
 
     fn disconnect(&mut self, peer: PeerId) {
         if let Some(conn) = lock(&self.shared.conns).remove(&peer) {
-            conn.close_here();
+            conn.close_here(&self.shared);
         }
     }
 
@@ -689,19 +802,29 @@ impl Drop for TcpEndpoint {
         // back with the close.
         drop(shared.inbox.close());
         // Close every connection: peers see end-of-stream after what was
-        // written, and close their side, which ends our readers.
+        // written, and close their side, which ends our reading of them.
         let conns: Vec<Arc<Conn>> = lock(&shared.conns).drain().map(|(_, c)| c).collect();
         for conn in &conns {
-            conn.close_here();
+            conn.close_here(shared);
         }
         drop(shared.keeper.close());
         if let Some(h) = self.keeper.take() {
             let _ = h.join();
         }
         let end = Instant::now() + shared.cfg.linger;
-        while Instant::now() < end && lock(&shared.threads).iter().any(|h| !h.is_finished()) {
-            std::thread::sleep(Duration::from_millis(1));
+        loop {
+            let handshaking = lock(&shared.threads).iter().any(|h| !h.is_finished());
+            let mut readers = laggard::sync::lock(&shared.readers);
+            let reading = !readers.is_empty() || !lock(&shared.joining).is_empty();
+            let now = Instant::now();
+            if now >= end || !(handshaking || reading) {
+                break;
+            }
+            let pause = (end - now).min(Duration::from_millis(1));
+            reading::pump(shared, &mut readers, pause, None);
         }
+        laggard::sync::lock(&shared.readers).clear();
+        lock(&shared.joining).clear();
         // Peers that did not close in time are cut off.
         for s in lock(&shared.sockets).values() {
             let _ = s.shutdown(Shutdown::Both);
@@ -750,7 +873,7 @@ impl ConnectError {
 /// while nobody listens or a connection breaks during the handshake.
 fn handshake(
     transport: &TcpTransport,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     name: &str,
     deadline: Instant,
 ) -> std::result::Result<(TcpStream, BufReader<TcpStream>, Accept), ConnectError> {
@@ -794,7 +917,7 @@ impl From<io::Error> for Greeting {
 /// The connecting side of the handshake on a fresh stream.
 fn greet(
     stream: TcpStream,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     name: &str,
     deadline: Instant,
 ) -> std::result::Result<(TcpStream, BufReader<TcpStream>, Accept), Greeting> {
@@ -917,15 +1040,17 @@ fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
             name: shared.name.clone(),
         }
         .encode();
-        if let Err(e) = conn.write(Kind::Accept, &[&accept], 0) {
+        if let Err(e) = conn.write(shared, Kind::Accept, &[&accept], 0) {
             lock(&shared.conns).remove(&id);
             return Err(e);
         }
         Ok(Some((conn, reader)))
     })();
     if let Ok(Some((conn, reader))) = setup {
-        if shared.inbox.push(Incoming::Connected(conn.id)).is_ok() {
-            read_conn(shared, &conn, reader, token);
+        // Connected is queued before any frame of the connection can be.
+        if shared.inbox.push(Incoming::Connected(conn.id)).is_ok()
+            && join_reading(shared, conn.clone(), token, reader).is_ok()
+        {
             return;
         }
         lock(&shared.conns).remove(&conn.id);
@@ -935,96 +1060,23 @@ fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
     }
 }
 
-/// Reads frames until the connection ends, then reports why.
-fn read_conn(shared: &Arc<Shared>, conn: &Arc<Conn>, reader: BufReader<TcpStream>, token: u64) {
-    let reason = read_frames(shared, conn, reader);
-    let here = conn.flow.closed_here();
-    conn.flow.close(&reason, false);
-    let _ = conn.socket.shutdown(Shutdown::Both);
-    lock(&shared.sockets).remove(&token);
-    if !here {
-        let _ = shared.inbox.push(Incoming::Disconnected(conn.id));
-    }
-}
-
-/// Fills `buf`; on failure says how many bytes had arrived.
-fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::result::Result<(), (usize, io::Error)> {
-    let mut got = 0;
-    while got < buf.len() {
-        match reader.read(&mut buf[got..]) {
-            Ok(0) => return Err((got, io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err((got, e)),
-        }
-    }
+/// Hands a connection whose handshake finished to whoever reads next.
+fn join_reading(
+    shared: &Arc<Shared>,
+    conn: Arc<Conn>,
+    token: u64,
+    reader: BufReader<TcpStream>,
+) -> io::Result<()> {
+    let reading = Reading::new(conn, token, reader)?;
+    lock(&shared.joining).push(reading);
+    shared.waker.wake();
     Ok(())
 }
 
-fn describe(e: &io::Error, clean_boundary: bool, cfg: &TcpConfig) -> String {
-    match e.kind() {
-        io::ErrorKind::UnexpectedEof if clean_boundary => "the peer closed the connection".into(),
-        io::ErrorKind::UnexpectedEof => "the connection ended in the middle of a frame".into(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => format!(
-            "nothing (not even a heartbeat) arrived for {:?}: the peer or the network is down",
-            cfg.dead_after
-        ),
-        _ => format!("reading from the socket failed: {e}"),
-    }
-}
-
-fn read_frames(shared: &Arc<Shared>, conn: &Arc<Conn>, mut reader: BufReader<TcpStream>) -> String {
-    let cfg = &shared.cfg;
-    loop {
-        let mut hb = [0u8; HEADER_LEN];
-        if let Err((got, e)) = fill(&mut reader, &mut hb) {
-            return describe(&e, got == 0, cfg);
-        }
-        let header = match Header::decode(&hb, cfg.max_frame_len) {
-            Ok(h) => h,
-            Err(e) => return format!("the peer broke the framing: {e}"),
-        };
-        if let Err(e) = conn.flow.credited(header.credit) {
-            return e;
-        }
-        match header.kind {
-            Kind::Data => {
-                if let Err(e) = conn.flow.arrived(header.len as usize) {
-                    return e;
-                }
-                let len = header.len as usize;
-                let mut data = shared.pool.take(len);
-                if let Err((_, e)) = fill(&mut reader, &mut data[..len]) {
-                    return describe(&e, false, cfg);
-                }
-                if conn.flow.closed_here() {
-                    shared.pool.put(data);
-                    continue;
-                }
-                let frame = TcpFrame {
-                    data,
-                    len,
-                    conn: conn.clone(),
-                    shared: shared.clone(),
-                };
-                if shared.inbox.push(Incoming::Frame(conn.id, frame)).is_err() {
-                    return "the endpoint was dropped".into();
-                }
-            }
-            Kind::Ask => {
-                if conn.flow.asked() && shared.keeper.push(conn.clone()).is_err() {
-                    return "the endpoint was dropped".into();
-                }
-            }
-            Kind::Credit | Kind::Heartbeat => {}
-            other => return format!("the peer sent a {other:?} frame after the handshake"),
-        }
-    }
-}
-
 /// Returns credit that is due and found no frame to ride on (the peer
-/// asked for it, or half its window is unreturned), and sends heartbeats on
-/// idle connections.
+/// asked for it, or half its window is unreturned), sends heartbeats on
+/// idle connections, and reads the connections if nobody else is (so a
+/// peer's heartbeats are seen while the endpoint's user is busy).
 fn keeper_loop(shared: &Arc<Shared>) {
     let cfg = &shared.cfg;
     let tick = cfg.heartbeat / 2;
@@ -1037,7 +1089,7 @@ fn keeper_loop(shared: &Arc<Shared>) {
             for conn in due.drain(..) {
                 let credit = conn.flow.take_credit();
                 if credit > 0 && conn.flow.closed().is_none() {
-                    if let Err(e) = conn.write(Kind::Credit, &[], credit) {
+                    if let Err(e) = conn.write(shared, Kind::Credit, &[], credit) {
                         conn.flow.restore_credit(credit);
                         conn.flow
                             .close(&format!("writing to the socket failed: {e}"), false);
@@ -1050,22 +1102,25 @@ fn keeper_loop(shared: &Arc<Shared>) {
         let conns: Vec<Arc<Conn>> = lock(&shared.conns).values().cloned().collect();
         for conn in conns {
             if conn.idle_for(now).is_some_and(|idle| idle >= tick) && conn.flow.closed().is_none() {
-                let _ = conn.send(Kind::Heartbeat, &[]);
+                let _ = conn.send(shared, Kind::Heartbeat, &[]);
             }
+        }
+        if let Some(mut readers) = reading::try_readers(shared) {
+            reading::pump(shared, &mut readers, Duration::ZERO, None);
         }
     }
 }
 
 /// Writes a data frame of `parts` on `conn`, whose credit the caller
 /// reserved.
-fn send_data(conn: &Conn, parts: &[&[u8]]) -> Result<()> {
+fn send_data(shared: &Arc<Shared>, conn: &Conn, parts: &[&[u8]]) -> Result<()> {
     if let Some(reason) = conn.flow.closed() {
         return Err(Error::Disconnected {
             peer: conn.peer_name.clone(),
             reason,
         });
     }
-    conn.send(Kind::Data, parts)
+    conn.send(shared, Kind::Data, parts)
         .map_err(|reason| Error::Disconnected {
             peer: conn.peer_name.clone(),
             reason,
@@ -1117,6 +1172,17 @@ pub struct TcpFrame {
     len: usize,
     conn: Arc<Conn>,
     shared: Arc<Shared>,
+}
+
+impl TcpFrame {
+    pub(crate) fn new(data: Vec<u8>, len: usize, conn: Arc<Conn>, shared: &Arc<Shared>) -> Self {
+        TcpFrame {
+            data,
+            len,
+            conn,
+            shared: shared.clone(),
+        }
+    }
 }
 
 impl fmt::Debug for TcpFrame {

@@ -1,22 +1,28 @@
 //! The connection state shared between threads, without any I/O: credit
-//! accounting (how many bytes may be sent ahead of the peer's reading) and
-//! the event queue an endpoint's readers fill. These are the transport's
-//! wait/notify protocols; `tests/loom.rs` model-checks them.
+//! accounting (how many bytes may be sent ahead of the peer's reading),
+//! the queues an endpoint's reading fills, and the loop every waiting call
+//! runs ([`wait_reading`]). `tests/loom.rs` model-checks them: credit
+//! against racing threads, the inbox's wait/notify protocol (the keeper
+//! sleeps on one), and the waiting loop against a modelled poll.
 //!
 //! Locks: each `Flow` and each `Inbox` has its own mutex, and no code holds
-//! two at once.
+//! two at once; `wait_reading`'s `ready` and `pump` run under the reading
+//! lock and may take either.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use laggard::sync::{AtomicUsize, Backoff, Condvar, Mutex, MutexGuard, Ordering, lock, wait_until};
+use laggard::sync::{Condvar, Mutex, lock, thread, wait_until};
 
 /// Why a wait on a [`Flow`] ended without success.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stalled {
     /// The deadline passed; `outstanding` bytes were still unread by the
     /// peer.
-    TimedOut { outstanding: usize },
+    TimedOut {
+        /// Bytes sent that the peer had not released.
+        outstanding: usize,
+    },
     /// The connection closed, for this reason.
     Closed(String),
 }
@@ -52,8 +58,6 @@ pub struct Flow {
     /// The window this side granted the peer.
     granted: u64,
     state: Mutex<FlowState>,
-    /// Senders waiting for credit, or for every frame to be released.
-    changed: Condvar,
 }
 
 impl Flow {
@@ -70,7 +74,6 @@ impl Flow {
                 closed: None,
                 closed_here: false,
             }),
-            changed: Condvar::new(),
         }
     }
 
@@ -79,68 +82,45 @@ impl Flow {
         self.window
     }
 
-    /// Waits until `ready`; a closed flow fails the wait unless
-    /// `even_closed` and it is ready. Before it first sleeps it calls
-    /// `ask` once, with no lock held, to ask the peer for its credit.
-    fn wait(
-        &self,
-        deadline: Instant,
-        even_closed: bool,
-        ask: impl FnOnce(),
-        ready: impl Fn(&FlowState) -> bool,
-    ) -> Result<MutexGuard<'_, FlowState>, Stalled> {
-        let mut ask = Some(ask);
+    /// Reserves `len` bytes of the peer's window if there is room; false
+    /// if the caller has to wait for credit. A frame longer than the
+    /// window fits once nothing else is outstanding. A closed flow is an
+    /// error.
+    pub fn try_reserve(&self, len: usize) -> Result<bool, Stalled> {
         let mut state = lock(&self.state);
-        loop {
-            if even_closed && ready(&state) {
-                return Ok(state);
-            }
-            if let Some(reason) = &state.closed {
-                return Err(Stalled::Closed(reason.clone()));
-            }
-            if ready(&state) {
-                return Ok(state);
-            }
-            if let Some(ask) = ask.take() {
-                // Credit that comes back meanwhile is seen on the re-check.
-                drop(state);
-                ask();
-                state = lock(&self.state);
-                continue;
-            }
-            let (guard, waiting) = wait_until(&self.changed, state, deadline);
-            state = guard;
-            if !waiting && state.closed.is_none() && !ready(&state) {
-                return Err(Stalled::TimedOut {
-                    outstanding: state.outstanding,
-                });
-            }
+        if let Some(reason) = &state.closed {
+            return Err(Stalled::Closed(reason.clone()));
+        }
+        if state.outstanding == 0 || state.outstanding.saturating_add(len) <= self.window {
+            state.outstanding += len;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether the peer released everything sent to it. That stays true if
+    /// the connection closed after the last credit came back; otherwise a
+    /// closed flow is an error.
+    pub fn is_drained(&self) -> Result<bool, Stalled> {
+        let state = lock(&self.state);
+        if state.outstanding == 0 {
+            return Ok(true);
+        }
+        match &state.closed {
+            Some(reason) => Err(Stalled::Closed(reason.clone())),
+            None => Ok(false),
         }
     }
 
-    /// Reserves `len` bytes of the peer's window, waiting for credit until
-    /// `deadline`; `ask` (asking the peer for its credit) is called once if
-    /// it has to wait.
-    pub fn reserve(
-        &self,
-        len: usize,
-        deadline: Instant,
-        ask: impl FnOnce(),
-    ) -> Result<(), Stalled> {
-        let window = self.window;
-        let mut state = self.wait(deadline, false, ask, |s| {
-            s.outstanding == 0 || s.outstanding.saturating_add(len) <= window
-        })?;
-        state.outstanding += len;
-        Ok(())
+    /// Bytes sent or lent to the peer that it has not released yet.
+    pub fn outstanding(&self) -> usize {
+        lock(&self.state).outstanding
     }
 
     /// Gives back a reservation that was never sent.
     pub fn unreserve(&self, len: usize) {
         let mut state = lock(&self.state);
         state.outstanding = state.outstanding.saturating_sub(len);
-        drop(state);
-        self.changed.notify_all();
     }
 
     /// The peer released `bytes`. More than is outstanding is a protocol
@@ -158,17 +138,7 @@ impl Flow {
             ));
         }
         state.outstanding -= bytes;
-        drop(state);
-        self.changed.notify_all();
         Ok(())
-    }
-
-    /// Waits until the peer released everything sent to it (which stays
-    /// true if the connection closed after the last credit came back);
-    /// `ask` is called once if it has to wait.
-    pub fn drained(&self, deadline: Instant, ask: impl FnOnce()) -> Result<(), Stalled> {
-        self.wait(deadline, true, ask, |s| s.outstanding == 0)
-            .map(drop)
     }
 
     /// A frame of `bytes` from the peer was released here. Returns true if
@@ -232,16 +202,13 @@ impl Flow {
         Ok(())
     }
 
-    /// Closes the flow: every waiter and every later wait fails with
-    /// `reason`. The first reason sticks. `here` says this side closed it.
+    /// Closes the flow: every later reservation fails with `reason`. The first reason sticks. `here` says this side closed it.
     pub fn close(&self, reason: &str, here: bool) {
         let mut state = lock(&self.state);
         if state.closed.is_none() {
             state.closed = Some(reason.to_owned());
             state.closed_here = here;
         }
-        drop(state);
-        self.changed.notify_all();
     }
 
     /// Why the connection closed, if it has.
@@ -272,35 +239,30 @@ struct InboxState<T> {
     closed: bool,
 }
 
-/// A queue that many threads push to and one thread pops from, waiting
-/// with a deadline: spin briefly, then sleep until a push or `close`.
+/// A queue that many threads push to and one thread takes from, either
+/// without waiting (`try_pop`, for an endpoint's reading) or waiting with a
+/// deadline (`drain`, for the keeper).
 #[derive(Debug)]
 pub struct Inbox<T> {
     state: Mutex<InboxState<T>>,
-    /// Items queued; only a hint for the spin before sleeping.
-    queued: AtomicUsize,
     pushed: Condvar,
-    /// How long `pop` spins and yields before it sleeps.
-    spin: std::time::Duration,
+}
+
+impl<T> Default for Inbox<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl<T> Inbox<T> {
-    /// An inbox whose reader spins only a few rounds before sleeping.
+    /// An empty, open inbox.
     pub fn new() -> Self {
-        Self::with_spin(std::time::Duration::ZERO)
-    }
-
-    /// An inbox whose reader spins and yields for up to `spin` before
-    /// sleeping: lower latency for a waiting reader, at the cost of CPU.
-    pub fn with_spin(spin: std::time::Duration) -> Self {
         Inbox {
             state: Mutex::new(InboxState {
                 items: VecDeque::new(),
                 closed: false,
             }),
-            queued: AtomicUsize::new(0),
             pushed: Condvar::new(),
-            spin,
         }
     }
 
@@ -311,62 +273,39 @@ impl<T> Inbox<T> {
             return Err(item);
         }
         state.items.push_back(item);
-        // Relaxed: a hint for `pop`'s spin, which takes the lock before
-        // touching the queue; the mutex orders the item itself.
-        self.queued.store(state.items.len(), Ordering::Relaxed);
         drop(state);
         self.pushed.notify_one();
         Ok(())
     }
 
-    /// Takes the oldest item, waiting until `deadline`.
-    pub fn pop(&self, deadline: Instant) -> Pop<T> {
-        // Spin (then yield) briefly first: an answer on its way over
-        // loopback or a LAN is usually here within tens of microseconds,
-        // sooner than a sleeping thread is woken.
-        let mut backoff = Backoff::new();
-        let spin_until = Instant::now() + self.spin;
-        // Relaxed: a hint only (see `push`).
-        while self.queued.load(Ordering::Relaxed) == 0
-            && !(backoff.is_completed() && Instant::now() >= spin_until.min(deadline))
-        {
-            backoff.snooze();
-        }
+    /// Takes the oldest item without waiting.
+    pub fn try_pop(&self) -> Pop<T> {
         let mut state = lock(&self.state);
-        loop {
-            if let Some(item) = state.items.pop_front() {
-                // Relaxed: a hint only (see `push`).
-                self.queued.store(state.items.len(), Ordering::Relaxed);
-                return Pop::Item(item);
-            }
-            if state.closed {
-                return Pop::Closed;
-            }
-            let (guard, waiting) = wait_until(&self.pushed, state, deadline);
-            state = guard;
-            if !waiting && state.items.is_empty() {
-                return if state.closed {
-                    Pop::Closed
-                } else {
-                    Pop::Empty
-                };
-            }
+        match state.items.pop_front() {
+            Some(item) => Pop::Item(item),
+            None if state.closed => Pop::Closed,
+            None => Pop::Empty,
         }
     }
 
     /// Takes every queued item into `out`, waiting until `deadline` for at
     /// least one. False once the inbox is closed.
     pub fn drain(&self, deadline: Instant, out: &mut Vec<T>) -> bool {
-        match self.pop(deadline) {
-            Pop::Item(item) => out.push(item),
-            Pop::Empty => return true,
-            Pop::Closed => return false,
-        }
         let mut state = lock(&self.state);
-        out.extend(state.items.drain(..));
-        // Relaxed: a hint only (see `push`).
-        self.queued.store(0, Ordering::Relaxed);
-        true
+        loop {
+            if !state.items.is_empty() {
+                out.extend(state.items.drain(..));
+                return true;
+            }
+            if state.closed {
+                return false;
+            }
+            let (guard, waiting) = wait_until(&self.pushed, state, deadline);
+            state = guard;
+            if !waiting {
+                return !state.closed;
+            }
+        }
     }
 
     /// Closes the inbox: the waiter wakes, later pushes are refused, and
@@ -375,11 +314,57 @@ impl<T> Inbox<T> {
         let mut state = lock(&self.state);
         state.closed = true;
         let rest = state.items.drain(..).collect();
-        // Relaxed: a hint only (see `push`).
-        self.queued.store(0, Ordering::Relaxed);
         drop(state);
         self.pushed.notify_all();
         rest
+    }
+}
+
+/// Waits until `ready` gives a value or `deadline` passes, the way every
+/// waiting call of an endpoint waits: whoever holds the `reading` lock
+/// reads every connection, so the waiter takes it, checks `ready`, and if
+/// nothing is there yet calls `pump`, which polls the connections (and a
+/// waker) for up to the time it is given, reads what arrived and returns.
+/// The lock is let go between rounds, so another thread (the keeper) can
+/// read too. For the first `spin`, `pump` is given no time (it only
+/// reads what is there) and the thread yields between rounds; after that
+/// it is given up to `longest` per round, or what is left until the
+/// deadline.
+///
+/// No wake-up is lost if everything that can make `ready` true either
+/// happens in a `pump` (a frame read, by this thread or by one that holds
+/// the lock meanwhile) or is followed, on the thread that does it, by
+/// something that makes a sleeping `pump` return (a connection that joins
+/// rings the waker after it is queued). `tests/loom.rs` checks both.
+pub fn wait_reading<G, R>(
+    reading: &Mutex<G>,
+    deadline: Instant,
+    spin: Duration,
+    longest: Duration,
+    mut ready: impl FnMut() -> Option<R>,
+    mut pump: impl FnMut(&mut G, Duration),
+) -> Option<R> {
+    let spin_until = Instant::now() + spin;
+    loop {
+        let mut guard = lock(reading);
+        if let Some(r) = ready() {
+            return Some(r);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        let spinning = now < spin_until;
+        let timeout = if spinning {
+            Duration::ZERO
+        } else {
+            (deadline - now).min(longest)
+        };
+        pump(&mut guard, timeout);
+        drop(guard);
+        if spinning {
+            thread::yield_now();
+        }
     }
 }
 
@@ -429,17 +414,23 @@ mod tests {
     }
 
     #[test]
-    fn a_waiting_sender_asks_once_and_one_that_need_not_wait_never() {
+    fn reservations_stop_at_the_window_but_admit_one_long_frame() {
         let flow = Flow::with_granted(10, 1 << 20);
-        let mut asks = 0;
-        flow.reserve(8, Instant::now(), || asks += 1).unwrap();
-        assert_eq!(asks, 0, "room in the window: no ask");
-        let soon = Instant::now() + std::time::Duration::from_millis(20);
-        let stalled = flow.reserve(8, soon, || asks += 1);
-        assert_eq!(stalled, Err(Stalled::TimedOut { outstanding: 8 }));
-        assert_eq!(asks, 1);
-        let stalled = flow.drained(Instant::now(), || asks += 1);
-        assert_eq!(stalled, Err(Stalled::TimedOut { outstanding: 8 }));
-        assert_eq!(asks, 2);
+        assert_eq!(flow.try_reserve(8), Ok(true));
+        assert_eq!(flow.try_reserve(8), Ok(false), "16 > 10: wait for credit");
+        assert_eq!(flow.is_drained(), Ok(false));
+        flow.credited(8).unwrap();
+        assert_eq!(flow.is_drained(), Ok(true));
+        assert_eq!(flow.try_reserve(100), Ok(true), "alone, a long frame fits");
+        assert_eq!(flow.outstanding(), 100);
+        flow.close("gone", false);
+        assert_eq!(flow.try_reserve(1), Err(Stalled::Closed("gone".into())));
+        assert_eq!(flow.is_drained(), Err(Stalled::Closed("gone".into())));
+        flow.credited(100).unwrap();
+        assert_eq!(
+            flow.is_drained(),
+            Ok(true),
+            "the last credit came before the close"
+        );
     }
 }

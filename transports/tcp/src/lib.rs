@@ -50,6 +50,7 @@ pub mod bootstrap;
 mod config;
 mod endpoint;
 mod flow;
+mod reading;
 mod wire;
 
 pub use bootstrap::{Bootstrap, Member, Node, Role};
@@ -61,5 +62,5 @@ pub use endpoint::{TcpBuf, TcpEndpoint, TcpFrame, TcpTransport};
 #[cfg(laggard_loom)]
 #[doc(hidden)]
 pub mod loom_api {
-    pub use crate::flow::{Flow, Inbox, Pop, Stalled};
+    pub use crate::flow::{Flow, Inbox, Pop, Stalled, wait_reading};
 }
