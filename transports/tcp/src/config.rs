@@ -34,8 +34,8 @@ pub struct TcpConfig {
 impl Default for TcpConfig {
     /// A 64 MiB window per connection direction, frames up to 1 GiB and a
     /// little more, a heartbeat every 500 ms, a silent peer declared gone
-    /// after 5 s, listening on loopback, and `recv` spinning up to 50 us
-    /// before it sleeps.
+    /// after 5 s, listening on loopback, and a waiting call polling without
+    /// sleeping for up to 50 us before it sleeps.
     fn default() -> Self {
         TcpConfig {
             window: 64 << 20,
@@ -91,10 +91,12 @@ impl TcpConfig {
         self
     }
 
-    /// How long `recv` spins and yields, waiting for a frame, before it
-    /// sleeps. An answer over loopback or a LAN usually arrives sooner
-    /// than a sleeping thread is woken, so spinning halves small-message
-    /// round trips; it costs CPU while waiting. Zero sleeps at once.
+    /// How long a waiting call (`recv` waiting for a frame, a send or
+    /// `flush` waiting for credit) polls its connections without sleeping,
+    /// yielding between rounds, before it sleeps in `poll`. An answer over
+    /// loopback or a LAN usually arrives sooner than a sleeping thread is
+    /// woken, so spinning halves small-message round trips; it costs CPU
+    /// while waiting. Zero sleeps at once.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
         self
