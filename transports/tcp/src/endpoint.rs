@@ -609,21 +609,31 @@ impl TcpEndpoint {
                 ),
             });
         }
+        self.wait_flow(&conn, len, deadline, |flow| flow.try_reserve(len))?;
+        Ok(conn)
+    }
+
+    /// Waits until `check` finds `conn`'s flow ready, reading the
+    /// connections meanwhile (after asking the peer for its credit), or
+    /// until `deadline`. `len` is the frame waited for, for the error.
+    fn wait_flow(
+        &self,
+        conn: &Conn,
+        len: usize,
+        deadline: Instant,
+        check: impl Fn(&Flow) -> std::result::Result<bool, Stalled>,
+    ) -> Result<()> {
         let started = Instant::now();
         let stalled = |s| conn.error(s, len, started.elapsed());
-        if conn.flow.try_reserve(len).map_err(stalled)? {
-            return Ok(conn);
+        if check(&conn.flow).map_err(stalled)? {
+            return Ok(());
         }
         conn.ask(&self.shared);
-        let cfg = &self.shared.cfg;
-        let got = reading::wait_for(&self.shared, deadline, cfg.spin, || {
-            conn.flow
-                .try_reserve(len)
-                .map(|ok| ok.then_some(()))
-                .transpose()
+        let got = reading::wait_for(&self.shared, deadline, || {
+            check(&conn.flow).map(|ok| ok.then_some(())).transpose()
         });
         match got {
-            Some(Ok(())) => Ok(conn),
+            Some(Ok(())) => Ok(()),
             Some(Err(s)) => Err(stalled(s)),
             None => Err(stalled(Stalled::TimedOut {
                 outstanding: conn.flow.outstanding(),
@@ -711,37 +721,16 @@ impl Endpoint for TcpEndpoint {
 
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
         let conn = self.conn(peer)?;
-        let started = Instant::now();
-        let stalled = |s| conn.error(s, 0, started.elapsed());
-        if conn.flow.is_drained().map_err(stalled)? {
-            return Ok(());
-        }
-        conn.ask(&self.shared);
-        let cfg = &self.shared.cfg;
-        let got = reading::wait_for(&self.shared, deadline, cfg.spin, || {
-            conn.flow
-                .is_drained()
-                .map(|ok| ok.then_some(()))
-                .transpose()
-        });
-        match got {
-            Some(Ok(())) => Ok(()),
-            Some(Err(s)) => Err(stalled(s)),
-            None => Err(stalled(Stalled::TimedOut {
-                outstanding: conn.flow.outstanding(),
-            })),
-        }
+        self.wait_flow(&conn, 0, deadline, Flow::is_drained)
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<Option<Event<TcpFrame>>> {
         let shared = &self.shared;
         loop {
-            let popped = reading::wait_for(shared, deadline, shared.cfg.spin, || {
-                match shared.inbox.try_pop() {
-                    Pop::Item(i) => Some(Some(i)),
-                    Pop::Closed => Some(None),
-                    Pop::Empty => None,
-                }
+            let popped = reading::wait_for(shared, deadline, || match shared.inbox.try_pop() {
+                Pop::Item(i) => Some(Some(i)),
+                Pop::Closed => Some(None),
+                Pop::Empty => None,
             });
             let Some(Some(incoming)) = popped else {
                 return Ok(None);

@@ -290,11 +290,10 @@ pub(crate) fn pump(
 /// Waits until `ready` gives a value or `deadline` passes, reading every
 /// connection meanwhile (see [`wait_reading`]). `ready` runs with the
 /// reading lock held, so nothing read by another thread is missed. Spins
-/// (polling without sleeping) for up to `spin` first.
+/// (polling without sleeping) for up to `TcpConfig::spin` first.
 pub(crate) fn wait_for<R>(
     shared: &Arc<Shared>,
     deadline: Instant,
-    spin: Duration,
     ready: impl FnMut() -> Option<R>,
 ) -> Option<R> {
     // Each sleep is long enough to cost nothing, and short enough that a
@@ -303,7 +302,7 @@ pub(crate) fn wait_for<R>(
     wait_reading(
         &shared.readers,
         deadline,
-        spin,
+        shared.cfg.spin,
         longest,
         ready,
         |readers, timeout| pump(shared, readers, timeout, None),
