@@ -258,7 +258,7 @@ pub(crate) struct Shared {
     /// (The shim's mutex: `flow::wait_reading` waits on it, and that loop
     /// is model-checked.)
     pub(crate) readers: laggard::sync::Mutex<Readers>,
-    /// Connections whose handshake finished, for the next reader to adopt.
+    /// Connections whose handshake finished, for the next thread that reads to adopt.
     pub(crate) joining: Mutex<Vec<Reading>>,
     /// Wakes a thread polling `readers` when a connection joins.
     pub(crate) waker: Waker,
@@ -972,7 +972,7 @@ fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: TcpList
             lock(&shared.sockets).insert(token, s);
         }
         let s = shared.clone();
-        match transport.spawn("reader", move || accept_conn(&s, stream, token)) {
+        match transport.spawn("handshake", move || accept_conn(&s, stream, token)) {
             Ok(h) => shared.keep(h),
             Err(_) => {
                 if let Some(s) = lock(&shared.sockets).remove(&token) {
