@@ -27,6 +27,7 @@ pub struct RdmaConfig {
     pub(crate) port: u8,
     pub(crate) gid_index: Option<u8>,
     pub(crate) ring_bytes: u64,
+    pub(crate) max_peer_ring: Option<u64>,
     pub(crate) recv_depth: u32,
     pub(crate) spin: Duration,
     pub(crate) busy_poll: bool,
@@ -45,6 +46,7 @@ impl Default for RdmaConfig {
             port: 1,
             gid_index: None,
             ring_bytes: 16 << 20,
+            max_peer_ring: None,
             recv_depth: 256,
             spin: Duration::from_micros(50),
             busy_poll: false,
@@ -84,6 +86,34 @@ impl RdmaConfig {
     pub fn ring_bytes(mut self, bytes: u64) -> Self {
         self.ring_bytes = bytes.max(1).next_power_of_two();
         self
+    }
+
+    /// The largest receive ring a peer may announce (default: this
+    /// endpoint's own [`ring_bytes`](Self::ring_bytes), as every process of
+    /// a cluster should use the same settings). Each connection registers
+    /// a mirror of the peer's ring, pinned in memory, so without a limit a
+    /// peer could make this process pin up to 16 GiB per connection; a
+    /// connection to or from a peer with a larger ring is refused, saying
+    /// so.
+    pub fn max_peer_ring_bytes(mut self, bytes: u64) -> Self {
+        self.max_peer_ring = Some(bytes);
+        self
+    }
+
+    /// The largest receive ring a peer may announce.
+    pub(crate) fn peer_ring_limit(&self) -> u64 {
+        self.max_peer_ring.unwrap_or(self.ring_bytes)
+    }
+
+    /// Why a peer announcing a receive ring of `peer_ring` bytes is
+    /// refused, if it is.
+    pub(crate) fn refuse_peer_ring(&self, peer: &str, peer_ring: u64) -> Option<String> {
+        let limit = self.peer_ring_limit();
+        (peer_ring > limit).then(|| {
+            format!(
+                "{peer} announced a receive ring of {peer_ring} bytes, more than the {limit}                  this endpoint registers a mirror for (RdmaConfig::max_peer_ring_bytes; by                  default its own ring_bytes): use the same RdmaConfig::ring_bytes in every                  process"
+            )
+        })
     }
 
     /// Receives kept posted per connection: at most this many frames (less
@@ -136,10 +166,11 @@ impl RdmaConfig {
         (self.ring_bytes / 2) as usize
     }
 
-    /// Bytes each connection registers: its ring, the mirror of the peer's
-    /// (assumed the same size) and a page of control words.
+    /// The most bytes each connection registers: its ring, the mirror of
+    /// the peer's (at most [`max_peer_ring_bytes`](Self::max_peer_ring_bytes))
+    /// and a page of control words.
     pub fn registered_per_connection(&self) -> u64 {
-        2 * self.ring_bytes + 4096
+        self.ring_bytes + self.peer_ring_limit() + 4096
     }
 
     /// Checks the settings; the error says which is wrong.
@@ -153,6 +184,14 @@ impl RdmaConfig {
                     self.ring_bytes
                 ),
             );
+        }
+        if let Some(limit) = self.max_peer_ring {
+            if !(RING_MIN..=RING_MAX).contains(&limit) {
+                return bad(
+                    "RdmaConfig::max_peer_ring_bytes",
+                    format!("{limit} is not between {RING_MIN} and {RING_MAX}"),
+                );
+            }
         }
         if !(4..=1 << 16).contains(&self.recv_depth) {
             return bad(
@@ -170,5 +209,48 @@ impl RdmaConfig {
             return bad("RdmaConfig::handshake_timeout", "it is zero".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_ring_above_the_limit_is_refused_with_the_setting_to_change() {
+        let cfg = RdmaConfig::default().ring_bytes(1 << 16);
+        assert_eq!(cfg.refuse_peer_ring("w", 1 << 16), None, "the same ring");
+        assert_eq!(cfg.refuse_peer_ring("w", 1 << 12), None, "a smaller ring");
+        let why = cfg
+            .refuse_peer_ring("w", 1 << 33)
+            .expect("8 GiB is refused");
+        assert!(
+            why.contains("w announced a receive ring of 8589934592 bytes, more than the 65536")
+                && why.contains("RdmaConfig::max_peer_ring_bytes"),
+            "{why}"
+        );
+        assert_eq!(cfg.registered_per_connection(), 2 * (1 << 16) + 4096);
+        let raised = cfg.max_peer_ring_bytes(1 << 20);
+        assert_eq!(raised.refuse_peer_ring("w", 1 << 20), None);
+        assert!(raised.refuse_peer_ring("w", 1 << 21).is_some());
+        assert_eq!(
+            raised.registered_per_connection(),
+            (1 << 16) + (1 << 20) + 4096
+        );
+    }
+
+    #[test]
+    fn a_peer_ring_limit_outside_the_ring_sizes_is_invalid() {
+        for bad in [0, 1 << 34] {
+            let err = RdmaConfig::default()
+                .max_peer_ring_bytes(bad)
+                .validate()
+                .unwrap_err();
+            assert!(err.to_string().contains("max_peer_ring_bytes"), "{err}");
+        }
+        RdmaConfig::default()
+            .max_peer_ring_bytes(1 << 20)
+            .validate()
+            .unwrap();
     }
 }

@@ -284,6 +284,10 @@ impl Acceptor {
             hello::write_refuse(&mut stream, &reason)?;
             return Err(io::Error::other(reason));
         }
+        if let Some(reason) = self.cfg.refuse_peer_ring(&remote.name, remote.ring_len) {
+            hello::write_refuse(&mut stream, &reason)?;
+            return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
+        }
         let o = &self.opened;
         let pending = match Pending::new(&o.dev, &self.channel, &self.cfg, &o.path) {
             Ok(p) => p,
@@ -504,6 +508,11 @@ impl RdmaEndpoint {
                 "{addr} answered as {:?}, not {name:?}",
                 remote.name
             )));
+        }
+        // Refused before the mirror of its ring is registered; the peer
+        // sees the side channel end without the "ready" byte.
+        if let Some(reason) = self.shared.cfg.refuse_peer_ring(name, remote.ring_len) {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, reason));
         }
         let conn = pending.finish(&o.dev, &o.path, &remote, stream.try_clone()?)?;
         stream.set_nonblocking(false)?;

@@ -298,3 +298,54 @@ fn oversized_frames_and_bad_settings_are_errors() {
     let err = bad_gid.bind("y").unwrap_err().to_string();
     assert!(err.contains("GID index 200"), "{err}");
 }
+
+/// A peer announcing a receive ring larger than this endpoint registers a
+/// mirror for is refused before anything is registered, in either
+/// direction, with the reason; the same settings connect.
+#[test]
+fn a_peer_with_a_larger_ring_is_refused() {
+    let small = RdmaTransport::with_config(RdmaConfig::default().ring_bytes(1 << 16)).unwrap();
+    let large = RdmaTransport::with_config(RdmaConfig::default().ring_bytes(1 << 20)).unwrap();
+    let small_server = small.bind("small-ring").unwrap();
+    let large_server = large.bind("large-ring").unwrap();
+    small.set_address("large-ring", large_server.side_channel().unwrap());
+    large.set_address("small-ring", small_server.side_channel().unwrap());
+
+    // The acceptor refuses the connector's ring.
+    let mut large_client = large.bind("large-client").unwrap();
+    let err = large_client
+        .connect("small-ring", soon(10))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refused")
+            && err.contains("receive ring of 1048576 bytes, more than the 65536")
+            && err.contains("max_peer_ring_bytes"),
+        "{err}"
+    );
+    // The connector refuses the acceptor's ring.
+    let mut small_client = small.bind("small-client").unwrap();
+    let err = small_client
+        .connect("large-ring", soon(10))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("large-ring announced a receive ring of 1048576 bytes"),
+        "{err}"
+    );
+    // Raising the limit admits the larger ring.
+    let tolerant = RdmaTransport::with_config(
+        RdmaConfig::default()
+            .ring_bytes(1 << 16)
+            .max_peer_ring_bytes(1 << 20),
+    )
+    .unwrap();
+    tolerant.set_address("large-ring", large_server.side_channel().unwrap());
+    let mut tolerant_client = tolerant.bind("tolerant-client").unwrap();
+    tolerant_client.connect("large-ring", soon(10)).unwrap();
+    drop(tolerant_client);
+    drop((small_client, large_client, small_server, large_server));
+    for net in [&small, &large, &tolerant] {
+        assert!(net.leaks().is_empty(), "{:?}", net.leaks());
+    }
+}
