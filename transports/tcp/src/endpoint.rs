@@ -348,7 +348,7 @@ impl Conn {
         let len: usize = payload.iter().map(|p| p.len()).sum();
         let header = Header::new(kind, len as u32, credit).encode();
         let mut w = lock(&self.writer);
-        write_reading(shared, &mut w.stream, &header, payload)?;
+        write_reading(shared, &w.stream, &header, payload)?;
         w.last_write = Instant::now();
         Ok(())
     }
@@ -383,14 +383,14 @@ impl Conn {
         let first = self.flow.closed().is_none();
         self.flow
             .close("the connection was closed by this endpoint", true);
-        let mut w = lock(&self.writer);
+        let w = lock(&self.writer);
         if first {
             // Return the credit of frames released here, so a peer
             // flushing to us sees its frames consumed.
             let credit = self.flow.take_credit();
             if credit > 0 {
                 let header = Header::new(Kind::Credit, 0, credit).encode();
-                let _ = write_reading(shared, &mut w.stream, &header, &[]);
+                let _ = write_reading(shared, &w.stream, &header, &[]);
             }
         }
         let _ = self.socket.shutdown(Shutdown::Write);
@@ -421,23 +421,11 @@ impl Conn {
     }
 }
 
-/// Writes a frame on a blocking socket (during the handshake).
-fn write_all_vectored(stream: &mut TcpStream, header: &[u8], payload: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<IoSlice<'_>> = std::iter::once(header)
-        .chain(payload.iter().copied())
-        .filter(|part| !part.is_empty())
-        .map(IoSlice::new)
-        .collect();
-    let mut bufs = &mut slices[..];
-    while !bufs.is_empty() {
-        match stream.write_vectored(bufs) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// Writes a frame on a blocking socket (during the handshake): one
+/// vectored write, more if the socket takes only part of it. A write that
+/// times out is an error.
+fn write_all_vectored(stream: &TcpStream, header: &[u8], payload: &[&[u8]]) -> io::Result<()> {
+    write_frame(stream, header, payload, |e, _| Err(e))
 }
 
 /// Writes a frame on a connection's nonblocking socket. While the socket
@@ -446,9 +434,32 @@ fn write_all_vectored(stream: &mut TcpStream, header: &[u8], payload: &[&[u8]]) 
 /// an error.
 fn write_reading(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &TcpStream,
     header: &[u8],
     payload: &[&[u8]],
+) -> io::Result<()> {
+    let dead_after = shared.cfg.dead_after;
+    write_frame(stream, header, payload, |_, stuck| {
+        if stuck >= dead_after {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer read nothing for {stuck:?}"),
+            ));
+        }
+        reading::wait_writable(shared, stream, dead_after - stuck);
+        Ok(())
+    })
+}
+
+/// Writes the header and the payload (the concatenation of its parts) in
+/// one vectored write, more if the socket takes only part. When it has no
+/// room (`WouldBlock`), `full` is given that error and how long no byte
+/// went out, and either waits for room or fails the write.
+fn write_frame(
+    mut stream: &TcpStream,
+    header: &[u8],
+    payload: &[&[u8]],
+    mut full: impl FnMut(io::Error, Duration) -> io::Result<()>,
 ) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = std::iter::once(header)
         .chain(payload.iter().copied())
@@ -465,16 +476,7 @@ fn write_reading(
                 progress = Instant::now();
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let stuck = progress.elapsed();
-                if stuck >= shared.cfg.dead_after {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("the peer read nothing for {stuck:?}"),
-                    ));
-                }
-                reading::wait_writable(shared, stream, shared.cfg.dead_after - stuck);
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => full(e, progress.elapsed())?,
             Err(e) => return Err(e),
         }
     }
@@ -921,9 +923,8 @@ fn greet(
         from: shared.name.clone(),
     }
     .encode();
-    let mut w = stream.try_clone()?;
     let header = Header::new(Kind::Hello, hello.len() as u32, 0).encode();
-    write_all_vectored(&mut w, &header, &[&hello])?;
+    write_all_vectored(&stream, &header, &[&hello])?;
     let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
     let mut hb = [0u8; HEADER_LEN];
     reader.read_exact(&mut hb)?;
@@ -994,9 +995,8 @@ fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
         let mut hb = [0u8; HEADER_LEN];
         reader.read_exact(&mut hb)?;
         let refuse = |why: String| -> io::Result<Option<_>> {
-            let mut w = stream.try_clone()?;
             let h = Header::new(Kind::Refuse, why.len() as u32, 0).encode();
-            write_all_vectored(&mut w, &h, &[why.as_bytes()])?;
+            write_all_vectored(&stream, &h, &[why.as_bytes()])?;
             Ok(None)
         };
         let header = match Header::decode(&hb, cfg.max_frame_len) {
