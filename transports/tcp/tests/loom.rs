@@ -85,6 +85,25 @@ fn pump(polled: &Polled, flow: &Flow, timeout: Duration) {
     }
 }
 
+/// A sender's wait for room for `len` bytes, as `TcpEndpoint::reserve`
+/// waits: in `wait_reading`, polling `polled` for credit frames.
+fn wait_to_reserve(
+    reading: &Mutex<()>,
+    flow: &Flow,
+    polled: &Polled,
+    len: usize,
+) -> Option<Result<(), Stalled>> {
+    let ready = || flow.try_reserve(len).map(|ok| ok.then_some(())).transpose();
+    wait_reading(
+        reading,
+        far(),
+        Duration::ZERO,
+        Duration::from_secs(1),
+        ready,
+        |_, t| pump(polled, flow, t),
+    )
+}
+
 /// A sender out of credit waits in `wait_reading`; the credit comes back
 /// while it polls, or while the keeper holds the reading lock and reads it
 /// (the sender then waits for the lock, and sees the credit once it has
@@ -97,17 +116,7 @@ fn a_waiting_sender_sees_credit_whoever_reads_it() {
         let polled = Arc::new(Polled::default());
         let reading = Arc::new(Mutex::new(()));
         let (f, p, r) = (flow.clone(), polled.clone(), reading.clone());
-        let sender = thread::spawn(move || {
-            let ready = || f.try_reserve(8).map(|ok| ok.then_some(())).transpose();
-            wait_reading(
-                &r,
-                far(),
-                Duration::ZERO,
-                Duration::from_secs(1),
-                ready,
-                |_, t| pump(&p, &f, t),
-            )
-        });
+        let sender = thread::spawn(move || wait_to_reserve(&r, &f, &p, 8));
         let p = polled.clone();
         let peer = thread::spawn(move || p.write(8));
         let (f, p, r) = (flow.clone(), polled.clone(), reading.clone());
@@ -272,16 +281,7 @@ fn a_sender_that_asks_gets_its_credit_whenever_the_release_happens() {
             if r1.asked() {
                 return_credit(&r1, &p1);
             }
-            let reading = Mutex::new(());
-            let ready = || s1.try_reserve(8).map(|ok| ok.then_some(())).transpose();
-            wait_reading(
-                &reading,
-                far(),
-                Duration::ZERO,
-                Duration::from_secs(1),
-                ready,
-                |_, t| pump(&p1, &s1, t),
-            )
+            wait_to_reserve(&Mutex::new(()), &s1, &p1, 8)
         });
         let (r2, p2) = (receiver.clone(), polled.clone());
         let releaser = thread::spawn(move || {
