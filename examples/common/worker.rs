@@ -1,5 +1,6 @@
-//! A worker's part in the multi-process demos (`train_tcp`, `train_shm`):
-//! the same training loop and straggler schedule whatever the transport.
+//! A worker's part in the multi-process demos (`train_tcp`, `train_shm`,
+//! `train_rdma`): the same training loop and straggler schedule whatever
+//! the transport.
 //! Needs the `logreg` module at the crate root.
 
 #![allow(dead_code)]

@@ -17,69 +17,52 @@
 //! at the end that it released every RDMA registration.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use laggard::ClusterSpec;
 use laggard::transport::Transport;
-use laggard::{ClusterSpec, Consistency, Server, Sgd, TableSpec, Worker, WorkerId};
 use laggard_rdma::{RdmaConfig, RdmaTransport};
 
+#[path = "../../../examples/common/launch.rs"]
+mod launch;
 #[path = "../../../examples/common/logreg.rs"]
 mod logreg;
 #[path = "../../../examples/common/worker.rs"]
 mod worker;
 
-use logreg::{ROW_WIDTH, ROWS};
-use worker::{Schedule, parse_consistency};
+use launch::{Common, Role};
 
 const ROLE: &str = "LAGGARD_RDMA_ROLE";
 
+/// The flags of this demo beyond the common ones.
 struct Config {
-    servers: usize,
-    workers: usize,
-    consistency: Consistency,
-    schedule: Schedule,
+    common: Common,
     here: String,
     server_ip: IpAddr,
     base_port: u16,
-    busy_poll: bool,
 }
 
 fn parse_args() -> Result<Config, String> {
-    let mut c = Config {
-        servers: 1,
-        workers: 4,
-        consistency: Consistency::Ssp { staleness: 3 },
-        schedule: Schedule::default(),
-        here: "all".into(),
-        server_ip: IpAddr::from([127, 0, 0, 1]),
-        base_port: 7400,
-        busy_poll: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "--busy-poll" {
-            c.busy_poll = true;
-            continue;
-        }
-        let value = args.next().ok_or(format!("{flag} needs a value"))?;
+    let mut here = "all".to_owned();
+    let mut server_ip = IpAddr::from([127, 0, 0, 1]);
+    let mut base_port = 7400;
+    let common = Common::parse(|flag, value| {
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--servers" => c.servers = value.parse().map_err(|e| bad(&e))?,
-            "--workers" => c.workers = value.parse().map_err(|e| bad(&e))?,
-            "--consistency" => c.consistency = parse_consistency(&value)?,
-            "--here" if ["all", "servers", "workers"].contains(&value.as_str()) => c.here = value,
+        match flag {
+            "--here" if ["all", "servers", "workers"].contains(&value) => here = value.to_owned(),
             "--here" => return Err(bad(&"expected all, servers or workers")),
-            "--server-ip" => c.server_ip = value.parse().map_err(|e| bad(&e))?,
-            "--base-port" => c.base_port = value.parse().map_err(|e| bad(&e))?,
-            _ if c.schedule.parse_flag(&flag, &value)? => {}
-            other => return Err(format!("unknown flag {other}")),
+            "--server-ip" => server_ip = value.parse().map_err(|e| bad(&e))?,
+            "--base-port" => base_port = value.parse().map_err(|e| bad(&e))?,
+            _ => return Ok(false),
         }
-    }
-    if c.servers == 0 || c.workers == 0 {
-        return Err("--servers and --workers must be at least 1".into());
-    }
-    Ok(c)
+        Ok(true)
+    })?;
+    Ok(Config {
+        common,
+        here,
+        server_ip,
+        base_port,
+    })
 }
 
 fn main() {
@@ -100,24 +83,12 @@ fn main() {
     }
 }
 
-fn spec(cfg: &Config) -> ClusterSpec {
-    ClusterSpec::new(cfg.servers, cfg.workers)
-        .table(
-            "weights",
-            TableSpec::<f32>::dense(0..ROWS, ROW_WIDTH)
-                .update(Sgd::new(0.5))
-                .consistency(cfg.consistency),
-        )
-        .dead_after(Duration::from_secs(5))
-        .timeout(Duration::from_secs(120))
-}
-
 /// The network as every process sees it: server shard `i` at
 /// `server_ip:base_port + i`.
 fn transport(cfg: &Config, spec: &ClusterSpec) -> laggard::Result<RdmaTransport> {
-    let rdma = RdmaConfig::default().busy_poll(cfg.busy_poll);
+    let rdma = RdmaConfig::default().busy_poll(cfg.common.busy_poll);
     let net = RdmaTransport::with_config(rdma)?;
-    for i in 0..cfg.servers {
+    for i in 0..cfg.common.servers {
         let port =
             cfg.base_port
                 .checked_add(i as u16)
@@ -136,85 +107,40 @@ fn launch(cfg: &Config) -> Result<(), String> {
         Ok(info) => println!("launcher: RDMA device {info}"),
         Err(e) => return Err(e.to_string()),
     }
-    let me = std::env::current_exe().map_err(|e| e.to_string())?;
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (servers, workers) = cfg.common.roles();
     let mut roles = Vec::new();
     if cfg.here != "workers" {
-        roles.extend((0..cfg.servers).map(|s| format!("server:{s}")));
+        roles.extend(servers);
     }
     if cfg.here != "servers" {
-        roles.extend((0..cfg.workers).map(|w| format!("worker:{w}")));
+        roles.extend(workers);
     }
     println!(
         "launcher: {} processes here ({}) of {} servers and {} workers over RDMA, {}",
         roles.len(),
         cfg.here,
-        cfg.servers,
-        cfg.workers,
-        cfg.consistency
+        cfg.common.servers,
+        cfg.common.workers,
+        cfg.common.consistency
     );
-    let children: Vec<(String, Child)> = roles
-        .into_iter()
-        .map(|role| {
-            let child = Command::new(&me)
-                .args(&args)
-                .env(ROLE, &role)
-                .spawn()
-                .map_err(|e| format!("cannot start {role}: {e}"))?;
-            Ok((role, child))
-        })
-        .collect::<Result<_, String>>()?;
-    let mut failed = Vec::new();
-    for (role, mut child) in children {
-        match child.wait() {
-            Ok(status) if status.success() => {}
-            Ok(status) => failed.push(format!("{role} ({status})")),
-            Err(e) => failed.push(format!("{role} ({e})")),
-        }
-    }
-    if !failed.is_empty() {
-        return Err(format!("failed: {}", failed.join(", ")));
-    }
+    launch::run_roles(ROLE, &[], roles)?;
     println!("launcher: every process finished and released its registrations");
     Ok(())
 }
 
 fn run_role(cfg: &Config, role: &str) -> laggard::Result<()> {
-    let spec = spec(cfg);
+    let spec = cfg
+        .common
+        .spec()
+        .dead_after(Duration::from_secs(5))
+        .timeout(Duration::from_secs(120));
     let net = transport(cfg, &spec)?;
-    match role.split_once(':') {
-        Some(("server", shard)) => {
-            let shard: usize = shard.parse().unwrap_or(usize::MAX);
-            let ep = net.bind(&spec.server_name(shard))?;
-            let report = Server::new(ep, &spec, shard)?.run_until_workers_done()?;
-            println!(
-                "server shard {shard}: {} pushes applied, {} pulls ({} waited for slower workers)",
-                report.stats.pushes, report.stats.pulls, report.stats.pulls_parked
-            );
-        }
-        Some(("worker", id)) => {
-            let id: u32 = id.parse().unwrap_or(u32::MAX);
+    match Role::parse(role)? {
+        Role::Server(shard) => launch::serve(net.bind(&spec.server_name(shard))?, &spec, shard)?,
+        Role::Worker(id) => {
             let ep = net.bind(&spec.worker_name(id as usize))?;
             let deadline = Instant::now() + Duration::from_secs(60);
-            let mut worker = Worker::connect(ep, &spec, WorkerId(id), deadline)?;
-            worker::train(
-                &mut worker,
-                id,
-                cfg.workers as u32,
-                cfg.consistency,
-                &cfg.schedule,
-            )?;
-            let stats = worker.leave()?;
-            println!(
-                "worker {id}: {} messages, {} pulls sent",
-                stats.messages_sent, stats.pull_messages
-            );
-        }
-        _ => {
-            return Err(laggard::Error::InvalidConfig {
-                what: "role",
-                reason: format!("{role:?}: expected server:N or worker:N"),
-            });
+            launch::train(ep, &cfg.common, &spec, id, deadline)?;
         }
     }
     let leaks = net.leaks();

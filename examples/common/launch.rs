@@ -1,0 +1,175 @@
+//! What the one-command multi-process demos (`train_shm`, `train_rdma`)
+//! share: their common flags, starting one process per role (the program
+//! re-runs itself with the role in the environment) and waiting for them,
+//! and what a server or worker process does once it has its endpoint.
+//! Needs the `logreg` and `worker` modules at the crate root.
+
+#![allow(dead_code)]
+
+use std::process::{Child, Command};
+use std::time::Instant;
+
+use laggard::transport::Endpoint;
+use laggard::{ClusterSpec, Consistency, Server, Sgd, TableSpec, Worker, WorkerId};
+
+use crate::logreg::{ROW_WIDTH, ROWS};
+use crate::worker::{self, Schedule, parse_consistency};
+
+/// The flags every launcher takes.
+#[derive(Debug, Clone)]
+pub struct Common {
+    pub servers: usize,
+    pub workers: usize,
+    pub consistency: Consistency,
+    pub schedule: Schedule,
+    pub busy_poll: bool,
+}
+
+impl Common {
+    /// Parses the command line: `--servers`, `--workers`, `--consistency`,
+    /// the schedule's flags and `--busy-poll`, and whatever `extra`
+    /// accepts (`Ok(false)` for a flag it does not know).
+    pub fn parse(
+        mut extra: impl FnMut(&str, &str) -> Result<bool, String>,
+    ) -> Result<Common, String> {
+        let mut c = Common {
+            servers: 1,
+            workers: 4,
+            consistency: Consistency::Ssp { staleness: 3 },
+            schedule: Schedule::default(),
+            busy_poll: false,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            if flag == "--busy-poll" {
+                c.busy_poll = true;
+                continue;
+            }
+            let value = args.next().ok_or(format!("{flag} needs a value"))?;
+            let count = || {
+                value
+                    .parse::<usize>()
+                    .map_err(|e| format!("{flag} {value}: {e}"))
+            };
+            match flag.as_str() {
+                "--servers" => c.servers = count()?,
+                "--workers" => c.workers = count()?,
+                "--consistency" => c.consistency = parse_consistency(&value)?,
+                _ if c.schedule.parse_flag(&flag, &value)? => {}
+                _ if extra(&flag, &value)? => {}
+                other => return Err(format!("unknown flag {other}")),
+            }
+        }
+        if c.servers == 0 || c.workers == 0 {
+            return Err("--servers and --workers must be at least 1".into());
+        }
+        Ok(c)
+    }
+
+    /// The demo's cluster: the logistic regression's weights, one table.
+    pub fn spec(&self) -> ClusterSpec {
+        ClusterSpec::new(self.servers, self.workers).table(
+            "weights",
+            TableSpec::<f32>::dense(0..ROWS, ROW_WIDTH)
+                .update(Sgd::new(0.5))
+                .consistency(self.consistency),
+        )
+    }
+
+    /// Every server shard's role, then every worker's.
+    pub fn roles(&self) -> (Vec<String>, Vec<String>) {
+        (
+            (0..self.servers).map(|s| format!("server:{s}")).collect(),
+            (0..self.workers).map(|w| format!("worker:{w}")).collect(),
+        )
+    }
+}
+
+/// Starts this program once per role, with the same arguments and `env`
+/// plus `role_var` set to the role, and waits for every process; the
+/// error names the roles that failed.
+pub fn run_roles(role_var: &str, env: &[(&str, &str)], roles: Vec<String>) -> Result<(), String> {
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let children: Vec<(String, Child)> = roles
+        .into_iter()
+        .map(|role| {
+            let child = Command::new(&me)
+                .args(&args)
+                .envs(env.iter().copied())
+                .env(role_var, &role)
+                .spawn()
+                .map_err(|e| format!("cannot start {role}: {e}"))?;
+            Ok((role, child))
+        })
+        .collect::<Result<_, String>>()?;
+    let mut failed = Vec::new();
+    for (role, mut child) in children {
+        match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => failed.push(format!("{role} ({status})")),
+            Err(e) => failed.push(format!("{role} ({e})")),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("failed: {}", failed.join(", ")))
+    }
+}
+
+/// A process's role, from `server:N` or `worker:N`.
+pub enum Role {
+    Server(usize),
+    Worker(u32),
+}
+
+impl Role {
+    pub fn parse(role: &str) -> laggard::Result<Role> {
+        let bad = || laggard::Error::InvalidConfig {
+            what: "role",
+            reason: format!("{role:?}: expected server:N or worker:N"),
+        };
+        match role.split_once(':') {
+            Some(("server", shard)) => shard.parse().map(Role::Server).map_err(|_| bad()),
+            Some(("worker", id)) => id.parse().map(Role::Worker).map_err(|_| bad()),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// Serves shard `shard` of `spec` on `ep` until every worker is done, and
+/// says what it applied.
+pub fn serve<E: Endpoint>(ep: E, spec: &ClusterSpec, shard: usize) -> laggard::Result<()> {
+    let report = Server::new(ep, spec, shard)?.run_until_workers_done()?;
+    println!(
+        "server shard {shard}: {} pushes applied, {} pulls ({} waited for slower workers)",
+        report.stats.pushes, report.stats.pulls, report.stats.pulls_parked
+    );
+    Ok(())
+}
+
+/// Connects worker `id` on `ep` (by `deadline`), trains, leaves, and says
+/// what it sent.
+pub fn train<E: Endpoint>(
+    ep: E,
+    cfg: &Common,
+    spec: &ClusterSpec,
+    id: u32,
+    deadline: Instant,
+) -> laggard::Result<()> {
+    let mut worker = Worker::connect(ep, spec, WorkerId(id), deadline)?;
+    worker::train(
+        &mut worker,
+        id,
+        cfg.workers as u32,
+        cfg.consistency,
+        &cfg.schedule,
+    )?;
+    let stats = worker.leave()?;
+    println!(
+        "worker {id}: {} messages, {} pulls sent",
+        stats.messages_sent, stats.pull_messages
+    );
+    Ok(())
+}
