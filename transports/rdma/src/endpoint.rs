@@ -32,6 +32,9 @@ fn transport_error(reason: String) -> Error {
 
 /// The longest a sleeping wait goes without looking at the side channels.
 const MAX_SLEEP: Duration = Duration::from_millis(10);
+/// Handshakes an endpoint runs at once; each is bounded by
+/// `RdmaConfig::handshake_timeout`.
+const MAX_HANDSHAKES: usize = 64;
 
 /// The opened device, shared by every endpoint of a transport.
 struct Opened {
@@ -227,7 +230,10 @@ impl Transport for RdmaTransport {
 }
 
 /// The side-channel acceptor of one endpoint: it runs the handshake of
-/// every incoming connection and hands finished ones to the endpoint.
+/// every incoming connection, each on a thread of its own (so a silent or
+/// slow client delays nobody else), and hands finished ones to the
+/// endpoint.
+#[derive(Clone)]
 struct Acceptor {
     name: String,
     cfg: RdmaConfig,
@@ -240,6 +246,9 @@ struct Acceptor {
 
 impl Acceptor {
     fn run(self, listener: TcpListener) {
+        // Handshakes in progress, with their streams to cut them short
+        // when the endpoint drops.
+        let mut handshakes: Vec<(JoinHandle<()>, TcpStream)> = Vec::new();
         // Acquire: pairs with the Release store in RdmaEndpoint::drop.
         while !self.stop.load(Ordering::Acquire) {
             let mut fds = [PollFd::new(&listener, PollFlags::IN)];
@@ -248,19 +257,42 @@ impl Acceptor {
                 tv_nsec: 50_000_000,
             };
             let _ = rustix::event::poll(&mut fds, Some(&timeout));
+            handshakes.retain(|(h, _)| !h.is_finished());
             match listener.accept() {
+                // At the limit, a connection is closed unanswered; its
+                // connector tries again until its deadline.
+                Ok(_) if handshakes.len() >= MAX_HANDSHAKES => {}
                 Ok((stream, _)) => {
-                    if let Ok(conn) = self.handshake(stream) {
-                        if self.tx.send(Arc::new(conn)).is_err() {
-                            return;
-                        }
-                        wake(&self.wake);
+                    let Ok(cut) = stream.try_clone() else {
+                        continue;
+                    };
+                    let me = self.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("laggard-rdma-handshake-{}", self.name))
+                        .spawn(move || me.hand_over(stream));
+                    if let Ok(h) = spawned {
+                        handshakes.push((h, cut));
                     }
                 }
                 Err(e)
                     if e.kind() == io::ErrorKind::WouldBlock
                         || e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        for (_, stream) in &handshakes {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        for (h, _) in handshakes {
+            let _ = h.join();
+        }
+    }
+
+    /// Runs one handshake and hands the connection to the endpoint.
+    fn hand_over(&self, stream: TcpStream) {
+        if let Ok(conn) = self.handshake(stream) {
+            if self.tx.send(Arc::new(conn)).is_ok() {
+                wake(&self.wake);
             }
         }
     }
