@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use laggard::transport::{Endpoint, Event, Transport};
-use laggard_tcp::{TcpConfig, TcpTransport};
+use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard_tcp::{TcpConfig, TcpEndpoint, TcpTransport};
 
 const LEN: usize = 32 << 20;
 
@@ -16,23 +16,32 @@ fn byte(i: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 13)) as u8
 }
 
-#[test]
-fn a_busy_receiver_still_reads_so_a_long_write_completes() {
-    // A write that makes no progress for `dead_after` fails the
-    // connection; the receiver stays busy for several times that.
-    let dead_after = Duration::from_millis(400);
+/// A write that makes no progress for this long fails its connection.
+const DEAD_AFTER: Duration = Duration::from_millis(400);
+
+/// Two endpoints of a transport whose peers are declared dead after
+/// [`DEAD_AFTER`], the first connected to the second: the first's id for
+/// the second, the second's for the first, and the deadline for the test.
+fn connected_pair() -> (TcpEndpoint, PeerId, TcpEndpoint, PeerId, Instant) {
     let cfg = TcpConfig::default()
         .heartbeat(Duration::from_millis(50))
-        .dead_after(dead_after);
+        .dead_after(DEAD_AFTER);
     let net = TcpTransport::with_config(cfg).unwrap();
-    let mut receiver = net.bind("receiver").unwrap();
-    let mut sender = net.bind("sender").unwrap();
+    let mut connecting = net.bind("connecting").unwrap();
+    let mut accepting = net.bind("accepting").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let peer = sender.connect("receiver", deadline).unwrap();
-    let from = match receiver.recv(deadline).unwrap() {
+    let to_accepting = connecting.connect("accepting", deadline).unwrap();
+    let to_connecting = match accepting.recv(deadline).unwrap() {
         Some(Event::Connected(p)) => p,
         other => panic!("expected the connection, got {other:?}"),
     };
+    (connecting, to_accepting, accepting, to_connecting, deadline)
+}
+
+#[test]
+fn a_busy_receiver_still_reads_so_a_long_write_completes() {
+    // The receiver stays busy for several times `DEAD_AFTER`.
+    let (mut sender, peer, mut receiver, from, deadline) = connected_pair();
 
     let writing = std::thread::spawn(move || -> laggard::Result<_> {
         let mut buf = sender.lend(peer, LEN, deadline)?;
@@ -42,8 +51,8 @@ fn a_busy_receiver_still_reads_so_a_long_write_completes() {
         sender.send(buf)?;
         Ok(sender)
     });
-    // Busy: no call on the receiver for three times `dead_after`.
-    std::thread::sleep(3 * dead_after);
+    // Busy: no call on the receiver for three times `DEAD_AFTER`.
+    std::thread::sleep(3 * DEAD_AFTER);
     let mut sender = writing
         .join()
         .unwrap()
@@ -66,20 +75,9 @@ fn a_busy_receiver_still_reads_so_a_long_write_completes() {
 /// is full, so both writes finish and both frames arrive whole.
 #[test]
 fn endpoints_writing_to_each_other_at_once_both_finish() {
-    let cfg = TcpConfig::default()
-        .heartbeat(Duration::from_millis(50))
-        .dead_after(Duration::from_millis(400));
-    let net = TcpTransport::with_config(cfg).unwrap();
-    let mut a = net.bind("a").unwrap();
-    let mut b = net.bind("b").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let to_b = a.connect("b", deadline).unwrap();
-    let to_a = match b.recv(deadline).unwrap() {
-        Some(Event::Connected(p)) => p,
-        other => panic!("expected the connection, got {other:?}"),
-    };
+    let (a, to_b, b, to_a, deadline) = connected_pair();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
-    let run = |mut ep: laggard_tcp::TcpEndpoint, peer, seed: usize| {
+    let run = |mut ep: TcpEndpoint, peer, seed: usize| {
         let barrier = barrier.clone();
         std::thread::spawn(move || -> laggard::Result<()> {
             let mut buf = ep.lend(peer, LEN, deadline)?;
