@@ -68,12 +68,13 @@ impl Reading {
     fn read_available(&mut self, shared: &Arc<Shared>) -> Result<(), String> {
         let cfg = &shared.cfg;
         loop {
+            // Never empty: a body is read while `got < len`, a header
+            // while `header_got < HEADER_LEN`; so 0 is end of stream.
             let (target, clean) = match &mut self.body {
                 Some((data, len, got)) => (&mut data[*got..*len], false),
                 None => (&mut self.header[self.header_got..], self.header_got == 0),
             };
             let n = match self.reader.read(target) {
-                Ok(0) if target.is_empty() => 0,
                 Ok(0) => return Err(describe(&io::ErrorKind::UnexpectedEof.into(), clean, cfg)),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
