@@ -7,17 +7,22 @@
 //!   immediate value is the offset in 8-byte units, the completion's length
 //!   is the frame's. RC delivers the writes, and their completions, in
 //!   order.
-//! - **Credit.** The receiver releases frames in any order. When the
-//!   released prefix grows, it writes `(head, released frames, check)` into
-//!   the sender's credit word with an inline WRITE WITH IMMEDIATE tagged
-//!   [`IMM_CREDIT`] (so the sender wakes). The credit is posted by whoever
-//!   releases the frame, at once: it never waits for the receiving
-//!   endpoint to poll again. At most [`CREDITS_IN_FLIGHT`] are in flight;
-//!   a release beyond that polls for their completions first.
+//! - **Credit is read, not sent.** The receiver releases frames in any
+//!   order. When the released prefix grows, whoever released the frame
+//!   stores `(head, released frames, check)` in its own control page: three
+//!   plain stores, no message, so a round trip of two frames is two
+//!   writes. The sender fetches that word with an RDMA READ when it needs
+//!   room: when a reservation fails or a flush waits, and ahead of time
+//!   once half its ring or half its frame quota is in flight. The peer's
+//!   CPU takes no part, so a sender waiting on a receiver whose user has
+//!   stopped polling still sees every release. One READ is in flight at a
+//!   time; one that brought nothing new delays the next a little more (up
+//!   to [`READ_BACKOFF_MAX`](crate::credit::READ_BACKOFF_MAX)). The check word tells a read that raced the
+//!   stores (a torn read), which is retried.
 //! - **Receives.** Every WRITE WITH IMMEDIATE consumes a posted receive.
-//!   Each side keeps `recv_depth` posted and re-posts as it polls; a sender
-//!   keeps at most `recv_depth - CREDITS_IN_FLIGHT - 2` frames unreleased,
-//!   so credit writes and the close always find a receive.
+//!   Each side keeps `recv_depth` posted and re-posts as it polls (before
+//!   the frame can be released); a sender keeps at most `recv_depth - 2`
+//!   frames unreleased, so its frames and the close always find one.
 //! - **Close.** A closing side posts a zero-length write tagged
 //!   [`IMM_CLOSE`] after its last frame, waits (at most the linger time)
 //!   for its completion, then closes the TCP side channel. A peer whose
@@ -29,20 +34,20 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ibverbs_sys as ffi;
 
 use crate::config::RdmaConfig;
+use crate::credit::CreditRead;
 use crate::hello::Hello;
 use crate::ring::{ALIGN, RecvRing, SendRing, Violation};
-use crate::verbs::{self, Channel, Cq, Device, Mr, Path, Qp, QpAddress};
+use crate::verbs::{self, Channel, Cq, Device, Mr, Path, Qp, QpAddress, Remote};
 
 /// Control messages have this bit set in their immediate value.
 const IMM_CONTROL: u32 = 1 << 31;
-/// A credit update was written into the credit word.
-const IMM_CREDIT: u32 = IMM_CONTROL | 1;
 /// The peer closed the connection; nothing follows.
 const IMM_CLOSE: u32 = IMM_CONTROL | 2;
 /// A lent buffer dropped unsent: counts as an (empty, unseen) frame.
@@ -51,19 +56,42 @@ const IMM_PAD: u32 = 1 << 30;
 const IMM_OFFSET: u32 = IMM_PAD - 1;
 
 const WR_DATA: u64 = 1;
-const WR_CREDIT: u64 = 2;
+const WR_READ: u64 = 2;
 const WR_CLOSE: u64 = 3;
 const WR_RECV: u64 = 4;
 
-/// The control page: the credit word the peer writes.
+/// One frame write in this many asks for a work completion (and the close
+/// and every READ do): each completion costs the device and the poller
+/// work, and nothing waits for a frame's own (the peer's release of it
+/// says more). Failed writes complete regardless. The send queue cannot
+/// overflow: the sender learns of releases only through READs, whose
+/// (signalled, in-order) completions reclaim every slot before them, so
+/// the slots in use are at most the frames it counts unreleased, a READ
+/// and the close.
+const SIGNAL_EVERY: u32 = 16;
+
+/// The control page: our published credit (which the peer reads) and
+/// where our READ of the peer's lands, on separate cache lines.
 const CTL_LEN: usize = 4096;
-const CREDIT_IN: usize = 0;
-/// Credit writes a connection may have in flight.
-pub(crate) const CREDITS_IN_FLIGHT: u32 = 8;
-/// How long a release waits for a credit write to complete when
-/// [`CREDITS_IN_FLIGHT`] are out (they complete within a round trip).
-const CREDIT_WAIT: Duration = Duration::from_millis(5);
+const CREDIT_OUT: usize = 0;
+const CREDIT_IN: usize = 64;
+const CREDIT_LEN: u32 = 24;
 const CREDIT_CHECK: u64 = 0x6c61_6767_6172_6421;
+/// Torn reads in a row after which the peer's credit word is taken for
+/// garbage.
+const TORN_READS_MAX: u32 = 1000;
+
+/// The check word of a credit: a torn read (words from different stores)
+/// matches it only by coincidence (splitmix64's finaliser, applied to the
+/// head, mixed with the count, and applied again).
+fn credit_check(head: u64, released: u64) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    mix(mix(head ^ CREDIT_CHECK) ^ released)
+}
 
 /// How long a side channel may be closed before a close arrives in band,
 /// before the peer is taken for crashed.
@@ -113,12 +141,15 @@ impl Pending {
         path: &Path,
     ) -> io::Result<Pending> {
         // Sends in flight: frames (bounded by the peer's receives, which
-        // we do not know yet; at most 65536) plus a credit and a close.
+        // we do not know yet; at most 65536) plus a READ and a close (see
+        // SIGNAL_EVERY).
         let send_depth = cfg.recv_depth + 16;
         let cq = Cq::new(dev, channel, send_depth + cfg.recv_depth + 16)?;
         let qp = Qp::new(dev, &cq, send_depth, cfg.recv_depth, path.port)?;
-        let recv_mr = Mr::new(dev, cfg.ring_bytes as usize, true)?;
-        let ctl_mr = Mr::new(dev, CTL_LEN, true)?;
+        let recv_mr = Mr::new(dev, cfg.ring_bytes as usize, Remote::Write)?;
+        let ctl_mr = Mr::new(dev, CTL_LEN, Remote::Read)?;
+        // Nothing released yet: a zeroed page would fail the check.
+        store_credit(&ctl_mr, 0, 0);
         for _ in 0..cfg.recv_depth {
             qp.post_recv(WR_RECV)?;
         }
@@ -147,7 +178,7 @@ impl Pending {
             ring_addr: self.recv_mr.addr(),
             ring_len: self.recv_mr.len() as u64,
             ring_rkey: self.recv_mr.rkey(),
-            credit_addr: self.ctl_mr.addr() + CREDIT_IN as u64,
+            credit_addr: self.ctl_mr.addr() + CREDIT_OUT as u64,
             credit_rkey: self.ctl_mr.rkey(),
             recv_depth: self.recv_depth,
         }
@@ -162,13 +193,13 @@ impl Pending {
         remote: &Hello,
         stream: TcpStream,
     ) -> io::Result<Conn> {
-        let send_mr = Mr::new(dev, remote.ring_len as usize, false)?;
+        let send_mr = Mr::new(dev, remote.ring_len as usize, Remote::None)?;
         self.qp.connect(path, self.psn, &remote.qp)?;
         stream.set_nonblocking(true)?;
         // The peer keeps `remote.recv_depth` receives posted; leave room
-        // for our credit writes and the close. Our own send queue holds
-        // `recv_depth + 16`: as many frames, the credits and the close.
-        let reserve = CREDITS_IN_FLIGHT + 2;
+        // for the close. Our own send queue holds `recv_depth + 16`: as
+        // many frames, a READ and the close.
+        let reserve = 2;
         let max_in_flight = u64::from(
             remote
                 .recv_depth
@@ -191,8 +222,8 @@ impl Pending {
                 recv: RecvRing::new(recv_len),
                 lent: VecDeque::new(),
                 first_lent: 0,
-                credits_out: 0,
-                credit_dirty: false,
+                credit_read: CreditRead::default(),
+                unsignaled: 0,
                 arrived: Vec::new(),
                 closing: false,
                 close_done: false,
@@ -204,6 +235,23 @@ impl Pending {
             stream,
         })
     }
+}
+
+/// Stores a credit in the control page `ctl`, where the peer's READs find
+/// it. Callers hold the connection's state (or own `ctl` outright).
+fn store_credit(ctl: &Mr, head: u64, released: u64) {
+    let out = ctl.ptr().wrapping_add(CREDIT_OUT) as *const AtomicU64;
+    // SAFETY: CREDIT_OUT + 24 lies inside the control page, which lives
+    // as long as `ctl` and is 8-aligned (a page-aligned mapping); only the
+    // peer's device reads it concurrently, and only the caller writes it.
+    let [h, r, c] = unsafe { [&*out, &*out.add(1), &*out.add(2)] };
+    h.store(head, Ordering::Relaxed);
+    r.store(released, Ordering::Relaxed);
+    // Release: the released frames' last reads by this process, and the
+    // two words above, come before the check word. It pairs with the peer
+    // device's READ, whose copy made before the check word was stored is
+    // told by the check (State::credit_arrived).
+    c.store(credit_check(head, released), Ordering::Release);
 }
 
 fn random_psn() -> u32 {
@@ -241,10 +289,10 @@ struct State {
     /// Lent buffers not yet posted, from reservation `first_lent` on.
     lent: VecDeque<Lent>,
     first_lent: u64,
-    /// Credit writes posted and not yet completed.
-    credits_out: u32,
-    /// The released prefix grew since the last credit write.
-    credit_dirty: bool,
+    /// Our READs of the peer's credit.
+    credit_read: CreditRead,
+    /// Frame writes posted since the last signalled one.
+    unsignaled: u32,
     /// What polling found, for the endpoint to take (polling also happens
     /// on releasing threads).
     arrived: Vec<Progress>,
@@ -270,69 +318,66 @@ impl State {
         }
     }
 
-    /// Posts the current credit if it changed since the last one. With
-    /// `may_wait`, a full quota of credit writes in flight is polled for
-    /// (briefly); otherwise the credit stays due and the next completion
-    /// posts it.
-    fn post_credit(&mut self, may_wait: bool) {
-        if !self.credit_dirty || self.failure.is_some() || self.closing {
+    /// Stores the current credit in our control page, where the peer's
+    /// READs find it.
+    fn publish_credit(&mut self) {
+        let (head, released) = self.recv.credit();
+        store_credit(&self.ctl_mr, head, released);
+    }
+
+    /// Posts a READ of the peer's credit, unless one is in flight or the
+    /// last ones brought nothing and the next is not due yet.
+    fn want_credit(&mut self) {
+        if self.failure.is_some() || self.closing {
             return;
         }
-        if self.credits_out >= CREDITS_IN_FLIGHT {
-            if !may_wait {
-                return;
-            }
-            let until = Instant::now() + CREDIT_WAIT;
-            while self.credits_out >= CREDITS_IN_FLIGHT
-                && self.failure.is_none()
-                && Instant::now() < until
-            {
-                self.poll();
-            }
-            if self.credits_out >= CREDITS_IN_FLIGHT || !self.credit_dirty || self.failure.is_some()
-            {
-                return;
-            }
+        let now = Instant::now();
+        if !self.credit_read.start(now) {
+            return;
         }
-        let (head, released) = self.recv.credit();
-        let words = [
-            head,
-            released,
-            head ^ released.rotate_left(17) ^ CREDIT_CHECK,
-        ];
-        let posted = self
-            .qp
-            .write_inline_imm(WR_CREDIT, &words, self.remote_credit, IMM_CREDIT);
-        match posted {
-            Ok(()) => {
-                self.credits_out += 1;
-                self.credit_dirty = false;
-            }
-            Err(e) => self.fail(format!("posting a credit update failed: {e}")),
+        let local = self.ctl_mr.addr() + CREDIT_IN as u64;
+        // SAFETY: the 24 bytes at CREDIT_IN lie in the control page; only
+        // this READ writes them, and they are read only at its completion
+        // (credit_arrived), one READ at a time.
+        let posted = unsafe {
+            self.qp
+                .read(WR_READ, &self.ctl_mr, local, CREDIT_LEN, self.remote_credit)
+        };
+        if let Err(e) = posted {
+            self.fail(format!(
+                "posting an RDMA READ of the peer's credit failed: {e}"
+            ));
         }
     }
 
-    /// Reads the credit word the peer wrote.
-    fn read_credit(&mut self) {
+    /// A READ of the peer's credit completed: takes what it brought.
+    fn credit_arrived(&mut self) {
         let inp = self.ctl_mr.ptr().wrapping_add(CREDIT_IN) as *const u64;
-        for _ in 0..1000 {
-            // SAFETY: CREDIT_IN + 24 lies inside the control page,
-            // 8-aligned. The peer's device may be writing a newer credit
-            // concurrently: the check word tells a torn read, retried.
-            let [head, released, check] = unsafe {
-                [
-                    inp.read_volatile(),
-                    inp.add(1).read_volatile(),
-                    inp.add(2).read_volatile(),
-                ]
-            };
-            if check == head ^ released.rotate_left(17) ^ CREDIT_CHECK {
-                self.send.credit(head, released);
-                return;
+        // SAFETY: CREDIT_IN + 24 lies inside the control page, 8-aligned;
+        // the READ that wrote it completed, and no other is in flight.
+        let [head, released, check] = unsafe {
+            [
+                inp.read_volatile(),
+                inp.add(1).read_volatile(),
+                inp.add(2).read_volatile(),
+            ]
+        };
+        let now = Instant::now();
+        if check != credit_check(head, released) {
+            if self.credit_read.torn() > TORN_READS_MAX {
+                self.fail("the peer's credit word stays inconsistent".into());
             }
-            std::hint::spin_loop();
+            return;
         }
-        self.fail("the peer's credit word stays inconsistent".into());
+        let grew = self.send.credit(head, released);
+        self.credit_read.done(now, grew);
+    }
+
+    /// The sender's view needs fresh credit soon: ask ahead of time.
+    fn credit_low(&mut self) {
+        if self.send.half_used() {
+            self.want_credit();
+        }
     }
 
     /// Posts every lent buffer that is next in line and settled.
@@ -349,9 +394,11 @@ impl State {
                 continue;
             }
             let (addr, rkey) = self.remote_ring;
+            let signaled = self.unsignaled + 1 >= SIGNAL_EVERY;
+            self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
             // SAFETY: [offset, offset + len) is this reservation's part of
             // the mirror ring, which nobody touches until the receiver
-            // releases it (after the write completed).
+            // releases it (after the write landed there).
             unsafe {
                 self.qp.write_imm(
                     wr,
@@ -360,6 +407,7 @@ impl State {
                     len,
                     (addr + offset, rkey),
                     imm,
+                    signaled,
                 )?
             };
         }
@@ -387,16 +435,16 @@ impl State {
     }
 
     fn completion(&mut self, wc: &ffi::ibv_wc) {
-        if wc.wr_id() == WR_CREDIT {
-            self.credits_out = self.credits_out.saturating_sub(1);
+        if wc.wr_id() == WR_READ {
+            self.credit_read.landed();
         }
         if let Some((status, vendor)) = wc.error() {
             let flushed = status == ffi::ibv_wc_status::IBV_WC_WR_FLUSH_ERR;
             if !(flushed && (self.failure.is_some() || self.closing)) {
-                let what = if wc.wr_id() == WR_RECV {
-                    "a receive"
-                } else {
-                    "an RDMA WRITE"
+                let what = match wc.wr_id() {
+                    WR_RECV => "a receive",
+                    WR_READ => "an RDMA READ of the peer's credit",
+                    _ => "an RDMA WRITE",
                 };
                 self.fail(format!(
                     "{what} completed with {} (vendor error {vendor:#x})",
@@ -406,7 +454,7 @@ impl State {
             return;
         }
         match wc.wr_id() {
-            WR_CREDIT => self.post_credit(false),
+            WR_READ => self.credit_arrived(),
             WR_CLOSE => self.close_done = true,
             WR_DATA => {}
             WR_RECV => {
@@ -420,7 +468,6 @@ impl State {
                 };
                 let imm = u32::from_be(imm);
                 match imm {
-                    IMM_CREDIT => self.read_credit(),
                     IMM_CLOSE => self.arrived.push(Progress::Ended(None)),
                     imm if imm & IMM_CONTROL != 0 => {
                         self.fail(format!("unknown control message {imm:#x}"))
@@ -436,7 +483,7 @@ impl State {
                             Err(Violation(why)) => {
                                 self.fail(format!("the peer broke the ring protocol: {why}"))
                             }
-                            Ok(id) if imm & IMM_PAD != 0 => self.release(id, false),
+                            Ok(id) if imm & IMM_PAD != 0 => self.release(id),
                             Ok(id) => self.arrived.push(Progress::Frame {
                                 id,
                                 offset,
@@ -450,10 +497,9 @@ impl State {
         }
     }
 
-    fn release(&mut self, id: u64, may_wait: bool) {
+    fn release(&mut self, id: u64) {
         if self.recv.release(id).is_some() {
-            self.credit_dirty = true;
-            self.post_credit(may_wait);
+            self.publish_credit();
         }
     }
 }
@@ -526,9 +572,14 @@ impl Conn {
 
     /// Reserves a frame of `len` bytes, if there is room now: its
     /// reservation number and where its bytes are in the mirror ring.
+    /// Without room, fetches the peer's credit (the caller waits for it).
     pub fn reserve(&self, len: usize) -> Option<(u64, *mut u8)> {
         let mut st = lock(&self.state);
-        let r = st.send.reserve(len as u64)?;
+        let Some(r) = st.send.reserve(len as u64) else {
+            st.want_credit();
+            return None;
+        };
+        st.credit_low();
         st.lent.push_back(Lent::Out);
         Some((r.seq, st.send_mr.ptr().wrapping_add(r.offset as usize)))
     }
@@ -549,10 +600,21 @@ impl Conn {
         st.post_ready()
     }
 
-    /// Every frame sent was released by the peer.
+    /// Every frame sent was released by the peer. If not, fetches the
+    /// peer's credit (the caller waits for it).
     pub fn drained(&self) -> bool {
-        let st = lock(&self.state);
-        st.lent.is_empty() && st.send.drained()
+        let mut st = lock(&self.state);
+        if st.lent.is_empty() && st.send.drained() {
+            return true;
+        }
+        st.want_credit();
+        false
+    }
+
+    /// When a deferred READ of the peer's credit is due, if one is: a
+    /// sleeping waiter must wake by then.
+    pub fn credit_due(&self) -> Option<Instant> {
+        lock(&self.state).credit_read.due()
     }
 
     /// The receive ring's bytes at `offset`.
@@ -565,7 +627,7 @@ impl Conn {
 
     /// Releases frame `id`'s space.
     pub fn release(&self, id: u64) {
-        lock(&self.state).release(id, true);
+        lock(&self.state).release(id);
     }
 
     /// Arms the completion queue: the channel gets an event at the next
@@ -600,6 +662,7 @@ impl Conn {
                 0,
                 st.remote_ring,
                 IMM_CLOSE,
+                true,
             )
         };
         if posted.is_err() {

@@ -487,7 +487,14 @@ impl RdmaEndpoint {
             if ready(self)? {
                 return Ok(true);
             }
-            let sleep = until
+            // A READ of a peer's credit that was put off must still go out
+            // on time: wake for it.
+            let wake_at = self
+                .conns
+                .values()
+                .filter_map(|c| c.credit_due())
+                .fold(until, Instant::min);
+            let sleep = wake_at
                 .saturating_duration_since(Instant::now())
                 .min(MAX_SLEEP);
             // SAFETY: the channel's fd stays open while `self.channel` lives.

@@ -1,7 +1,8 @@
 //! The side-channel handshake: before any verbs traffic, the two ends of a
 //! connection exchange, over TCP, what each needs to reach the other (queue
 //! pair number, GID or LID, packet sequence number) and where it may write
-//! (its receive ring and credit word: addresses, keys, sizes).
+//! (its receive ring, where the peer writes, and its credit word, which the
+//! peer reads: addresses, keys, sizes).
 //!
 //! Everything read from the socket is checked; a malformed message is an
 //! error naming what was wrong, never a panic.
@@ -10,7 +11,7 @@ use std::io::{self, Read, Write};
 
 use crate::verbs::QpAddress;
 
-const MAGIC: [u8; 8] = *b"LGRDMA\0\x01";
+const MAGIC: [u8; 8] = *b"LGRDMA\0\x02";
 const KIND_HELLO: u8 = 1;
 const KIND_REFUSE: u8 = 2;
 /// The longest body accepted (names are at most 255 bytes each).
@@ -31,7 +32,8 @@ pub(crate) struct Hello {
     pub ring_addr: u64,
     pub ring_len: u64,
     pub ring_rkey: u32,
-    /// The sender's credit word: where the peer writes how far it read.
+    /// The sender's credit word: where the peer reads how far the sender
+    /// got in the ring.
     pub credit_addr: u64,
     pub credit_rkey: u32,
     /// Receives the sender keeps posted: how many frames the peer may have

@@ -14,10 +14,12 @@
 //!   received frame is read where it landed. A pull response is therefore
 //!   written by the server's device straight into memory the worker reads.
 //!   No copy is made by the transport on either side.
-//! - **Credit.** The receiver releases frames in any order and writes how
-//!   far it got into the sender's credit word (another WRITE WITH
-//!   IMMEDIATE, so a waiting sender wakes). `lend` waits for room: bounded
-//!   queues, backpressure, no receiver-not-ready storms.
+//! - **Credit.** The receiver releases frames in any order and stores how
+//!   far it got in its own registered memory; the sender fetches that with
+//!   an RDMA READ when it runs low on room, so no message is sent per
+//!   released frame and a sender never waits on the receiver's CPU. `lend`
+//!   waits for room: bounded queues, backpressure, no receiver-not-ready
+//!   storms.
 //! - **Memory** is registered once per connection (two rings and a page)
 //!   and deregistered when the connection's last frame is dropped;
 //!   [`RdmaTransport::leaks`] counts what is still registered.
@@ -60,6 +62,7 @@
 
 mod config;
 mod conn;
+mod credit;
 mod endpoint;
 mod hello;
 mod preflight;

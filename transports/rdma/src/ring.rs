@@ -10,7 +10,7 @@
 //! start, and the bytes skipped belong to it.
 //!
 //! The receiver releases frames in any order; the released prefix (`head`)
-//! and the count of released frames travel back to the sender as credit.
+//! and the count of released frames are the credit the sender reads back.
 
 use std::collections::VecDeque;
 
@@ -101,6 +101,13 @@ impl SendRing {
             changed = true;
         }
         changed
+    }
+
+    /// Half the ring's bytes, or half the frames allowed in flight, are
+    /// unreleased as far as the sender knows: time to ask for credit.
+    pub fn half_used(&self) -> bool {
+        (self.tail - self.head) * 2 > self.cap
+            || (self.reserved - self.released) * 2 > self.max_in_flight
     }
 
     /// Every reserved frame was released.

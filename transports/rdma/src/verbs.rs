@@ -331,14 +331,27 @@ unsafe impl Send for Mr {}
 // SAFETY: as for Send.
 unsafe impl Sync for Mr {}
 
+/// What the peer may do to a registered buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Remote {
+    /// Nothing: only local work requests use it.
+    None,
+    /// RDMA WRITE into it.
+    Write,
+    /// RDMA READ from it.
+    Read,
+}
+
 impl Mr {
-    /// Maps `len` bytes (zeroed) and registers them for local writes and,
-    /// with `remote_write`, for the peer's RDMA WRITEs.
-    pub fn new(dev: &Arc<Device>, len: usize, remote_write: bool) -> io::Result<Mr> {
+    /// Maps `len` bytes (zeroed) and registers them for local writes and
+    /// what `remote` allows the peer.
+    pub fn new(dev: &Arc<Device>, len: usize, remote: Remote) -> io::Result<Mr> {
         let mut map = memmap2::MmapMut::map_anon(len.max(1))?;
         let mut access = ffi::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE;
-        if remote_write {
-            access |= ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE;
+        match remote {
+            Remote::None => {}
+            Remote::Write => access |= ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE,
+            Remote::Read => access |= ffi::ibv_access_flags::IBV_ACCESS_REMOTE_READ,
         }
         // SAFETY: the mapping is valid for `map.len()` bytes and outlives
         // the registration (dropped after ibv_dereg_mr in Drop).
@@ -406,7 +419,7 @@ pub(crate) struct Path {
     pub mtu: ffi::ibv_mtu,
 }
 
-/// Bytes a work request may carry inline (credit updates: 24).
+/// Bytes a WRITE may carry inline (small frames).
 const INLINE_MAX: u32 = 64;
 
 /// A reliable-connected queue pair.
@@ -436,7 +449,8 @@ fn modify(
 
 impl Qp {
     /// Creates an RC queue pair on `cq` (sends and receives) and moves it
-    /// to INIT with remote writes allowed.
+    /// to INIT with remote writes and reads allowed (each buffer's
+    /// registration says which it allows).
     pub fn new(
         dev: &Arc<Device>,
         cq: &Cq,
@@ -475,7 +489,8 @@ impl Qp {
             pkey_index: 0,
             port_num: port,
             qp_access_flags: (ffi::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
-                | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
+                | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE
+                | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_READ)
                 .0,
             ..Default::default()
         };
@@ -528,7 +543,7 @@ impl Qp {
             qp_state: ffi::ibv_qp_state::IBV_QPS_RTS,
             timeout: 14,
             retry_cnt: 7,
-            // 7 = retry forever on "receiver not ready"; credits keep the
+            // 7 = retry forever on "receiver not ready"; credit keeps the
             // receiver's queue from running dry, so this never loops.
             rnr_retry: 7,
             sq_psn: local_psn,
@@ -557,12 +572,18 @@ impl Qp {
         let _ = modify(self.qp, &mut attr, ffi::ibv_qp_attr_mask::IBV_QP_STATE);
     }
 
-    /// Posts a signalled RDMA WRITE WITH IMMEDIATE of `len` bytes at
-    /// `local` (in `mr`) to the remote address under its key.
+    /// Posts an RDMA WRITE WITH IMMEDIATE of `len` bytes at `local` (in
+    /// `mr`) to the remote address under its key. Up to [`INLINE_MAX`]
+    /// bytes go inline (copied into the work request). Only a `signaled`
+    /// one completes with a work completion when it succeeds; a failed one
+    /// always does. The caller signals at least one in every send-queue
+    /// depth's worth of work requests, so the queue's slots are reclaimed.
     ///
     /// # Safety
     /// `local..local+len` lies in `mr`, and the bytes stay untouched until
-    /// the work request's completion is polled.
+    /// the device has read them: until the completion of this or a later
+    /// work request is polled, or the peer has seen the write.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn write_imm(
         &self,
         wr_id: u64,
@@ -571,54 +592,61 @@ impl Qp {
         len: u32,
         remote: (u64, u32),
         imm: u32,
+        signaled: bool,
     ) -> io::Result<()> {
         let sge = ffi::ibv_sge {
             addr: local,
             length: len,
             lkey: mr.lkey(),
         };
-        // SAFETY: the caller keeps the bytes registered and untouched.
-        unsafe { self.post_write(wr_id, sge, 0, remote, imm) }
-    }
-
-    /// Posts a signalled RDMA WRITE WITH IMMEDIATE of `words`, inline: the
-    /// bytes are copied into the work request, so they need not be
-    /// registered or kept. (A wrong remote address or key fails the
-    /// connection with a remote access error; it cannot touch local
-    /// memory.)
-    pub fn write_inline_imm(
-        &self,
-        wr_id: u64,
-        words: &[u64; 3],
-        remote: (u64, u32),
-        imm: u32,
-    ) -> io::Result<()> {
-        let sge = ffi::ibv_sge {
-            addr: words.as_ptr() as u64,
-            length: 24,
-            lkey: 0,
-        };
-        // SAFETY: an inline post copies the 24 bytes before it returns,
-        // while `words` is borrowed.
-        unsafe {
-            self.post_write(
-                wr_id,
-                sge,
-                ffi::ibv_send_flags::IBV_SEND_INLINE.0,
-                remote,
-                imm,
-            )
+        let mut flags = 0;
+        if len <= INLINE_MAX {
+            flags |= ffi::ibv_send_flags::IBV_SEND_INLINE.0;
         }
+        if signaled {
+            flags |= ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        }
+        let opcode = ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+        // SAFETY: the caller keeps the bytes registered and untouched.
+        unsafe { self.post_send(wr_id, opcode, sge, flags, remote, imm) }
     }
 
-    /// Posts one signalled WRITE WITH IMMEDIATE of `sge` (none if empty).
+    /// Posts a signalled RDMA READ of `len` bytes at the remote address
+    /// into `local` (in `mr`).
     ///
     /// # Safety
-    /// The bytes `sge` names are readable until the device has read them
-    /// (at once for inline sends, else until the completion).
-    unsafe fn post_write(
+    /// `local..local+len` lies in `mr`, and nothing else reads or writes
+    /// those bytes until the work request's completion is polled.
+    pub unsafe fn read(
         &self,
         wr_id: u64,
+        mr: &Mr,
+        local: u64,
+        len: u32,
+        remote: (u64, u32),
+    ) -> io::Result<()> {
+        let sge = ffi::ibv_sge {
+            addr: local,
+            length: len,
+            lkey: mr.lkey(),
+        };
+        let opcode = ffi::ibv_wr_opcode::IBV_WR_RDMA_READ;
+        // SAFETY: the caller leaves the bytes to the device until the
+        // completion.
+        let flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        unsafe { self.post_send(wr_id, opcode, sge, flags, remote, 0) }
+    }
+
+    /// Posts one one-sided work request (`opcode`, with `flags`) of `sge`
+    /// (none if empty) against the remote address.
+    ///
+    /// # Safety
+    /// The bytes `sge` names are accessible to the device until it is done
+    /// with them (at once for inline sends, else until the completion).
+    unsafe fn post_send(
+        &self,
+        wr_id: u64,
+        opcode: ffi::ibv_wr_opcode::Type,
         mut sge: ffi::ibv_sge,
         flags: u32,
         remote: (u64, u32),
@@ -629,8 +657,8 @@ impl Qp {
             next: ptr::null_mut(),
             sg_list: &mut sge,
             num_sge: if sge.length == 0 { 0 } else { 1 },
-            opcode: ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM,
-            send_flags: ffi::ibv_send_flags::IBV_SEND_SIGNALED.0 | flags,
+            opcode,
+            send_flags: flags,
             ..Default::default()
         };
         wr.__bindgen_anon_1.imm_data = imm.to_be();
@@ -640,7 +668,7 @@ impl Qp {
         };
         let mut bad = ptr::null_mut();
         // SAFETY: the QP is valid; `wr` and `sge` outlive the call (the
-        // provider copies them); the caller keeps the bytes readable.
+        // provider copies them); the caller keeps the bytes accessible.
         let rc = unsafe {
             let ops = &mut (*(*self.qp).context).ops;
             ops.post_send.expect("post_send")(self.qp, &mut wr, &mut bad)

@@ -1,0 +1,149 @@
+//! When a sender reads its peer's credit, with no verbs in it.
+//!
+//! A sender fetches the receiver's credit word with an RDMA READ when it
+//! needs room (see the protocol in `conn`). One READ is in flight at a
+//! time. A READ that brought nothing new delays the next one, doubling
+//! from 2 µs up to [`READ_BACKOFF_MAX`], so a sender waiting on a busy
+//! receiver does not keep its device (or, under soft-RoCE, its CPU) busy
+//! with READs; one that brought credit, or a torn one, lets the next go at
+//! once.
+
+use std::time::{Duration, Instant};
+
+/// The longest a sender goes between READs of the peer's credit when they
+/// keep bringing nothing new.
+pub(crate) const READ_BACKOFF_MAX: Duration = Duration::from_micros(100);
+
+/// The pacing of one connection's READs of the peer's credit.
+#[derive(Debug, Default)]
+pub(crate) struct CreditRead {
+    in_flight: bool,
+    /// READs in a row that brought nothing new.
+    fruitless: u32,
+    /// Torn READs in a row.
+    torn: u32,
+    /// No READ before this.
+    not_before: Option<Instant>,
+    /// A READ was wanted before `not_before`.
+    deferred: bool,
+}
+
+impl CreditRead {
+    /// Whether a READ may be posted now; if so, it counts as in flight.
+    pub fn start(&mut self, now: Instant) -> bool {
+        if self.in_flight {
+            return false;
+        }
+        if self.not_before.is_some_and(|t| now < t) {
+            self.deferred = true;
+            return false;
+        }
+        self.in_flight = true;
+        self.deferred = false;
+        true
+    }
+
+    /// The READ completed (successfully or not).
+    pub fn landed(&mut self) {
+        self.in_flight = false;
+    }
+
+    /// The READ brought a consistent credit; `grew` if it was news.
+    pub fn done(&mut self, now: Instant, grew: bool) {
+        self.torn = 0;
+        if grew {
+            self.fruitless = 0;
+            self.not_before = None;
+        } else {
+            self.fruitless = (self.fruitless + 1).min(16);
+            self.not_before = Some(now + backoff(self.fruitless));
+        }
+    }
+
+    /// The READ raced the peer's stores: the next may go at once. Returns
+    /// the torn READs in a row.
+    pub fn torn(&mut self) -> u32 {
+        self.torn += 1;
+        self.not_before = None;
+        self.torn
+    }
+
+    /// When a READ that was wanted but deferred is due.
+    pub fn due(&self) -> Option<Instant> {
+        if self.deferred && !self.in_flight {
+            self.not_before
+        } else {
+            None
+        }
+    }
+}
+
+/// The pause after `fruitless` READs in a row brought nothing.
+fn backoff(fruitless: u32) -> Duration {
+    Duration::from_micros(1 << fruitless.min(7)).min(READ_BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_read_at_a_time() {
+        let now = Instant::now();
+        let mut c = CreditRead::default();
+        assert!(c.start(now));
+        assert!(!c.start(now), "a second READ while one is in flight");
+        assert_eq!(
+            c.due(),
+            None,
+            "nothing deferred: the READ in flight answers"
+        );
+        c.landed();
+        c.done(now, true);
+        assert!(c.start(now), "news lets the next READ go at once");
+    }
+
+    #[test]
+    fn fruitless_reads_back_off_up_to_the_limit() {
+        let t0 = Instant::now();
+        let mut c = CreditRead::default();
+        let mut pauses = Vec::new();
+        let mut now = t0;
+        for _ in 0..12 {
+            assert!(c.start(now));
+            c.landed();
+            c.done(now, false);
+            assert!(!c.start(now), "the next READ waits");
+            let due = c.due().expect("a deferred READ has a due time");
+            pauses.push(due - now);
+            now = due;
+        }
+        let us: Vec<u128> = pauses.iter().map(|d| d.as_micros()).collect();
+        assert_eq!(&us[..6], &[2, 4, 8, 16, 32, 64]);
+        assert!(us[6..].iter().all(|&p| p == 100), "{us:?}");
+        c.start(now);
+        c.landed();
+        c.done(now, true);
+        assert!(c.start(now), "news ends the backoff");
+    }
+
+    #[test]
+    fn a_torn_read_is_retried_at_once_and_counted() {
+        let now = Instant::now();
+        let mut c = CreditRead::default();
+        c.start(now);
+        c.landed();
+        c.done(now, false);
+        assert!(!c.start(now));
+        assert_eq!(c.torn(), 1);
+        assert!(c.start(now), "a torn READ does not wait");
+        c.landed();
+        assert_eq!(c.torn(), 2);
+        c.start(now);
+        c.landed();
+        c.done(now, true);
+        c.start(now);
+        c.landed();
+        assert_eq!(c.torn(), 1, "a consistent READ resets the count");
+    }
+}
