@@ -240,7 +240,7 @@ fn a_hostile_side_channel_does_not_hurt_the_endpoint() {
     for bytes in [
         &b"GET / HTTP/1.1\r\n\r\n"[..],
         &[0u8; 16][..],
-        b"LGRDMA\0\x01\x01\0\0\0\xff\xff\xff\xff",
+        b"LGRDMA\0\x02\x01\0\0\0\xff\xff\xff\xff",
     ] {
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(bytes).unwrap();
@@ -357,4 +357,60 @@ fn a_peer_with_a_larger_ring_is_refused() {
     for net in [&small, &large, &tolerant] {
         assert!(net.leaks().is_empty(), "{:?}", net.leaks());
     }
+}
+
+/// A sender whose ring is full sees frames released on another thread
+/// while the receiving endpoint is never polled again (it reads the
+/// receiver's credit with RDMA READs; nothing at the receiver must run),
+/// then sends on and flushes; every frame arrives intact.
+#[test]
+fn a_sender_sees_releases_while_the_receiver_is_idle() {
+    // A ring of 8 KiB holds 8 frames of 1 KiB.
+    let net = RdmaTransport::with_config(RdmaConfig::default().ring_bytes(8192)).unwrap();
+    let mut server = net.bind("idle-receiver").unwrap();
+    let mut client = net.bind("full-sender").unwrap();
+    let peer = client.connect("idle-receiver", soon(20)).unwrap();
+    let send = |client: &mut laggard_rdma::RdmaEndpoint, i: u8, until: Instant| {
+        let mut buf = client.lend(peer, 1024, until)?;
+        buf.fill(i);
+        client.send(buf)
+    };
+    let mut sent = 0u8;
+    while send(
+        &mut client,
+        sent,
+        Instant::now() + Duration::from_millis(200),
+    )
+    .is_ok()
+    {
+        sent += 1;
+        assert!(sent < 16, "an 8 KiB ring took {sent} frames of 1 KiB");
+    }
+    let mut held = Vec::new();
+    while held.len() < usize::from(sent) {
+        if let Event::Frame(_, f) = next_event(&mut server) {
+            assert!(f.iter().all(|&b| b == held.len() as u8));
+            held.push(f);
+        }
+    }
+    // The server's endpoint is not touched from here on.
+    let dropper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        drop(held);
+    });
+    for i in sent..2 * sent {
+        send(&mut client, i, soon(10)).expect("room once the frames are released");
+    }
+    dropper.join().unwrap();
+    // The later frames were released nowhere yet: flush waits for them.
+    let err = client.flush(peer, Instant::now() + Duration::from_millis(100));
+    assert!(err.is_err(), "a flush before the receiver read the frames");
+    let mut next = sent;
+    while next < 2 * sent {
+        if let Event::Frame(_, f) = next_event(&mut server) {
+            assert!(f.iter().all(|&b| b == next), "frame {next}");
+            next += 1;
+        }
+    }
+    client.flush(peer, soon(10)).unwrap();
 }
