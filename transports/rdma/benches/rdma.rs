@@ -15,6 +15,10 @@
 //!   ending its clock and none waited for, until the server applied all of
 //!   them: the runtime's push bandwidth, the counterpart of
 //!   `ib_write_bw -s N`, which also keeps many writes in flight.
+//! - `cpu_pass/copy` and `cpu_pass/add`: one pass over a 64 KiB `f32` row
+//!   (`copy_from_slice`; `x += d`), what each copy or update rule in a
+//!   push or pull costs the emulated CPUs, for comparison with the
+//!   transfer's time.
 
 use std::time::{Duration, Instant};
 
@@ -173,12 +177,30 @@ fn pushpull(c: &mut Criterion) {
     }
 }
 
+fn cpu_pass(c: &mut Criterion) {
+    let from = vec![1.0f32; 16 << 10];
+    let mut to = vec![2.0f32; 16 << 10];
+    let mut g = c.benchmark_group("cpu_pass");
+    g.throughput(Throughput::Bytes(64 << 10));
+    g.bench_function("copy", |b| {
+        b.iter(|| to.copy_from_slice(std::hint::black_box(&from)))
+    });
+    g.bench_function("add", |b| {
+        b.iter(|| {
+            for (x, d) in to.iter_mut().zip(std::hint::black_box(&from)) {
+                *x += *d;
+            }
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
-    targets = stream, pingpong, pushpull
+    targets = stream, pingpong, pushpull, cpu_pass
 }
 criterion_main!(benches);
