@@ -59,6 +59,8 @@ impl TcpConfig {
     }
 
     /// The longest frame an endpoint sends or accepts (at most 4 GiB − 1).
+    /// A frame's buffer grows as its bytes arrive, so a peer announcing a
+    /// long frame costs the endpoint only about what it actually sends.
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
         self.max_frame_len = bytes;
         self

@@ -494,23 +494,41 @@ impl Pool {
     /// unspecified). Buffers keep their initialised length between uses,
     /// so a reused buffer is never zeroed again.
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let mut v = {
-            let mut bufs = lock(&self.bufs);
-            let best = bufs
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.len() >= len)
-                .min_by_key(|(_, b)| b.len())
-                .map(|(i, _)| i);
-            match best {
-                Some(i) => bufs.swap_remove(i),
-                None => bufs.pop().unwrap_or_default(),
-            }
-        };
+        let mut v = self.pick(len);
         if v.len() < len {
             v.resize(len, 0);
         }
         v
+    }
+
+    /// A buffer for a frame of `len` bytes still to arrive: a pooled one
+    /// that holds it if there is one, else one of at least
+    /// `min(len, first)` initialised bytes, which the reader grows as the
+    /// bytes arrive. So a peer that announces a long frame and sends
+    /// little makes the endpoint allocate little.
+    pub(crate) fn take_for_arrival(&self, len: usize, first: usize) -> Vec<u8> {
+        let mut v = self.pick(len);
+        let want = len.min(first);
+        if v.len() < want {
+            v.resize(want, 0);
+        }
+        v
+    }
+
+    /// The smallest pooled buffer that holds `len` bytes, else any (or a
+    /// new, empty one).
+    fn pick(&self, len: usize) -> Vec<u8> {
+        let mut bufs = lock(&self.bufs);
+        let best = bufs
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.len() >= len)
+            .min_by_key(|(_, b)| b.len())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => bufs.swap_remove(i),
+            None => bufs.pop().unwrap_or_default(),
+        }
     }
 
     pub(crate) fn put(&self, v: Vec<u8>) {

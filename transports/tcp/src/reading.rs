@@ -68,10 +68,17 @@ impl Reading {
     fn read_available(&mut self, shared: &Arc<Shared>) -> Result<(), String> {
         let cfg = &shared.cfg;
         loop {
-            // Never empty: a body is read while `got < len`, a header
-            // while `header_got < HEADER_LEN`; so 0 is end of stream.
+            // Never empty: a body is read while `got < len` (grown first if
+            // the bytes so far fill it), a header while
+            // `header_got < HEADER_LEN`; so 0 is end of stream.
             let (target, clean) = match &mut self.body {
-                Some((data, len, got)) => (&mut data[*got..*len], false),
+                Some((data, len, got)) => {
+                    if *got == data.len() {
+                        grow_body(data, *len);
+                    }
+                    let end = (*len).min(data.len());
+                    (&mut data[*got..end], false)
+                }
                 None => (&mut self.header[self.header_got..], self.header_got == 0),
             };
             let n = match self.reader.read(target) {
@@ -112,7 +119,7 @@ impl Reading {
             Kind::Data => {
                 let len = header.len as usize;
                 conn.flow.arrived(len)?;
-                let data = shared.pool.take(len);
+                let data = shared.pool.take_for_arrival(len, FIRST_BODY);
                 if len == 0 {
                     self.deliver(shared, data, 0)
                 } else {
@@ -164,6 +171,20 @@ impl Reading {
         if !here {
             let _ = shared.inbox.push(Incoming::Disconnected(conn.id));
         }
+    }
+}
+
+/// The most a frame's body gets before its bytes arrive (unless a pooled
+/// buffer already holds it); [`grow_body`] doubles it as they do.
+const FIRST_BODY: usize = 256 << 10;
+
+/// Makes room for more of a `len`-byte body whose buffer the bytes so far
+/// fill: doubles it, up to `len`. A peer must send about half of what it
+/// makes the endpoint allocate.
+fn grow_body(data: &mut Vec<u8>, len: usize) {
+    let next = data.len().saturating_mul(2).max(FIRST_BODY).min(len);
+    if next > data.len() {
+        data.resize(next, 0);
     }
 }
 

@@ -122,3 +122,34 @@ fn broken_framing_and_ignored_credit_drop_only_that_connection() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// This process's resident memory, in bytes.
+fn resident_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A peer that announces a frame near the longest allowed and sends a few
+/// bytes of it makes the endpoint allocate about what arrived, not what it
+/// announced; the connection then ends, cut in the middle of a frame.
+#[test]
+fn an_announced_frame_costs_only_what_arrives() {
+    let net = TcpTransport::new();
+    let mut server = net.bind("server").unwrap();
+    let mut s = handshake(server.local_addr(), "server", "boaster");
+    assert!(matches!(next_event(&mut server), Event::Connected(_)));
+    let before = resident_bytes();
+    s.write_all(&header(1, 1 << 30, 0)).unwrap();
+    s.write_all(&[7u8; 1000]).unwrap();
+    // The endpoint reads the header and the bytes while it waits.
+    let quiet = server.recv(Instant::now() + Duration::from_millis(300));
+    assert!(matches!(quiet, Ok(None)), "{quiet:?}");
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "a peer announcing 1 GiB and sending 1000 bytes made the endpoint take {grown} bytes"
+    );
+    drop(s);
+    assert!(matches!(next_event(&mut server), Event::Disconnected(_)));
+}
