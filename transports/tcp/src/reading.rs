@@ -184,6 +184,9 @@ const FIRST_BODY: usize = 256 << 10;
 fn grow_body(data: &mut Vec<u8>, len: usize) {
     let next = data.len().saturating_mul(2).max(FIRST_BODY).min(len);
     if next > data.len() {
+        // Exactly: the buffer is pooled by its capacity, which must not
+        // end up twice the frame's length.
+        data.reserve_exact(next - data.len());
         data.resize(next, 0);
     }
 }
