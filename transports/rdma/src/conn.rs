@@ -17,8 +17,9 @@
 //!   CPU takes no part, so a sender waiting on a receiver whose user has
 //!   stopped polling still sees every release. One READ is in flight at a
 //!   time; one that brought nothing new delays the next a little more (up
-//!   to [`READ_BACKOFF_MAX`](crate::credit::READ_BACKOFF_MAX)). The check word tells a read that raced the
-//!   stores (a torn read), which is retried.
+//!   to [`READ_BACKOFF_MAX`](crate::credit::READ_BACKOFF_MAX)). The check
+//!   word tells a read that raced the stores (a torn read), which is
+//!   retried.
 //! - **Receives.** Every WRITE WITH IMMEDIATE consumes a posted receive.
 //!   Each side keeps `recv_depth` posted and re-posts as it polls (before
 //!   the frame can be released); a sender keeps at most `recv_depth - 2`
