@@ -87,6 +87,13 @@ fn backoff(fruitless: u32) -> Duration {
 mod tests {
     use super::*;
 
+    /// One whole READ: posted, landed, bringing news or not.
+    fn read(c: &mut CreditRead, now: Instant, news: bool) {
+        assert!(c.start(now), "a READ may go now");
+        c.landed();
+        c.done(now, news);
+    }
+
     #[test]
     fn one_read_at_a_time() {
         let now = Instant::now();
@@ -105,14 +112,11 @@ mod tests {
 
     #[test]
     fn fruitless_reads_back_off_up_to_the_limit() {
-        let t0 = Instant::now();
         let mut c = CreditRead::default();
         let mut pauses = Vec::new();
-        let mut now = t0;
+        let mut now = Instant::now();
         for _ in 0..12 {
-            assert!(c.start(now));
-            c.landed();
-            c.done(now, false);
+            read(&mut c, now, false);
             assert!(!c.start(now), "the next READ waits");
             let due = c.due().expect("a deferred READ has a due time");
             pauses.push(due - now);
@@ -121,9 +125,7 @@ mod tests {
         let us: Vec<u128> = pauses.iter().map(|d| d.as_micros()).collect();
         assert_eq!(&us[..6], &[2, 4, 8, 16, 32, 64]);
         assert!(us[6..].iter().all(|&p| p == 100), "{us:?}");
-        c.start(now);
-        c.landed();
-        c.done(now, true);
+        read(&mut c, now, true);
         assert!(c.start(now), "news ends the backoff");
     }
 
@@ -131,17 +133,13 @@ mod tests {
     fn a_torn_read_is_retried_at_once_and_counted() {
         let now = Instant::now();
         let mut c = CreditRead::default();
-        c.start(now);
-        c.landed();
-        c.done(now, false);
+        read(&mut c, now, false);
         assert!(!c.start(now));
         assert_eq!(c.torn(), 1);
         assert!(c.start(now), "a torn READ does not wait");
         c.landed();
         assert_eq!(c.torn(), 2);
-        c.start(now);
-        c.landed();
-        c.done(now, true);
+        read(&mut c, now, true);
         c.start(now);
         c.landed();
         assert_eq!(c.torn(), 1, "a consistent READ resets the count");
