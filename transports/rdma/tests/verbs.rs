@@ -26,6 +26,13 @@ fn next_event<E: Endpoint>(ep: &mut E) -> Event<E::Frame> {
     ep.recv(soon(20)).unwrap().expect("an event within 20 s")
 }
 
+/// Why connecting `ep` to `name` fails (it must).
+fn connect_error(ep: &mut laggard_rdma::RdmaEndpoint, name: &str) -> String {
+    ep.connect(name, soon(10))
+        .expect_err("the connection must be refused")
+        .to_string()
+}
+
 /// What this binary does when started as a child.
 #[test]
 fn child_process() {
@@ -274,7 +281,7 @@ fn connecting_to_the_wrong_name_is_refused() {
     let server = net.bind("real-name").unwrap();
     net.set_address("alias", server.side_channel().unwrap());
     let mut client = net.bind("lost").unwrap();
-    let err = client.connect("alias", soon(10)).unwrap_err().to_string();
+    let err = connect_error(&mut client, "alias");
     assert!(
         err.contains("refused") && err.contains("no endpoint named \"alias\""),
         "{err}"
@@ -322,10 +329,7 @@ fn a_peer_with_a_larger_ring_is_refused() {
 
     // The acceptor refuses the connector's ring.
     let mut large_client = large.bind("large-client").unwrap();
-    let err = large_client
-        .connect("small-ring", soon(10))
-        .unwrap_err()
-        .to_string();
+    let err = connect_error(&mut large_client, "small-ring");
     assert!(
         err.contains("refused")
             && err.contains("receive ring of 1048576 bytes, more than the 65536")
@@ -334,10 +338,7 @@ fn a_peer_with_a_larger_ring_is_refused() {
     );
     // The connector refuses the acceptor's ring.
     let mut small_client = small.bind("small-client").unwrap();
-    let err = small_client
-        .connect("large-ring", soon(10))
-        .unwrap_err()
-        .to_string();
+    let err = connect_error(&mut small_client, "large-ring");
     assert!(
         err.contains("large-ring announced a receive ring of 1048576 bytes"),
         "{err}"
