@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use ibverbs_sys as ffi;
 
 use crate::config::RdmaConfig;
-use crate::credit::CreditRead;
+use crate::credit::{CreditRead, credit_check};
 use crate::hello::Hello;
 use crate::ring::{ALIGN, RecvRing, SendRing, Violation};
 use crate::verbs::{self, Channel, Cq, Device, Mr, Path, Qp, QpAddress, Remote};
@@ -77,22 +77,9 @@ const CTL_LEN: usize = 4096;
 const CREDIT_OUT: usize = 0;
 const CREDIT_IN: usize = 64;
 const CREDIT_LEN: u32 = 24;
-const CREDIT_CHECK: u64 = 0x6c61_6767_6172_6421;
 /// Torn reads in a row after which the peer's credit word is taken for
 /// garbage.
 const TORN_READS_MAX: u32 = 1000;
-
-/// The check word of a credit: a torn read (words from different stores)
-/// matches it only by coincidence (splitmix64's finaliser, applied to the
-/// head, mixed with the count, and applied again).
-fn credit_check(head: u64, released: u64) -> u64 {
-    fn mix(mut z: u64) -> u64 {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    mix(mix(head ^ CREDIT_CHECK) ^ released)
-}
 
 /// How long a side channel may be closed before a close arrives in band,
 /// before the peer is taken for crashed.

@@ -78,6 +78,22 @@ impl CreditRead {
     }
 }
 
+/// The check word stored after a credit's two words, `(head, released)`:
+/// a READ that raced the stores sees a check that does not match the words
+/// it got. `mix` (splitmix64's finaliser) is a bijection, so the check
+/// differs whenever exactly one of the two words differs: a copy holding
+/// one word of an older credit is always told. Words of three different
+/// credits match only by coincidence.
+pub(crate) fn credit_check(head: u64, released: u64) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    const SALT: u64 = 0x6c61_6767_6172_6421;
+    mix(mix(head ^ SALT) ^ released)
+}
+
 /// The pause after `fruitless` READs in a row brought nothing.
 fn backoff(fruitless: u32) -> Duration {
     Duration::from_micros(1 << fruitless.min(7)).min(READ_BACKOFF_MAX)
@@ -86,6 +102,23 @@ fn backoff(fruitless: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A credit with one word from another credit never passes the
+        /// check of either.
+        #[test]
+        fn a_copy_with_one_stale_word_fails_the_check(
+            head in any::<u64>(),
+            released in any::<u64>(),
+            other in any::<u64>(),
+        ) {
+            prop_assume!(other != head && other != released);
+            let (h, r) = (head, released);
+            prop_assert_ne!(credit_check(other, r), credit_check(h, r));
+            prop_assert_ne!(credit_check(h, other), credit_check(h, r));
+        }
+    }
 
     /// One whole READ: posted, landed, bringing news or not.
     fn read(c: &mut CreditRead, now: Instant, news: bool) {
