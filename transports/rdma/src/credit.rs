@@ -1,4 +1,5 @@
-//! When a sender reads its peer's credit, with no verbs in it.
+//! The credit word's check, and when a sender reads its peer's credit;
+//! no verbs in either.
 //!
 //! A sender fetches the receiver's credit word with an RDMA READ when it
 //! needs room (see the protocol in `conn`). One READ is in flight at a
@@ -6,7 +7,8 @@
 //! from 2 µs up to [`READ_BACKOFF_MAX`], so a sender waiting on a busy
 //! receiver does not keep its device (or, under soft-RoCE, its CPU) busy
 //! with READs; one that brought credit, or a torn one, lets the next go at
-//! once.
+//! once. A torn READ is one that copied the word while its owner was
+//! storing a new credit: [`credit_check`] tells it.
 
 use std::time::{Duration, Instant};
 
