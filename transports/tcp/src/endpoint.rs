@@ -494,11 +494,7 @@ impl Pool {
     /// unspecified). Buffers keep their initialised length between uses,
     /// so a reused buffer is never zeroed again.
     pub(crate) fn take(&self, len: usize) -> Vec<u8> {
-        let mut v = self.pick(len);
-        if v.len() < len {
-            v.resize(len, 0);
-        }
-        v
+        self.take_for_arrival(len, len)
     }
 
     /// A buffer for a frame of `len` bytes still to arrive: a pooled one
