@@ -447,19 +447,22 @@ impl ShmEndpoint {
     }
 
     /// Waits on our doorbell until `ready` or `until` (capped at the next
-    /// liveness check, which it runs instead when due).
-    fn wait(&mut self, until: Instant, mut ready: impl FnMut(&Self) -> bool) {
-        if Instant::now() >= self.next_check {
+    /// liveness check, which it runs instead when due). `now` is the
+    /// caller's latest reading of the clock.
+    fn wait(&mut self, now: Instant, until: Instant, mut ready: impl FnMut(&Self) -> bool) {
+        if now >= self.next_check {
             self.check_liveness();
             return;
         }
         let this = &*self;
         let cfg = &this.net.cfg;
-        this.mailbox
-            .doorbell()
-            .wait(until.min(this.next_check), cfg.spin, cfg.busy_poll, || {
-                ready(this)
-            });
+        this.mailbox.doorbell().wait(
+            now,
+            until.min(this.next_check),
+            cfg.spin,
+            cfg.busy_poll,
+            || ready(this),
+        );
     }
 
     /// Marks connections whose peer process died, and frees connect
@@ -741,14 +744,21 @@ impl Endpoint for ShmEndpoint {
                 (len as u64 + 8) * 2
             )));
         }
-        let started = Instant::now();
+        // Read only once a reservation fails: the clock costs about as much
+        // as the rest of a lend.
+        let mut started = None;
         let tx = conn.side;
         loop {
             if conn.peer_gone() {
                 return Err(conn.gone_error());
             }
-            let head = conn.ctl(tx).head();
-            let reserved = lock(&conn.producer).reserve(conn.ctl(tx), conn.words(tx), len as u64);
+            let (reserved, head) = {
+                let mut producer = lock(&conn.producer);
+                let reserved = producer.reserve(conn.ctl(tx), conn.words(tx), len as u64);
+                // A reservation that found no room has just read `head`:
+                // waiting for it to move misses no release made since.
+                (reserved, producer.head_seen())
+            };
             match reserved {
                 Ok(Some(r)) => {
                     return Ok(ShmBuf {
@@ -765,17 +775,19 @@ impl Endpoint for ShmEndpoint {
                     return Err(conn.gone_error());
                 }
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            let started = *started.get_or_insert(now);
+            if now >= deadline {
                 let unread = lock(&conn.producer).unread(conn.ctl(tx));
                 return Err(Error::NoResponse {
                     what: format!(
                         "room to send {len} bytes to {}, which has {unread} bytes unread",
                         conn.peer_name
                     ),
-                    waited: started.elapsed(),
+                    waited: now - started,
                 });
             }
-            self.wait(deadline, |_| {
+            self.wait(now, deadline, |_| {
                 conn.ctl(tx).head() != head || conn.peer_gone()
             });
         }
@@ -797,21 +809,23 @@ impl Endpoint for ShmEndpoint {
 
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
         let conn = self.conn(peer)?;
-        let started = Instant::now();
+        let mut started = None;
         let tx = conn.side;
         loop {
             if lock(&conn.producer).drained(conn.ctl(tx)) || conn.peer_gone() {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            let started = *started.get_or_insert(now);
+            if now >= deadline {
                 let unread = lock(&conn.producer).unread(conn.ctl(tx));
                 return Err(Error::NoResponse {
                     what: format!("{} to read the {unread} bytes sent to it", conn.peer_name),
-                    waited: started.elapsed(),
+                    waited: now - started,
                 });
             }
             let head = conn.ctl(tx).head();
-            self.wait(deadline, |_| {
+            self.wait(now, deadline, |_| {
                 conn.ctl(tx).head() != head || conn.peer_gone()
             });
         }
@@ -822,10 +836,11 @@ impl Endpoint for ShmEndpoint {
             if let Some(event) = self.poll() {
                 return Ok(Some(event));
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return Ok(None);
             }
-            self.wait(deadline, Self::has_work);
+            self.wait(now, deadline, Self::has_work);
         }
     }
 

@@ -223,6 +223,12 @@ impl Producer {
         true
     }
 
+    /// The consumer's `head` as this producer last read it. After
+    /// [`reserve`](Self::reserve) found no room, it is the value read then.
+    pub fn head_seen(&self) -> u64 {
+        self.head_seen
+    }
+
     /// Bytes published and not yet released by the consumer.
     pub fn unread(&self, ctl: &RingCtl) -> u64 {
         self.published.saturating_sub(ctl.head())

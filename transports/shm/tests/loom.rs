@@ -158,7 +158,9 @@ fn a_sleeping_receiver_is_woken_by_a_frame() {
             p.send(&mut producer, 7, 1, Some(&b));
         });
         let mut consumer = Consumer::default();
-        let woke = bell.wait(far(), Duration::ZERO, false, || consumer.has_more(&r.ctl));
+        let woke = bell.wait(Instant::now(), far(), Duration::ZERO, false, || {
+            consumer.has_more(&r.ctl)
+        });
         assert!(woke);
         let taken = consumer.next(&r.ctl, &r.words).unwrap().unwrap();
         r.check(&taken, 7, 1);
@@ -184,11 +186,44 @@ fn a_sleeping_sender_is_woken_by_a_release() {
             }
         });
         let mut reserved = None;
-        let woke = bell.wait(far(), Duration::ZERO, false, || {
+        let woke = bell.wait(Instant::now(), far(), Duration::ZERO, false, || {
             reserved = producer.reserve(&r.ctl, &r.words, 24).unwrap();
             reserved.is_some()
         });
         assert!(woke && reserved.is_some());
+        consumer.join().unwrap();
+    });
+}
+
+/// The endpoint's `lend`: a reservation that finds no room waits for
+/// `head` to move from the value that reservation read
+/// (`Producer::head_seen`), not from a value read before it, and no
+/// release made in between is missed.
+#[test]
+fn a_sender_waiting_on_the_head_it_saw_misses_no_release() {
+    model(|| {
+        let r = ring(64);
+        let bell = Arc::new(Doorbell::new()); // the producer's
+        let mut producer = Producer::default();
+        r.send(&mut producer, 1, 3, None); // 32 of 64 bytes
+        r.send(&mut producer, 2, 3, None); // full
+        let (c, b) = (r.clone(), bell.clone());
+        let consumer = thread::spawn(move || {
+            let mut consumer = Consumer::default();
+            let t = consumer.next(&c.ctl, &c.words).unwrap().unwrap();
+            if consumer.release(&c.ctl, t.start, t.end) {
+                b.ring();
+            }
+        });
+        loop {
+            if producer.reserve(&r.ctl, &r.words, 24).unwrap().is_some() {
+                break;
+            }
+            let seen = producer.head_seen();
+            assert!(bell.wait(Instant::now(), far(), Duration::ZERO, false, || {
+                r.ctl.head() != seen
+            }));
+        }
         consumer.join().unwrap();
     });
 }
@@ -214,7 +249,7 @@ fn the_doorbell_loses_no_wake_up_between_two_ringers() {
             if seen == 2 {
                 break;
             }
-            assert!(bell.wait(far(), Duration::ZERO, false, || {
+            assert!(bell.wait(Instant::now(), far(), Duration::ZERO, false, || {
                 count.load(Ordering::Relaxed) != seen
             }));
         }
@@ -266,9 +301,12 @@ fn connect_slots_deliver_every_post_once() {
         while got.len() < 2 {
             let seen = posted(&mb.posted);
             if seen == scanned {
-                assert!(mb.bell.wait(far(), Duration::ZERO, false, || {
-                    posted(&mb.posted) != scanned
-                }));
+                assert!(
+                    mb.bell
+                        .wait(Instant::now(), far(), Duration::ZERO, false, || {
+                            posted(&mb.posted) != scanned
+                        })
+                );
                 continue;
             }
             if is_ready(&mb.state) {
