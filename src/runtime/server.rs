@@ -110,21 +110,20 @@ impl<E: Endpoint> Server<E> {
                 .core
                 .next_deadline()
                 .map_or(now + IDLE, |d| d.min(now + IDLE));
-            match self.ep.recv(wake)? {
+            let event = self.ep.recv(wake)?;
+            // One reading of the clock serves the whole round: a small
+            // message's round trip costs a few of them otherwise.
+            let now = Instant::now();
+            match event {
                 None | Some(Event::Connected(_)) => {}
                 Some(Event::Frame(peer, frame)) => {
-                    self.core.on_frame(
-                        peer,
-                        &frame,
-                        Instant::now(),
-                        &mut self.tables,
-                        &mut self.out,
-                    );
+                    self.core
+                        .on_frame(peer, &frame, now, &mut self.tables, &mut self.out);
                 }
-                Some(Event::Disconnected(peer)) => self.core.on_disconnect(peer, Instant::now()),
+                Some(Event::Disconnected(peer)) => self.core.on_disconnect(peer, now),
             }
-            self.core.poll(Instant::now(), &mut self.out);
-            self.deliver();
+            self.core.poll(now, &mut self.out);
+            self.deliver(now);
         }
         Ok(ServerReport {
             stats: self.core.stats(),
@@ -134,10 +133,15 @@ impl<E: Endpoint> Server<E> {
 
     /// Sends what the state machine asked for. A peer that cannot be sent
     /// to is disconnected; that never stops the server.
-    fn deliver(&mut self) {
+    ///
+    /// Each send may wait `send_timeout` from when it starts, so one slow
+    /// peer cannot use up the others' time; the first starts at `now`, the
+    /// round's reading of the clock.
+    fn deliver(&mut self, now: Instant) {
         let mut outputs = std::mem::take(&mut self.out);
+        let mut first = Some(now);
         for output in outputs.drain(..) {
-            let deadline = Instant::now() + self.send_timeout;
+            let deadline = first.take().unwrap_or_else(Instant::now) + self.send_timeout;
             let (peer, sent) = match output {
                 Output::Send(peer, reply) => {
                     let msg = reply.message();

@@ -419,7 +419,8 @@ impl<E: Endpoint> Worker<E> {
 
     fn send_pending(&mut self, tick: bool) -> Result<PushTicket> {
         self.check_ok()?;
-        let deadline = Instant::now() + self.spec.timeout;
+        let now = Instant::now();
+        let deadline = now + self.spec.timeout;
         // Backpressure: bound what is kept for resending.
         if (0..self.peers.len()).any(|s| self.core.unacked(s) >= MAX_UNACKED) {
             let last = self.core.last_sent();
@@ -429,8 +430,9 @@ impl<E: Endpoint> Worker<E> {
         for (shard, seq) in self.core.flush(tick) {
             self.send_push(shard, seq, deadline)?;
         }
-        // Take in whatever acknowledgements have arrived, without waiting.
-        while self.pump(Instant::now())? {}
+        // Take in whatever acknowledgements have arrived, without waiting
+        // (`now` has passed: no need to read the clock again for that).
+        while self.pump(now)? {}
         Ok(PushTicket {
             seqs: self.core.last_sent(),
         })
