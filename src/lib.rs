@@ -68,6 +68,7 @@
 mod clock;
 mod element;
 mod error;
+pub mod idhash;
 pub mod proto;
 mod runtime;
 mod schedule;

@@ -14,7 +14,7 @@
 //! BSP (`s = 0`) that means once per clock; under Async (no bound) a row is
 //! reused within the clock it was fetched in and fetched again after.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use super::server::status_from_code;
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
 use crate::element::{Element, ElementKind, add_le_slice, le_bytes, write_le_slice};
 use crate::error::{Error, Result};
+use crate::idhash::IdMap;
 use crate::table::ShardMap;
 
 /// What every participant must agree on about one table.
@@ -84,7 +85,7 @@ const SPARE_BUFFERS: usize = 4;
 /// Rows pending for one table and shard: deltas summed per key.
 #[derive(Debug, Default)]
 struct Rows {
-    index: HashMap<u64, usize>,
+    index: IdMap<u64, usize>,
     keys: Vec<u64>,
     values: Vec<u8>,
 }
@@ -149,9 +150,9 @@ pub struct ClientCore {
     links: Vec<Link>,
     /// `pending[shard][table]`: deltas not yet sent.
     pending: Vec<Vec<Rows>>,
-    cache: Vec<HashMap<u64, Cached>>,
+    cache: Vec<IdMap<u64, Cached>>,
     next_req: u64,
-    requests: HashMap<u64, Request>,
+    requests: IdMap<u64, Request>,
     /// Emptied value buffers of acknowledged pushes, for the next clocks.
     spare: Vec<Vec<u8>>,
     stats: ClientStats,
@@ -173,10 +174,10 @@ impl ClientCore {
             pending: (0..shards)
                 .map(|_| tables.iter().map(|_| Rows::default()).collect())
                 .collect(),
-            cache: tables.iter().map(|_| HashMap::new()).collect(),
+            cache: tables.iter().map(|_| IdMap::default()).collect(),
             tables,
             next_req: 1,
-            requests: HashMap::new(),
+            requests: IdMap::default(),
             spare: Vec::new(),
             stats: ClientStats::default(),
         }
@@ -472,7 +473,7 @@ impl ClientCore {
 
     /// Forgets every cached row (the next pulls go to the servers).
     pub fn clear_cache(&mut self) {
-        self.cache.iter_mut().for_each(HashMap::clear);
+        self.cache.iter_mut().for_each(IdMap::clear);
     }
 
     /// The connection to `shard` dropped and a new one is being made:

@@ -8,7 +8,6 @@
 //! reached through the [`ShardTables`] trait, so the machine can be driven
 //! against a model in tests.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::codec::{
@@ -16,6 +15,7 @@ use super::codec::{
 };
 use crate::clock::{VectorClock, WorkerId, WorkerStatus};
 use crate::error::Result;
+use crate::idhash::IdMap;
 use crate::transport::PeerId;
 
 /// What a server shard needs from its table storage.
@@ -148,7 +148,7 @@ pub struct ServerCore {
     clocks: VectorClock,
     /// Highest applied push sequence number per worker.
     applied: Vec<u64>,
-    roles: HashMap<PeerId, Role>,
+    roles: IdMap<PeerId, Role>,
     /// The connection speaking for each worker.
     conn_of: Vec<Option<PeerId>>,
     /// The session (process) each worker first registered from.
@@ -167,7 +167,7 @@ impl ServerCore {
         ServerCore {
             clocks: VectorClock::new(n),
             applied: vec![0; n],
-            roles: HashMap::new(),
+            roles: IdMap::default(),
             conn_of: vec![None; n],
             session_of: vec![None; n],
             lost_at: vec![None; n],

@@ -1,7 +1,6 @@
 //! A worker: the client state machine driven over an endpoint, with typed
 //! push, pull and clock calls.
 
-use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
@@ -10,6 +9,7 @@ use super::spec::ClusterSpec;
 use crate::clock::WorkerId;
 use crate::element::{Element, read_le_slice};
 use crate::error::{Error, Result};
+use crate::idhash::{IdMap, IdSet};
 use crate::proto::{ClientCore, ClientStats, Hello, Message, Role, decode};
 use crate::transport::{Endpoint, Event, PeerId};
 
@@ -90,9 +90,9 @@ pub struct Worker<E: Endpoint> {
     core: ClientCore,
     spec: ClusterSpec,
     peers: Vec<PeerId>,
-    shard_of: HashMap<PeerId, usize>,
+    shard_of: IdMap<PeerId, usize>,
     /// Connections replaced by a reconnect; their late events are ignored.
-    stale: HashSet<PeerId>,
+    stale: IdSet<PeerId>,
     /// Per shard, when its connection dropped, until a new one is welcomed.
     lost_since: Vec<Option<Instant>>,
     /// What this worker says when it (re)connects.
@@ -151,8 +151,8 @@ impl<E: Endpoint> Worker<E> {
             ep,
             spec: spec.clone(),
             peers: vec![PeerId(u64::MAX); spec.servers],
-            shard_of: HashMap::new(),
-            stale: HashSet::new(),
+            shard_of: IdMap::default(),
+            stale: IdSet::default(),
             lost_since: vec![None; spec.servers],
             session,
             left_shards: vec![false; spec.servers],

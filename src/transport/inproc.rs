@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use super::{Endpoint, Event, PeerId, Transport};
 use crate::error::{Error, Result};
+use crate::idhash::IdMap;
 use crate::sync::{Arc, Backoff, Condvar, Mutex, MutexGuard, lock, wait_until};
 
 /// Default credit per connection direction: 256 MiB.
@@ -124,7 +125,7 @@ impl Transport for InProcess {
             registry: self.registry.clone(),
             capacity: self.capacity,
             inbox,
-            peers: HashMap::new(),
+            peers: IdMap::default(),
         })
     }
 }
@@ -258,7 +259,7 @@ pub struct InProcessEndpoint {
     registry: Arc<Registry>,
     capacity: usize,
     inbox: Arc<Inbox>,
-    peers: HashMap<PeerId, (Arc<Link>, usize)>,
+    peers: IdMap<PeerId, (Arc<Link>, usize)>,
 }
 
 impl fmt::Debug for InProcessEndpoint {
