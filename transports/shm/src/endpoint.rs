@@ -9,7 +9,6 @@
 //! A lent buffer is a slot of the ring the peer reads, so a frame is
 //! written once, by its sender, into memory its receiver reads in place.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::ops::{Deref, DerefMut};
@@ -18,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use laggard::idhash::IdMap;
 use laggard::transport::{Endpoint, Event, PeerId, Transport};
 use laggard::{Error, Result};
 
@@ -245,7 +245,7 @@ impl Transport for ShmTransport {
             name: name.to_owned(),
             path,
             mailbox,
-            conns: HashMap::new(),
+            conns: IdMap::default(),
             order: Vec::new(),
             rr: 0,
             next_peer: 0,
@@ -292,6 +292,11 @@ struct Conn {
     peer_name: String,
     producer: Mutex<Producer>,
     consumer: Mutex<Consumer>,
+    /// How far `take` has read the incoming ring: the consumer's read
+    /// position, copied out so that `has_work` checks for frames without
+    /// taking the consumer's lock in every round of a spin. Only the
+    /// endpoint's thread (`take`, `has_more`) touches it, so Relaxed.
+    taken_to: AtomicU64,
     /// The peer's process died or broke the ring's rules.
     failed: AtomicBool,
     why: Mutex<Option<String>>,
@@ -317,6 +322,7 @@ impl Conn {
             peer_name,
             producer: Mutex::new(Producer::default()),
             consumer: Mutex::new(Consumer::default()),
+            taken_to: AtomicU64::new(0),
             failed: AtomicBool::new(false),
             why: Mutex::new(None),
             file,
@@ -382,11 +388,17 @@ impl Conn {
 
     fn take(&self) -> std::result::Result<Option<Taken>, ring::Corrupt> {
         let rx = 1 - self.side;
-        lock(&self.consumer).next(self.ctl(rx), self.words(rx))
+        let mut consumer = lock(&self.consumer);
+        let taken = consumer.next(self.ctl(rx), self.words(rx));
+        // Relaxed: see `taken_to`.
+        self.taken_to.store(consumer.read_pos(), Ordering::Relaxed);
+        taken
     }
 
+    /// Whether the peer published something `take` has not read.
     fn has_more(&self) -> bool {
-        lock(&self.consumer).has_more(self.ctl(1 - self.side))
+        // Relaxed: see `taken_to`.
+        self.ctl(1 - self.side).tail() != self.taken_to.load(Ordering::Relaxed)
     }
 }
 
@@ -404,7 +416,7 @@ pub struct ShmEndpoint {
     name: String,
     path: PathBuf,
     mailbox: Mailbox,
-    conns: HashMap<PeerId, Arc<Conn>>,
+    conns: IdMap<PeerId, Arc<Conn>>,
     order: Vec<PeerId>,
     rr: usize,
     next_peer: u64,

@@ -262,9 +262,11 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Whether the producer published something not yet taken.
-    pub fn has_more(&self, ctl: &RingCtl) -> bool {
-        ctl.tail() != self.read
+    /// How far [`next`](Self::next) has read: everything before it was
+    /// taken (frames) or released (pads). The producer published something
+    /// not yet taken while [`RingCtl::tail`] differs from it.
+    pub fn read_pos(&self) -> u64 {
+        self.read
     }
 
     /// The next frame, skipping pads, or `None` if the ring is empty.

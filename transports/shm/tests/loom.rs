@@ -158,8 +158,11 @@ fn a_sleeping_receiver_is_woken_by_a_frame() {
             p.send(&mut producer, 7, 1, Some(&b));
         });
         let mut consumer = Consumer::default();
+        // The endpoint's `has_work`: the published tail against a copy of
+        // how far the consumer has read.
+        let read = consumer.read_pos();
         let woke = bell.wait(Instant::now(), far(), Duration::ZERO, false, || {
-            consumer.has_more(&r.ctl)
+            r.ctl.tail() != read
         });
         assert!(woke);
         let taken = consumer.next(&r.ctl, &r.words).unwrap().unwrap();

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use laggard::idhash::IdMap;
 use laggard::transport::{Endpoint, Event, PeerId, Transport};
 use laggard::{Error, Result};
 
@@ -253,7 +254,7 @@ pub(crate) struct Shared {
     pub(crate) inbox: Inbox<Incoming>,
     /// Connections with released credit to return.
     pub(crate) keeper: Inbox<Arc<Conn>>,
-    conns: Mutex<HashMap<PeerId, Arc<Conn>>>,
+    conns: Mutex<IdMap<PeerId, Arc<Conn>>>,
     /// The connections being read; whoever holds the lock reads them.
     /// (The shim's mutex: `flow::wait_reading` waits on it, and that loop
     /// is model-checked.)
