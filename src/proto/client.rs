@@ -79,7 +79,8 @@ pub struct ClientStats {
     pub reconnects: u64,
 }
 
-/// Value buffers of acknowledged pushes kept for reuse.
+/// Row sets of acknowledged pushes kept for reuse (their key lists,
+/// indexes and value buffers, emptied).
 const SPARE_BUFFERS: usize = 4;
 
 /// Rows pending for one table and shard: deltas summed per key.
@@ -93,6 +94,13 @@ struct Rows {
 impl Rows {
     fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Empties the set, keeping its allocations for the next clock.
+    fn clear(&mut self) {
+        self.index.clear();
+        self.keys.clear();
+        self.values.clear();
     }
 }
 
@@ -153,8 +161,11 @@ pub struct ClientCore {
     cache: Vec<IdMap<u64, Cached>>,
     next_req: u64,
     requests: IdMap<u64, Request>,
-    /// Emptied value buffers of acknowledged pushes, for the next clocks.
-    spare: Vec<Vec<u8>>,
+    /// Emptied row sets of acknowledged pushes, for the next clocks: a
+    /// push then allocates nothing (a large row, no fresh pages either).
+    spare: Vec<Rows>,
+    /// Emptied section lists of acknowledged pushes, likewise.
+    spare_sections: Vec<Vec<(u32, Rows)>>,
     stats: ClientStats,
 }
 
@@ -179,6 +190,7 @@ impl ClientCore {
             next_req: 1,
             requests: IdMap::default(),
             spare: Vec::new(),
+            spare_sections: Vec::new(),
             stats: ClientStats::default(),
         }
     }
@@ -260,27 +272,31 @@ impl ClientCore {
     /// connections wait for its welcome ([`on_welcome`](Self::on_welcome)).
     pub fn flush(&mut self, tick: bool) -> Vec<(usize, u64)> {
         let mut out = Vec::new();
+        self.flush_into(tick, &mut out);
+        out
+    }
+
+    /// [`flush`](Self::flush), appending to `out` (a buffer the caller
+    /// reuses) instead of allocating.
+    pub fn flush_into(&mut self, tick: bool, out: &mut Vec<(usize, u64)>) {
         for (shard, link) in self.links.iter_mut().enumerate() {
             let pending = &mut self.pending[shard];
             if !tick && pending.iter().all(Rows::is_empty) {
                 continue;
             }
             let spare = &mut self.spare;
-            let sections = pending
-                .iter_mut()
-                .enumerate()
-                .filter(|(_, rows)| !rows.is_empty())
-                .map(|(t, rows)| {
-                    // Reuse the buffers of acknowledged pushes: a large row
-                    // then costs no fresh allocation (and page faults) per
-                    // clock.
-                    let fresh = Rows {
-                        values: spare.pop().unwrap_or_default(),
-                        ..Rows::default()
-                    };
-                    (t as u32, std::mem::replace(rows, fresh))
-                })
-                .collect();
+            let mut sections = self.spare_sections.pop().unwrap_or_default();
+            sections.extend(
+                pending
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, rows)| !rows.is_empty())
+                    .map(|(t, rows)| {
+                        // Reuse the row sets of acknowledged pushes.
+                        let fresh = spare.pop().unwrap_or_default();
+                        (t as u32, std::mem::replace(rows, fresh))
+                    }),
+            );
             let seq = link.next_seq;
             link.next_seq += 1;
             link.unacked.push_back(Sent {
@@ -297,7 +313,6 @@ impl ClientCore {
         if tick {
             self.clock += 1;
         }
-        out
     }
 
     /// Calls `f` with the push `seq` to `shard` as a message, if it is still
@@ -314,22 +329,28 @@ impl ClientCore {
             .unacked
             .iter()
             .find(|s| s.seq == seq)?;
-        let sections: Vec<Section<'_>> = sent
-            .sections
-            .iter()
-            .map(|(table, rows)| Section {
+        fn section((table, rows): &(u32, Rows)) -> Section<'_> {
+            Section {
                 table: *table,
                 keys: Keys::Native(&rows.keys),
                 values: &rows.values,
-            })
-            .collect();
-        Some(f(&Message::Push(Push {
-            worker: self.worker,
-            seq,
-            clock: sent.clock,
-            tick: sent.tick,
-            sections: Sections::Native(&sections),
-        })))
+            }
+        }
+        let push = |sections: &[Section<'_>]| {
+            f(&Message::Push(Push {
+                worker: self.worker,
+                seq,
+                clock: sent.clock,
+                tick: sent.tick,
+                sections: Sections::Native(sections),
+            }))
+        };
+        // Most pushes touch one table: no list to allocate for those.
+        Some(match sent.sections.as_slice() {
+            [] => push(&[]),
+            [one] => push(std::slice::from_ref(&section(one))),
+            many => push(&many.iter().map(section).collect::<Vec<_>>()),
+        })
     }
 
     /// Pushes to `shard` not yet acknowledged.
@@ -597,13 +618,15 @@ impl ClientCore {
                     ));
                 }
                 while link.unacked.front().is_some_and(|s| s.seq <= ack.seq) {
-                    if let Some(sent) = link.unacked.pop_front() {
-                        for (_, rows) in sent.sections {
+                    if let Some(mut sent) = link.unacked.pop_front() {
+                        for (_, mut rows) in sent.sections.drain(..) {
                             if self.spare.len() < SPARE_BUFFERS {
-                                let mut values = rows.values;
-                                values.clear();
-                                self.spare.push(values);
+                                rows.clear();
+                                self.spare.push(rows);
                             }
+                        }
+                        if self.spare_sections.len() < SPARE_BUFFERS {
+                            self.spare_sections.push(sent.sections);
                         }
                     }
                 }

@@ -91,6 +91,8 @@ pub struct Worker<E: Endpoint> {
     spec: ClusterSpec,
     peers: Vec<PeerId>,
     shard_of: IdMap<PeerId, usize>,
+    /// The pushes a flush has to send, kept to reuse its allocation.
+    to_send: Vec<(usize, u64)>,
     /// Connections replaced by a reconnect; their late events are ignored.
     stale: IdSet<PeerId>,
     /// Per shard, when its connection dropped, until a new one is welcomed.
@@ -152,6 +154,7 @@ impl<E: Endpoint> Worker<E> {
             spec: spec.clone(),
             peers: vec![PeerId(u64::MAX); spec.servers],
             shard_of: IdMap::default(),
+            to_send: Vec::new(),
             stale: IdSet::default(),
             lost_since: vec![None; spec.servers],
             session,
@@ -427,9 +430,13 @@ impl<E: Endpoint> Worker<E> {
             let ticket = PushTicket { seqs: last };
             self.wait_applied(&ticket, deadline)?;
         }
-        for (shard, seq) in self.core.flush(tick) {
-            self.send_push(shard, seq, deadline)?;
-        }
+        let mut to_send = std::mem::take(&mut self.to_send);
+        self.core.flush_into(tick, &mut to_send);
+        let sent = to_send
+            .drain(..)
+            .try_for_each(|(shard, seq)| self.send_push(shard, seq, deadline));
+        self.to_send = to_send;
+        sent?;
         // Take in whatever acknowledgements have arrived, without waiting
         // (`now` has passed: no need to read the clock again for that).
         while self.pump(now)? {}
