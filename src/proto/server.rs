@@ -510,6 +510,9 @@ impl ServerCore {
                 self.retire(w as u32, WorkerStatus::Dead, out);
             }
         }
+        if !self.parked.iter().any(|p| now >= p.deadline) {
+            return;
+        }
         let (expired, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.parked)
             .into_iter()
             .partition(|p| now >= p.deadline);
