@@ -6,10 +6,12 @@
 //! - `shm_small_64B`: a 64-byte push and its acknowledgement (push, flush,
 //!   wait until applied), in busy-poll mode, against a two-thread
 //!   cache-line ping-pong. Also the transport alone: a 64-byte frame and an
-//!   8-byte reply.
+//!   8-byte reply, between two threads and (to show what the transport's
+//!   own code costs) with both endpoints on one thread.
 //! - `shm_large_{4,64}MiB`: one row pushed (and applied), or pulled after a
-//!   clock made the cached copy stale, against `memcpy` of the same size. Also the transport alone: the row written
-//!   into a lent ring slot by the sender and copied out by the receiver.
+//!   clock made the cached copy stale, against `memcpy` of the same size.
+//!   Also the transport alone: the row written into a lent ring slot by the
+//!   sender and copied out by the receiver.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -164,6 +166,37 @@ fn small(c: &mut Criterion) {
     });
     drop(client);
     echo.join().unwrap();
+
+    // The same exchange with both endpoints on this thread: what the
+    // transport's own code costs, with no cache line crossing cores.
+    let shm = net(
+        "one",
+        ShmConfig::default().busy_poll(true).ring_bytes(1 << 20),
+    );
+    let mut near = shm.bind("near").unwrap();
+    let mut far_end = shm.bind("far").unwrap();
+    let to_far = near.connect("far", far()).unwrap();
+    let to_near = loop {
+        if let Some(Event::Connected(p)) = far_end.recv(far()).unwrap() {
+            break p;
+        }
+    };
+    let frame_from = |ep: &mut ShmEndpoint| match ep.recv(deadline).unwrap() {
+        Some(Event::Frame(_, frame)) => frame,
+        other => panic!("expected a frame, got {other:?}"),
+    };
+    g.bench_function("laggard_transport_frame_reply_one_thread", |b| {
+        b.iter(|| {
+            let mut buf = near.lend(to_far, 64, deadline).unwrap();
+            buf.fill(3);
+            near.send(buf).unwrap();
+            black_box(&*frame_from(&mut far_end));
+            let mut buf = far_end.lend(to_near, 8, deadline).unwrap();
+            buf.fill(1);
+            far_end.send(buf).unwrap();
+            black_box(&*frame_from(&mut near));
+        })
+    });
     g.finish();
 }
 

@@ -806,11 +806,11 @@ impl Endpoint for ShmEndpoint {
     }
 
     fn send(&mut self, mut buf: ShmBuf) -> Result<()> {
-        let conn = buf.conn.clone();
-        if conn.peer_gone() {
-            return Err(conn.gone_error()); // dropping `buf` turns it into a pad
+        if buf.conn.peer_gone() {
+            return Err(buf.conn.gone_error()); // dropping `buf` turns it into a pad
         }
         buf.sent = true;
+        let conn = &buf.conn;
         let tx = conn.side;
         let moved = lock(&conn.producer).complete(conn.ctl(tx), conn.words(tx), buf.record, true);
         if moved {
