@@ -171,23 +171,31 @@ fn a_sleeping_receiver_is_woken_by_a_frame() {
     });
 }
 
+/// A full 64-byte ring, the producer's doorbell, and a consumer thread that
+/// takes the first frame, releases it and rings.
+fn full_ring_with_a_releasing_consumer()
+-> (Arc<Ring>, Arc<Doorbell>, Producer, thread::JoinHandle<()>) {
+    let r = ring(64);
+    let bell = Arc::new(Doorbell::new()); // the producer's
+    let mut producer = Producer::default();
+    r.send(&mut producer, 1, 3, None); // 32 of 64 bytes
+    r.send(&mut producer, 2, 3, None); // full
+    let (c, b) = (r.clone(), bell.clone());
+    let consumer = thread::spawn(move || {
+        let mut consumer = Consumer::default();
+        let t = consumer.next(&c.ctl, &c.words).unwrap().unwrap();
+        if consumer.release(&c.ctl, t.start, t.end) {
+            b.ring();
+        }
+    });
+    (r, bell, producer, consumer)
+}
+
 /// A producer asleep waiting for room is woken when the consumer releases.
 #[test]
 fn a_sleeping_sender_is_woken_by_a_release() {
     model(|| {
-        let r = ring(64);
-        let bell = Arc::new(Doorbell::new()); // the producer's
-        let mut producer = Producer::default();
-        r.send(&mut producer, 1, 3, None); // 32 of 64 bytes
-        r.send(&mut producer, 2, 3, None); // full
-        let (c, b) = (r.clone(), bell.clone());
-        let consumer = thread::spawn(move || {
-            let mut consumer = Consumer::default();
-            let t = consumer.next(&c.ctl, &c.words).unwrap().unwrap();
-            if consumer.release(&c.ctl, t.start, t.end) {
-                b.ring();
-            }
-        });
+        let (r, bell, mut producer, consumer) = full_ring_with_a_releasing_consumer();
         let mut reserved = None;
         let woke = bell.wait(Instant::now(), far(), Duration::ZERO, false, || {
             reserved = producer.reserve(&r.ctl, &r.words, 24).unwrap();
@@ -205,19 +213,7 @@ fn a_sleeping_sender_is_woken_by_a_release() {
 #[test]
 fn a_sender_waiting_on_the_head_it_saw_misses_no_release() {
     model(|| {
-        let r = ring(64);
-        let bell = Arc::new(Doorbell::new()); // the producer's
-        let mut producer = Producer::default();
-        r.send(&mut producer, 1, 3, None); // 32 of 64 bytes
-        r.send(&mut producer, 2, 3, None); // full
-        let (c, b) = (r.clone(), bell.clone());
-        let consumer = thread::spawn(move || {
-            let mut consumer = Consumer::default();
-            let t = consumer.next(&c.ctl, &c.words).unwrap().unwrap();
-            if consumer.release(&c.ctl, t.start, t.end) {
-                b.ring();
-            }
-        });
+        let (r, bell, mut producer, consumer) = full_ring_with_a_releasing_consumer();
         loop {
             if producer.reserve(&r.ctl, &r.words, 24).unwrap().is_some() {
                 break;
