@@ -39,6 +39,7 @@ const KIND_PULL_TIMED_OUT: u8 = 7;
 const KIND_LEAVE: u8 = 8;
 const KIND_SHUTDOWN: u8 = 9;
 const KIND_FAULT: u8 = 10;
+const KIND_ROW_PIECE: u8 = 11;
 
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,6 +333,26 @@ pub struct PullResponse<'a> {
     pub values: &'a [u8],
 }
 
+/// A piece of the one row a pull asked for, server to worker: a server
+/// sends a long row in pieces, in order, when its transport asks for that
+/// ([`Endpoint::row_piece_len`](crate::transport::Endpoint::row_piece_len)),
+/// so the worker copies one piece out while the next one is written.
+#[derive(Debug, Clone, Copy)]
+pub struct RowPiece<'a> {
+    /// The request answered.
+    pub req: u64,
+    /// The row includes every update from clocks below this one.
+    pub clock: u64,
+    /// The table.
+    pub table: u32,
+    /// Where `values` starts in the row, in bytes.
+    pub offset: u64,
+    /// The whole row's length in bytes.
+    pub total: u64,
+    /// This piece of the row's values, little-endian.
+    pub values: &'a [u8],
+}
+
 /// A server gave up on a parked pull: the workers in `clocks` did not
 /// reach `needed` within the request's timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -386,6 +407,8 @@ pub enum Message<'a> {
     PullRequest(PullRequest<'a>),
     /// Rows, server to worker.
     PullResponse(PullResponse<'a>),
+    /// A piece of one long row, server to worker.
+    RowPiece(RowPiece<'a>),
     /// A parked pull expired, server to worker.
     PullTimedOut(PullTimedOut),
     /// The worker is done; it no longer holds anyone back.
@@ -408,6 +431,7 @@ impl<'a> Message<'a> {
             Message::PushAck(_) => KIND_PUSH_ACK,
             Message::PullRequest(_) => KIND_PULL_REQUEST,
             Message::PullResponse(_) => KIND_PULL_RESPONSE,
+            Message::RowPiece(_) => KIND_ROW_PIECE,
             Message::PullTimedOut(_) => KIND_PULL_TIMED_OUT,
             Message::Leave { .. } => KIND_LEAVE,
             Message::Shutdown => KIND_SHUTDOWN,
@@ -424,6 +448,7 @@ impl<'a> Message<'a> {
             Message::PushAck(_) => "push ack",
             Message::PullRequest(_) => "pull request",
             Message::PullResponse(_) => "pull response",
+            Message::RowPiece(_) => "row piece",
             Message::PullTimedOut(_) => "pull timeout",
             Message::Leave { .. } => "leave",
             Message::Shutdown => "shutdown",
@@ -438,6 +463,7 @@ impl<'a> Message<'a> {
             Message::PushAck(_) => 16,
             Message::PullRequest(p) => 32 + 8 * p.keys.len(),
             Message::PullResponse(p) => 32 + pad8(p.values.len()),
+            Message::RowPiece(p) => 48 + pad8(p.values.len()),
             Message::PullTimedOut(t) => 32 + 16 * t.clocks.len(),
             Message::Leave { .. } => 8,
             Message::Shutdown => 0,
@@ -529,6 +555,17 @@ impl<'a> Message<'a> {
             }
             Message::PullResponse(p) => {
                 write_pull_response_head(w, p.req, p.clock, p.table, p.rows, p.values.len());
+                w.values(p.values);
+                w.pad8();
+            }
+            Message::RowPiece(p) => {
+                w.u64(p.req);
+                w.u64(p.clock);
+                w.u32(p.table);
+                w.u32(0);
+                w.u64(p.offset);
+                w.u64(p.total);
+                w.u64(p.values.len() as u64);
                 w.values(p.values);
                 w.pad8();
             }
@@ -758,6 +795,29 @@ pub fn decode(frame: &[u8], max_payload: usize) -> Result<Message<'_>, DecodeErr
                 clock,
                 table,
                 rows,
+                values,
+            })
+        }
+        KIND_ROW_PIECE => {
+            let req = r.u64()?;
+            let clock = r.u64()?;
+            let table = r.u32()?;
+            r.zero_u32()?;
+            let offset = r.u64()?;
+            let total = r.u64()?;
+            let value_len = r.u64()?;
+            if offset.checked_add(value_len).is_none_or(|end| end > total) {
+                return Err(DecodeError::Malformed("a row piece reaches past its row"));
+            }
+            let value_len = usize::try_from(value_len).map_err(|_| COUNT)?;
+            let values = r.take(value_len)?;
+            r.padding(value_len)?;
+            Message::RowPiece(RowPiece {
+                req,
+                clock,
+                table,
+                offset,
+                total,
                 values,
             })
         }
@@ -1068,6 +1128,14 @@ mod tests {
             rows: 1,
             values: &values[..5],
         }));
+        round_trip(Message::RowPiece(RowPiece {
+            req: 1,
+            clock: 2,
+            table: 3,
+            offset: 16,
+            total: 40,
+            values: &values[..5],
+        }));
         round_trip(Message::PullTimedOut(PullTimedOut {
             req: 1,
             needed: 5,
@@ -1173,5 +1241,22 @@ mod tests {
             decode(&req, 1 << 20),
             Err(DecodeError::Malformed(_))
         ));
+        // A row piece that reaches past the row it claims to be part of,
+        // and one whose end overflows.
+        for (offset, total) in [(36, 40), (u64::MAX - 2, u64::MAX)] {
+            let piece = Message::RowPiece(RowPiece {
+                req: 1,
+                clock: 0,
+                table: 0,
+                offset,
+                total,
+                values: &[1; 5],
+            })
+            .to_vec();
+            assert_eq!(
+                decode(&piece, 1 << 20).unwrap_err(),
+                DecodeError::Malformed("a row piece reaches past its row")
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@ mod server;
 pub use client::{ClientCore, ClientStats, TableInfo};
 pub use codec::{
     DEFAULT_MAX_PAYLOAD, DecodeError, Fault, FaultCode, HEADER_LEN, Hello, Keys, MAGIC, Message,
-    PullRequest, PullResponse, PullTimedOut, Push, PushAck, Role, Section, Sections, VERSION,
-    Welcome, decode, pull_response_layout, split_frame, write_pull_response,
+    PullRequest, PullResponse, PullTimedOut, Push, PushAck, Role, RowPiece, Section, Sections,
+    VERSION, Welcome, decode, pull_response_layout, split_frame, write_pull_response,
 };
 pub use server::{Output, Reply, ServerConfig, ServerCore, ServerStats, ShardTables};
