@@ -3,6 +3,9 @@
 //! with connections cut and re-established mid-run (in-flight frames lost,
 //! unacknowledged pushes resent).
 //!
+//! One-row pull answers come whole or, in some runs, in pieces of a few
+//! elements (as a shared-memory server sends long rows).
+//!
 //! Checked: no worker at clock `c` under SSP(s) ever reads a row missing an
 //! update from a clock `<= c - s - 1`; every push is applied exactly once
 //! (final sums equal the clocks each worker finished); and every schedule
@@ -13,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use laggard::proto::{
-    ClientCore, Hello, Keys, Message, Output, PullResponse, Role, ServerConfig, ServerCore,
-    ShardTables, TableInfo, decode,
+    ClientCore, Hello, Keys, Message, Output, PullResponse, Role, RowPiece, ServerConfig,
+    ServerCore, ShardTables, TableInfo, decode,
 };
 use laggard::transport::PeerId;
 use laggard::{Consistency, ElementKind, Error, Placement, ShardMap};
@@ -88,10 +91,18 @@ struct Sim {
     /// (`on_owned_frame`, which keeps a one-row pull response in the cache
     /// as it is), the others decoded in place (`on_message`).
     owned_next: bool,
+    /// If set, one-row pull answers go in pieces of this many bytes.
+    piece: Option<usize>,
 }
 
 impl Sim {
-    fn new(workers: usize, shards: usize, clocks: u64, staleness: u64) -> Self {
+    fn new(
+        workers: usize,
+        shards: usize,
+        clocks: u64,
+        staleness: u64,
+        piece: Option<usize>,
+    ) -> Self {
         let map = ShardMap::new(Placement::RoundRobin, shards, 0..=(shards as u64 - 1)).unwrap();
         let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
             name: "t".into(),
@@ -136,6 +147,7 @@ impl Sim {
             violations: Vec::new(),
             duplicated: 0,
             owned_next: false,
+            piece,
         };
         for w in 0..workers {
             for s in 0..shards {
@@ -293,6 +305,27 @@ impl Sim {
                         row.iter()
                             .for_each(|x| values.extend_from_slice(&x.to_le_bytes()));
                     }
+                    // A one-row answer may go in pieces, one frame each.
+                    if let (Some(piece), [_]) = (self.piece, &keys[..]) {
+                        let dest = (0..self.workers)
+                            .find(|&x| self.peer[x][s] == peer)
+                            .unwrap();
+                        for (i, part) in values.chunks(piece).enumerate() {
+                            let msg = Message::RowPiece(RowPiece {
+                                req,
+                                clock,
+                                table,
+                                offset: (i * piece) as u64,
+                                total: values.len() as u64,
+                                values: part,
+                            });
+                            self.down
+                                .entry((dest, s))
+                                .or_default()
+                                .push_back(msg.to_vec());
+                        }
+                        continue;
+                    }
                     let msg = Message::PullResponse(PullResponse {
                         req,
                         clock,
@@ -361,8 +394,10 @@ proptest! {
         clocks in 1u64..6,
         staleness in 0u64..3,
         schedule in proptest::collection::vec(any::<u16>(), 0..400),
+        piece_elements in proptest::option::of(1usize..4),
     ) {
-        let mut sim = Sim::new(workers, shards, clocks, staleness);
+        let piece = piece_elements.map(|n| n * 8);
+        let mut sim = Sim::new(workers, shards, clocks, staleness, piece);
         for choice in schedule {
             let choice = choice as usize;
             let w = choice % workers;

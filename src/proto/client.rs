@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::codec::{
-    Keys, Message, PullRequest, PullResponse, PullTimedOut, Push, Section, Sections, Welcome,
-    decode,
+    Keys, Message, PullRequest, PullResponse, PullTimedOut, Push, RowPiece, Section, Sections,
+    Welcome, decode,
 };
 use super::server::status_from_code;
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
@@ -82,6 +82,9 @@ pub struct ClientStats {
 /// Row sets of acknowledged pushes kept for reuse (their key lists,
 /// indexes and value buffers, emptied).
 const SPARE_BUFFERS: usize = 4;
+
+/// Buffers of replaced cached rows kept for rows that arrive in pieces.
+const SPARE_ROWS: usize = 2;
 
 /// Rows pending for one table and shard: deltas summed per key.
 #[derive(Debug, Default)]
@@ -147,6 +150,16 @@ struct Request {
     min_clock: u64,
     timeout_ms: u64,
     outcome: Option<Result<()>>,
+    /// The row's pieces so far, while it arrives in pieces.
+    assembly: Option<Assembly>,
+}
+
+/// A long row arriving in pieces ([`RowPiece`]): the bytes so far, in order.
+#[derive(Debug)]
+struct Assembly {
+    values: Vec<u8>,
+    /// Every piece must come from the same version of the row.
+    clock: u64,
 }
 
 /// One worker's protocol state.
@@ -166,6 +179,11 @@ pub struct ClientCore {
     spare: Vec<Rows>,
     /// Emptied section lists of acknowledged pushes, likewise.
     spare_sections: Vec<Vec<(u32, Rows)>>,
+    /// Buffers of cached rows replaced by rows that came in pieces, for
+    /// the next such row to be assembled in.
+    spare_rows: Vec<Vec<u8>>,
+    /// See [`rows_restarted`](Self::rows_restarted).
+    rows_restarted: u64,
     stats: ClientStats,
 }
 
@@ -191,6 +209,8 @@ impl ClientCore {
             requests: IdMap::default(),
             spare: Vec::new(),
             spare_sections: Vec::new(),
+            spare_rows: Vec::new(),
+            rows_restarted: 0,
             stats: ClientStats::default(),
         }
     }
@@ -449,6 +469,7 @@ impl ClientCore {
                     min_clock,
                     timeout_ms,
                     outcome: None,
+                    assembly: None,
                 },
             );
             self.stats.pull_messages += 1;
@@ -484,6 +505,25 @@ impl ClientCore {
         }
     }
 
+    /// The first bytes of the row that request `req` is receiving in
+    /// pieces, as far as they arrived (empty before the first piece), or
+    /// `None` if the request is unknown. Lets a caller copy each piece out
+    /// while it is fresh in the cache; see
+    /// [`rows_restarted`](Self::rows_restarted).
+    pub fn assembled(&self, req: u64) -> Option<&[u8]> {
+        let r = self.requests.get(&req)?;
+        Some(r.assembly.as_ref().map_or(&[][..], |a| &a.values))
+    }
+
+    /// How many rows arriving in pieces were dropped half-way (by a lost
+    /// connection) and will come again from their first byte, maybe as
+    /// another version. A caller that copied bytes of
+    /// [`assembled`](Self::assembled) must copy again from the start when
+    /// this changed since.
+    pub fn rows_restarted(&self) -> u64 {
+        self.rows_restarted
+    }
+
     /// The cached row `key` of `table`, as little-endian bytes.
     pub fn cached(&self, table: u32, key: u64) -> Option<&[u8]> {
         self.cache
@@ -504,6 +544,13 @@ impl ClientCore {
     pub fn link_lost(&mut self, shard: usize) {
         if let Some(link) = self.links.get_mut(shard) {
             link.welcomed = false;
+        }
+        // A row that was arriving in pieces comes again, whole, from the
+        // first piece.
+        for r in self.requests.values_mut() {
+            if r.shard == shard && r.assembly.take().is_some() {
+                self.rows_restarted += 1;
+            }
         }
     }
 
@@ -605,6 +652,64 @@ impl ClientCore {
         Ok(row_bytes)
     }
 
+    /// Appends a piece of a long row to its request's assembly; the last
+    /// piece moves the row into the cache and completes the request.
+    /// Pieces must come in order, from one version of the row, and add up
+    /// to exactly the row.
+    fn on_row_piece(&mut self, shard: usize, piece: &RowPiece<'_>) -> Result<()> {
+        let Some(r) = self.requests.get_mut(&piece.req) else {
+            return Err(protocol(
+                shard,
+                format!("row piece for unknown request {}", piece.req),
+            ));
+        };
+        let row_bytes = self.tables[r.table as usize].row_bytes();
+        let so_far = r.assembly.as_ref().map_or(0, |a| a.values.len());
+        if r.shard != shard
+            || r.table != piece.table
+            || r.keys.len() != 1
+            || r.outcome.is_some()
+            || piece.total != row_bytes as u64
+            || piece.offset != so_far as u64
+            || r.assembly.as_ref().is_some_and(|a| a.clock != piece.clock)
+        {
+            return Err(protocol(
+                shard,
+                format!(
+                    "the piece at byte {} of {} does not continue the row of request {} \
+                     ({so_far} of its {row_bytes} bytes arrived)",
+                    piece.offset, piece.total, piece.req
+                ),
+            ));
+        }
+        let assembly = r.assembly.get_or_insert_with(|| {
+            let mut values = self.spare_rows.pop().unwrap_or_default();
+            values.clear();
+            values.reserve_exact(row_bytes);
+            Assembly {
+                values,
+                clock: piece.clock,
+            }
+        });
+        assembly.values.extend_from_slice(piece.values);
+        if assembly.values.len() < row_bytes {
+            return Ok(());
+        }
+        let Assembly { values, clock } = r.assembly.take().expect("assembled above");
+        r.outcome = Some(Ok(()));
+        let row = Cached {
+            data_clock: clock,
+            fetched_at: self.clock,
+            values,
+            at: 0,
+        };
+        let old = self.cache[r.table as usize].insert(r.keys[0], row);
+        if let Some(old) = old.filter(|_| self.spare_rows.len() < SPARE_ROWS) {
+            self.spare_rows.push(old.values);
+        }
+        Ok(())
+    }
+
     /// Handles a message from `shard`. An error means the shard broke the
     /// protocol or reported a fault; the connection should be dropped.
     pub fn on_message(&mut self, shard: usize, msg: Message<'_>) -> Result<()> {
@@ -652,6 +757,7 @@ impl ClientCore {
                 r.outcome = Some(Ok(()));
                 Ok(())
             }
+            Message::RowPiece(piece) => self.on_row_piece(shard, &piece),
             Message::PullTimedOut(t) => {
                 let Some(r) = self.requests.get_mut(&t.req) else {
                     return Err(protocol(
@@ -700,4 +806,104 @@ fn timeout_error(worker: u32, clock: u64, consistency: Consistency, t: &PullTime
         behind: clocks.behind(t.needed),
         clocks,
     })
+}
+
+#[cfg(all(test, not(laggard_loom)))]
+mod tests {
+    use super::*;
+    use crate::table::{Placement, ShardMap};
+
+    /// A worker of one shard with one `i64` table of width 4 (32-byte rows)
+    /// and a pull of `keys` in flight; returns the request.
+    fn pulling(keys: &[u64]) -> (ClientCore, u64) {
+        let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
+            name: "t".into(),
+            kind: ElementKind::I64,
+            width: 4,
+            consistency: Consistency::Bsp,
+            map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
+        }]);
+        let mut core = ClientCore::new(0, 1, tables);
+        let reqs = core.plan_pull(0, keys, Duration::from_secs(1)).unwrap();
+        (core, reqs[0])
+    }
+
+    fn piece(req: u64, clock: u64, offset: u64, values: &[u8]) -> Message<'_> {
+        Message::RowPiece(RowPiece {
+            req,
+            clock,
+            table: 0,
+            offset,
+            total: 32,
+            values,
+        })
+    }
+
+    #[test]
+    fn pieces_in_order_become_the_cached_row() {
+        let (mut core, req) = pulling(&[3]);
+        let row: Vec<u8> = (0..32).collect();
+        core.on_message(0, piece(req, 1, 0, &row[..8])).unwrap();
+        assert_eq!(core.assembled(req), Some(&row[..8]));
+        assert!(core.cached(0, 3).is_none(), "cached before the last piece");
+        core.on_message(0, piece(req, 1, 8, &row[8..])).unwrap();
+        assert!(matches!(core.take_outcome(req), Some(Ok(()))));
+        assert_eq!(core.cached(0, 3), Some(&row[..]));
+    }
+
+    #[test]
+    fn pieces_that_do_not_continue_the_row_are_protocol_errors() {
+        let bytes = [0u8; 32];
+        // (what, request id added, clock, offset) of the second piece.
+        let cases = [
+            ("a gap", 0, 1, 16),
+            ("another version", 0, 2, 8),
+            ("an unknown request", 1, 1, 8),
+        ];
+        for (what, other_req, clock, offset) in cases {
+            let (mut core, req) = pulling(&[3]);
+            core.on_message(0, piece(req, 1, 0, &bytes[..8])).unwrap();
+            let err = core.on_message(0, piece(req + other_req, clock, offset, &bytes[..8]));
+            assert!(
+                matches!(err, Err(Error::Protocol { .. })),
+                "{what}: {err:?}"
+            );
+        }
+        // A row of another length, and pieces for a pull of two rows.
+        let (mut core, req) = pulling(&[3]);
+        let long = Message::RowPiece(RowPiece {
+            req,
+            clock: 1,
+            table: 0,
+            offset: 0,
+            total: 40,
+            values: &bytes[..8],
+        });
+        assert!(matches!(
+            core.on_message(0, long),
+            Err(Error::Protocol { .. })
+        ));
+        let (mut core, req) = pulling(&[3, 4]);
+        assert!(matches!(
+            core.on_message(0, piece(req, 1, 0, &bytes[..8])),
+            Err(Error::Protocol { .. })
+        ));
+    }
+
+    #[test]
+    fn a_lost_link_starts_the_row_over() {
+        let (mut core, req) = pulling(&[3]);
+        let old = [1u8; 32];
+        let new = [2u8; 32];
+        core.on_message(0, piece(req, 1, 0, &old[..16])).unwrap();
+        assert_eq!(core.rows_restarted(), 0);
+        core.link_lost(0);
+        assert_eq!(core.rows_restarted(), 1);
+        assert_eq!(core.assembled(req), Some(&[][..]));
+        // The resent request is answered from the first byte again.
+        core.on_message(0, piece(req, 2, 0, &new[..16])).unwrap();
+        core.on_message(0, piece(req, 2, 16, &new[16..])).unwrap();
+        assert!(matches!(core.take_outcome(req), Some(Ok(()))));
+        assert_eq!(core.cached(0, 3), Some(&new[..]));
+    }
 }

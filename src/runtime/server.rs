@@ -8,8 +8,8 @@ use super::spec::ClusterSpec;
 use super::storage::ServerTables;
 use crate::error::{Error, Result};
 use crate::proto::{
-    Message, Output, PullResponse, ServerConfig, ServerCore, ServerStats, pull_response_layout,
-    write_pull_response,
+    Message, Output, PullResponse, RowPiece, ServerConfig, ServerCore, ServerStats,
+    pull_response_layout, write_pull_response,
 };
 use crate::transport::{Endpoint, Event, PeerId};
 
@@ -181,6 +181,9 @@ impl<E: Endpoint> Server<E> {
     /// over TCP its bytes go from the table to the socket with no copy.
     /// The row is held shared until the transport has it; this thread is
     /// the only one that pushes to its tables, so no push waits on that.
+    /// Where the transport asks for it ([`Endpoint::row_piece_len`]), a
+    /// long row goes out in pieces, one frame each, all read under that
+    /// one hold, so they add up to one version of the row.
     fn send_rows(
         &mut self,
         peer: PeerId,
@@ -192,6 +195,30 @@ impl<E: Endpoint> Server<E> {
     ) -> Result<()> {
         let value_len = keys.len() * crate::proto::ShardTables::row_bytes(&self.tables, table);
         if let [key] = *keys {
+            let piece = self
+                .ep
+                .row_piece_len()
+                .map(|p| (p & !63).max(MIN_ROW_PIECE));
+            if piece.is_some_and(|piece| value_len > piece) {
+                let piece = piece.expect("checked above");
+                let ep = &mut self.ep;
+                return self.tables.send_row(table, key, &mut |values| {
+                    let mut offset = 0;
+                    for values in values.chunks(piece) {
+                        let msg = Message::RowPiece(RowPiece {
+                            req,
+                            clock,
+                            table,
+                            offset: offset as u64,
+                            total: value_len as u64,
+                            values,
+                        });
+                        send_message(ep, peer, &msg, deadline)?;
+                        offset += values.len();
+                    }
+                    Ok(())
+                });
+            }
             if value_len >= SEND_IN_PARTS {
                 let ep = &mut self.ep;
                 return self.tables.send_row(table, key, &mut |values| {
@@ -219,6 +246,10 @@ impl<E: Endpoint> Server<E> {
 /// sends a push's deltas straight from the worker's pending buffer.
 /// Shorter ones are encoded into a lent buffer, which costs no allocation.
 const SEND_IN_PARTS: usize = 64 << 10;
+
+/// The shortest row piece a server sends, whatever the transport asks
+/// for: shorter pieces would cost more in messages than they save.
+const MIN_ROW_PIECE: usize = 4 << 10;
 
 /// Sends `msg`, encoded into a lent buffer or, if it is long, in parts;
 /// returns the frame length.

@@ -111,6 +111,25 @@ pub struct Worker<E: Endpoint> {
     frame_spare: Vec<u8>,
 }
 
+/// Copies the whole elements of `bytes` (a row's first bytes, as far as
+/// they arrived) that `copied` has not yet into `out`. `copied` is the
+/// count of restarted rows ([`ClientCore::rows_restarted`]) and the bytes
+/// copied at the last call; after a restart everything is copied again.
+/// Returns the new `copied`.
+fn copy_row_prefix<T: Element>(
+    bytes: &[u8],
+    restarts: u64,
+    copied: (u64, usize),
+    out: &mut [T],
+) -> (u64, usize) {
+    let from = if restarts == copied.0 { copied.1 } else { 0 };
+    let to = (bytes.len() / T::SIZE).min(out.len()) * T::SIZE;
+    if to > from {
+        read_le_slice(&bytes[from..to], &mut out[from / T::SIZE..to / T::SIZE]);
+    }
+    (restarts, to.max(from))
+}
+
 /// Frames this long or longer are moved out of the transport (no copy
 /// where it owns heap buffers) and a pulled row in one is cached where it
 /// lies; shorter ones are decoded in place.
@@ -279,7 +298,8 @@ impl<E: Endpoint> Worker<E> {
     }
 
     /// Pulls rows into `out` (`keys.len() × width` elements), waiting up to
-    /// the cluster's default timeout.
+    /// the cluster's default timeout. After an error, `out` may hold part
+    /// of the rows.
     pub fn pull<T: Element>(
         &mut self,
         table: &TableHandle<T>,
@@ -290,7 +310,8 @@ impl<E: Endpoint> Worker<E> {
         self.pull_by(table, keys, out, deadline)
     }
 
-    /// Pulls rows into `out`, waiting until `deadline` at most.
+    /// Pulls rows into `out`, waiting until `deadline` at most. After an
+    /// error, `out` may hold part of the rows.
     pub fn pull_by<T: Element>(
         &mut self,
         table: &TableHandle<T>,
@@ -344,7 +365,9 @@ impl<E: Endpoint> Worker<E> {
     }
 
     /// Waits for a started pull and copies its rows into `out`
-    /// (`keys × width` elements).
+    /// (`keys × width` elements). A single long row that arrives in pieces
+    /// ([`Endpoint::row_piece_len`]) is copied piece by piece as it comes;
+    /// after an error, `out` may hold part of the rows.
     pub fn finish_pull<T: Element>(
         &mut self,
         ticket: PullTicket<T>,
@@ -360,6 +383,13 @@ impl<E: Endpoint> Worker<E> {
             });
         }
         let mut first_err = None;
+        // A single row may arrive in pieces: each is copied into `out` as
+        // it arrives, while it is fresh in the cache.
+        let mut copied = (0, 0);
+        let one_row = match (&ticket.reqs[..], &ticket.keys[..]) {
+            ([req], [_]) => Some(*req),
+            _ => None,
+        };
         for &req in &ticket.reqs {
             loop {
                 if let Some(outcome) = self.core.take_outcome(req) {
@@ -367,6 +397,9 @@ impl<E: Endpoint> Worker<E> {
                         first_err.get_or_insert(e);
                     }
                     break;
+                }
+                if let Some(bytes) = one_row.and_then(|req| self.core.assembled(req)) {
+                    copied = copy_row_prefix(bytes, self.core.rows_restarted(), copied, out);
                 }
                 if !self.pump(deadline + SERVER_GRACE)? {
                     let what = format!(
@@ -393,7 +426,14 @@ impl<E: Endpoint> Worker<E> {
                     .ok_or_else(|| Error::Transport {
                         reason: format!("row {key} missing from the cache after its pull"),
                     })?;
-            read_le_slice(&bytes[..row_bytes], row);
+            // The pieces copied while they came are the cached row's
+            // start unless a row started over since.
+            let from = if copied.0 == self.core.rows_restarted() {
+                copied.1 / T::SIZE
+            } else {
+                0
+            };
+            read_le_slice(&bytes[from * T::SIZE..row_bytes], &mut row[from..]);
         }
         Ok(())
     }
@@ -661,7 +701,10 @@ impl<E: Endpoint> Worker<E> {
                 let stats = self.core.stats_mut();
                 stats.messages_received += 1;
                 stats.bytes_received += frame.len() as u64;
-                let handled = if frame.len() >= TAKE_FRAMES_FROM && self.core.is_welcomed(shard) {
+                // Where rows come in pieces, every frame is copied out of
+                // transport memory, so taking one would copy it twice.
+                let take = frame.len() >= TAKE_FRAMES_FROM && self.ep.row_piece_len().is_none();
+                let handled = if take && self.core.is_welcomed(shard) {
                     let mut buf = std::mem::take(&mut self.frame_spare);
                     self.ep.take_frame(frame, &mut buf);
                     self.core
@@ -705,5 +748,31 @@ impl<E: Endpoint> Worker<E> {
             Event::Connected(peer) => self.ep.disconnect(peer),
         }
         Ok(true)
+    }
+}
+
+#[cfg(all(test, not(laggard_loom)))]
+mod tests {
+    use super::copy_row_prefix;
+
+    #[test]
+    fn a_row_prefix_is_copied_by_whole_elements_and_again_after_a_restart() {
+        let row: Vec<u8> = [1u32, 2, 3, 4]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        let mut out = [0u32; 4];
+        // Six bytes: one whole element.
+        let copied = copy_row_prefix(&row[..6], 0, (0, 0), &mut out);
+        assert_eq!((copied, out), ((0, 4), [1, 0, 0, 0]));
+        let copied = copy_row_prefix(&row[..12], 0, copied, &mut out);
+        assert_eq!((copied, out), ((0, 12), [1, 2, 3, 0]));
+        // After a restart the row comes again, maybe as another version:
+        // what was copied before is overwritten.
+        let other: Vec<u8> = [9u32, 8].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let copied = copy_row_prefix(&other, 1, copied, &mut out);
+        assert_eq!((copied, out), ((1, 8), [9, 8, 3, 0]));
+        // Nothing new arrived (a finished assembly reads as empty).
+        assert_eq!(copy_row_prefix(&[], 1, copied, &mut out), (1, 8));
     }
 }

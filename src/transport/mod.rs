@@ -168,6 +168,25 @@ pub trait Endpoint: Send {
     /// The largest frame this endpoint can send.
     fn max_frame_len(&self) -> usize;
 
+    /// How many bytes of a long row to send per frame, or `None` (the
+    /// default) to send every row whole.
+    ///
+    /// A server asks its endpoint: a single-row pull whose row is longer
+    /// than this is answered with pieces of this many bytes
+    /// ([`RowPiece`](crate::proto::RowPiece) messages), in order. A
+    /// transport whose receiver copies every frame out of transport memory
+    /// (a shared-memory ring, registered memory) asks for pieces, so that
+    /// the worker copies one piece into its cache while the server writes
+    /// the next, and rows longer than the largest frame can be pulled. A
+    /// transport that hands a whole frame over without a copy
+    /// ([`take_frame`](Self::take_frame) swapping heap buffers, as TCP and
+    /// the in-process transport do) keeps the default. Both ends of a
+    /// connection must use the same transport, so the receiver's endpoint
+    /// says the same.
+    fn row_piece_len(&self) -> Option<usize> {
+        None
+    }
+
     /// A name for `peer` in error messages (its endpoint name if known).
     fn peer_name(&self, peer: PeerId) -> String;
 }
