@@ -866,6 +866,12 @@ impl Endpoint for ShmEndpoint {
         self.net.cfg.max_frame_len()
     }
 
+    /// Rows come in pieces: the receiver copies every frame out of the
+    /// ring, so it can copy one piece while the sender writes the next.
+    fn row_piece_len(&self) -> Option<usize> {
+        Some(self.net.cfg.row_piece_len())
+    }
+
     fn peer_name(&self, peer: PeerId) -> String {
         match self.conns.get(&peer) {
             Some(conn) => conn.peer_name.clone(),
