@@ -146,9 +146,11 @@ impl Producer {
         let at = self.reserved % cap;
         let mut filler = if at + need > cap { cap - at } else { 0 };
         // Far into the ring with this frame fitting before `at`: if the
-        // reader has caught up, start over at the beginning, so a
-        // connection that is not backed up keeps reusing its first pages
-        // (hot in cache, and the rest of the ring is never touched).
+        // reader has released the beginning of this lap, start over there,
+        // so a connection that is not backed up keeps reusing its first
+        // pages (hot in cache, and the rest of the ring is never touched).
+        // The reader need not have caught up: a long row streamed in
+        // pieces keeps one or two pieces unread while it flows.
         let recycle = filler == 0 && at >= recycle_after(cap) && need <= at;
         if recycle || self.reserved + filler + need - self.head_seen > cap {
             let head = ctl.head();
@@ -159,7 +161,8 @@ impl Producer {
                 )));
             }
             self.head_seen = head;
-            if recycle && head == self.reserved {
+            // `reserved - at` is where this lap began.
+            if recycle && head >= self.reserved - at + need {
                 filler = cap - at;
             }
             if self.reserved + filler + need - head > cap {
@@ -366,6 +369,31 @@ mod tests {
             "used {furthest} bytes"
         );
         assert!(consumer.next(&ctl, &words).unwrap().is_none());
+    }
+
+    /// A reader one frame behind (a row streamed in pieces: the reader
+    /// copies one while the writer writes the next) still lets the writer
+    /// start over at the beginning once the first frames are released.
+    #[test]
+    fn a_ring_streaming_one_frame_ahead_reuses_its_first_pages() {
+        let cap = 1u64 << 20;
+        let len = 100 << 10;
+        let ctl = RingCtl::with(0, 0);
+        let words: Vec<AtomicU64> = (0..cap / 8).map(|_| AtomicU64::new(0)).collect();
+        let (mut producer, mut consumer) = (Producer::default(), Consumer::default());
+        let mut unread = std::collections::VecDeque::new();
+        let mut furthest = 0;
+        for _ in 0..1000 {
+            let r = producer.reserve(&ctl, &words, len).unwrap().unwrap();
+            producer.complete(&ctl, &words, r.record, true);
+            unread.push_back(consumer.next(&ctl, &words).unwrap().unwrap());
+            if unread.len() == 2 {
+                let t = unread.pop_front().unwrap();
+                consumer.release(&ctl, t.start, t.end);
+                furthest = furthest.max(t.end % cap);
+            }
+        }
+        assert!(furthest <= 3 * (len + 8), "used {furthest} bytes");
     }
 
     /// A reader that falls behind: the writer goes on into the rest of the
