@@ -11,7 +11,9 @@
 //! - `shm_large_{4,64}MiB`: one row pushed (and applied), or pulled after a
 //!   clock made the cached copy stale, against `memcpy` of the same size.
 //!   Also the transport alone: the row written into a lent ring slot by the
-//!   sender and copied out by the receiver.
+//!   sender and copied out by the receiver; and the floor of any push,
+//!   with no transport or protocol: the delta written into memory another
+//!   thread reads, which then adds it into a row.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -58,6 +60,36 @@ fn pingpong_partner(line: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> JoinHandle<(
             } else {
                 std::hint::spin_loop();
             }
+        }
+    })
+}
+
+/// A delta handed from one thread to another, as in the push floor.
+struct Handoff {
+    delta: std::sync::Mutex<Vec<f32>>,
+    /// Rounds written and applied so far.
+    round: AtomicU64,
+    applied: AtomicU64,
+    stop: AtomicBool,
+}
+
+/// A second thread that adds each round's delta into a row of its own.
+fn push_applier(handoff: Arc<Handoff>, len: usize) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut row = vec![0f32; len];
+        let mut seen = 0;
+        while !handoff.stop.load(Ordering::Relaxed) {
+            let round = handoff.round.load(Ordering::Acquire);
+            if round == seen {
+                std::hint::spin_loop();
+                continue;
+            }
+            for (x, d) in row.iter_mut().zip(handoff.delta.lock().unwrap().iter()) {
+                *x += d;
+            }
+            black_box(&mut row);
+            seen = round;
+            handoff.applied.store(round, Ordering::Release);
         }
     })
 }
@@ -229,6 +261,37 @@ fn large(c: &mut Criterion) {
                 black_box(&mut dst);
             })
         });
+
+        // The least any push can cost, without a transport or a protocol:
+        // the delta written into memory the other core reads (a push is
+        // applied only when flushed, so it must be stored first), then added
+        // into the row by that core. Copying and adding run one after the
+        // other, as a flushed push and its application must.
+        let handoff = Arc::new(Handoff {
+            delta: std::sync::Mutex::new(vec![0f32; len]),
+            round: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let applier = push_applier(handoff.clone(), len);
+        let floor_delta = vec![0.25f32; len];
+        let mut round = 0;
+        let mut push_floor = || {
+            handoff
+                .delta
+                .lock()
+                .unwrap()
+                .copy_from_slice(black_box(&floor_delta));
+            round += 1;
+            handoff.round.store(round, Ordering::Release);
+            while handoff.applied.load(Ordering::Acquire) != round {
+                std::hint::spin_loop();
+            }
+        };
+        warm_up(&mut push_floor);
+        g.bench_function("floor_push_handoff", |b| b.iter(&mut push_floor));
+        handoff.stop.store(true, Ordering::Relaxed);
+        applier.join().unwrap();
 
         let cfg = ShmConfig::default().ring_bytes(4 * bytes as u64);
         let shm = net(&format!("big{mib}"), cfg.clone());
