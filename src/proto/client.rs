@@ -545,8 +545,8 @@ impl ClientCore {
         if let Some(link) = self.links.get_mut(shard) {
             link.welcomed = false;
         }
-        // A row that was arriving in pieces comes again, whole, from the
-        // first piece.
+        // A row that was arriving in pieces is requested again and comes
+        // again from its first piece, maybe as a newer version.
         for r in self.requests.values_mut() {
             if r.shard == shard && r.assembly.take().is_some() {
                 self.rows_restarted += 1;
