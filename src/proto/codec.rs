@@ -788,8 +788,7 @@ pub fn decode(frame: &[u8], max_payload: usize) -> Result<Message<'_>, DecodeErr
             let table = r.u32()?;
             let rows = r.u32()?;
             let value_len = usize::try_from(r.u64()?).map_err(|_| COUNT)?;
-            let values = r.take(value_len)?;
-            r.padding(value_len)?;
+            let values = r.take_padded(value_len)?;
             Message::PullResponse(PullResponse {
                 req,
                 clock,
@@ -810,8 +809,7 @@ pub fn decode(frame: &[u8], max_payload: usize) -> Result<Message<'_>, DecodeErr
                 return Err(DecodeError::Malformed("a row piece reaches past its row"));
             }
             let value_len = usize::try_from(value_len).map_err(|_| COUNT)?;
-            let values = r.take(value_len)?;
-            r.padding(value_len)?;
+            let values = r.take_padded(value_len)?;
             Message::RowPiece(RowPiece {
                 req,
                 clock,
@@ -850,9 +848,8 @@ pub fn decode(frame: &[u8], max_payload: usize) -> Result<Message<'_>, DecodeErr
         KIND_FAULT => {
             let code = r.u32()?;
             let len = r.u32()? as usize;
-            let text = std::str::from_utf8(r.take(len)?)
+            let text = std::str::from_utf8(r.take_padded(len)?)
                 .map_err(|_| DecodeError::Malformed("fault text is not UTF-8"))?;
-            r.padding(len)?;
             Message::Fault(Fault { code, text })
         }
         other => return Err(DecodeError::UnknownKind(other)),
@@ -870,8 +867,7 @@ fn read_section<'a>(r: &mut Reader<'a>) -> Result<Section<'a>, DecodeError> {
     let rows = r.u32()? as usize;
     let value_len = usize::try_from(r.u64()?).map_err(|_| COUNT)?;
     let keys = r.take(rows.checked_mul(8).ok_or(COUNT)?)?;
-    let values = r.take(value_len)?;
-    r.padding(value_len)?;
+    let values = r.take_padded(value_len)?;
     Ok(Section {
         table,
         keys: Keys::Wire(keys),
@@ -947,11 +943,13 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips the zero padding after a `len`-byte field.
-    fn padding(&mut self, len: usize) -> Result<(), DecodeError> {
+    /// `len` bytes followed by the zeros that pad them to a multiple of 8.
+    fn take_padded(&mut self, len: usize) -> Result<&'a [u8], DecodeError> {
+        let bytes = self.take(len)?;
         if self.take(pad8(len) - len)?.iter().any(|&b| b != 0) {
             return Err(DecodeError::Malformed("padding is not zero"));
         }
-        Ok(())
+        Ok(bytes)
     }
 }
 
