@@ -109,6 +109,11 @@ pub struct Worker<E: Endpoint> {
     /// ([`Endpoint::take_frame`]); a long pulled row stays in the cache in
     /// the frame it came in.
     frame_spare: Vec<u8>,
+    /// Whether long frames are taken ([`Endpoint::take_frame`]): not where
+    /// rows come in pieces ([`Endpoint::row_piece_len`]), since every
+    /// frame is then copied out of transport memory and taking one would
+    /// copy it twice.
+    takes_frames: bool,
 }
 
 /// Copies the whole elements of `bytes` (a row's first bytes, as far as
@@ -167,6 +172,7 @@ impl<E: Endpoint> Worker<E> {
             h.write_u32(id.0);
             h.finish()
         };
+        let takes_frames = ep.row_piece_len().is_none();
         let mut worker = Worker {
             core: ClientCore::new(id.0, spec.servers, spec.table_infos()),
             ep,
@@ -181,6 +187,7 @@ impl<E: Endpoint> Worker<E> {
             broken: None,
             left: false,
             frame_spare: Vec::new(),
+            takes_frames,
         };
         let hello = worker.hello();
         for shard in 0..spec.servers {
@@ -701,9 +708,7 @@ impl<E: Endpoint> Worker<E> {
                 let stats = self.core.stats_mut();
                 stats.messages_received += 1;
                 stats.bytes_received += frame.len() as u64;
-                // Where rows come in pieces, every frame is copied out of
-                // transport memory, so taking one would copy it twice.
-                let take = frame.len() >= TAKE_FRAMES_FROM && self.ep.row_piece_len().is_none();
+                let take = self.takes_frames && frame.len() >= TAKE_FRAMES_FROM;
                 let handled = if take && self.core.is_welcomed(shard) {
                     let mut buf = std::mem::take(&mut self.frame_spare);
                     self.ep.take_frame(frame, &mut buf);
