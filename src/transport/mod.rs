@@ -176,8 +176,8 @@ pub trait Endpoint: Send {
     /// ([`RowPiece`](crate::proto::RowPiece) messages), in order. A
     /// transport whose receiver copies every frame out of transport memory
     /// (a shared-memory ring) can ask for pieces, so that the worker copies
-    /// one piece into its cache while the server writes the next, and rows
-    /// longer than the largest frame can be pulled. A transport that hands
+    /// one piece into its cache while the server writes the next, and such
+    /// a row may be longer than the largest frame. A transport that hands
     /// a whole frame over without a copy
     /// ([`take_frame`](Self::take_frame) swapping heap buffers, as TCP and
     /// the in-process transport do) keeps the default. Both ends of a
