@@ -154,6 +154,13 @@ struct Request {
     assembly: Option<Assembly>,
 }
 
+/// What the transport carries: see [`ClientCore::set_frame_limit`].
+#[derive(Debug, Clone, Copy)]
+struct FrameLimit {
+    max_frame: usize,
+    rows_in_pieces: bool,
+}
+
 /// A long row arriving in pieces ([`RowPiece`]): the bytes so far, in order.
 #[derive(Debug)]
 struct Assembly {
@@ -184,6 +191,8 @@ pub struct ClientCore {
     spare_rows: Vec<Vec<u8>>,
     /// See [`rows_restarted`](Self::rows_restarted).
     rows_restarted: u64,
+    /// See [`set_frame_limit`](Self::set_frame_limit).
+    frame_limit: Option<FrameLimit>,
     stats: ClientStats,
 }
 
@@ -211,6 +220,7 @@ impl ClientCore {
             spare_sections: Vec::new(),
             spare_rows: Vec::new(),
             rows_restarted: 0,
+            frame_limit: None,
             stats: ClientStats::default(),
         }
     }
@@ -435,29 +445,35 @@ impl ClientCore {
         let info = self.table(table)?;
         let consistency = info.consistency;
         let map = info.map.clone();
+        let row_bytes = info.row_bytes();
         let mut misses: Vec<Vec<u64>> = vec![Vec::new(); self.links.len()];
         let cache = &self.cache[table as usize];
+        let mut from_cache = 0;
         for &key in keys {
             let shard = map.shard_of(key)?;
             let fresh = cache
                 .get(&key)
                 .is_some_and(|row| is_fresh(consistency, row, self.clock));
             if fresh {
-                self.stats.rows_from_cache += 1;
+                from_cache += 1;
             } else {
                 misses[shard].push(key);
             }
         }
+        for (shard, keys) in misses.iter_mut().enumerate() {
+            keys.sort_unstable();
+            keys.dedup();
+            self.check_answer_fits(table, shard, keys.len(), row_bytes)?;
+        }
+        self.stats.rows_from_cache += from_cache;
         self.stats.rows_pulled += keys.len() as u64;
         let min_clock = consistency.required_min(self.clock).unwrap_or(0);
         let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
         let mut reqs = Vec::new();
-        for (shard, mut keys) in misses.into_iter().enumerate() {
+        for (shard, keys) in misses.into_iter().enumerate() {
             if keys.is_empty() {
                 continue;
             }
-            keys.sort_unstable();
-            keys.dedup();
             let req = self.next_req;
             self.next_req += 1;
             self.requests.insert(
@@ -503,6 +519,52 @@ impl ClientCore {
                 reason: format!("pull request {req} is unknown (already collected?)"),
             })),
         }
+    }
+
+    /// Tells the worker the largest frame its transport carries, and
+    /// whether a row pulled on its own may come in pieces (and so be
+    /// longer): [`plan_pull`](Self::plan_pull) then refuses a pull whose
+    /// answer from some shard would not fit, at once, instead of the server
+    /// failing to send it and the pull waiting out its timeout. Without it
+    /// nothing is checked.
+    pub fn set_frame_limit(&mut self, max_frame: usize, rows_in_pieces: bool) {
+        self.frame_limit = Some(FrameLimit {
+            max_frame,
+            rows_in_pieces,
+        });
+    }
+
+    /// Whether the answer to a pull of `rows` rows of `table` from `shard`
+    /// fits the transport's frames (see [`set_frame_limit`](Self::set_frame_limit)).
+    fn check_answer_fits(
+        &self,
+        table: u32,
+        shard: usize,
+        rows: usize,
+        row_bytes: usize,
+    ) -> Result<()> {
+        let Some(limit) = self.frame_limit else {
+            return Ok(());
+        };
+        if rows == 0 || (rows == 1 && limit.rows_in_pieces) {
+            return Ok(());
+        }
+        let len = rows
+            .checked_mul(row_bytes)
+            .map(|bytes| super::codec::pull_response_layout(bytes).0);
+        if len.is_some_and(|len| len <= limit.max_frame) {
+            return Ok(());
+        }
+        let needs = len.map_or_else(|| "more than usize::MAX".into(), |len| len.to_string());
+        Err(Error::Transport {
+            reason: format!(
+                "a pull of {rows} rows of table {:?} from server shard {shard} needs a \
+                 {needs}-byte answer, more than the largest frame the transport carries \
+                 ({} bytes); pull fewer of that shard's keys at a time, or raise the \
+                 transport's frame limit",
+                self.tables[table as usize].name, limit.max_frame
+            ),
+        })
     }
 
     /// The first bytes of the row that request `req` is receiving in
@@ -814,7 +876,7 @@ mod tests {
     use crate::table::{Placement, ShardMap};
 
     /// A worker of one shard with one `i64` table of width 4 (32-byte rows)
-    /// and a pull of `keys` in flight; returns the request.
+    /// and a pull of `keys` in flight; returns the request (0 if no keys).
     fn pulling(keys: &[u64]) -> (ClientCore, u64) {
         let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
             name: "t".into(),
@@ -825,7 +887,7 @@ mod tests {
         }]);
         let mut core = ClientCore::new(0, 1, tables);
         let reqs = core.plan_pull(0, keys, Duration::from_secs(1)).unwrap();
-        (core, reqs[0])
+        (core, reqs.first().copied().unwrap_or(0))
     }
 
     fn piece(req: u64, clock: u64, offset: u64, values: &[u8]) -> Message<'_> {
@@ -888,6 +950,30 @@ mod tests {
             core.on_message(0, piece(req, 1, 0, &bytes[..8])),
             Err(Error::Protocol { .. })
         ));
+    }
+
+    #[test]
+    fn a_pull_whose_answer_exceeds_the_largest_frame_is_refused_at_once() {
+        let (mut core, _) = pulling(&[]);
+        // Two 32-byte rows need a 112-byte answer (16 header, 32 fields).
+        core.set_frame_limit(111, true);
+        let err = core.plan_pull(0, &[3, 4], Duration::from_secs(1));
+        let Err(Error::Transport { reason }) = err else {
+            panic!("expected a transport error, got {err:?}")
+        };
+        assert!(reason.contains("112-byte answer"), "{reason}");
+        assert!(reason.contains("(111 bytes)"), "{reason}");
+        assert_eq!(core.stats().rows_pulled, 0, "a refused pull was counted");
+        // Nothing was left in flight: the next request id is the first.
+        let reqs = core.plan_pull(0, &[3], Duration::from_secs(1)).unwrap();
+        assert_eq!(reqs, [1], "one row comes in pieces, whatever its size");
+        core.set_frame_limit(112, false);
+        assert_eq!(
+            core.plan_pull(0, &[5, 6], Duration::from_secs(1)).unwrap(),
+            [2]
+        );
+        core.set_frame_limit(40, false);
+        assert!(core.plan_pull(0, &[7], Duration::from_secs(1)).is_err());
     }
 
     #[test]

@@ -173,8 +173,10 @@ impl<E: Endpoint> Worker<E> {
             h.finish()
         };
         let takes_frames = ep.row_piece_len().is_none();
+        let mut core = ClientCore::new(id.0, spec.servers, spec.table_infos());
+        core.set_frame_limit(ep.max_frame_len(), !takes_frames);
         let mut worker = Worker {
-            core: ClientCore::new(id.0, spec.servers, spec.table_infos()),
+            core,
             ep,
             spec: spec.clone(),
             peers: vec![PeerId(u64::MAX); spec.servers],

@@ -1,7 +1,8 @@
 //! Long rows pulled over shared memory come in pieces
 //! ([`laggard::transport::Endpoint::row_piece_len`]): the worker sees the
 //! same values as over the in-process transport, which sends rows whole,
-//! and rows longer than the largest frame can be pulled.
+//! and rows longer than the largest frame can be pulled on their own (a
+//! pull of several that would not fit one frame is refused at once).
 
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,23 @@ fn long_rows_in_pieces_read_as_rows_sent_whole() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut worker = Worker::connect(ep, &spec, WorkerId(0), deadline).unwrap();
     let pieces = session(&mut worker).unwrap();
+    // Two long rows from one shard go as one frame, which is too long for
+    // this ring: refused at once, and the worker goes on.
+    let wide = worker.table::<f32>("wide").unwrap();
+    let mut two = vec![0f32; 2 * WIDE];
+    worker.clock().unwrap(); // the cached rows are stale now
+    let started = Instant::now();
+    let err = worker.pull(&wide, &[0, 1], &mut two).unwrap_err();
+    assert!(
+        err.to_string().contains("largest frame"),
+        "unexpected error: {err}"
+    );
+    assert!(
+        started.elapsed() < spec.default_timeout(),
+        "the refusal waited for the timeout"
+    );
+    let mut one = vec![0f32; WIDE];
+    worker.pull(&wide, &[1], &mut one).unwrap();
     worker.leave().unwrap();
     serving.join().unwrap().unwrap();
 
