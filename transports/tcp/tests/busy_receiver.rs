@@ -17,7 +17,14 @@ fn byte(i: usize) -> u8 {
 }
 
 /// A write that makes no progress for this long fails its connection.
-const DEAD_AFTER: Duration = Duration::from_millis(400);
+/// Long enough that a keeper thread starved by a loaded machine (a debug
+/// build, other test binaries) is not mistaken for a dead peer: with
+/// 400 ms, CI once saw the receiver drop the writer mid-frame.
+const DEAD_AFTER: Duration = Duration::from_millis(1500);
+
+/// The two tests each move 32 MiB or more through loopback with their
+/// threads busy; one at a time, so neither starves the other's keepers.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Two endpoints of a transport whose peers are declared dead after
 /// [`DEAD_AFTER`], the first connected to the second: the first's id for
@@ -40,6 +47,7 @@ fn connected_pair() -> (TcpEndpoint, PeerId, TcpEndpoint, PeerId, Instant) {
 
 #[test]
 fn a_busy_receiver_still_reads_so_a_long_write_completes() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // The receiver stays busy for several times `DEAD_AFTER`.
     let (mut sender, peer, mut receiver, from, deadline) = connected_pair();
 
@@ -75,6 +83,7 @@ fn a_busy_receiver_still_reads_so_a_long_write_completes() {
 /// is full, so both writes finish and both frames arrive whole.
 #[test]
 fn endpoints_writing_to_each_other_at_once_both_finish() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let (a, to_b, b, to_a, deadline) = connected_pair();
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
     let run = |mut ep: TcpEndpoint, peer, seed: usize| {
