@@ -693,19 +693,9 @@ impl ClientCore {
     /// Checks that `resp` answers a pull request of ours from `shard` that
     /// is still open, with rows of the right shape; returns the row size.
     fn check_response(&self, shard: usize, resp: &PullResponse<'_>) -> Result<usize> {
-        let Some(r) = self.requests.get(&resp.req) else {
-            return Err(protocol(
-                shard,
-                format!("response to unknown request {}", resp.req),
-            ));
-        };
+        let r = self.open_request(shard, resp.req, resp.table, "response")?;
         let row_bytes = self.tables[r.table as usize].row_bytes();
-        if r.shard != shard
-            || r.table != resp.table
-            || resp.rows as usize != r.keys.len()
-            || resp.values.len() != r.keys.len() * row_bytes
-            || r.outcome.is_some()
-        {
+        if resp.rows as usize != r.keys.len() || resp.values.len() != r.keys.len() * row_bytes {
             return Err(protocol(
                 shard,
                 format!("response to request {} does not match it", resp.req),
@@ -714,23 +704,34 @@ impl ClientCore {
         Ok(row_bytes)
     }
 
+    /// Pull request `req`, if it is ours, still open, sent to `shard` and
+    /// for `table`, as a `what` from that shard must answer; otherwise the
+    /// shard broke the protocol.
+    fn open_request(&self, shard: usize, req: u64, table: u32, what: &str) -> Result<&Request> {
+        let Some(r) = self.requests.get(&req) else {
+            return Err(protocol(shard, format!("{what} for unknown request {req}")));
+        };
+        if r.shard != shard || r.table != table || r.outcome.is_some() {
+            return Err(protocol(
+                shard,
+                format!(
+                    "{what} does not match request {req} (another shard or table, or answered)"
+                ),
+            ));
+        }
+        Ok(r)
+    }
+
     /// Appends a piece of a long row to its request's assembly; the last
     /// piece moves the row into the cache and completes the request.
     /// Pieces must come in order, from one version of the row, and add up
     /// to exactly the row.
     fn on_row_piece(&mut self, shard: usize, piece: &RowPiece<'_>) -> Result<()> {
-        let Some(r) = self.requests.get_mut(&piece.req) else {
-            return Err(protocol(
-                shard,
-                format!("row piece for unknown request {}", piece.req),
-            ));
-        };
+        let r = self.open_request(shard, piece.req, piece.table, "row piece")?;
         let row_bytes = self.tables[r.table as usize].row_bytes();
+        let r = self.requests.get_mut(&piece.req).expect("checked above");
         let so_far = r.assembly.as_ref().map_or(0, |a| a.values.len());
-        if r.shard != shard
-            || r.table != piece.table
-            || r.keys.len() != 1
-            || r.outcome.is_some()
+        if r.keys.len() != 1
             || piece.total != row_bytes as u64
             || piece.offset != so_far as u64
             || r.assembly.as_ref().is_some_and(|a| a.clock != piece.clock)
