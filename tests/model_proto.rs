@@ -4,7 +4,9 @@
 //! unacknowledged pushes resent).
 //!
 //! One-row pull answers come whole or, in some runs, in pieces of a few
-//! elements (as a shared-memory server sends long rows).
+//! elements (as a shared-memory server sends long rows). In some runs the
+//! worker's frames hold one row at most, so its pushes of a clock go as
+//! several messages and its pulls as several requests per shard.
 //!
 //! Checked: no worker at clock `c` under SSP(s) ever reads a row missing an
 //! update from a clock `<= c - s - 1`; every push is applied exactly once
@@ -24,8 +26,14 @@ use laggard::{Consistency, ElementKind, Error, Placement, ShardMap};
 use proptest::prelude::*;
 
 const MAX: usize = 1 << 20;
+/// Keys each shard owns.
+const KEYS_PER_SHARD: usize = 2;
+/// Zero elements after the workers' counts in every row, so that rows are
+/// long enough for a frame limit to fit one row but not two, for pushes
+/// and pull answers alike.
+const PAD: usize = 4;
 
-/// Storage model: one table of i64 rows of width P, Sum rule.
+/// Storage model: one table of i64 rows of width P + PAD, Sum rule.
 struct Model {
     width: usize,
     rows: HashMap<u64, Vec<i64>>,
@@ -93,6 +101,10 @@ struct Sim {
     owned_next: bool,
     /// If set, one-row pull answers go in pieces of this many bytes.
     piece: Option<usize>,
+    /// Keys of the table: `KEYS_PER_SHARD` per shard.
+    keys: u64,
+    /// Whether the workers' frames hold one row at most.
+    one_row_frames: bool,
 }
 
 impl Sim {
@@ -102,12 +114,15 @@ impl Sim {
         clocks: u64,
         staleness: u64,
         piece: Option<usize>,
+        one_row_frames: bool,
     ) -> Self {
-        let map = ShardMap::new(Placement::RoundRobin, shards, 0..=(shards as u64 - 1)).unwrap();
+        let keys = (shards * KEYS_PER_SHARD) as u64;
+        let width = workers + PAD;
+        let map = ShardMap::new(Placement::RoundRobin, shards, 0..=(keys - 1)).unwrap();
         let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
             name: "t".into(),
             kind: ElementKind::I64,
-            width: workers,
+            width,
             consistency: Consistency::Ssp { staleness },
             map: map.clone(),
         }]);
@@ -121,7 +136,7 @@ impl Sim {
                     max_payload: MAX,
                 });
                 let model = Model {
-                    width: workers,
+                    width,
                     rows: HashMap::new(),
                     shard: s,
                     map: map.clone(),
@@ -136,7 +151,17 @@ impl Sim {
             staleness,
             servers,
             clients: (0..workers)
-                .map(|w| ClientCore::new(w as u32, shards, tables.clone()))
+                .map(|w| {
+                    let mut core = ClientCore::new(w as u32, shards, tables.clone());
+                    if one_row_frames {
+                        // A push of one row: header and push fields (48),
+                        // section head (16), key (8), row. Two rows' pull
+                        // answer (48 + 2 rows) is longer, as rows are over
+                        // 24 bytes.
+                        core.set_frame_limit(72 + width * 8, piece.is_some());
+                    }
+                    core
+                })
                 .collect(),
             phase: (0..workers).map(|_| Phase::NeedPull).collect(),
             peer: vec![vec![PeerId(0); shards]; workers],
@@ -148,6 +173,8 @@ impl Sim {
             duplicated: 0,
             owned_next: false,
             piece,
+            keys,
+            one_row_frames,
         };
         for w in 0..workers {
             for s in 0..shards {
@@ -207,10 +234,16 @@ impl Sim {
         let core = &mut self.clients[w];
         match &self.phase[w] {
             Phase::NeedPull => {
-                let keys: Vec<u64> = (0..self.shards as u64).collect();
+                let keys: Vec<u64> = (0..self.keys).collect();
                 let reqs = core.plan_pull(0, &keys, Duration::from_secs(3600)).unwrap();
                 for &r in &reqs {
                     let (s, frame) = core.with_request(r, |s, m| (s, m.to_vec())).unwrap();
+                    if self.one_row_frames {
+                        let Message::PullRequest(p) = decode(&frame, MAX).unwrap() else {
+                            panic!("not a pull request")
+                        };
+                        assert_eq!(p.keys.len(), 1, "a pull of two rows in one request");
+                    }
                     self.up.entry((w, s)).or_default().push_back(frame);
                 }
                 self.phase[w] = Phase::Pulling(reqs);
@@ -231,7 +264,7 @@ impl Sim {
                 }
                 // Check the SSP guarantee on every key.
                 let c = core.clock();
-                for key in 0..self.shards as u64 {
+                for key in 0..self.keys {
                     let row = core.cached(0, key).unwrap();
                     for other in 0..self.workers {
                         let seen = i64::from_le_bytes(row[other * 8..][..8].try_into().unwrap());
@@ -248,14 +281,21 @@ impl Sim {
                 self.phase[w] = Phase::NeedPush;
             }
             Phase::NeedPush => {
-                for key in 0..self.shards as u64 {
-                    let mut delta = vec![0i64; self.workers];
+                for key in 0..self.keys {
+                    let mut delta = vec![0i64; self.workers + PAD];
                     delta[w] = 1;
                     core.pending_add(0, key, &delta).unwrap();
                 }
                 let sent = core.flush(true);
                 for (s, seq) in sent {
                     let frame = core.with_push(s, seq, |m| m.to_vec()).unwrap();
+                    if self.one_row_frames {
+                        let Message::Push(p) = decode(&frame, MAX).unwrap() else {
+                            panic!("not a push")
+                        };
+                        let rows: usize = p.sections.iter().map(|s| s.keys.len()).sum();
+                        assert_eq!(rows, 1, "a push of {rows} rows in one frame");
+                    }
                     self.up.entry((w, s)).or_default().push_back(frame);
                 }
                 self.phase[w] = if core.clock() == self.clocks {
@@ -301,7 +341,7 @@ impl Sim {
                 } => {
                     let mut values = Vec::new();
                     for k in &keys {
-                        let row = model.rows.get(k).cloned().unwrap_or(vec![0; self.workers]);
+                        let row = model.rows.get(k).cloned().unwrap_or(vec![0; model.width]);
                         row.iter()
                             .for_each(|x| values.extend_from_slice(&x.to_le_bytes()));
                     }
@@ -395,9 +435,10 @@ proptest! {
         staleness in 0u64..3,
         schedule in proptest::collection::vec(any::<u16>(), 0..400),
         piece_elements in proptest::option::of(1usize..4),
+        one_row_frames in any::<bool>(),
     ) {
         let piece = piece_elements.map(|n| n * 8);
-        let mut sim = Sim::new(workers, shards, clocks, staleness, piece);
+        let mut sim = Sim::new(workers, shards, clocks, staleness, piece, one_row_frames);
         for choice in schedule {
             let choice = choice as usize;
             let w = choice % workers;
@@ -418,10 +459,16 @@ proptest! {
         }
         let dups: u64 = sim.servers.iter().map(|(c, _)| c.stats().duplicate_pushes).sum();
         prop_assert!(dups <= sim.duplicated, "{} duplicates acknowledged, {} made", dups, sim.duplicated);
-        for (s, (core, model)) in sim.servers.iter().enumerate() {
+        let mut exact = vec![clocks as i64; workers];
+        exact.resize(workers + PAD, 0);
+        for key in 0..sim.keys {
             // Exactly once: each worker's element counts its clocks.
-            let row = model.rows.get(&(s as u64)).cloned().unwrap_or_default();
-            prop_assert_eq!(row, vec![clocks as i64; workers]);
+            let shard = sim.servers[0].1.map.shard_of(key).unwrap();
+            let (_, model) = &sim.servers[shard];
+            let row = model.rows.get(&key).cloned().unwrap_or_default();
+            prop_assert_eq!(&row, &exact, "key {}", key);
+        }
+        for (core, _) in &sim.servers {
             prop_assert_eq!(core.parked(), 0);
         }
     }

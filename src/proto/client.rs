@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::codec::{
-    Keys, Message, PullRequest, PullResponse, PullTimedOut, Push, RowPiece, Section, Sections,
-    Welcome, decode,
+    Keys, Message, PUSH_HEAD_LEN, PullRequest, PullResponse, PullTimedOut, Push, RowPiece, Section,
+    Sections, Welcome, decode, push_section_len,
 };
 use super::server::status_from_code;
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
@@ -272,6 +272,19 @@ impl ClientCore {
                 got: delta.len(),
             });
         }
+        if let Some(limit) = self.frame_limit {
+            let needs = PUSH_HEAD_LEN + push_section_len(1, row_bytes);
+            if needs > limit.max_frame {
+                return Err(Error::Transport {
+                    reason: format!(
+                        "a row of table {:?} is {row_bytes} bytes: a push of it needs a \
+                         {needs}-byte frame, more than the largest the transport carries \
+                         ({} bytes); raise the transport's frame limit",
+                        info.name, limit.max_frame
+                    ),
+                });
+            }
+        }
         self.stats.rows_pushed += 1;
         let rows = &mut self.pending[shard][table as usize];
         match rows.index.get(&key) {
@@ -309,6 +322,7 @@ impl ClientCore {
     /// [`flush`](Self::flush), appending to `out` (a buffer the caller
     /// reuses) instead of allocating.
     pub fn flush_into(&mut self, tick: bool, out: &mut Vec<(usize, u64)>) {
+        let max_frame = self.frame_limit.map_or(usize::MAX, |l| l.max_frame);
         for (shard, link) in self.links.iter_mut().enumerate() {
             let pending = &mut self.pending[shard];
             if !tick && pending.iter().all(Rows::is_empty) {
@@ -327,17 +341,32 @@ impl ClientCore {
                         (t as u32, std::mem::replace(rows, fresh))
                     }),
             );
-            let seq = link.next_seq;
-            link.next_seq += 1;
-            link.unacked.push_back(Sent {
-                seq,
-                clock: self.clock,
-                tick,
-                sections,
-            });
-            if link.welcomed {
-                self.stats.push_messages += 1;
-                out.push((shard, seq));
+            let clock = self.clock;
+            let mut send = |sections, tick| {
+                let seq = link.next_seq;
+                link.next_seq += 1;
+                link.unacked.push_back(Sent {
+                    seq,
+                    clock,
+                    tick,
+                    sections,
+                });
+                if link.welcomed {
+                    self.stats.push_messages += 1;
+                    out.push((shard, seq));
+                }
+            };
+            if push_len(&sections) <= max_frame {
+                send(sections, tick);
+            } else {
+                // More than the largest frame: several pushes, in order,
+                // the clock's tick with the last. Every row fits a frame on
+                // its own (`pending_add` checks).
+                let pushes = split_push(sections, &self.tables, max_frame, spare);
+                let n = pushes.len();
+                for (i, sections) in pushes.into_iter().enumerate() {
+                    send(sections, tick && i + 1 == n);
+                }
             }
         }
         if tick {
@@ -446,6 +475,7 @@ impl ClientCore {
         let consistency = info.consistency;
         let map = info.map.clone();
         let row_bytes = info.row_bytes();
+        let per_request = self.rows_per_answer(table, row_bytes)?;
         let mut misses: Vec<Vec<u64>> = vec![Vec::new(); self.links.len()];
         let cache = &self.cache[table as usize];
         let mut from_cache = 0;
@@ -460,20 +490,16 @@ impl ClientCore {
                 misses[shard].push(key);
             }
         }
-        for (shard, keys) in misses.iter_mut().enumerate() {
+        for keys in &mut misses {
             keys.sort_unstable();
             keys.dedup();
-            self.check_answer_fits(table, shard, keys.len(), row_bytes)?;
         }
         self.stats.rows_from_cache += from_cache;
         self.stats.rows_pulled += keys.len() as u64;
         let min_clock = consistency.required_min(self.clock).unwrap_or(0);
         let timeout_ms = timeout.as_millis().min(u128::from(u64::MAX)) as u64;
         let mut reqs = Vec::new();
-        for (shard, keys) in misses.into_iter().enumerate() {
-            if keys.is_empty() {
-                continue;
-            }
+        let mut ask = |shard, keys| {
             let req = self.next_req;
             self.next_req += 1;
             self.requests.insert(
@@ -490,6 +516,17 @@ impl ClientCore {
             );
             self.stats.pull_messages += 1;
             reqs.push(req);
+        };
+        for (shard, keys) in misses.into_iter().enumerate() {
+            if keys.len() <= per_request {
+                if !keys.is_empty() {
+                    ask(shard, keys);
+                }
+            } else {
+                // Answers longer than the largest frame: several requests.
+                keys.chunks(per_request)
+                    .for_each(|part| ask(shard, part.to_vec()));
+            }
         }
         Ok(reqs)
     }
@@ -521,12 +558,15 @@ impl ClientCore {
         }
     }
 
-    /// Tells the worker the largest frame its transport carries, and
-    /// whether a row pulled on its own may come in pieces (and so be
-    /// longer): [`plan_pull`](Self::plan_pull) then refuses a pull whose
-    /// answer from some shard would not fit, at once, instead of the server
-    /// failing to send it and the pull waiting out its timeout. Without it
-    /// nothing is checked.
+    /// Tells the worker the largest frame its transport carries (and its
+    /// servers accept), and whether a row pulled on its own may come in
+    /// pieces (and so be longer). A push longer than that goes as several
+    /// push messages, the clock's tick with the last; a pull whose answer
+    /// from some shard would be longer asks that shard in several requests.
+    /// A row that no frame can carry is refused at once: by
+    /// [`pending_add`](Self::pending_add), and by
+    /// [`plan_pull`](Self::plan_pull) unless rows come in pieces. Without a
+    /// limit, every push and every shard's answer is one frame.
     pub fn set_frame_limit(&mut self, max_frame: usize, rows_in_pieces: bool) {
         self.frame_limit = Some(FrameLimit {
             max_frame,
@@ -534,37 +574,31 @@ impl ClientCore {
         });
     }
 
-    /// Whether the answer to a pull of `rows` rows of `table` from `shard`
-    /// fits the transport's frames (see [`set_frame_limit`](Self::set_frame_limit)).
-    fn check_answer_fits(
-        &self,
-        table: u32,
-        shard: usize,
-        rows: usize,
-        row_bytes: usize,
-    ) -> Result<()> {
+    /// How many rows of `table` one pull request may ask for, so that the
+    /// answer fits the transport's largest frame (see
+    /// [`set_frame_limit`](Self::set_frame_limit)); an error if not even
+    /// one row fits and rows do not come in pieces.
+    fn rows_per_answer(&self, table: u32, row_bytes: usize) -> Result<usize> {
         let Some(limit) = self.frame_limit else {
-            return Ok(());
+            return Ok(usize::MAX);
         };
-        if rows == 0 || (rows == 1 && limit.rows_in_pieces) {
-            return Ok(());
+        let (head, _) = super::codec::pull_response_layout(0);
+        // The row bytes are padded to a multiple of 8.
+        let room = limit.max_frame.saturating_sub(head) / 8 * 8;
+        match room / row_bytes.max(1) {
+            0 if limit.rows_in_pieces => Ok(1),
+            0 => Err(Error::Transport {
+                reason: format!(
+                    "a row of table {:?} is {row_bytes} bytes: the answer to a pull of it \
+                     needs a {}-byte frame, more than the largest the transport carries \
+                     ({} bytes); raise the transport's frame limit",
+                    self.tables[table as usize].name,
+                    super::codec::pull_response_layout(row_bytes).0,
+                    limit.max_frame
+                ),
+            }),
+            rows => Ok(rows),
         }
-        let len = rows
-            .checked_mul(row_bytes)
-            .map(|bytes| super::codec::pull_response_layout(bytes).0);
-        if len.is_some_and(|len| len <= limit.max_frame) {
-            return Ok(());
-        }
-        let needs = len.map_or_else(|| "more than usize::MAX".into(), |len| len.to_string());
-        Err(Error::Transport {
-            reason: format!(
-                "a pull of {rows} rows of table {:?} from server shard {shard} needs a \
-                 {needs}-byte answer, more than the largest frame the transport carries \
-                 ({} bytes); pull fewer of that shard's keys at a time, or raise the \
-                 transport's frame limit",
-                self.tables[table as usize].name, limit.max_frame
-            ),
-        })
     }
 
     /// The first bytes of the row that request `req` is receiving in
@@ -841,6 +875,84 @@ impl ClientCore {
     }
 }
 
+/// Bytes of the push frame carrying `sections`.
+fn push_len(sections: &[(u32, Rows)]) -> usize {
+    PUSH_HEAD_LEN
+        + sections
+            .iter()
+            .map(|(_, rows)| push_section_len(rows.keys.len(), rows.values.len()))
+            .sum::<usize>()
+}
+
+/// How many rows of `row_bytes` bytes a push section may hold in `room`
+/// bytes of frame.
+fn rows_fitting(room: usize, row_bytes: usize) -> usize {
+    let Some(avail) = room.checked_sub(push_section_len(0, 0)) else {
+        return 0;
+    };
+    let mut rows = avail / (8 + row_bytes);
+    while rows > 0 && push_section_len(rows, rows * row_bytes) > room {
+        rows -= 1;
+    }
+    rows
+}
+
+/// Splits the sections of a push longer than `max_frame` into pushes that
+/// each fit, rows in their order. A section that fits a frame moves whole;
+/// one that must be cut is copied, part by part, into row sets from
+/// `spare`, and its own set goes back there.
+fn split_push(
+    sections: Vec<(u32, Rows)>,
+    tables: &[TableInfo],
+    max_frame: usize,
+    spare: &mut Vec<Rows>,
+) -> Vec<Vec<(u32, Rows)>> {
+    let mut pushes = Vec::new();
+    let mut current = Vec::new();
+    let mut len = PUSH_HEAD_LEN;
+    for (table, mut rows) in sections {
+        let whole = push_section_len(rows.keys.len(), rows.values.len());
+        if len + whole > max_frame && PUSH_HEAD_LEN + whole <= max_frame {
+            pushes.push(std::mem::take(&mut current));
+            len = PUSH_HEAD_LEN;
+        }
+        if len + whole <= max_frame {
+            len += whole;
+            current.push((table, rows));
+            continue;
+        }
+        let row_bytes = tables[table as usize].row_bytes();
+        let n = rows.keys.len();
+        let mut start = 0;
+        while start < n {
+            let fit = rows_fitting(max_frame.saturating_sub(len), row_bytes).min(n - start);
+            if fit == 0 && !current.is_empty() {
+                pushes.push(std::mem::take(&mut current));
+                len = PUSH_HEAD_LEN;
+                continue;
+            }
+            // A row longer than any frame is refused by `pending_add`; one
+            // that slipped through goes alone, and its send reports it.
+            let fit = fit.max(1);
+            let mut part = spare.pop().unwrap_or_default();
+            part.keys.extend_from_slice(&rows.keys[start..start + fit]);
+            part.values
+                .extend_from_slice(&rows.values[start * row_bytes..(start + fit) * row_bytes]);
+            len += push_section_len(fit, fit * row_bytes);
+            current.push((table, part));
+            start += fit;
+        }
+        rows.clear();
+        if spare.len() < SPARE_BUFFERS {
+            spare.push(rows);
+        }
+    }
+    if !current.is_empty() || pushes.is_empty() {
+        pushes.push(current);
+    }
+    pushes
+}
+
 fn is_fresh(consistency: Consistency, row: &Cached, clock: u64) -> bool {
     match consistency.required_min(clock) {
         Some(min) => row.data_clock >= min,
@@ -954,27 +1066,161 @@ mod tests {
     }
 
     #[test]
-    fn a_pull_whose_answer_exceeds_the_largest_frame_is_refused_at_once() {
+    fn a_pull_whose_answer_exceeds_the_largest_frame_asks_in_several_requests() {
         let (mut core, _) = pulling(&[]);
+        let keys_of = |core: &ClientCore, reqs: &[u64]| -> Vec<Vec<u64>> {
+            reqs.iter()
+                .map(|&r| core.requests[&r].keys.clone())
+                .collect()
+        };
         // Two 32-byte rows need a 112-byte answer (16 header, 32 fields).
-        core.set_frame_limit(111, true);
-        let err = core.plan_pull(0, &[3, 4], Duration::from_secs(1));
+        core.set_frame_limit(112, false);
+        let reqs = core.plan_pull(0, &[4, 3], Duration::from_secs(1)).unwrap();
+        assert_eq!(keys_of(&core, &reqs), [vec![3, 4]]);
+        core.set_frame_limit(111, false);
+        let reqs = core
+            .plan_pull(0, &[7, 5, 6], Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(keys_of(&core, &reqs), [vec![5], vec![6], vec![7]]);
+        assert_eq!(core.stats().pull_messages, 4);
+        // Not even one row fits: refused at once, unless rows come in
+        // pieces (then each row is asked for on its own).
+        core.set_frame_limit(79, false);
+        let err = core.plan_pull(0, &[8], Duration::from_secs(1));
         let Err(Error::Transport { reason }) = err else {
             panic!("expected a transport error, got {err:?}")
         };
-        assert!(reason.contains("112-byte answer"), "{reason}");
-        assert!(reason.contains("(111 bytes)"), "{reason}");
-        assert_eq!(core.stats().rows_pulled, 0, "a refused pull was counted");
-        // Nothing was left in flight: the next request id is the first.
-        let reqs = core.plan_pull(0, &[3], Duration::from_secs(1)).unwrap();
-        assert_eq!(reqs, [1], "one row comes in pieces, whatever its size");
-        core.set_frame_limit(112, false);
+        assert!(reason.contains("80-byte frame"), "{reason}");
+        assert!(reason.contains("(79 bytes)"), "{reason}");
+        assert_eq!(core.stats().rows_pulled, 5, "a refused pull was counted");
+        core.set_frame_limit(40, true);
+        let reqs = core.plan_pull(0, &[8, 9], Duration::from_secs(1)).unwrap();
+        assert_eq!(keys_of(&core, &reqs), [vec![8], vec![9]]);
+    }
+
+    /// A push of `keys` (rows of 32 bytes, values `key` in every element)
+    /// through frames of at most `max_frame` bytes: each push message's
+    /// (tick, keys, values).
+    fn pushed(keys: &[u64], max_frame: usize) -> Vec<(bool, Vec<u64>, Vec<i64>)> {
+        let (mut core, _) = pulling(&[]);
+        let welcome = Welcome {
+            shard: 0,
+            workers: 1,
+            applied_seq: 0,
+            clock: 0,
+        };
+        assert!(core.on_welcome(0, &welcome).unwrap().is_empty());
+        core.set_frame_limit(max_frame, false);
+        for &key in keys {
+            core.pending_add(0, key, &[key as i64; 4]).unwrap();
+        }
+        let sent = core.flush(true);
+        assert_eq!(core.clock(), 1);
+        sent.iter()
+            .map(|&(shard, seq)| {
+                core.with_push(shard, seq, |m| {
+                    let frame = m.to_vec();
+                    let Message::Push(p) = decode(&frame, 1 << 20).unwrap() else {
+                        panic!("not a push")
+                    };
+                    assert_eq!(p.clock, 0);
+                    let mut keys = Vec::new();
+                    let mut values = Vec::new();
+                    for s in p.sections.iter() {
+                        s.keys.extend_into(&mut keys);
+                        values.extend(
+                            s.values
+                                .chunks_exact(8)
+                                .map(|b| i64::from_le_bytes(b.try_into().unwrap())),
+                        );
+                    }
+                    assert!(m.encoded_len() <= max_frame, "{} bytes", m.encoded_len());
+                    (p.tick, keys, values)
+                })
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_push_longer_than_the_largest_frame_goes_as_several() {
+        let rows =
+            |keys: &[u64]| -> Vec<i64> { keys.iter().flat_map(|&k| [k as i64; 4]).collect() };
+        // One row: 48 bytes of push, 16 of section, 8 of key, 32 of row.
         assert_eq!(
-            core.plan_pull(0, &[5, 6], Duration::from_secs(1)).unwrap(),
-            [2]
+            pushed(&[1, 2, 3], 184),
+            [(true, vec![1, 2, 3], rows(&[1, 2, 3]))]
         );
-        core.set_frame_limit(40, false);
-        assert!(core.plan_pull(0, &[7], Duration::from_secs(1)).is_err());
+        assert_eq!(
+            pushed(&[1, 2, 3], 183),
+            [
+                (false, vec![1, 2], rows(&[1, 2])),
+                (true, vec![3], rows(&[3]))
+            ]
+        );
+        assert_eq!(
+            pushed(&[5, 1, 2], 104),
+            [
+                (false, vec![5], rows(&[5])),
+                (false, vec![1], rows(&[1])),
+                (true, vec![2], rows(&[2]))
+            ]
+        );
+        // No row fits: refused by `pending_add`, and nothing is pending.
+        let (mut core, _) = pulling(&[]);
+        core.set_frame_limit(103, false);
+        let err = core.pending_add(0, 1, &[1i64; 4]).unwrap_err();
+        assert!(err.to_string().contains("104-byte frame"), "{err}");
+        assert!(core.flush(false).is_empty());
+    }
+
+    #[test]
+    fn a_split_push_moves_whole_sections_where_they_fit() {
+        let table = |name: &str, width| TableInfo {
+            name: name.into(),
+            kind: ElementKind::I64,
+            width,
+            consistency: Consistency::Bsp,
+            map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
+        };
+        let split = |max_frame| {
+            let tables: Arc<[TableInfo]> = Arc::from(vec![table("a", 4), table("b", 1)]);
+            let mut core = ClientCore::new(0, 1, tables);
+            core.set_frame_limit(max_frame, false);
+            core.pending_add(0, 1, &[1i64; 4]).unwrap();
+            core.pending_add(0, 2, &[2i64; 4]).unwrap();
+            core.pending_add(1, 3, &[3i64]).unwrap();
+            core.flush(true);
+            core.links[0]
+                .unacked
+                .iter()
+                .map(|sent| {
+                    let sections: Vec<(u32, Vec<u64>)> = sent
+                        .sections
+                        .iter()
+                        .map(|(t, rows)| {
+                            assert_eq!(rows.values.len(), rows.keys.len() * [32, 8][*t as usize]);
+                            (*t, rows.keys.clone())
+                        })
+                        .collect();
+                    (sent.tick, sections)
+                })
+                .collect::<Vec<_>>()
+        };
+        // Table a's section: 16 + 2 keys + 2 rows = 96 bytes; b's: 32.
+        assert_eq!(split(176), [(true, vec![(0, vec![1, 2]), (1, vec![3])])]);
+        assert_eq!(
+            split(175),
+            [(false, vec![(0, vec![1, 2])]), (true, vec![(1, vec![3])])]
+        );
+        assert_eq!(
+            split(120),
+            [
+                (false, vec![(0, vec![1])]),
+                (false, vec![(0, vec![2])]),
+                (true, vec![(1, vec![3])])
+            ]
+        );
     }
 
     #[test]

@@ -190,8 +190,18 @@ pub struct Section<'a> {
 
 impl Section<'_> {
     fn encoded_len(&self) -> usize {
-        16 + 8 * self.keys.len() + pad8(self.values.len())
+        push_section_len(self.keys.len(), self.values.len())
     }
+}
+
+/// Bytes of a push frame before its sections: the header and the push's
+/// own fields.
+pub(crate) const PUSH_HEAD_LEN: usize = HEADER_LEN + 32;
+
+/// Bytes a push section of `rows` keys and `value_bytes` bytes of deltas
+/// adds to its frame.
+pub(crate) fn push_section_len(rows: usize, value_bytes: usize) -> usize {
+    16 + 8 * rows + pad8(value_bytes)
 }
 
 /// The sections of a push: parsed lazily from a received frame (already
@@ -459,7 +469,10 @@ impl<'a> Message<'a> {
     fn payload_len(&self) -> usize {
         match self {
             Message::Hello(_) | Message::Welcome(_) => 24,
-            Message::Push(p) => 32 + p.sections.iter().map(|s| s.encoded_len()).sum::<usize>(),
+            Message::Push(p) => {
+                PUSH_HEAD_LEN - HEADER_LEN
+                    + p.sections.iter().map(|s| s.encoded_len()).sum::<usize>()
+            }
             Message::PushAck(_) => 16,
             Message::PullRequest(p) => 32 + 8 * p.keys.len(),
             Message::PullResponse(p) => 32 + pad8(p.values.len()),

@@ -174,7 +174,11 @@ impl<E: Endpoint> Worker<E> {
         };
         let takes_frames = ep.row_piece_len().is_none();
         let mut core = ClientCore::new(id.0, spec.servers, spec.table_infos());
-        core.set_frame_limit(ep.max_frame_len(), !takes_frames);
+        // Frames longer than a server accepts would be refused there.
+        let max_frame = ep
+            .max_frame_len()
+            .min(crate::proto::HEADER_LEN.saturating_add(spec.max_payload));
+        core.set_frame_limit(max_frame, !takes_frames);
         let mut worker = Worker {
             core,
             ep,

@@ -1,8 +1,9 @@
 //! Long rows pulled over shared memory come in pieces
-//! ([`laggard::transport::Endpoint::row_piece_len`]): the worker sees the
-//! same values as over the in-process transport, which sends rows whole,
-//! and rows longer than the largest frame can be pulled on their own (a
-//! pull of several that would not fit one frame is refused at once).
+//! ([`laggard::transport::Endpoint::row_piece_len`]), and pushes and pulls
+//! of several rows longer than the largest frame go as several messages:
+//! the worker sees the same values as over the in-process transport, which
+//! sends everything whole, and rows longer than the largest frame can be
+//! pulled (a push of one is refused at once).
 
 use std::time::{Duration, Instant};
 
@@ -37,21 +38,30 @@ fn spec() -> ClusterSpec {
         .timeout(Duration::from_secs(30))
 }
 
-/// Pushes to `wide`, then pulls each long row over three clocks; returns
-/// every row pulled, in order.
+/// Over three clocks: pushes to both rows of `wide` at once (48,000 bytes,
+/// more than a frame of a 64 KiB ring), pulls them at once and each on its
+/// own, and pulls `huge`; returns every row pulled, in order.
 fn session<E: Endpoint>(worker: &mut Worker<E>) -> laggard::Result<Vec<Vec<f32>>> {
     let wide = worker.table::<f32>("wide")?;
     let huge = worker.table::<f32>("huge")?;
-    let delta: Vec<f32> = (0..WIDE).map(|i| i as f32 * 0.5).collect();
+    // Row 0 falls by 0.25 * i per clock, row 1 grows by 0.5 * i.
+    let deltas: Vec<f32> = (0..WIDE)
+        .map(|i| i as f32 * -0.25)
+        .chain((0..WIDE).map(|i| i as f32 * 0.5))
+        .collect();
     let mut pulled = Vec::new();
     for _ in 0..3 {
-        worker.push(&wide, &[1], &delta)?;
+        worker.push(&wide, &[0, 1], &deltas)?;
         worker.clock()?;
+        let mut both = vec![0f32; 2 * WIDE];
+        worker.pull(&wide, &[0, 1], &mut both)?;
         for key in [0, 1] {
             let mut row = vec![0f32; WIDE];
             worker.pull(&wide, &[key], &mut row)?;
-            pulled.push(row);
+            let whole = &both[key as usize * WIDE..][..WIDE];
+            assert!(row == whole, "row {key} pulled alone differs");
         }
+        pulled.push(both);
         let mut row = vec![0f32; HUGE];
         worker.pull(&huge, &[0], &mut row)?;
         // A second pull in the same clock comes from the cache.
@@ -82,22 +92,28 @@ fn long_rows_in_pieces_read_as_rows_sent_whole() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut worker = Worker::connect(ep, &spec, WorkerId(0), deadline).unwrap();
     let pieces = session(&mut worker).unwrap();
-    // Two long rows from one shard go as one frame, which is too long for
-    // this ring: refused at once, and the worker goes on.
-    let wide = worker.table::<f32>("wide").unwrap();
-    let mut two = vec![0f32; 2 * WIDE];
-    worker.clock().unwrap(); // the cached rows are stale now
-    let started = Instant::now();
-    let err = worker.pull(&wide, &[0, 1], &mut two).unwrap_err();
+    let stats = worker.stats();
     assert!(
-        err.to_string().contains("largest frame"),
+        stats.push_messages >= 6,
+        "three clocks of two-row pushes in {} messages",
+        stats.push_messages
+    );
+    // A row longer than any frame cannot be pushed here: refused at once,
+    // and the worker goes on.
+    let huge = worker.table::<f32>("huge").unwrap();
+    let started = Instant::now();
+    let err = worker.push(&huge, &[0], &vec![1f32; HUGE]).unwrap_err();
+    assert!(
+        err.to_string().contains("largest"),
         "unexpected error: {err}"
     );
     assert!(
         started.elapsed() < spec.default_timeout(),
         "the refusal waited for the timeout"
     );
+    let wide = worker.table::<f32>("wide").unwrap();
     let mut one = vec![0f32; WIDE];
+    worker.clock().unwrap();
     worker.pull(&wide, &[1], &mut one).unwrap();
     worker.leave().unwrap();
     serving.join().unwrap().unwrap();
@@ -106,8 +122,11 @@ fn long_rows_in_pieces_read_as_rows_sent_whole() {
     for (i, (a, b)) in pieces.iter().zip(&whole).enumerate() {
         assert!(a == b, "pull {i} differs between pieces and whole rows");
     }
-    // The pushes arrived: three clocks of the delta on row 1 of `wide`.
-    let grown = whole[7][2] - whole[1][2];
+    // The pushes arrived: from the first clock's pull to the third, two
+    // clocks of deltas on both rows of `wide` (element 2: -0.5 and +1.0).
+    let fell = whole[4][2] - whole[0][2];
+    let grown = whole[4][WIDE + 2] - whole[0][WIDE + 2];
+    assert!((fell + 1.0).abs() < 1e-5, "row 0 fell by {fell}");
     assert!((grown - 2.0).abs() < 1e-5, "row 1 grew by {grown}");
     assert!(
         net.segments().is_empty(),
