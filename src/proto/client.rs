@@ -575,19 +575,24 @@ impl ClientCore {
     }
 
     /// How many rows of `table` one pull request may ask for, so that the
-    /// answer fits the transport's largest frame (see
+    /// request and its answer fit the transport's largest frame (see
     /// [`set_frame_limit`](Self::set_frame_limit)); an error if not even
     /// one row fits and rows do not come in pieces.
     fn rows_per_answer(&self, table: u32, row_bytes: usize) -> Result<usize> {
         let Some(limit) = self.frame_limit else {
             return Ok(usize::MAX);
         };
+        // A request and its answer both start with 48 bytes (header and
+        // fields); then 8 bytes per key, or the rows padded to 8 bytes.
         let (head, _) = super::codec::pull_response_layout(0);
-        // The row bytes are padded to a multiple of 8.
-        let room = limit.max_frame.saturating_sub(head) / 8 * 8;
-        match room / row_bytes.max(1) {
-            0 if limit.rows_in_pieces => Ok(1),
-            0 => Err(Error::Transport {
+        let room = limit.max_frame.saturating_sub(head);
+        let by_request = room / 8;
+        let by_answer = match room / 8 * 8 / row_bytes.max(1) {
+            0 if limit.rows_in_pieces => 1,
+            rows => rows,
+        };
+        if by_answer == 0 {
+            return Err(Error::Transport {
                 reason: format!(
                     "a row of table {:?} is {row_bytes} bytes: the answer to a pull of it \
                      needs a {}-byte frame, more than the largest the transport carries \
@@ -596,9 +601,19 @@ impl ClientCore {
                     super::codec::pull_response_layout(row_bytes).0,
                     limit.max_frame
                 ),
-            }),
-            rows => Ok(rows),
+            });
         }
+        if by_request == 0 {
+            return Err(Error::Transport {
+                reason: format!(
+                    "a pull request needs a {}-byte frame, more than the largest the \
+                     transport carries ({} bytes); raise the transport's frame limit",
+                    head + 8,
+                    limit.max_frame
+                ),
+            });
+        }
+        Ok(by_answer.min(by_request))
     }
 
     /// The first bytes of the row that request `req` is receiving in
@@ -1093,9 +1108,27 @@ mod tests {
         assert!(reason.contains("80-byte frame"), "{reason}");
         assert!(reason.contains("(79 bytes)"), "{reason}");
         assert_eq!(core.stats().rows_pulled, 5, "a refused pull was counted");
-        core.set_frame_limit(40, true);
+        core.set_frame_limit(56, true);
         let reqs = core.plan_pull(0, &[8, 9], Duration::from_secs(1)).unwrap();
         assert_eq!(keys_of(&core, &reqs), [vec![8], vec![9]]);
+        // A request names each key in 8 bytes: for rows shorter than that,
+        // the request is what must fit (here 2 keys; the answer, 4 rows).
+        let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
+            name: "narrow".into(),
+            kind: ElementKind::F32,
+            width: 1,
+            consistency: Consistency::Bsp,
+            map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
+        }]);
+        let mut narrow = ClientCore::new(0, 1, tables);
+        narrow.set_frame_limit(64, false);
+        let reqs = narrow
+            .plan_pull(0, &[0, 1, 2], Duration::from_secs(1))
+            .unwrap();
+        assert_eq!(keys_of(&narrow, &reqs), [vec![0, 1], vec![2]]);
+        core.set_frame_limit(55, true);
+        let err = core.plan_pull(0, &[0], Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("56-byte frame"), "{err}");
     }
 
     /// A push of `keys` (rows of 32 bytes, values `key` in every element)
