@@ -475,7 +475,7 @@ impl ClientCore {
         let consistency = info.consistency;
         let map = info.map.clone();
         let row_bytes = info.row_bytes();
-        let per_request = self.rows_per_answer(table, row_bytes)?;
+        let per_request = self.rows_per_request(table, row_bytes)?;
         let mut misses: Vec<Vec<u64>> = vec![Vec::new(); self.links.len()];
         let cache = &self.cache[table as usize];
         let mut from_cache = 0;
@@ -578,7 +578,7 @@ impl ClientCore {
     /// request and its answer fit the transport's largest frame (see
     /// [`set_frame_limit`](Self::set_frame_limit)); an error if not even
     /// one row fits and rows do not come in pieces.
-    fn rows_per_answer(&self, table: u32, row_bytes: usize) -> Result<usize> {
+    fn rows_per_request(&self, table: u32, row_bytes: usize) -> Result<usize> {
         let Some(limit) = self.frame_limit else {
             return Ok(usize::MAX);
         };
