@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::server::send_message;
 use super::spec::ClusterSpec;
 use crate::clock::WorkerId;
-use crate::element::{Element, read_le_slice};
+use crate::element::{Element, le_view, read_le_slice};
 use crate::error::{Error, Result};
 use crate::idhash::{IdMap, IdSet};
 use crate::proto::{ClientCore, ClientStats, Hello, Message, Role, decode};
@@ -395,7 +395,6 @@ impl<E: Endpoint> Worker<E> {
                 values: out.len(),
             });
         }
-        let mut first_err = None;
         // A single row may arrive in pieces: each is copied into `out` as
         // it arrives, while it is fresh in the cache.
         let mut copied = (0, 0);
@@ -403,6 +402,77 @@ impl<E: Endpoint> Worker<E> {
             ([req], [_]) => Some(*req),
             _ => None,
         };
+        self.wait_pull(&ticket, deadline, |core| {
+            if let Some(bytes) = one_row.and_then(|req| core.assembled(req)) {
+                copied = copy_row_prefix(bytes, core.rows_restarted(), copied, out);
+            }
+        })?;
+        let restarts = self.core.rows_restarted();
+        for (&key, row) in ticket.keys.iter().zip(out.chunks_exact_mut(width)) {
+            let bytes = self.cached_row(&ticket.table, key)?;
+            // The pieces copied while they came are the cached row's
+            // start unless a row started over since.
+            let from = if copied.0 == restarts {
+                copied.1 / T::SIZE
+            } else {
+                0
+            };
+            read_le_slice(&bytes[from * T::SIZE..], &mut row[from..]);
+        }
+        Ok(())
+    }
+
+    /// Pulls row `key` as [`pull`](Self::pull) does and calls `f` with it
+    /// where it lies in the worker's cache, without copying it into a
+    /// buffer of the caller's: for reading a long row once (a sum, a
+    /// forward pass) rather than keeping it. Where the cached bytes cannot
+    /// be read as `T` in place (a big-endian host, or bytes not aligned for
+    /// `T`), `f` gets a copy.
+    ///
+    /// ```
+    /// use laggard::{Cluster, ClusterSpec, TableSpec};
+    ///
+    /// let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<f32>::dense(0..4, 1000));
+    /// let cluster = Cluster::start(spec)?;
+    /// let norms = cluster.run_workers(|worker| {
+    ///     let w = worker.table::<f32>("w")?;
+    ///     worker.push(&w, &[2], &[0.5; 1000])?;
+    ///     worker.clock()?;
+    ///     worker.pull_with(&w, 2, |row| row.iter().map(|x| x * x).sum::<f32>())
+    /// })?;
+    /// assert_eq!(norms, [250.0]);
+    /// cluster.shutdown()?;
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn pull_with<T: Element, R>(
+        &mut self,
+        table: &TableHandle<T>,
+        key: u64,
+        f: impl FnOnce(&[T]) -> R,
+    ) -> Result<R> {
+        let deadline = Instant::now() + self.spec.timeout;
+        let ticket = self.start_pull_by(table, &[key], deadline)?;
+        self.wait_pull(&ticket, deadline, |_| {})?;
+        let bytes = self.cached_row(table, key)?;
+        Ok(match le_view::<T>(bytes) {
+            Some(row) => f(row),
+            None => {
+                let mut row = vec![T::ZERO; table.width];
+                read_le_slice(bytes, &mut row);
+                f(&row)
+            }
+        })
+    }
+
+    /// Waits until every request of `ticket` has its outcome (the first
+    /// error, if any), calling `progress` each time something arrived.
+    fn wait_pull<T>(
+        &mut self,
+        ticket: &PullTicket<T>,
+        deadline: Instant,
+        mut progress: impl FnMut(&ClientCore),
+    ) -> Result<()> {
+        let mut first_err = None;
         for &req in &ticket.reqs {
             loop {
                 if let Some(outcome) = self.core.take_outcome(req) {
@@ -411,9 +481,7 @@ impl<E: Endpoint> Worker<E> {
                     }
                     break;
                 }
-                if let Some(bytes) = one_row.and_then(|req| self.core.assembled(req)) {
-                    copied = copy_row_prefix(bytes, self.core.rows_restarted(), copied, out);
-                }
+                progress(&self.core);
                 if !self.pump(deadline + SERVER_GRACE)? {
                     let what = format!(
                         "server shards to answer a pull of {} rows (worker {} at clock {})",
@@ -428,27 +496,18 @@ impl<E: Endpoint> Worker<E> {
                 }
             }
         }
-        if let Some(e) = first_err {
-            return Err(e);
-        }
-        let row_bytes = width * T::SIZE;
-        for (&key, row) in ticket.keys.iter().zip(out.chunks_exact_mut(width)) {
-            let bytes =
-                self.core
-                    .cached(ticket.table.index, key)
-                    .ok_or_else(|| Error::Transport {
-                        reason: format!("row {key} missing from the cache after its pull"),
-                    })?;
-            // The pieces copied while they came are the cached row's
-            // start unless a row started over since.
-            let from = if copied.0 == self.core.rows_restarted() {
-                copied.1 / T::SIZE
-            } else {
-                0
-            };
-            read_le_slice(&bytes[from * T::SIZE..row_bytes], &mut row[from..]);
-        }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The cached bytes of row `key` of `table`, once a pull of it finished.
+    fn cached_row<T: Element>(&self, table: &TableHandle<T>, key: u64) -> Result<&[u8]> {
+        let row_bytes = table.width * T::SIZE;
+        self.core
+            .cached(table.index, key)
+            .and_then(|bytes| bytes.get(..row_bytes))
+            .ok_or_else(|| Error::Transport {
+                reason: format!("row {key} missing from the cache after its pull"),
+            })
     }
 
     /// Finishes the worker's current clock: sends the pending deltas and

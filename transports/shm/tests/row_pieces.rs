@@ -62,9 +62,9 @@ fn session<E: Endpoint>(worker: &mut Worker<E>) -> laggard::Result<Vec<Vec<f32>>
             assert!(row == whole, "row {key} pulled alone differs");
         }
         pulled.push(both);
-        let mut row = vec![0f32; HUGE];
-        worker.pull(&huge, &[0], &mut row)?;
-        // A second pull in the same clock comes from the cache.
+        // Read in place where it was assembled from its pieces; then a
+        // second pull in the same clock comes from the cache.
+        let row = worker.pull_with(&huge, 0, |row| row.to_vec())?;
         let mut again = vec![0f32; HUGE];
         worker.pull(&huge, &[0], &mut again)?;
         assert_eq!(row, again, "the cached row differs from the pulled one");

@@ -1,8 +1,8 @@
 //! Rows long enough (256 KiB) that a push goes out from the worker's
 //! pending buffer, a pull response goes out from the server's table and is
-//! cached on the worker in the frame it came in: over real sockets, every
-//! BSP read holds every push of earlier clocks and is never torn, and the
-//! final rows are the exact sums.
+//! cached on the worker in the frame it came in (and read there in place
+//! by `pull_with`): over real sockets, every BSP read holds every push of
+//! earlier clocks and is never torn, and the final rows are the exact sums.
 
 use std::time::{Duration, Instant};
 
@@ -65,10 +65,15 @@ fn long_rows_over_tcp_are_exact_and_never_torn() {
                 // Wait for the last clock of both workers, then read the sums.
                 worker.clock().unwrap();
                 for key in 0..2 {
-                    worker.pull(&long, &[key], &mut row).unwrap();
                     let want: i64 = (0..WORKERS)
                         .flat_map(|w| (0..CLOCKS).map(move |c| delta(w, c, key)))
                         .sum();
+                    // Read in place, in the frame it came in.
+                    let exact = worker
+                        .pull_with(&long, key, |row| row.iter().all(|&x| x == want))
+                        .unwrap();
+                    assert!(exact, "final row {key} wrong in place");
+                    worker.pull(&long, &[key], &mut row).unwrap();
                     assert!(row.iter().all(|&x| x == want), "final row {key} wrong");
                 }
                 worker.leave().unwrap();
