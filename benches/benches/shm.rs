@@ -345,6 +345,14 @@ fn large(c: &mut Criterion) {
         };
         warm_up(&mut || pull(&mut worker));
         g.bench_function("laggard_pull", |b| b.iter(|| pull(&mut worker)));
+        // The same pull read in place in the worker's cache (`pull_with`):
+        // no copy into a caller's buffer.
+        let pull_with = |worker: &mut Worker<ShmEndpoint>| {
+            worker.clock().unwrap();
+            let at = worker.pull_with(&pulled, 0, |row| row.as_ptr()).unwrap();
+            black_box(at);
+        };
+        g.bench_function("laggard_pull_with", |b| b.iter(|| pull_with(&mut worker)));
         g.finish();
         worker.leave().unwrap();
         serving.join().unwrap().unwrap();

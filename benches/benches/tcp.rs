@@ -236,6 +236,15 @@ fn bandwidth(c: &mut Criterion) {
                 black_box(&mut row);
             })
         });
+        // The same pull read in place in the worker's cache (`pull_with`):
+        // no copy into a caller's buffer, as the raw reader makes none.
+        g.bench_function("laggard_clock_pull_with", |b| {
+            b.iter(|| {
+                worker.clock().unwrap();
+                let at = worker.pull_with(&pulled, 0, |row| row.as_ptr()).unwrap();
+                black_box(at);
+            })
+        });
         g.finish();
         worker.leave().unwrap();
         for s in servers {
