@@ -11,6 +11,8 @@
 //! - `rdma_push_applied/N` and `rdma_pull/N`: the runtime's push of an
 //!   N-byte row (f32) until the server applied it, and a pull of one,
 //!   through a server over RDMA.
+//! - `rdma_pull_with/N`: the same pull read in place in the worker's cache
+//!   (`Worker::pull_with`), without the copy into a caller's buffer.
 //! - `rdma_push_stream/N`: pushes of an N-byte row back to back, each
 //!   ending its clock and none waited for, until the server applied all of
 //!   them: the runtime's push bandwidth, the counterpart of
@@ -169,6 +171,16 @@ fn pushpull(c: &mut Criterion) {
             b.iter(|| {
                 worker.clock().unwrap();
                 worker.pull(&pulled, &[0], &mut row).unwrap();
+            })
+        });
+        g.finish();
+        let mut g = c.benchmark_group("rdma_pull_with");
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("{size}"), |b| {
+            b.iter(|| {
+                worker.clock().unwrap();
+                let at = worker.pull_with(&pulled, 0, |row| row.as_ptr()).unwrap();
+                std::hint::black_box(at);
             })
         });
         g.finish();
