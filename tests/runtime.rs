@@ -459,3 +459,70 @@ fn non_blocking_pull_and_clock_tickets() {
     assert_eq!(out, [3, 4, 1, 2, 0, 0]);
     worker.leave().unwrap();
 }
+
+#[test]
+fn an_answer_longer_than_the_largest_frame_is_refused_with_a_fault() {
+    // 10,000 `f32` per row: two rows' answer (80,048 bytes) does not fit
+    // the 64 KiB frames of this network, one row does.
+    let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<f32>::dense(0..2, 10_000));
+    let net = laggard::transport::InProcess::with_capacity(64 << 10);
+    let server = laggard::Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
+    let serving = std::thread::spawn(move || server.run_until_workers_done());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // A client of the protocol that does not split its pulls (a `Worker`
+    // does): the server refuses the answer with a fault and closes.
+    let mut client = net.bind(&spec.worker_name(0)).unwrap();
+    let server_peer = client.connect(&spec.server_name(0), deadline).unwrap();
+    let send = |client: &mut laggard::transport::InProcessEndpoint, msg: Message<'_>| {
+        let bytes = msg.to_vec();
+        let mut buf = client.lend(server_peer, bytes.len(), deadline).unwrap();
+        buf.copy_from_slice(&bytes);
+        client.send(buf).unwrap();
+    };
+    send(
+        &mut client,
+        Message::Hello(Hello {
+            role: Role::Worker(0),
+            schema: spec.fingerprint(),
+            session: 1,
+        }),
+    );
+    send(
+        &mut client,
+        Message::PullRequest(laggard::proto::PullRequest {
+            req: 1,
+            min_clock: 0,
+            timeout_ms: 1000,
+            table: 0,
+            keys: laggard::proto::Keys::Native(&[0, 1]),
+        }),
+    );
+    let mut fault = None;
+    loop {
+        match client.recv(deadline).unwrap() {
+            Some(Event::Frame(_, frame)) => {
+                if let Message::Fault(f) = laggard::proto::decode(&frame, 1 << 20).unwrap() {
+                    fault = Some(f.text.to_owned());
+                }
+            }
+            Some(Event::Disconnected(_)) => break,
+            other => panic!("expected a fault and a close, got {other:?}"),
+        }
+    }
+    let fault = fault.expect("no fault before the close");
+    assert!(fault.contains("80048-byte frame"), "{fault}");
+    assert!(fault.contains("fewer keys"), "{fault}");
+    drop(client);
+    // A worker, which splits such a pull, gets both rows.
+    let ep = net.bind(&spec.worker_name(0)).unwrap();
+    let mut worker = laggard::Worker::connect(ep, &spec, WorkerId(0), deadline).unwrap();
+    let w = worker.table::<f32>("w").unwrap();
+    worker.push(&w, &[1], &[2.0; 10_000]).unwrap();
+    worker.clock().unwrap();
+    let mut rows = vec![0f32; 20_000];
+    worker.pull(&w, &[0, 1], &mut rows).unwrap();
+    assert!(rows[..10_000].iter().all(|&x| x == 0.0));
+    assert!(rows[10_000..].iter().all(|&x| x == 2.0));
+    worker.leave().unwrap();
+    serving.join().unwrap().unwrap();
+}

@@ -8,8 +8,8 @@ use super::spec::ClusterSpec;
 use super::storage::ServerTables;
 use crate::error::{Error, Result};
 use crate::proto::{
-    Message, Output, PullResponse, RowPiece, ServerConfig, ServerCore, ServerStats,
-    pull_response_layout, write_pull_response,
+    Fault, FaultCode, Message, Output, PullResponse, RowPiece, ServerConfig, ServerCore,
+    ServerStats, pull_response_layout, write_pull_response,
 };
 use crate::transport::{Endpoint, Event, PeerId};
 
@@ -156,10 +156,22 @@ impl<E: Endpoint> Server<E> {
                     clock,
                     table,
                     keys,
-                } => (
-                    peer,
-                    self.send_rows(peer, req, clock, table, &keys, deadline),
-                ),
+                } => match self.answer_too_long(req, table, &keys) {
+                    None => (
+                        peer,
+                        self.send_rows(peer, req, clock, table, &keys, deadline),
+                    ),
+                    // Tell the worker why before closing the connection:
+                    // failing the send would only make it ask again.
+                    Some(why) => {
+                        let fault = Message::Fault(Fault {
+                            code: FaultCode::BadRequest as u32,
+                            text: &why,
+                        });
+                        let _ = send_message(&mut self.ep, peer, &fault, deadline);
+                        (peer, Err(Error::Transport { reason: why }))
+                    }
+                },
                 Output::Close(peer) => {
                     self.ep.disconnect(peer);
                     self.core.on_disconnect(peer, Instant::now());
@@ -184,6 +196,33 @@ impl<E: Endpoint> Server<E> {
     /// Where the transport asks for it ([`Endpoint::row_piece_len`]), a
     /// long row goes out in pieces, one frame each, all read under that
     /// one hold, so they add up to one version of the row.
+    /// The piece length for a pull answer of `keys` (`value_len` bytes),
+    /// if it goes in pieces ([`Endpoint::row_piece_len`]).
+    fn piece_len(&self, keys: &[u64], value_len: usize) -> Option<usize> {
+        let piece = self
+            .ep
+            .row_piece_len()
+            .map(|p| (p & !63).max(MIN_ROW_PIECE))?;
+        (keys.len() == 1 && value_len > piece).then_some(piece)
+    }
+
+    /// Why the answer to pull request `req` cannot be sent, if it is longer
+    /// than the largest frame (and not sent in pieces). Workers split their
+    /// pulls so that answers fit; another client of the protocol may not.
+    fn answer_too_long(&self, req: u64, table: u32, keys: &[u64]) -> Option<String> {
+        let value_len = keys.len() * crate::proto::ShardTables::row_bytes(&self.tables, table);
+        let (len, _) = pull_response_layout(value_len);
+        let max = self.ep.max_frame_len();
+        (len > max && self.piece_len(keys, value_len).is_none()).then(|| {
+            format!(
+                "the answer to pull request {req} ({} rows) takes a {len}-byte frame, more \
+                 than the largest this server's transport sends ({max} bytes); ask for \
+                 fewer keys at a time",
+                keys.len()
+            )
+        })
+    }
+
     fn send_rows(
         &mut self,
         peer: PeerId,
@@ -195,12 +234,7 @@ impl<E: Endpoint> Server<E> {
     ) -> Result<()> {
         let value_len = keys.len() * crate::proto::ShardTables::row_bytes(&self.tables, table);
         if let [key] = *keys {
-            let piece = self
-                .ep
-                .row_piece_len()
-                .map(|p| (p & !63).max(MIN_ROW_PIECE));
-            if piece.is_some_and(|piece| value_len > piece) {
-                let piece = piece.expect("checked above");
+            if let Some(piece) = self.piece_len(keys, value_len) {
                 let ep = &mut self.ep;
                 return self.tables.send_row(table, key, &mut |values| {
                     let mut offset = 0;
