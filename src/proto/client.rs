@@ -63,7 +63,8 @@ pub struct ClientStats {
     pub messages_received: u64,
     /// Bytes of frames received.
     pub bytes_received: u64,
-    /// Push messages sent (one per shard per clock, plus explicit flushes).
+    /// Push messages sent (one per shard per clock, plus explicit flushes,
+    /// and more where a push is longer than the largest frame).
     pub push_messages: u64,
     /// Pull request messages sent.
     pub pull_messages: u64,
