@@ -22,8 +22,9 @@ use std::fmt;
 
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"LGRD";
-/// The protocol version this crate speaks.
-pub const VERSION: u16 = 1;
+/// The protocol version this crate speaks. Peers of another version are
+/// refused at their first frame. Version 2 added [`RowPiece`].
+pub const VERSION: u16 = 2;
 /// Bytes in the frame header.
 pub const HEADER_LEN: usize = 16;
 /// The largest payload the codec accepts unless told otherwise (1 GiB).
@@ -1217,10 +1218,10 @@ mod tests {
             Err(DecodeError::BadMagic(_))
         ));
         let mut bad = good.clone();
-        bad[4] = 2;
+        bad[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
         assert_eq!(
             decode(&bad, 1 << 20).unwrap_err(),
-            DecodeError::Version { got: 2 }
+            DecodeError::Version { got: VERSION + 1 }
         );
         let mut bad = good.clone();
         bad[6] = 200;
