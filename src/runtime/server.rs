@@ -187,15 +187,6 @@ impl<E: Endpoint> Server<E> {
         self.out = outputs;
     }
 
-    /// Encodes a pull response straight into the transport's buffer,
-    /// reading the rows from the table into it. A response of one long row
-    /// is sent in parts with the row in place ([`Endpoint::send_parts`]):
-    /// over TCP its bytes go from the table to the socket with no copy.
-    /// The row is held shared until the transport has it; this thread is
-    /// the only one that pushes to its tables, so no push waits on that.
-    /// Where the transport asks for it ([`Endpoint::row_piece_len`]), a
-    /// long row goes out in pieces, one frame each, all read under that
-    /// one hold, so they add up to one version of the row.
     /// The piece length for a pull answer of `keys` (`value_len` bytes),
     /// if it goes in pieces ([`Endpoint::row_piece_len`]).
     fn piece_len(&self, keys: &[u64], value_len: usize) -> Option<usize> {
@@ -223,6 +214,15 @@ impl<E: Endpoint> Server<E> {
         })
     }
 
+    /// Encodes a pull response straight into the transport's buffer,
+    /// reading the rows from the table into it. A response of one long row
+    /// is sent in parts with the row in place ([`Endpoint::send_parts`]):
+    /// over TCP its bytes go from the table to the socket with no copy.
+    /// The row is held shared until the transport has it; this thread is
+    /// the only one that pushes to its tables, so no push waits on that.
+    /// Where the transport asks for it ([`Endpoint::row_piece_len`]), a
+    /// long row goes out in pieces, one frame each, all read under that
+    /// one hold, so they add up to one version of the row.
     fn send_rows(
         &mut self,
         peer: PeerId,

@@ -422,12 +422,13 @@ impl<E: Endpoint> Worker<E> {
         Ok(())
     }
 
-    /// Pulls row `key` as [`pull`](Self::pull) does and calls `f` with it
-    /// where it lies in the worker's cache, without copying it into a
-    /// buffer of the caller's: for reading a long row once (a sum, a
-    /// forward pass) rather than keeping it. Where the cached bytes cannot
-    /// be read as `T` in place (a big-endian host, or bytes not aligned for
-    /// `T`), `f` gets a copy.
+    /// Pulls row `key` as [`pull`](Self::pull) does (waiting up to the
+    /// cluster's default timeout) and calls `f` with it where it lies in
+    /// the worker's cache, without copying it into a buffer of the
+    /// caller's: for reading a long row once (a sum, a forward pass) rather
+    /// than keeping it. Where the cached bytes cannot be read as `T` in
+    /// place (a big-endian host, or bytes not aligned for `T`), `f` gets a
+    /// copy.
     ///
     /// ```
     /// use laggard::{Cluster, ClusterSpec, TableSpec};
