@@ -101,6 +101,9 @@ pub struct Worker<E: Endpoint> {
     session: u64,
     /// Shards that took this worker's leave; their connections may close.
     left_shards: Vec<bool>,
+    /// While `leave` repeats a leave it could not confirm: the shard, and
+    /// until when it may reconnect to it (see `LEAVE_RECONNECT`).
+    leave_retry: Option<(usize, Instant)>,
     /// Set when a shard's connection failed for good; every later call
     /// reports it.
     broken: Option<Error>,
@@ -190,6 +193,7 @@ impl<E: Endpoint> Worker<E> {
             lost_since: vec![None; spec.servers],
             session,
             left_shards: vec![false; spec.servers],
+            leave_retry: None,
             broken: None,
             left: false,
             frame_spare: Vec::new(),
@@ -587,8 +591,9 @@ impl<E: Endpoint> Worker<E> {
         for shard in 0..self.peers.len() {
             loop {
                 // After a reconnect, the shard must welcome the worker back
-                // before it accepts the leave.
-                while !self.core.is_welcomed(shard) {
+                // before it accepts the leave (unless it is gone meanwhile:
+                // `pump` then gives up on it as below).
+                while !self.core.is_welcomed(shard) && !self.left_shards[shard] {
                     self.check_ok()?;
                     if !self.pump(deadline)? {
                         return Err(Error::NoResponse {
@@ -596,6 +601,9 @@ impl<E: Endpoint> Worker<E> {
                             waited: started.elapsed(),
                         });
                     }
+                }
+                if self.left_shards[shard] {
+                    break;
                 }
                 let peer = self.peers[shard];
                 // The leave is confirmed once the shard consumed it; if the
@@ -615,12 +623,12 @@ impl<E: Endpoint> Worker<E> {
                         // likely took the leave. Either way every push was
                         // applied, and a shard that missed the leave
                         // declares the worker dead after `dead_after`.
+                        // The same bound holds while the shard is to welcome
+                        // the worker back (`pump`).
                         let soon = Instant::now() + LEAVE_RECONNECT.min(self.spec.dead_after);
+                        self.leave_retry = Some((shard, soon));
                         if self.reconnect_by(shard, e, soon).is_err() {
-                            // Done with this shard; the others still hear
-                            // the leave.
-                            self.broken = None;
-                            self.left_shards[shard] = true;
+                            self.give_up_leave(shard);
                             break;
                         }
                     }
@@ -628,8 +636,17 @@ impl<E: Endpoint> Worker<E> {
                 }
             }
         }
+        self.leave_retry = None;
         self.left = true;
         Ok(self.core.stats())
+    }
+
+    /// `leave` could not reach `shard` again within `LEAVE_RECONNECT` to
+    /// repeat a leave: done with it, as it most likely took the leave and
+    /// stopped; the other shards still hear the leave.
+    fn give_up_leave(&mut self, shard: usize) {
+        self.broken = None;
+        self.left_shards[shard] = true;
     }
 
     /// Forgets every cached row, so the next pulls go to the servers.
@@ -811,6 +828,16 @@ impl<E: Endpoint> Worker<E> {
                         peer: format!("server shard {shard}"),
                         reason: "the connection closed".into(),
                     };
+                    // Repeating a leave: the shard may have taken the first
+                    // and stopped, so only `leave`'s short bound applies.
+                    if let Some((s, by)) = self.leave_retry
+                        && s == shard
+                    {
+                        if self.reconnect_by(shard, e, by).is_err() {
+                            self.give_up_leave(shard);
+                        }
+                        return Ok(true);
+                    }
                     // A failed reconnect marks the worker broken; callers
                     // see that through `check_ok`.
                     let _ = self.reconnect(shard, e);
