@@ -1004,17 +1004,26 @@ mod tests {
     use super::*;
     use crate::table::{Placement, ShardMap};
 
+    /// A BSP table of keys 0..=9, all on one shard.
+    fn table(name: &str, kind: ElementKind, width: usize) -> TableInfo {
+        TableInfo {
+            name: name.into(),
+            kind,
+            width,
+            consistency: Consistency::Bsp,
+            map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
+        }
+    }
+
+    /// Worker 0 of one shard with `tables`.
+    fn core_with(tables: Vec<TableInfo>) -> ClientCore {
+        ClientCore::new(0, 1, Arc::from(tables))
+    }
+
     /// A worker of one shard with one `i64` table of width 4 (32-byte rows)
     /// and a pull of `keys` in flight; returns the request (0 if no keys).
     fn pulling(keys: &[u64]) -> (ClientCore, u64) {
-        let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
-            name: "t".into(),
-            kind: ElementKind::I64,
-            width: 4,
-            consistency: Consistency::Bsp,
-            map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
-        }]);
-        let mut core = ClientCore::new(0, 1, tables);
+        let mut core = core_with(vec![table("t", ElementKind::I64, 4)]);
         let reqs = core.plan_pull(0, keys, Duration::from_secs(1)).unwrap();
         (core, reqs.first().copied().unwrap_or(0))
     }
@@ -1114,14 +1123,7 @@ mod tests {
         assert_eq!(keys_of(&core, &reqs), [vec![8], vec![9]]);
         // A request names each key in 8 bytes: for rows shorter than that,
         // the request is what must fit (here 2 keys; the answer, 4 rows).
-        let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
-            name: "narrow".into(),
-            kind: ElementKind::F32,
-            width: 1,
-            consistency: Consistency::Bsp,
-            map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
-        }]);
-        let mut narrow = ClientCore::new(0, 1, tables);
+        let mut narrow = core_with(vec![table("narrow", ElementKind::F32, 1)]);
         narrow.set_frame_limit(64, false);
         let reqs = narrow
             .plan_pull(0, &[0, 1, 2], Duration::from_secs(1))
@@ -1210,16 +1212,11 @@ mod tests {
 
     #[test]
     fn a_split_push_moves_whole_sections_where_they_fit() {
-        let table = |name: &str, width| TableInfo {
-            name: name.into(),
-            kind: ElementKind::I64,
-            width,
-            consistency: Consistency::Bsp,
-            map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
-        };
         let split = |max_frame| {
-            let tables: Arc<[TableInfo]> = Arc::from(vec![table("a", 4), table("b", 1)]);
-            let mut core = ClientCore::new(0, 1, tables);
+            let mut core = core_with(vec![
+                table("a", ElementKind::I64, 4),
+                table("b", ElementKind::I64, 1),
+            ]);
             core.set_frame_limit(max_frame, false);
             core.pending_add(0, 1, &[1i64; 4]).unwrap();
             core.pending_add(0, 2, &[2i64; 4]).unwrap();
