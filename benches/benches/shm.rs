@@ -13,7 +13,10 @@
 //!   Also the transport alone: the row written into a lent ring slot by the
 //!   sender and copied out by the receiver; and the floor of any push,
 //!   with no transport or protocol: the delta written into memory another
-//!   thread reads, which then adds it into a row.
+//!   thread reads, which then adds it into a row. `laggard_push_stream`:
+//!   pushes back to back (each ending its clock, none waited for) until
+//!   the server applied all of them: push bandwidth, measured as
+//!   `tcp_push_stream_*` measures it over TCP.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -337,6 +340,28 @@ fn large(c: &mut Criterion) {
         warm_up(&mut || push_applied(&mut worker));
         g.bench_function("laggard_push_applied", |b| {
             b.iter(|| push_applied(&mut worker))
+        });
+        // Push bandwidth: pushes back to back, each ending its clock and
+        // none waited for, until the server applied all of them. The
+        // worker writes the next push while the server applies the last.
+        let push_stream = |worker: &mut Worker<ShmEndpoint>, pushes: u64| {
+            let start = Instant::now();
+            let mut last = None;
+            for _ in 0..pushes {
+                worker.push(&table, &[0], black_box(&delta)).unwrap();
+                last = Some(worker.start_clock().unwrap());
+            }
+            if let Some(ticket) = last {
+                worker.wait_applied(&ticket, far()).unwrap();
+            }
+            start.elapsed()
+        };
+        // Deep enough to fill the ring, so every page of it was touched.
+        warm_up(&mut || {
+            push_stream(&mut worker, 8);
+        });
+        g.bench_function("laggard_push_stream", |b| {
+            b.iter_custom(|iters| push_stream(&mut worker, iters))
         });
         let mut pull = |worker: &mut Worker<ShmEndpoint>| {
             worker.clock().unwrap();
