@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use laggard::transport::{Endpoint, Event, PeerId, Transport};
 use laggard::{ClusterSpec, Consistency, Server, ServerReport, TableSpec, Worker, WorkerId};
+use laggard_benches::push_stream;
 use laggard_shm::{ShmConfig, ShmEndpoint, ShmTransport};
 
 fn net(tag: &str, cfg: ShmConfig) -> ShmTransport {
@@ -344,24 +345,12 @@ fn large(c: &mut Criterion) {
         // Push bandwidth: pushes back to back, each ending its clock and
         // none waited for, until the server applied all of them. The
         // worker writes the next push while the server applies the last.
-        let push_stream = |worker: &mut Worker<ShmEndpoint>, pushes: u64| {
-            let start = Instant::now();
-            let mut last = None;
-            for _ in 0..pushes {
-                worker.push(&table, &[0], black_box(&delta)).unwrap();
-                last = Some(worker.start_clock().unwrap());
-            }
-            if let Some(ticket) = last {
-                worker.wait_applied(&ticket, far()).unwrap();
-            }
-            start.elapsed()
-        };
         // Deep enough to fill the ring, so every page of it was touched.
         warm_up(&mut || {
-            push_stream(&mut worker, 8);
+            push_stream(&mut worker, &table, 0, &delta, 8);
         });
         g.bench_function("laggard_push_stream", |b| {
-            b.iter_custom(|iters| push_stream(&mut worker, iters))
+            b.iter_custom(|iters| push_stream(&mut worker, &table, 0, &delta, iters))
         });
         let mut pull = |worker: &mut Worker<ShmEndpoint>| {
             worker.clock().unwrap();

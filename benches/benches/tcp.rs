@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use laggard::transport::Transport;
 use laggard::{ClusterSpec, Consistency, Server, ServerReport, Sgd, TableSpec, Worker, WorkerId};
+use laggard_benches::push_stream;
 use laggard_tcp::{TcpEndpoint, TcpTransport};
 
 /// A raw loopback connection: `serve` runs on a thread with the accepted
@@ -199,19 +200,7 @@ fn bandwidth(c: &mut Criterion) {
         drop(client);
         sink.join().unwrap();
         g.bench_function("laggard_push_stream", |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                let mut last = None;
-                for _ in 0..iters {
-                    worker.push(&pushed, &[0], black_box(&delta)).unwrap();
-                    last = Some(worker.start_clock().unwrap());
-                }
-                if let Some(ticket) = last {
-                    let deadline = Instant::now() + Duration::from_secs(60);
-                    worker.wait_applied(&ticket, deadline).unwrap();
-                }
-                start.elapsed()
-            })
+            b.iter_custom(|iters| push_stream(&mut worker, &pushed, 0, &delta, iters))
         });
         g.finish();
 
