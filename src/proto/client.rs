@@ -80,9 +80,22 @@ pub struct ClientStats {
     pub reconnects: u64,
 }
 
+/// Unacknowledged pushes per shard before a worker waits for
+/// acknowledgements (the runtime's `clock` does): what is kept for
+/// resending stays bounded.
+pub(crate) const MAX_UNACKED: usize = 64;
+
 /// Row sets of acknowledged pushes kept for reuse (their key lists,
-/// indexes and value buffers, emptied).
-const SPARE_BUFFERS: usize = 4;
+/// indexes and value buffers, emptied). A set is made only when none is
+/// spare, so the pool never holds more sets than were in use at once, and
+/// reuse is last-in first-out, so a few long pushes do not give every set
+/// a long buffer. It keeps as many as pushes to a shard may run ahead of
+/// their acknowledgements: a pipeline that deepens again reuses its
+/// buffers instead of dropping them and allocating fresh ones (fresh pages
+/// cost the kernel a fault and zeroing each: half a second for a 64 MiB
+/// row on the 2-core VM of `benches/README.md`, every time a stream of
+/// such pushes went one deeper than a pool of 4).
+const SPARE_BUFFERS: usize = MAX_UNACKED;
 
 /// Buffers of replaced cached rows kept for rows that arrive in pieces.
 const SPARE_ROWS: usize = 2;
@@ -1002,6 +1015,7 @@ fn timeout_error(worker: u32, clock: u64, consistency: Consistency, t: &PullTime
 #[cfg(all(test, not(laggard_loom)))]
 mod tests {
     use super::*;
+    use crate::proto::PushAck;
     use crate::table::{Placement, ShardMap};
 
     /// A BSP table of keys 0..=9, all on one shard.
@@ -1176,6 +1190,39 @@ mod tests {
                 .unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn acknowledged_row_sets_are_reused_as_deep_as_pushes_ran_ahead() {
+        let (mut core, _) = pulling(&[]);
+        let welcome = Welcome {
+            shard: 0,
+            workers: 1,
+            applied_seq: 0,
+            clock: 0,
+        };
+        assert!(core.on_welcome(0, &welcome).unwrap().is_empty());
+        // Ten pushes in flight, then all acknowledged at once.
+        let depth = 10;
+        let mut last = 0;
+        for key in 0..depth {
+            core.pending_add(0, key, &[1i64; 4]).unwrap();
+            last = core.flush(true).last().unwrap().1;
+        }
+        let ack = Message::PushAck(PushAck {
+            seq: last,
+            min_clock: depth,
+        });
+        core.on_message(0, ack).unwrap();
+        assert_eq!(core.unacked(0), 0);
+        // As deep again: every push starts from a buffer that already
+        // held a row, none from a new one.
+        for key in 0..depth {
+            core.pending_add(0, key, &[1i64; 4]).unwrap();
+            core.flush(true);
+            let capacity = core.pending[0][0].values.capacity();
+            assert!(capacity >= 32, "push {key} left a fresh buffer pending");
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod client;
 mod codec;
 mod server;
 
+pub(crate) use client::MAX_UNACKED;
 pub use client::{ClientCore, ClientStats, TableInfo};
 pub use codec::{
     DEFAULT_MAX_PAYLOAD, DecodeError, Fault, FaultCode, HEADER_LEN, Hello, Keys, MAGIC, Message,

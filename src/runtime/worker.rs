@@ -10,7 +10,7 @@ use crate::clock::WorkerId;
 use crate::element::{Element, le_view, read_le_slice};
 use crate::error::{Error, Result};
 use crate::idhash::{IdMap, IdSet};
-use crate::proto::{ClientCore, ClientStats, Hello, Message, Role, decode};
+use crate::proto::{ClientCore, ClientStats, Hello, MAX_UNACKED, Message, Role, decode};
 use crate::transport::{Endpoint, Event, PeerId};
 
 /// How long a worker waits beyond a pull's deadline for the server's own
@@ -20,8 +20,6 @@ const SERVER_GRACE: Duration = Duration::from_millis(500);
 /// How long `leave` tries to reach a shard again to repeat a leave whose
 /// delivery it could not confirm.
 const LEAVE_RECONNECT: Duration = Duration::from_secs(2);
-/// Unacknowledged pushes per shard before `clock` waits for acknowledgements.
-const MAX_UNACKED: usize = 64;
 
 /// A typed handle to one of the cluster's tables, from [`Worker::table`].
 #[derive(Debug)]
