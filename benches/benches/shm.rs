@@ -342,13 +342,13 @@ fn large(c: &mut Criterion) {
         g.bench_function("laggard_push_applied", |b| {
             b.iter(|| push_applied(&mut worker))
         });
-        // Push bandwidth: pushes back to back, each ending its clock and
-        // none waited for, until the server applied all of them. The
-        // worker writes the next push while the server applies the last.
         // Deep enough to fill the ring, so every page of it was touched.
         warm_up(&mut || {
             push_stream(&mut worker, &table, 0, &delta, 8);
         });
+        // Push bandwidth: pushes back to back, each ending its clock and
+        // none waited for, until the server applied all of them. The
+        // worker writes the next push while the server applies the last.
         g.bench_function("laggard_push_stream", |b| {
             b.iter_custom(|iters| push_stream(&mut worker, &table, 0, &delta, iters))
         });

@@ -85,18 +85,6 @@ pub struct ClientStats {
 /// resending stays bounded.
 pub(crate) const MAX_UNACKED: usize = 64;
 
-/// Row sets of acknowledged pushes kept for reuse (their key lists,
-/// indexes and value buffers, emptied). A set is made only when none is
-/// spare, so the pool never holds more sets than were in use at once, and
-/// reuse is last-in first-out, so a few long pushes do not give every set
-/// a long buffer. It keeps as many as pushes to a shard may run ahead of
-/// their acknowledgements: a pipeline that deepens again reuses its
-/// buffers instead of dropping them and allocating fresh ones (fresh pages
-/// cost the kernel a fault and zeroing each: half a second for a 64 MiB
-/// row on the 2-core VM of `benches/README.md`, every time a stream of
-/// such pushes went one deeper than a pool of 4).
-const SPARE_BUFFERS: usize = MAX_UNACKED;
-
 /// Buffers of replaced cached rows kept for rows that arrive in pieces.
 const SPARE_ROWS: usize = 2;
 
@@ -200,6 +188,17 @@ pub struct ClientCore {
     spare: Vec<Rows>,
     /// Emptied section lists of acknowledged pushes, likewise.
     spare_sections: Vec<Vec<(u32, Rows)>>,
+    /// How many row sets (and section lists) `spare` keeps: as many as
+    /// pushes may run ahead of their acknowledgements, to every shard. A
+    /// set is made only when none is spare, so the pool never holds more
+    /// than were in use at once, and reuse is last-in first-out, so a few
+    /// long pushes do not give every set a long buffer. A pipeline that
+    /// deepens again then reuses its buffers instead of dropping them and
+    /// allocating fresh ones (fresh pages cost the kernel a fault and
+    /// zeroing each: half a second for a 64 MiB row on the 2-core VM of
+    /// `benches/README.md`, every time a stream of such pushes went one
+    /// deeper than a pool of 4).
+    spare_cap: usize,
     /// Buffers of cached rows replaced by rows that came in pieces, for
     /// the next such row to be assembled in.
     spare_rows: Vec<Vec<u8>>,
@@ -232,6 +231,7 @@ impl ClientCore {
             requests: IdMap::default(),
             spare: Vec::new(),
             spare_sections: Vec::new(),
+            spare_cap: MAX_UNACKED * shards,
             spare_rows: Vec::new(),
             rows_restarted: 0,
             frame_limit: None,
@@ -376,7 +376,7 @@ impl ClientCore {
                 // More than the largest frame: several pushes, in order,
                 // the clock's tick with the last. Every row fits a frame on
                 // its own (`pending_add` checks).
-                let pushes = split_push(sections, &self.tables, max_frame, spare);
+                let pushes = split_push(sections, &self.tables, max_frame, spare, self.spare_cap);
                 let n = pushes.len();
                 for (i, sections) in pushes.into_iter().enumerate() {
                     send(sections, tick && i + 1 == n);
@@ -851,12 +851,12 @@ impl ClientCore {
                 while link.unacked.front().is_some_and(|s| s.seq <= ack.seq) {
                     if let Some(mut sent) = link.unacked.pop_front() {
                         for (_, mut rows) in sent.sections.drain(..) {
-                            if self.spare.len() < SPARE_BUFFERS {
+                            if self.spare.len() < self.spare_cap {
                                 rows.clear();
                                 self.spare.push(rows);
                             }
                         }
-                        if self.spare_sections.len() < SPARE_BUFFERS {
+                        if self.spare_sections.len() < self.spare_cap {
                             self.spare_sections.push(sent.sections);
                         }
                     }
@@ -929,12 +929,14 @@ fn rows_fitting(room: usize, row_bytes: usize) -> usize {
 /// Splits the sections of a push longer than `max_frame` into pushes that
 /// each fit, rows in their order. A section that fits a frame moves whole;
 /// one that must be cut is copied, part by part, into row sets from
-/// `spare`, and its own set goes back there.
+/// `spare`, and its own set goes back there (if `spare` holds fewer than
+/// `spare_cap`).
 fn split_push(
     sections: Vec<(u32, Rows)>,
     tables: &[TableInfo],
     max_frame: usize,
     spare: &mut Vec<Rows>,
+    spare_cap: usize,
 ) -> Vec<Vec<(u32, Rows)>> {
     let mut pushes = Vec::new();
     let mut current = Vec::new();
@@ -972,7 +974,7 @@ fn split_push(
             start += fit;
         }
         rows.clear();
-        if spare.len() < SPARE_BUFFERS {
+        if spare.len() < spare_cap {
             spare.push(rows);
         }
     }
@@ -1040,6 +1042,20 @@ mod tests {
         let mut core = core_with(vec![table("t", ElementKind::I64, 4)]);
         let reqs = core.plan_pull(0, keys, Duration::from_secs(1)).unwrap();
         (core, reqs.first().copied().unwrap_or(0))
+    }
+
+    /// The worker of [`pulling`] with no pull in flight, welcomed by its
+    /// shard, so its pushes go out.
+    fn welcomed() -> ClientCore {
+        let (mut core, _) = pulling(&[]);
+        let welcome = Welcome {
+            shard: 0,
+            workers: 1,
+            applied_seq: 0,
+            clock: 0,
+        };
+        assert!(core.on_welcome(0, &welcome).unwrap().is_empty());
+        core
     }
 
     fn piece(req: u64, clock: u64, offset: u64, values: &[u8]) -> Message<'_> {
@@ -1152,14 +1168,7 @@ mod tests {
     /// through frames of at most `max_frame` bytes: each push message's
     /// (tick, keys, values).
     fn pushed(keys: &[u64], max_frame: usize) -> Vec<(bool, Vec<u64>, Vec<i64>)> {
-        let (mut core, _) = pulling(&[]);
-        let welcome = Welcome {
-            shard: 0,
-            workers: 1,
-            applied_seq: 0,
-            clock: 0,
-        };
-        assert!(core.on_welcome(0, &welcome).unwrap().is_empty());
+        let mut core = welcomed();
         core.set_frame_limit(max_frame, false);
         for &key in keys {
             core.pending_add(0, key, &[key as i64; 4]).unwrap();
@@ -1194,14 +1203,7 @@ mod tests {
 
     #[test]
     fn acknowledged_row_sets_are_reused_as_deep_as_pushes_ran_ahead() {
-        let (mut core, _) = pulling(&[]);
-        let welcome = Welcome {
-            shard: 0,
-            workers: 1,
-            applied_seq: 0,
-            clock: 0,
-        };
-        assert!(core.on_welcome(0, &welcome).unwrap().is_empty());
+        let mut core = welcomed();
         // Ten pushes in flight, then all acknowledged at once.
         let depth = 10;
         let mut last = 0;
