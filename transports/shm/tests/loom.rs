@@ -171,6 +171,32 @@ fn a_sleeping_receiver_is_woken_by_a_frame() {
     });
 }
 
+/// A busy-polled consumer: its doorbell is marked never-sleeping, so the
+/// producer's ring returns without its fence, and the spinning consumer
+/// still sees the frame, whole.
+#[test]
+fn a_busy_polled_receiver_needs_no_fence_to_see_a_frame() {
+    model(|| {
+        let r = ring(64);
+        let bell = Arc::new(Doorbell::new());
+        bell.set_never_sleeps();
+        let (p, b) = (r.clone(), bell.clone());
+        let producer = thread::spawn(move || {
+            let mut producer = Producer::default();
+            p.send(&mut producer, 7, 2, Some(&b));
+        });
+        let mut consumer = Consumer::default();
+        let read = consumer.read_pos();
+        let woke = bell.wait(Instant::now(), far(), Duration::ZERO, true, || {
+            r.ctl.tail() != read
+        });
+        assert!(woke);
+        let taken = consumer.next(&r.ctl, &r.words).unwrap().unwrap();
+        r.check(&taken, 7, 2);
+        producer.join().unwrap();
+    });
+}
+
 /// A full 64-byte ring, the producer's doorbell, and a consumer thread that
 /// takes the first frame, releases it and rings.
 fn full_ring_with_a_releasing_consumer()

@@ -1,0 +1,106 @@
+//! Busy-polled endpoints never sleep, so their mailboxes say so and peers
+//! ring them without a fence; an endpoint that sleeps is still woken by a
+//! busy-polled peer, whichever side of the connection each is on.
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard_shm::{ShmConfig, ShmEndpoint, ShmTransport};
+
+/// Offset of the never-sleeps word in a mailbox: the doorbell (at 384)
+/// holds the futex word, the sleeper count, then this flag.
+const NEVER_SLEEPS: usize = 384 + 8;
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(10)
+}
+
+/// Two networks of one cluster: one busy-polled, one that sleeps at once
+/// when it waits. Liveness checks are an hour apart, so a sleeper is
+/// woken by a ring or by its deadline, never by a check: a missed ring
+/// makes a wait time out.
+fn networks(tag: &str) -> (ShmTransport, ShmTransport) {
+    let id = format!("busy{tag}{}", std::process::id());
+    let cfg = ShmConfig::default()
+        .ring_bytes(1 << 16)
+        .liveness_interval(Duration::from_secs(3600));
+    let busy = ShmTransport::with_config(&id, cfg.clone().busy_poll(true)).unwrap();
+    let sleepy = ShmTransport::with_config(&id, cfg.spin(Duration::ZERO)).unwrap();
+    (busy, sleepy)
+}
+
+fn flag(net: &ShmTransport, name: &str) -> u32 {
+    let path = PathBuf::from(format!("/dev/shm/laggard-{}-ep-{name}", net.cluster()));
+    let bytes = std::fs::read(path).unwrap();
+    u32::from_ne_bytes(bytes[NEVER_SLEEPS..NEVER_SLEEPS + 4].try_into().unwrap())
+}
+
+fn accept(ep: &mut ShmEndpoint) -> PeerId {
+    match ep.recv(soon()).unwrap() {
+        Some(Event::Connected(peer)) => peer,
+        other => panic!("expected a connection, got {other:?}"),
+    }
+}
+
+fn send_byte(ep: &mut ShmEndpoint, peer: PeerId, byte: u8) {
+    let mut buf = ep.lend(peer, 1, soon()).unwrap();
+    buf[0] = byte;
+    ep.send(buf).unwrap();
+}
+
+fn recv_byte(ep: &mut ShmEndpoint, what: &str) -> u8 {
+    match ep.recv(soon()).unwrap() {
+        Some(Event::Frame(_, frame)) => frame[0],
+        other => panic!("{what}: expected a frame, got {other:?}"),
+    }
+}
+
+#[test]
+fn only_a_busy_polled_endpoint_is_marked_never_sleeping() {
+    let (busy, sleepy) = networks("flag");
+    let _b = busy.bind("b").unwrap();
+    let _s = sleepy.bind("s").unwrap();
+    assert_eq!(flag(&busy, "b"), 1);
+    assert_eq!(flag(&sleepy, "s"), 0);
+}
+
+/// Each side answers the other's frame after a pause, so the waiting side
+/// is spinning (busy) or asleep on its futex (sleepy) when it arrives.
+fn ping_pong(mut waiter: ShmEndpoint, to_waiter: PeerId, mut asker: ShmEndpoint, to_asker: PeerId) {
+    let answering = thread::spawn(move || {
+        for i in 0..10u8 {
+            let got = recv_byte(&mut waiter, "the answering side");
+            assert_eq!(got, i);
+            thread::sleep(Duration::from_millis(3));
+            send_byte(&mut waiter, to_asker, got);
+        }
+    });
+    for i in 0..10u8 {
+        thread::sleep(Duration::from_millis(3));
+        send_byte(&mut asker, to_waiter, i);
+        assert_eq!(recv_byte(&mut asker, "the asking side"), i);
+    }
+    answering.join().unwrap();
+}
+
+#[test]
+fn a_sleeping_acceptor_and_a_busy_connector_wake_each_other() {
+    let (busy, sleepy) = networks("acc");
+    let mut server = sleepy.bind("server").unwrap();
+    let mut client = busy.bind("client").unwrap();
+    let to_server = client.connect("server", soon()).unwrap();
+    let to_client = accept(&mut server);
+    ping_pong(server, to_server, client, to_client);
+}
+
+#[test]
+fn a_busy_acceptor_and_a_sleeping_connector_wake_each_other() {
+    let (busy, sleepy) = networks("con");
+    let mut server = busy.bind("server").unwrap();
+    let mut client = sleepy.bind("client").unwrap();
+    let to_server = client.connect("server", soon()).unwrap();
+    let to_client = accept(&mut server);
+    ping_pong(server, to_server, client, to_client);
+}
