@@ -146,48 +146,27 @@ fn an_unsent_buffer_is_skipped() {
     });
 }
 
-/// A consumer asleep on its doorbell is woken by the frame's publication.
-#[test]
-fn a_sleeping_receiver_is_woken_by_a_frame() {
-    model(|| {
+/// A producer publishes a two-word frame and rings the consumer's doorbell
+/// while the consumer waits on it, asleep or (`busy_poll`, its doorbell
+/// marked never-sleeping, so the ring skips its fence) spinning; either
+/// way the consumer sees the frame, whole.
+fn a_waiting_receiver_sees_a_frame(busy_poll: bool) {
+    model(move || {
         let r = ring(64);
         let bell = Arc::new(Doorbell::new());
-        let (p, b) = (r.clone(), bell.clone());
-        let producer = thread::spawn(move || {
-            let mut producer = Producer::default();
-            p.send(&mut producer, 7, 1, Some(&b));
-        });
-        let mut consumer = Consumer::default();
-        // The endpoint's `has_work`: the published tail against a copy of
-        // how far the consumer has read.
-        let read = consumer.read_pos();
-        let woke = bell.wait(Instant::now(), far(), Duration::ZERO, false, || {
-            r.ctl.tail() != read
-        });
-        assert!(woke);
-        let taken = consumer.next(&r.ctl, &r.words).unwrap().unwrap();
-        r.check(&taken, 7, 1);
-        producer.join().unwrap();
-    });
-}
-
-/// A busy-polled consumer: its doorbell is marked never-sleeping, so the
-/// producer's ring returns without its fence, and the spinning consumer
-/// still sees the frame, whole.
-#[test]
-fn a_busy_polled_receiver_needs_no_fence_to_see_a_frame() {
-    model(|| {
-        let r = ring(64);
-        let bell = Arc::new(Doorbell::new());
-        bell.set_never_sleeps();
+        if busy_poll {
+            bell.set_never_sleeps();
+        }
         let (p, b) = (r.clone(), bell.clone());
         let producer = thread::spawn(move || {
             let mut producer = Producer::default();
             p.send(&mut producer, 7, 2, Some(&b));
         });
         let mut consumer = Consumer::default();
+        // The endpoint's `has_work`: the published tail against a copy of
+        // how far the consumer has read.
         let read = consumer.read_pos();
-        let woke = bell.wait(Instant::now(), far(), Duration::ZERO, true, || {
+        let woke = bell.wait(Instant::now(), far(), Duration::ZERO, busy_poll, || {
             r.ctl.tail() != read
         });
         assert!(woke);
@@ -195,6 +174,18 @@ fn a_busy_polled_receiver_needs_no_fence_to_see_a_frame() {
         r.check(&taken, 7, 2);
         producer.join().unwrap();
     });
+}
+
+/// A consumer asleep on its doorbell is woken by the frame's publication.
+#[test]
+fn a_sleeping_receiver_is_woken_by_a_frame() {
+    a_waiting_receiver_sees_a_frame(false);
+}
+
+/// A busy-polled consumer needs no fence from the producer.
+#[test]
+fn a_busy_polled_receiver_needs_no_fence_to_see_a_frame() {
+    a_waiting_receiver_sees_a_frame(true);
 }
 
 /// A full 64-byte ring, the producer's doorbell, and a consumer thread that
