@@ -73,10 +73,7 @@ impl ShmConfig {
     }
 
     /// Never sleep: waiting calls spin until their deadline. The lowest
-    /// latency, at the price of a busy core per waiting thread. The
-    /// endpoint's mailbox says so, so peers send to it without the memory
-    /// fence that waking a sleeper needs. Processes of one cluster may
-    /// differ in this setting.
+    /// latency, at the price of a busy core per waiting thread.
     pub fn busy_poll(mut self, on: bool) -> Self {
         self.busy_poll = on;
         self

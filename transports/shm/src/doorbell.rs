@@ -24,11 +24,6 @@ use laggard::sync::{AtomicU32, Ordering, fence};
 pub struct Doorbell {
     seq: AtomicU32,
     sleepers: AtomicU32,
-    /// Nonzero once the owner has said it busy-polls: it never sleeps, so
-    /// ringing skips the fence, the one full barrier of a busy-polled
-    /// frame. Zero (a mailbox of an older build, or one not yet marked)
-    /// only costs the fence.
-    never_sleeps: AtomicU32,
     /// The loom stand-in for the kernel's futex queue.
     #[cfg(laggard_loom)]
     park: (laggard::sync::Mutex<()>, laggard::sync::Condvar),
@@ -41,25 +36,12 @@ impl Doorbell {
         Doorbell {
             seq: AtomicU32::new(0),
             sleepers: AtomicU32::new(0),
-            never_sleeps: AtomicU32::new(0),
             park: (laggard::sync::Mutex::new(()), laggard::sync::Condvar::new()),
         }
     }
 
-    /// Marks the owner as never sleeping: every later `wait` of it must
-    /// pass `busy_poll`. Call before anyone rings.
-    pub fn set_never_sleeps(&self) {
-        // Relaxed: a ringer that reads the old 0 only fences needlessly.
-        self.never_sleeps.store(1, Ordering::Relaxed);
-    }
-
     /// Wakes the owner if it sleeps. Call after changing what it waits on.
     pub fn ring(&self) {
-        // Relaxed: set once, before the owner's first wait; it orders
-        // nothing, it only says no wake-up will ever be needed.
-        if self.never_sleeps.load(Ordering::Relaxed) != 0 {
-            return;
-        }
         // SeqCst: the store-buffering pair of the fence in `wait`; either
         // we see its `sleepers` or it sees our change.
         fence(Ordering::SeqCst);

@@ -240,9 +240,6 @@ impl Transport for ShmTransport {
             seg,
             owner: self.me,
         };
-        if self.cfg.busy_poll {
-            mailbox.doorbell().set_never_sleeps();
-        }
         Ok(ShmEndpoint {
             net: self.clone(),
             name: name.to_owned(),
@@ -268,7 +265,7 @@ struct Mailbox {
 impl Mailbox {
     fn doorbell(&self) -> &Doorbell {
         // SAFETY: MB_DOORBELL is in bounds (length checked on open) and
-        // 128-aligned; Doorbell is three AtomicU32s, valid for any bytes, and
+        // 128-aligned; Doorbell is two AtomicU32s, valid for any bytes, and
         // the mapping lives as long as `self`.
         unsafe { &*(self.seg.ptr(layout::MB_DOORBELL) as *const Doorbell) }
     }

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | 0 | header: magic, version, kind, total length, owner (pid, start time), slot count, endpoint name |
 //! | 256 | `closed` flag (the endpoint was dropped); at 264, `posted`: connections posted so far |
-//! | 384 | doorbell (futex word, sleepers, the owner's never-sleeps flag) |
+//! | 384 | doorbell (futex word, sleepers) |
 //! | 512 | connect slots, [`SLOT_SIZE`] bytes each: state, claimer pid, connection segment name |
 //!
 //! **Connection** (one per connection, created by the connecting side):
