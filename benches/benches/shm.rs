@@ -5,7 +5,9 @@
 //!
 //! - `shm_small_64B`: a 64-byte push and its acknowledgement (push, flush,
 //!   wait until applied), in busy-poll mode, against a two-thread
-//!   cache-line ping-pong. Also the transport alone: a 64-byte frame and an
+//!   cache-line ping-pong; the same with 31 more workers connected and
+//!   idle (a server looks at every connection when it waits for a frame).
+//!   Also the transport alone: a 64-byte frame and an
 //!   8-byte reply, between two threads and (to show what the transport's
 //!   own code costs) with both endpoints on one thread.
 //! - `shm_large_{4,64}MiB`: one row pushed (and applied), or pulled after a
@@ -164,28 +166,45 @@ fn small(c: &mut Criterion) {
     partner.join().unwrap();
 
     let busy = ShmConfig::default().busy_poll(true).ring_bytes(1 << 20);
-    let spec = ClusterSpec::new(1, 1).table(
-        "small",
-        TableSpec::<f32>::dense(0..1, 16).consistency(Consistency::Async),
-    );
-    let shm = net("small", busy.clone());
-    let (mut worker, serving) = cluster(&spec, &shm);
-    let table = worker.table::<f32>("small").unwrap();
-    let delta = [0.5f32; 16];
     // Deadlines are made outside the timed loops: reading the clock costs
     // tens of nanoseconds, a fair share of these round trips. This one
     // serves the whole group, so it lies an hour away rather than `far()`'s
     // minute, which a long `--measurement-time` could outlast.
     let deadline = Instant::now() + Duration::from_secs(3600);
-    g.bench_function("laggard_push_ack_busy_poll", |b| {
-        b.iter(|| {
-            worker.push(&table, &[0], black_box(&delta)).unwrap();
-            let ticket = worker.flush().unwrap();
-            worker.wait_applied(&ticket, deadline).unwrap();
-        })
-    });
-    worker.leave().unwrap();
-    serving.join().unwrap().unwrap();
+    // With more workers connected and idle: the server looks at every
+    // worker's connection for each frame it waits for.
+    for idle in [0, 31] {
+        let spec = ClusterSpec::new(1, 1 + idle).table(
+            "small",
+            TableSpec::<f32>::dense(0..1, 16).consistency(Consistency::Async),
+        );
+        let shm = net(&format!("small{idle}"), busy.clone());
+        let (mut worker, serving) = cluster(&spec, &shm);
+        let idlers: Vec<_> = (1..=idle)
+            .map(|w| {
+                let ep = shm.bind(&spec.worker_name(w)).unwrap();
+                Worker::connect(ep, &spec, WorkerId(w as u32), far()).unwrap()
+            })
+            .collect();
+        let table = worker.table::<f32>("small").unwrap();
+        let delta = [0.5f32; 16];
+        let name = match idle {
+            0 => "laggard_push_ack_busy_poll".to_owned(),
+            n => format!("laggard_push_ack_busy_poll_{n}_idle_workers"),
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                worker.push(&table, &[0], black_box(&delta)).unwrap();
+                let ticket = worker.flush().unwrap();
+                worker.wait_applied(&ticket, deadline).unwrap();
+            })
+        });
+        worker.leave().unwrap();
+        for idler in idlers {
+            idler.leave().unwrap();
+        }
+        serving.join().unwrap().unwrap();
+    }
 
     let shm = net("frame", busy);
     let (echo, mut client, peer) = echo_server(&shm, "echo", 8, false);

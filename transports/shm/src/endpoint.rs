@@ -612,10 +612,17 @@ impl ShmEndpoint {
         for k in 0..n {
             let idx = (self.rr + k) % n;
             let peer = self.order[idx];
-            let conn = self.conns[&peer].clone();
+            let conn = &self.conns[&peer];
             // Checked before the ring: frames sent before the close are
             // delivered first.
             let gone = conn.peer_gone();
+            // A quiet connection costs a few loads, not the consumer's
+            // lock and a count on its `Arc`: a server visits every
+            // worker's connection each time it looks for a frame.
+            if !gone && !conn.has_more() {
+                continue;
+            }
+            let conn = conn.clone();
             match conn.take() {
                 Ok(Some(taken)) => {
                     self.rr = idx + 1;
