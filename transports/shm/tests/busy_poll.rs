@@ -7,6 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard_conformance::send_bytes;
 use laggard_shm::{ShmConfig, ShmEndpoint, ShmTransport};
 
 fn soon() -> Instant {
@@ -34,12 +35,6 @@ fn accept(ep: &mut ShmEndpoint) -> PeerId {
     }
 }
 
-fn send_byte(ep: &mut ShmEndpoint, peer: PeerId, byte: u8) {
-    let mut buf = ep.lend(peer, 1, soon()).unwrap();
-    buf[0] = byte;
-    ep.send(buf).unwrap();
-}
-
 fn recv_byte(ep: &mut ShmEndpoint, what: &str) -> u8 {
     match ep.recv(soon()).unwrap() {
         Some(Event::Frame(_, frame)) => frame[0],
@@ -55,12 +50,12 @@ fn ping_pong(mut waiter: ShmEndpoint, to_waiter: PeerId, mut asker: ShmEndpoint,
             let got = recv_byte(&mut waiter, "the answering side");
             assert_eq!(got, i);
             thread::sleep(Duration::from_millis(3));
-            send_byte(&mut waiter, to_asker, got);
+            send_bytes(&mut waiter, to_asker, &[got]).unwrap();
         }
     });
     for i in 0..10u8 {
         thread::sleep(Duration::from_millis(3));
-        send_byte(&mut asker, to_waiter, i);
+        send_bytes(&mut asker, to_waiter, &[i]).unwrap();
         assert_eq!(recv_byte(&mut asker, "the asking side"), i);
     }
     answering.join().unwrap();
