@@ -28,13 +28,6 @@ fn networks(tag: &str) -> (ShmTransport, ShmTransport) {
     (busy, sleepy)
 }
 
-fn accept(ep: &mut ShmEndpoint) -> PeerId {
-    match ep.recv(soon()).unwrap() {
-        Some(Event::Connected(peer)) => peer,
-        other => panic!("expected a connection, got {other:?}"),
-    }
-}
-
 fn recv_byte(ep: &mut ShmEndpoint, what: &str) -> u8 {
     match ep.recv(soon()).unwrap() {
         Some(Event::Frame(_, frame)) => frame[0],
@@ -61,22 +54,27 @@ fn ping_pong(mut waiter: ShmEndpoint, to_waiter: PeerId, mut asker: ShmEndpoint,
     answering.join().unwrap();
 }
 
+/// Binds a server on `acceptor` and a client on `connector`, connects
+/// them, and has them exchange frames both ways.
+fn connect_and_exchange(acceptor: &ShmTransport, connector: &ShmTransport) {
+    let mut server = acceptor.bind("server").unwrap();
+    let mut client = connector.bind("client").unwrap();
+    let to_server = client.connect("server", soon()).unwrap();
+    let to_client = match server.recv(soon()).unwrap() {
+        Some(Event::Connected(peer)) => peer,
+        other => panic!("expected a connection, got {other:?}"),
+    };
+    ping_pong(server, to_server, client, to_client);
+}
+
 #[test]
 fn a_sleeping_acceptor_and_a_busy_connector_wake_each_other() {
     let (busy, sleepy) = networks("acc");
-    let mut server = sleepy.bind("server").unwrap();
-    let mut client = busy.bind("client").unwrap();
-    let to_server = client.connect("server", soon()).unwrap();
-    let to_client = accept(&mut server);
-    ping_pong(server, to_server, client, to_client);
+    connect_and_exchange(&sleepy, &busy);
 }
 
 #[test]
 fn a_busy_acceptor_and_a_sleeping_connector_wake_each_other() {
     let (busy, sleepy) = networks("con");
-    let mut server = busy.bind("server").unwrap();
-    let mut client = sleepy.bind("client").unwrap();
-    let to_server = client.connect("server", soon()).unwrap();
-    let to_client = accept(&mut server);
-    ping_pong(server, to_server, client, to_client);
+    connect_and_exchange(&busy, &sleepy);
 }
