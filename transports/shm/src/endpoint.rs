@@ -27,6 +27,7 @@ use crate::layout::{self, Header, Owner};
 use crate::ring::{self, Consumer, Producer, RingCtl, Taken};
 use crate::segment::{self, OpenError, Segment};
 use crate::slots;
+use crate::unsent::Unsent;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -236,10 +237,10 @@ impl Transport for ShmTransport {
                 }
             }
         };
-        let mailbox = Mailbox {
+        let mailbox = Arc::new(Mailbox {
             seg,
             owner: self.me,
-        };
+        });
         Ok(ShmEndpoint {
             net: self.clone(),
             name: name.to_owned(),
@@ -289,8 +290,13 @@ struct Conn {
     side: usize,
     cap: u64,
     peer_mailbox: Mailbox,
+    /// Our endpoint's mailbox, whose doorbell a buffer dropped unsent
+    /// rings (the endpoint may be asleep, with later frames held back).
+    own_mailbox: Arc<Mailbox>,
     peer_name: String,
-    producer: Mutex<Producer>,
+    /// Buffers lent on ring `side` and dropped unsent; the ring's producer
+    /// is the endpoint's (`Link::producer`).
+    unsent: Unsent,
     consumer: Mutex<Consumer>,
     /// How far `take` has read the incoming ring: the consumer's read
     /// position, copied out so that `has_work` checks for frames without
@@ -311,6 +317,7 @@ impl Conn {
         side: usize,
         cap: u64,
         peer_mailbox: Mailbox,
+        own_mailbox: Arc<Mailbox>,
         peer_name: String,
         file: Option<PathBuf>,
     ) -> Self {
@@ -319,8 +326,9 @@ impl Conn {
             side,
             cap,
             peer_mailbox,
+            own_mailbox,
             peer_name,
-            producer: Mutex::new(Producer::default()),
+            unsent: Unsent::new(),
             consumer: Mutex::new(Consumer::default()),
             taken_to: AtomicU64::new(0),
             failed: AtomicBool::new(false),
@@ -400,6 +408,25 @@ impl Conn {
         // Relaxed: see `taken_to`.
         self.ctl(1 - self.side).tail() != self.taken_to.load(Ordering::Relaxed)
     }
+
+    /// Turns the buffers dropped unsent since the last call into padding
+    /// (`producer` is this connection's), publishing what waited behind
+    /// them.
+    fn reap_unsent(&self, producer: &mut Producer) {
+        if !self.unsent.pending() {
+            return;
+        }
+        let mut records = Vec::new();
+        self.unsent.take(&mut records);
+        let tx = self.side;
+        let mut moved = false;
+        for record in records {
+            moved |= producer.complete(self.ctl(tx), self.words(tx), record, false);
+        }
+        if moved {
+            self.peer_mailbox.doorbell().ring();
+        }
+    }
 }
 
 impl Drop for Conn {
@@ -410,13 +437,21 @@ impl Drop for Conn {
     }
 }
 
+/// A connection as its endpoint holds it.
+struct Link {
+    conn: Arc<Conn>,
+    /// The producer of the connection's outgoing ring: only this endpoint
+    /// lends and sends on it, so it needs no lock (see `Unsent`).
+    producer: Producer,
+}
+
 /// An endpoint of a [`ShmTransport`] network.
 pub struct ShmEndpoint {
     net: ShmTransport,
     name: String,
     path: PathBuf,
-    mailbox: Mailbox,
-    conns: IdMap<PeerId, Arc<Conn>>,
+    mailbox: Arc<Mailbox>,
+    conns: IdMap<PeerId, Link>,
     order: Vec<PeerId>,
     rr: usize,
     next_peer: u64,
@@ -435,12 +470,12 @@ impl fmt::Debug for ShmEndpoint {
 }
 
 impl ShmEndpoint {
-    fn conn(&self, peer: PeerId) -> Result<Arc<Conn>> {
+    fn link(&mut self, peer: PeerId) -> Result<&mut Link> {
+        let name = &self.name;
         self.conns
-            .get(&peer)
-            .cloned()
+            .get_mut(&peer)
             .ok_or_else(|| Error::Disconnected {
-                peer: format!("{peer} of {}", self.name),
+                peer: format!("{peer} of {name}"),
                 reason: "no such connection (it closed or never existed)".into(),
             })
     }
@@ -448,14 +483,18 @@ impl ShmEndpoint {
     fn add(&mut self, conn: Conn) -> PeerId {
         self.next_peer += 1;
         let peer = PeerId(self.next_peer);
-        self.conns.insert(peer, Arc::new(conn));
+        let link = Link {
+            conn: Arc::new(conn),
+            producer: Producer::default(),
+        };
+        self.conns.insert(peer, link);
         self.order.push(peer);
         peer
     }
 
     fn remove(&mut self, peer: PeerId) -> Option<Arc<Conn>> {
         self.order.retain(|&p| p != peer);
-        self.conns.remove(&peer)
+        self.conns.remove(&peer).map(|link| link.conn)
     }
 
     /// Waits on our doorbell until `ready` or `until` (capped at the next
@@ -480,7 +519,7 @@ impl ShmEndpoint {
     /// Marks connections whose peer process died, and frees connect
     /// slots claimed by processes that died before finishing.
     fn check_liveness(&mut self) {
-        for conn in self.conns.values() {
+        for Link { conn, .. } in self.conns.values() {
             let owner = conn.peer_mailbox.owner;
             if !conn.failed.load(Ordering::Acquire) && !owner.is_alive() {
                 conn.fail(format!(
@@ -592,7 +631,15 @@ impl ShmEndpoint {
             seg: mb,
             owner: header.owner,
         };
-        let conn = Conn::new(seg, 1, header.param, peer_mailbox, header.name, None);
+        let conn = Conn::new(
+            seg,
+            1,
+            header.param,
+            peer_mailbox,
+            self.mailbox.clone(),
+            header.name,
+            None,
+        );
         // Release: pairs with the connector's Acquire load in `peer_gone`.
         conn.accepted().store(1, Ordering::Release);
         Ok(conn)
@@ -600,7 +647,11 @@ impl ShmEndpoint {
 
     /// Something for `recv` to do (without doing it).
     fn has_work(&self) -> bool {
-        self.posted() != self.scanned || self.conns.values().any(|c| c.has_more() || c.peer_gone())
+        self.posted() != self.scanned
+            || self
+                .conns
+                .values()
+                .any(|Link { conn: c, .. }| c.has_more() || c.peer_gone() || c.unsent.pending())
     }
 
     /// The next event if one is ready.
@@ -612,7 +663,10 @@ impl ShmEndpoint {
         for k in 0..n {
             let idx = (self.rr + k) % n;
             let peer = self.order[idx];
-            let conn = &self.conns[&peer];
+            let Some(Link { conn, producer }) = self.conns.get_mut(&peer) else {
+                continue;
+            };
+            conn.reap_unsent(producer);
             // Checked before the ring: frames sent before the close are
             // delivered first.
             let gone = conn.peer_gone();
@@ -718,7 +772,15 @@ impl Endpoint for ShmEndpoint {
             },
         )
         .map_err(|e| transport_error(format!("cannot create {}: {e}", path.display())))?;
-        let conn = Conn::new(seg, 0, cap, peer_mailbox, name.to_owned(), Some(path));
+        let conn = Conn::new(
+            seg,
+            0,
+            cap,
+            peer_mailbox,
+            self.mailbox.clone(),
+            name.to_owned(),
+            Some(path),
+        );
         // Claim a slot in the peer's mailbox and post the segment's name.
         let slot = loop {
             let mb = &conn.peer_mailbox;
@@ -754,7 +816,7 @@ impl Endpoint for ShmEndpoint {
     }
 
     fn lend(&mut self, peer: PeerId, len: usize, deadline: Instant) -> Result<ShmBuf> {
-        let conn = self.conn(peer)?;
+        let conn = self.link(peer)?.conn.clone();
         let max = ring::max_frame(conn.cap) as usize;
         if len > max {
             return Err(transport_error(format!(
@@ -772,7 +834,8 @@ impl Endpoint for ShmEndpoint {
                 return Err(conn.gone_error());
             }
             let (reserved, head) = {
-                let mut producer = lock(&conn.producer);
+                let producer = &mut self.link(peer)?.producer;
+                conn.reap_unsent(producer);
                 let reserved = producer.reserve(conn.ctl(tx), conn.words(tx), len as u64);
                 // A reservation that found no room has just read `head`:
                 // waiting for it to move misses no release made since.
@@ -782,6 +845,7 @@ impl Endpoint for ShmEndpoint {
                 Ok(Some(r)) => {
                     return Ok(ShmBuf {
                         conn,
+                        peer,
                         record: r.record,
                         payload: r.payload,
                         len,
@@ -797,7 +861,7 @@ impl Endpoint for ShmEndpoint {
             let now = Instant::now();
             let started = *started.get_or_insert(now);
             if now >= deadline {
-                let unread = lock(&conn.producer).unread(conn.ctl(tx));
+                let unread = self.link(peer)?.producer.unread(conn.ctl(tx));
                 return Err(Error::NoResponse {
                     what: format!(
                         "room to send {len} bytes to {}, which has {unread} bytes unread",
@@ -806,20 +870,36 @@ impl Endpoint for ShmEndpoint {
                     waited: now - started,
                 });
             }
+            // A buffer dropped unsent may be what holds the room.
             self.wait(now, deadline, |_| {
-                conn.ctl(tx).head() != head || conn.peer_gone()
+                conn.ctl(tx).head() != head || conn.peer_gone() || conn.unsent.pending()
             });
         }
     }
 
     fn send(&mut self, mut buf: ShmBuf) -> Result<()> {
+        // On an error, dropping `buf` turns it into a pad.
         if buf.conn.peer_gone() {
-            return Err(buf.conn.gone_error()); // dropping `buf` turns it into a pad
+            return Err(buf.conn.gone_error());
         }
+        // Only the endpoint that lent a buffer drives its ring.
+        let Some(Link { producer, .. }) = self
+            .conns
+            .get_mut(&buf.peer)
+            .filter(|link| Arc::ptr_eq(&link.conn, &buf.conn))
+        else {
+            return Err(Error::Disconnected {
+                peer: buf.conn.peer_name.clone(),
+                reason: "the buffer was lent by another endpoint, or for a connection \
+                         closed since"
+                    .into(),
+            });
+        };
         buf.sent = true;
         let conn = &buf.conn;
+        conn.reap_unsent(producer);
         let tx = conn.side;
-        let moved = lock(&conn.producer).complete(conn.ctl(tx), conn.words(tx), buf.record, true);
+        let moved = producer.complete(conn.ctl(tx), conn.words(tx), buf.record, true);
         if moved {
             conn.peer_mailbox.doorbell().ring();
         }
@@ -827,17 +907,19 @@ impl Endpoint for ShmEndpoint {
     }
 
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
-        let conn = self.conn(peer)?;
+        let conn = self.link(peer)?.conn.clone();
         let mut started = None;
         let tx = conn.side;
         loop {
-            if lock(&conn.producer).drained(conn.ctl(tx)) || conn.peer_gone() {
+            let producer = &mut self.link(peer)?.producer;
+            conn.reap_unsent(producer);
+            if producer.drained(conn.ctl(tx)) || conn.peer_gone() {
                 return Ok(());
             }
+            let unread = producer.unread(conn.ctl(tx));
             let now = Instant::now();
             let started = *started.get_or_insert(now);
             if now >= deadline {
-                let unread = lock(&conn.producer).unread(conn.ctl(tx));
                 return Err(Error::NoResponse {
                     what: format!("{} to read the {unread} bytes sent to it", conn.peer_name),
                     waited: now - started,
@@ -845,7 +927,7 @@ impl Endpoint for ShmEndpoint {
             }
             let head = conn.ctl(tx).head();
             self.wait(now, deadline, |_| {
-                conn.ctl(tx).head() != head || conn.peer_gone()
+                conn.ctl(tx).head() != head || conn.peer_gone() || conn.unsent.pending()
             });
         }
     }
@@ -881,7 +963,7 @@ impl Endpoint for ShmEndpoint {
 
     fn peer_name(&self, peer: PeerId) -> String {
         match self.conns.get(&peer) {
-            Some(conn) => conn.peer_name.clone(),
+            Some(link) => link.conn.peer_name.clone(),
             None => peer.to_string(),
         }
     }
@@ -898,8 +980,8 @@ impl Drop for ShmEndpoint {
             .seg
             .u32_at(layout::MB_CLOSED)
             .store(1, Ordering::Release);
-        for (_, conn) in self.conns.drain() {
-            conn.close();
+        for (_, link) in self.conns.drain() {
+            link.conn.close();
         }
         self.order.clear();
         // Connections posted but never accepted: their creators see the
@@ -908,9 +990,12 @@ impl Drop for ShmEndpoint {
 }
 
 /// A buffer lent by [`ShmEndpoint::lend`]: a slot of the ring the peer
-/// reads. Dropping it unsent turns the slot into padding.
+/// reads. Dropping it unsent turns the slot into padding: the endpoint
+/// does that, woken if it waits, so frames lent after it still go.
 pub struct ShmBuf {
     conn: Arc<Conn>,
+    /// The connection's id at the endpoint that lent it.
+    peer: PeerId,
     record: u64,
     payload: u64,
     len: usize,
@@ -945,16 +1030,10 @@ impl DerefMut for ShmBuf {
 impl Drop for ShmBuf {
     fn drop(&mut self) {
         if !self.sent {
-            let tx = self.conn.side;
-            let moved = lock(&self.conn.producer).complete(
-                self.conn.ctl(tx),
-                self.conn.words(tx),
-                self.record,
-                false,
-            );
-            if moved {
-                self.conn.peer_mailbox.doorbell().ring();
-            }
+            // The endpoint pads the slot (see `Unsent`): it may be on
+            // another thread, asleep, with later frames waiting behind it.
+            self.conn.unsent.push(self.record);
+            self.conn.own_mailbox.doorbell().ring();
         }
     }
 }

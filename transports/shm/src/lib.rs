@@ -60,6 +60,7 @@ mod ring;
 #[cfg(not(laggard_loom))]
 mod segment;
 mod slots;
+mod unsent;
 
 #[cfg(not(laggard_loom))]
 pub use config::ShmConfig;
@@ -116,4 +117,5 @@ pub mod loom_api {
     pub use crate::doorbell::Doorbell;
     pub use crate::ring::{Consumer, Producer, RingCtl, Taken, max_frame};
     pub use crate::slots::{claim, free, is_ready, post, posted};
+    pub use crate::unsent::Unsent;
 }

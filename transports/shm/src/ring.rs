@@ -10,7 +10,8 @@
 //! followed by `len` payload bytes padded to 8. A frame never wraps: when
 //! it does not fit before the end of the region, a pad record fills the
 //! rest and the frame starts at the beginning. A lent buffer that is
-//! dropped unsent turns into a pad record of the same size.
+//! dropped unsent turns into a pad record of the same size (the endpoint
+//! completes it as such: see `unsent`).
 //!
 //! Frames may be released out of order (a received frame is an owned value
 //! that can be dropped anywhere); `head` advances over the longest released

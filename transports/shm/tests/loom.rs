@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use laggard::sync::{Arc, AtomicU64, Ordering, model, thread};
-use laggard_shm::loom_api::{Consumer, Doorbell, Producer, RingCtl, max_frame};
+use laggard_shm::loom_api::{Consumer, Doorbell, Producer, RingCtl, Unsent, max_frame};
 
 fn far() -> Instant {
     Instant::now() + Duration::from_secs(3600)
@@ -143,6 +143,39 @@ fn an_unsent_buffer_is_skipped() {
         };
         r.check(&taken, 1, 2);
         producer.join().unwrap();
+    });
+}
+
+/// A buffer dropped unsent on another thread, while a frame lent after it
+/// waits behind it: the dropper hands its place over (`Unsent`) and rings
+/// the endpoint's doorbell; the endpoint, asleep on it, wakes, pads the
+/// place, and the later frame reaches the consumer whole.
+#[test]
+fn a_buffer_dropped_unsent_elsewhere_releases_the_frames_behind_it() {
+    model(|| {
+        let r = ring(64);
+        let bell = Arc::new(Doorbell::new()); // the sending endpoint's
+        let unsent = Arc::new(Unsent::new());
+        let mut producer = Producer::default();
+        let dropped = producer.reserve(&r.ctl, &r.words, 16).unwrap().unwrap();
+        r.send(&mut producer, 1, 2, None); // complete, but behind `dropped`
+        assert_eq!(r.ctl.tail(), 0);
+        let (u, b) = (unsent.clone(), bell.clone());
+        let dropper = thread::spawn(move || {
+            u.push(dropped.record);
+            b.ring();
+        });
+        assert!(bell.wait(Instant::now(), far(), Duration::ZERO, false, || {
+            unsent.pending()
+        }));
+        let mut records = Vec::new();
+        unsent.take(&mut records);
+        assert_eq!(records, [dropped.record]);
+        assert!(producer.complete(&r.ctl, &r.words, dropped.record, false));
+        let mut consumer = Consumer::default();
+        let taken = consumer.next(&r.ctl, &r.words).unwrap().unwrap();
+        r.check(&taken, 1, 2);
+        dropper.join().unwrap();
     });
 }
 
