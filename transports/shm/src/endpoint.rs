@@ -816,35 +816,28 @@ impl Endpoint for ShmEndpoint {
     }
 
     fn lend(&mut self, peer: PeerId, len: usize, deadline: Instant) -> Result<ShmBuf> {
-        let conn = self.link(peer)?.conn.clone();
-        let max = ring::max_frame(conn.cap) as usize;
-        if len > max {
-            return Err(transport_error(format!(
-                "a {len}-byte frame exceeds this connection's largest frame ({max} bytes); \
-                 use ShmConfig::ring_bytes of at least {}",
-                (len as u64 + 8) * 2
-            )));
-        }
         // Read only once a reservation fails: the clock costs about as much
         // as the rest of a lend.
         let mut started = None;
-        let tx = conn.side;
         loop {
+            let Link { conn, producer } = self.link(peer)?;
+            let max = ring::max_frame(conn.cap) as usize;
+            if len > max {
+                return Err(transport_error(format!(
+                    "a {len}-byte frame exceeds this connection's largest frame ({max} bytes); \
+                     use ShmConfig::ring_bytes of at least {}",
+                    (len as u64 + 8) * 2
+                )));
+            }
             if conn.peer_gone() {
                 return Err(conn.gone_error());
             }
-            let (reserved, head) = {
-                let producer = &mut self.link(peer)?.producer;
-                conn.reap_unsent(producer);
-                let reserved = producer.reserve(conn.ctl(tx), conn.words(tx), len as u64);
-                // A reservation that found no room has just read `head`:
-                // waiting for it to move misses no release made since.
-                (reserved, producer.head_seen())
-            };
-            match reserved {
+            let tx = conn.side;
+            conn.reap_unsent(producer);
+            match producer.reserve(conn.ctl(tx), conn.words(tx), len as u64) {
                 Ok(Some(r)) => {
                     return Ok(ShmBuf {
-                        conn,
+                        conn: conn.clone(),
                         peer,
                         record: r.record,
                         payload: r.payload,
@@ -858,10 +851,14 @@ impl Endpoint for ShmEndpoint {
                     return Err(conn.gone_error());
                 }
             }
+            // The reservation that found no room has just read `head`:
+            // waiting for it to move misses no release made since.
+            let head = producer.head_seen();
+            let unread = producer.unread(conn.ctl(tx));
+            let conn = conn.clone();
             let now = Instant::now();
             let started = *started.get_or_insert(now);
             if now >= deadline {
-                let unread = self.link(peer)?.producer.unread(conn.ctl(tx));
                 return Err(Error::NoResponse {
                     what: format!(
                         "room to send {len} bytes to {}, which has {unread} bytes unread",
