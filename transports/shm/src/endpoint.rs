@@ -904,16 +904,16 @@ impl Endpoint for ShmEndpoint {
     }
 
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
-        let conn = self.link(peer)?.conn.clone();
         let mut started = None;
-        let tx = conn.side;
         loop {
-            let producer = &mut self.link(peer)?.producer;
+            let Link { conn, producer } = self.link(peer)?;
+            let tx = conn.side;
             conn.reap_unsent(producer);
             if producer.drained(conn.ctl(tx)) || conn.peer_gone() {
                 return Ok(());
             }
             let unread = producer.unread(conn.ctl(tx));
+            let conn = conn.clone();
             let now = Instant::now();
             let started = *started.get_or_insert(now);
             if now >= deadline {
