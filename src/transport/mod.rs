@@ -173,16 +173,16 @@ pub trait Endpoint: Send {
     ///
     /// A server asks its endpoint: a single-row pull whose row is longer
     /// than this is answered with pieces of this many bytes
-    /// ([`RowPiece`](crate::proto::RowPiece) messages), in order. A
-    /// transport whose receiver copies every frame out of transport memory
-    /// (a shared-memory ring) can ask for pieces, so that the worker copies
-    /// one piece into its cache while the server writes the next, and such
-    /// a row may be longer than the largest frame. A transport that hands
-    /// a whole frame over without a copy
-    /// ([`take_frame`](Self::take_frame) swapping heap buffers, as TCP and
-    /// the in-process transport do) keeps the default. Both ends of a
-    /// connection must use the same transport, so the receiver's endpoint
-    /// says the same.
+    /// ([`RowPiece`](crate::proto::RowPiece) messages), in order, and such
+    /// a row may be longer than the largest frame. The worker copies each
+    /// piece into its cache and on into the caller's slice while the next
+    /// is on its way, reading bytes still in the core's cache: a transport
+    /// whose receiver copies every frame out of transport memory (a
+    /// shared-memory ring) gains most, and over TCP it beats handing a
+    /// whole row over without a copy. A worker whose endpoint asks for
+    /// pieces copies pulled rows into its cache rather than taking frames
+    /// over ([`take_frame`](Self::take_frame)). Both ends of a connection
+    /// use the same transport, so the receiver's endpoint says the same.
     fn row_piece_len(&self) -> Option<usize> {
         None
     }

@@ -779,6 +779,10 @@ impl Endpoint for TcpEndpoint {
         self.shared.cfg.max_frame_len
     }
 
+    fn row_piece_len(&self) -> Option<usize> {
+        self.shared.cfg.row_piece_len()
+    }
+
     fn peer_name(&self, peer: PeerId) -> String {
         match lock(&self.shared.conns).get(&peer) {
             Some(conn) => conn.peer_name.clone(),

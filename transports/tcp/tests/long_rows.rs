@@ -1,14 +1,16 @@
 //! Rows long enough (256 KiB) that a push goes out from the worker's
-//! pending buffer, a pull response goes out from the server's table and is
-//! cached on the worker in the frame it came in (and read there in place
-//! by `pull_with`): over real sockets, every BSP read holds every push of
-//! earlier clocks and is never torn, and the final rows are the exact sums.
+//! pending buffer and a pull response from the server's table, over real
+//! sockets: pulled whole (cached on the worker in the frame it came in,
+//! and read there in place by `pull_with`) or in pieces (the default,
+//! [`TcpConfig::row_piece_bytes`]), every BSP read holds every push of
+//! earlier clocks and is never torn, and the final rows are the exact
+//! sums. In pieces, a row longer than the largest frame can be pulled.
 
 use std::time::{Duration, Instant};
 
-use laggard::transport::Transport;
-use laggard::{ClusterSpec, Consistency, Server, TableSpec, Worker, WorkerId};
-use laggard_tcp::TcpTransport;
+use laggard::transport::{Endpoint, Transport};
+use laggard::{Cluster, ClusterSpec, Consistency, Init, Server, TableSpec, Worker, WorkerId};
+use laggard_tcp::{TcpConfig, TcpTransport};
 
 const WORKERS: usize = 2;
 const CLOCKS: u64 = 8;
@@ -19,14 +21,42 @@ fn delta(worker: usize, clock: u64, key: u64) -> i64 {
 }
 
 #[test]
-fn long_rows_over_tcp_are_exact_and_never_torn() {
+fn long_rows_pulled_whole_are_exact_and_never_torn() {
+    let cfg = TcpConfig::default().row_piece_bytes(0);
+    assert_eq!(
+        TcpTransport::with_config(cfg.clone())
+            .unwrap()
+            .bind("probe")
+            .unwrap()
+            .row_piece_len(),
+        None
+    );
+    exact_and_never_torn(cfg);
+}
+
+#[test]
+fn long_rows_pulled_in_pieces_are_exact_and_never_torn() {
+    // 16 pieces per row.
+    let cfg = TcpConfig::default().row_piece_bytes(16 << 10);
+    assert_eq!(
+        TcpTransport::with_config(cfg.clone())
+            .unwrap()
+            .bind("probe")
+            .unwrap()
+            .row_piece_len(),
+        Some(16 << 10)
+    );
+    exact_and_never_torn(cfg);
+}
+
+fn exact_and_never_torn(cfg: TcpConfig) {
     let spec = ClusterSpec::new(2, WORKERS)
         .table(
             "long",
             TableSpec::<i64>::dense(0..2, WIDTH).consistency(Consistency::Bsp),
         )
         .timeout(Duration::from_secs(30));
-    let net = TcpTransport::new();
+    let net = TcpTransport::with_config(cfg).unwrap();
     let servers: Vec<_> = (0..2)
         .map(|shard| {
             let server =
@@ -87,4 +117,53 @@ fn long_rows_over_tcp_are_exact_and_never_torn() {
         let report = s.join().unwrap().unwrap();
         assert_eq!(report.stats.duplicate_pushes, 0);
     }
+}
+
+const HUGE: usize = 40_000;
+
+/// Pulls row 0 of table `huge`.
+fn read_huge<E: Endpoint>(worker: &mut Worker<E>) -> laggard::Result<Vec<f32>> {
+    let huge = worker.table::<f32>("huge")?;
+    let mut row = vec![0f32; HUGE];
+    worker.pull(&huge, &[0], &mut row)?;
+    Ok(row)
+}
+
+/// A row of 40,000 `f32` (160,000 bytes) with frames of at most 64 KiB:
+/// it cannot be pushed (refused at once), but it can be pulled, in pieces
+/// of 32 KiB, and reads as the in-process transport (rows whole) gives it.
+#[test]
+fn a_row_longer_than_the_largest_frame_is_pulled_in_pieces() {
+    let spec = ClusterSpec::new(1, 1)
+        .table(
+            "huge",
+            TableSpec::<f32>::dense(0..1, HUGE).init(Init::Uniform {
+                low: -1.0,
+                high: 1.0,
+                seed: 7,
+            }),
+        )
+        .timeout(Duration::from_secs(30));
+    let cluster = Cluster::start(spec.clone()).unwrap();
+    let whole = cluster.run_workers(read_huge).unwrap().remove(0);
+    cluster.shutdown().unwrap();
+
+    let cfg = TcpConfig::default().max_frame_len(64 << 10);
+    let net = TcpTransport::with_config(cfg).unwrap();
+    let server_ep = net.bind(&spec.server_name(0)).unwrap();
+    assert_eq!(server_ep.row_piece_len(), Some(32 << 10));
+    let server = Server::new(server_ep, &spec, 0).unwrap();
+    let serving = std::thread::spawn(move || server.run_until_workers_done());
+    let ep = net.bind(&spec.worker_name(0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut worker = Worker::connect(ep, &spec, WorkerId(0), deadline).unwrap();
+    assert_eq!(read_huge(&mut worker).unwrap(), whole);
+    let huge = worker.table::<f32>("huge").unwrap();
+    let err = worker.push(&huge, &[0], &vec![1f32; HUGE]).unwrap_err();
+    assert!(
+        err.to_string().contains("largest"),
+        "unexpected error: {err}"
+    );
+    worker.leave().unwrap();
+    serving.join().unwrap().unwrap();
 }
