@@ -111,8 +111,9 @@ pub struct Worker<E: Endpoint> {
     /// the frame it came in.
     frame_spare: Vec<u8>,
     /// Whether long frames are taken ([`Endpoint::take_frame`]): not where
-    /// rows come in pieces ([`Endpoint::row_piece_len`]), since every
-    /// frame is then copied out of transport memory and taking one would
+    /// rows come in pieces ([`Endpoint::row_piece_len`]). Long rows are
+    /// then copied piece by piece, and a transport that asks for pieces
+    /// may copy every frame out of its own memory, so taking one could
     /// copy it twice.
     takes_frames: bool,
 }
