@@ -22,34 +22,21 @@ fn delta(worker: usize, clock: u64, key: u64) -> i64 {
 
 #[test]
 fn long_rows_pulled_whole_are_exact_and_never_torn() {
-    let cfg = TcpConfig::default().row_piece_bytes(0);
-    assert_eq!(
-        TcpTransport::with_config(cfg.clone())
-            .unwrap()
-            .bind("probe")
-            .unwrap()
-            .row_piece_len(),
-        None
-    );
-    exact_and_never_torn(cfg);
+    exact_and_never_torn(TcpConfig::default().row_piece_bytes(0), None);
 }
 
 #[test]
 fn long_rows_pulled_in_pieces_are_exact_and_never_torn() {
     // 16 pieces per row.
-    let cfg = TcpConfig::default().row_piece_bytes(16 << 10);
-    assert_eq!(
-        TcpTransport::with_config(cfg.clone())
-            .unwrap()
-            .bind("probe")
-            .unwrap()
-            .row_piece_len(),
-        Some(16 << 10)
+    exact_and_never_torn(
+        TcpConfig::default().row_piece_bytes(16 << 10),
+        Some(16 << 10),
     );
-    exact_and_never_torn(cfg);
 }
 
-fn exact_and_never_torn(cfg: TcpConfig) {
+/// Two workers push and pull both long rows every clock over endpoints
+/// of `cfg`, whose servers send rows in pieces of `piece` bytes.
+fn exact_and_never_torn(cfg: TcpConfig, piece: Option<usize>) {
     let spec = ClusterSpec::new(2, WORKERS)
         .table(
             "long",
@@ -59,8 +46,9 @@ fn exact_and_never_torn(cfg: TcpConfig) {
     let net = TcpTransport::with_config(cfg).unwrap();
     let servers: Vec<_> = (0..2)
         .map(|shard| {
-            let server =
-                Server::new(net.bind(&spec.server_name(shard)).unwrap(), &spec, shard).unwrap();
+            let ep = net.bind(&spec.server_name(shard)).unwrap();
+            assert_eq!(ep.row_piece_len(), piece);
+            let server = Server::new(ep, &spec, shard).unwrap();
             std::thread::spawn(move || server.run_until_workers_done())
         })
         .collect();
