@@ -193,7 +193,7 @@ impl<E: Endpoint> Server<E> {
         let piece = self
             .ep
             .row_piece_len()
-            .map(|p| (p & !63).max(MIN_ROW_PIECE))?;
+            .map(|p| (p & !63).max(crate::transport::MIN_ROW_PIECE))?;
         (keys.len() == 1 && value_len > piece).then_some(piece)
     }
 
@@ -280,10 +280,6 @@ impl<E: Endpoint> Server<E> {
 /// sends a push's deltas straight from the worker's pending buffer.
 /// Shorter ones are encoded into a lent buffer, which costs no allocation.
 const SEND_IN_PARTS: usize = 64 << 10;
-
-/// The shortest row piece a server sends, whatever the transport asks
-/// for: shorter pieces would cost more in messages than they save.
-const MIN_ROW_PIECE: usize = 4 << 10;
 
 /// Sends `msg`, encoded into a lent buffer or, if it is long, in parts;
 /// returns the frame length.

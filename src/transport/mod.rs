@@ -36,6 +36,11 @@ use crate::error::Result;
 
 pub use inproc::{InProcess, InProcessBuf, InProcessEndpoint, InProcessFrame};
 
+/// The shortest row piece a server sends, whatever its transport asks for
+/// ([`Endpoint::row_piece_len`]): shorter pieces would cost more in
+/// messages than they save.
+pub const MIN_ROW_PIECE: usize = 4 << 10;
+
 /// [`Endpoint::take_frame`] for a transport whose frame is the first `len`
 /// bytes of a heap buffer `frame`: swaps `frame` and `into` (no copy), so
 /// `into`'s old allocation is what the transport keeps. A frame whose
@@ -181,8 +186,10 @@ pub trait Endpoint: Send {
     /// shared-memory ring) gains most, and over TCP it beats handing a
     /// whole row over without a copy. A worker whose endpoint asks for
     /// pieces copies pulled rows into its cache rather than taking frames
-    /// over ([`take_frame`](Self::take_frame)). Both ends of a connection
-    /// use the same transport, so the receiver's endpoint says the same.
+    /// over ([`take_frame`](Self::take_frame)). A server rounds the length
+    /// down to a multiple of 64 bytes and up to [`MIN_ROW_PIECE`]. Both
+    /// ends of a connection use the same transport, so the receiver's
+    /// endpoint says the same.
     fn row_piece_len(&self) -> Option<usize> {
         None
     }

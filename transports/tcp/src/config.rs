@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use laggard::{Error, Result};
 
-/// Row pieces shorter than this would cost more in frames than they save,
-/// so rows go whole instead (the runtime's own floor is the same).
-const MIN_ROW_PIECE: usize = 4 << 10;
-
 /// How a [`TcpTransport`](crate::TcpTransport)'s endpoints listen, buffer
 /// and detect dead peers. Build with [`TcpConfig::default`] and the
 /// setters; [`validate`](Self::validate) says what is wrong.
@@ -131,7 +127,9 @@ impl TcpConfig {
     /// The piece length pulled rows go in, if they go in pieces.
     pub(crate) fn row_piece_len(&self) -> Option<usize> {
         let piece = self.row_piece_bytes.min(self.max_frame_len / 2);
-        (piece >= MIN_ROW_PIECE).then_some(piece)
+        // Shorter pieces would be sent longer than asked (the runtime's
+        // floor), maybe longer than a frame: such rows go whole.
+        (piece >= laggard::transport::MIN_ROW_PIECE).then_some(piece)
     }
 
     /// Returns the first problem with the settings, if any.
