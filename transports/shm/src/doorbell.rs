@@ -29,6 +29,13 @@ pub struct Doorbell {
     park: (laggard::sync::Mutex<()>, laggard::sync::Condvar),
 }
 
+#[cfg(laggard_loom)]
+impl Default for Doorbell {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Doorbell {
     /// A fresh doorbell (loom models; in a segment it starts zeroed).
     #[cfg(laggard_loom)]
