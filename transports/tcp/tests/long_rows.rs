@@ -155,3 +155,46 @@ fn a_row_longer_than_the_largest_frame_is_pulled_in_pieces() {
     worker.leave().unwrap();
     serving.join().unwrap().unwrap();
 }
+
+/// A worker whose settings send rows whole (so it takes whole frames)
+/// still reads rows a server of other settings sends in pieces.
+#[test]
+fn a_worker_expecting_whole_rows_reads_rows_sent_in_pieces() {
+    let spec = ClusterSpec::new(1, 1)
+        .table(
+            "huge",
+            TableSpec::<f32>::dense(0..1, HUGE).init(Init::Uniform {
+                low: -1.0,
+                high: 1.0,
+                seed: 9,
+            }),
+        )
+        .timeout(Duration::from_secs(30));
+    let cluster = Cluster::start(spec.clone()).unwrap();
+    let whole = cluster.run_workers(read_huge).unwrap().remove(0);
+    cluster.shutdown().unwrap();
+
+    let servers =
+        TcpTransport::with_config(TcpConfig::default().row_piece_bytes(16 << 10)).unwrap();
+    let server_ep = servers.bind(&spec.server_name(0)).unwrap();
+    assert_eq!(server_ep.row_piece_len(), Some(16 << 10));
+    let at = servers.address_of(&spec.server_name(0)).unwrap();
+    let server = Server::new(server_ep, &spec, 0).unwrap();
+    let serving = std::thread::spawn(move || server.run_until_workers_done());
+
+    let workers = TcpTransport::with_config(TcpConfig::default().row_piece_bytes(0))
+        .unwrap()
+        .address(&spec.server_name(0), at);
+    let ep = workers.bind(&spec.worker_name(0)).unwrap();
+    assert_eq!(ep.row_piece_len(), None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut worker = Worker::connect(ep, &spec, WorkerId(0), deadline).unwrap();
+    assert_eq!(read_huge(&mut worker).unwrap(), whole);
+    assert!(
+        worker.stats().messages_received >= 10,
+        "{:?}",
+        worker.stats()
+    );
+    worker.leave().unwrap();
+    serving.join().unwrap().unwrap();
+}
