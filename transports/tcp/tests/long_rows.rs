@@ -117,24 +117,31 @@ fn read_huge<E: Endpoint>(worker: &mut Worker<E>) -> laggard::Result<Vec<f32>> {
     Ok(row)
 }
 
-/// A row of 40,000 `f32` (160,000 bytes) with frames of at most 64 KiB:
-/// it cannot be pushed (refused at once), but it can be pulled, in pieces
-/// of 32 KiB, and reads as the in-process transport (rows whole) gives it.
-#[test]
-fn a_row_longer_than_the_largest_frame_is_pulled_in_pieces() {
+/// A cluster spec with one row of `huge`, random from `seed`, and that
+/// row as the in-process transport (rows whole) pulls it.
+fn huge_row(seed: u64) -> (ClusterSpec, Vec<f32>) {
     let spec = ClusterSpec::new(1, 1)
         .table(
             "huge",
             TableSpec::<f32>::dense(0..1, HUGE).init(Init::Uniform {
                 low: -1.0,
                 high: 1.0,
-                seed: 7,
+                seed,
             }),
         )
         .timeout(Duration::from_secs(30));
     let cluster = Cluster::start(spec.clone()).unwrap();
     let whole = cluster.run_workers(read_huge).unwrap().remove(0);
     cluster.shutdown().unwrap();
+    (spec, whole)
+}
+
+/// A row of 40,000 `f32` (160,000 bytes) with frames of at most 64 KiB:
+/// it cannot be pushed (refused at once), but it can be pulled, in pieces
+/// of 32 KiB, and reads as the in-process transport (rows whole) gives it.
+#[test]
+fn a_row_longer_than_the_largest_frame_is_pulled_in_pieces() {
+    let (spec, whole) = huge_row(7);
 
     let cfg = TcpConfig::default().max_frame_len(64 << 10);
     let net = TcpTransport::with_config(cfg).unwrap();
@@ -160,19 +167,7 @@ fn a_row_longer_than_the_largest_frame_is_pulled_in_pieces() {
 /// still reads rows a server of other settings sends in pieces.
 #[test]
 fn a_worker_expecting_whole_rows_reads_rows_sent_in_pieces() {
-    let spec = ClusterSpec::new(1, 1)
-        .table(
-            "huge",
-            TableSpec::<f32>::dense(0..1, HUGE).init(Init::Uniform {
-                low: -1.0,
-                high: 1.0,
-                seed: 9,
-            }),
-        )
-        .timeout(Duration::from_secs(30));
-    let cluster = Cluster::start(spec.clone()).unwrap();
-    let whole = cluster.run_workers(read_huge).unwrap().remove(0);
-    cluster.shutdown().unwrap();
+    let (spec, whole) = huge_row(9);
 
     let servers =
         TcpTransport::with_config(TcpConfig::default().row_piece_bytes(16 << 10)).unwrap();
