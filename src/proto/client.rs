@@ -28,6 +28,7 @@ use crate::element::{Element, ElementKind, add_le_slice, le_bytes, write_le_slic
 use crate::error::{Error, Result};
 use crate::idhash::IdMap;
 use crate::table::ShardMap;
+use crate::transport::Stash;
 
 /// What every participant must agree on about one table.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +73,10 @@ pub struct ClientStats {
     pub rows_pushed: u64,
     /// Of those, rows summed into a row already pending for the same clock.
     pub rows_coalesced: u64,
+    /// Of the rows pushed, rows kept in the transport's memory until they
+    /// were sent and acknowledged ([`Endpoint::stash`](crate::transport::Endpoint::stash)):
+    /// long rows over shared memory, which the server applies in place.
+    pub rows_stashed: u64,
     /// Rows asked for by `pull`.
     pub rows_pulled: u64,
     /// Of those, rows answered from the cache.
@@ -88,24 +93,41 @@ pub(crate) const MAX_UNACKED: usize = 64;
 /// Buffers of replaced cached rows kept for rows that arrive in pieces.
 const SPARE_ROWS: usize = 2;
 
+/// Rows at least this long are pending in a stash of the transport's
+/// memory when it lends one ([`ClientCore::pending_add_stashing`]).
+pub const STASH_MIN_ROW: usize = 64 << 10;
+
+/// Where a pending row's deltas are.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    /// At this byte offset in [`Rows::values`].
+    Inline(usize),
+    /// In [`Rows::stashed`] at this index.
+    Stashed(usize),
+}
+
 /// Rows pending for one table and shard: deltas summed per key.
 #[derive(Debug, Default)]
 struct Rows {
-    index: IdMap<u64, usize>,
+    index: IdMap<u64, Slot>,
     keys: Vec<u64>,
     values: Vec<u8>,
+    /// Long rows kept in transport memory, each sent as a push of its own.
+    stashed: Vec<(u64, Stash)>,
 }
 
 impl Rows {
     fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.stashed.is_empty()
     }
 
-    /// Empties the set, keeping its allocations for the next clock.
+    /// Empties the set, keeping its allocations for the next clock (and
+    /// giving stashes back to the transport).
     fn clear(&mut self) {
         self.index.clear();
         self.keys.clear();
         self.values.clear();
+        self.stashed.clear();
     }
 }
 
@@ -116,6 +138,9 @@ struct Sent {
     clock: u64,
     tick: bool,
     sections: Vec<(u32, Rows)>,
+    /// One long row kept in a stash, `(table, key, stash)`: the push's
+    /// last section, its values the stash's first bytes.
+    stashed: Option<(u32, u64, Stash)>,
 }
 
 #[derive(Debug, Default)]
@@ -277,6 +302,22 @@ impl ClientCore {
     /// `key`. Deltas for one key within one clock are summed, so the server
     /// applies the update rule once per key per clock.
     pub fn pending_add<T: Element>(&mut self, table: u32, key: u64, delta: &[T]) -> Result<()> {
+        self.pending_add_stashing(table, key, delta, &mut |_, _| None)
+    }
+
+    /// [`pending_add`](Self::pending_add), keeping a row of at least
+    /// [`STASH_MIN_ROW`] bytes that is not pending yet in a stash that
+    /// `stash(shard, len)` lends, if it lends one
+    /// ([`Endpoint::stash`](crate::transport::Endpoint::stash)). A stashed
+    /// row goes as a push of its own, its deltas the frame's tail
+    /// ([`with_push_stash`](Self::with_push_stash)).
+    pub fn pending_add_stashing<T: Element>(
+        &mut self,
+        table: u32,
+        key: u64,
+        delta: &[T],
+        stash: &mut dyn FnMut(usize, usize) -> Option<Stash>,
+    ) -> Result<()> {
         let info = self.table(table)?;
         let shard = info.map.shard_of(key)?;
         let row_bytes = info.row_bytes();
@@ -302,24 +343,81 @@ impl ClientCore {
         self.stats.rows_pushed += 1;
         let rows = &mut self.pending[shard][table as usize];
         match rows.index.get(&key) {
-            Some(&at) => {
+            Some(&Slot::Inline(at)) => {
                 self.stats.rows_coalesced += 1;
                 add_le_slice(&mut rows.values[at..at + row_bytes], delta);
             }
-            None => {
-                let at = rows.values.len();
-                match le_bytes(delta) {
-                    Some(bytes) => rows.values.extend_from_slice(bytes),
-                    None => {
-                        rows.values.resize(at + row_bytes, 0);
-                        write_le_slice(delta, &mut rows.values[at..]);
-                    }
-                }
-                rows.keys.push(key);
-                rows.index.insert(key, at);
+            Some(&Slot::Stashed(i)) => {
+                self.stats.rows_coalesced += 1;
+                add_le_slice(&mut rows.stashed[i].1[..row_bytes], delta);
             }
+            None if row_bytes >= STASH_MIN_ROW => {
+                let mut block = match stash(shard, row_bytes.next_multiple_of(8)) {
+                    Some(block) if block.len() == row_bytes.next_multiple_of(8) => block,
+                    _ => return self.add_inline(shard, table, key, row_bytes, delta),
+                };
+                match le_bytes(delta) {
+                    Some(bytes) => block[..row_bytes].copy_from_slice(bytes),
+                    None => write_le_slice(delta, &mut block[..row_bytes]),
+                }
+                // The frame's padding after the values must be zeros.
+                block[row_bytes..].fill(0);
+                rows.index.insert(key, Slot::Stashed(rows.stashed.len()));
+                rows.stashed.push((key, block));
+                self.stats.rows_stashed += 1;
+            }
+            None => return self.add_inline(shard, table, key, row_bytes, delta),
         }
         Ok(())
+    }
+
+    /// Adds a row not pending yet to the pending push's own buffer.
+    fn add_inline<T: Element>(
+        &mut self,
+        shard: usize,
+        table: u32,
+        key: u64,
+        row_bytes: usize,
+        delta: &[T],
+    ) -> Result<()> {
+        let rows = &mut self.pending[shard][table as usize];
+        let at = rows.values.len();
+        match le_bytes(delta) {
+            Some(bytes) => rows.values.extend_from_slice(bytes),
+            None => {
+                rows.values.resize(at + row_bytes, 0);
+                write_le_slice(delta, &mut rows.values[at..]);
+            }
+        }
+        rows.keys.push(key);
+        rows.index.insert(key, Slot::Inline(at));
+        Ok(())
+    }
+
+    /// Where a delta for `key` of `table` would be stashed, `(shard,
+    /// bytes)`: for a row of at least [`STASH_MIN_ROW`] bytes not pending
+    /// yet; `None` otherwise (or for an unknown table or key, which
+    /// [`pending_add`](Self::pending_add) reports).
+    pub fn wants_stash(&self, table: u32, key: u64) -> Option<(usize, usize)> {
+        let info = self.tables.get(table as usize)?;
+        let row_bytes = info.row_bytes();
+        if row_bytes < STASH_MIN_ROW {
+            return None;
+        }
+        let shard = info.map.shard_of(key).ok()?;
+        let pending = self.pending[shard][table as usize].index.contains_key(&key);
+        (!pending).then(|| (shard, row_bytes.next_multiple_of(8)))
+    }
+
+    /// The sequence number of the oldest push to `shard` sent with a
+    /// stashed row and not yet acknowledged: its acknowledgement gives a
+    /// stash block back.
+    pub fn oldest_stashed_unacked(&self, shard: usize) -> Option<u64> {
+        let link = self.links.get(shard)?;
+        link.unacked
+            .iter()
+            .find(|s| s.stashed.is_some())
+            .map(|s| s.seq)
     }
 
     /// Moves pending deltas into pushes, one per shard that has any, or one
@@ -355,8 +453,24 @@ impl ClientCore {
                         (t as u32, std::mem::replace(rows, fresh))
                     }),
             );
+            // Stashed rows go last, as pushes of their own.
+            let mut stashed = Vec::new();
+            let mut i = 0;
+            while i < sections.len() {
+                let (table, rows) = &mut sections[i];
+                stashed.extend(rows.stashed.drain(..).map(|(key, s)| (*table, key, s)));
+                if rows.keys.is_empty() {
+                    let (_, mut rows) = sections.remove(i);
+                    if spare.len() < self.spare_cap {
+                        rows.clear();
+                        spare.push(rows);
+                    }
+                } else {
+                    i += 1;
+                }
+            }
             let clock = self.clock;
-            let mut send = |sections, tick| {
+            let mut send = |sections, stashed, tick| {
                 let seq = link.next_seq;
                 link.next_seq += 1;
                 link.unacked.push_back(Sent {
@@ -364,23 +478,34 @@ impl ClientCore {
                     clock,
                     tick,
                     sections,
+                    stashed,
                 });
                 if link.welcomed {
                     self.stats.push_messages += 1;
                     out.push((shard, seq));
                 }
             };
-            if push_len(&sections) <= max_frame {
-                send(sections, tick);
-            } else {
-                // More than the largest frame: several pushes, in order,
-                // the clock's tick with the last. Every row fits a frame on
-                // its own (`pending_add` checks).
-                let pushes = split_push(sections, &self.tables, max_frame, spare, self.spare_cap);
-                let n = pushes.len();
-                for (i, sections) in pushes.into_iter().enumerate() {
-                    send(sections, tick && i + 1 == n);
+            let last_stashed = stashed.len();
+            if !sections.is_empty() || stashed.is_empty() {
+                let tick_here = tick && stashed.is_empty();
+                if push_len(&sections) <= max_frame {
+                    send(sections, None, tick_here);
+                } else {
+                    // More than the largest frame: several pushes, in order,
+                    // the clock's tick with the last. Every row fits a frame on
+                    // its own (`pending_add` checks).
+                    let pushes =
+                        split_push(sections, &self.tables, max_frame, spare, self.spare_cap);
+                    let n = pushes.len();
+                    for (i, sections) in pushes.into_iter().enumerate() {
+                        send(sections, None, tick_here && i + 1 == n);
+                    }
                 }
+            } else if self.spare_sections.len() < self.spare_cap {
+                self.spare_sections.push(sections);
+            }
+            for (i, row) in stashed.into_iter().enumerate() {
+                send(Vec::new(), Some(row), tick && i + 1 == last_stashed);
             }
         }
         if tick {
@@ -396,6 +521,20 @@ impl ClientCore {
         seq: u64,
         f: impl FnOnce(&Message<'_>) -> R,
     ) -> Option<R> {
+        self.with_push_stash(shard, seq, |msg, _| f(msg))
+    }
+
+    /// [`with_push`](Self::with_push), with the stash the push's last
+    /// section's values lie in, if they do: the push is then sent as
+    /// [`EncodedParts::split_values`](super::EncodedParts::split_values)'s
+    /// head with the stash as its tail
+    /// ([`Endpoint::send_stashed`](crate::transport::Endpoint::send_stashed)).
+    pub fn with_push_stash<R>(
+        &self,
+        shard: usize,
+        seq: u64,
+        f: impl FnOnce(&Message<'_>, Option<&Stash>) -> R,
+    ) -> Option<R> {
         let sent = self
             .links
             .get(shard)?
@@ -410,14 +549,29 @@ impl ClientCore {
             }
         }
         let push = |sections: &[Section<'_>]| {
-            f(&Message::Push(Push {
+            let msg = Message::Push(Push {
                 worker: self.worker,
                 seq,
                 clock: sent.clock,
                 tick: sent.tick,
                 sections: Sections::Native(sections),
-            }))
+            });
+            f(&msg, sent.stashed.as_ref().map(|(_, _, s)| s))
         };
+        if let Some((table, key, stash)) = &sent.stashed {
+            let row_bytes = self.tables[*table as usize].row_bytes();
+            let last = Section {
+                table: *table,
+                keys: Keys::Native(std::slice::from_ref(key)),
+                values: &stash[..row_bytes],
+            };
+            if sent.sections.is_empty() {
+                return Some(push(std::slice::from_ref(&last)));
+            }
+            let mut all: Vec<Section<'_>> = sent.sections.iter().map(section).collect();
+            all.push(last);
+            return Some(push(&all));
+        }
         // Most pushes touch one table: no list to allocate for those.
         Some(match sent.sections.as_slice() {
             [] => push(&[]),
@@ -1019,6 +1173,7 @@ mod tests {
     use super::*;
     use crate::proto::PushAck;
     use crate::table::{Placement, ShardMap};
+    use crate::transport::StashMemory;
 
     /// A BSP table of keys 0..=9, all on one shard.
     fn table(name: &str, kind: ElementKind, width: usize) -> TableInfo {
@@ -1056,6 +1211,147 @@ mod tests {
         };
         assert!(core.on_welcome(0, &welcome).unwrap().is_empty());
         core
+    }
+
+    /// A stash in heap memory that counts the blocks alive in `alive`.
+    #[derive(Debug)]
+    struct HeapStash(Vec<u8>, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl StashMemory for HeapStash {
+        fn bytes(&self) -> &[u8] {
+            &self.0
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            &mut self.0
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    impl Drop for HeapStash {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn long_rows_are_stashed_and_go_last_as_pushes_of_their_own() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        // Rows of 65,540 bytes (16,385 i32s: not a multiple of 8) and of
+        // 8 bytes, in two tables.
+        let width = STASH_MIN_ROW / 4 + 1;
+        let mut core = core_with(vec![
+            table("long", ElementKind::I32, width),
+            table("short", ElementKind::I64, 1),
+        ]);
+        let welcome = Welcome {
+            shard: 0,
+            workers: 1,
+            applied_seq: 0,
+            clock: 0,
+        };
+        core.on_welcome(0, &welcome).unwrap();
+        let alive = Arc::new(AtomicUsize::new(0));
+        let mut stash = |shard: usize, len: usize| {
+            assert_eq!((shard, len), (0, (width * 4).next_multiple_of(8)));
+            alive.fetch_add(1, Relaxed);
+            // Unspecified bytes: the core must write every one it sends.
+            Some(Stash::new(HeapStash(vec![0xee; len], alive.clone())))
+        };
+        assert_eq!(
+            core.wants_stash(0, 3),
+            Some((0, (width * 4).next_multiple_of(8)))
+        );
+        assert_eq!(core.wants_stash(1, 3), None, "short rows go inline");
+        for key in [3, 5, 3] {
+            core.pending_add_stashing(0, key, &vec![key as i32; width], &mut stash)
+                .unwrap();
+        }
+        assert_eq!(
+            core.wants_stash(0, 3),
+            None,
+            "a pending row is not stashed again"
+        );
+        core.pending_add_stashing(1, 7, &[70i64], &mut stash)
+            .unwrap();
+        assert_eq!(alive.load(Relaxed), 2);
+        assert_eq!(core.stats().rows_stashed, 2);
+        assert_eq!(core.stats().rows_coalesced, 1);
+
+        let pushes = core.flush(true);
+        assert_eq!(
+            pushes.len(),
+            3,
+            "the inline rows, then one push per stashed row"
+        );
+        let mut seen = Vec::new();
+        for &(shard, seq) in &pushes {
+            core.with_push_stash(shard, seq, |msg, stash| {
+                let Message::Push(p) = msg else {
+                    panic!("not a push")
+                };
+                let whole = msg.to_vec();
+                let sections: Vec<_> = p.sections.iter().collect();
+                match stash {
+                    None => {
+                        assert_eq!(sections.len(), 1);
+                        assert_eq!(sections[0].table, 1);
+                        assert!(!p.tick, "the tick goes with the last push");
+                    }
+                    Some(stash) => {
+                        let [last] = sections[..] else {
+                            panic!("one section")
+                        };
+                        let key = last.keys.iter().next().unwrap();
+                        let want: Vec<u8> = (0..width)
+                            .flat_map(|_| (key as i32 * if key == 3 { 2 } else { 1 }).to_le_bytes())
+                            .collect();
+                        assert_eq!(last.values, &want[..]);
+                        // The frame is the head `split_values` gives,
+                        // then the stash, padding included.
+                        let parts = msg.encode_parts();
+                        let (head, values) = parts.split_values().unwrap();
+                        assert_eq!(values.as_ptr(), stash.as_ptr());
+                        assert_eq!([head, &stash[..]].concat(), whole);
+                        seen.push((key, p.tick));
+                    }
+                }
+            })
+            .unwrap();
+        }
+        assert_eq!(seen, [(3, false), (5, true)]);
+        // The stash blocks stay until their pushes are acknowledged.
+        let ack = Message::PushAck(PushAck {
+            seq: pushes[1].1,
+            min_clock: 1,
+        });
+        core.on_message(0, ack).unwrap();
+        assert_eq!(alive.load(Relaxed), 1);
+        assert_eq!(core.oldest_stashed_unacked(0), Some(pushes[2].1));
+        let ack = Message::PushAck(PushAck {
+            seq: pushes[2].1,
+            min_clock: 1,
+        });
+        core.on_message(0, ack).unwrap();
+        assert_eq!(alive.load(Relaxed), 0);
+        assert_eq!(core.oldest_stashed_unacked(0), None);
+    }
+
+    #[test]
+    fn a_row_the_transport_cannot_stash_goes_inline() {
+        let width = STASH_MIN_ROW / 8;
+        let mut core = core_with(vec![table("long", ElementKind::I64, width)]);
+        core.pending_add_stashing(0, 1, &vec![2i64; width], &mut |_, _| None)
+            .unwrap();
+        // A block of the wrong length is not used either.
+        core.pending_add_stashing(0, 2, &vec![3i64; width], &mut |_, len| {
+            let alive = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+            Some(Stash::new(HeapStash(vec![0; len - 8], alive)))
+        })
+        .unwrap();
+        assert_eq!(core.stats().rows_stashed, 0);
+        assert_eq!(core.pending[0][0].keys, [1, 2]);
     }
 
     fn piece(req: u64, clock: u64, offset: u64, values: &[u8]) -> Message<'_> {

@@ -213,6 +213,9 @@ pub enum Sections<'a> {
     Wire {
         /// The section bytes.
         bytes: &'a [u8],
+        /// The frame's tail, if it was sent apart from the rest
+        /// ([`decode_split`]): the last section's values and their padding.
+        tail: &'a [u8],
         /// How many sections they hold.
         count: usize,
     },
@@ -237,7 +240,7 @@ impl<'a> Sections<'a> {
     /// The sections in order.
     pub fn iter(&self) -> impl Iterator<Item = Section<'a>> + 'a {
         let (mut wire, native): (Option<Reader<'a>>, &'a [Section<'a>]) = match *self {
-            Sections::Wire { bytes, .. } => (Some(Reader::new(bytes)), &[]),
+            Sections::Wire { bytes, tail, .. } => (Some(Reader::with_tail(bytes, tail)), &[]),
             Sections::Native(s) => (None, s),
         };
         let mut native = native.iter().copied();
@@ -675,6 +678,16 @@ fn write_header(w: &mut Writer<'_, '_>, kind: u8, payload: usize) {
 
 /// Checks a frame's header and returns its payload, without parsing it.
 pub fn split_frame(frame: &[u8], max_payload: usize) -> Result<(u8, &[u8]), DecodeError> {
+    split_frame_with_tail(frame, 0, max_payload)
+}
+
+/// [`split_frame`] for a frame whose last `tail_len` bytes came apart
+/// from `frame` ([`decode_split`]).
+fn split_frame_with_tail(
+    frame: &[u8],
+    tail_len: usize,
+    max_payload: usize,
+) -> Result<(u8, &[u8]), DecodeError> {
     if frame.len() < HEADER_LEN {
         return Err(DecodeError::Truncated { len: frame.len() });
     }
@@ -702,10 +715,11 @@ pub fn split_frame(frame: &[u8], max_payload: usize) -> Result<(u8, &[u8]), Deco
         });
     }
     let payload = &frame[HEADER_LEN..];
-    if payload.len() != len {
+    let actual = payload.len().saturating_add(tail_len);
+    if actual != len {
         return Err(DecodeError::LengthMismatch {
             header: len,
-            actual: payload.len(),
+            actual,
         });
     }
     Ok((kind, payload))
@@ -726,7 +740,47 @@ pub fn split_frame(frame: &[u8], max_payload: usize) -> Result<(u8, &[u8]), Deco
 /// # Ok::<(), laggard::proto::DecodeError>(())
 /// ```
 pub fn decode(frame: &[u8], max_payload: usize) -> Result<Message<'_>, DecodeError> {
-    let (kind, payload) = split_frame(frame, max_payload)?;
+    decode_split(frame, &[], max_payload)
+}
+
+/// Decodes one frame whose last bytes, `tail`, arrived apart from the
+/// rest, `frame` ([`Endpoint::frame_tail`](crate::transport::Endpoint::frame_tail)):
+/// the same message [`decode`] gives for their concatenation. Only a push
+/// may have a tail, and it must start where a field starts: a sender puts
+/// its last section's values and their padding there (what
+/// [`EncodedParts::split_values`] leaves out of the head). Anything
+/// else is an error.
+///
+/// ```
+/// use laggard::proto::{decode, decode_split, Keys, Message, Push, Section, Sections};
+///
+/// let values = [5u8; 16];
+/// let section = [Section { table: 0, keys: Keys::Native(&[9]), values: &values }];
+/// let push = Message::Push(Push {
+///     worker: 1, seq: 1, clock: 0, tick: true, sections: Sections::Native(&section),
+/// });
+/// let whole = push.to_vec();
+/// let (head, tail) = whole.split_at(whole.len() - 16);
+/// let max = 1 << 20;
+/// match decode_split(head, tail, max)? {
+///     Message::Push(p) => assert_eq!(p.sections.iter().next().unwrap().values, &values),
+///     other => panic!("decoded {}", other.name()),
+/// }
+/// // A tail that cuts a field in two is refused.
+/// let (head, tail) = whole.split_at(whole.len() - 20);
+/// assert!(decode_split(head, tail, max).is_err());
+/// # assert!(decode(&whole, max).is_ok());
+/// # Ok::<(), laggard::proto::DecodeError>(())
+/// ```
+pub fn decode_split<'a>(
+    frame: &'a [u8],
+    tail: &'a [u8],
+    max_payload: usize,
+) -> Result<Message<'a>, DecodeError> {
+    let (kind, payload) = split_frame_with_tail(frame, tail.len(), max_payload)?;
+    if !tail.is_empty() && kind != KIND_PUSH {
+        return Err(DecodeError::Malformed("only a push may have a tail"));
+    }
     let mut r = Reader::new(payload);
     let msg = match kind {
         KIND_HELLO => {
@@ -761,8 +815,9 @@ pub fn decode(frame: &[u8], max_payload: usize) -> Result<Message<'_>, DecodeErr
             let count = r.u32()? as usize;
             r.zero_u32()?;
             let bytes = r.rest();
-            // Validate every section now, so `Sections::iter` cannot fail.
-            let mut check = Reader::new(bytes);
+            // Validate every section now, so `Sections::iter` cannot fail
+            // (a field cut in two by the tail is an error here).
+            let mut check = Reader::with_tail(bytes, tail);
             for _ in 0..count {
                 read_section(&mut check)?;
             }
@@ -774,7 +829,7 @@ pub fn decode(frame: &[u8], max_payload: usize) -> Result<Message<'_>, DecodeErr
                 seq,
                 clock,
                 tick,
-                sections: Sections::Wire { bytes, count },
+                sections: Sections::Wire { bytes, tail, count },
             })
         }
         KIND_PUSH_ACK => Message::PushAck(PushAck {
@@ -898,30 +953,46 @@ fn read_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(b.try_into().expect("8 bytes"))
 }
 
-/// Reads fields off a byte slice; every read is bounds-checked.
+/// Reads fields off a byte slice, then off a tail that arrived apart
+/// from it (no field may lie in both); every read is bounds-checked.
 struct Reader<'a> {
     bytes: &'a [u8],
+    tail: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes }
+        Reader { bytes, tail: &[] }
+    }
+
+    fn with_tail(bytes: &'a [u8], tail: &'a [u8]) -> Self {
+        Reader { bytes, tail }
     }
 
     fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.bytes.is_empty() && self.tail.is_empty()
     }
 
+    /// Bytes left before the tail (the tail only matters to pushes).
     fn remaining(&self) -> usize {
         self.bytes.len()
     }
 
+    /// What is left before the tail.
     fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.bytes)
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.is_empty() && n > 0 {
+            self.bytes = std::mem::take(&mut self.tail);
+        }
         if n > self.bytes.len() {
+            if !self.tail.is_empty() {
+                return Err(DecodeError::Malformed(
+                    "a field lies partly in the frame and partly in its tail",
+                ));
+            }
             return Err(COUNT);
         }
         let (head, tail) = self.bytes.split_at(n);
@@ -1047,6 +1118,20 @@ pub struct EncodedParts<'v> {
 }
 
 impl<'v> EncodedParts<'v> {
+    /// For a frame whose one bulk value region ends it (a push of one
+    /// section, a pull response of one row): the bytes before the values,
+    /// and the values. Only their zero padding follows them, so the frame
+    /// is these bytes, the values and `pad8(values.len()) - values.len()`
+    /// zeros. `None` for any other frame.
+    pub fn split_values(&self) -> Option<(&[u8], &'v [u8])> {
+        let [(at, values)] = self.values[..] else {
+            return None;
+        };
+        let rest = &self.head[at..];
+        (rest.len() == pad8(values.len()) - values.len() && rest.iter().all(|&b| b == 0))
+            .then(|| (&self.head[..at], values))
+    }
+
     /// The frame's pieces in order (empty pieces left out).
     pub fn parts(&self) -> Vec<&[u8]> {
         let mut parts = Vec::with_capacity(2 * self.values.len() + 1);

@@ -232,7 +232,21 @@ impl ServerCore {
         tables: &mut dyn ShardTables,
         out: &mut Vec<Output>,
     ) {
-        match codec::decode(frame, self.cfg.max_payload) {
+        self.on_split_frame(peer, frame, &[], now, tables, out);
+    }
+
+    /// Handles one received frame from `peer` whose last bytes, `tail`,
+    /// arrived apart from the rest ([`codec::decode_split`]).
+    pub fn on_split_frame(
+        &mut self,
+        peer: PeerId,
+        frame: &[u8],
+        tail: &[u8],
+        now: Instant,
+        tables: &mut dyn ShardTables,
+        out: &mut Vec<Output>,
+    ) {
+        match codec::decode_split(frame, tail, self.cfg.max_payload) {
             Ok(msg) => self.on_message(peer, msg, now, tables, out),
             Err(e) => self.drop_peer(peer, FaultCode::Protocol, decode_reason(&e), out),
         }

@@ -117,8 +117,17 @@ impl<E: Endpoint> Server<E> {
             match event {
                 None | Some(Event::Connected(_)) => {}
                 Some(Event::Frame(peer, frame)) => {
-                    self.core
-                        .on_frame(peer, &frame, now, &mut self.tables, &mut self.out);
+                    // The frame (and its tail) is released before any
+                    // acknowledgement of it goes out, in `deliver`.
+                    let tail = self.ep.frame_tail(&frame);
+                    self.core.on_split_frame(
+                        peer,
+                        &frame,
+                        tail,
+                        now,
+                        &mut self.tables,
+                        &mut self.out,
+                    );
                 }
                 Some(Event::Disconnected(peer)) => self.core.on_disconnect(peer, now),
             }
@@ -296,6 +305,30 @@ pub(crate) fn send_message<E: Endpoint>(
         let mut buf = ep.lend(peer, len, deadline)?;
         msg.encode(&mut buf);
         ep.send(buf)?;
+    }
+    Ok(len)
+}
+
+/// Sends push `msg`, whose last section's values are the first bytes of
+/// `stash`, as its head and the stash
+/// ([`Endpoint::send_stashed`]); returns the frame length.
+pub(crate) fn send_stashed<E: Endpoint>(
+    ep: &mut E,
+    peer: PeerId,
+    msg: &crate::proto::Message<'_>,
+    stash: &crate::transport::Stash,
+    deadline: Instant,
+) -> Result<usize> {
+    let len = msg.encoded_len();
+    let parts = msg.encode_parts();
+    match parts.split_values() {
+        Some((head, values))
+            if values.as_ptr() == stash.as_ptr()
+                && values.len().next_multiple_of(8) == stash.len() =>
+        {
+            ep.send_stashed(peer, head, stash, deadline)?;
+        }
+        _ => ep.send_parts(peer, &parts.parts(), deadline)?,
     }
     Ok(len)
 }

@@ -4,14 +4,14 @@
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use super::server::send_message;
+use super::server::{send_message, send_stashed};
 use super::spec::ClusterSpec;
 use crate::clock::WorkerId;
 use crate::element::{Element, le_view, read_le_slice};
 use crate::error::{Error, Result};
 use crate::idhash::{IdMap, IdSet};
 use crate::proto::{ClientCore, ClientStats, Hello, MAX_UNACKED, Message, Role, decode};
-use crate::transport::{Endpoint, Event, PeerId};
+use crate::transport::{Endpoint, Event, PeerId, Stash};
 
 /// How long a worker waits beyond a pull's deadline for the server's own
 /// timeout report (which names the workers behind) before giving up on
@@ -288,7 +288,15 @@ impl<E: Endpoint> Worker<E> {
     /// Adds `deltas` (`keys.len() × width` elements, row after row) to the
     /// worker's pending pushes. Deltas for one key within one clock are
     /// summed; the servers receive them at the next [`clock`](Self::clock)
-    /// or [`flush`](Self::flush). Never blocks.
+    /// or [`flush`](Self::flush).
+    ///
+    /// Does not wait, except in one case: a transport that keeps long
+    /// pending rows in memory the server reads ([`Endpoint::stash`]:
+    /// shared memory, for rows of
+    /// [`STASH_MIN_ROW`](crate::proto::STASH_MIN_ROW) bytes and more) may
+    /// have all of that memory held by pushes sent and not yet
+    /// acknowledged. The push then waits, up to the cluster's timeout, for
+    /// the oldest of them to be applied, as a send waits for a full ring.
     pub fn push<T: Element>(
         &mut self,
         table: &TableHandle<T>,
@@ -308,9 +316,39 @@ impl<E: Endpoint> Worker<E> {
             info.map.shard_of(key)?;
         }
         for (&key, delta) in keys.iter().zip(deltas.chunks_exact(table.width)) {
-            self.core.pending_add(table.index, key, delta)?;
+            // A long row may wait for its clock in the transport's memory,
+            // from where it is sent without another copy.
+            let mut block = match self.core.wants_stash(table.index, key) {
+                Some((shard, len)) => self.stash_block(shard, len)?,
+                None => None,
+            };
+            self.core
+                .pending_add_stashing(table.index, key, delta, &mut |_, _| block.take())?;
         }
         Ok(())
+    }
+
+    /// A stash block of `len` bytes for a row pending to `shard`, if the
+    /// transport lends one ([`Endpoint::stash`]). While the stash is full
+    /// and pushes holding blocks of it await acknowledgement, waits (up to
+    /// the cluster's timeout) for the oldest, as a send waits for room in
+    /// a full ring: copying the row twice instead would only let the
+    /// worker run further ahead of a server slower than it.
+    fn stash_block(&mut self, shard: usize, len: usize) -> Result<Option<Stash>> {
+        if !self.core.is_welcomed(shard) {
+            return Ok(None);
+        }
+        if let Some(block) = self.ep.stash(self.peers[shard], len) {
+            return Ok(Some(block));
+        }
+        let Some(seq) = self.core.oldest_stashed_unacked(shard) else {
+            return Ok(None);
+        };
+        let mut seqs = vec![0; self.peers.len()];
+        seqs[shard] = seq;
+        let deadline = Instant::now() + self.spec.timeout;
+        self.wait_applied(&PushTicket { seqs }, deadline)?;
+        Ok(self.ep.stash(self.peers[shard], len))
     }
 
     /// Pulls rows into `out` (`keys.len() × width` elements), waiting up to
@@ -675,9 +713,13 @@ impl<E: Endpoint> Worker<E> {
     /// Sends push `seq` to `shard`.
     fn send_push(&mut self, shard: usize, seq: u64, deadline: Instant) -> Result<()> {
         let peer = self.peers[shard];
-        let Some(sent) = self.core.with_push(shard, seq, |msg| {
-            send_message(&mut self.ep, peer, msg, deadline)
-        }) else {
+        let Some(sent) = self
+            .core
+            .with_push_stash(shard, seq, |msg, stash| match stash {
+                Some(stash) => send_stashed(&mut self.ep, peer, msg, stash, deadline),
+                None => send_message(&mut self.ep, peer, msg, deadline),
+            })
+        else {
             // Acknowledged meanwhile.
             return Ok(());
         };

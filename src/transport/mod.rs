@@ -72,6 +72,64 @@ pub fn take_owned(frame: &mut Vec<u8>, len: usize, into: &mut Vec<u8>) {
     }
 }
 
+/// Transport memory a stash lies in: see [`Stash`].
+pub trait StashMemory: Send + std::fmt::Debug + 'static {
+    /// The block's bytes.
+    fn bytes(&self) -> &[u8];
+    /// The block's bytes, to write.
+    fn bytes_mut(&mut self) -> &mut [u8];
+    /// The block as [`Any`](std::any::Any), so the transport that lent it
+    /// can recognise its own blocks in
+    /// [`send_stashed`](Endpoint::send_stashed).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Heap memory as a stash: what a caller can send with
+/// [`Endpoint::send_stashed`] when the transport lends none (it is copied
+/// into the frame, as by the default).
+impl StashMemory for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A block of transport memory lent by [`Endpoint::stash`] for bytes sent
+/// later as the tail of a frame; derefs to its bytes. Dropping it gives
+/// the memory back to the transport.
+#[derive(Debug)]
+pub struct Stash(Box<dyn StashMemory>);
+
+impl Stash {
+    /// Wraps a transport's block.
+    pub fn new(memory: impl StashMemory) -> Self {
+        Stash(Box::new(memory))
+    }
+
+    /// The transport's block, to recognise it (`downcast_ref`).
+    pub fn memory(&self) -> &dyn std::any::Any {
+        self.0.as_any()
+    }
+}
+
+impl Deref for Stash {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0.bytes()
+    }
+}
+
+impl DerefMut for Stash {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0.bytes_mut()
+    }
+}
+
 /// A connection as one endpoint sees it. Ids are local to the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
@@ -144,6 +202,51 @@ pub trait Endpoint: Send {
             at += part.len();
         }
         self.send(buf)
+    }
+
+    /// Lends memory for `len` bytes that stay a while before they are
+    /// sent, as the tail of a frame ([`send_stashed`](Self::send_stashed)),
+    /// to `peer`; `None` (the default) when the transport has no such
+    /// memory, or none free now. The block is zeroed.
+    ///
+    /// A worker keeps a long pending push row in a stash, from its first
+    /// delta of a clock until the server acknowledged it: a transport whose
+    /// receiver can read the stash in place (shared memory) then sends the
+    /// row without copying it into a frame, so the worker copies a pushed
+    /// row once. Nothing is sent while the stash is held; dropping it
+    /// gives its memory back.
+    fn stash(&mut self, peer: PeerId, len: usize) -> Option<Stash> {
+        let _ = (peer, len);
+        None
+    }
+
+    /// Sends one frame made of `head` followed by the bytes of `tail`, a
+    /// stash: the same frame as [`send_parts`](Self::send_parts) of the
+    /// two, which is what this default does. A transport whose receiver
+    /// reads its stashes in place sends only `head` and where the tail
+    /// lies, and hands the receiver the tail with
+    /// [`frame_tail`](Self::frame_tail). The stash must stay unchanged
+    /// until the frame was released (the worker keeps a push's stash until
+    /// the push is acknowledged, which the server does after releasing it);
+    /// a stash lent for another connection, or by another endpoint, is
+    /// copied as this default does.
+    fn send_stashed(
+        &mut self,
+        peer: PeerId,
+        head: &[u8],
+        tail: &Stash,
+        deadline: Instant,
+    ) -> Result<()> {
+        self.send_parts(peer, &[head, tail], deadline)
+    }
+
+    /// The tail of a received frame sent with
+    /// [`send_stashed`](Self::send_stashed) and left where it lies: the
+    /// frame's bytes are `frame` followed by these. Empty (the default)
+    /// for every frame of a transport that copies tails into frames.
+    fn frame_tail<'f>(&self, frame: &'f Self::Frame) -> &'f [u8] {
+        let _ = frame;
+        &[]
     }
 
     /// Moves a received frame's bytes into `into` (replacing what it held)
