@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use laggard::Error;
-use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard::transport::{Endpoint, Event, PeerId, Stash, Transport};
 
 /// Makes transports for the suite.
 pub trait Factory: Sync {
@@ -83,6 +83,7 @@ pub fn run_all<F: Factory>(f: &F) {
     ordering_per_connection(f);
     large_frames(f);
     frames_sent_in_parts_arrive_whole(f);
+    stashed_frames_arrive_whole(f);
     taken_frames_keep_their_bytes_and_release_credit(f);
     many_concurrent_connections(f);
     peer_drop_is_an_error(f);
@@ -175,6 +176,68 @@ pub fn frames_sent_in_parts_arrive_whole<F: Factory>(f: &F) {
                 frame == expected(i),
                 "frame {i} in parts corrupted or out of order"
             );
+        }
+    });
+}
+
+/// A frame sent with [`Endpoint::send_stashed`] arrives as its head
+/// followed by its tail: read in place ([`Endpoint::frame_tail`]) where the
+/// transport lends stashes ([`Endpoint::stash`]), copied into the frame
+/// where it does not (then the tail is a heap [`Stash`]). Blocks are kept
+/// until a flush says their frames were released, as a worker keeps them
+/// until acknowledged, and given back for reuse after.
+pub fn stashed_frames_arrive_whole<F: Factory>(f: &F) {
+    let t = f.with_buffering(256 << 10);
+    let mut server = t.bind("stash-server").unwrap();
+    let mut client = t.bind("stash-client").unwrap();
+    let peer = client.connect("stash-server", deadline()).unwrap();
+    let frames = 24usize;
+    let head = |i: usize| -> Vec<u8> { (0..8 + 8 * (i % 3)).map(|j| (i + j) as u8).collect() };
+    let tail = |i: usize| -> Vec<u8> {
+        let len = [100 << 10, (64 << 10) + 8, 8][i % 3];
+        (0..len).map(|j| ((i * 13 + j) % 241) as u8).collect()
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut held = Vec::new();
+            for i in 0..frames {
+                let want = tail(i);
+                let mut block = match client.stash(peer, want.len()) {
+                    Some(block) => block,
+                    None => {
+                        // Full, or no stash at all: once every frame sent
+                        // was released, the held blocks may go.
+                        client.flush(peer, deadline()).unwrap();
+                        held.clear();
+                        client
+                            .stash(peer, want.len())
+                            .unwrap_or_else(|| Stash::new(vec![0u8; want.len()]))
+                    }
+                };
+                assert_eq!(block.len(), want.len(), "a stash of the wrong length");
+                block.copy_from_slice(&want);
+                client
+                    .send_stashed(peer, &head(i), &block, deadline())
+                    .unwrap();
+                held.push(block);
+            }
+            client.flush(peer, deadline()).unwrap();
+        });
+        let mut i = 0;
+        while i < frames {
+            match server.recv(deadline()).expect("recv") {
+                Some(Event::Frame(_, frame)) => {
+                    let got = [&frame[..], server.frame_tail(&frame)].concat();
+                    assert!(
+                        got == [head(i), tail(i)].concat(),
+                        "stashed frame {i} corrupted or out of order"
+                    );
+                    i += 1;
+                }
+                Some(Event::Connected(_)) => {}
+                Some(Event::Disconnected(p)) => panic!("unexpected disconnect of {p}"),
+                None => panic!("no frame {i} within {STEP:?}"),
+            }
         }
     });
 }

@@ -46,6 +46,11 @@ fn frames_sent_in_parts_arrive_whole() {
 }
 
 #[test]
+fn stashed_frames_arrive_whole() {
+    laggard_conformance::stashed_frames_arrive_whole(&Shm);
+}
+
+#[test]
 fn taken_frames_keep_their_bytes_and_release_credit() {
     laggard_conformance::taken_frames_keep_their_bytes_and_release_credit(&Shm);
 }
