@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use laggard::{Error, Result};
 
-use crate::layout::{RING_MAX, RING_MIN};
+use crate::layout::{RING_MAX, RING_MIN, STASH_ALIGN, STASH_MAX};
 
 /// Settings for [`ShmTransport`](crate::ShmTransport). Every process of a
 /// cluster should use the same ones.
@@ -28,12 +28,14 @@ pub struct ShmConfig {
     pub(crate) busy_poll: bool,
     pub(crate) liveness_interval: Duration,
     pub(crate) row_piece_bytes: usize,
+    /// `None`: as long as a ring.
+    pub(crate) stash_bytes: Option<u64>,
 }
 
 impl Default for ShmConfig {
     /// Segments in `/dev/shm`, 64 MiB rings (frames up to 32 MiB), spin
     /// 50 µs before sleeping, peers checked every 50 ms, pulled rows in
-    /// pieces of 128 KiB.
+    /// pieces of 128 KiB, a stash as long as a ring for pending pushes.
     fn default() -> Self {
         ShmConfig {
             dir: PathBuf::from("/dev/shm"),
@@ -42,6 +44,7 @@ impl Default for ShmConfig {
             busy_poll: false,
             liveness_interval: Duration::from_millis(50),
             row_piece_bytes: 128 << 10,
+            stash_bytes: None,
         }
     }
 }
@@ -100,6 +103,29 @@ impl ShmConfig {
         self
     }
 
+    /// Bytes of each connection's stash (by default as many as a ring
+    /// holds; rounded up to a multiple of 64; 0 for none): memory the
+    /// connecting side (a worker)
+    /// keeps long pending push rows in, from a clock's first delta of a
+    /// row until the server acknowledged it, and that the server applies
+    /// them from in place. A pushed row then costs the worker one copy
+    /// (the delta into the stash) instead of two (into its own pending
+    /// push, then into the ring). Rows of 64 KiB and more are stashed
+    /// while there is room; the others, and any that do not fit, go
+    /// through the ring. Like the rings, only what is written uses memory.
+    pub fn stash_bytes(mut self, bytes: u64) -> Self {
+        self.stash_bytes = Some(bytes);
+        self
+    }
+
+    /// The stash size these settings give.
+    pub(crate) fn stash_capacity(&self) -> u64 {
+        self.stash_bytes
+            .unwrap_or_else(|| self.ring_capacity())
+            .min(STASH_MAX)
+            .next_multiple_of(STASH_ALIGN)
+    }
+
     /// The piece length a server of these settings sends pulled rows in.
     pub(crate) fn row_piece_len(&self) -> usize {
         self.row_piece_bytes.min(self.ring_capacity() as usize / 4)
@@ -127,6 +153,12 @@ impl ShmConfig {
                     "{} is more than the {RING_MAX} a ring may hold",
                     self.ring_bytes
                 ),
+            );
+        }
+        if let Some(bytes) = self.stash_bytes.filter(|&b| b > STASH_MAX) {
+            return bad(
+                "stash bytes",
+                format!("{bytes} is more than the {STASH_MAX} a stash may hold"),
             );
         }
         if self.liveness_interval.is_zero() {

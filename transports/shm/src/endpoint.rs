@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use laggard::idhash::IdMap;
-use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard::transport::{Endpoint, Event, PeerId, Stash, StashMemory, Transport};
 use laggard::{Error, Result};
 
 use crate::config::ShmConfig;
@@ -27,6 +27,7 @@ use crate::layout::{self, Header, Owner};
 use crate::ring::{self, Consumer, Producer, RingCtl, Taken};
 use crate::segment::{self, OpenError, Segment};
 use crate::slots;
+use crate::stash::{self, StashPool, WHERE_LEN};
 use crate::unsent::Unsent;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -174,6 +175,7 @@ impl ShmTransport {
             total: layout::MAILBOX_LEN as u64,
             owner: self.me,
             param: layout::SLOTS as u64,
+            stash: 0,
             name: name.to_owned(),
         }
     }
@@ -289,6 +291,10 @@ struct Conn {
     /// 0 if we connected, 1 if we accepted. We write ring `side`.
     side: usize,
     cap: u64,
+    /// Bytes of the connector's stash (after the rings).
+    stash: u64,
+    /// Its free blocks, kept by the connector (side 0) only.
+    stash_pool: Mutex<StashPool>,
     peer_mailbox: Mailbox,
     /// Our endpoint's mailbox, whose doorbell a buffer dropped unsent
     /// rings (the endpoint may be asleep, with later frames held back).
@@ -312,10 +318,12 @@ struct Conn {
 }
 
 impl Conn {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         seg: Segment,
         side: usize,
         cap: u64,
+        stash: u64,
         peer_mailbox: Mailbox,
         own_mailbox: Arc<Mailbox>,
         peer_name: String,
@@ -325,6 +333,8 @@ impl Conn {
             seg,
             side,
             cap,
+            stash,
+            stash_pool: Mutex::new(StashPool::new(if side == 0 { stash } else { 0 })),
             peer_mailbox,
             own_mailbox,
             peer_name,
@@ -352,6 +362,35 @@ impl Conn {
     fn data(&self, ring: usize, pos: u64) -> *mut u8 {
         self.seg
             .ptr(layout::CONN_DATA + ring * self.cap as usize + (pos % self.cap) as usize)
+    }
+
+    /// Where byte `off` of the stash lies; `off` at most its size.
+    fn stash_at(&self, off: u64) -> *mut u8 {
+        debug_assert!(off <= self.stash);
+        self.seg
+            .ptr((layout::stash_offset(self.cap) + off) as usize)
+    }
+
+    /// Where the tail of a received frame lies in the peer's stash, from
+    /// the 16 bytes that end its payload (`taken.stashed`): `(offset,
+    /// length)`, checked to lie inside the stash.
+    fn stash_tail(&self, taken: &Taken) -> std::result::Result<(u64, u64), String> {
+        if self.side != 1 {
+            return Err("the accepting side sent a frame with a stashed tail".into());
+        }
+        if taken.len < WHERE_LEN {
+            return Err(format!(
+                "a {}-byte frame is too short to say where its stashed tail is",
+                taken.len
+            ));
+        }
+        let at = self.data(0, taken.payload + taken.len - WHERE_LEN);
+        let mut where_ = [0u8; WHERE_LEN as usize];
+        // SAFETY: `Consumer::next` checked that the record, payload
+        // included, lies inside ring 0's data region and was published;
+        // the producer does not touch it until the frame is released.
+        unsafe { std::ptr::copy_nonoverlapping(at, where_.as_mut_ptr(), where_.len()) };
+        stash::tail_where(where_, self.stash)
     }
 
     fn closed(&self, side: usize) -> &AtomicU32 {
@@ -635,6 +674,7 @@ impl ShmEndpoint {
             seg,
             1,
             header.param,
+            header.stash,
             peer_mailbox,
             self.mailbox.clone(),
             header.name,
@@ -680,7 +720,23 @@ impl ShmEndpoint {
             match conn.take() {
                 Ok(Some(taken)) => {
                     self.rr = idx + 1;
-                    return Some(Event::Frame(peer, ShmFrame { conn, taken }));
+                    let tail = match taken.stashed.then(|| conn.stash_tail(&taken)) {
+                        None => None,
+                        Some(Ok(tail)) => Some(tail),
+                        Some(Err(why)) => {
+                            // Released with the frame, before the close.
+                            drop(ShmFrame {
+                                conn: conn.clone(),
+                                taken,
+                                tail: None,
+                            });
+                            conn.fail(format!("it broke the stash protocol: {why}"));
+                            self.remove(peer);
+                            conn.close();
+                            return Some(Event::Disconnected(peer));
+                        }
+                    };
+                    return Some(Event::Frame(peer, ShmFrame { conn, taken, tail }));
                 }
                 Ok(None) if !gone => {}
                 Ok(None) => {
@@ -760,7 +816,8 @@ impl Endpoint for ShmEndpoint {
         let file = segment::connection_file(&self.net.cluster, self.net.me, self.net.nonce, serial);
         let path = cfg.dir.join(&file);
         let cap = cfg.ring_capacity();
-        let total = layout::connection_len(cap).expect("capacity checked by the config");
+        let stash = cfg.stash_capacity();
+        let total = layout::connection_len(cap, stash).expect("sizes checked by the config");
         let seg = Segment::create(
             &path,
             &Header {
@@ -768,6 +825,7 @@ impl Endpoint for ShmEndpoint {
                 total,
                 owner: self.net.me,
                 param: cap,
+                stash,
                 name: self.name.clone(),
             },
         )
@@ -776,6 +834,7 @@ impl Endpoint for ShmEndpoint {
             seg,
             0,
             cap,
+            stash,
             peer_mailbox,
             self.mailbox.clone(),
             name.to_owned(),
@@ -843,6 +902,7 @@ impl Endpoint for ShmEndpoint {
                         payload: r.payload,
                         len,
                         sent: false,
+                        stashed: false,
                     });
                 }
                 Ok(None) => {}
@@ -896,6 +956,9 @@ impl Endpoint for ShmEndpoint {
         let conn = &buf.conn;
         conn.reap_unsent(producer);
         let tx = conn.side;
+        if buf.stashed {
+            producer.mark_stashed(conn.words(tx), buf.record);
+        }
         let moved = producer.complete(conn.ctl(tx), conn.words(tx), buf.record, true);
         if moved {
             conn.peer_mailbox.doorbell().ring();
@@ -940,6 +1003,52 @@ impl Endpoint for ShmEndpoint {
             }
             self.wait(now, deadline, Self::has_work);
         }
+    }
+
+    /// A block of the connection's stash, if this side connected (workers
+    /// do) and the stash has `len` bytes free.
+    fn stash(&mut self, peer: PeerId, len: usize) -> Option<Stash> {
+        let conn = &self.conns.get(&peer)?.conn;
+        if conn.side != 0 || conn.peer_gone() {
+            return None;
+        }
+        let off = lock(&conn.stash_pool).take(len as u64)?;
+        Some(Stash::new(ShmStash {
+            conn: conn.clone(),
+            off,
+            len,
+        }))
+    }
+
+    /// Sends `head` and where the stash lies; the peer reads the stash in
+    /// place. A stash of another connection (one before a reconnect) is
+    /// copied into the frame.
+    fn send_stashed(
+        &mut self,
+        peer: PeerId,
+        head: &[u8],
+        tail: &Stash,
+        deadline: Instant,
+    ) -> Result<()> {
+        let ours = tail.memory().downcast_ref::<ShmStash>().filter(|s| {
+            self.conns
+                .get(&peer)
+                .is_some_and(|link| Arc::ptr_eq(&link.conn, &s.conn))
+        });
+        let Some(ShmStash { off, len, .. }) = ours else {
+            return self.send_parts(peer, &[head, tail], deadline);
+        };
+        let (off, len) = (*off, *len as u64);
+        let mut buf = self.lend(peer, head.len() + 16, deadline)?;
+        buf[..head.len()].copy_from_slice(head);
+        buf[head.len()..head.len() + 8].copy_from_slice(&off.to_le_bytes());
+        buf[head.len() + 8..].copy_from_slice(&len.to_le_bytes());
+        buf.stashed = true;
+        self.send(buf)
+    }
+
+    fn frame_tail<'f>(&self, frame: &'f ShmFrame) -> &'f [u8] {
+        frame.tail()
     }
 
     fn disconnect(&mut self, peer: PeerId) {
@@ -997,6 +1106,8 @@ pub struct ShmBuf {
     payload: u64,
     len: usize,
     sent: bool,
+    /// The frame's tail is in the stash: its last 16 bytes say where.
+    stashed: bool,
 }
 
 impl fmt::Debug for ShmBuf {
@@ -1036,15 +1147,42 @@ impl Drop for ShmBuf {
 }
 
 /// A received frame, read in place in the ring; dropping it releases the
-/// space to the sender.
+/// space to the sender. A frame whose tail the sender left in its stash
+/// ([`Endpoint::send_stashed`]) derefs to the part before the tail;
+/// [`Endpoint::frame_tail`] gives the tail, read in place too.
 pub struct ShmFrame {
     conn: Arc<Conn>,
     taken: Taken,
+    /// `(offset, length)` of the tail in the peer's stash, checked.
+    tail: Option<(u64, u64)>,
+}
+
+impl ShmFrame {
+    /// The tail in the peer's stash, if the frame has one.
+    fn tail(&self) -> &[u8] {
+        let Some((off, len)) = self.tail else {
+            return &[];
+        };
+        // SAFETY: `Conn::stash_tail` checked that [off, off + len) lies
+        // inside the stash, inside the mapping, which outlives `self`. The
+        // sender does not write a block it sent until the server
+        // acknowledged the push, which it does after releasing the frame;
+        // a sender that breaks that rule changes bytes we only read as
+        // plain bytes (as a ring frame's would be).
+        unsafe { std::slice::from_raw_parts(self.conn.stash_at(off), len as usize) }
+    }
 }
 
 impl fmt::Debug for ShmFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ShmFrame({} bytes)", self.taken.len)
+        match self.tail {
+            None => write!(f, "ShmFrame({} bytes)", self.taken.len),
+            Some((_, tail)) => write!(
+                f,
+                "ShmFrame({} bytes and {tail} in the stash)",
+                self.taken.len - WHERE_LEN
+            ),
+        }
     }
 }
 
@@ -1052,10 +1190,53 @@ impl Deref for ShmFrame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         let ptr = self.conn.data(1 - self.conn.side, self.taken.payload);
+        // The last 16 bytes of a frame with a stashed tail say where it is.
+        let len = self.taken.len - if self.tail.is_some() { WHERE_LEN } else { 0 };
         // SAFETY: `Consumer::next` checked that the record lies inside the
         // data region and inside what was published; the producer does not
         // touch it again until we release it in `drop`.
-        unsafe { std::slice::from_raw_parts(ptr, self.taken.len as usize) }
+        unsafe { std::slice::from_raw_parts(ptr, len as usize) }
+    }
+}
+
+/// A block of a connection's stash ([`Endpoint::stash`]), where a worker
+/// keeps a long pending push row until the server acknowledged it; the
+/// server reads it in place. Dropping it frees the block.
+pub struct ShmStash {
+    conn: Arc<Conn>,
+    off: u64,
+    len: usize,
+}
+
+impl fmt::Debug for ShmStash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShmStash({} bytes at {})", self.len, self.off)
+    }
+}
+
+impl StashMemory for ShmStash {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the pool gave [off, off + len) inside the stash to this
+        // block alone; the peer only reads the stash; the mapping outlives
+        // `self` (it holds the connection).
+        unsafe { std::slice::from_raw_parts(self.conn.stash_at(self.off), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`; `&mut self` makes this the only view in
+        // this process, and the peer reads a block only while a frame
+        // naming it is unreleased, which the worker never writes it during.
+        unsafe { std::slice::from_raw_parts_mut(self.conn.stash_at(self.off), self.len) }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl Drop for ShmStash {
+    fn drop(&mut self) {
+        lock(&self.conn.stash_pool).give_back(self.off, self.len as u64);
     }
 }
 

@@ -17,11 +17,12 @@
 //!
 //! | offset | contents |
 //! |---|---|
-//! | 0 | header: magic, version, kind, total length, ring capacity, connector (pid, start time, endpoint name) |
+//! | 0 | header: magic, version, kind, total length, ring capacity, connector (pid, start time, endpoint name), stash size |
 //! | 256, 384 | `closed` flag of side 0 (connector) and side 1 (acceptor) |
 //! | 512 | `accepted` flag |
 //! | 1024, 1280 | ring words of ring 0 (connector → acceptor) and ring 1 |
 //! | 4096 | ring 0's data, then ring 1's |
+//! | 4096 + 2 × capacity | the connector's stash: pending pushes it writes and the acceptor reads in place |
 //!
 //! Headers are plain native-endian integers (both ends share the host);
 //! they are written once, before the segment's name is published, and
@@ -32,7 +33,7 @@ use std::fmt;
 /// "LAGGSHM1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"LAGGSHM1");
 /// Bumped whenever anything in this file changes meaning.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Segment kinds.
 pub const KIND_MAILBOX: u32 = 1;
 /// Segment kinds.
@@ -50,8 +51,9 @@ const OFF_START: usize = 32;
 const OFF_PARAM: usize = 40; // slot count (mailbox) or ring capacity (connection)
 const OFF_NAME_LEN: usize = 48;
 const OFF_NAME: usize = 56;
+const OFF_STASH: usize = OFF_NAME + NAME_MAX; // stash size (connection), 0 (mailbox)
 /// Bytes of the header both kinds share.
-pub const HEADER_LEN: usize = OFF_NAME + NAME_MAX;
+pub const HEADER_LEN: usize = OFF_STASH + 8;
 
 /// Mailbox: the `closed` word.
 pub const MB_CLOSED: usize = 256;
@@ -91,6 +93,10 @@ pub const CONN_DATA: usize = 4096;
 pub const RING_MIN: u64 = 4096;
 /// Smallest and largest ring capacity.
 pub const RING_MAX: u64 = 1 << 40;
+/// Largest stash; a stash's size is a multiple of [`STASH_ALIGN`].
+pub const STASH_MAX: u64 = 1 << 40;
+/// Stash blocks start at multiples of this (a cache line).
+pub const STASH_ALIGN: u64 = 64;
 
 /// Who made a segment: a process, told apart from a later process with
 /// the same pid by its start time.
@@ -113,6 +119,8 @@ pub struct Header {
     pub owner: Owner,
     /// Slot count (mailbox) or ring capacity (connection).
     pub param: u64,
+    /// Bytes of the connector's stash (connection); 0 for a mailbox.
+    pub stash: u64,
     /// The endpoint's name (mailbox) or the connector's (connection).
     pub name: String,
 }
@@ -135,9 +143,17 @@ fn u64_at(b: &[u8], off: usize) -> u64 {
     u64::from_ne_bytes(b[off..off + 8].try_into().expect("8 bytes"))
 }
 
-/// The total length of a connection segment with rings of `cap` bytes.
-pub fn connection_len(cap: u64) -> Option<u64> {
-    cap.checked_mul(2)?.checked_add(CONN_DATA as u64)
+/// The total length of a connection segment with rings of `cap` bytes
+/// and a stash of `stash` bytes.
+pub fn connection_len(cap: u64, stash: u64) -> Option<u64> {
+    cap.checked_mul(2)?
+        .checked_add(CONN_DATA as u64)?
+        .checked_add(stash)
+}
+
+/// Where a connection's stash starts.
+pub fn stash_offset(cap: u64) -> u64 {
+    CONN_DATA as u64 + 2 * cap
 }
 
 impl Header {
@@ -155,6 +171,7 @@ impl Header {
         let name = self.name.as_bytes();
         out[OFF_NAME_LEN..52].copy_from_slice(&(name.len() as u32).to_ne_bytes());
         out[OFF_NAME..OFF_NAME + name.len()].copy_from_slice(name);
+        out[OFF_STASH..OFF_STASH + 8].copy_from_slice(&self.stash.to_ne_bytes());
     }
 
     /// Decodes and checks the header of a segment whose file is `file_len`
@@ -180,6 +197,7 @@ impl Header {
         let kind = u32_at(bytes, OFF_KIND);
         let total = u64_at(bytes, OFF_TOTAL);
         let param = u64_at(bytes, OFF_PARAM);
+        let stash = u64_at(bytes, OFF_STASH);
         if total != file_len {
             return Err(Invalid(format!(
                 "the header says {total} bytes but the file has {file_len} (truncated?)"
@@ -187,10 +205,10 @@ impl Header {
         }
         match kind {
             KIND_MAILBOX => {
-                if param != SLOTS as u64 || total != MAILBOX_LEN as u64 {
+                if param != SLOTS as u64 || total != MAILBOX_LEN as u64 || stash != 0 {
                     return Err(Invalid(format!(
-                        "a mailbox of {total} bytes with {param} slots; expected \
-                         {MAILBOX_LEN} bytes with {SLOTS}"
+                        "a mailbox of {total} bytes with {param} slots and a {stash}-byte \
+                         stash; expected {MAILBOX_LEN} bytes with {SLOTS} and none"
                     )));
                 }
             }
@@ -200,10 +218,16 @@ impl Header {
                         "ring capacity {param} is not a power of two in {RING_MIN}..={RING_MAX}"
                     )));
                 }
-                if connection_len(param) != Some(total) {
+                if stash > STASH_MAX || stash % STASH_ALIGN != 0 {
                     return Err(Invalid(format!(
-                        "a connection with {param}-byte rings must be {} bytes, not {total}",
-                        CONN_DATA as u64 + 2 * param
+                        "stash size {stash} is not a multiple of {STASH_ALIGN} up to {STASH_MAX}"
+                    )));
+                }
+                if connection_len(param, stash) != Some(total) {
+                    return Err(Invalid(format!(
+                        "a connection with {param}-byte rings and a {stash}-byte stash must \
+                         be {} bytes, not {total}",
+                        CONN_DATA as u64 + 2 * param + stash
                     )));
                 }
             }
@@ -230,6 +254,7 @@ impl Header {
             total,
             owner,
             param,
+            stash,
             name,
         })
     }
@@ -245,6 +270,7 @@ mod tests {
             total: MAILBOX_LEN as u64,
             owner: Owner { pid: 7, start: 99 },
             param: SLOTS as u64,
+            stash: 0,
             name: "server-0".into(),
         }
     }
@@ -256,12 +282,24 @@ mod tests {
         assert_eq!(Header::decode(&bytes, MAILBOX_LEN as u64), Ok(mailbox()));
         let conn = Header {
             kind: KIND_CONNECTION,
-            total: connection_len(1 << 16).unwrap(),
+            total: connection_len(1 << 16, 1 << 20).unwrap(),
             param: 1 << 16,
+            stash: 1 << 20,
             ..mailbox()
         };
         conn.encode(&mut bytes);
-        assert_eq!(Header::decode(&bytes, conn.total), Ok(conn));
+        assert_eq!(Header::decode(&bytes, conn.total), Ok(conn.clone()));
+        // A stash that is not whole cache lines, or does not match the
+        // file's length, is refused.
+        for (stash, total) in [(100, conn.total - (1 << 20) + 100), (1 << 19, conn.total)] {
+            Header {
+                stash,
+                total,
+                ..conn.clone()
+            }
+            .encode(&mut bytes);
+            assert!(Header::decode(&bytes, total).is_err(), "stash {stash}");
+        }
     }
 
     #[test]
@@ -279,6 +317,7 @@ mod tests {
             (48, 255, full, "name"),
             (56, 0xff, full, "UTF-8"),
             (24, 0, full, "owner"),
+            (OFF_STASH, 64, full, "stash"),
         ];
         for (at, value, len, expect) in cases {
             let mut b = bytes.clone();

@@ -60,12 +60,14 @@ mod ring;
 #[cfg(not(laggard_loom))]
 mod segment;
 mod slots;
+#[cfg(not(laggard_loom))]
+mod stash;
 mod unsent;
 
 #[cfg(not(laggard_loom))]
 pub use config::ShmConfig;
 #[cfg(not(laggard_loom))]
-pub use endpoint::{ShmBuf, ShmEndpoint, ShmFrame, ShmTransport};
+pub use endpoint::{ShmBuf, ShmEndpoint, ShmFrame, ShmStash, ShmTransport};
 
 /// Checks arbitrary bytes as a segment the way attaching does, and, if
 /// they pass as a connection, reads its rings the way a receiver does.
@@ -74,7 +76,8 @@ pub use endpoint::{ShmBuf, ShmEndpoint, ShmFrame, ShmTransport};
 #[cfg(not(laggard_loom))]
 pub fn fuzz_attach(bytes: &[u8]) {
     use std::sync::atomic::AtomicU64;
-    let Ok(header) = layout::Header::decode(bytes, bytes.len() as u64) else {
+    let bytes_len = bytes.len() as u64;
+    let Ok(header) = layout::Header::decode(bytes, bytes_len) else {
         return;
     };
     if header.kind != layout::KIND_CONNECTION || header.param > 1 << 20 {
@@ -99,6 +102,16 @@ pub fn fuzz_attach(bytes: &[u8]) {
             match consumer.next(&ctl, &data) {
                 Ok(Some(t)) => {
                     assert!(t.payload + t.len <= t.end, "frame overruns its record");
+                    if t.stashed && t.len >= stash::WHERE_LEN {
+                        // Where its tail is, checked as the receiver does.
+                        let at = layout::CONN_DATA + r * cap + (t.payload % cap as u64) as usize;
+                        let at = at + (t.len - stash::WHERE_LEN) as usize;
+                        let where_ = bytes[at..at + 16].try_into().expect("16 bytes");
+                        if let Ok((off, len)) = stash::tail_where(where_, header.stash) {
+                            let start = layout::stash_offset(header.param) + off;
+                            assert!(start + len <= bytes_len, "a checked tail overruns");
+                        }
+                    }
                     consumer.release(&ctl, t.start, t.end);
                 }
                 Ok(None) | Err(_) => break,

@@ -34,6 +34,9 @@ pub const HEADER: u64 = 8;
 const KIND_FRAME: u64 = 1;
 /// A record to skip: the filler before a wrap, or a buffer dropped unsent.
 const KIND_PAD: u64 = 2;
+/// A record holding a frame whose tail lies in the sender's stash: its
+/// last 16 bytes say where (the endpoint reads and checks them).
+const KIND_STASHED: u64 = 3;
 
 /// The largest frame a ring of `cap` bytes carries: at most half of it, so
 /// a frame always fits once the ring is empty, wherever the wrap falls.
@@ -189,6 +192,16 @@ impl Producer {
         }))
     }
 
+    /// Marks the lent, unpublished record at `record` as a frame whose tail
+    /// lies in the stash (published by [`complete`](Self::complete), as
+    /// the frame is).
+    pub fn mark_stashed(&self, words: &[AtomicU64], record: u64) {
+        // Relaxed: published by the Release store of `tail` in `complete`;
+        // only this producer writes the word of a record it has lent.
+        let h = word(words, record).load(Ordering::Relaxed);
+        word(words, record).store(header(KIND_STASHED, h & 0xffff_ffff), Ordering::Relaxed);
+    }
+
     /// Completes the lent record at `record`: `sent` publishes its frame,
     /// otherwise it becomes a pad. Returns whether `tail` moved (so the
     /// consumer should be woken).
@@ -255,6 +268,9 @@ pub struct Taken {
     pub payload: u64,
     /// Payload length.
     pub len: u64,
+    /// Whether the frame's tail lies in the sender's stash
+    /// ([`Producer::mark_stashed`]).
+    pub stashed: bool,
 }
 
 /// The consumer's private state.
@@ -304,12 +320,13 @@ impl Consumer {
                 KIND_PAD => {
                     self.release(ctl, start, self.read);
                 }
-                KIND_FRAME => {
+                KIND_FRAME | KIND_STASHED => {
                     return Ok(Some(Taken {
                         start,
                         end: self.read,
                         payload: start + HEADER,
                         len,
+                        stashed: kind == KIND_STASHED,
                     }));
                 }
                 other => {
