@@ -18,7 +18,10 @@
 //!   thread reads, which then adds it into a row. `laggard_push_stream`:
 //!   pushes back to back (each ending its clock, none waited for) until
 //!   the server applied all of them: push bandwidth, measured as
-//!   `tcp_push_stream_*` measures it over TCP.
+//!   `tcp_push_stream_*` measures it over TCP; and a model of it with no
+//!   transport or protocol (`model_push_stream`): each delta copied once,
+//!   into one of two buffers in turn, while another thread adds the last
+//!   into a row.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -98,6 +101,72 @@ fn push_applier(handoff: Arc<Handoff>, len: usize) -> JoinHandle<()> {
             handoff.applied.store(round, Ordering::Release);
         }
     })
+}
+
+/// A push stream without a transport: a writer copies each round's delta into
+/// one of `slots.len()` buffers in turn (waiting while that buffer's last
+/// round is not applied), an applier adds each into a row of its own, so
+/// copying and adding overlap as pushes in flight let them.
+struct Pipeline {
+    slots: Vec<std::sync::Mutex<Vec<f32>>>,
+    /// Rounds written and applied so far.
+    written: AtomicU64,
+    applied: AtomicU64,
+    stop: AtomicBool,
+}
+
+impl Pipeline {
+    fn new(depth: usize, len: usize) -> Arc<Self> {
+        Arc::new(Pipeline {
+            slots: (0..depth)
+                .map(|_| std::sync::Mutex::new(vec![1f32; len]))
+                .collect(),
+            written: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        })
+    }
+
+    /// Writes `rounds` more deltas and waits until all were applied.
+    fn run(&self, delta: &[f32], rounds: u64) {
+        let depth = self.slots.len() as u64;
+        let first = self.written.load(Ordering::Relaxed);
+        for r in first..first + rounds {
+            while r >= self.applied.load(Ordering::Acquire) + depth {
+                std::hint::spin_loop();
+            }
+            self.slots[(r % depth) as usize]
+                .lock()
+                .unwrap()
+                .copy_from_slice(black_box(delta));
+            self.written.store(r + 1, Ordering::Release);
+        }
+        while self.applied.load(Ordering::Acquire) < first + rounds {
+            std::hint::spin_loop();
+        }
+    }
+
+    fn applier(self: Arc<Self>, len: usize) -> JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut row = vec![0f32; len];
+            let depth = self.slots.len() as u64;
+            let mut next = 0;
+            while !self.stop.load(Ordering::Relaxed) {
+                if self.written.load(Ordering::Acquire) == next {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                let slot = self.slots[(next % depth) as usize].lock().unwrap();
+                for (x, d) in row.iter_mut().zip(slot.iter()) {
+                    *x += d;
+                }
+                drop(slot);
+                black_box(&mut row);
+                next += 1;
+                self.applied.store(next, Ordering::Release);
+            }
+        })
+    }
 }
 
 /// A transport-level echo: the far side answers each frame with an
@@ -314,6 +383,22 @@ fn large(c: &mut Criterion) {
         warm_up(&mut push_floor);
         g.bench_function("floor_push_handoff", |b| b.iter(&mut push_floor));
         handoff.stop.store(true, Ordering::Relaxed);
+        applier.join().unwrap();
+
+        // A push stream without a transport: the copy of one delta
+        // overlaps the add of the one before, as pushes in flight let them.
+        let pipeline = Pipeline::new(2, len);
+        let applier = pipeline.clone().applier(len);
+        // Every buffer touched before timing.
+        pipeline.run(&floor_delta, 8);
+        g.bench_function("model_push_stream", |b| {
+            b.iter_custom(|iters| {
+                let started = Instant::now();
+                pipeline.run(&floor_delta, iters);
+                started.elapsed()
+            })
+        });
+        pipeline.stop.store(true, Ordering::Relaxed);
         applier.join().unwrap();
 
         let cfg = ShmConfig::default().ring_bytes(4 * bytes as u64);

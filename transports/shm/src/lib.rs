@@ -12,6 +12,10 @@
 //!   single-producer single-consumer ring. A lent buffer *is* a slot of the
 //!   ring the receiver reads, and a received frame is read in place: a row
 //!   is written once, by its sender, into memory the receiver reads.
+//! - **Stash.** Each connection segment ends in memory the connecting
+//!   side (a worker) keeps long pending push rows in until they are
+//!   acknowledged ([`ShmConfig::stash_bytes`]); the server applies them in
+//!   place, so a pushed row costs the worker one copy, not two.
 //! - **Waiting.** Calls spin briefly, then sleep on a futex in the waiting
 //!   endpoint's mailbox; [`ShmConfig::busy_poll`] never sleeps.
 //! - **Failures.** A peer that drops its endpoint closes its connections;
