@@ -1,4 +1,5 @@
-//! Clusters of real processes on this host, talking through shared memory.
+//! Clusters of real processes on this host, talking through shared memory
+//! (long pushed rows through the stash that the server process reads).
 //!
 //! The processes are this test binary itself, started with
 //! `LAGGARD_SHM_TEST_CHILD` set and filtered to `child_process`, which then
@@ -16,6 +17,10 @@ use laggard_shm::ShmTransport;
 
 const CHILD: &str = "LAGGARD_SHM_TEST_CHILD";
 const KEYS: u64 = 8;
+/// Elements of a row of the `long` table: 131,080 bytes, long enough that
+/// workers keep pending pushes of it in the connection's stash, which the
+/// server process applies in place.
+const LONG: usize = 16_385;
 
 fn spec(servers: usize, workers: usize, mode: &str) -> ClusterSpec {
     let (consistency, dead_after) = match mode {
@@ -29,6 +34,12 @@ fn spec(servers: usize, workers: usize, mode: &str) -> ClusterSpec {
                 .update(Sum)
                 .consistency(consistency),
         )
+        .table(
+            "long",
+            TableSpec::<i64>::dense(0..2, LONG)
+                .update(Sum)
+                .consistency(consistency),
+        )
         .dead_after(dead_after)
         .timeout(Duration::from_secs(60))
 }
@@ -38,6 +49,11 @@ fn delta(worker: u32, clock: u64, key: u64) -> [i64; 2] {
         1,
         i64::from(worker) * 100_000 + clock as i64 * 10 + key as i64,
     ]
+}
+
+/// Worker `worker`'s delta for element `i` of both `long` rows at `clock`.
+fn long_delta(worker: u32, clock: u64, i: usize) -> i64 {
+    (i64::from(worker) + 1) * (clock as i64 + 1) * 1000 + i as i64
 }
 
 fn env(name: &str) -> String {
@@ -97,6 +113,13 @@ fn child_process() {
                 worker.pull(&t, &keys, &mut rows).unwrap();
                 let deltas: Vec<i64> = keys.iter().flat_map(|&k| delta(id, c, k)).collect();
                 worker.push(&t, &keys, &deltas).unwrap();
+                if mode == "sum" {
+                    let long = worker.table::<i64>("long").unwrap();
+                    let row: Vec<i64> = (0..LONG).map(|i| long_delta(id, c, i)).collect();
+                    worker
+                        .push(&long, &[0, 1], &[row.clone(), row].concat())
+                        .unwrap();
+                }
                 worker.clock().unwrap();
                 println!("worker {id}: clock {}", c + 1);
                 if mode == "kill" {
@@ -118,6 +141,16 @@ fn child_process() {
                     let got = &rows[k as usize * 2..k as usize * 2 + 2];
                     assert_eq!(got, want, "key {k}");
                 }
+                let long = worker.table::<i64>("long").unwrap();
+                let mut both = vec![0i64; 2 * LONG];
+                worker.pull(&long, &[0, 1], &mut both).unwrap();
+                for (i, &got) in both.iter().enumerate() {
+                    let want: i64 = (0..workers as u32)
+                        .flat_map(|w| (0..clocks).map(move |c| long_delta(w, c, i % LONG)))
+                        .sum();
+                    assert_eq!(got, want, "long row element {i}");
+                }
+                println!("worker {id}: stashed {}", worker.stats().rows_stashed);
                 println!("worker {id}: sums exact");
             }
             worker.leave().unwrap();
@@ -189,11 +222,26 @@ fn processes_sum_exactly_and_leave_nothing_behind() {
         ));
     }
     let mut exact = 0;
+    let mut stashed = 0;
     for (role, child) in children {
         let lines = finish(&role, child);
         exact += lines.iter().filter(|l| l.ends_with("sums exact")).count();
+        stashed += lines
+            .iter()
+            .filter_map(|l| {
+                l.split_once(": stashed ")
+                    .map(|(_, n)| n.parse::<u64>().unwrap())
+            })
+            .sum::<u64>();
     }
     assert_eq!(exact, workers, "every worker checks the sums");
+    // Each long row of each clock waited in a stash that another process
+    // (its server) applied in place.
+    assert_eq!(
+        stashed,
+        2 * workers as u64 * clocks,
+        "rows pushed through the stash"
+    );
     let net = ShmTransport::new(&cluster).unwrap();
     assert_eq!(
         net.segments(),
