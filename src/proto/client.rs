@@ -302,21 +302,22 @@ impl ClientCore {
     /// `key`. Deltas for one key within one clock are summed, so the server
     /// applies the update rule once per key per clock.
     pub fn pending_add<T: Element>(&mut self, table: u32, key: u64, delta: &[T]) -> Result<()> {
-        self.pending_add_stashing(table, key, delta, &mut |_, _| None)
+        self.pending_add_stashing(table, key, delta, None)
     }
 
-    /// [`pending_add`](Self::pending_add), keeping a row of at least
-    /// [`STASH_MIN_ROW`] bytes that is not pending yet in a stash that
-    /// `stash(shard, len)` lends, if it lends one
-    /// ([`Endpoint::stash`](crate::transport::Endpoint::stash)). A stashed
-    /// row goes as a push of its own, its deltas the frame's tail
-    /// ([`with_push_stash`](Self::with_push_stash)).
+    /// [`pending_add`](Self::pending_add), keeping the row in `stash` if
+    /// [`wants_stash`](Self::wants_stash) asked for one of this length (a
+    /// row of at least [`STASH_MIN_ROW`] bytes not pending yet) and the
+    /// transport lent it ([`Endpoint::stash`](crate::transport::Endpoint::stash)).
+    /// A stashed row goes as a push of its own, its deltas the frame's
+    /// tail ([`with_push_stash`](Self::with_push_stash)). A stash that is
+    /// not used is dropped, giving its memory back.
     pub fn pending_add_stashing<T: Element>(
         &mut self,
         table: u32,
         key: u64,
         delta: &[T],
-        stash: &mut dyn FnMut(usize, usize) -> Option<Stash>,
+        stash: Option<Stash>,
     ) -> Result<()> {
         let info = self.table(table)?;
         let shard = info.map.shard_of(key)?;
@@ -352,7 +353,7 @@ impl ClientCore {
                 add_le_slice(&mut rows.stashed[i].1[..row_bytes], delta);
             }
             None if row_bytes >= STASH_MIN_ROW => {
-                let mut block = match stash(shard, row_bytes.next_multiple_of(8)) {
+                let mut block = match stash {
                     Some(block) if block.len() == row_bytes.next_multiple_of(8) => block,
                     _ => return self.add_inline(shard, table, key, row_bytes, delta),
                 };
@@ -559,18 +560,15 @@ impl ClientCore {
             f(&msg, sent.stashed.as_ref().map(|(_, _, s)| s))
         };
         if let Some((table, key, stash)) = &sent.stashed {
+            // A stashed row is a push of its own (`flush_into`).
+            debug_assert!(sent.sections.is_empty());
             let row_bytes = self.tables[*table as usize].row_bytes();
-            let last = Section {
+            let only = Section {
                 table: *table,
                 keys: Keys::Native(std::slice::from_ref(key)),
                 values: &stash[..row_bytes],
             };
-            if sent.sections.is_empty() {
-                return Some(push(std::slice::from_ref(&last)));
-            }
-            let mut all: Vec<Section<'_>> = sent.sections.iter().map(section).collect();
-            all.push(last);
-            return Some(push(&all));
+            return Some(push(std::slice::from_ref(&only)));
         }
         // Most pushes touch one table: no list to allocate for those.
         Some(match sent.sections.as_slice() {
@@ -1253,7 +1251,9 @@ mod tests {
         };
         core.on_welcome(0, &welcome).unwrap();
         let alive = Arc::new(AtomicUsize::new(0));
-        let mut stash = |shard: usize, len: usize| {
+        // What the runtime does: a stash of the length asked for, if asked.
+        let stash = |core: &ClientCore, table: u32, key: u64| {
+            let (shard, len) = core.wants_stash(table, key)?;
             assert_eq!((shard, len), (0, (width * 4).next_multiple_of(8)));
             alive.fetch_add(1, Relaxed);
             // Unspecified bytes: the core must write every one it sends.
@@ -1265,7 +1265,8 @@ mod tests {
         );
         assert_eq!(core.wants_stash(1, 3), None, "short rows go inline");
         for key in [3, 5, 3] {
-            core.pending_add_stashing(0, key, &vec![key as i32; width], &mut stash)
+            let block = stash(&core, 0, key);
+            core.pending_add_stashing(0, key, &vec![key as i32; width], block)
                 .unwrap();
         }
         assert_eq!(
@@ -1273,8 +1274,8 @@ mod tests {
             None,
             "a pending row is not stashed again"
         );
-        core.pending_add_stashing(1, 7, &[70i64], &mut stash)
-            .unwrap();
+        let block = stash(&core, 1, 7);
+        core.pending_add_stashing(1, 7, &[70i64], block).unwrap();
         assert_eq!(alive.load(Relaxed), 2);
         assert_eq!(core.stats().rows_stashed, 2);
         assert_eq!(core.stats().rows_coalesced, 1);
@@ -1342,14 +1343,15 @@ mod tests {
     fn a_row_the_transport_cannot_stash_goes_inline() {
         let width = STASH_MIN_ROW / 8;
         let mut core = core_with(vec![table("long", ElementKind::I64, width)]);
-        core.pending_add_stashing(0, 1, &vec![2i64; width], &mut |_, _| None)
+        core.pending_add_stashing(0, 1, &vec![2i64; width], None)
             .unwrap();
-        // A block of the wrong length is not used either.
-        core.pending_add_stashing(0, 2, &vec![3i64; width], &mut |_, len| {
-            let alive = Arc::new(std::sync::atomic::AtomicUsize::new(1));
-            Some(Stash::new(HeapStash(vec![0; len - 8], alive)))
-        })
-        .unwrap();
+        // A block of the wrong length is not used either, and is dropped.
+        let (_, len) = core.wants_stash(0, 2).unwrap();
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(1));
+        let short = Stash::new(HeapStash(vec![0; len - 8], alive.clone()));
+        core.pending_add_stashing(0, 2, &vec![3i64; width], Some(short))
+            .unwrap();
+        assert_eq!(alive.load(std::sync::atomic::Ordering::Relaxed), 0);
         assert_eq!(core.stats().rows_stashed, 0);
         assert_eq!(core.pending[0][0].keys, [1, 2]);
     }

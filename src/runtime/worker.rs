@@ -318,12 +318,12 @@ impl<E: Endpoint> Worker<E> {
         for (&key, delta) in keys.iter().zip(deltas.chunks_exact(table.width)) {
             // A long row may wait for its clock in the transport's memory,
             // from where it is sent without another copy.
-            let mut block = match self.core.wants_stash(table.index, key) {
+            let block = match self.core.wants_stash(table.index, key) {
                 Some((shard, len)) => self.stash_block(shard, len)?,
                 None => None,
             };
             self.core
-                .pending_add_stashing(table.index, key, delta, &mut |_, _| block.take())?;
+                .pending_add_stashing(table.index, key, delta, block)?;
         }
         Ok(())
     }

@@ -207,7 +207,8 @@ pub trait Endpoint: Send {
     /// Lends memory for `len` bytes that stay a while before they are
     /// sent, as the tail of a frame ([`send_stashed`](Self::send_stashed)),
     /// to `peer`; `None` (the default) when the transport has no such
-    /// memory, or none free now. The block is zeroed.
+    /// memory, or none free now. Its bytes are unspecified (a block is
+    /// reused as it is): the caller writes every byte it sends.
     ///
     /// A worker keeps a long pending push row in a stash, from its first
     /// delta of a clock until the server acknowledged it: a transport whose

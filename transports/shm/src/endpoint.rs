@@ -1163,12 +1163,12 @@ impl ShmFrame {
         let Some((off, len)) = self.tail else {
             return &[];
         };
+        // The sender does not write a block it sent until the server
+        // acknowledged the push, which it does after releasing the frame; a
+        // sender that breaks that rule changes bytes we only read as plain
+        // bytes (as a ring frame's would be).
         // SAFETY: `Conn::stash_tail` checked that [off, off + len) lies
-        // inside the stash, inside the mapping, which outlives `self`. The
-        // sender does not write a block it sent until the server
-        // acknowledged the push, which it does after releasing the frame;
-        // a sender that breaks that rule changes bytes we only read as
-        // plain bytes (as a ring frame's would be).
+        // inside the stash, inside the mapping, which outlives `self`.
         unsafe { std::slice::from_raw_parts(self.conn.stash_at(off), len as usize) }
     }
 }
@@ -1223,9 +1223,9 @@ impl StashMemory for ShmStash {
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`; `&mut self` makes this the only view in
-        // this process, and the peer reads a block only while a frame
-        // naming it is unreleased, which the worker never writes it during.
+        // SAFETY: as in `bytes`; `&mut self` makes this the only view here;
+        // the peer reads a block only between its push's send and the
+        // acknowledgement, while the worker does not write it.
         unsafe { std::slice::from_raw_parts_mut(self.conn.stash_at(self.off), self.len) }
     }
 
