@@ -105,14 +105,14 @@ impl ShmConfig {
 
     /// Bytes of each connection's stash (by default as many as a ring
     /// holds; rounded up to a multiple of 64; 0 for none): memory the
-    /// connecting side (a worker)
-    /// keeps long pending push rows in, from a clock's first delta of a
-    /// row until the server acknowledged it, and that the server applies
-    /// them from in place. A pushed row then costs the worker one copy
-    /// (the delta into the stash) instead of two (into its own pending
-    /// push, then into the ring). Rows of 64 KiB and more are stashed
-    /// while there is room; the others, and any that do not fit, go
-    /// through the ring. Like the rings, only what is written uses memory.
+    /// connecting side (a worker) keeps long pending push rows in, from a
+    /// clock's first delta of a row until the server acknowledged it, and
+    /// that the server applies them from in place. A pushed row then costs
+    /// the worker one copy (the delta into the stash) instead of two (into
+    /// its own pending push, then into the ring). Rows of 64 KiB and more
+    /// are stashed while there is room (a push waits for room that pushes
+    /// awaiting acknowledgement hold); the others go through the ring.
+    /// Like the rings, only what is written uses memory.
     pub fn stash_bytes(mut self, bytes: u64) -> Self {
         self.stash_bytes = Some(bytes);
         self
