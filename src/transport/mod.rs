@@ -28,6 +28,7 @@
 //! never hang.
 
 mod inproc;
+mod stash_pool;
 
 use std::ops::{Deref, DerefMut};
 use std::time::Instant;
@@ -35,6 +36,7 @@ use std::time::Instant;
 use crate::error::Result;
 
 pub use inproc::{InProcess, InProcessBuf, InProcessEndpoint, InProcessFrame};
+pub use stash_pool::StashPool;
 
 /// The shortest row piece a server sends, whatever its transport asks for
 /// ([`Endpoint::row_piece_len`]): shorter pieces would cost more in

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use laggard::idhash::IdMap;
-use laggard::transport::{Endpoint, Event, PeerId, Stash, StashMemory, Transport};
+use laggard::transport::{Endpoint, Event, PeerId, Stash, StashMemory, StashPool, Transport};
 use laggard::{Error, Result};
 
 use crate::config::ShmConfig;
@@ -27,7 +27,7 @@ use crate::layout::{self, Header, Owner};
 use crate::ring::{self, Consumer, Producer, RingCtl, Taken};
 use crate::segment::{self, OpenError, Segment};
 use crate::slots;
-use crate::stash::{self, StashPool, WHERE_LEN};
+use crate::stash::{self, WHERE_LEN};
 use crate::unsent::Unsent;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -334,7 +334,10 @@ impl Conn {
             side,
             cap,
             stash,
-            stash_pool: Mutex::new(StashPool::new(if side == 0 { stash } else { 0 })),
+            stash_pool: Mutex::new(StashPool::new(
+                if side == 0 { stash } else { 0 },
+                layout::STASH_ALIGN,
+            )),
             peer_mailbox,
             own_mailbox,
             peer_name,
