@@ -28,6 +28,7 @@ pub struct RdmaConfig {
     pub(crate) gid_index: Option<u8>,
     pub(crate) ring_bytes: u64,
     pub(crate) max_peer_ring: Option<u64>,
+    pub(crate) stash: Option<u64>,
     pub(crate) recv_depth: u32,
     pub(crate) spin: Duration,
     pub(crate) busy_poll: bool,
@@ -38,7 +39,7 @@ pub struct RdmaConfig {
 
 impl Default for RdmaConfig {
     /// The first device, port 1, its best RoCE GID, 16 MiB rings (frames up
-    /// to 8 MiB), 256 frames in flight per connection, spin 50 µs before
+    /// to 8 MiB) and stashes, 256 frames in flight per connection, spin 50 µs before
     /// sleeping on the completion channel, side channel on 127.0.0.1.
     fn default() -> Self {
         RdmaConfig {
@@ -47,6 +48,7 @@ impl Default for RdmaConfig {
             gid_index: None,
             ring_bytes: 16 << 20,
             max_peer_ring: None,
+            stash: None,
             recv_depth: 256,
             spin: Duration::from_micros(50),
             busy_poll: false,
@@ -147,6 +149,25 @@ impl RdmaConfig {
         self
     }
 
+    /// Bytes of each connection's stash (default: as many as
+    /// [`ring_bytes`](Self::ring_bytes); 0: no stash). A worker keeps a
+    /// pending push row of 64 KiB or more there until the server
+    /// acknowledged it, and the device gathers the row from there straight
+    /// into the server's ring, so a push copies it once instead of twice.
+    /// The stash is registered (pinned) on a connection's first push of
+    /// such a row, so servers never register one. If registering fails
+    /// (the memlock limit, say), rows are copied as without a stash; a
+    /// push waits for room held by unacknowledged pushes.
+    pub fn stash_bytes(mut self, bytes: u64) -> Self {
+        self.stash = Some(bytes);
+        self
+    }
+
+    /// Bytes of each connection's stash, 0 for none.
+    pub(crate) fn stash_len(&self) -> u64 {
+        self.stash.unwrap_or(self.ring_bytes)
+    }
+
     /// How long a connection's handshake may take once the peer answered
     /// (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
@@ -168,7 +189,8 @@ impl RdmaConfig {
 
     /// The most bytes each connection registers: its ring, the mirror of
     /// the peer's (at most [`max_peer_ring_bytes`](Self::max_peer_ring_bytes))
-    /// and a page of control words.
+    /// and a page of control words. A connection that stashes a push row
+    /// also registers its [stash](Self::stash_bytes), if it can.
     pub fn registered_per_connection(&self) -> u64 {
         self.ring_bytes + self.peer_ring_limit() + 4096
     }
@@ -192,6 +214,12 @@ impl RdmaConfig {
                     format!("{limit} is not between {RING_MIN} and {RING_MAX}"),
                 );
             }
+        }
+        if self.stash_len() > RING_MAX {
+            return bad(
+                "RdmaConfig::stash_bytes",
+                format!("{} is more than {RING_MAX}", self.stash_len()),
+            );
         }
         if !(4..=1 << 16).contains(&self.recv_depth) {
             return bad(
@@ -237,6 +265,16 @@ mod tests {
             raised.registered_per_connection(),
             (1 << 16) + (1 << 20) + 4096
         );
+    }
+
+    #[test]
+    fn the_stash_follows_the_ring_unless_set() {
+        let cfg = RdmaConfig::default().ring_bytes(1 << 20);
+        assert_eq!(cfg.stash_len(), 1 << 20);
+        assert_eq!(cfg.clone().stash_bytes(0).stash_len(), 0);
+        assert_eq!(cfg.clone().stash_bytes(4096).stash_len(), 4096);
+        let err = cfg.stash_bytes(RING_MAX + 1).validate().unwrap_err();
+        assert!(err.to_string().contains("RdmaConfig::stash_bytes"), "{err}");
     }
 
     #[test]

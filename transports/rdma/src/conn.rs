@@ -45,7 +45,8 @@ use crate::config::RdmaConfig;
 use crate::credit::{CreditRead, credit_check};
 use crate::hello::Hello;
 use crate::ring::{ALIGN, RecvRing, SendRing, Violation};
-use crate::verbs::{self, Channel, Cq, Device, Mr, Path, Qp, QpAddress, Remote};
+use crate::stash::{RdmaStash, StashRegion};
+use crate::verbs::{self, Channel, Cq, Device, Gather, Mr, Path, Qp, QpAddress, Remote};
 
 /// Control messages have this bit set in their immediate value.
 const IMM_CONTROL: u32 = 1 << 31;
@@ -97,8 +98,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Debug, Clone, Copy)]
 enum Lent {
     Out,
-    Sent { offset: u64, len: u32 },
-    Dropped { offset: u64 },
+    /// `len` bytes at `offset` of the mirror ring, followed by `tail` if
+    /// the frame's tail lies in the stash.
+    Sent {
+        offset: u64,
+        len: u32,
+        tail: Option<Gather>,
+    },
+    Dropped {
+        offset: u64,
+    },
 }
 
 /// What the endpoint learns from polling a connection.
@@ -119,6 +128,7 @@ pub(crate) struct Pending {
     cq: Cq,
     psn: u32,
     recv_depth: u32,
+    stash_len: u64,
 }
 
 impl Pending {
@@ -149,6 +159,7 @@ impl Pending {
             cq,
             psn,
             recv_depth: cfg.recv_depth,
+            stash_len: cfg.stash_len(),
         })
     }
 
@@ -219,6 +230,10 @@ impl Pending {
                 side_channel_closed: None,
                 side_channel_checked: Instant::now(),
                 failure: None,
+                stash: match self.stash_len {
+                    0 => Stash::Unavailable,
+                    len => Stash::Unregistered(len),
+                },
             }),
             stream,
         })
@@ -296,6 +311,18 @@ struct State {
     side_channel_checked: Instant,
     /// Why the connection failed, if it did.
     failure: Option<String>,
+    /// Where long push rows wait for their acknowledgement (after the
+    /// queue pair, so it is deregistered after it).
+    stash: Stash,
+}
+
+/// A connection's stash, registered on first use.
+enum Stash {
+    /// Not yet registered: this many bytes when it is.
+    Unregistered(u64),
+    Ready(Arc<StashRegion>),
+    /// None configured, or registering it failed.
+    Unavailable,
 }
 
 impl State {
@@ -371,10 +398,10 @@ impl State {
     /// Posts every lent buffer that is next in line and settled.
     fn post_ready(&mut self) -> io::Result<()> {
         while let Some(&front) = self.lent.front() {
-            let (wr, len, offset, imm) = match front {
+            let (len, tail, offset, imm) = match front {
                 Lent::Out => break,
-                Lent::Sent { offset, len } => (WR_DATA, len, offset, (offset / ALIGN) as u32),
-                Lent::Dropped { offset } => (WR_DATA, 0, offset, IMM_PAD | (offset / ALIGN) as u32),
+                Lent::Sent { offset, len, tail } => (len, tail, offset, (offset / ALIGN) as u32),
+                Lent::Dropped { offset } => (0, None, offset, IMM_PAD | (offset / ALIGN) as u32),
             };
             self.lent.pop_front();
             self.first_lent += 1;
@@ -386,13 +413,17 @@ impl State {
             self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
             // SAFETY: [offset, offset + len) is this reservation's part of
             // the mirror ring, which nobody touches until the receiver
-            // releases it (after the write landed there).
+            // releases it (after the write landed there). A tail is a
+            // stash block (`RdmaStash`), registered while its region lives
+            // (the state holds it) and, by `send_stashed`'s contract, left
+            // unchanged until the frame was released.
             unsafe {
                 self.qp.write_imm(
-                    wr,
+                    WR_DATA,
                     &self.send_mr,
                     self.send_mr.addr() + offset,
                     len,
+                    tail,
                     (addr + offset, rkey),
                     imm,
                     signaled,
@@ -572,8 +603,17 @@ impl Conn {
         Some((r.seq, st.send_mr.ptr().wrapping_add(r.offset as usize)))
     }
 
-    /// Sends (or, with `send` false, abandons) reservation `seq`.
-    pub fn settle(&self, seq: u64, ptr: *mut u8, len: usize, send: bool) -> io::Result<()> {
+    /// Sends (or, with `send` false, abandons) reservation `seq`: its first
+    /// `len` bytes, then `tail` if given (the reservation's length is the
+    /// two together).
+    pub fn settle(
+        &self,
+        seq: u64,
+        ptr: *mut u8,
+        len: usize,
+        tail: Option<Gather>,
+        send: bool,
+    ) -> io::Result<()> {
         let mut st = lock(&self.state);
         let offset = ptr as u64 - st.send_mr.addr();
         let i = (seq - st.first_lent) as usize;
@@ -581,11 +621,37 @@ impl Conn {
             Lent::Sent {
                 offset,
                 len: len as u32,
+                tail,
             }
         } else {
             Lent::Dropped { offset }
         };
         st.post_ready()
+    }
+
+    /// A block of `len` bytes of the stash, registering the stash on first
+    /// use; `None` if there is none (configured so, or registering failed),
+    /// no room, or the connection ended.
+    pub fn stash(&self, len: usize) -> Option<RdmaStash> {
+        let mut st = lock(&self.state);
+        if st.failure.is_some() || st.closing {
+            return None;
+        }
+        if let Stash::Unregistered(bytes) = st.stash {
+            st.stash = match Mr::new(st.send_mr.device(), bytes as usize, Remote::None) {
+                Ok(mr) => Stash::Ready(StashRegion::new(mr)),
+                Err(_) => Stash::Unavailable,
+            };
+        }
+        match &st.stash {
+            Stash::Ready(region) => region.take(len),
+            Stash::Unregistered(_) | Stash::Unavailable => None,
+        }
+    }
+
+    /// Whether `block` is a block of this connection's stash.
+    pub fn owns(&self, block: &RdmaStash) -> bool {
+        matches!(&lock(&self.state).stash, Stash::Ready(region) if block.is_in(region))
     }
 
     /// Every frame sent was released by the peer. If not, fetches the
@@ -648,6 +714,7 @@ impl Conn {
                 &st.ctl_mr,
                 st.ctl_mr.addr(),
                 0,
+                None,
                 st.remote_ring,
                 IMM_CLOSE,
                 true,

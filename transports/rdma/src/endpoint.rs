@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard::transport::{Endpoint, Event, PeerId, Stash, Transport};
 use laggard::{Error, Result};
 use rustix::event::{PollFd, PollFlags};
 
@@ -20,7 +20,8 @@ use crate::config::RdmaConfig;
 use crate::conn::{self, Conn, Pending, Progress};
 use crate::hello::{self, Hello, Reply};
 use crate::preflight::{self, DeviceInfo};
-use crate::verbs::{Channel, Device, Path};
+use crate::stash::RdmaStash;
+use crate::verbs::{Channel, Device, Gather, Path};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -631,6 +632,7 @@ impl Endpoint for RdmaEndpoint {
                 seq,
                 ptr,
                 len,
+                tail: None,
                 sent: false,
             }),
             _ => Err(Error::NoResponse {
@@ -647,13 +649,15 @@ impl Endpoint for RdmaEndpoint {
         buf.sent = true;
         let conn = buf.conn.clone();
         if let Some(why) = conn.failure() {
-            conn.settle(buf.seq, buf.ptr, 0, false).ok();
+            conn.settle(buf.seq, buf.ptr, 0, None, false).ok();
             return Err(Error::Disconnected {
                 peer: conn.peer.clone(),
                 reason: why,
             });
         }
-        conn.settle(buf.seq, buf.ptr, buf.len, true)
+        // A stashed tail ends the frame: the mirror holds the rest.
+        let head = buf.len - buf.tail.map_or(0, |t| t.len as usize);
+        conn.settle(buf.seq, buf.ptr, head, buf.tail, true)
             .map_err(|e| Error::Disconnected {
                 peer: conn.peer.clone(),
                 reason: format!("posting an RDMA WRITE failed: {e}"),
@@ -691,6 +695,39 @@ impl Endpoint for RdmaEndpoint {
         }
         self.wait(deadline, |ep| Ok(!ep.events.is_empty()))?;
         Ok(self.events.pop_front())
+    }
+
+    /// A block of the connection's registered stash (registered on the
+    /// connection's first call; see [`RdmaConfig::stash_bytes`]), if it has
+    /// `len` bytes free.
+    fn stash(&mut self, peer: PeerId, len: usize) -> Option<Stash> {
+        let conn = self.conn(peer).ok()?;
+        conn.stash(len).map(Stash::new)
+    }
+
+    /// One RDMA WRITE of the frame, gathered from `head` (copied into the
+    /// mirror ring) and the stash block in place: the receiver gets an
+    /// ordinary frame. A stash of another connection (one before a
+    /// reconnect) is copied into the mirror instead.
+    fn send_stashed(
+        &mut self,
+        peer: PeerId,
+        head: &[u8],
+        tail: &Stash,
+        deadline: Instant,
+    ) -> Result<()> {
+        let conn = self.conn(peer)?;
+        let ours = tail
+            .memory()
+            .downcast_ref::<RdmaStash>()
+            .filter(|block| conn.owns(block));
+        let Some(block) = ours else {
+            return self.send_parts(peer, &[head, tail], deadline);
+        };
+        let mut buf = self.lend(peer, head.len() + tail.len(), deadline)?;
+        buf[..head.len()].copy_from_slice(head);
+        buf.tail = Some(block.gather());
+        self.send(buf)
     }
 
     fn disconnect(&mut self, peer: PeerId) {
@@ -739,6 +776,9 @@ pub struct RdmaBuf {
     seq: u64,
     ptr: *mut u8,
     len: usize,
+    /// The frame's last bytes are this stash block's, gathered by the
+    /// write (`send_stashed`), not the mirror's.
+    tail: Option<Gather>,
     sent: bool,
 }
 
@@ -772,7 +812,7 @@ impl DerefMut for RdmaBuf {
 impl Drop for RdmaBuf {
     fn drop(&mut self) {
         if !self.sent {
-            let _ = self.conn.settle(self.seq, self.ptr, 0, false);
+            let _ = self.conn.settle(self.seq, self.ptr, 0, None, false);
         }
     }
 }

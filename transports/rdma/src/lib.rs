@@ -14,6 +14,10 @@
 //!   received frame is read where it landed. A pull response is therefore
 //!   written by the server's device straight into memory the worker reads.
 //!   No copy is made by the transport on either side.
+//! - **Stash.** A worker's long pending push row waits in registered memory
+//!   of its connection ([`RdmaStash`]); the push's write gathers the row
+//!   from there, after the encoded head in the mirror, so the row is not
+//!   copied into the mirror first ([`RdmaConfig::stash_bytes`]).
 //! - **Credit.** The receiver releases frames in any order and stores how
 //!   far it got in its own registered memory; the sender fetches that with
 //!   an RDMA READ when it runs low on room, so no message is sent per
@@ -67,11 +71,13 @@ mod endpoint;
 mod hello;
 mod preflight;
 mod ring;
+mod stash;
 mod verbs;
 
 pub use config::RdmaConfig;
 pub use endpoint::{RdmaBuf, RdmaEndpoint, RdmaFrame, RdmaTransport};
 pub use preflight::{DeviceInfo, preflight};
+pub use stash::RdmaStash;
 
 /// Decodes arbitrary bytes as a side-channel handshake message; for the
 /// fuzz target and its corpus replay only.

@@ -377,6 +377,10 @@ impl Mr {
     pub fn addr(&self) -> u64 {
         self.map.as_ptr() as u64
     }
+    /// The device it is registered with.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.dev
+    }
     pub fn ptr(&self) -> *mut u8 {
         self.map.as_ptr() as *mut u8
     }
@@ -422,6 +426,22 @@ pub(crate) struct Path {
 /// Bytes a WRITE may carry inline (small frames).
 const INLINE_MAX: u32 = 64;
 
+/// Scatter-gather entries per send: a frame's head in the mirror ring and
+/// its tail in the stash.
+const MAX_SEND_SGE: u32 = 2;
+
+/// Bytes of registered memory a write gathers after its first part: a
+/// stashed tail ([`Qp::write_imm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Gather {
+    /// Address of the first byte.
+    pub addr: u64,
+    /// Bytes.
+    pub len: u32,
+    /// Local key of the memory region holding them.
+    pub lkey: u32,
+}
+
 /// A reliable-connected queue pair.
 pub(crate) struct Qp {
     qp: *mut ffi::ibv_qp,
@@ -466,7 +486,7 @@ impl Qp {
             cap: ffi::ibv_qp_cap {
                 max_send_wr: send_depth,
                 max_recv_wr: recv_depth,
-                max_send_sge: 1,
+                max_send_sge: MAX_SEND_SGE,
                 max_recv_sge: 1,
                 max_inline_data: INLINE_MAX,
             },
@@ -573,16 +593,19 @@ impl Qp {
     }
 
     /// Posts an RDMA WRITE WITH IMMEDIATE of `len` bytes at `local` (in
-    /// `mr`) to the remote address under its key. Up to [`INLINE_MAX`]
-    /// bytes go inline (copied into the work request). Only a `signaled`
-    /// one completes with a work completion when it succeeds; a failed one
-    /// always does. The caller signals at least one in every send-queue
-    /// depth's worth of work requests, so the queue's slots are reclaimed.
+    /// `mr`), followed by the bytes of `tail` if given, to the remote
+    /// address under its key: one write, gathered from both. Up to
+    /// [`INLINE_MAX`] bytes in all go inline (copied into the work request).
+    /// Only a `signaled` one completes with a work completion when it
+    /// succeeds; a failed one always does. The caller signals at least one
+    /// in every send-queue depth's worth of work requests, so the queue's
+    /// slots are reclaimed.
     ///
     /// # Safety
-    /// `local..local+len` lies in `mr`, and the bytes stay untouched until
-    /// the device has read them: until the completion of this or a later
-    /// work request is polled, or the peer has seen the write.
+    /// `local..local+len` lies in `mr`, `tail`'s bytes lie in the memory
+    /// region its key names, and both stay untouched until the device has
+    /// read them: until the completion of this or a later work request is
+    /// polled, or the peer has seen the write.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn write_imm(
         &self,
@@ -590,17 +613,28 @@ impl Qp {
         mr: &Mr,
         local: u64,
         len: u32,
+        tail: Option<Gather>,
         remote: (u64, u32),
         imm: u32,
         signaled: bool,
     ) -> io::Result<()> {
-        let sge = ffi::ibv_sge {
+        let mut sges = [ffi::ibv_sge {
             addr: local,
             length: len,
             lkey: mr.lkey(),
-        };
+        }; 2];
+        let mut n = usize::from(len > 0);
+        if let Some(t) = tail.filter(|t| t.len > 0) {
+            sges[n] = ffi::ibv_sge {
+                addr: t.addr,
+                length: t.len,
+                lkey: t.lkey,
+            };
+            n += 1;
+        }
+        let total: u32 = sges[..n].iter().map(|s| s.length).sum();
         let mut flags = 0;
-        if len <= INLINE_MAX {
+        if total <= INLINE_MAX {
             flags |= ffi::ibv_send_flags::IBV_SEND_INLINE.0;
         }
         if signaled {
@@ -608,7 +642,7 @@ impl Qp {
         }
         let opcode = ffi::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
         // SAFETY: the caller keeps the bytes registered and untouched.
-        unsafe { self.post_send(wr_id, opcode, sge, flags, remote, imm) }
+        unsafe { self.post_send(wr_id, opcode, &mut sges[..n], flags, remote, imm) }
     }
 
     /// Posts a signalled RDMA READ of `len` bytes at the remote address
@@ -625,38 +659,40 @@ impl Qp {
         len: u32,
         remote: (u64, u32),
     ) -> io::Result<()> {
-        let sge = ffi::ibv_sge {
+        let mut sge = [ffi::ibv_sge {
             addr: local,
             length: len,
             lkey: mr.lkey(),
-        };
+        }];
         let opcode = ffi::ibv_wr_opcode::IBV_WR_RDMA_READ;
         // SAFETY: the caller leaves the bytes to the device until the
         // completion.
         let flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        unsafe { self.post_send(wr_id, opcode, sge, flags, remote, 0) }
+        unsafe { self.post_send(wr_id, opcode, &mut sge, flags, remote, 0) }
     }
 
-    /// Posts one one-sided work request (`opcode`, with `flags`) of `sge`
-    /// (none if empty) against the remote address.
+    /// Posts one one-sided work request (`opcode`, with `flags`) gathering
+    /// `sges` (at most [`MAX_SEND_SGE`], none for an empty write) against
+    /// the remote address.
     ///
     /// # Safety
-    /// The bytes `sge` names are accessible to the device until it is done
+    /// The bytes `sges` name are accessible to the device until it is done
     /// with them (at once for inline sends, else until the completion).
     unsafe fn post_send(
         &self,
         wr_id: u64,
         opcode: ffi::ibv_wr_opcode::Type,
-        mut sge: ffi::ibv_sge,
+        sges: &mut [ffi::ibv_sge],
         flags: u32,
         remote: (u64, u32),
         imm: u32,
     ) -> io::Result<()> {
+        debug_assert!(sges.len() <= MAX_SEND_SGE as usize && sges.iter().all(|s| s.length > 0));
         let mut wr = ffi::ibv_send_wr {
             wr_id,
             next: ptr::null_mut(),
-            sg_list: &mut sge,
-            num_sge: if sge.length == 0 { 0 } else { 1 },
+            sg_list: sges.as_mut_ptr(),
+            num_sge: sges.len() as c_int,
             opcode,
             send_flags: flags,
             ..Default::default()
@@ -667,7 +703,7 @@ impl Qp {
             rkey: remote.1,
         };
         let mut bad = ptr::null_mut();
-        // SAFETY: the QP is valid; `wr` and `sge` outlive the call (the
+        // SAFETY: the QP is valid; `wr` and `sges` outlive the call (the
         // provider copies them); the caller keeps the bytes accessible.
         let rc = unsafe {
             let ops = &mut (*(*self.qp).context).ops;
