@@ -214,7 +214,8 @@ pub trait Endpoint: Send {
     ///
     /// A worker keeps a long pending push row in a stash, from its first
     /// delta of a clock until the server acknowledged it: a transport whose
-    /// receiver can read the stash in place (shared memory) then sends the
+    /// receiver can read the stash in place (shared memory), or whose
+    /// device can send from it (RDMA, registered memory), then sends the
     /// row without copying it into a frame, so the worker copies a pushed
     /// row once. Nothing is sent while the stash is held; dropping it
     /// gives its memory back.
@@ -226,9 +227,10 @@ pub trait Endpoint: Send {
     /// Sends one frame made of `head` followed by the bytes of `tail`, a
     /// stash: the same frame as [`send_parts`](Self::send_parts) of the
     /// two, which is what this default does. A transport whose receiver
-    /// reads its stashes in place sends only `head` and where the tail
-    /// lies, and hands the receiver the tail with
-    /// [`frame_tail`](Self::frame_tail). The stash must stay unchanged
+    /// reads its stashes in place (shared memory) sends only `head` and
+    /// where the tail lies, and hands the receiver the tail with
+    /// [`frame_tail`](Self::frame_tail); one whose device can gather
+    /// (RDMA) sends both in one write, read from where they lie. The stash must stay unchanged
     /// until the frame was released (the worker keeps a push's stash until
     /// the push is acknowledged, which the server does after releasing it);
     /// a stash lent for another connection, or by another endpoint, is
