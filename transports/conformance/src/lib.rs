@@ -21,6 +21,10 @@
 
 #![warn(missing_docs)]
 
+mod stash_session;
+
+pub use stash_session::{STASH_CLOCKS, STASH_KEYS, STASH_ROW_WIDTH, stashed_pushes_sum_exactly};
+
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

@@ -3,13 +3,14 @@
 //! of its frame ([`laggard::transport::Endpoint::stash`]): such frames
 //! arrive whole, stash blocks come back when freed, a stash of another
 //! connection is copied, and pushes through the stash sum exactly as over
-//! the in-process transport, also when the stash is full. Needs an RDMA
+//! the in-process transport, also when the stash is full
+//! ([`laggard_conformance::stashed_pushes_sum_exactly`]). Needs an RDMA
 //! device (soft-RoCE is enough): run through `guest/guest.sh`.
 
 use std::time::{Duration, Instant};
 
 use laggard::transport::{Endpoint, Event, PeerId, Transport};
-use laggard::{Cluster, ClusterSpec, Consistency, Server, TableSpec, Worker, WorkerId};
+use laggard_conformance::{STASH_CLOCKS, STASH_KEYS, STASH_ROW_WIDTH, stashed_pushes_sum_exactly};
 use laggard_rdma::{RdmaConfig, RdmaEndpoint, RdmaTransport};
 
 fn soon() -> Instant {
@@ -98,97 +99,26 @@ fn without_a_stash_nothing_is_lent() {
     assert!(client.stash(peer, 64).is_none());
 }
 
-/// Rows of 16,385 `i64`s (131,080 bytes: long enough to be stashed, and
-/// not a multiple of 64).
-const WIDTH: usize = 16_385;
-const KEYS: u64 = 3;
-const CLOCKS: u64 = 6;
-
-fn spec(workers: usize) -> ClusterSpec {
-    ClusterSpec::new(1, workers)
-        .table(
-            "long",
-            TableSpec::<i64>::dense(0..KEYS, WIDTH).consistency(Consistency::Bsp),
-        )
-        .timeout(Duration::from_secs(60))
-}
-
-/// Each clock, pushes every key (key 0 twice, summed in its pending row)
-/// with values that say which worker, clock and element; then reads every
-/// row after the last clock.
-fn session<E: Endpoint>(worker: &mut Worker<E>) -> laggard::Result<Vec<i64>> {
-    let t = worker.table::<i64>("long")?;
-    let w = worker.id().0 as i64 + 1;
-    for clock in 0..CLOCKS as i64 {
-        for key in 0..KEYS {
-            let delta: Vec<i64> = (0..WIDTH as i64).map(|i| w * (clock + 1) + i).collect();
-            worker.push(&t, &[key], &delta)?;
-        }
-        worker.push(&t, &[0], &vec![w; WIDTH])?;
-        worker.clock()?;
-    }
-    let mut rows = vec![0i64; KEYS as usize * WIDTH];
-    worker.pull(&t, &(0..KEYS).collect::<Vec<_>>(), &mut rows)?;
-    Ok(rows)
-}
-
-/// `session` on `workers` workers over RDMA: their rows and how many rows
-/// went through a stash.
-fn run_over_rdma(cfg: RdmaConfig, workers: usize) -> (Vec<Vec<i64>>, u64) {
-    let spec = spec(workers);
-    let net = RdmaTransport::with_config(cfg).unwrap();
-    let server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
-    let serving = std::thread::spawn(move || server.run_until_workers_done());
-    let threads: Vec<_> = (0..workers)
-        .map(|w| {
-            let ep = net.bind(&spec.worker_name(w)).unwrap();
-            let spec = spec.clone();
-            std::thread::spawn(move || {
-                let mut worker = Worker::connect(ep, &spec, WorkerId(w as u32), soon()).unwrap();
-                let rows = session(&mut worker).unwrap();
-                let stashed = worker.stats().rows_stashed;
-                worker.leave().unwrap();
-                (rows, stashed)
-            })
-        })
-        .collect();
-    let mut all = Vec::new();
-    let mut stashed = 0;
-    for t in threads {
-        let (rows, s) = t.join().unwrap();
-        all.push(rows);
-        stashed += s;
-    }
-    serving.join().unwrap().unwrap();
-    assert_eq!(net.leaks(), Vec::<String>::new(), "registrations left");
-    (all, stashed)
-}
-
 #[test]
 fn stashed_pushes_sum_exactly_as_in_process() {
-    let cluster = Cluster::start(spec(2)).unwrap();
-    let expected = cluster.run_workers(session).unwrap();
-    cluster.shutdown().unwrap();
-
-    // Room for every row of a clock and more: every row is stashed (the
-    // second push of key 0 in a clock is summed into its stashed row).
-    let (got, stashed) = run_over_rdma(RdmaConfig::default(), 2);
-    assert_eq!(got, expected);
+    // Room for every row of a clock and more: every row is stashed.
+    let roomy = RdmaTransport::with_config(RdmaConfig::default()).unwrap();
     assert_eq!(
-        stashed,
-        2 * CLOCKS * KEYS,
+        stashed_pushes_sum_exactly(&roomy, 2),
+        2 * STASH_CLOCKS * STASH_KEYS,
         "rows that went through the stash"
     );
+    assert_eq!(roomy.leaks(), Vec::<String>::new(), "registrations left");
 
     // Room for one row: a clock's other rows go through the ring, and
     // each clock's first row waits for the block the last clock's
     // acknowledgement gives back.
-    let (got, stashed) = run_over_rdma(RdmaConfig::default().stash_bytes(131_136), 1);
-    assert_eq!(got[0], {
-        let cluster = Cluster::start(spec(1)).unwrap();
-        let rows = cluster.run_workers(session).unwrap().remove(0);
-        cluster.shutdown().unwrap();
-        rows
-    });
-    assert_eq!(stashed, CLOCKS, "one row per clock through the stash");
+    let one_row = (STASH_ROW_WIDTH as u64 * 8).next_multiple_of(64);
+    let tight = RdmaTransport::with_config(RdmaConfig::default().stash_bytes(one_row)).unwrap();
+    assert_eq!(
+        stashed_pushes_sum_exactly(&tight, 1),
+        STASH_CLOCKS,
+        "one row per clock through the stash"
+    );
+    assert_eq!(tight.leaks(), Vec::<String>::new(), "registrations left");
 }
