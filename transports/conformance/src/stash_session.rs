@@ -50,7 +50,7 @@ fn session<E: Endpoint>(worker: &mut Worker<E>) -> laggard::Result<Vec<i64>> {
 /// workers and one server over `net`; checks that every worker ends with
 /// exactly the rows the same session gives over the in-process transport,
 /// and returns how many rows went through a stash, over all workers
-/// ([`ClientStats::rows_stashed`](laggard::ClientStats::rows_stashed)).
+/// ([`ClientStats::rows_stashed`](laggard::proto::ClientStats::rows_stashed)).
 /// With room in the stash for a clock's rows that is
 /// `workers * STASH_CLOCKS * STASH_KEYS` (the second push of key 0 is
 /// summed into its stashed row).

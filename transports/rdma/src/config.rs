@@ -39,8 +39,9 @@ pub struct RdmaConfig {
 
 impl Default for RdmaConfig {
     /// The first device, port 1, its best RoCE GID, 16 MiB rings (frames up
-    /// to 8 MiB) and stashes, 256 frames in flight per connection, spin 50 µs before
-    /// sleeping on the completion channel, side channel on 127.0.0.1.
+    /// to 8 MiB) and stashes, 256 frames in flight per connection, spin
+    /// 50 µs before sleeping on the completion channel, side channel on
+    /// 127.0.0.1.
     fn default() -> Self {
         RdmaConfig {
             device: None,
