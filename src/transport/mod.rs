@@ -230,11 +230,11 @@ pub trait Endpoint: Send {
     /// reads its stashes in place (shared memory) sends only `head` and
     /// where the tail lies, and hands the receiver the tail with
     /// [`frame_tail`](Self::frame_tail); one whose device can gather
-    /// (RDMA) sends both in one write, read from where they lie. The stash must stay unchanged
-    /// until the frame was released (the worker keeps a push's stash until
-    /// the push is acknowledged, which the server does after releasing it);
-    /// a stash lent for another connection, or by another endpoint, is
-    /// copied as this default does.
+    /// (RDMA) sends both in one write, read from where they lie. The stash
+    /// must stay unchanged until the frame was released (the worker keeps a
+    /// push's stash until the push is acknowledged, which the server does
+    /// after releasing it); a stash lent for another connection, or by
+    /// another endpoint, is copied as this default does.
     fn send_stashed(
         &mut self,
         peer: PeerId,

@@ -71,7 +71,10 @@ impl StashPool {
     }
 
     /// Gives back the block of `len` bytes at `start` that
-    /// [`take`](Self::take) returned.
+    /// [`take`](Self::take) returned. Each block goes back once: a block
+    /// given back twice, or one the pool did not hand out, would let later
+    /// blocks overlap (debug builds panic on it). A transport gives a block
+    /// back when the value that holds it is dropped.
     pub fn give_back(&mut self, start: u64, len: u64) {
         let end = start + self.block_len(len);
         let i = self.free.partition_point(|&(s, _)| s < start);

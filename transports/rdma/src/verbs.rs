@@ -665,9 +665,9 @@ impl Qp {
             lkey: mr.lkey(),
         }];
         let opcode = ffi::ibv_wr_opcode::IBV_WR_RDMA_READ;
+        let flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
         // SAFETY: the caller leaves the bytes to the device until the
         // completion.
-        let flags = ffi::ibv_send_flags::IBV_SEND_SIGNALED.0;
         unsafe { self.post_send(wr_id, opcode, &mut sge, flags, remote, 0) }
     }
 
