@@ -13,6 +13,11 @@
 //!   through a server over RDMA.
 //! - `rdma_pull_with/N`: the same pull read in place in the worker's cache
 //!   (`Worker::pull_with`), without the copy into a caller's buffer.
+//! - `rdma_pull_rows/N`: a pull of [`PULLED_ROWS`] N-byte rows in one call,
+//!   as a worker pulls the rows it trains on at each clock; the rows are
+//!   in flight together, as `ib_write_bw`'s writes are, so this is the
+//!   runtime's pull bandwidth for N-byte rows (64 KiB only: longer rows
+//!   already fill a transfer on their own).
 //! - `rdma_push_stream/N`: pushes of an N-byte row back to back, each
 //!   ending its clock and none waited for, until the server applied all of
 //!   them: the runtime's push bandwidth, the counterpart of
@@ -30,6 +35,9 @@ use laggard::{ClusterSpec, Consistency, Server, Sum, TableSpec, Worker, WorkerId
 use laggard_rdma::{RdmaConfig, RdmaTransport};
 
 const SIZES: [usize; 3] = [64 << 10, 1 << 20, 16 << 20];
+
+/// Rows pulled at once by `rdma_pull_rows`.
+const PULLED_ROWS: usize = 16;
 
 fn soon() -> Instant {
     Instant::now() + Duration::from_secs(60)
@@ -128,6 +136,10 @@ fn pushpull(c: &mut Criterion) {
                 "pulled",
                 TableSpec::<f32>::dense(0..1, width).consistency(Consistency::Bsp),
             )
+            .table(
+                "pulled_rows",
+                TableSpec::<f32>::dense(0..PULLED_ROWS as u64, width).consistency(Consistency::Bsp),
+            )
             .timeout(Duration::from_secs(60));
         let net = net();
         let server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
@@ -136,6 +148,8 @@ fn pushpull(c: &mut Criterion) {
         let mut worker = Worker::connect(ep, &spec, WorkerId(0), soon()).unwrap();
         let table = worker.table::<f32>("row").unwrap();
         let pulled = worker.table::<f32>("pulled").unwrap();
+        let pulled_rows = worker.table::<f32>("pulled_rows").unwrap();
+        let keys: Vec<u64> = (0..PULLED_ROWS as u64).collect();
         let delta = vec![1.0f32; width];
         let mut row = vec![0f32; width];
         let mut g = c.benchmark_group("rdma_push_applied");
@@ -184,6 +198,18 @@ fn pushpull(c: &mut Criterion) {
             })
         });
         g.finish();
+        if size == SIZES[0] {
+            let mut rows = vec![0f32; width * PULLED_ROWS];
+            let mut g = c.benchmark_group("rdma_pull_rows");
+            g.throughput(Throughput::Bytes((size * PULLED_ROWS) as u64));
+            g.bench_function(format!("{size}"), |b| {
+                b.iter(|| {
+                    worker.clock().unwrap();
+                    worker.pull(&pulled_rows, &keys, &mut rows).unwrap();
+                })
+            });
+            g.finish();
+        }
         worker.leave().unwrap();
         serving.join().unwrap();
     }
