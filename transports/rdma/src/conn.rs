@@ -320,6 +320,8 @@ struct State {
 enum Stash {
     /// Not yet registered: this many bytes when it is.
     Unregistered(u64),
+    /// Being registered, by the one call that found it unregistered.
+    Registering,
     Ready(Arc<StashRegion>),
     /// None configured, or registering it failed.
     Unavailable,
@@ -632,20 +634,33 @@ impl Conn {
     /// A block of `len` bytes of the stash, registering the stash on first
     /// use; `None` if there is none (configured so, or registering failed),
     /// no room, or the connection ended.
+    ///
+    /// The registration (pinning up to `stash_bytes` of memory, which can
+    /// take milliseconds) runs without the connection's lock, so frames
+    /// released and completions polled meanwhile do not wait for it;
+    /// a stash asked for meanwhile is `None` and the row is copied.
     pub fn stash(&self, len: usize) -> Option<RdmaStash> {
         let mut st = lock(&self.state);
         if st.failure.is_some() || st.closing {
             return None;
         }
         if let Stash::Unregistered(bytes) = st.stash {
-            st.stash = match Mr::new(st.send_mr.device(), bytes as usize, Remote::None) {
+            st.stash = Stash::Registering;
+            let device = Arc::clone(st.send_mr.device());
+            drop(st);
+            let registered = Mr::new(&device, bytes as usize, Remote::None);
+            st = lock(&self.state);
+            st.stash = match registered {
                 Ok(mr) => Stash::Ready(StashRegion::new(mr)),
                 Err(_) => Stash::Unavailable,
             };
+            if st.failure.is_some() || st.closing {
+                return None;
+            }
         }
         match &st.stash {
             Stash::Ready(region) => region.take(len),
-            Stash::Unregistered(_) | Stash::Unavailable => None,
+            Stash::Unregistered(_) | Stash::Registering | Stash::Unavailable => None,
         }
     }
 
