@@ -21,16 +21,17 @@ use laggard::proto::{
     ClientCore, Hello, Keys, Message, Output, PullResponse, Role, RowPiece, ServerConfig,
     ServerCore, ShardTables, TableInfo, decode,
 };
-use laggard::transport::PeerId;
+use laggard::transport::{KeptFrame, PeerId};
 use laggard::{Consistency, ElementKind, Error, Placement, ShardMap};
 use proptest::prelude::*;
 
 const MAX: usize = 1 << 20;
 /// Keys each shard owns.
 const KEYS_PER_SHARD: usize = 2;
-/// Zero elements after the workers' counts in every row, so that rows are
-/// long enough for a frame limit to fit one row but not two, for pushes
-/// and pull answers alike.
+/// Elements after the workers' counts in every row, so that rows are long
+/// enough for a frame limit to fit one row but not two, for pushes and
+/// pull answers alike. The first counts the row's key once per push, so a
+/// row read under another key's name shows; the rest stay zero.
 const PAD: usize = 4;
 
 /// Storage model: one table of i64 rows of width P + PAD, Sum rule.
@@ -95,10 +96,13 @@ struct Sim {
     now: Instant,
     violations: Vec<String>,
     duplicated: u64,
-    /// Every other frame to a worker is handed over as an owned buffer
+    /// Frames to a worker are handed over in turn as an owned buffer
     /// (`on_owned_frame`, which keeps a one-row pull response in the cache
-    /// as it is), the others decoded in place (`on_message`).
-    owned_next: bool,
+    /// as it is), as a kept frame (`on_kept_frame`, which caches the rows
+    /// of any pull response where they lie in it; every fifth time the
+    /// worker then copies its kept rows out, as when they crowd their
+    /// sender) and decoded in place (`on_message`).
+    delivered: u64,
     /// If set, one-row pull answers go in pieces of this many bytes.
     piece: Option<usize>,
     /// Keys of the table: `KEYS_PER_SHARD` per shard.
@@ -171,7 +175,7 @@ impl Sim {
             now: Instant::now(),
             violations: Vec::new(),
             duplicated: 0,
-            owned_next: false,
+            delivered: 0,
             piece,
             keys,
             one_row_frames,
@@ -266,6 +270,15 @@ impl Sim {
                 let c = core.clock();
                 for key in 0..self.keys {
                     let row = core.cached(0, key).unwrap();
+                    let element =
+                        |i: usize| i64::from_le_bytes(row[i * 8..][..8].try_into().unwrap());
+                    let pushes: i64 = (0..self.workers).map(element).sum();
+                    if element(self.workers) != key as i64 * pushes {
+                        self.violations.push(format!(
+                            "worker {w} read key {key}'s row as {:?}: another key's",
+                            (0..self.workers + 1).map(element).collect::<Vec<_>>()
+                        ));
+                    }
                     for other in 0..self.workers {
                         let seen = i64::from_le_bytes(row[other * 8..][..8].try_into().unwrap());
                         // Every worker runs all clocks (one that left had
@@ -284,6 +297,7 @@ impl Sim {
                 for key in 0..self.keys {
                     let mut delta = vec![0i64; self.workers + PAD];
                     delta[w] = 1;
+                    delta[self.workers] = key as i64;
                     core.pending_add(0, key, &delta).unwrap();
                 }
                 let sent = core.flush(true);
@@ -389,7 +403,7 @@ impl Sim {
             return false;
         };
         let core = &mut self.clients[w];
-        self.owned_next = !self.owned_next;
+        self.delivered += 1;
         match decode(&frame, MAX).unwrap() {
             Message::Welcome(welcome) => {
                 for seq in core.on_welcome(s, &welcome).unwrap() {
@@ -397,8 +411,14 @@ impl Sim {
                     self.up.entry((w, s)).or_default().push_back(frame);
                 }
             }
-            _ if self.owned_next => {
+            _ if self.delivered % 3 == 0 => {
                 core.on_owned_frame(s, frame, MAX).unwrap();
+            }
+            _ if self.delivered % 3 == 1 => {
+                core.on_kept_frame(s, KeptFrame::new(frame), MAX).unwrap();
+                if self.delivered % 5 == 0 {
+                    core.copy_out_kept_rows();
+                }
             }
             msg => core.on_message(s, msg).unwrap(),
         }
@@ -466,6 +486,7 @@ proptest! {
             let shard = sim.servers[0].1.map.shard_of(key).unwrap();
             let (_, model) = &sim.servers[shard];
             let row = model.rows.get(&key).cloned().unwrap_or_default();
+            exact[workers] = key as i64 * clocks as i64 * workers as i64;
             prop_assert_eq!(&row, &exact, "key {}", key);
         }
         for (core, _) in &sim.servers {

@@ -28,7 +28,7 @@ use crate::element::{Element, ElementKind, add_le_slice, le_bytes, write_le_slic
 use crate::error::{Error, Result};
 use crate::idhash::IdMap;
 use crate::table::ShardMap;
-use crate::transport::Stash;
+use crate::transport::{KeptFrame, Stash};
 
 /// What every participant must agree on about one table.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,6 +81,15 @@ pub struct ClientStats {
     pub rows_pulled: u64,
     /// Of those, rows answered from the cache.
     pub rows_from_cache: u64,
+    /// Rows cached in the frame that brought them, where it landed in
+    /// transport memory ([`Endpoint::keep_frame`](crate::transport::Endpoint::keep_frame)):
+    /// long pulled rows over RDMA, never copied out of the ring the
+    /// server's device wrote them to.
+    pub rows_kept: u64,
+    /// Of those, rows copied out of their frame after all, because the
+    /// frames kept crowded their sender's room
+    /// ([`Endpoint::kept_frames_crowd`](crate::transport::Endpoint::kept_frames_crowd)).
+    pub kept_rows_copied: u64,
     /// Connections to a server re-established after they dropped.
     pub reconnects: u64,
 }
@@ -162,10 +171,41 @@ struct Cached {
     /// The worker's clock when the row was fetched.
     fetched_at: u64,
     /// The row's little-endian bytes are `values[at..at + row_bytes]`: a
-    /// row adopted with its frame ([`ClientCore::on_owned_frame`]) lies
-    /// where it arrived, after the frame's header.
-    values: Vec<u8>,
+    /// row adopted with its frame ([`ClientCore::on_owned_frame`],
+    /// [`ClientCore::on_kept_frame`]) lies where it arrived, after the
+    /// frame's header.
+    values: RowBytes,
     at: usize,
+}
+
+/// The buffer a cached row lies in.
+#[derive(Debug)]
+enum RowBytes {
+    /// The worker's own.
+    Owned(Vec<u8>),
+    /// A frame kept in transport memory, shared by the rows it brought.
+    Kept(KeptFrame),
+}
+
+impl RowBytes {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            RowBytes::Owned(v) => v,
+            RowBytes::Kept(f) => f,
+        }
+    }
+
+    /// The worker's own buffer, emptied, for reuse (a new one in place of
+    /// a kept frame, which is released).
+    fn into_spare(self) -> Vec<u8> {
+        match self {
+            RowBytes::Owned(mut v) => {
+                v.clear();
+                v
+            }
+            RowBytes::Kept(_) => Vec::new(),
+        }
+    }
 }
 
 /// A pull request in flight.
@@ -229,6 +269,8 @@ pub struct ClientCore {
     spare_rows: Vec<Vec<u8>>,
     /// See [`rows_restarted`](Self::rows_restarted).
     rows_restarted: u64,
+    /// Cached rows in kept frames ([`RowBytes::Kept`]).
+    kept_rows: usize,
     /// See [`set_frame_limit`](Self::set_frame_limit).
     frame_limit: Option<FrameLimit>,
     stats: ClientStats,
@@ -259,6 +301,7 @@ impl ClientCore {
             spare_cap: MAX_UNACKED * shards,
             spare_rows: Vec::new(),
             rows_restarted: 0,
+            kept_rows: 0,
             frame_limit: None,
             stats: ClientStats::default(),
         }
@@ -806,12 +849,60 @@ impl ClientCore {
         self.cache
             .get(table as usize)?
             .get(&key)
-            .map(|c| &c.values[c.at..])
+            .map(|c| &c.values.bytes()[c.at..])
     }
 
     /// Forgets every cached row (the next pulls go to the servers).
     pub fn clear_cache(&mut self) {
         self.cache.iter_mut().for_each(IdMap::clear);
+        self.kept_rows = 0;
+    }
+
+    /// Caches `row` as `key` of `table`; returns the row it replaces.
+    /// Keeps the count of rows in kept frames.
+    fn put_cached(&mut self, table: u32, key: u64, row: Cached) -> Option<Cached> {
+        if matches!(row.values, RowBytes::Kept(_)) {
+            self.kept_rows += 1;
+        }
+        let old = self.cache[table as usize].insert(key, row);
+        if let Some(Cached {
+            values: RowBytes::Kept(_),
+            ..
+        }) = old
+        {
+            self.kept_rows -= 1;
+        }
+        old
+    }
+
+    /// Whether any cached row lies in a kept frame
+    /// ([`on_kept_frame`](Self::on_kept_frame)).
+    pub fn keeps_frames(&self) -> bool {
+        self.kept_rows > 0
+    }
+
+    /// Copies every cached row that lies in a kept frame into a buffer of
+    /// its own, releasing the frames: what a worker does when its endpoint
+    /// says kept frames crowd a sender
+    /// ([`Endpoint::kept_frames_crowd`](crate::transport::Endpoint::kept_frames_crowd)).
+    pub fn copy_out_kept_rows(&mut self) {
+        if self.kept_rows == 0 {
+            return;
+        }
+        for (table, cache) in self.cache.iter_mut().enumerate() {
+            let row_bytes = self.tables[table].row_bytes();
+            for row in cache.values_mut() {
+                if let RowBytes::Kept(frame) = &row.values {
+                    let mut own = self.spare_rows.pop().unwrap_or_default();
+                    own.clear();
+                    own.extend_from_slice(&frame[row.at..row.at + row_bytes]);
+                    row.values = RowBytes::Owned(own);
+                    row.at = 0;
+                    self.stats.kept_rows_copied += 1;
+                }
+            }
+        }
+        self.kept_rows = 0;
     }
 
     /// The connection to `shard` dropped and a new one is being made:
@@ -894,15 +985,77 @@ impl ClientCore {
         };
         let (req, data_clock, at) = adopt;
         let r = self.requests.get_mut(&req).expect("checked above");
+        r.outcome = Some(Ok(()));
+        let (table, key) = (r.table, r.keys[0]);
         let row = Cached {
             data_clock,
             fetched_at: self.clock,
-            values: frame,
+            values: RowBytes::Owned(frame),
             at,
         };
-        let old = self.cache[r.table as usize].insert(r.keys[0], row);
+        let old = self.put_cached(table, key, row);
+        Ok(old.map(|c| c.values.into_spare()).unwrap_or_default())
+    }
+
+    /// Handles a frame from `shard` kept in transport memory
+    /// ([`Endpoint::keep_frame`](crate::transport::Endpoint::keep_frame)),
+    /// decoding it (payloads up to `max_payload`). The rows of a pull
+    /// response are cached where they lie in the frame, which stays kept
+    /// until every one of them is replaced or copied out
+    /// ([`copy_out_kept_rows`](Self::copy_out_kept_rows)); any other
+    /// message is handled as [`on_message`](Self::on_message) does, and
+    /// the frame released.
+    pub fn on_kept_frame(
+        &mut self,
+        shard: usize,
+        frame: KeptFrame,
+        max_payload: usize,
+    ) -> Result<()> {
+        let (req, data_clock, at) = match decode(&frame, max_payload) {
+            Ok(Message::PullResponse(resp)) => {
+                // Where the rows lie in the frame (decoding borrows it).
+                let at = (resp.values.as_ptr() as usize).checked_sub(frame.as_ptr() as usize);
+                match at.filter(|at| at + resp.values.len() <= frame.len()) {
+                    Some(at) => {
+                        self.check_response(shard, &resp)?;
+                        (resp.req, resp.clock, at)
+                    }
+                    None => return self.on_message(shard, Message::PullResponse(resp)),
+                }
+            }
+            Ok(msg) => return self.on_message(shard, msg),
+            Err(e) => return Err(protocol(shard, e.to_string())),
+        };
+        let r = self.requests.get_mut(&req).expect("checked above");
         r.outcome = Some(Ok(()));
-        Ok(old.map(|c| c.values).unwrap_or_default())
+        let (table, keys) = (r.table, std::mem::take(&mut r.keys));
+        let row_bytes = self.tables[table as usize].row_bytes();
+        for (i, &key) in keys.iter().enumerate() {
+            let row = Cached {
+                data_clock,
+                fetched_at: self.clock,
+                values: RowBytes::Kept(frame.clone()),
+                at: at + i * row_bytes,
+            };
+            if let Some(old) = self.put_cached(table, key, row) {
+                self.spare_row(old.values);
+            }
+            self.stats.rows_kept += 1;
+        }
+        if let Some(r) = self.requests.get_mut(&req) {
+            r.keys = keys;
+        }
+        Ok(())
+    }
+
+    /// Keeps the buffer of a replaced cached row for a row to come, if
+    /// it is the worker's own and few are kept.
+    fn spare_row(&mut self, values: RowBytes) {
+        if let RowBytes::Owned(v) = values {
+            if self.spare_rows.len() < SPARE_ROWS {
+                self.spare_rows.push(v);
+            }
+        }
     }
 
     /// Checks that `resp` answers a pull request of ours from `shard` that
@@ -975,15 +1128,15 @@ impl ClientCore {
         }
         let Assembly { values, clock } = r.assembly.take().expect("assembled above");
         r.outcome = Some(Ok(()));
+        let (table, key) = (r.table, r.keys[0]);
         let row = Cached {
             data_clock: clock,
             fetched_at: self.clock,
-            values,
+            values: RowBytes::Owned(values),
             at: 0,
         };
-        let old = self.cache[r.table as usize].insert(r.keys[0], row);
-        if let Some(old) = old.filter(|_| self.spare_rows.len() < SPARE_ROWS) {
-            self.spare_rows.push(old.values);
+        if let Some(old) = self.put_cached(table, key, row) {
+            self.spare_row(old.values);
         }
         Ok(())
     }
@@ -1018,21 +1171,34 @@ impl ClientCore {
             Message::PullResponse(resp) => {
                 let row_bytes = self.check_response(shard, &resp)?;
                 let r = self.requests.get_mut(&resp.req).expect("checked above");
-                let cache = &mut self.cache[r.table as usize];
-                for (&key, values) in r.keys.iter().zip(resp.values.chunks_exact(row_bytes)) {
-                    let row = cache.entry(key).or_insert_with(|| Cached {
-                        data_clock: 0,
-                        fetched_at: 0,
-                        values: Vec::new(),
-                        at: 0,
-                    });
-                    row.data_clock = resp.clock;
-                    row.fetched_at = self.clock;
-                    row.values.clear();
-                    row.values.extend_from_slice(values);
-                    row.at = 0;
-                }
                 r.outcome = Some(Ok(()));
+                let (table, keys) = (r.table, std::mem::take(&mut r.keys));
+                for (&key, values) in keys.iter().zip(resp.values.chunks_exact(row_bytes)) {
+                    // A row of the worker's own is overwritten in place;
+                    // one in a kept frame gets a buffer.
+                    if let Some(Cached {
+                        data_clock,
+                        fetched_at,
+                        values: RowBytes::Owned(own),
+                        at,
+                    }) = self.cache[table as usize].get_mut(&key)
+                    {
+                        own.clear();
+                        own.extend_from_slice(values);
+                        (*data_clock, *fetched_at, *at) = (resp.clock, self.clock, 0);
+                    } else {
+                        let row = Cached {
+                            data_clock: resp.clock,
+                            fetched_at: self.clock,
+                            values: RowBytes::Owned(values.to_vec()),
+                            at: 0,
+                        };
+                        self.put_cached(table, key, row);
+                    }
+                }
+                if let Some(r) = self.requests.get_mut(&resp.req) {
+                    r.keys = keys;
+                }
                 Ok(())
             }
             Message::RowPiece(piece) => self.on_row_piece(shard, &piece),

@@ -110,7 +110,8 @@ pub struct Worker<E: Endpoint> {
     /// ([`Endpoint::take_frame`]); a long pulled row stays in the cache in
     /// the frame it came in.
     frame_spare: Vec<u8>,
-    /// Whether long frames are taken ([`Endpoint::take_frame`]): not where
+    /// Whether long frames are kept ([`Endpoint::keep_frame`]) or taken
+    /// ([`Endpoint::take_frame`]): not where
     /// rows come in pieces ([`Endpoint::row_piece_len`]). Long rows are
     /// then copied piece by piece, and a transport that asks for pieces
     /// may copy every frame out of its own memory, so taking one could
@@ -137,9 +138,11 @@ fn copy_row_prefix<T: Element>(
     (restarts, to.max(from))
 }
 
-/// Frames this long or longer are moved out of the transport (no copy
-/// where it owns heap buffers) and a pulled row in one is cached where it
-/// lies; shorter ones are decoded in place.
+/// Frames this long or longer are kept where they landed in transport
+/// memory, where the transport allows ([`Endpoint::keep_frame`]), or else
+/// moved out of the transport (no copy where it owns heap buffers); the
+/// rows a pull response brings in one are cached where they lie. Shorter
+/// frames are decoded in place.
 const TAKE_FRAMES_FROM: usize = 64 << 10;
 
 impl<E: Endpoint> std::fmt::Debug for Worker<E> {
@@ -834,13 +837,18 @@ impl<E: Endpoint> Worker<E> {
                 stats.bytes_received += frame.len() as u64;
                 let take = self.takes_frames && frame.len() >= TAKE_FRAMES_FROM;
                 let handled = if take && self.core.is_welcomed(shard) {
-                    let mut buf = std::mem::take(&mut self.frame_spare);
-                    self.ep.take_frame(frame, &mut buf);
-                    self.core
-                        .on_owned_frame(shard, buf, self.spec.max_payload)
-                        .map(|spare| self.frame_spare = spare)
+                    match self.ep.keep_frame(frame) {
+                        Ok(kept) => self.core.on_kept_frame(shard, kept, self.spec.max_payload),
+                        Err(frame) => {
+                            let mut buf = std::mem::take(&mut self.frame_spare);
+                            self.ep.take_frame(frame, &mut buf);
+                            self.core
+                                .on_owned_frame(shard, buf, self.spec.max_payload)
+                                .map(|spare| self.frame_spare = spare)
+                        }
+                    }
                 } else {
-                    match decode(&frame, self.spec.max_payload) {
+                    let handled = match decode(&frame, self.spec.max_payload) {
                         Ok(Message::Welcome(w)) if !self.core.is_welcomed(shard) => {
                             self.on_rewelcome(shard, &w)
                         }
@@ -849,12 +857,20 @@ impl<E: Endpoint> Worker<E> {
                             peer: format!("server shard {shard}"),
                             reason: e.to_string(),
                         }),
-                    }
+                    };
+                    drop(frame);
+                    handled
                 };
                 if let Err(e) = handled {
                     if self.broken.is_none() {
                         self.fail(shard, e);
                     }
+                }
+                // Every frame but the kept ones is released by now: if
+                // those crowd the server's room, let them go before
+                // waiting for more (the server may be waiting for room).
+                if self.core.keeps_frames() && self.ep.kept_frames_crowd(peer) {
+                    self.core.copy_out_kept_rows();
                 }
             }
             Event::Disconnected(peer) => {

@@ -21,7 +21,11 @@
 //!   completion arrived) is separate, and [`Endpoint::flush`] waits for it.
 //! - **Borrowed receive.** [`Endpoint::recv`] hands out a frame that derefs
 //!   to the bytes where they landed (ring slot, registered buffer); dropping
-//!   it returns the space to the sender.
+//!   it returns the space to the sender. A transport may let the receiver
+//!   keep a frame for as long as it likes ([`Endpoint::keep_frame`]), as
+//!   long as it says when kept frames crowd the sender
+//!   ([`Endpoint::kept_frames_crowd`]): the worker caches long pulled rows
+//!   so, never copying them out of the transport's memory.
 //!
 //! Every blocking call takes a deadline. A peer that goes away shows up as
 //! an [`Event::Disconnected`] to the other side and makes sends to it fail,
@@ -129,6 +133,33 @@ impl Deref for Stash {
 impl DerefMut for Stash {
     fn deref_mut(&mut self) -> &mut [u8] {
         self.0.bytes_mut()
+    }
+}
+
+/// A received frame's bytes, kept where they landed rather than copied
+/// out ([`Endpoint::keep_frame`]); derefs to the frame's bytes. Clones
+/// share the frame, which is released to its sender when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct KeptFrame(std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl KeptFrame {
+    /// Wraps a transport's frame.
+    pub fn new(frame: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
+        KeptFrame(std::sync::Arc::new(frame))
+    }
+}
+
+impl Deref for KeptFrame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for KeptFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeptFrame({} bytes)", self.len())
     }
 }
 
@@ -264,6 +295,35 @@ pub trait Endpoint: Send {
     fn take_frame(&mut self, frame: Self::Frame, into: &mut Vec<u8>) {
         into.clear();
         into.extend_from_slice(&frame);
+    }
+
+    /// Keeps a received frame where it landed, for as long as the caller
+    /// likes, instead of copying it out ([`take_frame`](Self::take_frame));
+    /// or gives it back (`Err`, the default) when this transport's frames
+    /// must not be kept.
+    ///
+    /// A kept frame holds its sender's room. A transport that keeps frames
+    /// therefore reports, through [`kept_frames_crowd`](Self::kept_frames_crowd),
+    /// when the frames received from a peer and not yet released take so
+    /// much room that the peer may soon have to wait; the receiver must
+    /// then copy out and drop the frames it keeps from that peer before it
+    /// waits for more. The worker keeps long pulled rows in its cache this
+    /// way, so a row written by the peer's device is read where it landed.
+    fn keep_frame(&mut self, frame: Self::Frame) -> std::result::Result<KeptFrame, Self::Frame> {
+        Err(frame)
+    }
+
+    /// Whether the frames received from `peer` and not released (kept
+    /// ones above all) take half the room the peer may fill, in bytes or
+    /// in frames: its sends may soon have to wait for them. Asked after
+    /// every frame kept or received while frames are kept; always false
+    /// (the default) for a transport whose frames are not kept. It must
+    /// turn true early enough that a receiver that drops its kept frames
+    /// whenever it does never makes a sender wait on them: at half the
+    /// room, where no frame is longer than half of it.
+    fn kept_frames_crowd(&self, peer: PeerId) -> bool {
+        let _ = peer;
+        false
     }
 
     /// Waits until every frame sent to `peer` was received and released,

@@ -21,8 +21,10 @@
 
 #![warn(missing_docs)]
 
+mod kept_session;
 mod stash_session;
 
+pub use kept_session::{KEPT_CLOCKS, KEPT_KEYS, KEPT_ROW_WIDTH, pulled_rows_read_right_when_kept};
 pub use stash_session::{STASH_CLOCKS, STASH_KEYS, STASH_ROW_WIDTH, stashed_pushes_sum_exactly};
 
 use std::collections::HashMap;
@@ -89,6 +91,7 @@ pub fn run_all<F: Factory>(f: &F) {
     frames_sent_in_parts_arrive_whole(f);
     stashed_frames_arrive_whole(f);
     taken_frames_keep_their_bytes_and_release_credit(f);
+    kept_frames_keep_their_bytes_until_they_crowd(f);
     many_concurrent_connections(f);
     peer_drop_is_an_error(f);
     backpressure_when_the_receiver_is_slow(f);
@@ -282,6 +285,64 @@ pub fn taken_frames_keep_their_bytes_and_release_credit<F: Factory>(f: &F) {
             }
         }
     });
+}
+
+/// Frames kept where they landed ([`Endpoint::keep_frame`]) keep their
+/// bytes until dropped, and a receiver that keeps every frame and drops
+/// the kept ones only when [`Endpoint::kept_frames_crowd`] says so never
+/// makes its sender wait for good: many frames through a connection with
+/// room for a few all arrive, each intact when kept and when dropped, and
+/// the sender's flush sees them all released. A transport that keeps no
+/// frames gives each back, and passes. Returns how many times the kept
+/// frames crowded the connection (0 where none are kept).
+pub fn kept_frames_keep_their_bytes_until_they_crowd<F: Factory>(f: &F) -> usize {
+    let t = f.with_buffering(256 << 10);
+    let mut server = t.bind("keep-server").unwrap();
+    let mut client = t.bind("keep-client").unwrap();
+    let peer = client.connect("keep-server", deadline()).unwrap();
+    let frames = 60usize;
+    let expected = |i: usize| -> Vec<u8> {
+        let len = [100 << 10, 7, 64 << 10, 1, 20 << 10][i % 5];
+        (0..len).map(|j| ((i * 31 + j) % 251) as u8).collect()
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..frames {
+                send_bytes(&mut client, peer, &expected(i)).unwrap();
+            }
+            client.flush(peer, deadline()).unwrap();
+        });
+        let mut kept = Vec::new();
+        let mut crowded = 0;
+        let mut i = 0;
+        while i < frames {
+            match server.recv(deadline()).expect("recv") {
+                Some(Event::Frame(from, frame)) => {
+                    match server.keep_frame(frame) {
+                        Ok(frame) => {
+                            assert!(*frame == expected(i), "frame {i} changed when kept");
+                            kept.push((i, frame));
+                        }
+                        Err(frame) => assert!(*frame == expected(i), "frame {i} changed"),
+                    }
+                    if server.kept_frames_crowd(from) {
+                        crowded += 1;
+                        for (j, frame) in kept.drain(..) {
+                            assert!(*frame == expected(j), "kept frame {j} changed");
+                        }
+                    }
+                    i += 1;
+                }
+                Some(Event::Connected(_)) => {}
+                Some(Event::Disconnected(p)) => panic!("unexpected disconnect of {p}"),
+                None => panic!("no frame {i} within {STEP:?} (are kept frames crowding?)"),
+            }
+        }
+        for (j, frame) in kept.drain(..) {
+            assert!(*frame == expected(j), "kept frame {j} changed");
+        }
+        crowded
+    })
 }
 
 /// Many clients at once, each on its own connection and thread: every

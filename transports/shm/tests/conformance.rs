@@ -56,6 +56,12 @@ fn taken_frames_keep_their_bytes_and_release_credit() {
 }
 
 #[test]
+fn kept_frames_keep_their_bytes_until_they_crowd() {
+    let crowded = laggard_conformance::kept_frames_keep_their_bytes_until_they_crowd(&Shm);
+    assert_eq!(crowded, 0, "this transport keeps no frames");
+}
+
+#[test]
 fn many_concurrent_connections() {
     laggard_conformance::many_concurrent_connections(&Shm);
 }

@@ -1,0 +1,176 @@
+//! The conformance checks for kept frames ([`Endpoint::keep_frame`]) over
+//! a transport that keeps them: the in-process transport, wrapped so that
+//! its receivers keep every frame and report crowding when the frames
+//! kept from a peer take half a connection's room. No transport of the
+//! workspace keeps frames (RDMA, which does, runs the same checks in its
+//! soft-RoCE guest), so this is how the worker's side of keeping is
+//! checked on every machine.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use laggard::Result;
+use laggard::transport::{
+    Endpoint, Event, InProcess, InProcessBuf, InProcessEndpoint, InProcessFrame, KeptFrame, PeerId,
+    Transport,
+};
+use laggard_conformance::Factory;
+
+/// In-process connections whose receivers keep frames.
+struct Keeping {
+    net: InProcess,
+    capacity: usize,
+}
+
+impl Keeping {
+    fn new(capacity: usize) -> Self {
+        Keeping {
+            net: InProcess::with_capacity(capacity),
+            capacity,
+        }
+    }
+}
+
+impl Transport for Keeping {
+    type Endpoint = KeepingEndpoint;
+    fn bind(&self, name: &str) -> Result<KeepingEndpoint> {
+        Ok(KeepingEndpoint {
+            inner: self.net.bind(name)?,
+            capacity: self.capacity,
+            kept: HashMap::new(),
+        })
+    }
+}
+
+struct KeepingEndpoint {
+    inner: InProcessEndpoint,
+    capacity: usize,
+    /// Bytes of frames kept and not yet dropped, per peer.
+    kept: HashMap<PeerId, Arc<AtomicUsize>>,
+}
+
+/// A received frame and the peer it came from.
+struct FromPeer(PeerId, InProcessFrame);
+
+impl std::ops::Deref for FromPeer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.1
+    }
+}
+
+/// A kept frame that counts its bytes as kept until dropped.
+struct Counted {
+    frame: InProcessFrame,
+    kept: Arc<AtomicUsize>,
+}
+
+impl AsRef<[u8]> for Counted {
+    fn as_ref(&self) -> &[u8] {
+        &self.frame
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.kept.fetch_sub(self.frame.len(), Ordering::SeqCst);
+    }
+}
+
+impl Endpoint for KeepingEndpoint {
+    type Buf = InProcessBuf;
+    type Frame = FromPeer;
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn connect(&mut self, name: &str, deadline: Instant) -> Result<PeerId> {
+        self.inner.connect(name, deadline)
+    }
+    fn lend(&mut self, peer: PeerId, len: usize, deadline: Instant) -> Result<InProcessBuf> {
+        self.inner.lend(peer, len, deadline)
+    }
+    fn send(&mut self, buf: InProcessBuf) -> Result<()> {
+        self.inner.send(buf)
+    }
+    fn take_frame(&mut self, frame: Self::Frame, into: &mut Vec<u8>) {
+        self.inner.take_frame(frame.1, into)
+    }
+    fn keep_frame(&mut self, frame: Self::Frame) -> std::result::Result<KeptFrame, Self::Frame> {
+        let kept = self.kept.entry(frame.0).or_default().clone();
+        kept.fetch_add(frame.1.len(), Ordering::SeqCst);
+        Ok(KeptFrame::new(Counted {
+            frame: frame.1,
+            kept,
+        }))
+    }
+    fn kept_frames_crowd(&self, peer: PeerId) -> bool {
+        // No frame is longer than half the room (`max_frame_len`).
+        self.kept
+            .get(&peer)
+            .is_some_and(|k| k.load(Ordering::SeqCst) * 2 >= self.capacity)
+    }
+    fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
+        self.inner.flush(peer, deadline)
+    }
+    fn recv(&mut self, deadline: Instant) -> Result<Option<Event<Self::Frame>>> {
+        Ok(self.inner.recv(deadline)?.map(|event| match event {
+            Event::Frame(peer, frame) => Event::Frame(peer, FromPeer(peer, frame)),
+            Event::Connected(peer) => Event::Connected(peer),
+            Event::Disconnected(peer) => Event::Disconnected(peer),
+        }))
+    }
+    fn disconnect(&mut self, peer: PeerId) {
+        self.inner.disconnect(peer)
+    }
+    fn max_frame_len(&self) -> usize {
+        self.capacity / 2
+    }
+    fn peer_name(&self, peer: PeerId) -> String {
+        self.inner.peer_name(peer)
+    }
+}
+
+struct KeepingFactory;
+
+impl Factory for KeepingFactory {
+    type T = Keeping;
+    fn transport(&self) -> Keeping {
+        Keeping::new(64 << 20)
+    }
+    fn with_buffering(&self, bytes: usize) -> Keeping {
+        Keeping::new(bytes)
+    }
+    fn leaks(&self, t: &Keeping) -> Vec<String> {
+        t.net.bound_names()
+    }
+}
+
+#[test]
+fn kept_frames_keep_their_bytes_until_they_crowd() {
+    let crowded =
+        laggard_conformance::kept_frames_keep_their_bytes_until_they_crowd(&KeepingFactory);
+    assert!(crowded > 0, "the frames kept never crowded the connection");
+}
+
+#[test]
+fn pulled_rows_read_right_where_they_are_kept() {
+    let stats = laggard_conformance::pulled_rows_read_right_when_kept(&Keeping::new(64 << 20));
+    assert!(stats.rows_kept > 0, "no row was kept: {stats:?}");
+    assert_eq!(
+        stats.kept_rows_copied, 0,
+        "a roomy connection crowded: {stats:?}"
+    );
+}
+
+#[test]
+fn pulled_rows_kept_are_copied_out_when_they_crowd() {
+    let stats = laggard_conformance::pulled_rows_read_right_when_kept(&Keeping::new(1 << 20));
+    assert!(stats.rows_kept > 0, "no row was kept: {stats:?}");
+    assert!(
+        stats.kept_rows_copied > 0,
+        "1 MiB of room never crowded: {stats:?}"
+    );
+}
