@@ -699,6 +699,13 @@ impl Conn {
         lock(&self.state).release(id);
     }
 
+    /// Whether the frames received and not released fill half the ring,
+    /// or half the frames the peer may have unreleased.
+    pub fn recv_crowded(&self) -> bool {
+        let st = lock(&self.state);
+        st.recv.crowded(st.send.max_in_flight())
+    }
+
     /// Arms the completion queue: the channel gets an event at the next
     /// completion.
     pub fn arm(&self) {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use laggard::transport::{Endpoint, Event, PeerId, Stash, Transport};
+use laggard::transport::{Endpoint, Event, KeptFrame, PeerId, Stash, Transport};
 use laggard::{Error, Result};
 use rustix::event::{PollFd, PollFlags};
 
@@ -730,6 +730,21 @@ impl Endpoint for RdmaEndpoint {
         self.send(buf)
     }
 
+    /// Keeps the frame in the receive ring, where the peer's device wrote
+    /// it: every frame can be kept, until [`kept_frames_crowd`](Self::kept_frames_crowd)
+    /// says its connection's ring is half full.
+    fn keep_frame(&mut self, frame: RdmaFrame) -> std::result::Result<KeptFrame, RdmaFrame> {
+        Ok(KeptFrame::new(frame))
+    }
+
+    /// Whether the frames `peer` sent that are not released fill half of
+    /// this endpoint's ring, or half the frames the peer may have
+    /// unreleased (no frame is longer than half the ring). False for an
+    /// unknown or closed connection, whose frames hold back nobody.
+    fn kept_frames_crowd(&self, peer: PeerId) -> bool {
+        self.conns.get(&peer).is_some_and(|c| c.recv_crowded())
+    }
+
     fn disconnect(&mut self, peer: PeerId) {
         if let Some(conn) = self.conns.remove(&peer) {
             conn::close_all(&[conn], self.shared.cfg.linger);
@@ -829,6 +844,18 @@ pub struct RdmaFrame {
 // SAFETY: the frame's bytes are not written by the peer until the frame
 // is released (in Drop); the connection is shared through an Arc.
 unsafe impl Send for RdmaFrame {}
+
+// SAFETY: through a shared reference a frame only reads its bytes, which
+// nobody writes until it is released (in Drop, by its one owner), and
+// reads its `Arc<Conn>`, whose mutable state is behind a mutex; so a frame
+// kept in several places ([`KeptFrame`]) is read from any thread safely.
+unsafe impl Sync for RdmaFrame {}
+
+impl AsRef<[u8]> for RdmaFrame {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
 
 impl fmt::Debug for RdmaFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -14,6 +14,12 @@
 //!   received frame is read where it landed. A pull response is therefore
 //!   written by the server's device straight into memory the worker reads.
 //!   No copy is made by the transport on either side.
+//! - **Kept frames.** Frames may be kept in the ring
+//!   ([`Endpoint::keep_frame`](laggard::transport::Endpoint::keep_frame)):
+//!   the worker caches long pulled rows where the server's device wrote
+//!   them, and copies them out only when they crowd the ring, that is when
+//!   a frame of the largest size would no longer fit after them
+//!   ([`Endpoint::kept_frames_crowd`](laggard::transport::Endpoint::kept_frames_crowd)).
 //! - **Stash.** A worker's long pending push row waits in registered memory
 //!   of its connection ([`RdmaStash`]); the push's write gathers the row
 //!   from there, after the encoded head in the mirror, so the row is not

@@ -21,6 +21,18 @@ fn align(len: u64) -> u64 {
     len.div_ceil(ALIGN) * ALIGN
 }
 
+/// Where a frame of `size` (aligned) bytes goes in a ring of `cap` bytes
+/// whose frames so far end at `tail`: at `tail`, or at the ring's start
+/// if it would wrap.
+fn placement(cap: u64, tail: u64, size: u64) -> u64 {
+    let offset = tail % cap;
+    if offset + size > cap {
+        tail + (cap - offset)
+    } else {
+        tail
+    }
+}
+
 /// Where a reserved frame goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reservation {
@@ -62,6 +74,11 @@ impl SendRing {
         self.cap / 2
     }
 
+    /// The most frames the receiver keeps room for unreleased.
+    pub fn max_in_flight(&self) -> u64 {
+        self.max_in_flight
+    }
+
     /// Reserves room for a frame of `len` bytes, if there is some now.
     pub fn reserve(&mut self, len: u64) -> Option<Reservation> {
         debug_assert!(len <= self.max_frame());
@@ -69,12 +86,7 @@ impl SendRing {
             return None;
         }
         let size = align(len);
-        let offset = self.tail % self.cap;
-        let start = if offset + size > self.cap {
-            self.tail + (self.cap - offset)
-        } else {
-            self.tail
-        };
+        let start = placement(self.cap, self.tail, size);
         if start + size - self.head > self.cap {
             return None;
         }
@@ -197,6 +209,18 @@ impl RecvRing {
     pub fn credit(&self) -> (u64, u64) {
         (self.head, self.released)
     }
+
+    /// Whether the frames not yet in the released prefix could make the
+    /// sender wait: a frame of the largest size (half the ring) would not
+    /// fit after the last one arrived, as the sender places it
+    /// ([`SendRing::reserve`]), or one more frame would exceed
+    /// `max_frames` (what the sender may have unreleased). Once every
+    /// frame that arrived is released, neither holds.
+    pub fn crowded(&self, max_frames: u64) -> bool {
+        let size = self.cap / 2;
+        let start = placement(self.cap, self.tail, size);
+        start + size - self.head > self.cap || self.pending.len() as u64 >= max_frames
+    }
 }
 
 #[cfg(test)]
@@ -254,7 +278,57 @@ mod tests {
         assert!(s.reserve(0).is_some());
     }
 
+    #[test]
+    fn a_kept_frame_crowds_the_ring_when_a_longest_frame_could_not_follow() {
+        let mut r = RecvRing::new(64);
+        let kept = r.arrive(0, 8).unwrap();
+        assert!(!r.crowded(100), "32 bytes fit after it");
+        let other = r.arrive(8, 32).unwrap();
+        r.release(other);
+        assert!(
+            r.crowded(100),
+            "a 32-byte frame would wrap to offset 0, where the kept one is"
+        );
+        r.release(kept);
+        assert!(!r.crowded(100));
+        let one = r.arrive(40, 8).unwrap();
+        assert!(r.crowded(1), "one frame unreleased of one allowed");
+        r.release(one);
+        assert!(!r.crowded(1));
+    }
+
     proptest! {
+        /// A receiver that keeps random frames, and releases all it keeps
+        /// whenever it is crowded, never makes the sender wait (for room or
+        /// for frames) when the sender knows its credit.
+        #[test]
+        fn a_receiver_that_is_not_crowded_makes_no_sender_wait(
+            frames in proptest::collection::vec((0u64..=512, any::<bool>()), 1..300),
+        ) {
+            let (cap, max_frames) = (1024, 8);
+            let mut s = SendRing::new(cap, max_frames);
+            let mut r = RecvRing::new(cap);
+            let mut kept = Vec::new();
+            for (len, keep) in frames {
+                let res = s.reserve(len);
+                prop_assert!(res.is_some(), "a {len}-byte frame waits");
+                let id = r.arrive(res.unwrap().offset, len).unwrap();
+                if keep {
+                    kept.push(id);
+                } else {
+                    r.release(id);
+                }
+                if r.crowded(max_frames) {
+                    for id in kept.drain(..) {
+                        r.release(id);
+                    }
+                    prop_assert!(!r.crowded(max_frames), "crowded with nothing kept");
+                }
+                let (head, released) = r.credit();
+                s.credit(head, released);
+            }
+        }
+
         /// A sender and receiver driven by random lengths and random
         /// release orders agree on every offset, never overlap unreleased
         /// frames, and the sender drains once everything is released.

@@ -46,6 +46,34 @@ fn taken_frames_keep_their_bytes_and_release_credit() {
 }
 
 #[test]
+fn kept_frames_keep_their_bytes_until_they_crowd() {
+    let crowded = laggard_conformance::kept_frames_keep_their_bytes_until_they_crowd(&Rdma);
+    assert!(crowded > 0, "the frames kept never crowded a 256 KiB ring");
+}
+
+/// Pulled rows are cached where the server's device wrote them, in the
+/// ring, and read right; with room for a few rows only, they crowd the
+/// ring and are copied out, and the server never waits for good.
+#[test]
+fn pulled_rows_read_right_where_they_are_kept() {
+    for ring in [64 << 20, 1 << 20] {
+        let net = RdmaTransport::with_config(RdmaConfig::default().ring_bytes(ring)).unwrap();
+        let stats = laggard_conformance::pulled_rows_read_right_when_kept(&net);
+        assert!(
+            stats.rows_kept > 0,
+            "{ring}-byte ring: no row kept: {stats:?}"
+        );
+        if ring == 1 << 20 {
+            assert!(
+                stats.kept_rows_copied > 0,
+                "rows kept never crowded a 1 MiB ring: {stats:?}"
+            );
+        }
+        assert_eq!(net.leaks(), Vec::<String>::new());
+    }
+}
+
+#[test]
 fn many_concurrent_connections() {
     laggard_conformance::many_concurrent_connections(&Rdma);
 }
