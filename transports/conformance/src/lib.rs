@@ -254,22 +254,12 @@ pub fn stashed_frames_arrive_whole<F: Factory>(f: &F) {
 /// releases the frame: with a window of a few frames, many frames taken
 /// into one buffer all arrive, and the sender's flush sees them consumed.
 pub fn taken_frames_keep_their_bytes_and_release_credit<F: Factory>(f: &F) {
-    let t = f.with_buffering(256 << 10);
-    let mut server = t.bind("take-server").unwrap();
-    let mut client = t.bind("take-client").unwrap();
-    let peer = client.connect("take-server", deadline()).unwrap();
     let frames = 40usize;
     let expected = |i: usize| -> Vec<u8> {
         let len = [100 << 10, 7, 64 << 10, 1][i % 4];
         (0..len).map(|j| ((i * 17 + j) % 253) as u8).collect()
     };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for i in 0..frames {
-                send_bytes(&mut client, peer, &expected(i)).unwrap();
-            }
-            client.flush(peer, deadline()).unwrap();
-        });
+    stream_frames(f, "take", frames, &expected, |server| {
         let mut buf = vec![9u8; 3 << 10];
         let mut i = 0;
         while i < frames {
@@ -296,22 +286,12 @@ pub fn taken_frames_keep_their_bytes_and_release_credit<F: Factory>(f: &F) {
 /// frames gives each back, and passes. Returns how many times the kept
 /// frames crowded the connection (0 where none are kept).
 pub fn kept_frames_keep_their_bytes_until_they_crowd<F: Factory>(f: &F) -> usize {
-    let t = f.with_buffering(256 << 10);
-    let mut server = t.bind("keep-server").unwrap();
-    let mut client = t.bind("keep-client").unwrap();
-    let peer = client.connect("keep-server", deadline()).unwrap();
     let frames = 60usize;
     let expected = |i: usize| -> Vec<u8> {
         let len = [100 << 10, 7, 64 << 10, 1, 20 << 10][i % 5];
         (0..len).map(|j| ((i * 31 + j) % 251) as u8).collect()
     };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            for i in 0..frames {
-                send_bytes(&mut client, peer, &expected(i)).unwrap();
-            }
-            client.flush(peer, deadline()).unwrap();
-        });
+    stream_frames(f, "keep", frames, &expected, |server| {
         let mut kept = Vec::new();
         let mut crowded = 0;
         let mut i = 0;
@@ -342,6 +322,34 @@ pub fn kept_frames_keep_their_bytes_until_they_crowd<F: Factory>(f: &F) -> usize
             assert!(*frame == expected(j), "kept frame {j} changed");
         }
         crowded
+    })
+}
+
+/// On a network of 256 KiB of buffering per connection, sends `frames`
+/// frames, frame `i` holding `expected(i)`, from `{name}-client` to
+/// `{name}-server` on a thread of its own (then flushes), while `receive`
+/// runs on the server's endpoint; returns what `receive` returns.
+fn stream_frames<F: Factory, R>(
+    f: &F,
+    name: &str,
+    frames: usize,
+    expected: &(dyn Fn(usize) -> Vec<u8> + Sync),
+    receive: impl FnOnce(&mut <F::T as Transport>::Endpoint) -> R,
+) -> R {
+    let t = f.with_buffering(256 << 10);
+    let mut server = t.bind(&format!("{name}-server")).unwrap();
+    let mut client = t.bind(&format!("{name}-client")).unwrap();
+    let peer = client
+        .connect(&format!("{name}-server"), deadline())
+        .unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in 0..frames {
+                send_bytes(&mut client, peer, &expected(i)).unwrap();
+            }
+            client.flush(peer, deadline()).unwrap();
+        });
+        receive(&mut server)
     })
 }
 
