@@ -178,6 +178,15 @@ struct Cached {
     at: usize,
 }
 
+/// What a received frame holds: see [`ClientCore::rows_in`].
+enum InFrame<'f> {
+    /// The rows of a response to request `req`, at version `clock`,
+    /// from byte `at` of the frame on.
+    Rows { req: u64, clock: u64, at: usize },
+    /// Any other message.
+    Other(Message<'f>),
+}
+
 /// The buffer a cached row lies in.
 #[derive(Debug)]
 enum RowBytes {
@@ -964,26 +973,10 @@ impl ClientCore {
         frame: Vec<u8>,
         max_payload: usize,
     ) -> Result<Vec<u8>> {
-        let adopt = match decode(&frame, max_payload) {
-            Ok(Message::PullResponse(resp)) if resp.rows == 1 => {
-                // Where the row lies in the frame (decoding borrows it).
-                let at = (resp.values.as_ptr() as usize).checked_sub(frame.as_ptr() as usize);
-                match at.filter(|at| at + resp.values.len() <= frame.len()) {
-                    Some(at) => {
-                        self.check_response(shard, &resp)?;
-                        (resp.req, resp.clock, at)
-                    }
-                    None => {
-                        return self
-                            .on_message(shard, Message::PullResponse(resp))
-                            .map(|()| frame);
-                    }
-                }
-            }
-            Ok(msg) => return self.on_message(shard, msg).map(|()| frame),
-            Err(e) => return Err(protocol(shard, e.to_string())),
+        let (req, data_clock, at) = match self.rows_in(shard, &frame, max_payload, 1)? {
+            InFrame::Rows { req, clock, at } => (req, clock, at),
+            InFrame::Other(msg) => return self.on_message(shard, msg).map(|()| frame),
         };
-        let (req, data_clock, at) = adopt;
         let r = self.requests.get_mut(&req).expect("checked above");
         r.outcome = Some(Ok(()));
         let (table, key) = (r.table, r.keys[0]);
@@ -1011,20 +1004,9 @@ impl ClientCore {
         frame: KeptFrame,
         max_payload: usize,
     ) -> Result<()> {
-        let (req, data_clock, at) = match decode(&frame, max_payload) {
-            Ok(Message::PullResponse(resp)) => {
-                // Where the rows lie in the frame (decoding borrows it).
-                let at = (resp.values.as_ptr() as usize).checked_sub(frame.as_ptr() as usize);
-                match at.filter(|at| at + resp.values.len() <= frame.len()) {
-                    Some(at) => {
-                        self.check_response(shard, &resp)?;
-                        (resp.req, resp.clock, at)
-                    }
-                    None => return self.on_message(shard, Message::PullResponse(resp)),
-                }
-            }
-            Ok(msg) => return self.on_message(shard, msg),
-            Err(e) => return Err(protocol(shard, e.to_string())),
+        let (req, data_clock, at) = match self.rows_in(shard, &frame, max_payload, u32::MAX)? {
+            InFrame::Rows { req, clock, at } => (req, clock, at),
+            InFrame::Other(msg) => return self.on_message(shard, msg),
         };
         let r = self.requests.get_mut(&req).expect("checked above");
         r.outcome = Some(Ok(()));
@@ -1046,6 +1028,37 @@ impl ClientCore {
             r.keys = keys;
         }
         Ok(())
+    }
+
+    /// Decodes `frame` (payloads up to `max_payload`): if it is a response
+    /// of 1 to `max_rows` rows to an open request of ours, checked,
+    /// where its rows lie in the frame; otherwise its message.
+    fn rows_in<'f>(
+        &self,
+        shard: usize,
+        frame: &'f [u8],
+        max_payload: usize,
+        max_rows: u32,
+    ) -> Result<InFrame<'f>> {
+        match decode(frame, max_payload) {
+            Ok(Message::PullResponse(resp)) if (1..=max_rows).contains(&resp.rows) => {
+                // Where the rows lie in the frame (decoding borrows it).
+                let at = (resp.values.as_ptr() as usize).checked_sub(frame.as_ptr() as usize);
+                match at.filter(|at| at + resp.values.len() <= frame.len()) {
+                    Some(at) => {
+                        self.check_response(shard, &resp)?;
+                        Ok(InFrame::Rows {
+                            req: resp.req,
+                            clock: resp.clock,
+                            at,
+                        })
+                    }
+                    None => Ok(InFrame::Other(Message::PullResponse(resp))),
+                }
+            }
+            Ok(msg) => Ok(InFrame::Other(msg)),
+            Err(e) => Err(protocol(shard, e.to_string())),
+        }
     }
 
     /// Keeps the buffer of a replaced cached row for a row to come, if
