@@ -855,10 +855,9 @@ impl ClientCore {
 
     /// The cached row `key` of `table`, as little-endian bytes.
     pub fn cached(&self, table: u32, key: u64) -> Option<&[u8]> {
-        self.cache
-            .get(table as usize)?
-            .get(&key)
-            .map(|c| &c.values.bytes()[c.at..])
+        let row_bytes = self.tables.get(table as usize)?.row_bytes();
+        let row = self.cache.get(table as usize)?.get(&key)?;
+        row.values.bytes().get(row.at..row.at + row_bytes)
     }
 
     /// Forgets every cached row (the next pulls go to the servers).
@@ -922,6 +921,10 @@ impl ClientCore {
         if let Some(link) = self.links.get_mut(shard) {
             link.welcomed = false;
         }
+        // Rows kept in frames of the lost connection would keep its
+        // memory (an RDMA ring stays registered) for as long as they are
+        // cached, and nothing would ask for it back: copy them out.
+        self.copy_out_kept_rows();
         // A row that was arriving in pieces is requested again and comes
         // again from its first piece, maybe as a newer version.
         for r in self.requests.values_mut() {
@@ -1778,6 +1781,52 @@ mod tests {
                 (true, vec![(1, vec![3])])
             ]
         );
+    }
+
+    /// A frame kept by the transport that counts the copies alive.
+    struct CountedFrame(Vec<u8>, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl AsRef<[u8]> for CountedFrame {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for CountedFrame {
+        fn drop(&mut self) {
+            self.1.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn kept_rows_are_read_in_place_until_replaced_or_copied_out() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let (mut core, req) = pulling(&[3, 5]);
+        let rows: Vec<u8> = (0..64).collect();
+        let frame = Message::PullResponse(PullResponse {
+            req,
+            clock: 1,
+            table: 0,
+            rows: 2,
+            values: &rows,
+        })
+        .to_vec();
+        let alive = Arc::new(AtomicUsize::new(1));
+        let kept = KeptFrame::new(CountedFrame(frame, alive.clone()));
+        core.on_kept_frame(0, kept, 1 << 20).unwrap();
+        assert!(matches!(core.take_outcome(req), Some(Ok(()))));
+        assert_eq!(core.cached(0, 3), Some(&rows[..32]));
+        assert_eq!(core.cached(0, 5), Some(&rows[32..]));
+        assert!(core.keeps_frames());
+        assert_eq!(core.stats().rows_kept, 2);
+        assert_eq!(alive.load(Relaxed), 1, "the rows share the frame");
+        // A lost link copies kept rows out: their frame is released.
+        core.link_lost(0);
+        assert_eq!(alive.load(Relaxed), 0);
+        assert!(!core.keeps_frames());
+        assert_eq!(core.stats().kept_rows_copied, 2);
+        assert_eq!(core.cached(0, 3), Some(&rows[..32]));
+        assert_eq!(core.cached(0, 5), Some(&rows[32..]));
     }
 
     #[test]
