@@ -699,8 +699,9 @@ impl Conn {
         lock(&self.state).release(id);
     }
 
-    /// Whether the frames received and not released fill half the ring,
-    /// or half the frames the peer may have unreleased.
+    /// Whether the frames received and not released could make the peer
+    /// wait: a frame of the largest size would not fit after them, or one
+    /// more frame would exceed the peer's quota ([`RecvRing::crowded`]).
     pub fn recv_crowded(&self) -> bool {
         let st = lock(&self.state);
         st.recv.crowded(st.send.max_in_flight())

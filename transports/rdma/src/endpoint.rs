@@ -732,14 +732,15 @@ impl Endpoint for RdmaEndpoint {
 
     /// Keeps the frame in the receive ring, where the peer's device wrote
     /// it: every frame can be kept, until [`kept_frames_crowd`](Self::kept_frames_crowd)
-    /// says its connection's ring is half full.
+    /// says the peer could have to wait for it.
     fn keep_frame(&mut self, frame: RdmaFrame) -> std::result::Result<KeptFrame, RdmaFrame> {
         Ok(KeptFrame::new(frame))
     }
 
-    /// Whether the frames `peer` sent that are not released fill half of
-    /// this endpoint's ring, or half the frames the peer may have
-    /// unreleased (no frame is longer than half the ring). False for an
+    /// Whether the frames `peer` sent that are not released could make it
+    /// wait: a frame of the largest size (half the ring), placed as the
+    /// peer places it, would not fit after them, or one more frame would
+    /// exceed the frames the peer may have unreleased. False for an
     /// unknown or closed connection, whose frames hold back nobody.
     fn kept_frames_crowd(&self, peer: PeerId) -> bool {
         self.conns.get(&peer).is_some_and(|c| c.recv_crowded())
