@@ -628,6 +628,32 @@ pub fn pull_response_layout(value_len: usize) -> (usize, usize) {
     (HEADER_LEN + 32 + pad8(value_len), HEADER_LEN + 32)
 }
 
+/// Length of a pull response's head: its bytes before the values.
+pub const PULL_RESPONSE_HEAD_LEN: usize = HEADER_LEN + 32;
+
+/// The head of a pull response of `rows` rows whose values take
+/// `value_len` bytes, a multiple of 8: the frame is this head followed by
+/// the values, for a server that sends them from where they lie
+/// ([`Endpoint::send_held`](crate::transport::Endpoint::send_held)).
+///
+/// # Panics
+/// If `value_len` is not a multiple of 8 (the frame would need padding
+/// after the values).
+pub fn pull_response_head(
+    req: u64,
+    clock: u64,
+    table: u32,
+    rows: u32,
+    value_len: usize,
+) -> [u8; PULL_RESPONSE_HEAD_LEN] {
+    assert_eq!(value_len % 8, 0, "pull response values need padding");
+    let mut head = [0u8; PULL_RESPONSE_HEAD_LEN];
+    let mut w = Writer::new(&mut head);
+    write_header(&mut w, KIND_PULL_RESPONSE, 32 + value_len);
+    write_pull_response_head(&mut w, req, clock, table, rows, value_len);
+    head
+}
+
 /// Writes a pull response's header into `frame` (as long as
 /// [`pull_response_layout`] says) and returns the region for its values,
 /// which the caller fills.
@@ -1150,6 +1176,21 @@ impl<'v> EncodedParts<'v> {
 #[cfg(all(test, not(laggard_loom)))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pull_response_head_then_its_values_is_the_encoded_response() {
+        let values: Vec<u8> = (0..64u8).collect();
+        let msg = Message::PullResponse(PullResponse {
+            req: 7,
+            clock: 3,
+            table: 2,
+            rows: 2,
+            values: &values,
+        });
+        let mut frame = pull_response_head(7, 3, 2, 2, values.len()).to_vec();
+        frame.extend_from_slice(&values);
+        assert_eq!(frame, msg.to_vec());
+    }
 
     fn round_trip(msg: Message<'_>) -> Vec<u8> {
         let frame = msg.to_vec();

@@ -22,8 +22,8 @@ pub(crate) use client::MAX_UNACKED;
 pub use client::{ClientCore, ClientStats, STASH_MIN_ROW, TableInfo};
 pub use codec::{
     DEFAULT_MAX_PAYLOAD, DecodeError, EncodedParts, Fault, FaultCode, HEADER_LEN, Hello, Keys,
-    MAGIC, Message, PullRequest, PullResponse, PullTimedOut, Push, PushAck, Role, RowPiece,
-    Section, Sections, VERSION, Welcome, decode, decode_split, pull_response_layout, split_frame,
-    write_pull_response,
+    MAGIC, Message, PULL_RESPONSE_HEAD_LEN, PullRequest, PullResponse, PullTimedOut, Push, PushAck,
+    Role, RowPiece, Section, Sections, VERSION, Welcome, decode, decode_split, pull_response_head,
+    pull_response_layout, split_frame, write_pull_response,
 };
 pub use server::{Output, Reply, ServerConfig, ServerCore, ServerStats, ShardTables};

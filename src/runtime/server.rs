@@ -9,7 +9,7 @@ use super::storage::ServerTables;
 use crate::error::{Error, Result};
 use crate::proto::{
     Fault, FaultCode, Message, Output, PullResponse, RowPiece, ServerConfig, ServerCore,
-    ServerStats, pull_response_layout, write_pull_response,
+    ServerStats, ShardTables, pull_response_head, pull_response_layout, write_pull_response,
 };
 use crate::transport::{Endpoint, Event, PeerId};
 
@@ -120,14 +120,13 @@ impl<E: Endpoint> Server<E> {
                     // The frame (and its tail) is released before any
                     // acknowledgement of it goes out, in `deliver`.
                     let tail = self.ep.frame_tail(&frame);
-                    self.core.on_split_frame(
-                        peer,
-                        &frame,
-                        tail,
-                        now,
-                        &mut self.tables,
-                        &mut self.out,
-                    );
+                    let mut tables = ApplyAfterRelease {
+                        tables: &mut self.tables,
+                        ep: &mut self.ep,
+                        deadline: now + self.send_timeout,
+                    };
+                    self.core
+                        .on_split_frame(peer, &frame, tail, now, &mut tables, &mut self.out);
                 }
                 Some(Event::Disconnected(peer)) => self.core.on_disconnect(peer, now),
             }
@@ -210,7 +209,7 @@ impl<E: Endpoint> Server<E> {
     /// than the largest frame (and not sent in pieces). Workers split their
     /// pulls so that answers fit; another client of the protocol may not.
     fn answer_too_long(&self, req: u64, table: u32, keys: &[u64]) -> Option<String> {
-        let value_len = keys.len() * crate::proto::ShardTables::row_bytes(&self.tables, table);
+        let value_len = keys.len() * ShardTables::row_bytes(&self.tables, table);
         let (len, _) = pull_response_layout(value_len);
         let max = self.ep.max_frame_len();
         (len > max && self.piece_len(keys, value_len).is_none()).then(|| {
@@ -232,6 +231,12 @@ impl<E: Endpoint> Server<E> {
     /// Where the transport asks for it ([`Endpoint::row_piece_len`]), a
     /// long row goes out in pieces, one frame each, all read under that
     /// one hold, so they add up to one version of the row.
+    ///
+    /// Long responses whose rows all lie in place (wide rows) go out with
+    /// [`Endpoint::send_held`]: the transport may keep holding them after
+    /// this returns (an RDMA device reads them from the table), until
+    /// [`Endpoint::release_held`], which [`ApplyAfterRelease`] calls before
+    /// any push is applied.
     fn send_rows(
         &mut self,
         peer: PeerId,
@@ -241,7 +246,7 @@ impl<E: Endpoint> Server<E> {
         keys: &[u64],
         deadline: Instant,
     ) -> Result<()> {
-        let value_len = keys.len() * crate::proto::ShardTables::row_bytes(&self.tables, table);
+        let value_len = keys.len() * ShardTables::row_bytes(&self.tables, table);
         if let [key] = *keys {
             if let Some(piece) = self.piece_len(keys, value_len) {
                 let ep = &mut self.ep;
@@ -262,6 +267,14 @@ impl<E: Endpoint> Server<E> {
                     Ok(())
                 });
             }
+        }
+        if value_len >= SEND_IN_PARTS && value_len % 8 == 0 {
+            if let Some(rows) = self.tables.hold_rows(table, keys)? {
+                let head = pull_response_head(req, clock, table, keys.len() as u32, value_len);
+                return self.ep.send_held(peer, &head, rows, deadline);
+            }
+        }
+        if let [key] = *keys {
             if value_len >= SEND_IN_PARTS {
                 let ep = &mut self.ep;
                 return self.tables.send_row(table, key, &mut |values| {
@@ -281,6 +294,41 @@ impl<E: Endpoint> Server<E> {
         let values = write_pull_response(&mut buf, req, clock, table, keys.len() as u32, value_len);
         self.tables.read(table, keys, values)?;
         self.ep.send(buf)
+    }
+}
+
+/// The server's tables as the protocol state machine sees them, with one
+/// thing added: before a push is applied, the endpoint lets go of the rows
+/// it still holds from [`Endpoint::send_held`] (waiting for its device
+/// until `deadline`), since a push to a held row would wait on this very
+/// thread for ever.
+struct ApplyAfterRelease<'a, E> {
+    tables: &'a mut ServerTables,
+    ep: &'a mut E,
+    deadline: Instant,
+}
+
+impl<E: Endpoint> ShardTables for ApplyAfterRelease<'_, E> {
+    fn len(&self) -> usize {
+        self.tables.len()
+    }
+
+    fn check(
+        &self,
+        table: u32,
+        keys: crate::proto::Keys<'_>,
+        value_len: Option<usize>,
+    ) -> Result<()> {
+        self.tables.check(table, keys, value_len)
+    }
+
+    fn apply(&mut self, table: u32, keys: crate::proto::Keys<'_>, values: &[u8]) -> Result<()> {
+        self.ep.release_held(self.deadline)?;
+        self.tables.apply(table, keys, values)
+    }
+
+    fn row_bytes(&self, table: u32) -> usize {
+        self.tables.row_bytes(table)
     }
 }
 

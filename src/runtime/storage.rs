@@ -8,6 +8,7 @@ use crate::element::{Element, le_bytes, le_view, le_view_mut, read_le_slice, wri
 use crate::error::{Error, Result};
 use crate::proto::{Keys, ShardTables};
 use crate::table::Table;
+use crate::transport::HeldRow;
 
 /// One table's part on one server, any element type.
 pub(crate) trait ErasedPart: Send {
@@ -18,6 +19,9 @@ pub(crate) trait ErasedPart: Send {
     /// that is the host's format and the row is wide (held shared
     /// meanwhile), else converted into a scratch buffer.
     fn send_row(&mut self, key: u64, send: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()>;
+    /// Row `key` held in place as little-endian bytes, if it can be
+    /// ([`Table::hold_row`]).
+    fn hold_row(&self, key: u64) -> Result<Option<HeldRow>>;
     fn row_bytes(&self) -> usize;
 }
 
@@ -91,6 +95,10 @@ impl<T: Element> ErasedPart for Part<T> {
         })?
     }
 
+    fn hold_row(&self, key: u64) -> Result<Option<HeldRow>> {
+        Ok(self.table.hold_row(key)?.map(HeldRow::from_memory))
+    }
+
     fn row_bytes(&self) -> usize {
         self.table.width() * T::SIZE
     }
@@ -122,6 +130,20 @@ impl ServerTables {
             .get_mut(table as usize)
             .ok_or_else(|| unknown(table, n))?
             .send_row(key, send)
+    }
+
+    /// Every row of `keys` held in place ([`ErasedPart::hold_row`]), or
+    /// `None` if one of them cannot be.
+    pub(crate) fn hold_rows(&self, table: u32, keys: &[u64]) -> Result<Option<Vec<HeldRow>>> {
+        let part = self.part(table)?;
+        let mut rows = Vec::with_capacity(keys.len());
+        for &key in keys {
+            match part.hold_row(key)? {
+                Some(row) => rows.push(row),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(rows))
     }
 
     /// Reads rows into a pull response's value region.

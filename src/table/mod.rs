@@ -18,8 +18,9 @@ mod row;
 mod sparse;
 mod wide;
 
+use std::any::Any;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 pub use init::Init;
 pub use placement::{Placement, ShardMap};
@@ -31,6 +32,9 @@ use crate::update::{Sum, Update};
 use dense::DenseShard;
 use row::RowRef;
 use sparse::SparseShard;
+use wide::WideRow;
+
+use crate::transport::HeldMemory;
 
 /// Dense or sparse storage, with what each needs.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +192,50 @@ impl<T: Element> TableSpec<T> {
 enum Storage<T: Element> {
     Dense(Box<[DenseShard<T>]>),
     Sparse(Box<[SparseShard<T>]>),
+}
+
+/// A wide row held shared ([`Table::hold_row`]); dropping it lets pushes
+/// to the row in again.
+pub(crate) struct RowHold<T: Element> {
+    /// Keeps the row where it is: rows never move or go away while their
+    /// table lives.
+    table: Arc<Table<T>>,
+    row: *const WideRow<T>,
+    values: *const T,
+    width: usize,
+}
+
+// SAFETY: the pointers point into `table`'s storage, which `table` keeps
+// alive and in place; the row is held shared, so nobody writes the values
+// while this lives, and reading them (the only access) from any thread is
+// what a shared hold allows. `T: Element` is `Send + Sync`.
+unsafe impl<T: Element> Send for RowHold<T> {}
+// SAFETY: as for Send: every access through a shared reference is a read.
+unsafe impl<T: Element> Sync for RowHold<T> {}
+
+impl<T: Element> HeldMemory for RowHold<T> {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `values` is the start of the row's `width` values (see
+        // `WideRow::hold`), held shared until this hold drops, after this
+        // borrow ends; `T` is a plain number without padding, so its bytes
+        // are initialised, and on this (little-endian) host they are the
+        // wire format.
+        unsafe { std::slice::from_raw_parts(self.values.cast::<u8>(), self.width * T::SIZE) }
+    }
+
+    fn owner(&self) -> Weak<dyn Any + Send + Sync> {
+        let owner: Arc<dyn Any + Send + Sync> = self.table.clone();
+        Arc::downgrade(&owner)
+    }
+}
+
+impl<T: Element> Drop for RowHold<T> {
+    fn drop(&mut self) {
+        // SAFETY: `row` is alive (`table` keeps it) and this is the one
+        // release of the hold `hold_row` took; `bytes()` borrows end before
+        // the hold drops.
+        unsafe { (*self.row).release_hold() };
+    }
 }
 
 /// One row as seen by [`Table::visit_shard`]: its key, values and the
@@ -487,6 +535,27 @@ impl<T: Element> Table<T> {
                 f(&values)
             }
         })
+    }
+
+    /// Holds row `key`'s values shared, in place, until the hold is
+    /// dropped (pushes to the row wait meanwhile): for a server whose
+    /// transport sends the row from where it lies. `None` where the row has
+    /// no such place: a narrow row (kept in atomic cells), a sparse row
+    /// never pushed, or a big-endian host (rows are sent little-endian).
+    pub(crate) fn hold_row(self: &Arc<Self>, key: u64) -> Result<Option<RowHold<T>>> {
+        if cfg!(target_endian = "big") {
+            return Ok(None);
+        }
+        let Some(RowRef::Wide(row)) = self.row_for_pull(key)? else {
+            return Ok(None);
+        };
+        let values = row.hold(self.width);
+        Ok(Some(RowHold {
+            table: Arc::clone(self),
+            row,
+            values,
+            width: self.width,
+        }))
     }
 
     /// Copies one row per key into `out` (`keys.len() × width` elements).

@@ -62,6 +62,13 @@ impl RwWord {
     /// Takes the word shared, spinning (then yielding) while a writer holds
     /// it or waits for it.
     fn read(&self) -> ReadGuard<'_> {
+        self.lock_shared();
+        ReadGuard(self)
+    }
+
+    /// Takes the word shared without a guard; [`unlock_shared`](Self::unlock_shared)
+    /// gives it back.
+    fn lock_shared(&self) {
         let mut backoff = Backoff::new();
         loop {
             // Relaxed: only a guess for the CAS, which orders the access.
@@ -80,10 +87,17 @@ impl RwWord {
                     )
                     .is_ok()
             {
-                return ReadGuard(self);
+                return;
             }
             backoff.snooze();
         }
+    }
+
+    /// Gives back one shared hold taken with [`lock_shared`](Self::lock_shared).
+    fn unlock_shared(&self) {
+        // SYNC POINT: Release pairs with the Acquire CAS in `RwWord::write`:
+        // everything the holder read happens-before the next writer's stores.
+        self.state.fetch_sub(READER, Ordering::Release);
     }
 
     /// Takes the word exclusively, spinning (then yielding) while readers
@@ -120,9 +134,7 @@ impl RwWord {
 
 impl Drop for ReadGuard<'_> {
     fn drop(&mut self) {
-        // SYNC POINT: Release pairs with the Acquire CAS in `RwWord::write`:
-        // this reader's copy happens-before the next writer's stores.
-        self.0.state.fetch_sub(READER, Ordering::Release);
+        self.0.unlock_shared();
     }
 }
 
@@ -183,6 +195,32 @@ impl<T: Element> WideRow<T> {
         })
     }
 
+    /// Takes the row shared, as `with_cells` does for the length of a call,
+    /// until [`release_hold`](Self::release_hold), and returns where its
+    /// first `len` cells are: for a row sent from where it lies by a device
+    /// that reads it after this call returns. Pushes to the row wait until
+    /// the hold is released.
+    pub(crate) fn hold(&self, len: usize) -> *const T {
+        self.word.lock_shared();
+        // The cells' address only; they are read (by whoever has the
+        // pointer) while the word is held shared, which excludes writers.
+        self.cells.with(|cells| {
+            // SAFETY: the shared hold taken above excludes writers; the
+            // borrow only lasts to take the address.
+            let cells = unsafe { &**cells };
+            cells[..len].as_ptr()
+        })
+    }
+
+    /// Gives back a hold taken with [`hold`](Self::hold).
+    ///
+    /// # Safety
+    /// Once per hold, after the last read through its pointer: a second
+    /// release would let a writer in while another holder still reads.
+    pub(crate) unsafe fn release_hold(&self) {
+        self.word.unlock_shared();
+    }
+
     /// Copies the row's first `out.len()` cells into `out`, holding the row
     /// shared: a consistent copy, never a torn one.
     #[inline]
@@ -201,5 +239,82 @@ impl<T: Element> fmt::Debug for WideRow<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // The elements are not shown: reading them needs the word.
         f.debug_struct("WideRow").field("word", &self.word).finish()
+    }
+}
+
+/// Loom models of a hold that outlives a borrow ([`WideRow::hold`]); run
+/// with the crate's other models (`.ci/run`).
+#[cfg(all(test, laggard_loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::{Arc, AtomicUsize, thread};
+    use crate::update::Sum;
+
+    const WIDTH: usize = 4;
+
+    /// The row's values, as the holder of a hold whose pointer is
+    /// `values` reads them; panics if torn. The read goes through the
+    /// row's cell, so that loom sees it: a read not ordered after the last
+    /// push's writes (or before the next's) is a race it reports.
+    fn read(row: &WideRow<i64>, values: usize) -> i64 {
+        row.cells.with(|cells| {
+            // SAFETY: the caller holds the row (a hold taken with
+            // `hold(WIDTH)`, not yet released), which excludes writers.
+            let cells = unsafe { &**cells };
+            assert_eq!(cells.as_ptr() as usize, values, "the hold's pointer");
+            assert!(cells.iter().all(|&v| v == cells[0]), "torn row {cells:?}");
+            cells[0]
+        })
+    }
+
+    /// A hold taken on one thread and released on another keeps a push out
+    /// for all that time: both threads read the same, whole version of the
+    /// row, and the push gets in after the release.
+    ///
+    /// Bounded to one preemption, as `tests/loom.rs`'s model of a push
+    /// waiting for two pulls is and for the same reason: with more, the
+    /// spinning threads yield to each other without end and loom gives up
+    /// ("exceeded maximum number of branches").
+    #[test]
+    fn loom_a_push_waits_for_a_hold_released_on_another_thread() {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(1);
+        builder.check(|| {
+            let row = Arc::new(WideRow::new(vec![0i64; WIDTH].into()));
+            let handed = Arc::new(AtomicUsize::new(0));
+            let (r1, h1) = (Arc::clone(&row), Arc::clone(&handed));
+            let holder = thread::spawn(move || {
+                let values = r1.hold(WIDTH) as usize;
+                let seen = read(&r1, values);
+                // Release: hands the hold (and the row's address) over; pairs
+                // with the Acquire load below.
+                h1.store(values, Ordering::Release);
+                seen
+            });
+            let (r2, h2) = (Arc::clone(&row), Arc::clone(&handed));
+            let releaser = thread::spawn(move || {
+                let values = loop {
+                    // Acquire: pairs with the holder's Release store.
+                    match h2.load(Ordering::Acquire) {
+                        0 => thread::yield_now(),
+                        v => break v,
+                    }
+                };
+                let seen = read(&r2, values);
+                // SAFETY: the one release of the holder's hold, after the
+                // last read through it.
+                unsafe { r2.release_hold() };
+                seen
+            });
+            let r3 = Arc::clone(&row);
+            let pusher = thread::spawn(move || r3.apply(WIDTH, &Sum, &[5; WIDTH]));
+            let (first, second) = (holder.join().unwrap(), releaser.join().unwrap());
+            pusher.join().unwrap();
+            assert_eq!(first, second, "the row changed while it was held");
+            assert!(first == 0 || first == 5, "impossible value {first}");
+            let mut now = [0i64; WIDTH];
+            row.read_into(&mut now);
+            assert_eq!(now, [5; WIDTH]);
+        });
     }
 }

@@ -31,6 +31,7 @@
 //! an [`Event::Disconnected`] to the other side and makes sends to it fail,
 //! never hang.
 
+mod held;
 mod inproc;
 mod stash_pool;
 
@@ -39,6 +40,8 @@ use std::time::Instant;
 
 use crate::error::Result;
 
+pub(crate) use held::HeldMemory;
+pub use held::HeldRow;
 pub use inproc::{InProcess, InProcessBuf, InProcessEndpoint, InProcessFrame};
 pub use stash_pool::StashPool;
 
@@ -274,6 +277,41 @@ pub trait Endpoint: Send {
         deadline: Instant,
     ) -> Result<()> {
         self.send_parts(peer, &[head, tail], deadline)
+    }
+
+    /// Sends one frame made of `head` followed by the bytes of `rows`, in
+    /// order: the same frame as [`send_parts`](Self::send_parts) of them,
+    /// which is what this default does (the rows are dropped, and so let
+    /// go, once it returns).
+    ///
+    /// A transport whose device can read memory where it lies (RDMA) sends
+    /// the rows from there, after `head`, with no copy, and keeps them
+    /// until the device is done with them: pushes to a held table row wait
+    /// meanwhile, so it must let them go in
+    /// [`release_held`](Self::release_held). A server answers long pulls
+    /// this way.
+    fn send_held(
+        &mut self,
+        peer: PeerId,
+        head: &[u8],
+        rows: Vec<HeldRow>,
+        deadline: Instant,
+    ) -> Result<()> {
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(rows.len() + 1);
+        parts.push(head);
+        parts.extend(rows.iter().map(|row| &**row));
+        self.send_parts(peer, &parts, deadline)
+    }
+
+    /// Lets go of every row an earlier [`send_held`](Self::send_held)
+    /// still holds, waiting until `deadline` for the sends that read them;
+    /// a connection whose sends are still not done by then is failed (so
+    /// its device lets go of them). A server calls this before it applies
+    /// a push: a held row would make the push wait for ever on its own
+    /// thread. The default holds nothing and returns at once.
+    fn release_held(&mut self, deadline: Instant) -> Result<()> {
+        let _ = deadline;
+        Ok(())
     }
 
     /// The tail of a received frame sent with

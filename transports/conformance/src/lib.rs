@@ -28,10 +28,11 @@ pub use kept_session::{KEPT_CLOCKS, KEPT_KEYS, KEPT_ROW_WIDTH, pulled_rows_read_
 pub use stash_session::{STASH_CLOCKS, STASH_KEYS, STASH_ROW_WIDTH, stashed_pushes_sum_exactly};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use laggard::Error;
-use laggard::transport::{Endpoint, Event, PeerId, Stash, Transport};
+use laggard::transport::{Endpoint, Event, HeldRow, PeerId, Stash, Transport};
 
 /// Makes transports for the suite.
 pub trait Factory: Sync {
@@ -90,6 +91,7 @@ pub fn run_all<F: Factory>(f: &F) {
     large_frames(f);
     frames_sent_in_parts_arrive_whole(f);
     stashed_frames_arrive_whole(f);
+    held_rows_arrive_whole_and_are_let_go(f);
     taken_frames_keep_their_bytes_and_release_credit(f);
     kept_frames_keep_their_bytes_until_they_crowd(f);
     many_concurrent_connections(f);
@@ -247,6 +249,95 @@ pub fn stashed_frames_arrive_whole<F: Factory>(f: &F) {
             }
         }
     });
+}
+
+/// [`Endpoint::send_held`] sends its head and then its rows as one frame,
+/// intact and in order with the frames around it, and every row is let go
+/// of once [`Endpoint::release_held`] returned: rows of several lengths,
+/// the same rows again (a transport may keep what it registered of them),
+/// more rows in one frame than a device gathers in one write, plain frames
+/// between. Rows sent to a receiver that is not receiving are let go of
+/// too (a device's writes complete without the peer's CPU).
+pub fn held_rows_arrive_whole_and_are_let_go<F: Factory>(f: &F) {
+    let t = f.with_buffering(4 << 20);
+    let mut server = t.bind("held-server").unwrap();
+    let mut client = t.bind("held-client").unwrap();
+    let peer = client.connect("held-server", deadline()).unwrap();
+    let rows: Vec<Arc<Vec<u8>>> = (0..48usize)
+        .map(|r| {
+            let len = [64 << 10, 8, (64 << 10) + 8, 1000][r % 4];
+            Arc::new((0..len).map(|j| ((r * 7 + j) % 239) as u8).collect())
+        })
+        .collect();
+    // Frame i: a plain frame, one row, three rows, or 40 short rows (some
+    // twice), after a head.
+    let picked = |i: usize| -> Vec<usize> {
+        match i % 4 {
+            0 => vec![],
+            1 => vec![i % 48],
+            2 => vec![i % 48, (i + 1) % 48, (i + 2) % 48],
+            _ => (0..40).map(|k| (2 * (i + k) + 1) % 48).collect(),
+        }
+    };
+    let head = |i: usize| -> Vec<u8> { (0..8 + 8 * (i % 3)).map(|j| (i * 3 + j) as u8).collect() };
+    let expected = |i: usize| -> Vec<u8> {
+        let mut frame = head(i);
+        for r in picked(i) {
+            frame.extend_from_slice(&rows[r]);
+        }
+        frame
+    };
+    let send = |client: &mut <F::T as Transport>::Endpoint, i: usize| {
+        if picked(i).is_empty() {
+            send_bytes(client, peer, &head(i)).unwrap();
+        } else {
+            let held = picked(i)
+                .into_iter()
+                .map(|r| HeldRow::new(Arc::clone(&rows[r])))
+                .collect();
+            client.send_held(peer, &head(i), held, deadline()).unwrap();
+        }
+    };
+    let all_let_go = |rows: &[Arc<Vec<u8>>]| {
+        for (r, row) in rows.iter().enumerate() {
+            assert_eq!(
+                Arc::strong_count(row),
+                1,
+                "row {r} is still held after release_held returned"
+            );
+        }
+    };
+    client
+        .release_held(deadline())
+        .expect("releasing with nothing held");
+    // Before the receiver looks at anything.
+    let early = 4;
+    for i in 0..early {
+        send(&mut client, i);
+    }
+    client
+        .release_held(deadline())
+        .expect("releasing rows sent to a receiver that is not receiving");
+    all_let_go(&rows);
+    let frames = 120usize;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for i in early..frames {
+                send(&mut client, i);
+            }
+            client.release_held(deadline()).unwrap();
+            client.flush(peer, deadline()).unwrap();
+        });
+        for i in 0..frames {
+            let (_, frame) = next_frame(&mut server);
+            assert!(
+                frame == expected(i),
+                "frame {i} ({} rows) corrupted or out of order",
+                picked(i).len()
+            );
+        }
+    });
+    all_let_go(&rows);
 }
 
 /// [`Endpoint::take_frame`] moves a frame's exact bytes into the given

@@ -5,6 +5,12 @@
 //! workspace keeps frames (RDMA, which does, runs the same checks in its
 //! soft-RoCE guest), so this is how the worker's side of keeping is
 //! checked on every machine.
+//!
+//! The wrapper also holds the rows a server sends with
+//! [`Endpoint::send_held`] until [`Endpoint::release_held`], as an RDMA
+//! device does until its write completes: a server that applied a push to
+//! a row it still held would wait on itself for ever, which the session
+//! checks below would catch by not finishing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +19,8 @@ use std::time::Instant;
 
 use laggard::Result;
 use laggard::transport::{
-    Endpoint, Event, InProcess, InProcessBuf, InProcessEndpoint, InProcessFrame, KeptFrame, PeerId,
-    Transport,
+    Endpoint, Event, HeldRow, InProcess, InProcessBuf, InProcessEndpoint, InProcessFrame,
+    KeptFrame, PeerId, Transport,
 };
 use laggard_conformance::Factory;
 
@@ -22,6 +28,8 @@ use laggard_conformance::Factory;
 struct Keeping {
     net: InProcess,
     capacity: usize,
+    /// Rows sent with `send_held`, by every endpoint.
+    rows_held: Arc<AtomicUsize>,
 }
 
 impl Keeping {
@@ -29,6 +37,7 @@ impl Keeping {
         Keeping {
             net: InProcess::with_capacity(capacity),
             capacity,
+            rows_held: Arc::default(),
         }
     }
 }
@@ -40,6 +49,8 @@ impl Transport for Keeping {
             inner: self.net.bind(name)?,
             capacity: self.capacity,
             kept: HashMap::new(),
+            held: Vec::new(),
+            rows_held: Arc::clone(&self.rows_held),
         })
     }
 }
@@ -49,6 +60,9 @@ struct KeepingEndpoint {
     capacity: usize,
     /// Bytes of frames kept and not yet dropped, per peer.
     kept: HashMap<PeerId, Arc<AtomicUsize>>,
+    /// Rows sent with `send_held` and not yet released.
+    held: Vec<HeldRow>,
+    rows_held: Arc<AtomicUsize>,
 }
 
 /// A received frame and the peer it came from.
@@ -94,6 +108,24 @@ impl Endpoint for KeepingEndpoint {
     }
     fn send(&mut self, buf: InProcessBuf) -> Result<()> {
         self.inner.send(buf)
+    }
+    fn send_held(
+        &mut self,
+        peer: PeerId,
+        head: &[u8],
+        rows: Vec<HeldRow>,
+        deadline: Instant,
+    ) -> Result<()> {
+        let mut parts: Vec<&[u8]> = vec![head];
+        parts.extend(rows.iter().map(|row| &**row));
+        self.inner.send_parts(peer, &parts, deadline)?;
+        self.rows_held.fetch_add(rows.len(), Ordering::SeqCst);
+        self.held.extend(rows);
+        Ok(())
+    }
+    fn release_held(&mut self, _deadline: Instant) -> Result<()> {
+        self.held.clear();
+        Ok(())
     }
     fn take_frame(&mut self, frame: Self::Frame, into: &mut Vec<u8>) {
         self.inner.take_frame(frame.1, into)
@@ -155,9 +187,29 @@ fn kept_frames_keep_their_bytes_until_they_crowd() {
     assert!(crowded > 0, "the frames kept never crowded the connection");
 }
 
+/// Runs the kept-rows session over `net` on a thread of its own, failing
+/// if it does not finish in time (a server waiting on a row it holds).
+fn session(net: Keeping) -> laggard::proto::ClientStats {
+    let rows_held = Arc::clone(&net.rows_held);
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(laggard_conformance::pulled_rows_read_right_when_kept(&net));
+    });
+    let stats = finished
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .expect("the session did not finish: did the server push to a row it still held?");
+    assert!(rows_held.load(Ordering::SeqCst) > 0, "no row was sent held");
+    stats
+}
+
+#[test]
+fn held_rows_arrive_whole_and_are_let_go() {
+    laggard_conformance::held_rows_arrive_whole_and_are_let_go(&KeepingFactory);
+}
+
 #[test]
 fn pulled_rows_read_right_where_they_are_kept() {
-    let stats = laggard_conformance::pulled_rows_read_right_when_kept(&Keeping::new(64 << 20));
+    let stats = session(Keeping::new(64 << 20));
     assert!(stats.rows_kept > 0, "no row was kept: {stats:?}");
     assert_eq!(
         stats.kept_rows_copied, 0,
@@ -167,7 +219,7 @@ fn pulled_rows_read_right_where_they_are_kept() {
 
 #[test]
 fn pulled_rows_kept_are_copied_out_when_they_crowd() {
-    let stats = laggard_conformance::pulled_rows_read_right_when_kept(&Keeping::new(1 << 20));
+    let stats = session(Keeping::new(1 << 20));
     assert!(stats.rows_kept > 0, "no row was kept: {stats:?}");
     assert!(
         stats.kept_rows_copied > 0,

@@ -46,6 +46,11 @@ fn stashed_frames_arrive_whole() {
 }
 
 #[test]
+fn held_rows_arrive_whole_and_are_let_go() {
+    laggard_conformance::held_rows_arrive_whole_and_are_let_go(&Tcp);
+}
+
+#[test]
 fn taken_frames_keep_their_bytes_and_release_credit() {
     laggard_conformance::taken_frames_keep_their_bytes_and_release_credit(&Tcp);
 }
