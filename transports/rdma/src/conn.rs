@@ -35,7 +35,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,8 @@ use crate::credit::{CreditRead, credit_check};
 use crate::hello::Hello;
 use crate::ring::{ALIGN, RecvRing, SendRing, Violation};
 use crate::stash::{RdmaStash, StashRegion};
-use crate::verbs::{self, Channel, Cq, Device, Gather, Mr, Path, Qp, QpAddress, Remote};
+use crate::verbs::{self, Channel, Cq, Device, ForeignMr, Gather, Mr, Path, Qp, QpAddress, Remote};
+use laggard::transport::HeldRow;
 
 /// Control messages have this bit set in their immediate value.
 const IMM_CONTROL: u32 = 1 << 31;
@@ -61,6 +62,10 @@ const WR_DATA: u64 = 1;
 const WR_READ: u64 = 2;
 const WR_CLOSE: u64 = 3;
 const WR_RECV: u64 = 4;
+/// The bits of a work request id that say which of the above it is; a
+/// frame write's id also carries its number above them.
+const WR_KIND: u64 = 7;
+const WR_NUMBER_SHIFT: u32 = 3;
 
 /// One frame write in this many asks for a work completion (and the close
 /// and every READ do): each completion costs the device and the poller
@@ -94,16 +99,91 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// What a frame's write gathers after the frame's head, from where it lies.
+#[derive(Debug, Default)]
+pub(crate) enum Tail {
+    /// Nothing: the whole frame is in the mirror ring.
+    #[default]
+    None,
+    /// A stash block, which its owner leaves unchanged until the frame is
+    /// released (`send_stashed`).
+    Stash(Gather),
+    /// Rows held until the write's completion (`send_held`).
+    Held(HeldWrite),
+}
+
+impl Tail {
+    /// What the write gathers.
+    fn gathers(&self) -> &[Gather] {
+        match self {
+            Tail::None => &[],
+            Tail::Stash(g) => std::slice::from_ref(g),
+            Tail::Held(h) => &h.gathers,
+        }
+    }
+
+    /// Bytes the write gathers after the head.
+    pub fn len(&self) -> usize {
+        self.gathers().iter().map(|g| g.len as usize).sum()
+    }
+}
+
+/// Rows a frame's write reads where they lie, held (with the registrations
+/// the write reads them through) until its completion is polled, or its
+/// queue pair destroyed. Counted in the endpoint's count of held writes
+/// while it lives.
+pub(crate) struct HeldWrite {
+    gathers: Vec<Gather>,
+    // Dropped in this order: the rows let go of before the registrations.
+    _rows: Vec<HeldRow>,
+    _regions: Vec<Arc<ForeignMr>>,
+    count: Arc<AtomicUsize>,
+}
+
+impl HeldWrite {
+    /// `rows`, read through `gathers` (one each) in `regions`; adds one to
+    /// `count` until dropped.
+    pub fn new(
+        gathers: Vec<Gather>,
+        rows: Vec<HeldRow>,
+        regions: Vec<Arc<ForeignMr>>,
+        count: &Arc<AtomicUsize>,
+    ) -> Self {
+        // Relaxed: the count only tells `release_held` whether to poll; the
+        // rows' own holds order the memory (their release pairs with the
+        // acquire of the next push to them).
+        count.fetch_add(1, Ordering::Relaxed);
+        HeldWrite {
+            gathers,
+            _rows: rows,
+            _regions: regions,
+            count: Arc::clone(count),
+        }
+    }
+}
+
+impl Drop for HeldWrite {
+    fn drop(&mut self) {
+        // Relaxed: as in `new`.
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for HeldWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HeldWrite({} rows)", self.gathers.len())
+    }
+}
+
 /// What became of a lent buffer, by reservation number.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Lent {
     Out,
-    /// `len` bytes at `offset` of the mirror ring, followed by `tail` if
-    /// the frame's tail lies in the stash.
+    /// `len` bytes at `offset` of the mirror ring, followed by `tail`.
     Sent {
         offset: u64,
         len: u32,
-        tail: Option<Gather>,
+        tail: Tail,
     },
     Dropped {
         offset: u64,
@@ -221,6 +301,8 @@ impl Pending {
                 recv: RecvRing::new(recv_len),
                 lent: VecDeque::new(),
                 first_lent: 0,
+                writes: 0,
+                held: VecDeque::new(),
                 credit_read: CreditRead::default(),
                 unsignaled: 0,
                 arrived: Vec::new(),
@@ -292,6 +374,11 @@ struct State {
     /// Lent buffers not yet posted, from reservation `first_lent` on.
     lent: VecDeque<Lent>,
     first_lent: u64,
+    /// Frame writes posted so far (each write's number is its count).
+    writes: u64,
+    /// Posted writes that read held rows, by number, until their
+    /// completion (or the queue pair's end, which drops them after it).
+    held: VecDeque<(u64, HeldWrite)>,
     /// Our READs of the peer's credit.
     credit_read: CreditRead,
     /// Frame writes posted since the last signalled one.
@@ -399,40 +486,67 @@ impl State {
 
     /// Posts every lent buffer that is next in line and settled.
     fn post_ready(&mut self) -> io::Result<()> {
-        while let Some(&front) = self.lent.front() {
-            let (len, tail, offset, imm) = match front {
-                Lent::Out => break,
-                Lent::Sent { offset, len, tail } => (len, tail, offset, (offset / ALIGN) as u32),
-                Lent::Dropped { offset } => (0, None, offset, IMM_PAD | (offset / ALIGN) as u32),
+        while matches!(
+            self.lent.front(),
+            Some(Lent::Sent { .. } | Lent::Dropped { .. })
+        ) {
+            let Some(front) = self.lent.pop_front() else {
+                break;
             };
-            self.lent.pop_front();
+            let (len, tail, offset, imm) = match front {
+                Lent::Sent { offset, len, tail } => (len, tail, offset, (offset / ALIGN) as u32),
+                Lent::Dropped { offset } => {
+                    (0, Tail::None, offset, IMM_PAD | (offset / ALIGN) as u32)
+                }
+                Lent::Out => unreachable!("only settled buffers are taken"),
+            };
             self.first_lent += 1;
             if self.failure.is_some() {
+                // Never posted: its held rows (if any) go at once.
                 continue;
             }
             let (addr, rkey) = self.remote_ring;
-            let signaled = self.unsignaled + 1 >= SIGNAL_EVERY;
+            // A write that reads held rows asks for its completion, which
+            // lets go of them.
+            let held = matches!(tail, Tail::Held(_));
+            let signaled = held || self.unsignaled + 1 >= SIGNAL_EVERY;
             self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
+            let number = self.writes + 1;
             // SAFETY: [offset, offset + len) is this reservation's part of
             // the mirror ring, which nobody touches until the receiver
-            // releases it (after the write landed there). A tail is a
+            // releases it (after the write landed there). A stash tail is a
             // stash block (`RdmaStash`), registered while its region lives
             // (the state holds it) and, by `send_stashed`'s contract, left
-            // unchanged until the frame was released.
+            // unchanged until the frame was released. Held rows are held
+            // unchanged, with their registrations, until this write's
+            // completion is polled (`writes_done`) or the queue pair is
+            // destroyed (`held` drops after `qp`).
             unsafe {
                 self.qp.write_imm(
-                    WR_DATA,
+                    WR_DATA | (number << WR_NUMBER_SHIFT),
                     &self.send_mr,
                     self.send_mr.addr() + offset,
                     len,
-                    tail,
+                    tail.gathers(),
                     (addr + offset, rkey),
                     imm,
                     signaled,
                 )?
             };
+            self.writes = number;
+            if let Tail::Held(h) = tail {
+                self.held.push_back((number, h));
+            }
         }
         Ok(())
+    }
+
+    /// Frame writes up to number `done` completed (successfully or not):
+    /// the device is done with the rows they held.
+    fn writes_done(&mut self, done: u64) {
+        while self.held.front().is_some_and(|(n, _)| *n <= done) {
+            self.held.pop_front();
+        }
     }
 
     /// Takes every completion off the queue.
@@ -456,13 +570,19 @@ impl State {
     }
 
     fn completion(&mut self, wc: &ffi::ibv_wc) {
-        if wc.wr_id() == WR_READ {
+        let kind = wc.wr_id() & WR_KIND;
+        if kind == WR_READ {
             self.credit_read.landed();
+        }
+        // Completions come in order: this write and every one before it
+        // are done with their rows, whatever its status.
+        if kind == WR_DATA {
+            self.writes_done(wc.wr_id() >> WR_NUMBER_SHIFT);
         }
         if let Some((status, vendor)) = wc.error() {
             let flushed = status == ffi::ibv_wc_status::IBV_WC_WR_FLUSH_ERR;
             if !(flushed && (self.failure.is_some() || self.closing)) {
-                let what = match wc.wr_id() {
+                let what = match kind {
                     WR_RECV => "a receive",
                     WR_READ => "an RDMA READ of the peer's credit",
                     _ => "an RDMA WRITE",
@@ -474,7 +594,7 @@ impl State {
             }
             return;
         }
-        match wc.wr_id() {
+        match kind {
             WR_READ => self.credit_arrived(),
             WR_CLOSE => self.close_done = true,
             WR_DATA => {}
@@ -606,14 +726,14 @@ impl Conn {
     }
 
     /// Sends (or, with `send` false, abandons) reservation `seq`: its first
-    /// `len` bytes, then `tail` if given (the reservation's length is the
-    /// two together).
+    /// `len` bytes, then `tail` (the reservation's length is the two
+    /// together).
     pub fn settle(
         &self,
         seq: u64,
         ptr: *mut u8,
         len: usize,
-        tail: Option<Gather>,
+        tail: Tail,
         send: bool,
     ) -> io::Result<()> {
         let mut st = lock(&self.state);
@@ -661,6 +781,24 @@ impl Conn {
         match &st.stash {
             Stash::Ready(region) => region.take(len),
             Stash::Unregistered(_) | Stash::Registering | Stash::Unavailable => None,
+        }
+    }
+
+    /// Takes the completions that arrived (for `release_held`): those of
+    /// writes of held rows let go of them. Whether any write still holds
+    /// rows.
+    pub fn reap(&self) -> bool {
+        let mut st = lock(&self.state);
+        st.poll();
+        !st.held.is_empty()
+    }
+
+    /// Fails the connection if a write of held rows has not completed:
+    /// the device then flushes it, and the next `reap` lets go of them.
+    pub fn fail_if_holding(&self, why: &str) {
+        let mut st = lock(&self.state);
+        if !st.held.is_empty() {
+            st.fail(why.to_owned());
         }
     }
 
@@ -737,7 +875,7 @@ impl Conn {
                 &st.ctl_mr,
                 st.ctl_mr.addr(),
                 0,
-                None,
+                &[],
                 st.remote_ring,
                 IMM_CLOSE,
                 true,

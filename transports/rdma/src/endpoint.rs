@@ -7,21 +7,22 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use laggard::transport::{Endpoint, Event, KeptFrame, PeerId, Stash, Transport};
+use laggard::transport::{Endpoint, Event, HeldRow, KeptFrame, PeerId, Stash, Transport};
 use laggard::{Error, Result};
 use rustix::event::{PollFd, PollFlags};
 
 use crate::config::RdmaConfig;
-use crate::conn::{self, Conn, Pending, Progress};
+use crate::conn::{self, Conn, HeldWrite, Pending, Progress, Tail};
+use crate::held::RowRegions;
 use crate::hello::{self, Hello, Reply};
 use crate::preflight::{self, DeviceInfo};
 use crate::stash::RdmaStash;
-use crate::verbs::{Channel, Device, Gather, Path};
+use crate::verbs::{Channel, Device, Path};
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -226,6 +227,9 @@ impl Transport for RdmaTransport {
             next_peer: 0,
             events: VecDeque::new(),
             progress: Vec::new(),
+            held: Arc::default(),
+            holders: Vec::new(),
+            regions: RowRegions::default(),
         })
     }
 }
@@ -365,6 +369,13 @@ pub struct RdmaEndpoint {
     next_peer: u64,
     events: VecDeque<Event<RdmaFrame>>,
     progress: Vec<Progress>,
+    /// Writes that hold table rows ([`Endpoint::send_held`]), until their
+    /// completions are polled.
+    held: Arc<AtomicUsize>,
+    /// The connections those writes went to (some may be gone).
+    holders: Vec<Weak<Conn>>,
+    /// Table rows registered for sending in place.
+    regions: RowRegions,
 }
 
 impl fmt::Debug for RdmaEndpoint {
@@ -632,7 +643,7 @@ impl Endpoint for RdmaEndpoint {
                 seq,
                 ptr,
                 len,
-                tail: None,
+                tail: Tail::None,
                 sent: false,
             }),
             _ => Err(Error::NoResponse {
@@ -649,15 +660,16 @@ impl Endpoint for RdmaEndpoint {
         buf.sent = true;
         let conn = buf.conn.clone();
         if let Some(why) = conn.failure() {
-            conn.settle(buf.seq, buf.ptr, 0, None, false).ok();
+            conn.settle(buf.seq, buf.ptr, 0, Tail::None, false).ok();
             return Err(Error::Disconnected {
                 peer: conn.peer.clone(),
                 reason: why,
             });
         }
-        // A stashed tail ends the frame: the mirror holds the rest.
-        let head = buf.len - buf.tail.map_or(0, |t| t.len as usize);
-        conn.settle(buf.seq, buf.ptr, head, buf.tail, true)
+        // A gathered tail ends the frame: the mirror holds the rest.
+        let tail = std::mem::take(&mut buf.tail);
+        let head = buf.len - tail.len();
+        conn.settle(buf.seq, buf.ptr, head, tail, true)
             .map_err(|e| Error::Disconnected {
                 peer: conn.peer.clone(),
                 reason: format!("posting an RDMA WRITE failed: {e}"),
@@ -726,8 +738,110 @@ impl Endpoint for RdmaEndpoint {
         };
         let mut buf = self.lend(peer, head.len() + tail.len(), deadline)?;
         buf[..head.len()].copy_from_slice(head);
-        buf.tail = Some(block.gather());
+        buf.tail = Tail::Stash(block.gather());
         self.send(buf)
+    }
+
+    /// One RDMA WRITE of the frame, gathered from `head` (copied into the
+    /// mirror ring) and each row where it lies, in the table: a pull
+    /// response goes from the server's table to the worker's ring with no
+    /// copy. Each row's memory is registered on its first send and kept
+    /// registered while its table lives. The rows stay held until the
+    /// write's completion is polled (`release_held`, or any later wait of
+    /// this endpoint's). Rows that cannot be registered, or more than the
+    /// device gathers in one write, are copied into the mirror instead.
+    fn send_held(
+        &mut self,
+        peer: PeerId,
+        head: &[u8],
+        rows: Vec<HeldRow>,
+        deadline: Instant,
+    ) -> Result<()> {
+        let conn = self.conn(peer)?;
+        let dev = Arc::clone(&self.opened.dev);
+        let mut gathers = Vec::with_capacity(rows.len());
+        let mut regions = Vec::with_capacity(rows.len());
+        if rows.len() < dev.send_sge as usize {
+            for row in &rows {
+                let Some((gather, region)) = self.regions.gather(&dev, row) else {
+                    break;
+                };
+                gathers.push(gather);
+                regions.push(region);
+            }
+        }
+        if gathers.len() < rows.len() {
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(rows.len() + 1);
+            parts.push(head);
+            parts.extend(rows.iter().map(|row| &**row));
+            return self.send_parts(peer, &parts, deadline);
+        }
+        let len = head.len() + rows.iter().map(|row| row.len()).sum::<usize>();
+        let mut buf = self.lend(peer, len, deadline)?;
+        buf[..head.len()].copy_from_slice(head);
+        buf.tail = Tail::Held(HeldWrite::new(gathers, rows, regions, &self.held));
+        if !self
+            .holders
+            .iter()
+            .any(|h| h.as_ptr() == Arc::as_ptr(&conn))
+        {
+            self.holders.push(Arc::downgrade(&conn));
+        }
+        self.send(buf)
+    }
+
+    /// Polls the connections that rows were sent to until every write of
+    /// held rows completed. A connection whose writes are not done by
+    /// `deadline` is failed (its peer is unreachable: the device's own
+    /// retries would end it too), which flushes them; then they are let go
+    /// of at once.
+    fn release_held(&mut self, deadline: Instant) -> Result<()> {
+        // Relaxed: see HeldWrite::new.
+        if self.held.load(Ordering::Relaxed) == 0 {
+            self.holders.clear();
+            return Ok(());
+        }
+        let start = Instant::now();
+        let mut failed_at = None;
+        loop {
+            // A connection that is gone dropped its writes' rows with it.
+            self.holders.retain(|h| h.strong_count() > 0);
+            for conn in self.holders.iter().filter_map(Weak::upgrade) {
+                conn.reap();
+            }
+            if self.held.load(Ordering::Relaxed) == 0 {
+                self.holders.clear();
+                return Ok(());
+            }
+            let now = Instant::now();
+            match failed_at {
+                None if now >= deadline => {
+                    let why = format!(
+                        "its RDMA writes of table rows did not complete in {:?}",
+                        now - start
+                    );
+                    for conn in self.holders.iter().filter_map(Weak::upgrade) {
+                        conn.fail_if_holding(&why);
+                    }
+                    failed_at = Some(now);
+                }
+                Some(at) if now - at >= self.shared.cfg.linger => {
+                    return Err(Error::NoResponse {
+                        what: format!(
+                            "the RDMA device to finish (or flush) its writes of table rows to {}",
+                            self.holders
+                                .iter()
+                                .filter_map(Weak::upgrade)
+                                .map(|c| c.peer.clone())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        waited: now - start,
+                    });
+                }
+                _ => std::thread::yield_now(),
+            }
+        }
     }
 
     /// Keeps the frame in the receive ring, where the peer's device wrote
@@ -792,9 +906,9 @@ pub struct RdmaBuf {
     seq: u64,
     ptr: *mut u8,
     len: usize,
-    /// The frame's last bytes are this stash block's, gathered by the
-    /// write (`send_stashed`), not the mirror's.
-    tail: Option<Gather>,
+    /// The frame's last bytes, gathered by the write from where they lie
+    /// (a stash block, or held rows), not from the mirror.
+    tail: Tail,
     sent: bool,
 }
 
@@ -828,7 +942,7 @@ impl DerefMut for RdmaBuf {
 impl Drop for RdmaBuf {
     fn drop(&mut self) {
         if !self.sent {
-            let _ = self.conn.settle(self.seq, self.ptr, 0, None, false);
+            let _ = self.conn.settle(self.seq, self.ptr, 0, Tail::None, false);
         }
     }
 }

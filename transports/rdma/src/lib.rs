@@ -74,6 +74,7 @@ mod config;
 mod conn;
 mod credit;
 mod endpoint;
+mod held;
 mod hello;
 mod preflight;
 mod ring;

@@ -86,6 +86,9 @@ pub(crate) fn device_names() -> io::Result<Vec<String>> {
 pub(crate) struct Device {
     ctx: *mut ffi::ibv_context,
     pd: *mut ffi::ibv_pd,
+    /// Scatter-gather entries each send of this device's queue pairs
+    /// takes: the device's most, at most [`MAX_SEND_SGE`].
+    pub send_sge: u32,
     pub live: Live,
 }
 
@@ -132,9 +135,22 @@ impl Device {
             unsafe { ffi::ibv_close_device(ctx) };
             return Err(err);
         }
+        let mut attr = ffi::ibv_device_attr::default();
+        // SAFETY: `ctx` is an open context and `attr` a writable
+        // ibv_device_attr that outlives the call.
+        let rc = unsafe { ffi::ibv_query_device(ctx, &mut attr) };
+        if rc != 0 {
+            // SAFETY: releasing what we made above, which nothing uses.
+            unsafe {
+                ffi::ibv_dealloc_pd(pd);
+                ffi::ibv_close_device(ctx);
+            }
+            return Err(io::Error::from_raw_os_error(rc));
+        }
         Ok(Arc::new(Device {
             ctx,
             pd,
+            send_sge: (attr.max_sge.max(0) as u32).clamp(MIN_SEND_SGE, MAX_SEND_SGE),
             live: Live::default(),
         }))
     }
@@ -406,6 +422,56 @@ impl Drop for Mr {
     }
 }
 
+/// Memory laggard does not own (a table row), registered for the device
+/// to read in local work requests; deregistered on drop.
+pub(crate) struct ForeignMr {
+    mr: *mut ffi::ibv_mr,
+    dev: Arc<Device>,
+}
+
+// SAFETY: as for Mr: the registration is only read (its key); the memory
+// is reached only by the device, in work requests whose callers keep it
+// unchanged.
+unsafe impl Send for ForeignMr {}
+// SAFETY: as for Send.
+unsafe impl Sync for ForeignMr {}
+
+impl ForeignMr {
+    /// Registers `len` bytes at `addr` for local reads (the device's, in
+    /// sends). The pages are pinned until the drop, whatever becomes of the
+    /// memory meanwhile: freed memory is not reused by the device (only
+    /// sends whose caller holds the bytes read them).
+    pub fn register(dev: &Arc<Device>, addr: *const u8, len: usize) -> io::Result<ForeignMr> {
+        // SAFETY: registration reads nothing; it pins the pages of the
+        // range, which the caller's borrow shows are mapped. Local reads
+        // need no access flags.
+        let mr = unsafe { ffi::ibv_reg_mr(dev.pd, addr as *mut c_void, len, 0) };
+        if mr.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        Live::up(&dev.live.mrs);
+        Ok(ForeignMr {
+            mr,
+            dev: dev.clone(),
+        })
+    }
+
+    pub fn lkey(&self) -> u32 {
+        // SAFETY: the registration is valid for our lifetime.
+        unsafe { (*self.mr).lkey }
+    }
+}
+
+impl Drop for ForeignMr {
+    fn drop(&mut self) {
+        // SAFETY: every work request that read through this registration
+        // completed or was flushed: the sends that use it hold it (an Arc)
+        // until their completion, or until their queue pair is destroyed.
+        unsafe { ffi::ibv_dereg_mr(self.mr) };
+        Live::down(&self.dev.live.mrs);
+    }
+}
+
 /// What a queue pair needs to know of its remote end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct QpAddress {
@@ -426,12 +492,17 @@ pub(crate) struct Path {
 /// Bytes a WRITE may carry inline (small frames).
 const INLINE_MAX: u32 = 64;
 
-/// Scatter-gather entries per send: a frame's head in the mirror ring and
-/// its tail in the stash.
-const MAX_SEND_SGE: u32 = 2;
+/// Scatter-gather entries per send that laggard asks for at most: a
+/// frame's head in the mirror ring, then its tail (a stash block, or the
+/// table rows of a pull response) where it lies.
+pub(crate) const MAX_SEND_SGE: u32 = 32;
+
+/// Scatter-gather entries per send that laggard needs: a frame's head and
+/// a stashed tail. A device with fewer is not supported.
+const MIN_SEND_SGE: u32 = 2;
 
 /// Bytes of registered memory a write gathers after its first part: a
-/// stashed tail ([`Qp::write_imm`]).
+/// stashed tail, or a held row ([`Qp::write_imm`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gather {
     /// Address of the first byte.
@@ -486,7 +557,7 @@ impl Qp {
             cap: ffi::ibv_qp_cap {
                 max_send_wr: send_depth,
                 max_recv_wr: recv_depth,
-                max_send_sge: MAX_SEND_SGE,
+                max_send_sge: dev.send_sge,
                 max_recv_sge: 1,
                 max_inline_data: INLINE_MAX,
             },
@@ -593,7 +664,8 @@ impl Qp {
     }
 
     /// Posts an RDMA WRITE WITH IMMEDIATE of `len` bytes at `local` (in
-    /// `mr`), followed by the bytes of `tail` if given, to the remote
+    /// `mr`), followed by the bytes of each of `tail` (at most
+    /// [`Device::send_sge`] - 1 of them), to the remote
     /// address under its key: one write, gathered from both. Up to
     /// [`INLINE_MAX`] bytes in all go inline (copied into the work request).
     /// Only a `signaled` one completes with a work completion when it
@@ -602,8 +674,8 @@ impl Qp {
     /// slots are reclaimed.
     ///
     /// # Safety
-    /// `local..local+len` lies in `mr`, `tail`'s bytes lie in the memory
-    /// region its key names, and both stay untouched until the device has
+    /// `local..local+len` lies in `mr`, each tail's bytes lie in the memory
+    /// region its key names, and all stay untouched until the device has
     /// read them: until the completion of this or a later work request is
     /// polled, or the peer has seen the write.
     #[allow(clippy::too_many_arguments)]
@@ -613,7 +685,7 @@ impl Qp {
         mr: &Mr,
         local: u64,
         len: u32,
-        tail: Option<Gather>,
+        tail: &[Gather],
         remote: (u64, u32),
         imm: u32,
         signaled: bool,
@@ -622,9 +694,18 @@ impl Qp {
             addr: local,
             length: len,
             lkey: mr.lkey(),
-        }; 2];
+        }; MAX_SEND_SGE as usize];
         let mut n = usize::from(len > 0);
-        if let Some(t) = tail.filter(|t| t.len > 0) {
+        for t in tail.iter().filter(|t| t.len > 0) {
+            if n == self.dev.send_sge as usize {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "a write gathers more parts than the device takes ({})",
+                        self.dev.send_sge
+                    ),
+                ));
+            }
             sges[n] = ffi::ibv_sge {
                 addr: t.addr,
                 length: t.len,
@@ -672,7 +753,7 @@ impl Qp {
     }
 
     /// Posts one one-sided work request (`opcode`, with `flags`) gathering
-    /// `sges` (at most [`MAX_SEND_SGE`], none for an empty write) against
+    /// `sges` (at most the device's [`Device::send_sge`], none for an empty write) against
     /// the remote address.
     ///
     /// # Safety
@@ -687,7 +768,9 @@ impl Qp {
         remote: (u64, u32),
         imm: u32,
     ) -> io::Result<()> {
-        debug_assert!(sges.len() <= MAX_SEND_SGE as usize && sges.iter().all(|s| s.length > 0));
+        debug_assert!(
+            sges.len() <= self.dev.send_sge as usize && sges.iter().all(|s| s.length > 0)
+        );
         let mut wr = ffi::ibv_send_wr {
             wr_id,
             next: ptr::null_mut(),

@@ -41,6 +41,11 @@ fn stashed_frames_arrive_whole() {
 }
 
 #[test]
+fn held_rows_arrive_whole_and_are_let_go() {
+    laggard_conformance::held_rows_arrive_whole_and_are_let_go(&Rdma);
+}
+
+#[test]
 fn taken_frames_keep_their_bytes_and_release_credit() {
     laggard_conformance::taken_frames_keep_their_bytes_and_release_credit(&Rdma);
 }
