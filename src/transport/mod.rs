@@ -26,6 +26,11 @@
 //!   long as it says when kept frames crowd the sender
 //!   ([`Endpoint::kept_frames_crowd`]): the worker caches long pulled rows
 //!   so, never copying them out of the transport's memory.
+//! - **Held rows.** A server sends a long pull response as its head and
+//!   the rows where they lie in the table ([`Endpoint::send_held`]); a
+//!   transport whose device reads memory in place (RDMA) sends them from
+//!   there and holds them until its write completes
+//!   ([`Endpoint::release_held`]), so neither side's CPU copies the rows.
 //!
 //! Every blocking call takes a deadline. A peer that goes away shows up as
 //! an [`Event::Disconnected`] to the other side and makes sends to it fail,
@@ -166,6 +171,22 @@ impl std::fmt::Debug for KeptFrame {
     }
 }
 
+/// Sends `head` and `rows` as one frame with [`Endpoint::send_parts`]: what
+/// [`Endpoint::send_held`] does by default, for a transport that sends
+/// some held rows in place and copies others.
+pub fn send_held_as_parts<E: Endpoint + ?Sized>(
+    ep: &mut E,
+    peer: PeerId,
+    head: &[u8],
+    rows: &[HeldRow],
+    deadline: Instant,
+) -> Result<()> {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(rows.len() + 1);
+    parts.push(head);
+    parts.extend(rows.iter().map(|row| &**row));
+    ep.send_parts(peer, &parts, deadline)
+}
+
 /// A connection as one endpoint sees it. Ids are local to the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(pub u64);
@@ -297,10 +318,7 @@ pub trait Endpoint: Send {
         rows: Vec<HeldRow>,
         deadline: Instant,
     ) -> Result<()> {
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(rows.len() + 1);
-        parts.push(head);
-        parts.extend(rows.iter().map(|row| &**row));
-        self.send_parts(peer, &parts, deadline)
+        send_held_as_parts(self, peer, head, &rows, deadline)
     }
 
     /// Lets go of every row an earlier [`send_held`](Self::send_held)

@@ -116,9 +116,7 @@ impl Endpoint for KeepingEndpoint {
         rows: Vec<HeldRow>,
         deadline: Instant,
     ) -> Result<()> {
-        let mut parts: Vec<&[u8]> = vec![head];
-        parts.extend(rows.iter().map(|row| &**row));
-        self.inner.send_parts(peer, &parts, deadline)?;
+        laggard::transport::send_held_as_parts(&mut self.inner, peer, head, &rows, deadline)?;
         self.rows_held.fetch_add(rows.len(), Ordering::SeqCst);
         self.held.extend(rows);
         Ok(())

@@ -771,10 +771,7 @@ impl Endpoint for RdmaEndpoint {
             }
         }
         if gathers.len() < rows.len() {
-            let mut parts: Vec<&[u8]> = Vec::with_capacity(rows.len() + 1);
-            parts.push(head);
-            parts.extend(rows.iter().map(|row| &**row));
-            return self.send_parts(peer, &parts, deadline);
+            return laggard::transport::send_held_as_parts(self, peer, head, &rows, deadline);
         }
         let len = head.len() + rows.iter().map(|row| row.len()).sum::<usize>();
         let mut buf = self.lend(peer, len, deadline)?;

@@ -14,6 +14,14 @@
 //!   received frame is read where it landed. A pull response is therefore
 //!   written by the server's device straight into memory the worker reads.
 //!   No copy is made by the transport on either side.
+//! - **Held rows.** A server answers a long pull with
+//!   [`Endpoint::send_held`](laggard::transport::Endpoint::send_held): one
+//!   write gathered from the response's head (in the mirror) and each row
+//!   where it lies in the server's table, registered on its first send and
+//!   kept registered while the table lives. A row is held, so pushes to it
+//!   wait, until the write's completion is polled; the server lets go of
+//!   its rows ([`Endpoint::release_held`](laggard::transport::Endpoint::release_held))
+//!   before it applies a push. So the server's CPU copies no pulled row.
 //! - **Kept frames.** Frames may be kept in the ring
 //!   ([`Endpoint::keep_frame`](laggard::transport::Endpoint::keep_frame)):
 //!   the worker caches long pulled rows where the server's device wrote
@@ -31,8 +39,10 @@
 //!   waits for room: bounded queues, backpressure, no receiver-not-ready
 //!   storms.
 //! - **Memory** is registered once per connection (two rings and a page)
-//!   and deregistered when the connection's last frame is dropped;
-//!   [`RdmaTransport::leaks`] counts what is still registered.
+//!   and deregistered when the connection's last frame is dropped, and
+//!   once per held table row, deregistered with its endpoint (or when the
+//!   table is gone); [`RdmaTransport::leaks`] counts what is still
+//!   registered.
 //! - **Waiting** spins briefly, then sleeps on a completion channel.
 //! - **Failures.** A completion error (retry exceeded, remote access error,
 //!   flush) or a side channel that closes without an in-band close ends

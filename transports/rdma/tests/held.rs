@@ -6,24 +6,12 @@
 //! `guest/guest.sh`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use laggard::transport::{Endpoint, Event, HeldRow, PeerId, Transport};
+use laggard::transport::{Endpoint, Event, HeldRow, Transport};
+mod common;
+
+use common::{connect, soon};
 use laggard_rdma::{RdmaEndpoint, RdmaTransport};
-
-fn soon() -> Instant {
-    Instant::now() + Duration::from_secs(20)
-}
-
-/// A client connected to `server`: (client, its peer id for the server).
-fn connect(net: &RdmaTransport, name: &str, server: &mut RdmaEndpoint) -> (RdmaEndpoint, PeerId) {
-    let mut client = net.bind(name).unwrap();
-    let peer = client.connect(server.name(), soon()).unwrap();
-    let Some(Event::Connected(_)) = server.recv(soon()).unwrap() else {
-        panic!("no connection")
-    };
-    (client, peer)
-}
 
 /// Memory regions the transport has registered now.
 fn regions(net: &RdmaTransport) -> usize {

@@ -7,25 +7,12 @@
 //! ([`laggard_conformance::stashed_pushes_sum_exactly`]). Needs an RDMA
 //! device (soft-RoCE is enough): run through `guest/guest.sh`.
 
-use std::time::{Duration, Instant};
-
-use laggard::transport::{Endpoint, Event, PeerId, Transport};
+use laggard::transport::{Endpoint, Event, Transport};
 use laggard_conformance::{STASH_CLOCKS, STASH_KEYS, STASH_ROW_WIDTH, stashed_pushes_sum_exactly};
+mod common;
+
+use common::{connect, soon};
 use laggard_rdma::{RdmaConfig, RdmaEndpoint, RdmaTransport};
-
-fn soon() -> Instant {
-    Instant::now() + Duration::from_secs(20)
-}
-
-/// A client connected to `server`: (client, its peer id for the server).
-fn connect(net: &RdmaTransport, name: &str, server: &mut RdmaEndpoint) -> (RdmaEndpoint, PeerId) {
-    let mut client = net.bind(name).unwrap();
-    let peer = client.connect(server.name(), soon()).unwrap();
-    let Some(Event::Connected(_)) = server.recv(soon()).unwrap() else {
-        panic!("no connection")
-    };
-    (client, peer)
-}
 
 /// The next frame `ep` receives, whole.
 fn next_frame(ep: &mut RdmaEndpoint) -> Vec<u8> {
