@@ -233,7 +233,8 @@ impl<E: Endpoint> Server<E> {
     /// one hold, so they add up to one version of the row.
     ///
     /// Long responses whose rows all lie in place (wide rows) go out with
-    /// [`Endpoint::send_held`]: the transport may keep holding them after
+    /// [`Endpoint::send_held`] where the transport sends that many rows in
+    /// place ([`Endpoint::held_rows_per_frame`]): it may keep holding them after
     /// this returns (an RDMA device reads them from the table), until
     /// [`Endpoint::release_held`], which [`ApplyAfterRelease`] calls before
     /// any push is applied.
@@ -268,7 +269,10 @@ impl<E: Endpoint> Server<E> {
                 });
             }
         }
-        if value_len >= SEND_IN_PARTS && value_len % 8 == 0 {
+        if value_len >= SEND_IN_PARTS
+            && value_len % 8 == 0
+            && keys.len() <= self.ep.held_rows_per_frame()
+        {
             if let Some(rows) = self.tables.hold_rows(table, keys)? {
                 let head = pull_response_head(req, clock, table, keys.len() as u32, value_len);
                 return self.ep.send_held(peer, &head, rows, deadline);

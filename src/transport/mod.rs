@@ -321,6 +321,15 @@ pub trait Endpoint: Send {
         send_held_as_parts(self, peer, head, &rows, deadline)
     }
 
+    /// How many rows one [`send_held`](Self::send_held) sends from where
+    /// they lie at most; 0 (the default) for a transport that copies them
+    /// anyway. A server holds rows only for a transport that sends them in
+    /// place, and only as many as it takes: holding costs an allocation
+    /// per row, and a held row keeps pushes to it waiting.
+    fn held_rows_per_frame(&self) -> usize {
+        0
+    }
+
     /// Lets go of every row an earlier [`send_held`](Self::send_held)
     /// still holds, waiting until `deadline` for the sends that read them;
     /// a connection whose sends are still not done by then is failed (so

@@ -121,6 +121,9 @@ impl Endpoint for KeepingEndpoint {
         self.held.extend(rows);
         Ok(())
     }
+    fn held_rows_per_frame(&self) -> usize {
+        64
+    }
     fn release_held(&mut self, _deadline: Instant) -> Result<()> {
         self.held.clear();
         Ok(())

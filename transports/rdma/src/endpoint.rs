@@ -787,6 +787,11 @@ impl Endpoint for RdmaEndpoint {
         self.send(buf)
     }
 
+    /// As many as the device gathers in one write, after the head.
+    fn held_rows_per_frame(&self) -> usize {
+        self.opened.dev.send_sge as usize - 1
+    }
+
     /// Polls the connections that rows were sent to until every write of
     /// held rows completed. A connection whose writes are not done by
     /// `deadline` is failed (its peer is unreachable: the device's own
