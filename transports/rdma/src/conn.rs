@@ -43,6 +43,7 @@ use ibverbs_sys as ffi;
 
 use crate::config::RdmaConfig;
 use crate::credit::{CreditRead, credit_check};
+use crate::held::WriteLog;
 use crate::hello::Hello;
 use crate::ring::{ALIGN, RecvRing, SendRing, Violation};
 use crate::stash::{RdmaStash, StashRegion};
@@ -301,8 +302,7 @@ impl Pending {
                 recv: RecvRing::new(recv_len),
                 lent: VecDeque::new(),
                 first_lent: 0,
-                writes: 0,
-                held: VecDeque::new(),
+                writes: WriteLog::default(),
                 credit_read: CreditRead::default(),
                 unsignaled: 0,
                 arrived: Vec::new(),
@@ -374,11 +374,10 @@ struct State {
     /// Lent buffers not yet posted, from reservation `first_lent` on.
     lent: VecDeque<Lent>,
     first_lent: u64,
-    /// Frame writes posted so far (each write's number is its count).
-    writes: u64,
-    /// Posted writes that read held rows, by number, until their
-    /// completion (or the queue pair's end, which drops them after it).
-    held: VecDeque<(u64, HeldWrite)>,
+    /// Frame writes posted, and the held rows of those that read some,
+    /// until their completion (or the queue pair's end, which drops them
+    /// after it).
+    writes: WriteLog<HeldWrite>,
     /// Our READs of the peer's credit.
     credit_read: CreditRead,
     /// Frame writes posted since the last signalled one.
@@ -511,7 +510,7 @@ impl State {
             let held = matches!(tail, Tail::Held(_));
             let signaled = held || self.unsignaled + 1 >= SIGNAL_EVERY;
             self.unsignaled = if signaled { 0 } else { self.unsignaled + 1 };
-            let number = self.writes + 1;
+            let number = self.writes.next();
             // SAFETY: [offset, offset + len) is this reservation's part of
             // the mirror ring, which nobody touches until the receiver
             // releases it (after the write landed there). A stash tail is a
@@ -519,8 +518,8 @@ impl State {
             // (the state holds it) and, by `send_stashed`'s contract, left
             // unchanged until the frame was released. Held rows are held
             // unchanged, with their registrations, until this write's
-            // completion is polled (`writes_done`) or the queue pair is
-            // destroyed (`held` drops after `qp`).
+            // completion is polled (`completion`) or the queue pair is
+            // destroyed (`writes` drops after `qp`).
             unsafe {
                 self.qp.write_imm(
                     WR_DATA | (number << WR_NUMBER_SHIFT),
@@ -533,20 +532,12 @@ impl State {
                     signaled,
                 )?
             };
-            self.writes = number;
-            if let Tail::Held(h) = tail {
-                self.held.push_back((number, h));
-            }
+            self.writes.posted(match tail {
+                Tail::Held(h) => Some(h),
+                _ => None,
+            });
         }
         Ok(())
-    }
-
-    /// Frame writes up to number `done` completed (successfully or not):
-    /// the device is done with the rows they held.
-    fn writes_done(&mut self, done: u64) {
-        while self.held.front().is_some_and(|(n, _)| *n <= done) {
-            self.held.pop_front();
-        }
     }
 
     /// Takes every completion off the queue.
@@ -577,7 +568,7 @@ impl State {
         // Completions come in order: this write and every one before it
         // are done with their rows, whatever its status.
         if kind == WR_DATA {
-            self.writes_done(wc.wr_id() >> WR_NUMBER_SHIFT);
+            self.writes.done(wc.wr_id() >> WR_NUMBER_SHIFT);
         }
         if let Some((status, vendor)) = wc.error() {
             let flushed = status == ffi::ibv_wc_status::IBV_WC_WR_FLUSH_ERR;
@@ -790,14 +781,14 @@ impl Conn {
     pub fn reap(&self) -> bool {
         let mut st = lock(&self.state);
         st.poll();
-        !st.held.is_empty()
+        st.writes.holding()
     }
 
     /// Fails the connection if a write of held rows has not completed:
     /// the device then flushes it, and the next `reap` lets go of them.
     pub fn fail_if_holding(&self, why: &str) {
         let mut st = lock(&self.state);
-        if !st.held.is_empty() {
+        if st.writes.holding() {
             st.fail(why.to_owned());
         }
     }

@@ -1,5 +1,6 @@
-//! Registrations of held table rows ([`HeldRow`]), so that a pull response
-//! is written by the device straight from the server's table.
+//! Held table rows ([`HeldRow`]), so that a pull response is written by
+//! the device straight from the server's table: their registrations, and
+//! the log of posted writes that holds them until their completion.
 //!
 //! A row's memory is registered the first time it is sent and reused for
 //! every later send of it: registration pins pages and costs a system call
@@ -10,7 +11,7 @@
 //! with another owner.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
 use laggard::transport::HeldRow;
@@ -85,5 +86,104 @@ impl RowRegions {
         }
         self.regions.retain(|_, r| r.owner.strong_count() > 0);
         self.next_sweep = self.regions.len() * 2;
+    }
+}
+
+/// A connection's frame writes, numbered as they are posted, and what each
+/// write that reads held rows holds until its completion. Completions come
+/// in order, so one for write `n` (successful or not) means that every
+/// write up to `n` is done with its memory.
+pub(crate) struct WriteLog<T> {
+    posted: u64,
+    held: VecDeque<(u64, T)>,
+}
+
+impl<T> Default for WriteLog<T> {
+    fn default() -> Self {
+        WriteLog {
+            posted: 0,
+            held: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> WriteLog<T> {
+    /// The number the next write posted gets.
+    pub fn next(&self) -> u64 {
+        self.posted + 1
+    }
+
+    /// The next write was posted; it holds `held`, if given, until done.
+    pub fn posted(&mut self, held: Option<T>) {
+        self.posted += 1;
+        if let Some(h) = held {
+            self.held.push_back((self.posted, h));
+        }
+    }
+
+    /// Writes up to number `done` completed: drops what they held.
+    pub fn done(&mut self, done: u64) {
+        while self.held.front().is_some_and(|(n, _)| *n <= done) {
+            self.held.pop_front();
+        }
+    }
+
+    /// Whether a posted write still holds something.
+    pub fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// Records its number when dropped.
+    struct Held(u64, Rc<RefCell<Vec<u64>>>);
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.1.borrow_mut().push(self.0);
+        }
+    }
+
+    proptest! {
+        /// Against a model: a write's held rows are let go of exactly when
+        /// a completion of it or of a later write arrives, never before,
+        /// and once.
+        #[test]
+        fn held_rows_go_exactly_when_their_write_is_done(
+            ops in proptest::collection::vec((any::<bool>(), any::<bool>(), 0u64..4), 1..200),
+        ) {
+            let dropped = Rc::new(RefCell::new(Vec::new()));
+            let mut log = WriteLog::default();
+            let mut completed = 0u64;
+            let mut holding = Vec::new();
+            for (post, held, ahead) in ops {
+                if post {
+                    let n = log.next();
+                    log.posted(held.then(|| Held(n, Rc::clone(&dropped))));
+                    if held {
+                        holding.push(n);
+                    }
+                } else {
+                    // Completions arrive in order, each for a posted write.
+                    let posted = log.next() - 1;
+                    completed = (completed + ahead).min(posted);
+                    log.done(completed);
+                    let (gone, kept): (Vec<u64>, Vec<u64>) =
+                        holding.iter().partition(|&&n| n <= completed);
+                    holding = kept;
+                    let mut seen = dropped.borrow_mut();
+                    let mut now: Vec<u64> = seen.drain(..).collect();
+                    now.sort_unstable();
+                    prop_assert_eq!(now, gone);
+                }
+                prop_assert_eq!(log.holding(), !holding.is_empty());
+            }
+        }
     }
 }
