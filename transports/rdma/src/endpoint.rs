@@ -404,6 +404,21 @@ impl RdmaEndpoint {
         }
     }
 
+    /// Sends one frame: `head`, copied into the mirror ring, then `tail`,
+    /// which the device gathers from where it lies.
+    fn send_gathered(
+        &mut self,
+        peer: PeerId,
+        head: &[u8],
+        tail: Tail,
+        deadline: Instant,
+    ) -> Result<()> {
+        let mut buf = self.lend(peer, head.len() + tail.len(), deadline)?;
+        buf[..head.len()].copy_from_slice(head);
+        buf.tail = tail;
+        self.send(buf)
+    }
+
     fn conn(&self, peer: PeerId) -> Result<Arc<Conn>> {
         self.conns.get(&peer).cloned().ok_or_else(|| {
             let reason = match self.ended.get(&peer) {
@@ -736,10 +751,7 @@ impl Endpoint for RdmaEndpoint {
         let Some(block) = ours else {
             return self.send_parts(peer, &[head, tail], deadline);
         };
-        let mut buf = self.lend(peer, head.len() + tail.len(), deadline)?;
-        buf[..head.len()].copy_from_slice(head);
-        buf.tail = Tail::Stash(block.gather());
-        self.send(buf)
+        self.send_gathered(peer, head, Tail::Stash(block.gather()), deadline)
     }
 
     /// One RDMA WRITE of the frame, gathered from `head` (copied into the
@@ -773,10 +785,6 @@ impl Endpoint for RdmaEndpoint {
         if gathers.len() < rows.len() {
             return laggard::transport::send_held_as_parts(self, peer, head, &rows, deadline);
         }
-        let len = head.len() + rows.iter().map(|row| row.len()).sum::<usize>();
-        let mut buf = self.lend(peer, len, deadline)?;
-        buf[..head.len()].copy_from_slice(head);
-        buf.tail = Tail::Held(HeldWrite::new(gathers, rows, regions, &self.held));
         if !self
             .holders
             .iter()
@@ -784,7 +792,8 @@ impl Endpoint for RdmaEndpoint {
         {
             self.holders.push(Arc::downgrade(&conn));
         }
-        self.send(buf)
+        let tail = Tail::Held(HeldWrite::new(gathers, rows, regions, &self.held));
+        self.send_gathered(peer, head, tail, deadline)
     }
 
     /// As many as the device gathers in one write, after the head.
