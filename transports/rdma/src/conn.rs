@@ -47,7 +47,9 @@ use crate::held::WriteLog;
 use crate::hello::Hello;
 use crate::ring::{ALIGN, RecvRing, SendRing, Violation};
 use crate::stash::{RdmaStash, StashRegion};
-use crate::verbs::{self, Channel, Cq, Device, ForeignMr, Gather, Mr, Path, Qp, QpAddress, Remote};
+use crate::verbs::{
+    self, Channel, Cq, Device, Gather, Mr, Path, Qp, QpAddress, Registration, Remote,
+};
 use laggard::transport::HeldRow;
 
 /// Control messages have this bit set in their immediate value.
@@ -137,7 +139,7 @@ pub(crate) struct HeldWrite {
     gathers: Vec<Gather>,
     // Dropped in this order: the rows let go of before the registrations.
     _rows: Vec<HeldRow>,
-    _regions: Vec<Arc<ForeignMr>>,
+    _regions: Vec<Arc<Registration>>,
     count: Arc<AtomicUsize>,
 }
 
@@ -147,7 +149,7 @@ impl HeldWrite {
     pub fn new(
         gathers: Vec<Gather>,
         rows: Vec<HeldRow>,
-        regions: Vec<Arc<ForeignMr>>,
+        regions: Vec<Arc<Registration>>,
         count: &Arc<AtomicUsize>,
     ) -> Self {
         // Relaxed: the count only tells `release_held` whether to poll; the

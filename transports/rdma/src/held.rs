@@ -16,7 +16,7 @@ use std::sync::{Arc, Weak};
 
 use laggard::transport::HeldRow;
 
-use crate::verbs::{Device, ForeignMr, Gather};
+use crate::verbs::{Device, Gather, Registration};
 
 /// Sweeps for registrations of rows whose owner is gone start at this many
 /// registrations (and at twice as many as the last sweep kept).
@@ -32,7 +32,7 @@ const MAX_REGIONS: usize = 1 << 16;
 struct Region {
     len: usize,
     owner: Weak<dyn Any + Send + Sync>,
-    mr: Arc<ForeignMr>,
+    mr: Arc<Registration>,
 }
 
 /// The rows an endpoint has registered, by address.
@@ -47,7 +47,11 @@ impl RowRegions {
     /// is not yet: its gather entry and the registration (which a write of
     /// it must keep until its completion). `None` if it cannot be
     /// registered (the memlock limit is reached, say): the caller copies.
-    pub fn gather(&mut self, dev: &Arc<Device>, row: &HeldRow) -> Option<(Gather, Arc<ForeignMr>)> {
+    pub fn gather(
+        &mut self,
+        dev: &Arc<Device>,
+        row: &HeldRow,
+    ) -> Option<(Gather, Arc<Registration>)> {
         let len = u32::try_from(row.len()).ok()?;
         let addr = row.as_ptr() as u64;
         let owner = row.owner();
@@ -62,7 +66,9 @@ impl RowRegions {
                 if self.regions.len() >= MAX_REGIONS && !self.regions.contains_key(&addr) {
                     return None;
                 }
-                let mr = Arc::new(ForeignMr::register(dev, row.as_ptr(), row.len()).ok()?);
+                let mr = Arc::new(
+                    Registration::register(dev, row.as_ptr().cast_mut(), row.len(), 0).ok()?,
+                );
                 self.regions.insert(
                     addr,
                     Region {

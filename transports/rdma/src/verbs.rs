@@ -336,16 +336,10 @@ impl Drop for Cq {
 /// Page-aligned memory registered with the device, deregistered and
 /// unmapped on drop.
 pub(crate) struct Mr {
-    mr: *mut ffi::ibv_mr,
+    // Dropped in this order: deregistered before it is unmapped.
+    reg: Registration,
     map: memmap2::MmapMut,
-    dev: Arc<Device>,
 }
-
-// SAFETY: the registration is only read (keys, address); the memory is
-// accessed through the owner's synchronisation.
-unsafe impl Send for Mr {}
-// SAFETY: as for Send.
-unsafe impl Sync for Mr {}
 
 /// What the peer may do to a registered buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,25 +363,9 @@ impl Mr {
             Remote::Write => access |= ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE,
             Remote::Read => access |= ffi::ibv_access_flags::IBV_ACCESS_REMOTE_READ,
         }
-        // SAFETY: the mapping is valid for `map.len()` bytes and outlives
-        // the registration (dropped after ibv_dereg_mr in Drop).
-        let mr = unsafe {
-            ffi::ibv_reg_mr(
-                dev.pd,
-                map.as_mut_ptr() as *mut c_void,
-                map.len(),
-                access.0 as c_int,
-            )
-        };
-        if mr.is_null() {
-            return Err(io::Error::last_os_error());
-        }
-        Live::up(&dev.live.mrs);
-        Ok(Mr {
-            mr,
-            map,
-            dev: dev.clone(),
-        })
+        // The mapping outlives the registration (`reg` drops first).
+        let reg = Registration::register(dev, map.as_mut_ptr(), map.len(), access.0 as c_int)?;
+        Ok(Mr { reg, map })
     }
 
     pub fn addr(&self) -> u64 {
@@ -395,7 +373,7 @@ impl Mr {
     }
     /// The device it is registered with.
     pub fn device(&self) -> &Arc<Device> {
-        &self.dev
+        &self.reg.dev
     }
     pub fn ptr(&self) -> *mut u8 {
         self.map.as_ptr() as *mut u8
@@ -404,53 +382,49 @@ impl Mr {
         self.map.len()
     }
     pub fn lkey(&self) -> u32 {
-        // SAFETY: the registration is valid for our lifetime.
-        unsafe { (*self.mr).lkey }
+        self.reg.lkey()
     }
     pub fn rkey(&self) -> u32 {
-        // SAFETY: as in lkey.
-        unsafe { (*self.mr).rkey }
+        self.reg.rkey()
     }
 }
 
-impl Drop for Mr {
-    fn drop(&mut self) {
-        // SAFETY: the QPs that could access this memory were destroyed (or
-        // moved to the error state and drained) before its owner drops it.
-        unsafe { ffi::ibv_dereg_mr(self.mr) };
-        Live::down(&self.dev.live.mrs);
-    }
-}
-
-/// Memory laggard does not own (a table row), registered for the device
-/// to read in local work requests; deregistered on drop.
-pub(crate) struct ForeignMr {
+/// A registration of memory with the device (an `ibv_mr`), deregistered
+/// on drop: the half of [`Mr`] that registers its mapping, and on its own
+/// the registration of memory laggard does not own (a table row, for the
+/// device to read in local work requests).
+pub(crate) struct Registration {
     mr: *mut ffi::ibv_mr,
     dev: Arc<Device>,
 }
 
-// SAFETY: as for Mr: the registration is only read (its key); the memory
-// is reached only by the device, in work requests whose callers keep it
-// unchanged.
-unsafe impl Send for ForeignMr {}
+// SAFETY: the registration is only read (its keys); the memory is reached
+// by the device in work requests whose callers keep it as they must, and
+// by the CPU only through its owner's synchronisation.
+unsafe impl Send for Registration {}
 // SAFETY: as for Send.
-unsafe impl Sync for ForeignMr {}
+unsafe impl Sync for Registration {}
 
-impl ForeignMr {
-    /// Registers `len` bytes at `addr` for local reads (the device's, in
-    /// sends). The pages are pinned until the drop, whatever becomes of the
-    /// memory meanwhile: freed memory is not reused by the device (only
-    /// sends whose caller holds the bytes read them).
-    pub fn register(dev: &Arc<Device>, addr: *const u8, len: usize) -> io::Result<ForeignMr> {
+impl Registration {
+    /// Registers `len` bytes at `addr` with `access` (`ibv_access_flags`;
+    /// 0 for the device's local reads, in sends). The pages stay pinned
+    /// until the drop, whatever becomes of the memory meanwhile: freed
+    /// memory is not reused by the device (only work requests whose caller
+    /// keeps the bytes read or write them).
+    pub fn register(
+        dev: &Arc<Device>,
+        addr: *mut u8,
+        len: usize,
+        access: c_int,
+    ) -> io::Result<Registration> {
         // SAFETY: registration reads nothing; it pins the pages of the
-        // range, which the caller's borrow shows are mapped. Local reads
-        // need no access flags.
-        let mr = unsafe { ffi::ibv_reg_mr(dev.pd, addr as *mut c_void, len, 0) };
+        // range, which the caller's pointer and length say are mapped.
+        let mr = unsafe { ffi::ibv_reg_mr(dev.pd, addr as *mut c_void, len, access) };
         if mr.is_null() {
             return Err(io::Error::last_os_error());
         }
         Live::up(&dev.live.mrs);
-        Ok(ForeignMr {
+        Ok(Registration {
             mr,
             dev: dev.clone(),
         })
@@ -460,13 +434,20 @@ impl ForeignMr {
         // SAFETY: the registration is valid for our lifetime.
         unsafe { (*self.mr).lkey }
     }
+
+    pub fn rkey(&self) -> u32 {
+        // SAFETY: as in lkey.
+        unsafe { (*self.mr).rkey }
+    }
 }
 
-impl Drop for ForeignMr {
+impl Drop for Registration {
     fn drop(&mut self) {
-        // SAFETY: every work request that read through this registration
-        // completed or was flushed: the sends that use it hold it (an Arc)
-        // until their completion, or until their queue pair is destroyed.
+        // SAFETY: every work request that used this registration completed
+        // or was flushed: a connection's QPs are destroyed (or moved to the
+        // error state and drained) before its memory drops, and a write of
+        // held rows keeps the rows' registrations (an Arc) until its
+        // completion, or until its queue pair is destroyed.
         unsafe { ffi::ibv_dereg_mr(self.mr) };
         Live::down(&self.dev.live.mrs);
     }
