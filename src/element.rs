@@ -118,6 +118,14 @@ impl ElementKind {
     pub(crate) fn code(self) -> u8 {
         self as u8
     }
+
+    /// The kind whose [`code`](Self::code) is `code`, if any.
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        use ElementKind::*;
+        [F32, F64, I32, I64, U32, U64]
+            .into_iter()
+            .find(|k| k.code() == code)
+    }
 }
 
 impl std::fmt::Display for ElementKind {

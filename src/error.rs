@@ -139,6 +139,21 @@ pub enum Error {
         /// What failed and why.
         reason: String,
     },
+    /// A restored row's update state has the wrong number of elements for
+    /// the table's update rule.
+    StateMismatch {
+        /// State elements per row that the table's update rule keeps.
+        expected: usize,
+        /// The length of the state that was passed.
+        got: usize,
+    },
+    /// A checkpoint could not be written or read: an I/O error, or bytes
+    /// that are not a checkpoint of this table (another format, element
+    /// type, row width or update rule; truncated or corrupted).
+    Checkpoint {
+        /// What was wrong, and where in the checkpoint.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -206,6 +221,13 @@ impl fmt::Display for Error {
                 write!(f, "gave up after {waited:.3?} waiting for {what}")
             }
             Error::Transport { reason } => write!(f, "transport error: {reason}"),
+            Error::StateMismatch { expected, got } => write!(
+                f,
+                "update state mismatch: the table's update rule keeps {expected} state elements \
+                 per row but {got} were given; restore rows into a table with the update rule \
+                 they were saved with"
+            ),
+            Error::Checkpoint { reason } => write!(f, "checkpoint: {reason}"),
         }
     }
 }

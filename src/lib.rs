@@ -53,6 +53,9 @@
 //! - [`StalenessGate`] / [`VectorClock`] / [`Consistency`]: the SSP read rule
 //!   (a worker at clock `c` waits until every active worker reached
 //!   `c - s`), with deadlines and timeouts that say who is behind.
+//! - [`checkpoint`]: every row of a table (or of one server shard's part)
+//!   with its update state, saved to bytes and restored exactly, so
+//!   training resumes where it stopped.
 //!
 //! There is no global state: any number of tables and gates can coexist in
 //! one process.
@@ -65,6 +68,7 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod checkpoint;
 mod clock;
 mod element;
 mod error;

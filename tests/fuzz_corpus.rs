@@ -3,6 +3,8 @@
 
 #[path = "../fuzz/src/api_calls.rs"]
 mod api_calls;
+#[path = "../fuzz/src/checkpoint.rs"]
+mod checkpoint;
 #[path = "../fuzz/src/frames.rs"]
 mod frames;
 
@@ -62,6 +64,42 @@ fn write_frame_seeds() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/frames");
     std::fs::create_dir_all(&dir).unwrap();
     for (i, seed) in frames::seeds().iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
+    }
+}
+
+#[test]
+fn checkpoint_corpus_replays_without_panics() {
+    let (dir, inputs) = corpus("checkpoint");
+    assert!(
+        inputs.len() >= 10,
+        "only {} inputs in {}",
+        inputs.len(),
+        dir.display()
+    );
+    inputs.iter().for_each(|i| checkpoint::run(i));
+}
+
+#[test]
+fn checkpoint_seeds_load_and_are_in_the_corpus() {
+    let (_, inputs) = corpus("checkpoint");
+    for seed in checkpoint::seeds() {
+        checkpoint::run(&seed);
+        assert!(
+            inputs.contains(&seed),
+            "seed missing from the corpus; run `cargo test --test fuzz_corpus -- --ignored`"
+        );
+    }
+}
+
+/// Writes the checkpoint seeds into the corpus directory (run once after
+/// changing them).
+#[test]
+#[ignore]
+fn write_checkpoint_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/checkpoint");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, seed) in checkpoint::seeds().iter().enumerate() {
         std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
     }
 }

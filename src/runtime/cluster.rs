@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::server::{Server, send_message};
+use super::server::{Server, downcast_part, send_message};
 use super::spec::ClusterSpec;
 use super::worker::Worker;
 use crate::clock::WorkerId;
@@ -147,6 +147,19 @@ impl Cluster {
         results.into_iter().collect()
     }
 
+    /// Server shard `shard`'s part of table `name`, shared with the running
+    /// server: for checkpoints ([`checkpoint::save`](crate::checkpoint::save)
+    /// of every shard's part, [`checkpoint::load`](crate::checkpoint::load)
+    /// before workers start) and inspection. See [`Server::table`].
+    pub fn server_table<T: Element>(&self, name: &str, shard: usize) -> Result<Arc<Table<T>>> {
+        let (index, _) = self.spec.typed_table::<T>(name)?;
+        let part = self.parts[index].get(shard).ok_or(Error::ShardOutOfRange {
+            shard,
+            shards: self.spec.servers,
+        })?;
+        downcast_part(part)
+    }
+
     /// Reads rows of table `name` straight from the servers' storage
     /// (bypassing the protocol; for inspecting results and tests).
     pub fn read<T: Element>(&self, name: &str, keys: &[u64], out: &mut [T]) -> Result<()> {
@@ -160,13 +173,7 @@ impl Cluster {
         }
         for (&key, row) in keys.iter().zip(out.chunks_exact_mut(info.width)) {
             let shard = info.map.shard_of(key)?;
-            let part = self.parts[index][shard]
-                .clone()
-                .downcast::<Table<T>>()
-                .map_err(|_| Error::Transport {
-                    reason: "table part has an unexpected type".into(),
-                })?;
-            part.pull(key, row)?;
+            downcast_part::<T>(&self.parts[index][shard])?.pull(key, row)?;
         }
         Ok(())
     }

@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 
 use super::spec::ClusterSpec;
 use super::storage::ServerTables;
+use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::proto::{
     Fault, FaultCode, Message, Output, PullResponse, RowPiece, ServerConfig, ServerCore,
     ServerStats, ShardTables, pull_response_head, pull_response_layout, write_pull_response,
 };
+use crate::table::Table;
 use crate::transport::{Endpoint, Event, PeerId};
 
 /// The longest a server sleeps without checking its timers.
@@ -34,6 +36,8 @@ pub struct Server<E: Endpoint> {
     ep: E,
     core: ServerCore,
     tables: ServerTables,
+    spec: ClusterSpec,
+    shard: usize,
     typed: Vec<Arc<dyn Any + Send + Sync>>,
     send_timeout: Duration,
     out: Vec<Output>,
@@ -76,6 +80,8 @@ impl<E: Endpoint> Server<E> {
             ep,
             core,
             tables: ServerTables { parts },
+            spec: spec.clone(),
+            shard,
             typed,
             send_timeout: spec.timeout,
             out: Vec::new(),
@@ -86,6 +92,37 @@ impl<E: Endpoint> Server<E> {
     /// checkpoints (the in-process cluster hands these out).
     pub(crate) fn typed_part(&self, index: usize) -> Arc<dyn Any + Send + Sync> {
         self.typed[index].clone()
+    }
+
+    /// The shard this server serves.
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// This server's part of table `name` (a [`Table::for_shard`] of its
+    /// shard), shared with the server: load a checkpoint into it before
+    /// [`run`](Self::run) to resume training
+    /// ([`checkpoint::load`](crate::checkpoint::load)), and save one from
+    /// it while the server runs or after it stopped
+    /// ([`checkpoint::save`](crate::checkpoint::save)). Pushes and pulls
+    /// should go through workers; the table is not told about clocks.
+    ///
+    /// ```
+    /// use laggard::{ClusterSpec, Server, TableSpec, checkpoint};
+    /// use laggard::transport::{InProcess, Transport};
+    ///
+    /// let spec = ClusterSpec::new(2, 1).table("w", TableSpec::<f32>::dense(0..8, 4));
+    /// let net = InProcess::new();
+    /// let server = Server::new(net.bind(&spec.server_name(1))?, &spec, 1)?;
+    /// let part = server.table::<f32>("w")?;
+    /// assert_eq!(part.rows(), 4); // keys 4..8
+    /// let mut saved = Vec::new();
+    /// checkpoint::save(&part, &mut saved)?; // a File next to the server, in practice
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn table<T: Element>(&self, name: &str) -> Result<Arc<Table<T>>> {
+        let (index, _) = self.spec.typed_table::<T>(name)?;
+        downcast_part(&self.typed[index])
     }
 
     /// Serves until a controller sends `Shutdown`; returns the counters.
@@ -383,4 +420,16 @@ pub(crate) fn send_stashed<E: Endpoint>(
         _ => ep.send_parts(peer, &parts.parts(), deadline)?,
     }
     Ok(len)
+}
+
+/// A table part as the typed table it is (parts are built from the spec's
+/// tables, so the type matches whenever the spec says it does).
+pub(crate) fn downcast_part<T: Element>(
+    part: &Arc<dyn Any + Send + Sync>,
+) -> Result<Arc<Table<T>>> {
+    part.clone()
+        .downcast::<Table<T>>()
+        .map_err(|_| Error::Transport {
+            reason: "table part has an unexpected type".into(),
+        })
 }

@@ -28,7 +28,7 @@ pub use placement::{Placement, ShardMap};
 use crate::clock::Consistency;
 use crate::element::Element;
 use crate::error::{Error, Result, invalid};
-use crate::update::{Sum, Update};
+use crate::update::{RowMut, Sum, Update};
 use dense::DenseShard;
 use row::RowRef;
 use sparse::SparseShard;
@@ -568,6 +568,42 @@ impl<T: Element> Table<T> {
         Ok(())
     }
 
+    /// Sets row `key` to exactly `row.values` with update state
+    /// `row.state`, as [`visit_shard`](Self::visit_shard) gave them (e.g.
+    /// read back from a checkpoint), creating the row first in a sparse
+    /// table. Excludes pushes to the row as a push does; the rule is not
+    /// applied. A row of the wrong width or state length, or a key this
+    /// table does not store, is an error and changes nothing.
+    ///
+    /// ```
+    /// use laggard::{Adam, Table, TableSpec};
+    ///
+    /// let spec = || TableSpec::<f32>::dense(0..4, 2).update(Adam::new(0.1));
+    /// let (trained, fresh) = (Table::new(spec())?, Table::new(spec())?);
+    /// trained.push(1, &[0.5, -0.5])?;
+    /// trained.visit_shard(0, |row| fresh.restore_row(row).unwrap())?;
+    /// trained.push(1, &[0.5, -0.5])?; // Adam's moments and step count came along,
+    /// fresh.push(1, &[0.5, -0.5])?; // so both apply the second push alike
+    /// let (mut a, mut b) = ([0.0; 2], [0.0; 2]);
+    /// trained.pull(1, &mut a)?;
+    /// fresh.pull(1, &mut b)?;
+    /// assert_eq!(a, b);
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn restore_row(&self, row: RowSnapshot<'_, T>) -> Result<()> {
+        self.check_width(row.values.len())?;
+        if row.state.len() != self.state_len {
+            return Err(Error::StateMismatch {
+                expected: self.state_len,
+                got: row.state.len(),
+            });
+        }
+        let cells: Vec<T> = row.values.iter().chain(row.state).copied().collect();
+        self.row_for_push(row.key)?
+            .apply(self.width, &Overwrite, &cells);
+        Ok(())
+    }
+
     /// Calls `f` with a consistent copy of every row of shard `shard`
     /// (values and update state), e.g. to write a checkpoint. Dense rows
     /// come in key order, sparse rows in no particular order; rows pushed
@@ -597,5 +633,18 @@ impl<T: Element> Table<T> {
             Storage::Sparse(shards) => shards[shard].for_each(|leaf| emit(leaf.key, leaf.row())),
         }
         Ok(())
+    }
+}
+
+/// The rule [`Table::restore_row`] applies: the "delta" is the row's values
+/// followed by its state, and both are copied in as they are.
+#[derive(Debug)]
+struct Overwrite;
+
+impl<T: Element> Update<T> for Overwrite {
+    fn apply(&self, row: &mut RowMut<'_, T>, state: &mut RowMut<'_, T>, cells: &[T]) {
+        let (values, saved_state) = cells.split_at(row.len());
+        row.zip_update(values, |_, v| v);
+        state.zip_update(saved_state, |_, v| v);
     }
 }

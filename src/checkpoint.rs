@@ -1,0 +1,394 @@
+//! Checkpoints: every row a table stores, with its update rule's state,
+//! written to bytes and read back into a table.
+//!
+//! A server shard saves its part of each table ([`save`]) while it serves
+//! or after it stopped, and a restarted one loads it ([`load`]) before it
+//! serves again. Training then resumes where the checkpoint was taken:
+//! the rows and every optimizer's per-row state (momentum, Adagrad's
+//! sums, Adam's moments and step count) come back exactly. Each row is
+//! saved consistent on its own (as [`Table::visit_shard`] reads it); a
+//! checkpoint taken while pushes arrive is not one snapshot of the whole
+//! table, which SGD tolerates as it tolerates staleness.
+//!
+//! ```
+//! use laggard::{Adam, Table, TableSpec, checkpoint};
+//!
+//! let spec = || TableSpec::<f32>::sparse(4).update(Adam::new(0.01));
+//! let trained = Table::new(spec())?;
+//! trained.push(7, &[0.1, 0.2, 0.3, 0.4])?;
+//!
+//! let mut bytes = Vec::new(); // a `File` in practice
+//! let saved = checkpoint::save(&trained, &mut bytes)?;
+//! assert_eq!(saved.rows, 1);
+//!
+//! let resumed = Table::new(spec())?;
+//! let loaded = checkpoint::load(&resumed, &bytes[..], checkpoint::Foreign::Refuse)?;
+//! assert_eq!(loaded.restored, 1);
+//! let mut row = [0.0; 4];
+//! resumed.pull(7, &mut row)?;
+//! # let mut same = [0.0; 4];
+//! # trained.pull(7, &mut same)?;
+//! # assert_eq!(row, same);
+//! # Ok::<(), laggard::Error>(())
+//! ```
+//!
+//! # Format (version 1, little-endian)
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 8 | magic `LGGDCKPT` |
+//! | 4 | format version (1) |
+//! | 1 | element type ([`ElementKind`]), then 3 zero bytes |
+//! | 8 | row width |
+//! | 8 | update-state elements per row |
+//!
+//! then per row a byte `1`, the key (8 bytes) and the row's values and
+//! state (`(width + state) × element size` bytes); then a byte `0`, the
+//! number of rows (8 bytes) and a checksum of everything before it (8
+//! bytes). A checksum that does not match, a truncated file, a wrong
+//! element type, width or state length, or bytes after the end are errors
+//! ([`Error::Checkpoint`]) that say which.
+
+use std::io::{BufReader, BufWriter, Read, Write};
+
+use crate::element::{Element, ElementKind, read_le_slice, write_le_slice};
+use crate::error::{Error, Result};
+use crate::table::{RowSnapshot, Table};
+
+const MAGIC: [u8; 8] = *b"LGGDCKPT";
+const VERSION: u32 = 1;
+const HEADER_LEN: usize = 32;
+const ROW: u8 = 1;
+const END: u8 = 0;
+/// The end marker's byte, the row count and the checksum.
+const TRAILER_LEN: usize = 1 + 8 + 8;
+/// Buffer for reading and writing, so that rows of a few elements do not
+/// each cost a system call.
+const BUFFER: usize = 256 << 10;
+
+/// What [`save`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// Rows written.
+    pub rows: u64,
+    /// Bytes written, header and trailer included.
+    pub bytes: u64,
+}
+
+/// What [`load`] restored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loaded {
+    /// Rows restored into the table.
+    pub restored: u64,
+    /// Rows left out because the table does not store their keys
+    /// ([`Foreign::Skip`]).
+    pub skipped: u64,
+}
+
+/// What [`load`] does with a row whose key the table does not store (it
+/// belongs to another server shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreign {
+    /// Fail with the error of the first such row: the checkpoint was meant
+    /// for exactly this table or shard.
+    Refuse,
+    /// Leave such rows out: each server shard of a cluster with another
+    /// shard count loads every shard's checkpoint and keeps its own rows.
+    Skip,
+}
+
+/// Writes every row `table` stores (all shards of a [`Table::new`], the
+/// one shard of a [`Table::for_shard`]) with its update state to `out`,
+/// through a buffer, and flushes it. Pushes may go on meanwhile; each row
+/// is written as it was before or after any push, never torn.
+pub fn save<T: Element>(table: &Table<T>, out: impl Write) -> Result<Saved> {
+    let mut out = Writer {
+        out: BufWriter::with_capacity(BUFFER, out),
+        digest: Digest::default(),
+        bytes: 0,
+    };
+    out.put(&header::<T>(table.width(), table.state_len()))?;
+    let mut rows = 0u64;
+    let mut record = Vec::new();
+    let mut failed = None;
+    for shard in 0..table.shard_map().shards() {
+        table.visit_shard(shard, |row| {
+            if failed.is_some() {
+                return;
+            }
+            encode_row(&row, &mut record);
+            match out.put(&record) {
+                Ok(()) => rows += 1,
+                Err(e) => failed = Some(e),
+            }
+        })?;
+        if let Some(e) = failed.take() {
+            return Err(e);
+        }
+    }
+    out.put(&[END])?;
+    out.put(&rows.to_le_bytes())?;
+    let sum = out.digest.clone().finish();
+    out.put(&sum.to_le_bytes())?;
+    out.out
+        .flush()
+        .map_err(|e| checkpoint(format!("could not write: {e}")))?;
+    Ok(Saved {
+        rows,
+        bytes: out.bytes,
+    })
+}
+
+/// Reads a checkpoint written by [`save`] from `input` (through a
+/// buffer) and restores each of its rows into `table`
+/// ([`Table::restore_row`]); `foreign` says what happens to rows whose
+/// keys the table does not store. Rows of the table that the checkpoint
+/// lacks keep their values.
+///
+/// The table must have the element type, row width and update state
+/// length the checkpoint was saved with. Rows are restored as they are
+/// read, so on an error (a corrupted or truncated checkpoint is found out
+/// at the latest by the checksum at its end) the rows before the bad one
+/// were restored: start again from a fresh table.
+pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) -> Result<Loaded> {
+    let mut input = Reader {
+        input: BufReader::with_capacity(BUFFER, input),
+        digest: Digest::default(),
+        offset: 0,
+    };
+    let mut header = [0u8; HEADER_LEN];
+    input.take(&mut header, "the header")?;
+    check_header::<T>(&header, table.width(), table.state_len())?;
+    let cells = table.width() + table.state_len();
+    let mut record = vec![0u8; 1 + 8 + cells * T::SIZE];
+    let mut values = vec![T::ZERO; cells];
+    let mut loaded = Loaded {
+        restored: 0,
+        skipped: 0,
+    };
+    let mut rows = 0u64;
+    loop {
+        let at = input.offset;
+        input.take(&mut record[..1], "a row or the end marker")?;
+        match record[0] {
+            ROW => {}
+            END => break,
+            tag => {
+                return Err(checkpoint(format!(
+                    "byte {at}: found {tag:#04x} where a row (0x01) or the end (0x00) \
+                     belongs; the checkpoint is corrupted"
+                )));
+            }
+        }
+        input.take(&mut record[1..], "a row")?;
+        let key = u64::from_le_bytes(record[1..9].try_into().expect("8 bytes"));
+        read_le_slice(&record[9..], &mut values);
+        let (row_values, state) = values.split_at(table.width());
+        let row = RowSnapshot {
+            key,
+            values: row_values,
+            state,
+        };
+        match table.restore_row(row) {
+            Ok(()) => loaded.restored += 1,
+            Err(Error::KeyNotOwned { .. }) if foreign == Foreign::Skip => loaded.skipped += 1,
+            Err(e) => {
+                return Err(checkpoint(format!(
+                    "row {rows} (key {key}, byte {at}) cannot be restored: {e}"
+                )));
+            }
+        }
+        rows += 1;
+    }
+    let mut trailer = [0u8; TRAILER_LEN - 1];
+    input.take(&mut trailer[..8], "the row count")?;
+    let computed = input.digest.clone().finish();
+    input.take_unhashed(&mut trailer[8..], "the checksum")?;
+    let count = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
+    let sum = u64::from_le_bytes(trailer[8..].try_into().expect("8 bytes"));
+    if count != rows {
+        return Err(checkpoint(format!(
+            "the end marker counts {count} rows but {rows} were read; the checkpoint is corrupted"
+        )));
+    }
+    if sum != computed {
+        return Err(checkpoint(
+            "the checksum does not match the contents; the checkpoint is corrupted".into(),
+        ));
+    }
+    let mut extra = [0u8; 1];
+    loop {
+        return match input.input.read(&mut extra) {
+            Ok(0) => Ok(loaded),
+            Ok(_) => Err(checkpoint(format!(
+                "bytes follow the end of the checkpoint (at byte {}); is this a \
+                 concatenation of files?",
+                input.offset
+            ))),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(checkpoint(format!("could not read: {e}"))),
+        };
+    }
+}
+
+fn checkpoint(reason: String) -> Error {
+    Error::Checkpoint { reason }
+}
+
+fn header<T: Element>(width: usize, state_len: usize) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12] = T::KIND.code();
+    h[16..24].copy_from_slice(&(width as u64).to_le_bytes());
+    h[24..32].copy_from_slice(&(state_len as u64).to_le_bytes());
+    h
+}
+
+fn check_header<T: Element>(h: &[u8; HEADER_LEN], width: usize, state_len: usize) -> Result<()> {
+    if h[..8] != MAGIC {
+        return Err(checkpoint(format!(
+            "the input is not a laggard checkpoint: it starts with {:02x?}, not \"LGGDCKPT\"",
+            &h[..8]
+        )));
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(checkpoint(format!(
+            "format version {version}; this laggard reads version {VERSION}"
+        )));
+    }
+    if h[12] != T::KIND.code() || h[13..16] != [0; 3] {
+        let holds = ElementKind::from_code(h[12]).map_or("an unknown element type", |k| k.name());
+        return Err(checkpoint(format!(
+            "it holds {holds} rows but the table holds {}",
+            T::NAME
+        )));
+    }
+    let saved_width = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    if saved_width != width as u64 {
+        return Err(checkpoint(format!(
+            "its rows have {saved_width} elements but the table's have {width}"
+        )));
+    }
+    let saved_state = u64::from_le_bytes(h[24..32].try_into().expect("8 bytes"));
+    if saved_state != state_len as u64 {
+        return Err(checkpoint(format!(
+            "its rows carry {saved_state} update-state elements but the table's update rule \
+             keeps {state_len}; load it into a table with the update rule it was saved with"
+        )));
+    }
+    Ok(())
+}
+
+/// A row as its record: the tag, the key, then values and state.
+fn encode_row<T: Element>(row: &RowSnapshot<'_, T>, record: &mut Vec<u8>) {
+    let cells = row.values.len() + row.state.len();
+    record.clear();
+    record.resize(1 + 8 + cells * T::SIZE, 0);
+    record[0] = ROW;
+    record[1..9].copy_from_slice(&row.key.to_le_bytes());
+    let (values, state) = record[9..].split_at_mut(row.values.len() * T::SIZE);
+    write_le_slice(row.values, values);
+    write_le_slice(row.state, state);
+}
+
+struct Writer<W: Write> {
+    out: BufWriter<W>,
+    digest: Digest,
+    bytes: u64,
+}
+
+impl<W: Write> Writer<W> {
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.digest.update(bytes);
+        self.bytes += bytes.len() as u64;
+        self.out
+            .write_all(bytes)
+            .map_err(|e| checkpoint(format!("could not write: {e}")))
+    }
+}
+
+struct Reader<R: Read> {
+    input: BufReader<R>,
+    digest: Digest,
+    offset: u64,
+}
+
+impl<R: Read> Reader<R> {
+    /// Fills `buf` and adds it to the checksum.
+    fn take(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        self.take_unhashed(buf, what)?;
+        self.digest.update(buf);
+        Ok(())
+    }
+
+    fn take_unhashed(&mut self, buf: &mut [u8], what: &str) -> Result<()> {
+        match self.input.read_exact(buf) {
+            Ok(()) => {
+                self.offset += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(checkpoint(format!(
+                "it ends inside {what}, which starts at byte {}; the checkpoint is truncated",
+                self.offset
+            ))),
+            Err(e) => Err(checkpoint(format!(
+                "could not read at byte {}: {e}",
+                self.offset
+            ))),
+        }
+    }
+}
+
+/// A streaming checksum over 8-byte words: each step is a bijection of the
+/// running state for a fixed word and of the word for a fixed state, so
+/// any change confined to one word always changes the result; the total
+/// length is folded in last. It finds corruption, not tampering.
+#[derive(Clone, Default)]
+struct Digest {
+    state: u64,
+    pending: [u8; 8],
+    pending_len: usize,
+    len: u64,
+}
+
+impl Digest {
+    fn mix(&mut self, word: u64) {
+        self.state = (self.state ^ word)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(29);
+    }
+
+    fn update(&mut self, mut bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        if self.pending_len > 0 {
+            let n = (8 - self.pending_len).min(bytes.len());
+            self.pending[self.pending_len..self.pending_len + n].copy_from_slice(&bytes[..n]);
+            self.pending_len += n;
+            bytes = &bytes[n..];
+            if self.pending_len < 8 {
+                return;
+            }
+            self.mix(u64::from_le_bytes(self.pending));
+            self.pending_len = 0;
+        }
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.mix(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+        let rest = words.remainder();
+        self.pending[..rest.len()].copy_from_slice(rest);
+        self.pending_len = rest.len();
+    }
+
+    fn finish(mut self) -> u64 {
+        if self.pending_len > 0 {
+            self.pending[self.pending_len..].fill(0);
+            self.mix(u64::from_le_bytes(self.pending));
+        }
+        let len = self.len;
+        self.mix(len);
+        self.state ^ (self.state >> 31)
+    }
+}

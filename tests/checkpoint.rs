@@ -1,0 +1,438 @@
+//! Checkpoints: rows and update state saved and restored exactly, training
+//! that resumes from one as if it had not stopped, and every kind of bad
+//! checkpoint an error.
+
+use std::sync::Arc;
+use std::thread;
+
+use laggard::checkpoint::{self, Foreign, Loaded};
+use laggard::{
+    Adagrad, Adam, Cluster, ClusterSpec, Consistency, Element, Error, Init, Placement, Sgd, Table,
+    TableSpec,
+};
+use proptest::prelude::*;
+
+/// Every row the table stores, with its state, sorted by key.
+fn rows<T: Element>(table: &Table<T>) -> Vec<(u64, Vec<T>, Vec<T>)> {
+    let mut all = Vec::new();
+    for shard in 0..table.shard_map().shards() {
+        table
+            .visit_shard(shard, |r| {
+                all.push((r.key, r.values.to_vec(), r.state.to_vec()))
+            })
+            .unwrap();
+    }
+    all.sort_by_key(|r| r.0);
+    all
+}
+
+fn saved<T: Element>(table: &Table<T>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let s = checkpoint::save(table, &mut bytes).unwrap();
+    assert_eq!(s.bytes, bytes.len() as u64);
+    bytes
+}
+
+fn checkpoint_error(r: laggard::Result<Loaded>) -> String {
+    match r {
+        Err(Error::Checkpoint { reason }) => reason,
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+}
+
+/// Saves `trained`, loads it into `fresh()`, checks every row and its
+/// state came back, then pushes the same deltas to both: the restored
+/// table must apply them exactly as the original does (the update rule's
+/// state came along).
+fn round_trip(spec: impl Fn() -> TableSpec<f32>, keys: &[u64]) {
+    let trained = Table::new(spec()).unwrap();
+    let width = trained.width();
+    for (i, &key) in keys.iter().enumerate() {
+        let delta: Vec<f32> = (0..width)
+            .map(|j| (i * 7 + j) as f32 * 0.01 - 0.3)
+            .collect();
+        trained.push(key, &delta).unwrap();
+        trained.push(key, &delta).unwrap();
+    }
+    let bytes = saved(&trained);
+    let resumed = Table::new(spec()).unwrap();
+    let loaded = checkpoint::load(&resumed, &bytes[..], Foreign::Refuse).unwrap();
+    assert_eq!(loaded.skipped, 0);
+    assert_eq!(loaded.restored as usize, trained.rows());
+    assert_eq!(rows(&resumed), rows(&trained));
+    let delta = vec![0.25f32; width];
+    for &key in keys {
+        trained.push(key, &delta).unwrap();
+        resumed.push(key, &delta).unwrap();
+    }
+    assert_eq!(rows(&resumed), rows(&trained));
+}
+
+#[test]
+fn narrow_wide_dense_and_sparse_rows_come_back_with_their_state() {
+    // Narrow rows (atomic cells) with Adam's moments and step count.
+    round_trip(
+        || {
+            TableSpec::<f32>::dense(0..20, 3)
+                .shards(3)
+                .update(Adam::new(0.1))
+        },
+        &[0, 5, 19],
+    );
+    // Wide rows (plain memory) with momentum and a varying learning rate.
+    round_trip(
+        || {
+            TableSpec::<f32>::dense(10..14, 300).update(
+                Sgd::with_schedule(laggard::Schedule::InverseSqrt { sigma: 0.5 }).momentum(0.9),
+            )
+        },
+        &[10, 13],
+    );
+    // Sparse rows, created by the load, with Adagrad's sums.
+    round_trip(
+        || {
+            TableSpec::<f32>::sparse(4)
+                .shards(4)
+                .placement(Placement::Hash)
+                .init(Init::Uniform {
+                    low: -1.0,
+                    high: 1.0,
+                    seed: 3,
+                })
+                .update(Adagrad::new(0.1))
+        },
+        &[u64::MAX, 0, 1 << 40, 12345],
+    );
+}
+
+#[test]
+fn an_empty_sparse_table_round_trips() {
+    let t = Table::new(TableSpec::<i64>::sparse(2)).unwrap();
+    let bytes = saved(&t);
+    let fresh = Table::new(TableSpec::<i64>::sparse(2)).unwrap();
+    let loaded = checkpoint::load(&fresh, &bytes[..], Foreign::Refuse).unwrap();
+    assert_eq!(loaded.restored, 0);
+    assert_eq!(fresh.rows(), 0);
+}
+
+fn small() -> (Table<i32>, Vec<u8>) {
+    let spec = || TableSpec::<i32>::dense(0..3, 2);
+    let t = Table::new(spec()).unwrap();
+    t.push(1, &[5, -5]).unwrap();
+    let bytes = saved(&t);
+    (Table::new(spec()).unwrap(), bytes)
+}
+
+#[test]
+fn every_truncation_is_an_error_that_says_so() {
+    let (fresh, bytes) = small();
+    for len in 0..bytes.len() {
+        let reason = checkpoint_error(checkpoint::load(&fresh, &bytes[..len], Foreign::Refuse));
+        assert!(reason.contains("truncated"), "cut at {len}: {reason}");
+    }
+}
+
+#[test]
+fn every_flipped_bit_is_found() {
+    let (fresh, bytes) = small();
+    for at in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1 << bit;
+            checkpoint_error(checkpoint::load(&fresh, &bad[..], Foreign::Refuse));
+        }
+    }
+}
+
+#[test]
+fn bytes_after_the_end_are_an_error() {
+    let (fresh, mut bytes) = small();
+    bytes.push(0);
+    let reason = checkpoint_error(checkpoint::load(&fresh, &bytes[..], Foreign::Refuse));
+    assert!(reason.contains("follow the end"), "{reason}");
+}
+
+/// A load to try, in a table of some other shape.
+type LoadCase<'a> = Box<dyn Fn() -> laggard::Result<Loaded> + 'a>;
+
+#[test]
+fn a_checkpoint_of_another_table_shape_is_refused_before_any_row() {
+    let bytes =
+        saved(&Table::new(TableSpec::<f32>::dense(0..4, 2).update(Adam::new(0.1))).unwrap());
+    let cases: Vec<(LoadCase<'_>, &str)> = vec![
+        (
+            Box::new(|| {
+                let t = Table::new(TableSpec::<i32>::dense(0..4, 2)).unwrap();
+                checkpoint::load(&t, &bytes[..], Foreign::Refuse)
+            }),
+            "holds f32 rows but the table holds i32",
+        ),
+        (
+            Box::new(|| {
+                let t =
+                    Table::new(TableSpec::<f32>::dense(0..4, 3).update(Adam::new(0.1))).unwrap();
+                checkpoint::load(&t, &bytes[..], Foreign::Refuse)
+            }),
+            "rows have 2 elements but the table's have 3",
+        ),
+        (
+            Box::new(|| {
+                let t = Table::new(TableSpec::<f32>::dense(0..4, 2)).unwrap();
+                checkpoint::load(&t, &bytes[..], Foreign::Refuse)
+            }),
+            "carry 5 update-state elements but the table's update rule keeps 0",
+        ),
+        (
+            Box::new(|| {
+                let t = Table::new(TableSpec::<f32>::dense(0..4, 2)).unwrap();
+                checkpoint::load(
+                    &t,
+                    &b"not a checkpoint at all, not at all"[..],
+                    Foreign::Refuse,
+                )
+            }),
+            "not a laggard checkpoint",
+        ),
+    ];
+    for (load, says) in cases {
+        let reason = checkpoint_error(load());
+        assert!(reason.contains(says), "{reason:?} should say {says:?}");
+    }
+    let mut newer = bytes.clone();
+    newer[8] = 2;
+    let t = Table::new(TableSpec::<f32>::dense(0..4, 2).update(Adam::new(0.1))).unwrap();
+    let reason = checkpoint_error(checkpoint::load(&t, &newer[..], Foreign::Refuse));
+    assert!(reason.contains("version 2"), "{reason}");
+    assert_eq!(
+        rows(&t),
+        rows(&Table::new(TableSpec::<f32>::dense(0..4, 2).update(Adam::new(0.1))).unwrap())
+    );
+}
+
+#[test]
+fn a_row_outside_the_table_is_an_error_naming_the_key() {
+    let bytes = saved(&Table::new(TableSpec::<u64>::dense(0..10, 1)).unwrap());
+    let smaller = Table::new(TableSpec::<u64>::dense(0..5, 1)).unwrap();
+    let reason = checkpoint_error(checkpoint::load(&smaller, &bytes[..], Foreign::Skip));
+    assert!(
+        reason.contains("key 5") && reason.contains("outside"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn shard_parts_refuse_or_skip_foreign_rows_and_reshard() {
+    let spec = |shards| TableSpec::<i64>::dense(0..30, 2).shards(shards);
+    let whole = Table::new(spec(2)).unwrap();
+    for key in 0..30 {
+        whole.push(key, &[key as i64, 1]).unwrap();
+    }
+    // The checkpoints two server shards would write.
+    let files: Vec<Vec<u8>> = (0..2)
+        .map(|shard| {
+            let part = Table::for_shard(spec(2), shard).unwrap();
+            whole
+                .visit_shard(shard, |r| part.restore_row(r).unwrap())
+                .unwrap();
+            saved(&part)
+        })
+        .collect();
+    let other = Table::for_shard(spec(2), 1).unwrap();
+    let reason = checkpoint_error(checkpoint::load(&other, &files[0][..], Foreign::Refuse));
+    assert!(reason.contains("belongs to server shard 0"), "{reason}");
+    // Three shards now: each loads both files and keeps its own rows.
+    let mut restored = 0;
+    let mut row = [0i64; 2];
+    for shard in 0..3 {
+        let part = Table::for_shard(spec(3), shard).unwrap();
+        let mut skipped = 0;
+        for file in &files {
+            let l = checkpoint::load(&part, &file[..], Foreign::Skip).unwrap();
+            restored += l.restored;
+            skipped += l.skipped;
+        }
+        assert_eq!(skipped, 30 - part.rows() as u64);
+        for key in (0..30).filter(|&k| part.shard_map().shard_of(k).unwrap() == shard) {
+            part.pull(key, &mut row).unwrap();
+            assert_eq!(row, [key as i64, 1]);
+        }
+    }
+    assert_eq!(restored, 30);
+}
+
+#[test]
+fn a_failing_writer_is_an_error() {
+    struct Full;
+    impl std::io::Write for Full {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let t = Table::new(TableSpec::<f32>::dense(0..1000, 64)).unwrap();
+    match checkpoint::save(&t, Full) {
+        Err(Error::Checkpoint { reason }) => assert!(reason.contains("disk full"), "{reason}"),
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+}
+
+#[test]
+fn restore_row_checks_width_state_and_key() {
+    let t = Table::new(TableSpec::<f32>::dense(0..4, 2).update(Adam::new(0.1))).unwrap();
+    let state = [0.0f32; 5];
+    let row = |key, values: &'static [f32], state| laggard::RowSnapshot { key, values, state };
+    assert!(matches!(
+        t.restore_row(row(0, &[1.0], &state)),
+        Err(Error::WidthMismatch {
+            expected: 2,
+            got: 1
+        })
+    ));
+    assert!(matches!(
+        t.restore_row(row(0, &[1.0, 2.0], &state[..4])),
+        Err(Error::StateMismatch {
+            expected: 5,
+            got: 4
+        })
+    ));
+    assert!(matches!(
+        t.restore_row(row(4, &[1.0, 2.0], &state)),
+        Err(Error::KeyOutOfRange { key: 4, .. })
+    ));
+    t.restore_row(row(3, &[1.0, 2.0], &state)).unwrap();
+    let mut out = [0.0f32; 2];
+    t.pull(3, &mut out).unwrap();
+    assert_eq!(out, [1.0, 2.0]);
+}
+
+/// Saved while another thread pushes: every row is saved as it was
+/// between two pushes (each push adds 1 to all of a wide row's elements),
+/// never torn.
+#[test]
+fn a_checkpoint_taken_during_pushes_has_no_torn_rows() {
+    let spec = || TableSpec::<i64>::dense(0..8, 512);
+    let table = Arc::new(Table::new(spec()).unwrap());
+    let pusher = {
+        let table = table.clone();
+        thread::spawn(move || {
+            let ones = vec![1i64; 512];
+            for i in 0..4000u64 {
+                table.push(i % 8, &ones).unwrap();
+            }
+        })
+    };
+    let mut files = Vec::new();
+    while !pusher.is_finished() || files.is_empty() {
+        files.push(saved(&table));
+    }
+    pusher.join().unwrap();
+    for file in files {
+        let t = Table::new(spec()).unwrap();
+        checkpoint::load(&t, &file[..], Foreign::Refuse).unwrap();
+        for (key, values, _) in rows(&t) {
+            assert!(values.iter().all(|&v| v == values[0]), "row {key} torn");
+        }
+    }
+}
+
+/// A cluster trains five clocks and its shards save their parts; a new
+/// cluster loads them and trains five more: its rows end exactly where
+/// those of a cluster that trained all ten clocks at once do.
+#[test]
+fn a_cluster_resumes_from_its_servers_checkpoints() {
+    let spec = || {
+        ClusterSpec::new(2, 1).table(
+            "w",
+            TableSpec::<f64>::dense(0..16, 4)
+                .update(Adam::new(0.05))
+                .consistency(Consistency::Bsp),
+        )
+    };
+    let train = |cluster: &Cluster, from: u64, to: u64| {
+        cluster
+            .run_workers(|worker| {
+                let w = worker.table::<f64>("w")?;
+                let keys: Vec<u64> = (0..16).collect();
+                let mut rows = vec![0.0; 64];
+                for step in from..to {
+                    worker.pull(&w, &keys, &mut rows)?;
+                    let grads: Vec<f64> = rows
+                        .iter()
+                        .enumerate()
+                        .map(|(i, x)| x - (i as f64 + step as f64) * 0.1)
+                        .collect();
+                    worker.push(&w, &keys, &grads)?;
+                    worker.clock()?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    };
+    let read = |cluster: &Cluster| {
+        let mut out = vec![0.0f64; 64];
+        cluster
+            .read::<f64>("w", &(0..16).collect::<Vec<_>>(), &mut out)
+            .unwrap();
+        out
+    };
+    let first = Cluster::start(spec()).unwrap();
+    train(&first, 0, 5);
+    let files: Vec<Vec<u8>> = (0..2)
+        .map(|shard| saved(&first.server_table::<f64>("w", shard).unwrap()))
+        .collect();
+    let second = Cluster::start(spec()).unwrap();
+    for (shard, file) in files.iter().enumerate() {
+        let part = second.server_table::<f64>("w", shard).unwrap();
+        checkpoint::load(&part, &file[..], Foreign::Refuse).unwrap();
+    }
+    assert_eq!(read(&second), read(&first));
+    train(&second, 5, 10);
+    let straight = Cluster::start(spec()).unwrap();
+    train(&straight, 0, 10);
+    assert_eq!(read(&second), read(&straight));
+    assert_ne!(read(&second), read(&first));
+    assert!(matches!(
+        first.server_table::<f64>("w", 2),
+        Err(Error::ShardOutOfRange {
+            shard: 2,
+            shards: 2
+        })
+    ));
+    assert!(matches!(
+        first.server_table::<f32>("w", 0),
+        Err(Error::TableType { .. })
+    ));
+    for cluster in [first, second, straight] {
+        cluster.shutdown().unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any pushes to a sparse Adam table: the checkpoint restores every
+    /// row and its state bit for bit.
+    #[test]
+    fn any_pushed_table_round_trips(
+        pushes in prop::collection::vec((0u64..40, prop::collection::vec(-10.0f32..10.0, 3)), 0..60),
+        shards in 1usize..4,
+    ) {
+        let spec = || TableSpec::<f32>::sparse(3).shards(shards).update(Adam::new(0.01));
+        let t = Table::new(spec()).unwrap();
+        for (key, delta) in &pushes {
+            t.push(*key, delta).unwrap();
+        }
+        let bytes = saved(&t);
+        let fresh = Table::new(spec()).unwrap();
+        let loaded = checkpoint::load(&fresh, &bytes[..], Foreign::Refuse).unwrap();
+        prop_assert_eq!(loaded.restored as usize, t.rows());
+        let bits = |rows: Vec<(u64, Vec<f32>, Vec<f32>)>| -> Vec<(u64, Vec<u32>)> {
+            rows.into_iter()
+                .map(|(k, v, s)| (k, v.iter().chain(&s).map(|x| x.to_bits()).collect()))
+                .collect()
+        };
+        prop_assert_eq!(bits(rows(&fresh)), bits(rows(&t)));
+    }
+}
