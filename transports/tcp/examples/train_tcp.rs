@@ -10,6 +10,7 @@
 //! target/release/laggard-launch --servers 2 --workers 4 -- \
 //!     target/release/examples/train_tcp [--consistency bsp|ssp:3|async] [--clocks 150]
 //!     [--compute-ms 2] [--straggle-prob 0.5] [--straggle-ms 20] [--dead-after-ms 3000]
+//!     [--checkpoint DIR] [--resume DIR]
 //! ```
 //!
 //! On each clock one worker (drawn at random, the same draw in every
@@ -17,10 +18,18 @@
 //! prints its progress; worker 0 prints the final loss of the weights it
 //! pulls at the end. Each server prints what it applied and which workers,
 //! if any, it declared dead.
+//!
+//! With `--checkpoint DIR`, each server shard saves its part of the
+//! weights (values and optimizer state) to `DIR/weights.SHARD-of-SHARDS`
+//! once the workers are done. With `--resume DIR`, each server shard first
+//! loads every file in `DIR` (one run's checkpoint), keeping the rows it
+//! owns, so a run may resume on another number of server shards.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use laggard::{ClusterSpec, Consistency, Sgd, TableSpec, WorkerStatus};
+use laggard::checkpoint::{self, Foreign};
+use laggard::{ClusterSpec, Consistency, Error, Sgd, Table, TableSpec, WorkerStatus};
 use laggard_tcp::{Bootstrap, Role};
 
 #[path = "../../../examples/common/logreg.rs"]
@@ -35,6 +44,8 @@ struct Config {
     consistency: Consistency,
     schedule: Schedule,
     dead_after: Duration,
+    checkpoint: Option<PathBuf>,
+    resume: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -42,6 +53,8 @@ fn parse_args() -> Result<Config, String> {
         consistency: Consistency::Ssp { staleness: 3 },
         schedule: Schedule::default(),
         dead_after: Duration::from_secs(3),
+        checkpoint: None,
+        resume: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -53,6 +66,8 @@ fn parse_args() -> Result<Config, String> {
                 let ms: f64 = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
                 c.dead_after = Duration::from_secs_f64(ms / 1e3);
             }
+            "--checkpoint" => c.checkpoint = Some(value.into()),
+            "--resume" => c.resume = Some(value.into()),
             _ if c.schedule.parse_flag(flag, value)? => {}
             other => return Err(format!("unknown flag {other}")),
         }
@@ -88,7 +103,26 @@ fn run(cfg: &Config) -> laggard::Result<()> {
     let node = boot.join(&spec)?;
     match node.role() {
         Role::Server(shard) => {
-            let report = node.run_server()?;
+            let server = node.server()?;
+            let weights = server.table::<f32>("weights")?;
+            if let Some(dir) = &cfg.resume {
+                let rows = resume(&weights, dir)?;
+                println!(
+                    "server shard {shard}: resumed {rows} rows from {}",
+                    dir.display()
+                );
+            }
+            let report = server.run_until_workers_done()?;
+            if let Some(dir) = &cfg.checkpoint {
+                let file = dir.join(format!("weights.{shard}-of-{}", spec.servers()));
+                let saved = save(&weights, &file)?;
+                println!(
+                    "server shard {shard}: saved {} rows ({} bytes) to {}",
+                    saved.rows,
+                    saved.bytes,
+                    file.display()
+                );
+            }
             let dead: Vec<String> = report
                 .clocks
                 .iter()
@@ -118,4 +152,37 @@ fn run(cfg: &Config) -> laggard::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Loads every checkpoint file in `dir` into this shard's part, keeping
+/// the rows it owns; returns how many it restored.
+fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<u64> {
+    let io = |what: &str, e: std::io::Error| Error::Checkpoint {
+        reason: format!("{what} {}: {e}", dir.display()),
+    };
+    let mut restored = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| io("cannot list", e))? {
+        let path = entry.map_err(|e| io("cannot list", e))?.path();
+        let file = std::fs::File::open(&path).map_err(|e| io("cannot open a file in", e))?;
+        restored += checkpoint::load(weights, file, Foreign::Skip)
+            .map_err(|e| match e {
+                Error::Checkpoint { reason } => Error::Checkpoint {
+                    reason: format!("{}: {reason}", path.display()),
+                },
+                other => other,
+            })?
+            .restored;
+    }
+    Ok(restored)
+}
+
+/// Saves this shard's part to `file` (creating its directory).
+fn save(weights: &Table<f32>, file: &Path) -> laggard::Result<checkpoint::Saved> {
+    let io = |e: std::io::Error| Error::Checkpoint {
+        reason: format!("cannot create {}: {e}", file.display()),
+    };
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    checkpoint::save(weights, std::fs::File::create(file).map_err(io)?)
 }

@@ -320,6 +320,15 @@ impl Node {
     /// Runs this process's server shard until every worker has left or
     /// been declared dead. Fails if this process is a worker.
     pub fn run_server(self) -> Result<ServerReport> {
+        self.server()?.run_until_workers_done()
+    }
+
+    /// This process's server shard, bound and not yet serving: reach its
+    /// tables with [`Server::table`] (to load a checkpoint before it serves
+    /// and save one after), then call
+    /// [`run_until_workers_done`](Server::run_until_workers_done). Fails if
+    /// this process is a worker.
+    pub fn server(self) -> Result<Server<TcpEndpoint>> {
         let Role::Server(shard) = self.role else {
             return Err(Error::InvalidConfig {
                 what: "node role",
@@ -329,7 +338,7 @@ impl Node {
         let ep = self
             .transport
             .bind_on(&self.spec.server_name(shard), self.listener)?;
-        Server::new(ep, &self.spec, shard)?.run_until_workers_done()
+        Server::new(ep, &self.spec, shard)
     }
 
     /// Connects this process's worker to every server shard. Fails if this
