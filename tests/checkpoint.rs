@@ -436,3 +436,46 @@ proptest! {
         prop_assert_eq!(bits(rows(&fresh)), bits(rows(&t)));
     }
 }
+
+#[test]
+fn save_file_replaces_a_checkpoint_only_when_the_new_one_is_whole() {
+    let dir = std::env::temp_dir().join(format!("laggard-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("w.ckpt");
+    let spec = || TableSpec::<f32>::dense(0..4, 2).update(Adam::new(0.1));
+    let t = Table::new(spec()).unwrap();
+    t.push(2, &[1.0, 2.0]).unwrap();
+    checkpoint::save_file(&t, &path).unwrap();
+    let first = std::fs::read(&path).unwrap();
+    assert!(!checkpoint::partial_path(&path).exists());
+    // A save that fails (its partial file cannot be created: a directory
+    // is in the way) leaves the checkpoint as it was.
+    std::fs::create_dir(checkpoint::partial_path(&path)).unwrap();
+    t.push(2, &[1.0, 2.0]).unwrap();
+    match checkpoint::save_file(&t, &path) {
+        Err(Error::Checkpoint { reason }) => assert!(reason.contains("w.ckpt.partial"), "{reason}"),
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), first);
+    std::fs::remove_dir(checkpoint::partial_path(&path)).unwrap();
+    // Now it goes through, and loads back.
+    checkpoint::save_file(&t, &path).unwrap();
+    assert_ne!(std::fs::read(&path).unwrap(), first);
+    let fresh = Table::new(spec()).unwrap();
+    checkpoint::load_file(&fresh, &path, Foreign::Refuse).unwrap();
+    assert_eq!(rows(&fresh), rows(&t));
+    // Errors name the file.
+    std::fs::write(&path, b"garbage").unwrap();
+    let reason = checkpoint_error(checkpoint::load_file(&fresh, &path, Foreign::Refuse));
+    assert!(reason.starts_with(&path.display().to_string()), "{reason}");
+    let reason = checkpoint_error(checkpoint::load_file(
+        &fresh,
+        dir.join("missing"),
+        Foreign::Refuse,
+    ));
+    assert!(
+        reason.contains("cannot open") && reason.contains("missing"),
+        "{reason}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

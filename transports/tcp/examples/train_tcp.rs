@@ -155,34 +155,30 @@ fn run(cfg: &Config) -> laggard::Result<()> {
 }
 
 /// Loads every checkpoint file in `dir` into this shard's part, keeping
-/// the rows it owns; returns how many it restored.
+/// the rows it owns; returns how many it restored. Files a save did not
+/// finish (`.partial`) are left out.
 fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<u64> {
-    let io = |what: &str, e: std::io::Error| Error::Checkpoint {
-        reason: format!("{what} {}: {e}", dir.display()),
+    let io = |e: std::io::Error| Error::Checkpoint {
+        reason: format!("cannot list {}: {e}", dir.display()),
     };
     let mut restored = 0;
-    for entry in std::fs::read_dir(dir).map_err(|e| io("cannot list", e))? {
-        let path = entry.map_err(|e| io("cannot list", e))?.path();
-        let file = std::fs::File::open(&path).map_err(|e| io("cannot open a file in", e))?;
-        restored += checkpoint::load(weights, file, Foreign::Skip)
-            .map_err(|e| match e {
-                Error::Checkpoint { reason } => Error::Checkpoint {
-                    reason: format!("{}: {reason}", path.display()),
-                },
-                other => other,
-            })?
-            .restored;
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.extension().is_some_and(|e| e == "partial") {
+            continue;
+        }
+        restored += checkpoint::load_file(weights, &path, Foreign::Skip)?.restored;
     }
     Ok(restored)
 }
 
-/// Saves this shard's part to `file` (creating its directory).
+/// Saves this shard's part to `file` (creating its directory), replacing
+/// an earlier checkpoint there only once the new one is whole.
 fn save(weights: &Table<f32>, file: &Path) -> laggard::Result<checkpoint::Saved> {
-    let io = |e: std::io::Error| Error::Checkpoint {
-        reason: format!("cannot create {}: {e}", file.display()),
-    };
     if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::Checkpoint {
+            reason: format!("cannot create {}: {e}", dir.display()),
+        })?;
     }
-    checkpoint::save(weights, std::fs::File::create(file).map_err(io)?)
+    checkpoint::save_file(weights, file)
 }
