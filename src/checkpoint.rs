@@ -1,10 +1,9 @@
 //! Checkpoints: every row a table stores, with its update rule's state,
 //! written to bytes and read back into a table.
 //!
-//! A server shard saves its part of each table ([`save`], or
-//! [`save_file`], which replaces a file only once the new checkpoint is
-//! whole) while it serves or after it stopped, and a restarted one loads
-//! it ([`load`], [`load_file`]) before it serves again. Training then resumes where the checkpoint was taken:
+//! A server shard saves its part of each table ([`save`]) while it serves
+//! or after it stopped, and a restarted one loads it ([`load`]) before it
+//! serves again. Training then resumes where the checkpoint was taken:
 //! the rows and every optimizer's per-row state (momentum, Adagrad's
 //! sums, Adam's moments and step count) come back exactly. Each row is
 //! saved consistent on its own (as [`Table::visit_shard`] reads it); a
@@ -33,6 +32,26 @@
 //! # Ok::<(), laggard::Error>(())
 //! ```
 //!
+//! The core does no I/O of its own: `save` and `load` take any `Write` and
+//! `Read`. To replace a checkpoint file only once the new one is whole,
+//! write beside it, sync, and rename over it (a crash mid-save then leaves
+//! the old checkpoint in place; `transports/tcp/examples/train_tcp.rs`
+//! does this):
+//!
+//! ```
+//! # use laggard::{Table, TableSpec, checkpoint};
+//! # let table = Table::new(TableSpec::<f32>::dense(0..4, 2))?;
+//! # let dir = std::env::temp_dir().join(format!("laggard-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! let (path, partial) = (dir.join("weights.ckpt"), dir.join("weights.ckpt.partial"));
+//! let mut file = std::fs::File::create(&partial)?;
+//! checkpoint::save(&table, &mut file)?;
+//! file.sync_all()?;
+//! std::fs::rename(&partial, &path)?;
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Format (version 1, little-endian)
 //!
 //! | bytes | field |
@@ -50,9 +69,7 @@
 //! element type, width or state length, or bytes after the end are errors
 //! ([`Error::Checkpoint`]) that say which.
 
-use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
 
 use crate::element::{Element, ElementKind, read_le_slice, write_le_slice};
 use crate::error::{Error, Result};
@@ -231,61 +248,6 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => Err(checkpoint(format!("could not read: {e}"))),
         };
-    }
-}
-
-/// [`save`] to the file `path`, replacing it only once the new checkpoint
-/// is whole: the rows go to `path` with `.partial` appended, which is
-/// synced to disk and then renamed over `path`. A crash or an error while
-/// saving leaves the previous checkpoint at `path` as it was (and maybe a
-/// `.partial` file, which the next save overwrites).
-pub fn save_file<T: Element>(table: &Table<T>, path: impl AsRef<Path>) -> Result<Saved> {
-    let path = path.as_ref();
-    let partial = partial_path(path);
-    let at = |what: &str, p: &Path, e: std::io::Error| {
-        checkpoint(format!("cannot {what} {}: {e}", p.display()))
-    };
-    let mut file = File::create(&partial).map_err(|e| at("create", &partial, e))?;
-    let saved = save(table, &mut file).map_err(|e| in_file(&partial, e))?;
-    file.sync_all().map_err(|e| at("sync", &partial, e))?;
-    drop(file);
-    std::fs::rename(&partial, path).map_err(|e| at("rename into place", &partial, e))?;
-    // The rename is durable once the directory is synced too. That is best
-    // effort: some systems cannot open or sync a directory, and the new
-    // checkpoint is in place either way.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
-    Ok(saved)
-}
-
-/// [`load`] from the file `path`; errors name the file.
-pub fn load_file<T: Element>(
-    table: &Table<T>,
-    path: impl AsRef<Path>,
-    foreign: Foreign,
-) -> Result<Loaded> {
-    let path = path.as_ref();
-    let file =
-        File::open(path).map_err(|e| checkpoint(format!("cannot open {}: {e}", path.display())))?;
-    load(table, file, foreign).map_err(|e| in_file(path, e))
-}
-
-/// Where [`save_file`] writes before renaming: `path` with `.partial`
-/// appended.
-pub fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".partial");
-    PathBuf::from(name)
-}
-
-/// A checkpoint error, prefixed with the file it came from.
-fn in_file(path: &Path, e: Error) -> Error {
-    match e {
-        Error::Checkpoint { reason } => checkpoint(format!("{}: {reason}", path.display())),
-        other => other,
     }
 }
 

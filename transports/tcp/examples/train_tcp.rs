@@ -25,6 +25,7 @@
 //! loads every file in `DIR` (one run's checkpoint), keeping the rows it
 //! owns, so a run may resume on another number of server shards.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -158,27 +159,45 @@ fn run(cfg: &Config) -> laggard::Result<()> {
 /// the rows it owns; returns how many it restored. Files a save did not
 /// finish (`.partial`) are left out.
 fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<u64> {
-    let io = |e: std::io::Error| Error::Checkpoint {
-        reason: format!("cannot list {}: {e}", dir.display()),
-    };
     let mut restored = 0;
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let path = entry.map_err(io)?.path();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
+        let path = entry.map_err(|e| io_error("cannot list", dir, e))?.path();
         if path.extension().is_some_and(|e| e == "partial") {
             continue;
         }
-        restored += checkpoint::load_file(weights, &path, Foreign::Skip)?.restored;
+        let file = File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
+        restored += checkpoint::load(weights, file, Foreign::Skip)
+            .map_err(|e| match e {
+                Error::Checkpoint { reason } => Error::Checkpoint {
+                    reason: format!("{}: {reason}", path.display()),
+                },
+                other => other,
+            })?
+            .restored;
     }
     Ok(restored)
 }
 
-/// Saves this shard's part to `file` (creating its directory), replacing
-/// an earlier checkpoint there only once the new one is whole.
+/// Saves this shard's part to `file`, replacing an earlier checkpoint
+/// there only once the new one is whole: it is written to `FILE.partial`,
+/// synced, and renamed over `file`.
 fn save(weights: &Table<f32>, file: &Path) -> laggard::Result<checkpoint::Saved> {
     if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Checkpoint {
-            reason: format!("cannot create {}: {e}", dir.display()),
-        })?;
+        std::fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
     }
-    checkpoint::save_file(weights, file)
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let mut out = File::create(&partial).map_err(|e| io_error("cannot create", &partial, e))?;
+    let saved = checkpoint::save(weights, &mut out)?;
+    out.sync_all()
+        .map_err(|e| io_error("cannot sync", &partial, e))?;
+    std::fs::rename(&partial, file).map_err(|e| io_error("cannot rename", &partial, e))?;
+    Ok(saved)
+}
+
+fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
+    Error::Checkpoint {
+        reason: format!("{what} {}: {e}", path.display()),
+    }
 }
