@@ -599,8 +599,19 @@ impl<T: Element> Table<T> {
             });
         }
         let cells: Vec<T> = row.values.iter().chain(row.state).copied().collect();
-        self.row_for_push(row.key)?
-            .apply(self.width, &Overwrite, &cells);
+        self.restore_cells(row.key, &cells)
+    }
+
+    /// [`restore_row`](Self::restore_row) from the row's values followed
+    /// by its state, as one slice (a checkpoint's record).
+    pub(crate) fn restore_cells(&self, key: u64, cells: &[T]) -> Result<()> {
+        if cells.len() != self.width + self.state_len {
+            return Err(Error::StateMismatch {
+                expected: self.state_len,
+                got: cells.len().saturating_sub(self.width),
+            });
+        }
+        self.row_for_push(key)?.apply(self.width, &Overwrite, cells);
         Ok(())
     }
 
