@@ -1,5 +1,6 @@
 //! Replays the checked-in fuzz corpora on the stable toolchain: every input
-//! the fuzzers kept must still run without a panic.
+//! the fuzzers kept must still run without a panic, and the seeds each
+//! target's body offers must be in its corpus.
 
 #[path = "../fuzz/src/api_calls.rs"]
 mod api_calls;
@@ -10,96 +11,88 @@ mod frames;
 
 use std::path::{Path, PathBuf};
 
-fn corpus(target: &str) -> (PathBuf, Vec<Vec<u8>>) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus")
-        .join(target);
-    let inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .join(target)
+}
+
+fn corpus(target: &str) -> Vec<Vec<u8>> {
+    std::fs::read_dir(corpus_dir(target))
         .expect("the corpus directory is checked in")
         .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
-        .collect();
-    (dir, inputs)
+        .collect()
+}
+
+/// Runs every input of `target`'s corpus, which must hold at least ten.
+fn replay(target: &str, run: fn(&[u8])) {
+    let inputs = corpus(target);
+    assert!(
+        inputs.len() >= 10,
+        "only {} inputs in {}",
+        inputs.len(),
+        corpus_dir(target).display()
+    );
+    inputs.iter().for_each(|i| run(i));
+}
+
+/// Runs each seed, and checks it is in `target`'s corpus.
+fn seeds_in_corpus(target: &str, seeds: Vec<Vec<u8>>, run: fn(&[u8])) {
+    let inputs = corpus(target);
+    for seed in seeds {
+        run(&seed);
+        assert!(
+            inputs.contains(&seed),
+            "a {target} seed is missing from the corpus; run `cargo test --test fuzz_corpus -- --ignored`"
+        );
+    }
+}
+
+/// Writes the seeds into `target`'s corpus directory as `seed-NN`.
+fn write_seeds(target: &str, seeds: Vec<Vec<u8>>) {
+    let dir = corpus_dir(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (i, seed) in seeds.iter().enumerate() {
+        std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
+    }
 }
 
 #[test]
 fn api_calls_corpus_replays_without_panics() {
-    let (dir, inputs) = corpus("api_calls");
-    assert!(
-        inputs.len() >= 10,
-        "only {} inputs in {}",
-        inputs.len(),
-        dir.display()
-    );
-    inputs.iter().for_each(|i| api_calls::run(i));
+    replay("api_calls", api_calls::run);
 }
 
 #[test]
 fn frames_corpus_replays_without_panics() {
-    let (dir, inputs) = corpus("frames");
-    assert!(
-        inputs.len() >= 10,
-        "only {} inputs in {}",
-        inputs.len(),
-        dir.display()
-    );
-    inputs.iter().for_each(|i| frames::run(i));
+    replay("frames", frames::run);
 }
 
 #[test]
 fn frame_seeds_are_valid_and_in_the_corpus() {
-    let (_, inputs) = corpus("frames");
-    for seed in frames::seeds() {
-        frames::run(&seed);
-        assert!(
-            inputs.contains(&seed),
-            "seed missing from the corpus; run `cargo test --test fuzz_corpus -- --ignored`"
-        );
-    }
+    seeds_in_corpus("frames", frames::seeds(), frames::run);
 }
 
-/// Writes the seeds into the corpus directory (run once after changing them).
+/// Writes the frame seeds into the corpus (run once after changing them).
 #[test]
 #[ignore]
 fn write_frame_seeds() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/frames");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (i, seed) in frames::seeds().iter().enumerate() {
-        std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
-    }
+    write_seeds("frames", frames::seeds());
 }
 
 #[test]
 fn checkpoint_corpus_replays_without_panics() {
-    let (dir, inputs) = corpus("checkpoint");
-    assert!(
-        inputs.len() >= 10,
-        "only {} inputs in {}",
-        inputs.len(),
-        dir.display()
-    );
-    inputs.iter().for_each(|i| checkpoint::run(i));
+    replay("checkpoint", checkpoint::run);
 }
 
 #[test]
 fn checkpoint_seeds_load_and_are_in_the_corpus() {
-    let (_, inputs) = corpus("checkpoint");
-    for seed in checkpoint::seeds() {
-        checkpoint::run(&seed);
-        assert!(
-            inputs.contains(&seed),
-            "seed missing from the corpus; run `cargo test --test fuzz_corpus -- --ignored`"
-        );
-    }
+    seeds_in_corpus("checkpoint", checkpoint::seeds(), checkpoint::run);
 }
 
-/// Writes the checkpoint seeds into the corpus directory (run once after
-/// changing them).
+/// Writes the checkpoint seeds into the corpus (run once after changing
+/// them).
 #[test]
 #[ignore]
 fn write_checkpoint_seeds() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/checkpoint");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (i, seed) in checkpoint::seeds().iter().enumerate() {
-        std::fs::write(dir.join(format!("seed-{i:02}")), seed).unwrap();
-    }
+    write_seeds("checkpoint", checkpoint::seeds());
 }
