@@ -7,8 +7,8 @@ use std::thread;
 
 use laggard::checkpoint::{self, Foreign, Loaded};
 use laggard::{
-    Adagrad, Adam, Cluster, ClusterSpec, Consistency, Element, Error, Init, Placement, Sgd, Table,
-    TableSpec,
+    Adagrad, Adam, Cluster, ClusterSpec, Consistency, Element, Error, Init, Placement, Server, Sgd,
+    Table, TableSpec,
 };
 use proptest::prelude::*;
 
@@ -434,5 +434,130 @@ proptest! {
                 .collect()
         };
         prop_assert_eq!(bits(rows(&fresh)), bits(rows(&t)));
+    }
+}
+
+/// Saved snapshots of one server shard, by the clock they were taken at.
+type Snapshots = Arc<std::sync::Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// A server shard whose clock hook saves table "w" every `every` clocks,
+/// serving on its own thread, and `workers` workers on threads that each
+/// pull, push 1 to every element and clock, `clocks` times, under BSP.
+fn train_with_hook(workers: u32, clocks: u64, every: u64) -> (laggard::Result<()>, Snapshots) {
+    use laggard::transport::{InProcess, Transport};
+    use laggard::{Worker, WorkerId};
+    use std::time::{Duration, Instant};
+
+    let spec = ClusterSpec::new(1, workers as usize)
+        .table(
+            "w",
+            TableSpec::<i64>::dense(0..2, 3).consistency(Consistency::Bsp),
+        )
+        .timeout(Duration::from_secs(20));
+    let net = InProcess::new();
+    let mut server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
+    let weights = server.table::<i64>("w").unwrap();
+    let snapshots: Snapshots = Arc::default();
+    let keep = snapshots.clone();
+    server
+        .on_clock(every, move |clock| {
+            let mut bytes = Vec::new();
+            checkpoint::save(&weights, &mut bytes)?;
+            keep.lock().unwrap().push((clock, bytes));
+            Ok(())
+        })
+        .unwrap();
+    let serving = thread::spawn(move || server.run_until_workers_done().map(drop));
+    let training: Vec<_> = (0..workers)
+        .map(|id| {
+            let ep = net.bind(&spec.worker_name(id as usize)).unwrap();
+            let spec = spec.clone();
+            thread::spawn(move || -> laggard::Result<()> {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                let mut worker = Worker::connect(ep, &spec, WorkerId(id), deadline)?;
+                let w = worker.table::<i64>("w")?;
+                let mut rows = [0i64; 6];
+                for _ in 0..clocks {
+                    worker.pull(&w, &[0, 1], &mut rows)?;
+                    worker.push(&w, &[0, 1], &[1; 6])?;
+                    worker.clock()?;
+                }
+                worker.leave().map(drop)
+            })
+        })
+        .collect();
+    for t in training {
+        let _ = t.join().unwrap();
+    }
+    (serving.join().unwrap(), snapshots)
+}
+
+/// Under BSP, with each worker pulling before it pushes, the snapshot the
+/// hook takes at clock c holds exactly the pushes of clocks below c.
+#[test]
+fn a_servers_clock_hook_snapshots_exactly_the_clocks_before_it() {
+    let (served, snapshots) = train_with_hook(3, 7, 2);
+    served.unwrap();
+    let snapshots = snapshots.lock().unwrap();
+    let clocks: Vec<u64> = snapshots.iter().map(|s| s.0).collect();
+    assert_eq!(clocks, [2, 4, 6]);
+    for (clock, bytes) in snapshots.iter() {
+        let t = Table::new(TableSpec::<i64>::dense(0..2, 3)).unwrap();
+        checkpoint::load(&t, &bytes[..], Foreign::Refuse).unwrap();
+        let mut row = [0i64; 3];
+        for key in 0..2 {
+            t.pull(key, &mut row).unwrap();
+            assert_eq!(row, [3 * *clock as i64; 3], "snapshot at clock {clock}");
+        }
+    }
+}
+
+#[test]
+fn a_clock_hook_that_fails_stops_its_server_with_the_error() {
+    use laggard::transport::{InProcess, Transport};
+    let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<i64>::dense(0..2, 3));
+    let mut server = Server::new(
+        InProcess::new().bind(&spec.server_name(0)).unwrap(),
+        &spec,
+        0,
+    )
+    .unwrap();
+    assert!(matches!(
+        server.on_clock(0, |_| Ok(())),
+        Err(Error::InvalidConfig { .. })
+    ));
+    drop(server);
+
+    let failing = |clock| -> laggard::Result<()> {
+        Err(Error::Checkpoint {
+            reason: format!("disk full at clock {clock}"),
+        })
+    };
+    let (served, _) = {
+        // The same training, with a hook that fails at its first call.
+        use std::time::{Duration, Instant};
+        // A worker whose server vanished tries to reconnect for
+        // `dead_after` inside whichever call notices; keep that short.
+        let spec = ClusterSpec::new(1, 1)
+            .table("w", TableSpec::<i64>::dense(0..2, 3))
+            .timeout(Duration::from_secs(5))
+            .dead_after(Duration::from_millis(100));
+        let net = InProcess::new();
+        let mut server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
+        server.on_clock(1, failing).unwrap();
+        let serving = thread::spawn(move || server.run_until_workers_done().map(drop));
+        let ep = net.bind(&spec.worker_name(0)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut worker =
+            laggard::Worker::connect(ep, &spec, laggard::WorkerId(0), deadline).unwrap();
+        let w = worker.table::<i64>("w").unwrap();
+        worker.push(&w, &[0], &[1, 1, 1]).unwrap();
+        worker.clock().unwrap();
+        drop(worker); // not left: the server is gone, or going
+        (serving.join().unwrap(), ())
+    };
+    match served {
+        Err(Error::Checkpoint { reason }) => assert_eq!(reason, "disk full at clock 1"),
+        other => panic!("expected the hook's error, got {other:?}"),
     }
 }

@@ -41,6 +41,15 @@ pub struct Server<E: Endpoint> {
     typed: Vec<Arc<dyn Any + Send + Sync>>,
     send_timeout: Duration,
     out: Vec<Output>,
+    on_clock: Option<ClockHook>,
+}
+
+/// What [`Server::on_clock`] registered.
+struct ClockHook {
+    every: u64,
+    /// The next multiple of `every` the slowest worker must reach.
+    next: u64,
+    call: Box<dyn FnMut(u64) -> Result<()> + Send>,
 }
 
 impl<E: Endpoint> std::fmt::Debug for Server<E> {
@@ -85,6 +94,7 @@ impl<E: Endpoint> Server<E> {
             typed,
             send_timeout: spec.timeout,
             out: Vec::new(),
+            on_clock: None,
         })
     }
 
@@ -123,6 +133,66 @@ impl<E: Endpoint> Server<E> {
     pub fn table<T: Element>(&self, name: &str) -> Result<Arc<Table<T>>> {
         let (index, _) = self.spec.typed_table::<T>(name)?;
         downcast_part(&self.typed[index])
+    }
+
+    /// Has `call(clock)` run on the server's own thread each time the
+    /// slowest active worker's clock, as this shard sees it, reaches a
+    /// multiple of `every` (once per crossing, with the clock reached; a
+    /// jump past several multiples calls it once). While it runs the server
+    /// applies nothing, so a checkpoint saved from it
+    /// ([`checkpoint::save`](crate::checkpoint::save) of
+    /// [`table`](Self::table)s taken beforehand) is one snapshot of this
+    /// shard: every push of clocks below `clock` and, under SSP or Async,
+    /// maybe some later pushes of faster workers. An error from `call`
+    /// stops the server with that error. `every` must be at least 1.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use laggard::{ClusterSpec, Server, TableSpec, checkpoint};
+    /// use laggard::transport::{InProcess, Transport};
+    ///
+    /// let spec = ClusterSpec::new(1, 2).table("w", TableSpec::<f32>::dense(0..8, 4));
+    /// let net = InProcess::new();
+    /// let mut server = Server::new(net.bind(&spec.server_name(0))?, &spec, 0)?;
+    /// let (weights, latest) = (server.table::<f32>("w")?, Arc::new(Mutex::new(Vec::new())));
+    /// let keep = latest.clone();
+    /// server.on_clock(100, move |_clock| {
+    ///     let mut bytes = Vec::new(); // a file in practice
+    ///     checkpoint::save(&weights, &mut bytes)?;
+    ///     *keep.lock().unwrap() = bytes;
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn on_clock(
+        &mut self,
+        every: u64,
+        call: impl FnMut(u64) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        if every == 0 {
+            return Err(crate::error::invalid(
+                "clock hook interval",
+                "0 clocks; call it every 1 or more clocks",
+            ));
+        }
+        self.on_clock = Some(ClockHook {
+            every,
+            next: every,
+            call: Box::new(call),
+        });
+        Ok(())
+    }
+
+    /// Runs the clock hook if the slowest worker reached its next multiple.
+    fn clock_hook(&mut self) -> Result<()> {
+        let (Some(hook), Some(min)) = (&mut self.on_clock, self.core.clocks().min_active()) else {
+            return Ok(());
+        };
+        if min >= hook.next {
+            hook.next = (min / hook.every + 1) * hook.every;
+            (hook.call)(min)?;
+        }
+        Ok(())
     }
 
     /// Serves until a controller sends `Shutdown`; returns the counters.
@@ -169,6 +239,7 @@ impl<E: Endpoint> Server<E> {
             }
             self.core.poll(now, &mut self.out);
             self.deliver(now);
+            self.clock_hook()?;
         }
         Ok(ServerReport {
             stats: self.core.stats(),

@@ -10,7 +10,7 @@
 //! target/release/laggard-launch --servers 2 --workers 4 -- \
 //!     target/release/examples/train_tcp [--consistency bsp|ssp:3|async] [--clocks 150]
 //!     [--compute-ms 2] [--straggle-prob 0.5] [--straggle-ms 20] [--dead-after-ms 3000]
-//!     [--checkpoint DIR] [--resume DIR]
+//!     [--checkpoint DIR [--checkpoint-every CLOCKS]] [--resume DIR]
 //! ```
 //!
 //! On each clock one worker (drawn at random, the same draw in every
@@ -21,7 +21,10 @@
 //!
 //! With `--checkpoint DIR`, each server shard saves its part of the
 //! weights (values and optimizer state) to `DIR/weights.SHARD-of-SHARDS`
-//! once the workers are done. With `--resume DIR`, each server shard first
+//! once the workers are done, and with `--checkpoint-every N` also each
+//! time the slowest worker reaches a multiple of N clocks (from the
+//! server's clock hook, so each is one snapshot of the shard; a crash
+//! loses at most N clocks). With `--resume DIR`, each server shard first
 //! loads every file in `DIR` (one run's checkpoint), keeping the rows it
 //! owns, so a run may resume on another number of server shards.
 
@@ -46,6 +49,7 @@ struct Config {
     schedule: Schedule,
     dead_after: Duration,
     checkpoint: Option<PathBuf>,
+    checkpoint_every: Option<u64>,
     resume: Option<PathBuf>,
 }
 
@@ -55,6 +59,7 @@ fn parse_args() -> Result<Config, String> {
         schedule: Schedule::default(),
         dead_after: Duration::from_secs(3),
         checkpoint: None,
+        checkpoint_every: None,
         resume: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -68,10 +73,17 @@ fn parse_args() -> Result<Config, String> {
                 c.dead_after = Duration::from_secs_f64(ms / 1e3);
             }
             "--checkpoint" => c.checkpoint = Some(value.into()),
+            "--checkpoint-every" => {
+                let n = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
+                c.checkpoint_every = Some(n);
+            }
             "--resume" => c.resume = Some(value.into()),
             _ if c.schedule.parse_flag(flag, value)? => {}
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if c.checkpoint_every.is_some() && c.checkpoint.is_none() {
+        return Err("--checkpoint-every needs --checkpoint DIR".into());
     }
     Ok(c)
 }
@@ -104,7 +116,7 @@ fn run(cfg: &Config) -> laggard::Result<()> {
     let node = boot.join(&spec)?;
     match node.role() {
         Role::Server(shard) => {
-            let server = node.server()?;
+            let mut server = node.server()?;
             let weights = server.table::<f32>("weights")?;
             if let Some(dir) = &cfg.resume {
                 let rows = resume(&weights, dir)?;
@@ -113,10 +125,24 @@ fn run(cfg: &Config) -> laggard::Result<()> {
                     dir.display()
                 );
             }
+            let file = cfg
+                .checkpoint
+                .as_ref()
+                .map(|dir| dir.join(format!("weights.{shard}-of-{}", spec.servers())));
+            if let (Some(every), Some(file)) = (cfg.checkpoint_every, &file) {
+                let (weights, file) = (weights.clone(), file.clone());
+                server.on_clock(every, move |clock| {
+                    let saved = save(&weights, &file)?;
+                    println!(
+                        "server shard {shard}: clock {clock}: saved {} rows",
+                        saved.rows
+                    );
+                    Ok(())
+                })?;
+            }
             let report = server.run_until_workers_done()?;
-            if let Some(dir) = &cfg.checkpoint {
-                let file = dir.join(format!("weights.{shard}-of-{}", spec.servers()));
-                let saved = save(&weights, &file)?;
+            if let Some(file) = &file {
+                let saved = save(&weights, file)?;
                 println!(
                     "server shard {shard}: saved {} rows ({} bytes) to {}",
                     saved.rows,
