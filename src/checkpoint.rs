@@ -80,8 +80,6 @@ const VERSION: u32 = 1;
 const HEADER_LEN: usize = 32;
 const ROW: u8 = 1;
 const END: u8 = 0;
-/// The end marker's byte, the row count and the checksum.
-const TRAILER_LEN: usize = 1 + 8 + 8;
 /// Buffer for reading and writing, so that rows of a few elements do not
 /// each cost a system call.
 const BUFFER: usize = 256 << 10;
@@ -221,12 +219,11 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
         }
         rows += 1;
     }
-    let mut trailer = [0u8; TRAILER_LEN - 1];
-    input.take(&mut trailer[..8], "the row count")?;
+    let (mut count, mut sum) = ([0u8; 8], [0u8; 8]);
+    input.take(&mut count, "the row count")?;
     let computed = input.digest.clone().finish();
-    input.take_unhashed(&mut trailer[8..], "the checksum")?;
-    let count = u64::from_le_bytes(trailer[..8].try_into().expect("8 bytes"));
-    let sum = u64::from_le_bytes(trailer[8..].try_into().expect("8 bytes"));
+    input.take_unhashed(&mut sum, "the checksum")?;
+    let (count, sum) = (u64::from_le_bytes(count), u64::from_le_bytes(sum));
     if count != rows {
         return Err(checkpoint(format!(
             "the end marker counts {count} rows but {rows} were read; the checkpoint is corrupted"
@@ -237,18 +234,14 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
             "the checksum does not match the contents; the checkpoint is corrupted".into(),
         ));
     }
-    let mut extra = [0u8; 1];
-    loop {
-        return match input.input.read(&mut extra) {
-            Ok(0) => Ok(loaded),
-            Ok(_) => Err(checkpoint(format!(
-                "bytes follow the end of the checkpoint (at byte {}); is this a \
-                 concatenation of files?",
-                input.offset
-            ))),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => Err(checkpoint(format!("could not read: {e}"))),
-        };
+    match input.input.bytes().next() {
+        None => Ok(loaded),
+        Some(Ok(_)) => Err(checkpoint(format!(
+            "bytes follow the end of the checkpoint (at byte {}); is this a \
+             concatenation of files?",
+            input.offset
+        ))),
+        Some(Err(e)) => Err(checkpoint(format!("could not read: {e}"))),
     }
 }
 
