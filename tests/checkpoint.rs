@@ -487,7 +487,7 @@ fn train_with_hook(workers: u32, clocks: u64, every: u64) -> (laggard::Result<()
         })
         .collect();
     for t in training {
-        let _ = t.join().unwrap();
+        t.join().unwrap().unwrap();
     }
     (serving.join().unwrap(), snapshots)
 }
@@ -515,48 +515,37 @@ fn a_servers_clock_hook_snapshots_exactly_the_clocks_before_it() {
 #[test]
 fn a_clock_hook_that_fails_stops_its_server_with_the_error() {
     use laggard::transport::{InProcess, Transport};
-    let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<i64>::dense(0..2, 3));
-    let mut server = Server::new(
-        InProcess::new().bind(&spec.server_name(0)).unwrap(),
-        &spec,
-        0,
-    )
-    .unwrap();
+    use laggard::{Worker, WorkerId};
+    use std::time::{Duration, Instant};
+
+    // A worker whose server vanished tries to reconnect for `dead_after`
+    // inside whichever call notices; keep that short.
+    let spec = ClusterSpec::new(1, 1)
+        .table("w", TableSpec::<i64>::dense(0..2, 3))
+        .timeout(Duration::from_secs(5))
+        .dead_after(Duration::from_millis(100));
+    let net = InProcess::new();
+    let mut server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
     assert!(matches!(
         server.on_clock(0, |_| Ok(())),
         Err(Error::InvalidConfig { .. })
     ));
-    drop(server);
-
-    let failing = |clock| -> laggard::Result<()> {
-        Err(Error::Checkpoint {
-            reason: format!("disk full at clock {clock}"),
+    server
+        .on_clock(1, |clock| {
+            Err(Error::Checkpoint {
+                reason: format!("disk full at clock {clock}"),
+            })
         })
-    };
-    let (served, _) = {
-        // The same training, with a hook that fails at its first call.
-        use std::time::{Duration, Instant};
-        // A worker whose server vanished tries to reconnect for
-        // `dead_after` inside whichever call notices; keep that short.
-        let spec = ClusterSpec::new(1, 1)
-            .table("w", TableSpec::<i64>::dense(0..2, 3))
-            .timeout(Duration::from_secs(5))
-            .dead_after(Duration::from_millis(100));
-        let net = InProcess::new();
-        let mut server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
-        server.on_clock(1, failing).unwrap();
-        let serving = thread::spawn(move || server.run_until_workers_done().map(drop));
-        let ep = net.bind(&spec.worker_name(0)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut worker =
-            laggard::Worker::connect(ep, &spec, laggard::WorkerId(0), deadline).unwrap();
-        let w = worker.table::<i64>("w").unwrap();
-        worker.push(&w, &[0], &[1, 1, 1]).unwrap();
-        worker.clock().unwrap();
-        drop(worker); // not left: the server is gone, or going
-        (serving.join().unwrap(), ())
-    };
-    match served {
+        .unwrap();
+    let serving = thread::spawn(move || server.run_until_workers_done().map(drop));
+    let ep = net.bind(&spec.worker_name(0)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut worker = Worker::connect(ep, &spec, WorkerId(0), deadline).unwrap();
+    let w = worker.table::<i64>("w").unwrap();
+    worker.push(&w, &[0], &[1, 1, 1]).unwrap();
+    worker.clock().unwrap(); // the hook runs once the server took this clock
+    drop(worker); // not left: the server is gone, or going
+    match serving.join().unwrap() {
         Err(Error::Checkpoint { reason }) => assert_eq!(reason, "disk full at clock 1"),
         other => panic!("expected the hook's error, got {other:?}"),
     }
