@@ -300,6 +300,62 @@ fn a_worker_that_disappears_is_declared_dead_and_stops_holding_others_back() {
     assert!(stats.iter().all(|s| s.workers_declared_dead == 1));
 }
 
+/// A worker whose server is gone keeps trying to reconnect until
+/// `dead_after`, but each call gives up at its own deadline: with
+/// `dead_after` an hour and calls timing out after 200 ms, a clock and a
+/// pull that need the gone server each return (the pull with an error)
+/// long before the watchdog.
+#[test]
+fn calls_of_a_worker_whose_server_is_gone_keep_their_deadlines() {
+    use laggard::transport::InProcess;
+    use laggard::{Server, Worker};
+    use std::sync::mpsc;
+
+    let spec = ClusterSpec::new(1, 1)
+        .table(
+            "w",
+            TableSpec::<i32>::dense(0..4, 1).consistency(Consistency::Bsp),
+        )
+        .timeout(Duration::from_millis(200))
+        .dead_after(Duration::from_secs(3600));
+    let net = InProcess::new();
+    let mut server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
+    // The server stops (its endpoint goes) once the worker's first clock
+    // reached it.
+    server
+        .on_clock(1, |_| {
+            Err(Error::Transport {
+                reason: "stopped by the test".into(),
+            })
+        })
+        .unwrap();
+    let serving = std::thread::spawn(move || server.run_until_workers_done().map(drop));
+    let ep = net.bind(&spec.worker_name(0)).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let working = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut worker = Worker::connect(ep, &spec, WorkerId(0), deadline).unwrap();
+        let t = worker.table::<i32>("w").unwrap();
+        worker.push(&t, &[0], &[1]).unwrap();
+        let clocked = worker.clock();
+        tx.send(format!("clock: {clocked:?}")).unwrap();
+        let mut row = [0];
+        let pulled = worker.pull(&t, &[0], &mut row);
+        tx.send(format!("pull: {pulled:?}")).unwrap();
+    });
+    let watchdog = Duration::from_secs(120);
+    let clocked = rx
+        .recv_timeout(watchdog)
+        .expect("clock() outlived its deadline");
+    assert!(clocked.starts_with("clock: Ok"), "{clocked}");
+    let pulled = rx
+        .recv_timeout(watchdog)
+        .expect("pull() outlived its deadline");
+    assert!(pulled.starts_with("pull: Err"), "{pulled}");
+    working.join().unwrap();
+    assert!(serving.join().unwrap().is_err());
+}
+
 #[test]
 fn two_clusters_in_one_process_are_independent() {
     let make = |n: i64| {

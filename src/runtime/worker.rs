@@ -81,7 +81,9 @@ pub struct PushTicket {
 /// If a connection to a server drops, the worker reconnects (for up to the
 /// spec's `dead_after`, after which the server would have declared it
 /// dead), and resends the pushes the server had not acknowledged and the
-/// pulls it had not answered. The server applies each push exactly once
+/// pulls it had not answered. Each call tries to reconnect only until its
+/// own deadline, so a call never outlasts its timeout waiting for a server
+/// that is gone; the next call tries again. The server applies each push exactly once
 /// by its sequence number, so nothing is lost or applied twice.
 pub struct Worker<E: Endpoint> {
     ep: E,
@@ -95,6 +97,11 @@ pub struct Worker<E: Endpoint> {
     stale: IdSet<PeerId>,
     /// Per shard, when its connection dropped, until a new one is welcomed.
     lost_since: Vec<Option<Instant>>,
+    /// Per shard whose connection dropped and could not be made again
+    /// within the deadline of the call that noticed: why the last attempt
+    /// failed. Later calls try again within their own deadlines, until
+    /// `dead_after` has passed since the drop.
+    reconnect_pending: Vec<Option<Error>>,
     /// What this worker says when it (re)connects.
     session: u64,
     /// Shards that took this worker's leave; their connections may close.
@@ -193,6 +200,7 @@ impl<E: Endpoint> Worker<E> {
             to_send: Vec::new(),
             stale: IdSet::default(),
             lost_since: vec![None; spec.servers],
+            reconnect_pending: vec![None; spec.servers],
             session,
             left_shards: vec![false; spec.servers],
             leave_retry: None,
@@ -207,7 +215,7 @@ impl<E: Endpoint> Worker<E> {
             worker.peers[shard] = peer;
             worker.shard_of.insert(peer, shard);
             let sent = send_message(&mut worker.ep, peer, &hello, deadline);
-            worker.after_send(shard, sent)?;
+            worker.after_send(shard, sent, deadline)?;
         }
         // Registration rides on the reconnect machinery: a connection that
         // drops before its welcome is made again.
@@ -710,11 +718,16 @@ impl<E: Endpoint> Worker<E> {
                 send_message(&mut self.ep, peer, msg, deadline)
             })
             .expect("request checked above");
-        self.after_send(shard, sent)
+        self.after_send(shard, sent, deadline)
     }
 
-    /// Sends push `seq` to `shard`.
+    /// Sends push `seq` to `shard`, unless its shard is still to be
+    /// reconnected (then it goes out with the resends once the shard
+    /// welcomes the worker back).
     fn send_push(&mut self, shard: usize, seq: u64, deadline: Instant) -> Result<()> {
+        if self.reconnect_pending[shard].is_some() {
+            return Ok(());
+        }
         let peer = self.peers[shard];
         let Some(sent) = self
             .core
@@ -726,10 +739,10 @@ impl<E: Endpoint> Worker<E> {
             // Acknowledged meanwhile.
             return Ok(());
         };
-        self.after_send(shard, sent)
+        self.after_send(shard, sent, deadline)
     }
 
-    fn after_send(&mut self, shard: usize, sent: Result<usize>) -> Result<()> {
+    fn after_send(&mut self, shard: usize, sent: Result<usize>, deadline: Instant) -> Result<()> {
         match sent {
             Ok(len) => {
                 let stats = self.core.stats_mut();
@@ -738,21 +751,55 @@ impl<E: Endpoint> Worker<E> {
                 Ok(())
             }
             // What was not delivered is resent after the reconnect.
-            Err(e @ Error::Disconnected { .. }) => self.reconnect(shard, e),
+            Err(e @ Error::Disconnected { .. }) => self.reconnect(shard, e, deadline),
             Err(e) => Err(self.fail(shard, e)),
         }
     }
 
     /// The connection to `shard` dropped: makes a new one and says hello;
     /// the welcome (handled in `pump`) triggers the resends. Tries until
-    /// `dead_after` has passed since the connection first dropped; then
-    /// the shard is failed for good.
-    fn reconnect(&mut self, shard: usize, cause: Error) -> Result<()> {
+    /// `deadline` (the deadline of the call that noticed) or until
+    /// `dead_after` has passed since the connection first dropped,
+    /// whichever comes first. In the first case the shard is left to a
+    /// later call (`reconnect_pending`); in the second it is failed for
+    /// good.
+    fn reconnect(&mut self, shard: usize, cause: Error, deadline: Instant) -> Result<()> {
         let since = *self.lost_since[shard].get_or_insert_with(Instant::now);
-        self.reconnect_by(shard, cause, since + self.spec.dead_after)
+        let dead_at = since + self.spec.dead_after;
+        if deadline >= dead_at {
+            return self.reconnect_by(shard, cause, dead_at);
+        }
+        self.reconnect_pending[shard] = self.try_reconnect(shard, cause, deadline).err();
+        Ok(())
     }
 
+    /// Reconnects to `shard` by `deadline`, or fails it for good.
     fn reconnect_by(&mut self, shard: usize, cause: Error, deadline: Instant) -> Result<()> {
+        match self.try_reconnect(shard, cause, deadline) {
+            Ok(()) => {
+                self.reconnect_pending[shard] = None;
+                Ok(())
+            }
+            Err(last) => {
+                let e = Error::Disconnected {
+                    peer: format!("server shard {shard}"),
+                    reason: format!(
+                        "the connection dropped and no reconnect succeeded; last error: {last}"
+                    ),
+                };
+                Err(self.fail(shard, e))
+            }
+        }
+    }
+
+    /// Tries to connect to `shard` again and say hello, until `deadline`;
+    /// the last attempt's error (at first `cause`) if none succeeded.
+    fn try_reconnect(
+        &mut self,
+        shard: usize,
+        cause: Error,
+        deadline: Instant,
+    ) -> Result<(), Error> {
         self.core.link_lost(shard);
         let hello = self.hello();
         let mut last = cause;
@@ -764,13 +811,7 @@ impl<E: Endpoint> Worker<E> {
                 self.stale.insert(old);
             }
             if Instant::now() >= deadline {
-                let e = Error::Disconnected {
-                    peer: format!("server shard {shard}"),
-                    reason: format!(
-                        "the connection dropped and no reconnect succeeded; last error: {last}"
-                    ),
-                };
-                return Err(self.fail(shard, e));
+                return Err(last);
             }
             let attempt = self
                 .ep
@@ -825,6 +866,13 @@ impl<E: Endpoint> Worker<E> {
     /// Handles one incoming event, waiting until `deadline`; false if none
     /// came.
     fn pump(&mut self, deadline: Instant) -> Result<bool> {
+        for shard in 0..self.reconnect_pending.len() {
+            if let Some(cause) = self.reconnect_pending[shard].take() {
+                // A failure for good marks the worker broken; callers see
+                // that through `check_ok`.
+                let _ = self.reconnect(shard, cause, deadline);
+            }
+        }
         let Some(event) = self.ep.recv(deadline)? else {
             return Ok(false);
         };
@@ -897,7 +945,7 @@ impl<E: Endpoint> Worker<E> {
                     }
                     // A failed reconnect marks the worker broken; callers
                     // see that through `check_ok`.
-                    let _ = self.reconnect(shard, e);
+                    let _ = self.reconnect(shard, e, deadline);
                 }
             }
             Event::Connected(peer) => self.ep.disconnect(peer),
