@@ -83,8 +83,9 @@ pub struct PushTicket {
 /// dead), and resends the pushes the server had not acknowledged and the
 /// pulls it had not answered. Each call tries to reconnect only until its
 /// own deadline, so a call never outlasts its timeout waiting for a server
-/// that is gone; the next call tries again. The server applies each push exactly once
-/// by its sequence number, so nothing is lost or applied twice.
+/// that is gone; the next call tries again. The server applies each push
+/// exactly once by its sequence number, so nothing is lost or applied
+/// twice.
 pub struct Worker<E: Endpoint> {
     ep: E,
     core: ClientCore,
