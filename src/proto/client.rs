@@ -162,6 +162,10 @@ struct Link {
     /// while false are queued and sent, in order, after the next welcome,
     /// so the server never sees a sequence gap.
     welcomed: bool,
+    /// The worker's clock as the shard's first welcome gave it (`None`
+    /// until then): 0 for a new worker, more for a process that takes the
+    /// place of one that is gone.
+    joined_at: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -296,6 +300,7 @@ impl ClientCore {
                     next_seq: 1,
                     unacked: VecDeque::new(),
                     welcomed: false,
+                    joined_at: None,
                 })
                 .collect(),
             pending: (0..shards)
@@ -661,6 +666,26 @@ impl ClientCore {
                 format!("the server says it is shard {}", welcome.shard),
             ));
         }
+        if link.joined_at.is_none() {
+            // The first welcome from this shard. A worker whose process was
+            // replaced is known to the shard already: this process goes on
+            // from the sequence number and clock the shard has for it.
+            let fresh = link.next_seq == 1 && link.unacked.is_empty() && self.clock == 0;
+            if welcome.applied_seq > 0 || welcome.clock > 0 {
+                if !fresh {
+                    return Err(protocol(
+                        shard,
+                        format!(
+                            "the shard knows this worker from another process (push {}, \
+                             clock {}), but this one already made pushes of its own",
+                            welcome.applied_seq, welcome.clock
+                        ),
+                    ));
+                }
+                link.next_seq = welcome.applied_seq + 1;
+            }
+            link.joined_at = Some(welcome.clock);
+        }
         if welcome.applied_seq >= link.next_seq {
             return Err(protocol(
                 shard,
@@ -682,6 +707,63 @@ impl ClientCore {
         let resend: Vec<u64> = link.unacked.iter().map(|s| s.seq).collect();
         self.stats.push_messages += resend.len() as u64;
         Ok(resend)
+    }
+
+    /// Once every shard welcomed this worker ([`on_welcome`](Self::on_welcome)),
+    /// takes up the clock of the process it replaces, if any: the latest
+    /// clock a shard has for the worker (shards may differ, if that process
+    /// stopped between its pushes to them). A shard behind gets an empty
+    /// push finishing each clock it lacks. Returns `(shard, seq)` of those
+    /// pushes, to send with [`with_push`](Self::with_push); nothing for a
+    /// new worker, at clock 0 everywhere.
+    pub fn join(&mut self) -> Result<Vec<(usize, u64)>> {
+        let mut joined = Vec::with_capacity(self.links.len());
+        for (shard, link) in self.links.iter().enumerate() {
+            joined.push(
+                link.joined_at
+                    .ok_or_else(|| protocol(shard, "joining before the shard's welcome"))?,
+            );
+        }
+        let (ahead, clock) = joined
+            .iter()
+            .copied()
+            .enumerate()
+            .max_by_key(|&(_, c)| c)
+            .unwrap_or((0, 0));
+        if clock <= self.clock {
+            return Ok(Vec::new());
+        }
+        if self.pending.iter().flatten().any(|rows| !rows.is_empty())
+            || self.links.iter().any(|l| !l.unacked.is_empty())
+        {
+            return Err(protocol(
+                ahead,
+                format!(
+                    "the shard has this worker at clock {clock} (another process spoke for \
+                     it), but this one already made pushes of its own"
+                ),
+            ));
+        }
+        let mut out = Vec::new();
+        for (shard, (link, &at)) in self.links.iter_mut().zip(&joined).enumerate() {
+            for c in at..clock {
+                let seq = link.next_seq;
+                link.next_seq += 1;
+                link.unacked.push_back(Sent {
+                    seq,
+                    clock: c,
+                    tick: true,
+                    sections: Vec::new(),
+                    stashed: None,
+                });
+                if link.welcomed {
+                    self.stats.push_messages += 1;
+                    out.push((shard, seq));
+                }
+            }
+        }
+        self.clock = clock;
+        Ok(out)
     }
 
     /// Plans a pull of `keys` from `table`: rows fresh in the cache need no

@@ -137,6 +137,10 @@ pub struct ServerStats {
     pub pulls_timed_out: u64,
     /// Workers declared dead after losing their connection.
     pub workers_declared_dead: u64,
+    /// Workers whose process was replaced by a new one (a new session
+    /// registering after the old one's connection was gone), dead ones
+    /// included.
+    pub workers_replaced: u64,
     /// Connections dropped for protocol errors or bad requests.
     pub peers_dropped: u64,
 }
@@ -151,8 +155,12 @@ pub struct ServerCore {
     roles: IdMap<PeerId, Role>,
     /// The connection speaking for each worker.
     conn_of: Vec<Option<PeerId>>,
-    /// The session (process) each worker first registered from.
+    /// The session (process) speaking for each worker.
     session_of: Vec<Option<u64>>,
+    /// Sessions that spoke for each worker before a replacement took over:
+    /// refused if they come back, since their sequence numbers and clock
+    /// are no longer the worker's.
+    replaced: Vec<Vec<u64>>,
     /// When each worker's connection dropped without `Leave`.
     lost_at: Vec<Option<Instant>>,
     parked: Vec<Parked>,
@@ -170,6 +178,7 @@ impl ServerCore {
             roles: IdMap::default(),
             conn_of: vec![None; n],
             session_of: vec![None; n],
+            replaced: vec![Vec::new(); n],
             lost_at: vec![None; n],
             parked: Vec::new(),
             stopped: false,
@@ -352,6 +361,15 @@ impl ServerCore {
                     return self.drop_peer(peer, FaultCode::Protocol, text, out);
                 };
                 let wi = w as usize;
+                if self.replaced[wi].contains(&hello.session) {
+                    let text = format!(
+                        "worker {w} was taken over by another process (session {:#x}); this \
+                         one (session {:#x}) no longer speaks for it",
+                        self.session_of[wi].unwrap_or_default(),
+                        hello.session
+                    );
+                    return self.drop_peer(peer, FaultCode::DuplicateWorker, text, out);
+                }
                 if status == WorkerStatus::Left && self.session_of[wi] == Some(hello.session) {
                     // The worker reconnected to repeat a leave whose
                     // delivery it could not confirm; leaving again is a
@@ -365,12 +383,24 @@ impl ServerCore {
                     };
                     return out.push(Output::Send(peer, Reply::Welcome(welcome)));
                 }
-                if status != WorkerStatus::Active {
-                    let text = format!("worker {w} has {} and cannot rejoin", status.as_str());
+                // A new process claiming a worker that another one spoke for.
+                let replacing = self.session_of[wi].filter(|&s| s != hello.session);
+                let refused = match status {
+                    WorkerStatus::Active => None,
+                    WorkerStatus::Dead if replacing.is_some() => None,
+                    WorkerStatus::Dead => Some(format!(
+                        "worker {w} has been declared dead and this process cannot rejoin as \
+                         it; a new process (a new `Worker`) may take its place"
+                    )),
+                    WorkerStatus::Left => Some(format!(
+                        "worker {w} has left and cannot rejoin: its process said it was done"
+                    )),
+                };
+                if let Some(text) = refused {
                     return self.drop_peer(peer, FaultCode::Protocol, text, out);
                 }
                 if let Some(other) = self.conn_of[wi] {
-                    if self.session_of[wi] != Some(hello.session) {
+                    if replacing.is_some() {
                         let text = format!(
                             "worker {w} is already connected as {other} from another process \
                              (session {:#x}, this one {:#x}): two processes claim the same rank",
@@ -386,13 +416,31 @@ impl ServerCore {
                     self.parked.retain(|p| p.peer != other);
                     out.push(Output::Close(other));
                 }
+                let mut clock = clock;
+                if let Some(old) = replacing {
+                    // The process that spoke for the worker is gone (its
+                    // connection closed, and it may have been declared
+                    // dead): this one takes its place. It goes on from the
+                    // sequence number and clock this shard has for the
+                    // worker (the Welcome says both); pushes the old
+                    // process sent and this shard never acknowledged are
+                    // lost with it. A dead worker comes back no earlier
+                    // than the slowest active one, so nobody's reads go
+                    // back in time and it holds back no one who went on.
+                    self.replaced[wi].push(old);
+                    self.stats.workers_replaced += 1;
+                    if status == WorkerStatus::Dead {
+                        clock = clock.max(self.visible_clock());
+                        self.clocks.set(WorkerId(w), clock, WorkerStatus::Active);
+                    }
+                }
                 self.session_of[wi] = Some(hello.session);
-                self.conn_of[w as usize] = Some(peer);
-                self.lost_at[w as usize] = None;
+                self.conn_of[wi] = Some(peer);
+                self.lost_at[wi] = None;
                 Welcome {
                     shard: self.cfg.shard,
                     workers: self.cfg.workers,
-                    applied_seq: self.applied[w as usize],
+                    applied_seq: self.applied[wi],
                     clock,
                 }
             }

@@ -86,6 +86,17 @@ pub struct PushTicket {
 /// that is gone; the next call tries again. The server applies each push
 /// exactly once by its sequence number, so nothing is lost or applied
 /// twice.
+///
+/// If a worker's process dies, a new process may take its place: a
+/// [`connect`](Self::connect) with the same id, once the servers have seen
+/// the old connection close (before or after they declared the worker
+/// dead), goes on from that worker's clock ([`current_clock`](Self::current_clock))
+/// and sequence numbers. Pushes the old process sent that were not yet
+/// acknowledged are lost with it (a caller that waited for them with
+/// [`wait_applied`](Self::wait_applied) knows they were not); acknowledged
+/// ones stay applied. A worker declared dead comes back at the slowest
+/// active worker's clock, so it holds back no one who went on without it.
+/// The old process, should it come back, is refused.
 pub struct Worker<E: Endpoint> {
     ep: E,
     core: ClientCore,
@@ -167,6 +178,11 @@ impl<E: Endpoint> Worker<E> {
     /// Connects worker `id` through `ep` to every server shard of `spec`
     /// (bound under [`ClusterSpec::server_name`]), waiting for them until
     /// `deadline`.
+    ///
+    /// If another process spoke for `id` before and is gone, this one takes
+    /// its place at its clock (see [`Worker`]); if that process is still
+    /// connected, the servers refuse this one. A worker that left cannot
+    /// come back.
     pub fn connect(ep: E, spec: &ClusterSpec, id: WorkerId, deadline: Instant) -> Result<Self> {
         spec.validate()?;
         if id.0 as usize >= spec.workers {
@@ -234,6 +250,11 @@ impl<E: Endpoint> Worker<E> {
             }
         }
         worker.check_ok()?;
+        // A process taking the place of one that is gone goes on from the
+        // worker's clock, bringing any shard that is behind up to it.
+        for (shard, seq) in worker.core.join()? {
+            worker.send_push(shard, seq, deadline)?;
+        }
         Ok(worker)
     }
 
@@ -260,7 +281,9 @@ impl<E: Endpoint> Worker<E> {
         WorkerId(self.core.worker())
     }
 
-    /// The worker's clock: how many times it called [`clock`](Self::clock).
+    /// The worker's clock: how many times it called [`clock`](Self::clock),
+    /// plus, for a process that took the place of one that is gone, the
+    /// clock it took over (a training loop resumes from there).
     pub fn current_clock(&self) -> u64 {
         self.core.clock()
     }
