@@ -59,7 +59,6 @@ fn spec(dead_after: Duration) -> ClusterSpec {
 fn a_new_process_takes_the_place_of_a_crashed_worker() {
     let cluster = Cluster::start(spec(Duration::from_secs(3600))).unwrap();
     let keys: Vec<u64> = (0..8).collect();
-    let (crashed_tx, crashed_rx) = mpsc::channel();
     std::thread::scope(|s| {
         let survivor = s.spawn(|| {
             let mut worker = cluster.worker(0).unwrap();
@@ -79,7 +78,6 @@ fn a_new_process_takes_the_place_of_a_crashed_worker() {
             .wait_applied(&ticket, Instant::now() + Duration::from_secs(20))
             .unwrap();
         drop(first);
-        crashed_tx.send(()).unwrap();
         let mut second = connect_replacement(&cluster, 1);
         assert_eq!(
             second.current_clock(),
@@ -92,7 +90,6 @@ fn a_new_process_takes_the_place_of_a_crashed_worker() {
         second.leave().unwrap();
         survivor.join().unwrap();
     });
-    crashed_rx.recv().unwrap();
     let mut rows = vec![0i64; keys.len()];
     cluster.read("w", &keys, &mut rows).unwrap();
     // Exactly once: worker 0 pushed 1 six times, worker 1 pushed 2 on
@@ -123,7 +120,11 @@ fn a_worker_declared_dead_comes_back_at_the_slowest_active_clock() {
                 step(&mut worker, keys);
             }
             at_five_tx.send(()).unwrap();
-            back_rx.recv().unwrap();
+            // Bounded, so that a replacement that fails to connect fails
+            // the test instead of leaving this thread waiting.
+            back_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the replacement did not connect");
             for _ in 5..10 {
                 step(&mut worker, keys);
             }
@@ -136,7 +137,7 @@ fn a_worker_declared_dead_comes_back_at_the_slowest_active_clock() {
             .wait_applied(&ticket, Instant::now() + Duration::from_secs(20))
             .unwrap();
         drop(first);
-        at_five_rx.recv().unwrap();
+        at_five_rx.recv_timeout(Duration::from_secs(60)).unwrap();
         let mut second = connect_replacement(&cluster, 1);
         // Worker 0 finished clock 5 and waits: the worker comes back there,
         // not at clock 1 where it died (that would hold worker 0 back for
