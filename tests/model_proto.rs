@@ -8,6 +8,11 @@
 //! worker's frames hold one row at most, so its pushes of a clock go as
 //! several messages and its pulls as several requests per shard.
 //!
+//! Workers are also replaced mid-run: between clocks, once its pushes were
+//! acknowledged, a worker's process "dies" (its connections close, frames
+//! in flight are lost) and a new client with another session takes its
+//! place, going on from the clock and sequence numbers the shards have.
+//!
 //! Checked: no worker at clock `c` under SSP(s) ever reads a row missing an
 //! update from a clock `<= c - s - 1`; every push is applied exactly once
 //! (final sums equal the clocks each worker finished); and every schedule
@@ -109,6 +114,14 @@ struct Sim {
     keys: u64,
     /// Whether the workers' frames hold one row at most.
     one_row_frames: bool,
+    /// Each worker's current session (process).
+    session: Vec<u64>,
+    /// Workers whose new process waits for every shard's welcome before
+    /// it joins ([`ClientCore::join`]) and does anything else.
+    joining: Vec<bool>,
+    /// Workers replaced so far.
+    replaced: u64,
+    tables: Arc<[TableInfo]>,
 }
 
 impl Sim {
@@ -155,17 +168,7 @@ impl Sim {
             staleness,
             servers,
             clients: (0..workers)
-                .map(|w| {
-                    let mut core = ClientCore::new(w as u32, shards, tables.clone());
-                    if one_row_frames {
-                        // A push of one row: header and push fields (48),
-                        // section head (16), key (8), row. Two rows' pull
-                        // answer (48 + 2 rows) is longer, as rows are over
-                        // 24 bytes.
-                        core.set_frame_limit(72 + width * 8, piece.is_some());
-                    }
-                    core
-                })
+                .map(|w| client(w, shards, &tables, one_row_frames, piece))
                 .collect(),
             phase: (0..workers).map(|_| Phase::NeedPull).collect(),
             peer: vec![vec![PeerId(0); shards]; workers],
@@ -179,6 +182,10 @@ impl Sim {
             piece,
             keys,
             one_row_frames,
+            session: (0..workers as u64).collect(),
+            joining: vec![false; workers],
+            replaced: 0,
+            tables,
         };
         for w in 0..workers {
             for s in 0..shards {
@@ -194,7 +201,7 @@ impl Sim {
         let hello = Message::Hello(Hello {
             role: Role::Worker(w as u32),
             schema: 7,
-            session: 0,
+            session: self.session[w],
         });
         self.up.entry((w, s)).or_default().push_back(hello.to_vec());
     }
@@ -220,6 +227,33 @@ impl Sim {
         self.connect(w, s);
     }
 
+    /// Between clocks, once every shard welcomed worker `w` and
+    /// acknowledged its every push, its process dies and a new one takes its place: the connections close,
+    /// frames in flight are lost, and a new client with a new session
+    /// connects to every shard.
+    fn replace(&mut self, w: usize) {
+        let core = &self.clients[w];
+        if self.phase[w] != Phase::NeedPull
+            || self.joining[w]
+            || !core.acked_through(&core.last_sent())
+            || !(0..self.shards).all(|s| core.is_welcomed(s))
+        {
+            return;
+        }
+        for s in 0..self.shards {
+            self.up.entry((w, s)).or_default().clear();
+            self.down.entry((w, s)).or_default().clear();
+            self.servers[s].0.on_disconnect(self.peer[w][s], self.now);
+        }
+        self.clients[w] = client(w, self.shards, &self.tables, self.one_row_frames, self.piece);
+        self.session[w] += 1_000;
+        self.joining[w] = true;
+        self.replaced += 1;
+        for s in 0..self.shards {
+            self.connect(w, s);
+        }
+    }
+
     /// The network delivers the push at the front of the queue twice (as a
     /// retransmission would).
     fn duplicate_push(&mut self, w: usize, s: usize) {
@@ -235,6 +269,9 @@ impl Sim {
     }
 
     fn worker_step(&mut self, w: usize) {
+        if self.joining[w] {
+            return;
+        }
         let core = &mut self.clients[w];
         match &self.phase[w] {
             Phase::NeedPull => {
@@ -410,6 +447,14 @@ impl Sim {
                     let frame = core.with_push(s, seq, |m| m.to_vec()).unwrap();
                     self.up.entry((w, s)).or_default().push_back(frame);
                 }
+                // A new process joins once every shard welcomed it.
+                if self.joining[w] && (0..self.shards).all(|s| core.is_welcomed(s)) {
+                    for (s, seq) in core.join().unwrap() {
+                        let frame = core.with_push(s, seq, |m| m.to_vec()).unwrap();
+                        self.up.entry((w, s)).or_default().push_back(frame);
+                    }
+                    self.joining[w] = false;
+                }
             }
             _ if self.delivered % 3 == 0 => {
                 core.on_owned_frame(s, frame, MAX).unwrap();
@@ -445,6 +490,25 @@ impl Sim {
     }
 }
 
+/// Worker `w`'s protocol client, at clock 0.
+fn client(
+    w: usize,
+    shards: usize,
+    tables: &Arc<[TableInfo]>,
+    one_row_frames: bool,
+    piece: Option<usize>,
+) -> ClientCore {
+    let mut core = ClientCore::new(w as u32, shards, tables.clone());
+    if one_row_frames {
+        // A push of one row: header and push fields (48), section head
+        // (16), key (8), row. Two rows' pull answer (48 + 2 rows) is
+        // longer, as rows are over 24 bytes.
+        let width = tables[0].width;
+        core.set_frame_limit(72 + width * 8, piece.is_some());
+    }
+    core
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
     #[test]
@@ -463,12 +527,13 @@ proptest! {
             let choice = choice as usize;
             let w = choice % workers;
             let s = (choice / workers) % shards;
-            match (choice / (workers * shards)) % 21 {
+            match (choice / (workers * shards)) % 22 {
                 0..=5 => sim.worker_step(w),
                 6..=12 => { sim.deliver_up(w, s); }
                 13..=18 => { sim.deliver_down(w, s); }
                 19 => sim.duplicate_push(w, s),
-                _ if sim.phase[w] != Phase::Done => sim.cut(w, s),
+                20 if sim.phase[w] != Phase::Done => sim.cut(w, s),
+                21 => sim.replace(w),
                 _ => {}
             }
         }
@@ -491,6 +556,7 @@ proptest! {
         }
         for (core, _) in &sim.servers {
             prop_assert_eq!(core.parked(), 0);
+            prop_assert_eq!(core.stats().workers_replaced, sim.replaced);
         }
     }
 }
