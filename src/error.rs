@@ -125,6 +125,17 @@ pub enum Error {
         /// Its message.
         message: String,
     },
+    /// A server shard refused this worker because another process's
+    /// connection still speaks for the same worker id: two processes were
+    /// given one rank, or the process this one takes the place of is not
+    /// yet seen gone. [`Worker::connect`](crate::Worker::connect) waits
+    /// for the latter until its deadline.
+    WorkerClaimed {
+        /// The shard that refused.
+        peer: String,
+        /// The shard's message (which process holds the id).
+        message: String,
+    },
     /// A transport-level wait (connecting, sending under backpressure,
     /// awaiting a reply) passed its deadline.
     NoResponse {
@@ -217,6 +228,7 @@ impl fmt::Display for Error {
             }
             Error::Disconnected { peer, reason } => write!(f, "{peer} disconnected: {reason}"),
             Error::Remote { peer, message } => write!(f, "{peer} reported: {message}"),
+            Error::WorkerClaimed { peer, message } => write!(f, "{peer} reported: {message}"),
             Error::NoResponse { what, waited } => {
                 write!(f, "gave up after {waited:.3?} waiting for {what}")
             }

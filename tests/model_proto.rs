@@ -245,7 +245,13 @@ impl Sim {
             self.down.entry((w, s)).or_default().clear();
             self.servers[s].0.on_disconnect(self.peer[w][s], self.now);
         }
-        self.clients[w] = client(w, self.shards, &self.tables, self.one_row_frames, self.piece);
+        self.clients[w] = client(
+            w,
+            self.shards,
+            &self.tables,
+            self.one_row_frames,
+            self.piece,
+        );
         self.session[w] += 1_000;
         self.joining[w] = true;
         self.replaced += 1;

@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::codec::{
-    Keys, Message, PUSH_HEAD_LEN, PullRequest, PullResponse, PullTimedOut, Push, RowPiece, Section,
-    Sections, Welcome, decode, push_section_len,
+    FaultCode, Keys, Message, PUSH_HEAD_LEN, PullRequest, PullResponse, PullTimedOut, Push,
+    RowPiece, Section, Sections, Welcome, decode, push_section_len,
 };
 use super::server::status_from_code;
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
@@ -1310,6 +1310,12 @@ impl ClientCore {
                 let consistency = self.tables[r.table as usize].consistency;
                 r.outcome = Some(Err(timeout_error(self.worker, self.clock, consistency, &t)));
                 Ok(())
+            }
+            Message::Fault(f) if f.code == FaultCode::DuplicateWorker as u32 => {
+                Err(Error::WorkerClaimed {
+                    peer: format!("server shard {shard}"),
+                    message: f.text.to_owned(),
+                })
             }
             Message::Fault(f) => Err(Error::Remote {
                 peer: format!("server shard {shard}"),

@@ -368,7 +368,7 @@ impl ServerCore {
                         self.session_of[wi].unwrap_or_default(),
                         hello.session
                     );
-                    return self.drop_peer(peer, FaultCode::DuplicateWorker, text, out);
+                    return self.drop_peer(peer, FaultCode::Protocol, text, out);
                 }
                 if status == WorkerStatus::Left && self.session_of[wi] == Some(hello.session) {
                     // The worker reconnected to repeat a leave whose

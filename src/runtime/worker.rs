@@ -17,6 +17,10 @@ use crate::transport::{Endpoint, Event, PeerId, Stash};
 /// timeout report (which names the workers behind) before giving up on
 /// the server itself.
 const SERVER_GRACE: Duration = Duration::from_millis(500);
+/// How long [`Worker::connect`] waits before trying again when a shard
+/// says another connection still speaks for the worker.
+const CLAIMED_RETRY: Duration = Duration::from_millis(20);
+
 /// How long `leave` tries to reach a shard again to repeat a leave whose
 /// delivery it could not confirm.
 const LEAVE_RECONNECT: Duration = Duration::from_secs(2);
@@ -180,9 +184,11 @@ impl<E: Endpoint> Worker<E> {
     /// `deadline`.
     ///
     /// If another process spoke for `id` before and is gone, this one takes
-    /// its place at its clock (see [`Worker`]); if that process is still
-    /// connected, the servers refuse this one. A worker that left cannot
-    /// come back.
+    /// its place at its clock (see [`Worker`]). While a shard still counts
+    /// another process's connection as that worker's (it may not have seen
+    /// a killed process's connection close yet), this waits and tries
+    /// again; at the deadline it fails with [`Error::WorkerClaimed`]. A
+    /// worker that left cannot come back.
     pub fn connect(ep: E, spec: &ClusterSpec, id: WorkerId, deadline: Instant) -> Result<Self> {
         spec.validate()?;
         if id.0 as usize >= spec.workers {
@@ -201,6 +207,36 @@ impl<E: Endpoint> Worker<E> {
             h.write_u32(id.0);
             h.finish()
         };
+        let mut ep = ep;
+        let mut stale = IdSet::default();
+        loop {
+            let mut worker = Worker::new(ep, spec, id, session, stale);
+            match worker.register(deadline) {
+                Ok(()) => return Ok(worker),
+                // Another connection still speaks for this worker: most
+                // likely that of the process this one takes the place of,
+                // which the shard has not yet seen close. Try again with
+                // new connections until the deadline.
+                Err(e @ Error::WorkerClaimed { .. })
+                    if Instant::now() + CLAIMED_RETRY < deadline =>
+                {
+                    drop(e);
+                    for &peer in &worker.peers {
+                        if peer != PeerId(u64::MAX) {
+                            worker.ep.disconnect(peer);
+                            worker.stale.insert(peer);
+                        }
+                    }
+                    (ep, stale) = (worker.ep, worker.stale);
+                    std::thread::sleep(CLAIMED_RETRY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A worker not yet connected.
+    fn new(ep: E, spec: &ClusterSpec, id: WorkerId, session: u64, stale: IdSet<PeerId>) -> Self {
         let takes_frames = ep.row_piece_len().is_none();
         let mut core = ClientCore::new(id.0, spec.servers, spec.table_infos());
         // Frames longer than a server accepts would be refused there.
@@ -208,14 +244,14 @@ impl<E: Endpoint> Worker<E> {
             .max_frame_len()
             .min(crate::proto::HEADER_LEN.saturating_add(spec.max_payload));
         core.set_frame_limit(max_frame, !takes_frames);
-        let mut worker = Worker {
+        Worker {
             core,
             ep,
             spec: spec.clone(),
             peers: vec![PeerId(u64::MAX); spec.servers],
             shard_of: IdMap::default(),
             to_send: Vec::new(),
-            stale: IdSet::default(),
+            stale,
             lost_since: vec![None; spec.servers],
             reconnect_pending: vec![None; spec.servers],
             session,
@@ -225,23 +261,28 @@ impl<E: Endpoint> Worker<E> {
             left: false,
             frame_spare: Vec::new(),
             takes_frames,
-        };
-        let hello = worker.hello();
-        for shard in 0..spec.servers {
-            let peer = worker.ep.connect(&spec.server_name(shard), deadline)?;
-            worker.peers[shard] = peer;
-            worker.shard_of.insert(peer, shard);
-            let sent = send_message(&mut worker.ep, peer, &hello, deadline);
-            worker.after_send(shard, sent, deadline)?;
+        }
+    }
+
+    /// Connects to every shard, says hello, and waits for the welcomes;
+    /// then joins at the worker's clock.
+    fn register(&mut self, deadline: Instant) -> Result<()> {
+        let hello = self.hello();
+        for shard in 0..self.spec.servers {
+            let peer = self.ep.connect(&self.spec.server_name(shard), deadline)?;
+            self.peers[shard] = peer;
+            self.shard_of.insert(peer, shard);
+            let sent = send_message(&mut self.ep, peer, &hello, deadline);
+            self.after_send(shard, sent, deadline)?;
         }
         // Registration rides on the reconnect machinery: a connection that
         // drops before its welcome is made again.
         let started = Instant::now();
-        while !(0..spec.servers).all(|s| worker.core.is_welcomed(s)) {
-            worker.check_ok()?;
-            if !worker.pump(deadline)? {
-                let missing: Vec<_> = (0..spec.servers)
-                    .filter(|&s| !worker.core.is_welcomed(s))
+        while !(0..self.spec.servers).all(|s| self.core.is_welcomed(s)) {
+            self.check_ok()?;
+            if !self.pump(deadline)? {
+                let missing: Vec<_> = (0..self.spec.servers)
+                    .filter(|&s| !self.core.is_welcomed(s))
                     .collect();
                 return Err(Error::NoResponse {
                     what: format!("a welcome from server shards {missing:?}"),
@@ -249,13 +290,13 @@ impl<E: Endpoint> Worker<E> {
                 });
             }
         }
-        worker.check_ok()?;
+        self.check_ok()?;
         // A process taking the place of one that is gone goes on from the
         // worker's clock, bringing any shard that is behind up to it.
-        for (shard, seq) in worker.core.join()? {
-            worker.send_push(shard, seq, deadline)?;
+        for (shard, seq) in self.core.join()? {
+            self.send_push(shard, seq, deadline)?;
         }
-        Ok(worker)
+        Ok(())
     }
 
     fn hello(&self) -> Message<'static> {

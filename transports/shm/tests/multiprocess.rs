@@ -99,6 +99,7 @@ fn child_process() {
                     println!("shard {shard}: worker {} declared dead at clock {c}", w.0);
                 }
             }
+            println!("shard {shard}: replaced {}", report.stats.workers_replaced);
             println!("shard {shard}: done");
         }
         Some(("worker", id)) => {
@@ -109,7 +110,11 @@ fn child_process() {
             let t = worker.table::<i64>("t").unwrap();
             let keys: Vec<u64> = (0..KEYS).collect();
             let mut rows = vec![0i64; KEYS as usize * 2];
-            for c in 0..clocks {
+            // A process that took the place of a killed one goes on from
+            // the worker's clock.
+            let joined = worker.current_clock();
+            println!("worker {id}: joined at clock {joined}");
+            for c in joined..clocks {
                 worker.pull(&t, &keys, &mut rows).unwrap();
                 let deltas: Vec<i64> = keys.iter().flat_map(|&k| delta(id, c, k)).collect();
                 worker.push(&t, &keys, &deltas).unwrap();
@@ -302,6 +307,72 @@ fn a_killed_worker_is_declared_dead_and_its_segment_cleaned_up() {
     let removed = net.remove_stale();
     assert_eq!(removed.len(), 2, "{removed:?}");
     assert_eq!(net.segments(), Vec::<String>::new());
+}
+
+#[test]
+fn a_killed_worker_is_replaced_by_a_new_process_that_goes_on_from_its_clock() {
+    let cluster = cluster("replace");
+    let (workers, clocks) = (3, 400);
+    let server = spawn(&cluster, "server:0", "kill", 1, workers, clocks);
+    let others: Vec<Child> = [0, 1]
+        .iter()
+        .map(|w| spawn(&cluster, &format!("worker:{w}"), "kill", 1, workers, clocks))
+        .collect();
+    let mut victim = spawn(&cluster, "worker:2", "kill", 1, workers, clocks);
+    let out = victim.stdout.take().unwrap();
+    for line in BufReader::new(out).lines() {
+        if line.unwrap() == "worker 2: clock 20" {
+            break;
+        }
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    // A new process for worker 2, as a launcher restarting a failed rank
+    // would start it. It binds the killed process's name (its mailbox is
+    // stale) and goes on from worker 2's clock, whether or not the server
+    // declared it dead meanwhile.
+    let replacement = spawn(&cluster, "worker:2", "kill", 1, workers, clocks);
+    let lines = finish("the replacement", replacement);
+    let joined: u64 = lines
+        .iter()
+        .find_map(|l| l.split_once("worker 2: joined at clock ").map(|(_, c)| c))
+        .unwrap_or_else(|| panic!("the replacement says where it joined: {lines:#?}"))
+        .parse()
+        .unwrap();
+    assert!(
+        joined >= 20,
+        "joined at clock {joined}, before the killed process got to"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with(&format!("worker 2: clock {clocks}"))),
+        "{lines:#?}"
+    );
+    for (w, child) in others.into_iter().enumerate() {
+        let lines = finish(&format!("worker {w}"), child);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.ends_with(&format!("clock {clocks}")))
+        );
+    }
+    let lines = finish("server", server);
+    assert!(
+        lines.iter().any(|l| l.ends_with("shard 0: replaced 1")),
+        "{lines:#?}"
+    );
+    // Everyone left at the end: the replacement is not reported dead.
+    assert!(
+        !lines.iter().any(|l| l.contains("declared dead")),
+        "{lines:#?}"
+    );
+    let net = ShmTransport::new(&cluster).unwrap();
+    assert_eq!(
+        net.segments(),
+        Vec::<String>::new(),
+        "segments left in /dev/shm"
+    );
 }
 
 #[test]
