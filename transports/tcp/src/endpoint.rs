@@ -87,6 +87,9 @@ struct Book {
     bound: Mutex<HashMap<String, bool>>,
     /// Transport threads still running, over every endpoint.
     threads: AtomicUsize,
+    /// What lives as long as the transport and its endpoints (the
+    /// bootstrap's coordinator, answering late joins).
+    kept: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
 }
 
 impl fmt::Debug for TcpTransport {
@@ -111,6 +114,12 @@ impl TcpTransport {
             book: Arc::default(),
             cfg: TcpConfig::default(),
         }
+    }
+
+    /// Keeps `thing` until the transport and every endpoint bound through
+    /// it are dropped.
+    pub(crate) fn keep_alive(&self, thing: Box<dyn std::any::Any + Send>) {
+        lock(&self.book.kept).push(thing);
     }
 
     /// A transport with these settings.

@@ -58,6 +58,7 @@ fn child_process() {
                     println!("shard {shard}: worker {} declared dead at clock {c}", w.0);
                 }
             }
+            println!("shard {shard}: replaced {}", report.stats.workers_replaced);
             println!("shard {shard}: done");
         }
         Role::Worker(id) => {
@@ -65,7 +66,11 @@ fn child_process() {
             let t = worker.table::<i64>("t").unwrap();
             let keys: Vec<u64> = (0..KEYS).collect();
             let mut rows = vec![0i64; KEYS as usize * 2];
-            for c in 0..clocks {
+            // A process that took the place of a killed one goes on from
+            // the worker's clock.
+            let joined = worker.current_clock();
+            println!("worker {}: joined at clock {joined}", id.0);
+            for c in joined..clocks {
                 worker.pull(&t, &keys, &mut rows).unwrap();
                 let deltas: Vec<i64> = keys.iter().flat_map(|&k| delta(id.0, c, k)).collect();
                 worker.push(&t, &keys, &deltas).unwrap();
@@ -232,6 +237,51 @@ fn a_killed_worker_is_declared_dead_and_the_others_finish() {
     for (w, (_, out)) in results[1..].iter().enumerate() {
         assert!(out.contains(&format!("worker {w}: clock 300")), "{out}");
     }
+}
+
+#[test]
+fn a_killed_worker_rank_is_taken_over_by_a_new_process() {
+    let (servers, workers) = (1, 3);
+    let world = servers + workers;
+    let coord = format!("127.0.0.1:{}", free_port());
+    let mut children: Vec<Child> = (0..world)
+        .map(|r| start("kill", r, world, servers, &coord, 300, None))
+        .collect();
+    // Rank 3 is worker 2: kill it once it is well into the run, and start
+    // the rank again, as a launcher restarting a failed process would. The
+    // new process joins late at the coordinator (rank 0), which answers
+    // with the map, and goes on from worker 2's clock.
+    let mut victim = children.pop().unwrap();
+    let mut lines = BufReader::new(victim.stdout.take().unwrap()).lines();
+    let started = Instant::now();
+    loop {
+        let line = lines.next().expect("the victim's output ended").unwrap();
+        if line.contains("worker 2: clock 20") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the victim never got going"
+        );
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    children.push(start("kill", 3, world, servers, &coord, 300, None));
+    let results = finish(children, Duration::from_secs(120));
+    for (rank, (ok, out)) in results.iter().enumerate() {
+        assert!(ok, "rank {rank} failed; its output:\n{out}");
+    }
+    let replacement = &results[3].1;
+    let joined: u64 = replacement
+        .lines()
+        .find_map(|l| l.split_once("worker 2: joined at clock ").map(|(_, c)| c))
+        .unwrap_or_else(|| panic!("no join line:\n{replacement}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(joined >= 20, "joined at clock {joined}");
+    assert!(replacement.contains("worker 2: clock 300"), "{replacement}");
+    assert!(results[0].1.contains("shard 0: replaced 1"), "{}", results[0].1);
 }
 
 /// Two network namespaces joined by a veth pair, removed on drop.

@@ -37,6 +37,9 @@ mod env;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use laggard::{ClusterSpec, Error, Result, Server, ServerReport, Worker, WorkerId};
@@ -225,9 +228,24 @@ impl Bootstrap {
                     }
                 })?;
             let (world, servers, schema) = (self.world, self.servers, spec.fingerprint());
-            Some(std::thread::spawn(move || {
-                coordinate(listener, world, servers, schema, deadline)
-            }))
+            let stop = Arc::new(AtomicBool::new(false));
+            let (done_tx, done_rx) = mpsc::channel();
+            let stopping = stop.clone();
+            let thread = std::thread::spawn(move || {
+                let rendezvous = coordinate(&listener, world, servers, schema, deadline);
+                let _ = done_tx.send(());
+                if let Ok(members) = rendezvous {
+                    let job = (world, servers, schema);
+                    answer_late_joins(&listener, members, job, &stopping);
+                }
+            });
+            Some((
+                Coordinator {
+                    stop,
+                    thread: Some(thread),
+                },
+                done_rx,
+            ))
         } else {
             None
         };
@@ -245,12 +263,15 @@ impl Bootstrap {
             reason: format!("cannot read the listening address: {e}"),
         })?;
         let answer = rendezvous(&self, coord, spec.fingerprint(), addr, deadline);
-        if let Some(c) = coordinator {
+        let transport = TcpTransport::with_config(self.tcp.clone())?;
+        if let Some((coordinator, done)) = coordinator {
             // The coordinator's own failure is what every rank was told.
-            let _ = c.join();
+            let _ = done.recv();
+            // It goes on answering processes that take the place of a
+            // worker, for as long as this process's endpoints live.
+            transport.keep_alive(Box::new(coordinator));
         }
         let (members, role) = answer?;
-        let transport = TcpTransport::with_config(self.tcp.clone())?;
         for m in &members {
             let name = match m.role {
                 Role::Server(s) => spec.server_name(s),
@@ -542,15 +563,124 @@ fn place(joins: &[Join], servers: usize) -> Vec<Member> {
     members
 }
 
+/// Rank 0's coordinator thread, answering late joins after the
+/// rendezvous; stopped (and waited for) on drop.
+struct Coordinator {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How long the coordinator waits for a late process's join line.
+const LATE_JOIN_READ: Duration = Duration::from_millis(500);
+
+/// After the rendezvous: a process that joins with the rank of a worker
+/// (a new process taking the place of one that died) gets the map, with
+/// that rank at its new address; it then connects as the worker and goes
+/// on from its clock ([`Worker::connect`]). A server's rank cannot be
+/// taken over (its table is nowhere else), nor can rank 0 (the
+/// coordinator itself). Runs until `stop`.
+fn answer_late_joins(
+    listener: &TcpListener,
+    mut members: Vec<Member>,
+    (world, servers, schema): (usize, usize, u64),
+    stop: &AtomicBool,
+) {
+    // Relaxed: the flag carries no data; the thread is joined after it.
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(LATE_JOIN_READ));
+        let mut line = String::new();
+        let read = BufReader::new(&stream).read_line(&mut line);
+        let answer = match read
+            .map_err(|e| e.to_string())
+            .and_then(|_| Join::parse(&line))
+        {
+            Err(e) => format!("error {e}\n"),
+            Ok(join) => match check_join(&join, world, servers, schema) {
+                Some(problem) => format!("error {problem}\n"),
+                None => match members.iter_mut().find(|m| m.rank == join.rank) {
+                    Some(m) if matches!(m.role, Role::Worker(_)) && join.rank != 0 => {
+                        m.addr = join.addr;
+                        map_lines(&members)
+                    }
+                    _ => format!(
+                        "error rank {} joined after the job started; only a worker's rank can \
+                         be taken over by a new process (a server shard's table lives nowhere \
+                         else: restart the job, from a checkpoint)\n",
+                        join.rank
+                    ),
+                },
+            },
+        };
+        let _ = (&stream).write_all(answer.as_bytes());
+    }
+}
+
+/// Why `join` does not belong to this job, if it does not.
+fn check_join(join: &Join, world: usize, servers: usize, schema: u64) -> Option<String> {
+    if join.world != world {
+        Some(format!(
+            "rank {} says the job has {} processes, rank 0 says {world}",
+            join.rank, join.world
+        ))
+    } else if join.servers != servers {
+        Some(format!(
+            "rank {} says {} servers, rank 0 says {servers}",
+            join.rank, join.servers
+        ))
+    } else if join.schema != schema {
+        Some(format!(
+            "rank {} built a different cluster spec (fingerprint {:#x}, rank 0 has \
+             {schema:#x}): every process must declare the same tables",
+            join.rank, join.schema
+        ))
+    } else if join.rank >= world {
+        Some(format!("rank {} is outside a world of {world}", join.rank))
+    } else {
+        None
+    }
+}
+
+/// The cluster map as the coordinator sends it.
+fn map_lines(members: &[Member]) -> String {
+    let mut map = String::new();
+    for m in members {
+        let (kind, index) = match m.role {
+            Role::Server(s) => ("server", s),
+            Role::Worker(w) => ("worker", w.0 as usize),
+        };
+        map.push_str(&format!("{kind} {index} {} {}\n", m.rank, m.addr));
+    }
+    map.push_str("end\n");
+    map
+}
+
 /// Rank 0's side: collects `world` joins, checks them, and answers each
-/// with the map or with the error that stopped the rendezvous.
+/// with the map or with the error that stopped the rendezvous. Returns
+/// the map.
 fn coordinate(
-    listener: TcpListener,
+    listener: &TcpListener,
     world: usize,
     servers: usize,
     schema: u64,
     deadline: Instant,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Vec<Member>, String> {
     let mut joined: Vec<Option<(TcpStream, Join)>> = (0..world).map(|_| None).collect();
     let mut extra = Vec::new();
     let mut error = None;
@@ -586,32 +716,14 @@ fn coordinate(
                 continue;
             }
         };
-        let problem = if join.world != world {
-            Some(format!(
-                "rank {} says the job has {} processes, rank 0 says {world}",
-                join.rank, join.world
-            ))
-        } else if join.servers != servers {
-            Some(format!(
-                "rank {} says {} servers, rank 0 says {servers}",
-                join.rank, join.servers
-            ))
-        } else if join.schema != schema {
-            Some(format!(
-                "rank {} built a different cluster spec (fingerprint {:#x}, rank 0 has \
-                 {schema:#x}): every process must declare the same tables",
-                join.rank, join.schema
-            ))
-        } else if join.rank >= world {
-            Some(format!("rank {} is outside a world of {world}", join.rank))
-        } else if let Some((_, first)) = &joined[join.rank] {
-            Some(format!(
-                "rank {} is claimed by two processes, at {} and {}",
-                join.rank, first.addr, join.addr
-            ))
-        } else {
-            None
-        };
+        let problem = check_join(&join, world, servers, schema).or_else(|| {
+            joined[join.rank].as_ref().map(|(_, first)| {
+                format!(
+                    "rank {} is claimed by two processes, at {} and {}",
+                    join.rank, first.addr, join.addr
+                )
+            })
+        });
         match problem {
             Some(p) => {
                 error = Some(p);
@@ -651,19 +763,11 @@ fn coordinate(
     }
     let joins: Vec<Join> = joined.iter().flatten().map(|(_, j)| j.clone()).collect();
     let members = place(&joins, servers);
-    let mut map = String::new();
-    for m in &members {
-        let (kind, index) = match m.role {
-            Role::Server(s) => ("server", s),
-            Role::Worker(w) => ("worker", w.0 as usize),
-        };
-        map.push_str(&format!("{kind} {index} {} {}\n", m.rank, m.addr));
-    }
-    map.push_str("end\n");
+    let map = map_lines(&members);
     for (s, _) in joined.iter().flatten() {
         let _ = (&*s).write_all(map.as_bytes());
     }
-    Ok(())
+    Ok(members)
 }
 
 #[cfg(test)]
