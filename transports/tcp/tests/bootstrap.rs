@@ -139,3 +139,58 @@ fn a_spec_that_does_not_match_the_job_is_refused_before_joining() {
         .to_string();
     assert!(err.contains("at least one of each role"), "{err}");
 }
+
+#[test]
+fn a_worker_rank_can_join_late_and_a_server_rank_cannot() {
+    // Ranks 0 and 1 are the server shards (one host: lowest ranks first),
+    // ranks 2 and 3 the workers.
+    let coord = format!("127.0.0.1:{}", port());
+    let handles: Vec<_> = (0..4)
+        .map(|r| {
+            let boot = Bootstrap::new(r, 4, 2, &coord);
+            std::thread::spawn(move || boot.join(&spec(2, 2)).unwrap())
+        })
+        .collect();
+    let nodes: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(nodes[1].role(), Role::Server(1));
+    // A new process for rank 3 (worker 1), while rank 0 runs: it gets the
+    // map, with itself at its new address.
+    let t = Duration::from_secs(5);
+    let late = Bootstrap::new(3, 4, 2, &coord)
+        .timeout(t)
+        .join(&spec(2, 2))
+        .unwrap();
+    assert!(matches!(late.role(), Role::Worker(w) if w.0 == 1));
+    let me = late.members().iter().find(|m| m.rank == 3).unwrap();
+    let before = nodes[3].members().iter().find(|m| m.rank == 3).unwrap();
+    assert_ne!(me.addr, before.addr, "the map names the new process");
+    let servers: Vec<_> = late.members().iter().filter(|m| m.rank < 2).collect();
+    assert_eq!(servers, nodes[0].members()[..2].iter().collect::<Vec<_>>());
+    // A server's rank cannot be taken over, and a process of another job
+    // is refused as at the rendezvous.
+    let err = Bootstrap::new(1, 4, 2, &coord)
+        .timeout(t)
+        .join(&spec(2, 2))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only a worker's rank can be taken over"),
+        "{err}"
+    );
+    let err = Bootstrap::new(3, 5, 2, &coord)
+        .timeout(t)
+        .join(&spec(2, 3))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("says the job has 5 processes"),
+        "{err}"
+    );
+    // Once rank 0's node is gone, so is its coordinator.
+    drop(nodes);
+    let short = Duration::from_millis(300);
+    let err = Bootstrap::new(2, 4, 2, &coord)
+        .timeout(short)
+        .join(&spec(2, 2))
+        .unwrap_err();
+    assert!(matches!(err, Error::NoResponse { .. }), "{err}");
+}

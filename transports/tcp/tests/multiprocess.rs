@@ -281,7 +281,11 @@ fn a_killed_worker_rank_is_taken_over_by_a_new_process() {
         .unwrap();
     assert!(joined >= 20, "joined at clock {joined}");
     assert!(replacement.contains("worker 2: clock 300"), "{replacement}");
-    assert!(results[0].1.contains("shard 0: replaced 1"), "{}", results[0].1);
+    assert!(
+        results[0].1.contains("shard 0: replaced 1"),
+        "{}",
+        results[0].1
+    );
 }
 
 /// Two network namespaces joined by a veth pair, removed on drop.

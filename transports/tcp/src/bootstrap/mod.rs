@@ -11,6 +11,13 @@
 //! fingerprint, no rank claimed twice), places the server shards spread
 //! across hosts, and answers each process with the map and its role.
 //!
+//! After that, for as long as rank 0's endpoints live, the coordinator
+//! answers processes that join late with a worker's rank: a process
+//! started again after its predecessor died gets the map and, through
+//! [`Node::worker`], takes the worker's place at its clock (see
+//! [`Worker`]). A server's rank cannot be taken over: its table lives
+//! nowhere else.
+//!
 //! ```no_run
 //! use laggard::{ClusterSpec, Sgd, TableSpec};
 //! use laggard_tcp::{Bootstrap, Role};
@@ -211,6 +218,11 @@ impl Bootstrap {
     /// returns this process's part of the cluster. Fails with a clear
     /// error within the timeout if the coordinator is unreachable, a
     /// process disagrees about the job, or a rank is claimed twice.
+    ///
+    /// A process joining after the rendezvous, with the rank of a worker
+    /// whose process died, is answered with the map while rank 0 runs (see
+    /// the [module docs](self)); rank 0 keeps the rendezvous port until its
+    /// endpoints are dropped.
     pub fn join(self, spec: &ClusterSpec) -> Result<Node> {
         self.check(spec)?;
         let deadline = Instant::now() + self.timeout;
