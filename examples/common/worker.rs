@@ -85,7 +85,9 @@ pub fn train<E: Endpoint>(
     let mut x = vec![0f32; FEATURES];
     let mut grad = vec![0f32; FEATURES];
     let start = Instant::now();
-    for clock in 0..s.clocks {
+    // From the worker's clock: 0, or where the worker was if this process
+    // took the place of one that died.
+    for clock in worker.current_clock()..s.clocks {
         worker.pull(&weights, &keys, &mut x)?;
         logreg::gradient(&data, &x, id, workers, clock, &mut grad);
         let slow = rand(clock ^ 0x5eed) < s.straggle_prob
