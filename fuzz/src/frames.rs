@@ -209,5 +209,34 @@ pub fn seeds() -> Vec<Vec<u8>> {
     frame(2, &msgs[1]);
     frame(2, &msgs[9]);
     seeds.push(session);
+    // A replacement: worker 1 registers and pushes; its connection drops
+    // (the high bit of the record after an empty frame of peer 0); a new
+    // session takes its place and pushes on; the old session comes back
+    // and is refused.
+    let mut session = Vec::new();
+    let mut frame = |peer: u8, bytes: &[u8]| {
+        session.push(peer);
+        session.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        session.extend_from_slice(bytes);
+    };
+    frame(0, &msgs[0].to_vec());
+    frame(0, &msgs[3].to_vec());
+    frame(0, &[]);
+    let replacement = Message::Hello(Hello {
+        role: Role::Worker(1),
+        schema: 1,
+        session: 10,
+    });
+    frame(0x81, &replacement.to_vec());
+    let next = Message::Push(Push {
+        worker: 1,
+        seq: 2,
+        clock: 1,
+        tick: true,
+        sections: Sections::Native(&sections),
+    });
+    frame(1, &next.to_vec());
+    frame(2, &msgs[0].to_vec());
+    seeds.push(session);
     seeds
 }
