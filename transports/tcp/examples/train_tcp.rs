@@ -10,7 +10,7 @@
 //! target/release/laggard-launch --servers 2 --workers 4 -- \
 //!     target/release/examples/train_tcp [--consistency bsp|ssp:3|async] [--clocks 150]
 //!     [--compute-ms 2] [--straggle-prob 0.5] [--straggle-ms 20] [--dead-after-ms 3000]
-//!     [--checkpoint DIR [--checkpoint-every CLOCKS]] [--resume DIR]
+//!     [--checkpoint DIR [--checkpoint-every CLOCKS]] [--resume DIR] [--crash-at CLOCK]
 //! ```
 //!
 //! On each clock one worker (drawn at random, the same draw in every
@@ -27,6 +27,12 @@
 //! loses at most N clocks). With `--resume DIR`, each server shard first
 //! loads every file in `DIR` (one run's checkpoint), keeping the rows it
 //! owns, so a run may resume on another number of server shards.
+//!
+//! With `--crash-at CLOCK`, the last worker's process exits without
+//! leaving when it reaches CLOCK (once its pushes were applied), for
+//! trying what happens then: under
+//! `laggard-launch --restarts 1` the launcher starts that rank again, and
+//! the new process takes the worker's place at its clock and finishes.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -51,6 +57,7 @@ struct Config {
     checkpoint: Option<PathBuf>,
     checkpoint_every: Option<u64>,
     resume: Option<PathBuf>,
+    crash_at: Option<u64>,
 }
 
 fn parse_args() -> Result<Config, String> {
@@ -61,6 +68,7 @@ fn parse_args() -> Result<Config, String> {
         checkpoint: None,
         checkpoint_every: None,
         resume: None,
+        crash_at: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -78,6 +86,12 @@ fn parse_args() -> Result<Config, String> {
                 c.checkpoint_every = Some(n);
             }
             "--resume" => c.resume = Some(value.into()),
+            "--crash-at" => {
+                let at = value
+                    .parse()
+                    .map_err(|e| format!("--crash-at {value}: {e}"))?;
+                c.crash_at = Some(at);
+            }
             _ if c.schedule.parse_flag(flag, value)? => {}
             other => return Err(format!("unknown flag {other}")),
         }
@@ -170,6 +184,34 @@ fn run(cfg: &Config) -> laggard::Result<()> {
         }
         Role::Worker(id) => {
             let mut worker = node.worker()?;
+            // `--crash-at`: the last worker's first process exits without
+            // leaving at that clock (a restart, `LAGGARD_RESTART` > 0, runs on).
+            let restart: u64 = std::env::var("LAGGARD_RESTART")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if let Some(at) = cfg.crash_at.filter(|_| id.0 + 1 == workers && restart == 0) {
+                let mut first = cfg.schedule.clone();
+                first.clocks = at.min(first.clocks);
+                worker::train(&mut worker, id.0, workers, cfg.consistency, &first)?;
+                // Once its pushes are in, so that the new process's clock
+                // is `at` (without this, the last clock's may be lost).
+                let ticket = worker.flush()?;
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                worker.wait_applied(&ticket, deadline)?;
+                eprintln!(
+                    "worker {}: exiting at clock {at} without leaving (--crash-at)",
+                    id.0
+                );
+                std::process::exit(3);
+            }
+            if worker.current_clock() > 0 {
+                println!(
+                    "worker {}: took the worker's place at clock {}",
+                    id.0,
+                    worker.current_clock()
+                );
+            }
             worker::train(&mut worker, id.0, workers, cfg.consistency, &cfg.schedule)?;
             let stats = worker.leave()?;
             println!(

@@ -44,7 +44,7 @@ fn child_process() {
     let boot = Bootstrap::from_env().unwrap();
     let (consistency, dead_after) = match mode.as_str() {
         "sum" => (Consistency::Bsp, Duration::from_secs(10)),
-        "kill" => (Consistency::Ssp { staleness: 1 }, Duration::from_secs(1)),
+        "kill" | "crash-once" => (Consistency::Ssp { staleness: 1 }, Duration::from_secs(1)),
         other => panic!("unknown child mode {other}"),
     };
     let spec = spec(&boot, consistency, dead_after);
@@ -76,6 +76,17 @@ fn child_process() {
                 worker.push(&t, &keys, &deltas).unwrap();
                 worker.clock().unwrap();
                 println!("worker {}: clock {}", id.0, c + 1);
+                // The last worker's first process fails at clock 20; its
+                // launcher (`laggard-launch --restarts`) starts it again.
+                let first = std::env::var("LAGGARD_RESTART").is_ok_and(|r| r == "0");
+                if mode == "crash-once" && id.0 + 1 == workers && first && c + 1 == 20 {
+                    // Once its pushes are in, so the new process's clock
+                    // is known: 20.
+                    let ticket = worker.flush().unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(30);
+                    worker.wait_applied(&ticket, deadline).unwrap();
+                    std::process::exit(3);
+                }
                 if mode == "kill" {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -286,6 +297,38 @@ fn a_killed_worker_rank_is_taken_over_by_a_new_process() {
         "{}",
         results[0].1
     );
+}
+
+#[test]
+fn laggard_launch_starts_a_failed_worker_rank_again() {
+    // The launcher starts this test binary for every rank (as
+    // `child_process`, in mode crash-once); rank 3, worker 2, exits at
+    // clock 20 the first time.
+    let out = Command::new(env!("CARGO_BIN_EXE_laggard-launch"))
+        .args(["--servers", "1", "--workers", "3", "--restarts", "1"])
+        .args(["--timeout-s", "120", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "crash-once")
+        .env("TEST_CLOCKS", "100")
+        .env("LAGGARD_TIMEOUT_MS", "30000")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("rank 3 exited with code 3; starting it again (1 of 1)"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("worker 2: joined at clock 20"), "{stdout}");
+    assert!(stdout.contains("worker 2: clock 100"), "{stdout}");
+    assert!(stdout.contains("shard 0: replaced 1"), "{stdout}");
 }
 
 /// Two network namespaces joined by a veth pair, removed on drop.

@@ -10,6 +10,13 @@
 //! Exits 0 once every process exited successfully; otherwise says which
 //! ranks failed and how, and exits 1. With `--timeout-s`, processes still
 //! running at the deadline are killed.
+//!
+//! With `--restarts N`, a worker's rank whose process fails is started
+//! again, up to N times per rank, with `LAGGARD_RESTART` set to how many
+//! times it was (0 for the first start); the new process joins late at
+//! the coordinator and takes the worker's place at its clock. A server's
+//! rank is not restarted: its table lives nowhere else. (On one host the
+//! bootstrap makes the lowest ranks the servers.)
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -21,6 +28,7 @@ struct Args {
     workers: usize,
     port: Option<u16>,
     timeout: Option<Duration>,
+    restarts: u64,
     program: Vec<String>,
 }
 
@@ -31,6 +39,7 @@ fn parse() -> Result<Args, String> {
         workers: 2,
         port: None,
         timeout: None,
+        restarts: 0,
         program: Vec::new(),
     };
     while let Some(flag) = args.next() {
@@ -45,6 +54,7 @@ fn parse() -> Result<Args, String> {
             "--workers" => a.workers = num(&value)? as usize,
             "--port" => a.port = Some(num(&value)? as u16),
             "--timeout-s" => a.timeout = Some(Duration::from_secs(num(&value)?)),
+            "--restarts" => a.restarts = num(&value)?,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -89,7 +99,8 @@ fn main() {
         Err(e) => {
             eprintln!("laggard-launch: {e}");
             eprintln!(
-                "usage: laggard-launch --servers S --workers P [--port N] [--timeout-s T] -- PROGRAM [ARGS...]"
+                "usage: laggard-launch --servers S --workers P [--port N] [--timeout-s T] \
+                 [--restarts N] -- PROGRAM [ARGS...]"
             );
             std::process::exit(2);
         }
@@ -101,27 +112,30 @@ fn main() {
             .unwrap_or(29500)
     });
     let world = args.servers + args.workers;
-    let mut children: Vec<(usize, Child)> = Vec::new();
-    for rank in 0..world {
-        let spawned = Command::new(&args.program[0])
+    let coordinator = format!("127.0.0.1:{port}");
+    let start = |rank: usize, restart: u64| -> std::io::Result<Child> {
+        let mut child = Command::new(&args.program[0])
             .args(&args.program[1..])
             .env("LAGGARD_RANK", rank.to_string())
             .env("LAGGARD_WORLD_SIZE", world.to_string())
-            .env("LAGGARD_COORDINATOR", format!("127.0.0.1:{port}"))
+            .env("LAGGARD_COORDINATOR", &coordinator)
             .env("LAGGARD_SERVERS", args.servers.to_string())
+            .env("LAGGARD_RESTART", restart.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn();
-        match spawned {
-            Ok(mut child) => {
-                if let Some(out) = child.stdout.take() {
-                    forward(rank, out, false);
-                }
-                if let Some(err) = child.stderr.take() {
-                    forward(rank, err, true);
-                }
-                children.push((rank, child));
-            }
+            .spawn()?;
+        if let Some(out) = child.stdout.take() {
+            forward(rank, out, false);
+        }
+        if let Some(err) = child.stderr.take() {
+            forward(rank, err, true);
+        }
+        Ok(child)
+    };
+    let mut children: Vec<(usize, Child)> = Vec::new();
+    for rank in 0..world {
+        match start(rank, 0) {
+            Ok(child) => children.push((rank, child)),
             Err(e) => {
                 eprintln!("laggard-launch: cannot start {:?}: {e}", args.program[0]);
                 for (_, c) in &mut children {
@@ -131,6 +145,7 @@ fn main() {
             }
         }
     }
+    let mut restarted = vec![0u64; world];
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut failed = Vec::new();
     let mut running = children;
@@ -139,6 +154,19 @@ fn main() {
         for (rank, mut child) in running {
             match child.try_wait() {
                 Ok(Some(status)) if status.success() => {}
+                Ok(Some(status)) if rank >= args.servers && restarted[rank] < args.restarts => {
+                    restarted[rank] += 1;
+                    eprintln!(
+                        "laggard-launch: rank {rank} {}; starting it again ({} of {})",
+                        describe(status),
+                        restarted[rank],
+                        args.restarts
+                    );
+                    match start(rank, restarted[rank]) {
+                        Ok(child) => still.push((rank, child)),
+                        Err(e) => failed.push(format!("rank {rank}: cannot start it again: {e}")),
+                    }
+                }
                 Ok(Some(status)) => failed.push(format!("rank {rank} {}", describe(status))),
                 Ok(None) if deadline.is_some_and(|d| Instant::now() >= d) => {
                     let _ = child.kill();
