@@ -29,6 +29,23 @@ fn step(worker: &mut Worker<InProcessEndpoint>, keys: &[u64]) {
     worker.clock().unwrap();
 }
 
+/// The worker's process dies once its pushes were applied: dropped
+/// without `leave`, so its connections close.
+fn crash(mut worker: Worker<InProcessEndpoint>) {
+    let ticket = worker.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    worker.wait_applied(&ticket, deadline).unwrap();
+    drop(worker);
+}
+
+/// Steps `worker` until its clock is `clocks`, then leaves.
+fn run_to(mut worker: Worker<InProcessEndpoint>, clocks: u64, keys: &[u64]) {
+    while worker.current_clock() < clocks {
+        step(&mut worker, keys);
+    }
+    worker.leave().unwrap();
+}
+
 fn spec(dead_after: Duration) -> ClusterSpec {
     ClusterSpec::new(2, 2)
         .dead_after(dead_after)
@@ -57,21 +74,14 @@ fn a_new_process_takes_the_place_of_a_crashed_worker() {
         }
         // Every push of the three clocks applied, then the process dies
         // (no `leave`): its connections close.
-        let ticket = first.flush().unwrap();
-        first
-            .wait_applied(&ticket, Instant::now() + Duration::from_secs(20))
-            .unwrap();
-        drop(first);
-        let mut second = cluster.worker(1).unwrap();
+        crash(first);
+        let second = cluster.worker(1).unwrap();
         assert_eq!(
             second.current_clock(),
             3,
             "the replacement resumes at the worker's clock"
         );
-        while second.current_clock() < 6 {
-            step(&mut second, &keys);
-        }
-        second.leave().unwrap();
+        run_to(second, 6, &keys);
         survivor.join().unwrap();
     });
     let mut rows = vec![0i64; keys.len()];
@@ -116,22 +126,15 @@ fn a_worker_declared_dead_comes_back_at_the_slowest_active_clock() {
         });
         let mut first = cluster.worker(1).unwrap();
         step(&mut first, &keys);
-        let ticket = first.flush().unwrap();
-        first
-            .wait_applied(&ticket, Instant::now() + Duration::from_secs(20))
-            .unwrap();
-        drop(first);
+        crash(first);
         at_five_rx.recv_timeout(Duration::from_secs(60)).unwrap();
-        let mut second = cluster.worker(1).unwrap();
+        let second = cluster.worker(1).unwrap();
         // Worker 0 finished clock 5 and waits: the worker comes back there,
         // not at clock 1 where it died (that would hold worker 0 back for
         // four clocks it already went through).
         assert_eq!(second.current_clock(), 5);
         back_tx.send(()).unwrap();
-        while second.current_clock() < 10 {
-            step(&mut second, &keys);
-        }
-        second.leave().unwrap();
+        run_to(second, 10, &keys);
         survivor.join().unwrap();
     });
     let mut rows = vec![0i64; keys.len()];

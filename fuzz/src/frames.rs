@@ -188,46 +188,31 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let mut seeds: Vec<Vec<u8>> = msgs.iter().map(Message::to_vec).collect();
     // A session: two workers register, push, pull, one leaves; a controller stops.
     let mut session = Vec::new();
-    let mut frame = |peer: u8, m: &Message<'_>| {
-        let bytes = m.to_vec();
-        session.push(peer);
-        session.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-        session.extend_from_slice(&bytes);
-    };
-    frame(0, &msgs[0]);
-    frame(
-        1,
-        &Message::Hello(Hello {
-            role: Role::Worker(0),
-            schema: 1,
-            session: 2,
-        }),
-    );
-    frame(0, &msgs[3]);
-    frame(1, &msgs[5]);
-    frame(0, &msgs[8]);
-    frame(2, &msgs[1]);
-    frame(2, &msgs[9]);
+    record(&mut session, 0, &msgs[0].to_vec());
+    let hello = Message::Hello(Hello {
+        role: Role::Worker(0),
+        schema: 1,
+        session: 2,
+    });
+    record(&mut session, 1, &hello.to_vec());
+    for (peer, m) in [(0, 3), (1, 5), (0, 8), (2, 1), (2, 9)] {
+        record(&mut session, peer, &msgs[m].to_vec());
+    }
     seeds.push(session);
     // A replacement: worker 1 registers and pushes; its connection drops
     // (the high bit of the record after an empty frame of peer 0); a new
     // session takes its place and pushes on; the old session comes back
     // and is refused.
     let mut session = Vec::new();
-    let mut frame = |peer: u8, bytes: &[u8]| {
-        session.push(peer);
-        session.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
-        session.extend_from_slice(bytes);
-    };
-    frame(0, &msgs[0].to_vec());
-    frame(0, &msgs[3].to_vec());
-    frame(0, &[]);
+    record(&mut session, 0, &msgs[0].to_vec());
+    record(&mut session, 0, &msgs[3].to_vec());
+    record(&mut session, 0, &[]);
     let replacement = Message::Hello(Hello {
         role: Role::Worker(1),
         schema: 1,
         session: 10,
     });
-    frame(0x81, &replacement.to_vec());
+    record(&mut session, 0x81, &replacement.to_vec());
     let next = Message::Push(Push {
         worker: 1,
         seq: 2,
@@ -235,8 +220,15 @@ pub fn seeds() -> Vec<Vec<u8>> {
         tick: true,
         sections: Sections::Native(&sections),
     });
-    frame(1, &next.to_vec());
-    frame(2, &msgs[0].to_vec());
+    record(&mut session, 1, &next.to_vec());
+    record(&mut session, 2, &msgs[0].to_vec());
     seeds.push(session);
     seeds
+}
+
+/// Appends one record of a session: `[peer][len: u16 LE][frame]`.
+fn record(session: &mut Vec<u8>, peer: u8, frame: &[u8]) {
+    session.push(peer);
+    session.extend_from_slice(&(frame.len() as u16).to_le_bytes());
+    session.extend_from_slice(frame);
 }

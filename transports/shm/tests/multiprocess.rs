@@ -255,24 +255,17 @@ fn processes_sum_exactly_and_leave_nothing_behind() {
     );
 }
 
-#[test]
-fn a_killed_worker_is_declared_dead_and_its_segment_cleaned_up() {
-    let cluster = cluster("kill");
-    let (workers, clocks) = (3, 400);
-    let server = spawn(&cluster, "server:0", "kill", 1, workers, clocks);
-    let mut others = Vec::new();
-    for w in [0, 1] {
-        others.push(spawn(
-            &cluster,
-            &format!("worker:{w}"),
-            "kill",
-            1,
-            workers,
-            clocks,
-        ));
-    }
-    let mut victim = spawn(&cluster, "worker:2", "kill", 1, workers, clocks);
-    // Kill the victim once it is well into the run.
+/// Starts one server shard and three workers for `clocks` clocks in mode
+/// kill, and kills worker 2 once it is well into the run (at clock 20).
+/// Returns the server's process and the other workers'.
+fn start_and_kill_worker_2(cluster: &str, clocks: u64) -> (Child, Vec<Child>) {
+    let workers = 3;
+    let server = spawn(cluster, "server:0", "kill", 1, workers, clocks);
+    let others = [0, 1]
+        .iter()
+        .map(|w| spawn(cluster, &format!("worker:{w}"), "kill", 1, workers, clocks))
+        .collect();
+    let mut victim = spawn(cluster, "worker:2", "kill", 1, workers, clocks);
     let out = victim.stdout.take().unwrap();
     for line in BufReader::new(out).lines() {
         if line.unwrap() == "worker 2: clock 20" {
@@ -281,6 +274,14 @@ fn a_killed_worker_is_declared_dead_and_its_segment_cleaned_up() {
     }
     victim.kill().unwrap();
     victim.wait().unwrap();
+    (server, others)
+}
+
+#[test]
+fn a_killed_worker_is_declared_dead_and_its_segment_cleaned_up() {
+    let cluster = cluster("kill");
+    let clocks = 400;
+    let (server, others) = start_and_kill_worker_2(&cluster, clocks);
     for (w, child) in others.into_iter().enumerate() {
         let lines = finish(&format!("worker {w}"), child);
         assert!(
@@ -313,20 +314,7 @@ fn a_killed_worker_is_declared_dead_and_its_segment_cleaned_up() {
 fn a_killed_worker_is_replaced_by_a_new_process_that_goes_on_from_its_clock() {
     let cluster = cluster("replace");
     let (workers, clocks) = (3, 400);
-    let server = spawn(&cluster, "server:0", "kill", 1, workers, clocks);
-    let others: Vec<Child> = [0, 1]
-        .iter()
-        .map(|w| spawn(&cluster, &format!("worker:{w}"), "kill", 1, workers, clocks))
-        .collect();
-    let mut victim = spawn(&cluster, "worker:2", "kill", 1, workers, clocks);
-    let out = victim.stdout.take().unwrap();
-    for line in BufReader::new(out).lines() {
-        if line.unwrap() == "worker 2: clock 20" {
-            break;
-        }
-    }
-    victim.kill().unwrap();
-    victim.wait().unwrap();
+    let (server, others) = start_and_kill_worker_2(&cluster, clocks);
     // A new process for worker 2, as a launcher restarting a failed rank
     // would start it. It binds the killed process's name (its mailbox is
     // stale) and goes on from worker 2's clock, whether or not the server

@@ -210,16 +210,17 @@ fn processes_on_loopback_compute_exact_sums() {
     assert_eq!(exact, workers);
 }
 
-#[test]
-fn a_killed_worker_is_declared_dead_and_the_others_finish() {
+/// Starts a job of one server shard and three workers (one host: rank 0
+/// is the server, ranks 1..=3 are workers 0..=2), 300 clocks in mode
+/// kill, and kills worker 2 once it is well into the run. Returns the
+/// other ranks' processes and the coordinator's address.
+fn start_and_kill_worker_2() -> (Vec<Child>, String) {
     let (servers, workers) = (1, 3);
     let world = servers + workers;
     let coord = format!("127.0.0.1:{}", free_port());
     let mut children: Vec<Child> = (0..world)
         .map(|r| start("kill", r, world, servers, &coord, 300, None))
         .collect();
-    // One host: rank 0 is the server, ranks 1..=3 are workers 0..=2. Kill
-    // worker 2 once it is well into the run.
     let mut victim = children.pop().unwrap();
     let mut lines = BufReader::new(victim.stdout.take().unwrap()).lines();
     let started = Instant::now();
@@ -235,6 +236,12 @@ fn a_killed_worker_is_declared_dead_and_the_others_finish() {
     }
     victim.kill().unwrap();
     victim.wait().unwrap();
+    (children, coord)
+}
+
+#[test]
+fn a_killed_worker_is_declared_dead_and_the_others_finish() {
+    let (children, _) = start_and_kill_worker_2();
     // The others are held back at most `dead_after` (1 s), then go on.
     let results = finish(children, Duration::from_secs(120));
     for (rank, (ok, out)) in results.iter().enumerate() {
@@ -252,32 +259,12 @@ fn a_killed_worker_is_declared_dead_and_the_others_finish() {
 
 #[test]
 fn a_killed_worker_rank_is_taken_over_by_a_new_process() {
-    let (servers, workers) = (1, 3);
-    let world = servers + workers;
-    let coord = format!("127.0.0.1:{}", free_port());
-    let mut children: Vec<Child> = (0..world)
-        .map(|r| start("kill", r, world, servers, &coord, 300, None))
-        .collect();
-    // Rank 3 is worker 2: kill it once it is well into the run, and start
-    // the rank again, as a launcher restarting a failed process would. The
-    // new process joins late at the coordinator (rank 0), which answers
-    // with the map, and goes on from worker 2's clock.
-    let mut victim = children.pop().unwrap();
-    let mut lines = BufReader::new(victim.stdout.take().unwrap()).lines();
-    let started = Instant::now();
-    loop {
-        let line = lines.next().expect("the victim's output ended").unwrap();
-        if line.contains("worker 2: clock 20") {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the victim never got going"
-        );
-    }
-    victim.kill().unwrap();
-    victim.wait().unwrap();
-    children.push(start("kill", 3, world, servers, &coord, 300, None));
+    // Rank 3 (worker 2) is started again once killed, as a launcher
+    // restarting a failed process would. The new process joins late at
+    // the coordinator (rank 0), which answers with the map, and goes on
+    // from worker 2's clock.
+    let (mut children, coord) = start_and_kill_worker_2();
+    children.push(start("kill", 3, 4, 1, &coord, 300, None));
     let results = finish(children, Duration::from_secs(120));
     for (rank, (ok, out)) in results.iter().enumerate() {
         assert!(ok, "rank {rank} failed; its output:\n{out}");

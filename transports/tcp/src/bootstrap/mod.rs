@@ -615,14 +615,7 @@ fn answer_late_joins(
                 continue;
             }
         };
-        let _ = stream.set_nonblocking(false);
-        let _ = stream.set_read_timeout(Some(LATE_JOIN_READ));
-        let mut line = String::new();
-        let read = BufReader::new(&stream).read_line(&mut line);
-        let answer = match read
-            .map_err(|e| e.to_string())
-            .and_then(|_| Join::parse(&line))
-        {
+        let answer = match read_join(&stream, LATE_JOIN_READ) {
             Err(e) => format!("error {e}\n"),
             Ok(join) => match check_join(&join, world, servers, schema) {
                 Some(problem) => format!("error {problem}\n"),
@@ -642,6 +635,17 @@ fn answer_late_joins(
         };
         let _ = (&stream).write_all(answer.as_bytes());
     }
+}
+
+/// Reads a process's join line from `stream` (waiting at most `timeout`).
+fn read_join(stream: &TcpStream, timeout: Duration) -> std::result::Result<Join, String> {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(timeout));
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Join::parse(&line)
 }
 
 /// Why `join` does not belong to this job, if it does not.
@@ -713,15 +717,8 @@ fn coordinate(
                 continue;
             }
         };
-        let _ = stream.set_nonblocking(false);
         let left = deadline.saturating_duration_since(Instant::now());
-        let _ = stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-        let mut line = String::new();
-        let read = BufReader::new(&stream).read_line(&mut line);
-        let join = match read
-            .map_err(|e| e.to_string())
-            .and_then(|_| Join::parse(&line))
-        {
+        let join = match read_join(&stream, left.max(Duration::from_millis(1))) {
             Ok(j) => j,
             Err(e) => {
                 let _ = (&stream).write_all(format!("error {e}\n").as_bytes());
