@@ -1,5 +1,8 @@
 #![no_main]
 
+// The seeds (and their helpers) are for the stable corpus replay in
+// tests/fuzz_corpus.rs, not for this target.
+#[allow(dead_code)]
 #[path = "../src/frames.rs"]
 mod frames;
 
