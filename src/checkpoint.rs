@@ -67,7 +67,8 @@
 //! number of rows (8 bytes) and a checksum of everything before it (8
 //! bytes). A checksum that does not match, a truncated file, a wrong
 //! element type, width or state length, or bytes after the end are errors
-//! ([`Error::Checkpoint`]) that say which.
+//! ([`Error::Checkpoint`]) that say which. [`verify`] finds them without
+//! restoring anything.
 
 use std::io::{BufReader, BufWriter, Read, Write};
 
@@ -166,8 +167,68 @@ pub fn save<T: Element>(table: &Table<T>, out: impl Write) -> Result<Saved> {
 /// length the checkpoint was saved with. Rows are restored as they are
 /// read, so on an error (a corrupted or truncated checkpoint is found out
 /// at the latest by the checksum at its end) the rows before the bad one
-/// were restored: start again from a fresh table.
+/// were restored: start again from a fresh table, or [`verify`] the
+/// checkpoint before loading it.
 pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) -> Result<Loaded> {
+    let mut loaded = Loaded {
+        restored: 0,
+        skipped: 0,
+    };
+    read_rows(table, input, |row, at, key, values| {
+        match table.restore_cells(key, values) {
+            Ok(()) => loaded.restored += 1,
+            Err(Error::KeyNotOwned { .. }) if foreign == Foreign::Skip => loaded.skipped += 1,
+            Err(e) => {
+                return Err(checkpoint(format!(
+                    "row {row} (key {key}, byte {at}) cannot be restored: {e}"
+                )));
+            }
+        }
+        Ok(())
+    })?;
+    Ok(loaded)
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// Rows in the checkpoint.
+    pub rows: u64,
+}
+
+/// Reads a checkpoint from `input` through to its checksum, as [`load`]
+/// would for `table`, and restores nothing: an error says what is wrong
+/// (truncated, corrupted, or saved from a table of another element type,
+/// width or update rule) before any row changed. [`load`] restores rows
+/// as it reads them, so a caller that must not touch a live table with a
+/// bad file verifies it first and loads it after (reading it twice).
+/// Whether the table stores the checkpoint's keys is left to `load`.
+///
+/// ```
+/// use laggard::{Table, TableSpec, checkpoint};
+///
+/// let table = Table::new(TableSpec::<f32>::dense(0..8, 2))?;
+/// let mut bytes = Vec::new();
+/// checkpoint::save(&table, &mut bytes)?;
+/// assert_eq!(checkpoint::verify(&table, &bytes[..])?.rows, 8);
+/// let last = bytes.len() - 1;
+/// bytes[last] ^= 1; // one bit of the checksum
+/// assert!(checkpoint::verify(&table, &bytes[..]).is_err());
+/// # Ok::<(), laggard::Error>(())
+/// ```
+pub fn verify<T: Element>(table: &Table<T>, input: impl Read) -> Result<Verified> {
+    let rows = read_rows(table, input, |_, _, _, _| Ok(()))?;
+    Ok(Verified { rows })
+}
+
+/// Reads a checkpoint for `table` from `input`, calling `each(row, byte,
+/// key, values and state)` for every row as it is read, then checks the
+/// row count, the checksum and that nothing follows. Returns the rows.
+fn read_rows<T: Element>(
+    table: &Table<T>,
+    input: impl Read,
+    mut each: impl FnMut(u64, u64, u64, &[T]) -> Result<()>,
+) -> Result<u64> {
     let mut input = Reader {
         input: BufReader::with_capacity(BUFFER, input),
         digest: Digest::default(),
@@ -179,10 +240,6 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
     let cells = table.width() + table.state_len();
     let mut scratch = Vec::new();
     let mut values = vec![T::ZERO; cells];
-    let mut loaded = Loaded {
-        restored: 0,
-        skipped: 0,
-    };
     let mut rows = 0u64;
     loop {
         let at = input.offset;
@@ -208,15 +265,7 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
                 read_le_slice(&scratch, &mut values);
             }
         }
-        match table.restore_cells(key, &values) {
-            Ok(()) => loaded.restored += 1,
-            Err(Error::KeyNotOwned { .. }) if foreign == Foreign::Skip => loaded.skipped += 1,
-            Err(e) => {
-                return Err(checkpoint(format!(
-                    "row {rows} (key {key}, byte {at}) cannot be restored: {e}"
-                )));
-            }
-        }
+        each(rows, at, key, &values)?;
         rows += 1;
     }
     let (mut count, mut sum) = ([0u8; 8], [0u8; 8]);
@@ -235,7 +284,7 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
         ));
     }
     match input.input.bytes().next() {
-        None => Ok(loaded),
+        None => Ok(rows),
         Some(Ok(_)) => Err(checkpoint(format!(
             "bytes follow the end of the checkpoint (at byte {}); is this a \
              concatenation of files?",

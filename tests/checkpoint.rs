@@ -33,7 +33,7 @@ fn saved<T: Element>(table: &Table<T>) -> Vec<u8> {
     bytes
 }
 
-fn checkpoint_error(r: laggard::Result<Loaded>) -> String {
+fn checkpoint_error<V: std::fmt::Debug>(r: laggard::Result<V>) -> String {
     match r {
         Err(Error::Checkpoint { reason }) => reason,
         other => panic!("expected a checkpoint error, got {other:?}"),
@@ -129,6 +129,8 @@ fn every_truncation_is_an_error_that_says_so() {
     for len in 0..bytes.len() {
         let reason = checkpoint_error(checkpoint::load(&fresh, &bytes[..len], Foreign::Refuse));
         assert!(reason.contains("truncated"), "cut at {len}: {reason}");
+        let verified = checkpoint_error(checkpoint::verify(&fresh, &bytes[..len]));
+        assert_eq!(verified, reason, "cut at {len}");
     }
 }
 
@@ -140,8 +142,35 @@ fn every_flipped_bit_is_found() {
             let mut bad = bytes.clone();
             bad[at] ^= 1 << bit;
             checkpoint_error(checkpoint::load(&fresh, &bad[..], Foreign::Refuse));
+            checkpoint_error(checkpoint::verify(&fresh, &bad[..]));
         }
     }
+}
+
+#[test]
+fn verify_finds_a_bad_checkpoint_before_any_row_changes() {
+    let spec = || TableSpec::<f32>::dense(0..3, 2).update(Sgd::new(1.0).momentum(0.5));
+    let trained = Table::new(spec()).unwrap();
+    for key in 0..3 {
+        trained.push(key, &[1.0, 2.0]).unwrap();
+    }
+    let good = saved(&trained);
+    let fresh = Table::new(spec()).unwrap();
+    assert_eq!(checkpoint::verify(&fresh, &good[..]).unwrap().rows, 3);
+    // A bit of the last row's values flipped: `load` restores the rows
+    // before it and then finds the checksum wrong; `verify` finds it and
+    // changes nothing.
+    let mut bad = good.clone();
+    let last_value = bad.len() - 8 - 8 - 1 - 4;
+    bad[last_value] ^= 1;
+    let reason = checkpoint_error(checkpoint::verify(&fresh, &bad[..]));
+    assert!(reason.contains("checksum"), "{reason}");
+    assert_eq!(rows(&fresh), rows(&Table::new(spec()).unwrap()));
+    checkpoint_error(checkpoint::load(&fresh, &bad[..], Foreign::Refuse));
+    assert_ne!(rows(&fresh), rows(&Table::new(spec()).unwrap()));
+    // The good file then loads whole.
+    checkpoint::load(&fresh, &good[..], Foreign::Refuse).unwrap();
+    assert_eq!(rows(&fresh), rows(&trained));
 }
 
 #[test]

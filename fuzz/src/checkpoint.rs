@@ -21,11 +21,36 @@ fn sparse_part() -> Table<i64> {
 }
 
 /// Loads `data` into fresh tables of each shape, refusing and skipping
-/// foreign rows.
+/// foreign rows, and verifies it: `verify` must refuse whatever `load`
+/// refuses, except a row the table cannot store (which `verify` does not
+/// check), and accept what `load` accepts.
 pub fn run(data: &[u8]) {
+    let verified = (
+        checkpoint::verify(&dense(), data),
+        checkpoint::verify(&sparse_part(), data),
+    );
     for foreign in [Foreign::Refuse, Foreign::Skip] {
-        let _ = checkpoint::load(&dense(), data, foreign);
-        let _ = checkpoint::load(&sparse_part(), data, foreign);
+        let loaded = (
+            checkpoint::load(&dense(), data, foreign),
+            checkpoint::load(&sparse_part(), data, foreign),
+        );
+        agree(&verified.0, &loaded.0);
+        agree(&verified.1, &loaded.1);
+    }
+}
+
+fn agree(
+    verified: &laggard::Result<checkpoint::Verified>,
+    loaded: &laggard::Result<checkpoint::Loaded>,
+) {
+    match (verified, loaded) {
+        (Ok(v), Ok(l)) => assert_eq!(v.rows, l.restored + l.skipped),
+        (Err(_), Err(_)) => {}
+        (Ok(_), Err(e)) => assert!(
+            e.to_string().contains("cannot be restored"),
+            "verified, but load failed with {e}"
+        ),
+        (Err(e), Ok(_)) => panic!("loaded, but verify failed with {e}"),
     }
 }
 

@@ -225,25 +225,37 @@ fn run(cfg: &Config) -> laggard::Result<()> {
 
 /// Loads every checkpoint file in `dir` into this shard's part, keeping
 /// the rows it owns; returns how many it restored. Files a save did not
-/// finish (`.partial`) are left out.
+/// finish (`.partial`) are left out. Every file is verified before any is
+/// loaded, so a bad one changes no row.
 fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<u64> {
-    let mut restored = 0;
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
         let path = entry.map_err(|e| io_error("cannot list", dir, e))?.path();
-        if path.extension().is_some_and(|e| e == "partial") {
-            continue;
+        if path.extension().is_none_or(|e| e != "partial") {
+            files.push(path);
         }
-        let file = File::open(&path).map_err(|e| io_error("cannot open", &path, e))?;
-        restored += checkpoint::load(weights, file, Foreign::Skip)
-            .map_err(|e| match e {
-                Error::Checkpoint { reason } => Error::Checkpoint {
-                    reason: format!("{}: {reason}", path.display()),
-                },
-                other => other,
-            })?
-            .restored;
+    }
+    let open = |path: &Path| File::open(path).map_err(|e| io_error("cannot open", path, e));
+    for path in &files {
+        checkpoint::verify(weights, open(path)?).map_err(|e| named(path, e))?;
+    }
+    let mut restored = 0;
+    for path in &files {
+        let loaded =
+            checkpoint::load(weights, open(path)?, Foreign::Skip).map_err(|e| named(path, e))?;
+        restored += loaded.restored;
     }
     Ok(restored)
+}
+
+/// A checkpoint error with the file it is about.
+fn named(path: &Path, e: Error) -> Error {
+    match e {
+        Error::Checkpoint { reason } => Error::Checkpoint {
+            reason: format!("{}: {reason}", path.display()),
+        },
+        other => other,
+    }
 }
 
 /// Saves this shard's part to `file`, replacing an earlier checkpoint
