@@ -217,10 +217,7 @@ impl<E: Endpoint> Worker<E> {
                 // likely that of the process this one takes the place of,
                 // which the shard has not yet seen close. Try again with
                 // new connections until the deadline.
-                Err(e @ Error::WorkerClaimed { .. })
-                    if Instant::now() + CLAIMED_RETRY < deadline =>
-                {
-                    drop(e);
+                Err(Error::WorkerClaimed { .. }) if Instant::now() + CLAIMED_RETRY < deadline => {
                     for &peer in &worker.peers {
                         if peer != PeerId(u64::MAX) {
                             worker.ep.disconnect(peer);
