@@ -52,15 +52,27 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! # Format (version 1, little-endian)
+//! # The clock a checkpoint was taken at
+//!
+//! [`save_at`] records the clock the workers had reached (a server's
+//! [`on_clock`](crate::Server::on_clock) hook is handed it), and
+//! [`load`] and [`verify`] return it. A server shard that loads one
+//! before it serves starts its workers there
+//! ([`Server::start_at`](crate::Server::start_at)), so a job that
+//! resumes goes on from that clock instead of clock 0: a learning-rate
+//! schedule or a training loop keyed by the clock continues as if
+//! nothing had happened.
+//!
+//! # Format (version 2, little-endian)
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 8 | magic `LGGDCKPT` |
-//! | 4 | format version (1) |
+//! | 4 | format version (2) |
 //! | 1 | element type ([`ElementKind`]), then 3 zero bytes |
 //! | 8 | row width |
 //! | 8 | update-state elements per row |
+//! | 8 | the clock it was taken at (not in version 1, whose files load as clock 0) |
 //!
 //! then per row a byte `1`, the key (8 bytes) and the row's values and
 //! state (`(width + state) × element size` bytes); then a byte `0`, the
@@ -77,7 +89,12 @@ use crate::error::{Error, Result};
 use crate::table::{RowSnapshot, Table};
 
 const MAGIC: [u8; 8] = *b"LGGDCKPT";
-const VERSION: u32 = 1;
+/// The format [`save_at`] writes.
+const VERSION: u32 = 2;
+/// The first format, without a clock; still read.
+const VERSION_1: u32 = 1;
+/// The header's fields common to every version (the clock follows in
+/// version 2).
 const HEADER_LEN: usize = 32;
 const ROW: u8 = 1;
 const END: u8 = 0;
@@ -102,6 +119,9 @@ pub struct Loaded {
     /// Rows left out because the table does not store their keys
     /// ([`Foreign::Skip`]).
     pub skipped: u64,
+    /// The clock the checkpoint was taken at ([`save_at`]; 0 for one
+    /// written by [`save`] or by format version 1).
+    pub clock: u64,
 }
 
 /// What [`load`] does with a row whose key the table does not store (it
@@ -119,14 +139,36 @@ pub enum Foreign {
 /// Writes every row `table` stores (all shards of a [`Table::new`], the
 /// one shard of a [`Table::for_shard`]) with its update state to `out`,
 /// through a buffer, and flushes it. Pushes may go on meanwhile; each row
-/// is written as it was before or after any push, never torn.
+/// is written as it was before or after any push, never torn. The
+/// checkpoint records clock 0; [`save_at`] records another.
 pub fn save<T: Element>(table: &Table<T>, out: impl Write) -> Result<Saved> {
+    save_at(table, 0, out)
+}
+
+/// [`save`], recording that the checkpoint was taken at `clock`: the
+/// clock a server's [`on_clock`](crate::Server::on_clock) hook is called
+/// with, or the clock every worker finished at. [`load`] returns it, for
+/// [`Server::start_at`](crate::Server::start_at).
+///
+/// ```
+/// use laggard::{Table, TableSpec, checkpoint};
+///
+/// let table = Table::new(TableSpec::<f32>::dense(0..8, 2))?;
+/// let mut bytes = Vec::new();
+/// checkpoint::save_at(&table, 40, &mut bytes)?;
+/// let resumed = Table::new(TableSpec::<f32>::dense(0..8, 2))?;
+/// let loaded = checkpoint::load(&resumed, &bytes[..], checkpoint::Foreign::Refuse)?;
+/// assert_eq!((loaded.restored, loaded.clock), (8, 40));
+/// # Ok::<(), laggard::Error>(())
+/// ```
+pub fn save_at<T: Element>(table: &Table<T>, clock: u64, out: impl Write) -> Result<Saved> {
     let mut out = Writer {
         out: BufWriter::with_capacity(BUFFER, out),
         digest: Digest::default(),
         bytes: 0,
     };
     out.put(&header::<T>(table.width(), table.state_len()))?;
+    out.put(&clock.to_le_bytes())?;
     let mut rows = 0u64;
     let mut scratch = Vec::new();
     let mut failed = None;
@@ -173,8 +215,9 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
     let mut loaded = Loaded {
         restored: 0,
         skipped: 0,
+        clock: 0,
     };
-    read_rows(table, input, |row, at, key, values| {
+    let (_, clock) = read_rows(table, input, |row, at, key, values| {
         match table.restore_cells(key, values) {
             Ok(()) => loaded.restored += 1,
             Err(Error::KeyNotOwned { .. }) if foreign == Foreign::Skip => loaded.skipped += 1,
@@ -186,6 +229,7 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
         }
         Ok(())
     })?;
+    loaded.clock = clock;
     Ok(loaded)
 }
 
@@ -194,6 +238,8 @@ pub fn load<T: Element>(table: &Table<T>, input: impl Read, foreign: Foreign) ->
 pub struct Verified {
     /// Rows in the checkpoint.
     pub rows: u64,
+    /// The clock it was taken at, as [`Loaded::clock`].
+    pub clock: u64,
 }
 
 /// Reads a checkpoint from `input` through to its checksum, as [`load`]
@@ -217,18 +263,19 @@ pub struct Verified {
 /// # Ok::<(), laggard::Error>(())
 /// ```
 pub fn verify<T: Element>(table: &Table<T>, input: impl Read) -> Result<Verified> {
-    let rows = read_rows(table, input, |_, _, _, _| Ok(()))?;
-    Ok(Verified { rows })
+    let (rows, clock) = read_rows(table, input, |_, _, _, _| Ok(()))?;
+    Ok(Verified { rows, clock })
 }
 
 /// Reads a checkpoint for `table` from `input`, calling `each(row, byte,
 /// key, values and state)` for every row as it is read, then checks the
-/// row count, the checksum and that nothing follows. Returns the rows.
+/// row count, the checksum and that nothing follows. Returns the rows and
+/// the clock the checkpoint was taken at.
 fn read_rows<T: Element>(
     table: &Table<T>,
     input: impl Read,
     mut each: impl FnMut(u64, u64, u64, &[T]) -> Result<()>,
-) -> Result<u64> {
+) -> Result<(u64, u64)> {
     let mut input = Reader {
         input: BufReader::with_capacity(BUFFER, input),
         digest: Digest::default(),
@@ -236,7 +283,14 @@ fn read_rows<T: Element>(
     };
     let mut header = [0u8; HEADER_LEN];
     input.take(&mut header, "the header")?;
-    check_header::<T>(&header, table.width(), table.state_len())?;
+    let clock = match check_header::<T>(&header, table.width(), table.state_len())? {
+        VERSION_1 => 0,
+        _ => {
+            let mut clock = [0u8; 8];
+            input.take(&mut clock, "the header's clock")?;
+            u64::from_le_bytes(clock)
+        }
+    };
     let cells = table.width() + table.state_len();
     let mut scratch = Vec::new();
     let mut values = vec![T::ZERO; cells];
@@ -284,7 +338,7 @@ fn read_rows<T: Element>(
         ));
     }
     match input.input.bytes().next() {
-        None => Ok(rows),
+        None => Ok((rows, clock)),
         Some(Ok(_)) => Err(checkpoint(format!(
             "bytes follow the end of the checkpoint (at byte {}); is this a \
              concatenation of files?",
@@ -308,7 +362,9 @@ fn header<T: Element>(width: usize, state_len: usize) -> [u8; HEADER_LEN] {
     h
 }
 
-fn check_header<T: Element>(h: &[u8; HEADER_LEN], width: usize, state_len: usize) -> Result<()> {
+/// Checks the header's common fields against the table; returns the
+/// format version (1 or 2).
+fn check_header<T: Element>(h: &[u8; HEADER_LEN], width: usize, state_len: usize) -> Result<u32> {
     if h[..8] != MAGIC {
         return Err(checkpoint(format!(
             "the input is not a laggard checkpoint: it starts with {:02x?}, not \"LGGDCKPT\"",
@@ -316,9 +372,9 @@ fn check_header<T: Element>(h: &[u8; HEADER_LEN], width: usize, state_len: usize
         )));
     }
     let version = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(checkpoint(format!(
-            "format version {version}; this laggard reads version {VERSION}"
+            "format version {version}; this laggard reads versions {VERSION_1} and {VERSION}"
         )));
     }
     if h[12] != T::KIND.code() || h[13..16] != [0; 3] {
@@ -341,7 +397,7 @@ fn check_header<T: Element>(h: &[u8; HEADER_LEN], width: usize, state_len: usize
              keeps {state_len}; load it into a table with the update rule it was saved with"
         )));
     }
-    Ok(())
+    Ok(version)
 }
 
 /// Writes a row's record: the tag and the key, then its values and state,
@@ -535,6 +591,52 @@ mod tests {
             }
             prop_assume!(changed != bytes);
             prop_assert_ne!(digest(&[&changed]), digest(&[&bytes]));
+        }
+    }
+
+    /// A checkpoint of `table` in format version `version`, at `clock`
+    /// (version 1 has no clock), with a checksum that matches.
+    fn written_as(version: u32, table: &crate::Table<i32>, clock: u64) -> Vec<u8> {
+        let mut v2 = Vec::new();
+        super::save_at(table, clock, &mut v2).unwrap();
+        let mut body = v2[..v2.len() - 8].to_vec();
+        body[8..12].copy_from_slice(&version.to_le_bytes());
+        if version == super::VERSION_1 {
+            body.drain(super::HEADER_LEN..super::HEADER_LEN + 8);
+        }
+        let sum = digest(&[&body]);
+        body.extend_from_slice(&sum.to_le_bytes());
+        body
+    }
+
+    #[test]
+    fn version_1_checkpoints_still_load_at_clock_0_and_later_versions_are_refused() {
+        use super::{Foreign, load, verify};
+        use crate::{Table, TableSpec};
+        let spec = || TableSpec::<i32>::dense(0..3, 2);
+        let table = Table::new(spec()).unwrap();
+        table.push(1, &[5, 6]).unwrap();
+
+        let v1 = written_as(1, &table, 0);
+        let fresh = Table::new(spec()).unwrap();
+        assert_eq!(verify(&fresh, &v1[..]).unwrap().clock, 0);
+        let loaded = load(&fresh, &v1[..], Foreign::Refuse).unwrap();
+        assert_eq!((loaded.restored, loaded.clock), (3, 0));
+        let mut row = [0; 2];
+        fresh.pull(1, &mut row).unwrap();
+        assert_eq!(row, [5, 6]);
+
+        assert_eq!(
+            verify(&fresh, &written_as(2, &table, 9)[..]).unwrap().clock,
+            9
+        );
+        let v3 = written_as(3, &table, 9);
+        match verify(&fresh, &v3[..]) {
+            Err(crate::Error::Checkpoint { reason }) => assert_eq!(
+                reason,
+                "format version 3; this laggard reads versions 1 and 2"
+            ),
+            other => panic!("expected a version error, got {other:?}"),
         }
     }
 }

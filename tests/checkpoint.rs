@@ -228,10 +228,10 @@ fn a_checkpoint_of_another_table_shape_is_refused_before_any_row() {
         assert!(reason.contains(says), "{reason:?} should say {says:?}");
     }
     let mut newer = bytes.clone();
-    newer[8] = 2;
+    newer[8] = 3;
     let t = Table::new(TableSpec::<f32>::dense(0..4, 2).update(Adam::new(0.1))).unwrap();
     let reason = checkpoint_error(checkpoint::load(&t, &newer[..], Foreign::Refuse));
-    assert!(reason.contains("version 2"), "{reason}");
+    assert!(reason.contains("version 3"), "{reason}");
     assert_eq!(
         rows(&t),
         rows(&Table::new(TableSpec::<f32>::dense(0..4, 2).update(Adam::new(0.1))).unwrap())
@@ -469,10 +469,24 @@ proptest! {
 /// Saved snapshots of one server shard, by the clock they were taken at.
 type Snapshots = Arc<std::sync::Mutex<Vec<(u64, Vec<u8>)>>>;
 
-/// A server shard whose clock hook saves table "w" every `every` clocks,
-/// serving on its own thread, and `workers` workers on threads that each
-/// pull, push 1 to every element and clock, `clocks` times, under BSP.
-fn train_with_hook(workers: u32, clocks: u64, every: u64) -> (laggard::Result<()>, Snapshots) {
+/// What a run of [`train_with_hook`] ends with: each worker's first clock
+/// and the rows of table "w" (keys 0 and 1) once every worker left.
+struct Trained {
+    first_clocks: Vec<u64>,
+    rows: Vec<i64>,
+}
+
+/// A server shard whose clock hook saves table "w" every `every` clocks
+/// (with [`checkpoint::save_at`]), serving on its own thread, and
+/// `workers` workers on threads that each pull, push 1 to every element
+/// and clock until clock `clocks`, under BSP. With `from`, the shard first
+/// loads that checkpoint and starts at its clock.
+fn train_with_hook(
+    workers: u32,
+    clocks: u64,
+    every: u64,
+    from: Option<&[u8]>,
+) -> (laggard::Result<Trained>, Snapshots) {
     use laggard::transport::{InProcess, Transport};
     use laggard::{Worker, WorkerId};
     use std::time::{Duration, Instant};
@@ -487,58 +501,175 @@ fn train_with_hook(workers: u32, clocks: u64, every: u64) -> (laggard::Result<()
     let mut server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
     let weights = server.table::<i64>("w").unwrap();
     let snapshots: Snapshots = Arc::default();
-    let keep = snapshots.clone();
+    let (keep, hooked) = (snapshots.clone(), weights.clone());
     server
         .on_clock(every, move |clock| {
             let mut bytes = Vec::new();
-            checkpoint::save(&weights, &mut bytes)?;
+            checkpoint::save_at(&hooked, clock, &mut bytes)?;
             keep.lock().unwrap().push((clock, bytes));
             Ok(())
         })
         .unwrap();
+    if let Some(bytes) = from {
+        let loaded = checkpoint::load(&weights, bytes, Foreign::Refuse).unwrap();
+        server.start_at(loaded.clock).unwrap();
+    }
     let serving = thread::spawn(move || server.run_until_workers_done().map(drop));
     let training: Vec<_> = (0..workers)
         .map(|id| {
             let ep = net.bind(&spec.worker_name(id as usize)).unwrap();
             let spec = spec.clone();
-            thread::spawn(move || -> laggard::Result<()> {
+            thread::spawn(move || -> laggard::Result<u64> {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 let mut worker = Worker::connect(ep, &spec, WorkerId(id), deadline)?;
                 let w = worker.table::<i64>("w")?;
                 let mut rows = [0i64; 6];
-                for _ in 0..clocks {
+                let first = worker.current_clock();
+                for _ in first..clocks {
                     worker.pull(&w, &[0, 1], &mut rows)?;
                     worker.push(&w, &[0, 1], &[1; 6])?;
                     worker.clock()?;
                 }
-                worker.leave().map(drop)
+                worker.leave()?;
+                Ok(first)
             })
         })
         .collect();
-    for t in training {
-        t.join().unwrap().unwrap();
-    }
-    (serving.join().unwrap(), snapshots)
+    let first_clocks: laggard::Result<Vec<u64>> =
+        training.into_iter().map(|t| t.join().unwrap()).collect();
+    let trained = serving
+        .join()
+        .unwrap()
+        .and(first_clocks)
+        .map(|first_clocks| {
+            let mut rows = vec![0i64; 6];
+            weights.pull(0, &mut rows[..3]).unwrap();
+            weights.pull(1, &mut rows[3..]).unwrap();
+            Trained { first_clocks, rows }
+        });
+    (trained, snapshots)
 }
 
 /// Under BSP, with each worker pulling before it pushes, the snapshot the
-/// hook takes at clock c holds exactly the pushes of clocks below c.
+/// hook takes at clock c holds exactly the pushes of clocks below c, and
+/// says it was taken at c.
 #[test]
 fn a_servers_clock_hook_snapshots_exactly_the_clocks_before_it() {
-    let (served, snapshots) = train_with_hook(3, 7, 2);
-    served.unwrap();
+    let (trained, snapshots) = train_with_hook(3, 7, 2, None);
+    assert_eq!(trained.unwrap().first_clocks, [0, 0, 0]);
     let snapshots = snapshots.lock().unwrap();
     let clocks: Vec<u64> = snapshots.iter().map(|s| s.0).collect();
     assert_eq!(clocks, [2, 4, 6]);
     for (clock, bytes) in snapshots.iter() {
         let t = Table::new(TableSpec::<i64>::dense(0..2, 3)).unwrap();
-        checkpoint::load(&t, &bytes[..], Foreign::Refuse).unwrap();
+        let loaded = checkpoint::load(&t, &bytes[..], Foreign::Refuse).unwrap();
+        assert_eq!(loaded.clock, *clock);
         let mut row = [0i64; 3];
         for key in 0..2 {
             t.pull(key, &mut row).unwrap();
             assert_eq!(row, [3 * *clock as i64; 3], "snapshot at clock {clock}");
         }
     }
+}
+
+/// A job that resumes from the snapshot at clock 4 starts its workers at
+/// clock 4, takes its next snapshot at 6 (not 4 again), and ends exactly
+/// where the job that was never interrupted ended: no clock is made twice
+/// and none is left out.
+#[test]
+fn a_job_resumed_from_a_snapshot_goes_on_from_its_clock() {
+    let (whole, snapshots) = train_with_hook(3, 9, 2, None);
+    let whole = whole.unwrap();
+    assert_eq!(whole.rows, [27; 6]);
+    let at_4 = snapshots.lock().unwrap()[1].clone();
+    assert_eq!(at_4.0, 4);
+
+    let (resumed, later) = train_with_hook(3, 9, 2, Some(&at_4.1));
+    let resumed = resumed.unwrap();
+    assert_eq!(resumed.first_clocks, [4, 4, 4]);
+    assert_eq!(resumed.rows, whole.rows);
+    let clocks: Vec<u64> = later.lock().unwrap().iter().map(|s| s.0).collect();
+    assert_eq!(clocks, [6, 8]);
+}
+
+/// The in-process cluster prepares each server before it serves: a clock
+/// hook runs there, and a cluster started from the snapshots resumes at
+/// their clock. A starting clock set once a worker joined is an error.
+#[test]
+fn a_cluster_prepared_from_snapshots_resumes_at_their_clock() {
+    use laggard::Cluster;
+    use std::sync::Mutex;
+
+    let spec = || {
+        ClusterSpec::new(2, 2).table(
+            "w",
+            TableSpec::<i64>::dense(0..4, 2).consistency(Consistency::Bsp),
+        )
+    };
+    let train = |cluster: &Cluster, to: u64| {
+        cluster
+            .run_workers(|worker| {
+                let w = worker.table::<i64>("w")?;
+                let mut rows = [0i64; 8];
+                let first = worker.current_clock();
+                for _ in first..to {
+                    worker.pull(&w, &[0, 1, 2, 3], &mut rows)?;
+                    worker.push(&w, &[0, 1, 2, 3], &[1; 8])?;
+                    worker.clock()?;
+                }
+                Ok(first)
+            })
+            .unwrap()
+    };
+    // (shard, clock, bytes) of every snapshot.
+    type Files = Arc<Mutex<Vec<(usize, u64, Vec<u8>)>>>;
+    let files: Files = Arc::default();
+    let cluster = Cluster::start_with(spec(), |server| {
+        let (part, shard, files) = (server.table::<i64>("w")?, server.shard(), files.clone());
+        server.on_clock(3, move |clock| {
+            let mut bytes = Vec::new();
+            checkpoint::save_at(&part, clock, &mut bytes)?;
+            files.lock().unwrap().push((shard, clock, bytes));
+            Ok(())
+        })
+    })
+    .unwrap();
+    assert_eq!(train(&cluster, 5), [0, 0]);
+    cluster.shutdown().unwrap();
+    let files = files.lock().unwrap().clone();
+    let at_3: Vec<&(usize, u64, Vec<u8>)> = files.iter().filter(|f| f.1 == 3).collect();
+    assert_eq!(
+        at_3.len(),
+        2,
+        "one snapshot per shard at clock 3: {files:?}"
+    );
+
+    let resumed = Cluster::start_with(spec(), |server| {
+        let part = server.table::<i64>("w")?;
+        let (_, clock, bytes) = at_3.iter().find(|f| f.0 == server.shard()).unwrap();
+        let loaded = checkpoint::load(&part, &bytes[..], Foreign::Refuse)?;
+        assert_eq!(loaded.clock, *clock);
+        server.start_at(loaded.clock)
+    })
+    .unwrap();
+    assert_eq!(train(&resumed, 5), [3, 3]);
+    let mut rows = [0i64; 8];
+    resumed.read::<i64>("w", &[0, 1, 2, 3], &mut rows).unwrap();
+    assert_eq!(
+        rows, [10; 8],
+        "2 workers x 5 clocks, 3 of them from the snapshot"
+    );
+    resumed.shutdown().unwrap();
+
+    let failing = Cluster::start_with(spec(), |server| {
+        if server.shard() == 1 {
+            return Err(Error::Checkpoint {
+                reason: "no file for shard 1".into(),
+            });
+        }
+        Ok(())
+    });
+    assert!(matches!(failing, Err(Error::Checkpoint { .. })));
 }
 
 #[test]

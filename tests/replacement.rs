@@ -406,3 +406,41 @@ fn a_process_declared_dead_cannot_rejoin_but_a_new_one_can() {
     );
     assert!(!shard.core.workers_done());
 }
+
+/// A shard restored from a checkpoint starts every worker at its clock
+/// (`ServerCore::start_at`): each Welcome says so, pushes go on from
+/// there, and the starting clock cannot change once a worker joined.
+#[test]
+fn a_shard_started_at_a_clock_welcomes_workers_there() {
+    let mut shard = Shard::new(0, 2, Duration::from_secs(3600));
+    shard.core.start_at(30).unwrap();
+    assert_eq!(shard.core.clocks().min_active(), Some(30));
+    let welcome = shard.hello(PeerId(1), 0, 0xa).unwrap();
+    assert_eq!((welcome.applied_seq, welcome.clock), (0, 30));
+    let push = Message::Push(laggard::proto::Push {
+        worker: 0,
+        seq: 1,
+        clock: 30,
+        tick: true,
+        sections: laggard::proto::Sections::Native(&[]),
+    });
+    assert!(matches!(
+        shard.deliver(PeerId(1), &push).as_slice(),
+        [Reply::PushAck(_)]
+    ));
+    assert_eq!(
+        shard.core.clocks().get(WorkerId(0)),
+        Some((31, WorkerStatus::Active))
+    );
+    match shard.core.start_at(40) {
+        Err(laggard::Error::InvalidConfig { what, reason }) => {
+            assert_eq!(what, "starting clock");
+            assert!(
+                reason.contains("worker 0 already joined at clock 31"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    assert_eq!(shard.core.stats().workers_replaced, 0);
+}

@@ -44,7 +44,10 @@ fn agree(
     loaded: &laggard::Result<checkpoint::Loaded>,
 ) {
     match (verified, loaded) {
-        (Ok(v), Ok(l)) => assert_eq!(v.rows, l.restored + l.skipped),
+        (Ok(v), Ok(l)) => {
+            assert_eq!(v.rows, l.restored + l.skipped);
+            assert_eq!(v.clock, l.clock);
+        }
         (Err(_), Err(_)) => {}
         (Ok(_), Err(e)) => assert!(
             e.to_string().contains("cannot be restored"),
@@ -69,14 +72,14 @@ pub fn seeds() -> Vec<Vec<u8>> {
         .visit_shard(1, |row| part.restore_row(row).expect("shard 1's rows"))
         .expect("shard 1 exists");
     let mut seeds = Vec::new();
-    for bytes in [save(&t), save(&whole), save(&part)] {
+    for bytes in [save(&t, 0), save(&whole, 7), save(&part, 1 << 40)] {
         seeds.push(bytes);
     }
     seeds
 }
 
-fn save<T: laggard::Element>(t: &Table<T>) -> Vec<u8> {
+fn save<T: laggard::Element>(t: &Table<T>, clock: u64) -> Vec<u8> {
     let mut bytes = Vec::new();
-    checkpoint::save(t, &mut bytes).expect("writing to a Vec");
+    checkpoint::save_at(t, clock, &mut bytes).expect("writing to a Vec");
     bytes
 }

@@ -187,6 +187,27 @@ impl ServerCore {
         }
     }
 
+    /// Starts every worker at `clock` instead of 0, as a shard restored
+    /// from a checkpoint taken at that clock does: each worker's Welcome
+    /// carries it, and the worker goes on from there. Only before any
+    /// worker said hello; an error otherwise.
+    pub fn start_at(&mut self, clock: u64) -> crate::error::Result<()> {
+        if let Some(w) = self.session_of.iter().position(Option::is_some) {
+            return Err(crate::error::invalid(
+                "starting clock",
+                format!(
+                    "worker {w} already joined at clock {}; set the starting clock before \
+                     the server serves",
+                    self.clocks.get(WorkerId(w as u32)).map_or(0, |(c, _)| c)
+                ),
+            ));
+        }
+        for w in 0..self.cfg.workers {
+            self.clocks.set(WorkerId(w), clock, WorkerStatus::Active);
+        }
+        Ok(())
+    }
+
     /// The vector clock as this shard knows it.
     pub fn clocks(&self) -> &VectorClock {
         &self.clocks

@@ -69,17 +69,66 @@ impl Cluster {
     /// Starts the servers on the given in-process network (e.g. one built
     /// with a smaller capacity).
     pub fn start_on(spec: ClusterSpec, net: InProcess) -> Result<Self> {
+        Self::start_prepared(spec, net, |_| Ok(()))
+    }
+
+    /// Starts the cluster after `prepare` ran on each server shard (in
+    /// shard order, before any serves): to load a checkpoint into its
+    /// [`table`](Server::table)s and [`start_at`](Server::start_at) its
+    /// clock, or to register a clock hook ([`Server::on_clock`]). If
+    /// `prepare` fails for any shard, no server starts and the error is
+    /// returned.
+    ///
+    /// ```
+    /// use laggard::{Cluster, ClusterSpec, TableSpec, checkpoint};
+    ///
+    /// let spec = ClusterSpec::new(2, 1).table("w", TableSpec::<i64>::dense(0..4, 2));
+    /// # let mut files = vec![Vec::new(), Vec::new()];
+    /// # Cluster::start_with(spec.clone(), |server| {
+    /// #     let part = server.table::<i64>("w")?;
+    /// #     checkpoint::save_at(&part, 30, &mut files[server.shard()]).map(drop)
+    /// # })?.shutdown()?;
+    /// // `files[shard]`: what that shard saved at clock 30 (files in practice).
+    /// let cluster = Cluster::start_with(spec, |server| {
+    ///     let part = server.table::<i64>("w")?;
+    ///     let loaded = checkpoint::load(&part, &files[server.shard()][..], checkpoint::Foreign::Refuse)?;
+    ///     server.start_at(loaded.clock)
+    /// })?;
+    /// cluster.run_workers(|worker| {
+    ///     assert_eq!(worker.current_clock(), 30);
+    ///     Ok(())
+    /// })?;
+    /// cluster.shutdown()?;
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn start_with(
+        spec: ClusterSpec,
+        prepare: impl FnMut(&mut Server<InProcessEndpoint>) -> Result<()>,
+    ) -> Result<Self> {
+        Self::start_prepared(spec, InProcess::new(), prepare)
+    }
+
+    fn start_prepared(
+        spec: ClusterSpec,
+        net: InProcess,
+        mut prepare: impl FnMut(&mut Server<InProcessEndpoint>) -> Result<()>,
+    ) -> Result<Self> {
         spec.validate()?;
-        let mut servers = Vec::new();
+        let mut prepared = Vec::with_capacity(spec.servers);
         let mut parts = vec![Vec::new(); spec.tables.len()];
         for shard in 0..spec.servers {
             let ep = net.bind(&spec.server_name(shard))?;
-            let server = Server::new(ep, &spec, shard)?;
+            let mut server = Server::new(ep, &spec, shard)?;
+            prepare(&mut server)?;
             for (t, part) in parts.iter_mut().enumerate() {
                 part.push(server.typed_part(t));
             }
+            prepared.push(server);
+        }
+        let mut servers = Vec::new();
+        for server in prepared {
             let handle = std::thread::Builder::new()
-                .name(spec.server_name(shard))
+                .name(spec.server_name(server.shard()))
                 .spawn(move || server.run())
                 .map_err(|e| Error::Transport {
                     reason: format!("could not start a server thread: {e}"),

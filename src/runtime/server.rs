@@ -42,6 +42,13 @@ pub struct Server<E: Endpoint> {
     send_timeout: Duration,
     out: Vec<Output>,
     on_clock: Option<ClockHook>,
+    /// The clock every worker started at ([`Server::start_at`]).
+    started_at: u64,
+}
+
+/// The smallest multiple of `every` (at least 1) above `clock`.
+fn first_multiple_above(clock: u64, every: u64) -> u64 {
+    (clock / every).saturating_add(1).saturating_mul(every)
 }
 
 /// What [`Server::on_clock`] registered.
@@ -95,6 +102,7 @@ impl<E: Endpoint> Server<E> {
             send_timeout: spec.timeout,
             out: Vec::new(),
             on_clock: None,
+            started_at: 0,
         })
     }
 
@@ -140,10 +148,12 @@ impl<E: Endpoint> Server<E> {
     /// multiple of `every` (once per crossing, with the clock reached; a
     /// jump past several multiples calls it once). While it runs the server
     /// applies nothing, so a checkpoint saved from it
-    /// ([`checkpoint::save`](crate::checkpoint::save) of
-    /// [`table`](Self::table)s taken beforehand) is one snapshot of this
-    /// shard: every push of clocks below `clock` and, under SSP or Async,
-    /// maybe some later pushes of faster workers. An error from `call`
+    /// ([`checkpoint::save_at`](crate::checkpoint::save_at) of
+    /// [`table`](Self::table)s taken beforehand, with `clock`) is one
+    /// snapshot of this shard: every push of clocks below `clock` and,
+    /// under SSP or Async, maybe some later pushes of faster workers (a
+    /// job resumed from it with [`start_at`](Self::start_at) makes those
+    /// again). An error from `call`
     /// stops the server with that error. `every` must be at least 1.
     ///
     /// ```
@@ -156,9 +166,9 @@ impl<E: Endpoint> Server<E> {
     /// let mut server = Server::new(net.bind(&spec.server_name(0))?, &spec, 0)?;
     /// let (weights, latest) = (server.table::<f32>("w")?, Arc::new(Mutex::new(Vec::new())));
     /// let keep = latest.clone();
-    /// server.on_clock(100, move |_clock| {
+    /// server.on_clock(100, move |clock| {
     ///     let mut bytes = Vec::new(); // a file in practice
-    ///     checkpoint::save(&weights, &mut bytes)?;
+    ///     checkpoint::save_at(&weights, clock, &mut bytes)?;
     ///     *keep.lock().unwrap() = bytes;
     ///     Ok(())
     /// })?;
@@ -177,9 +187,41 @@ impl<E: Endpoint> Server<E> {
         }
         self.on_clock = Some(ClockHook {
             every,
-            next: every,
+            next: first_multiple_above(self.started_at, every),
             call: Box::new(call),
         });
+        Ok(())
+    }
+
+    /// Starts every worker at `clock` instead of 0: the clock of the
+    /// checkpoint this shard was restored from
+    /// ([`Loaded::clock`](crate::checkpoint::Loaded::clock)). Workers that
+    /// connect join there ([`Worker::current_clock`](crate::Worker::current_clock)
+    /// says so, for the training loop) and the clock hook next runs at the
+    /// first multiple of its interval above `clock`. Every shard of a
+    /// cluster must start at the same clock. Call it before
+    /// [`run`](Self::run).
+    ///
+    /// ```
+    /// use laggard::{ClusterSpec, Server, TableSpec, checkpoint};
+    /// use laggard::transport::{InProcess, Transport};
+    ///
+    /// let spec = ClusterSpec::new(1, 2).table("w", TableSpec::<f32>::dense(0..8, 4));
+    /// let net = InProcess::new();
+    /// let mut server = Server::new(net.bind(&spec.server_name(0))?, &spec, 0)?;
+    /// let weights = server.table::<f32>("w")?;
+    /// # let mut file = Vec::new();
+    /// # checkpoint::save_at(&weights, 40, &mut file)?;
+    /// let loaded = checkpoint::load(&weights, &file[..], checkpoint::Foreign::Refuse)?;
+    /// server.start_at(loaded.clock)?; // the workers go on from clock 40
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn start_at(&mut self, clock: u64) -> Result<()> {
+        self.core.start_at(clock)?;
+        self.started_at = clock;
+        if let Some(hook) = &mut self.on_clock {
+            hook.next = first_multiple_above(clock, hook.every);
+        }
         Ok(())
     }
 
@@ -195,7 +237,7 @@ impl<E: Endpoint> Server<E> {
             return Ok(());
         };
         if min >= hook.next {
-            hook.next = (min / hook.every + 1) * hook.every;
+            hook.next = first_multiple_above(min, hook.every);
             (hook.call)(min)?;
         }
         Ok(())
