@@ -20,13 +20,17 @@
 //! if any, it declared dead.
 //!
 //! With `--checkpoint DIR`, each server shard saves its part of the
-//! weights (values and optimizer state) to `DIR/weights.SHARD-of-SHARDS`
-//! once the workers are done, and with `--checkpoint-every N` also each
-//! time the slowest worker reaches a multiple of N clocks (from the
-//! server's clock hook, so each is one snapshot of the shard; a crash
-//! loses at most N clocks). With `--resume DIR`, each server shard first
-//! loads every file in `DIR` (one run's checkpoint), keeping the rows it
-//! owns, so a run may resume on another number of server shards.
+//! weights (values and optimizer state) to
+//! `DIR/weights.SHARD-of-SHARDS.clock-CLOCK` once the workers are done,
+//! and with `--checkpoint-every N` also each time the slowest worker
+//! reaches a multiple of N clocks (from the server's clock hook, so each
+//! is one snapshot of the shard; a crash loses at most N clocks). Each
+//! shard keeps its two latest files. With `--resume DIR`, each server
+//! shard picks the latest clock for which `DIR` holds every shard's file
+//! (the shards of a killed job may have saved different clocks last),
+//! loads all of them, keeping the rows it owns (so a run may resume on
+//! another number of server shards), and starts the workers at that
+//! clock: they go on from there to `--clocks`.
 //!
 //! With `--crash-at CLOCK`, the last worker's process exits without
 //! leaving when it reaches CLOCK (once its pushes were applied), for
@@ -34,6 +38,7 @@
 //! `laggard-launch --restarts 1` the launcher starts that rank again, and
 //! the new process takes the worker's place at its clock and finishes.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -133,20 +138,22 @@ fn run(cfg: &Config) -> laggard::Result<()> {
             let mut server = node.server()?;
             let weights = server.table::<f32>("weights")?;
             if let Some(dir) = &cfg.resume {
-                let rows = resume(&weights, dir)?;
+                let (rows, clock) = resume(&weights, dir)?;
+                server.start_at(clock)?;
                 println!(
-                    "server shard {shard}: resumed {rows} rows from {}",
+                    "server shard {shard}: resumed {rows} rows from {} at clock {clock}",
                     dir.display()
                 );
             }
-            let file = cfg
-                .checkpoint
-                .as_ref()
-                .map(|dir| dir.join(format!("weights.{shard}-of-{}", spec.servers())));
-            if let (Some(every), Some(file)) = (cfg.checkpoint_every, &file) {
-                let (weights, file) = (weights.clone(), file.clone());
+            let saving = cfg.checkpoint.as_ref().map(|dir| Saving {
+                dir: dir.clone(),
+                shard,
+                shards: spec.servers(),
+            });
+            if let (Some(every), Some(saving)) = (cfg.checkpoint_every, &saving) {
+                let (weights, saving) = (weights.clone(), saving.clone());
                 server.on_clock(every, move |clock| {
-                    let saved = save(&weights, &file)?;
+                    let (saved, _) = saving.save(&weights, clock)?;
                     println!(
                         "server shard {shard}: clock {clock}: saved {} rows",
                         saved.rows
@@ -155,8 +162,18 @@ fn run(cfg: &Config) -> laggard::Result<()> {
                 })?;
             }
             let report = server.run_until_workers_done()?;
-            if let Some(file) = &file {
-                let saved = save(&weights, file)?;
+            if let Some(saving) = &saving {
+                // Every worker left at its last clock, or was declared
+                // dead (and holds no one back, as in the clock hook): a
+                // job resumed from here starts at the earliest of the rest.
+                let clock = report
+                    .clocks
+                    .iter()
+                    .filter(|&(_, _, status)| status != WorkerStatus::Dead)
+                    .map(|(_, clock, _)| clock)
+                    .min()
+                    .unwrap_or(0);
+                let (saved, file) = saving.save(&weights, clock)?;
                 println!(
                     "server shard {shard}: saved {} rows ({} bytes) to {}",
                     saved.rows,
@@ -205,9 +222,15 @@ fn run(cfg: &Config) -> laggard::Result<()> {
                 );
                 std::process::exit(3);
             }
-            if worker.current_clock() > 0 {
+            if restart > 0 && worker.current_clock() > 0 {
                 println!(
                     "worker {}: took the worker's place at clock {}",
+                    id.0,
+                    worker.current_clock()
+                );
+            } else if worker.current_clock() > 0 {
+                println!(
+                    "worker {}: starts at clock {}, the checkpoint's",
                     id.0,
                     worker.current_clock()
                 );
@@ -223,21 +246,62 @@ fn run(cfg: &Config) -> laggard::Result<()> {
     Ok(())
 }
 
-/// Loads every checkpoint file in `dir` into this shard's part, keeping
-/// the rows it owns; returns how many it restored. Files a save did not
-/// finish (`.partial`) are left out. Every file is verified before any is
-/// loaded, so a bad one changes no row.
-fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<u64> {
-    let mut files = Vec::new();
+/// The latest clock for which `dir` holds a checkpoint file of every
+/// shard of the run that saved them (`weights.SHARD-of-SHARDS.clock-CLOCK`),
+/// and those files. Files a save did not finish (`.partial`) are left out.
+fn latest_complete(dir: &Path) -> laggard::Result<(u64, Vec<PathBuf>)> {
+    // (shards, clock) -> the files of that clock, by shard.
+    let mut found: BTreeMap<(usize, u64), BTreeMap<usize, PathBuf>> = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
         let path = entry.map_err(|e| io_error("cannot list", dir, e))?.path();
-        if path.extension().is_none_or(|e| e != "partial") {
-            files.push(path);
+        if let Some((shard, shards, clock)) = path.file_name().and_then(|n| parse_name(n.to_str()?))
+        {
+            found
+                .entry((shards, clock))
+                .or_default()
+                .insert(shard, path);
         }
     }
+    found
+        .into_iter()
+        .filter(|((shards, _), files)| files.len() == *shards)
+        .max_by_key(|((_, clock), _)| *clock)
+        .map(|((_, clock), files)| (clock, files.into_values().collect()))
+        .ok_or_else(|| Error::Checkpoint {
+            reason: format!(
+                "{} holds no complete checkpoint: no clock has a `weights.SHARD-of-SHARDS.clock-CLOCK` \
+                 file of every shard",
+                dir.display()
+            ),
+        })
+}
+
+/// `(shard, shards, clock)` of a file named `weights.SHARD-of-SHARDS.clock-CLOCK`.
+fn parse_name(name: &str) -> Option<(usize, usize, u64)> {
+    let (shards, clock) = name.strip_prefix("weights.")?.split_once(".clock-")?;
+    let (shard, shards) = shards.split_once("-of-")?;
+    let (shard, shards) = (shard.parse().ok()?, shards.parse().ok()?);
+    (shard < shards).then_some((shard, shards, clock.parse().ok()?))
+}
+
+/// Loads the latest complete checkpoint in `dir` into this shard's part,
+/// keeping the rows it owns; returns how many it restored and the clock.
+/// Every file is verified (and must say it was taken at that clock) before
+/// any is loaded, so a bad one changes no row.
+fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<(u64, u64)> {
+    let (clock, files) = latest_complete(dir)?;
     let open = |path: &Path| File::open(path).map_err(|e| io_error("cannot open", path, e));
     for path in &files {
-        checkpoint::verify(weights, open(path)?).map_err(|e| named(path, e))?;
+        let verified = checkpoint::verify(weights, open(path)?).map_err(|e| named(path, e))?;
+        if verified.clock != clock {
+            return Err(Error::Checkpoint {
+                reason: format!(
+                    "{} says it was taken at clock {}, its name at clock {clock}",
+                    path.display(),
+                    verified.clock
+                ),
+            });
+        }
     }
     let mut restored = 0;
     for path in &files {
@@ -245,7 +309,7 @@ fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<u64> {
             checkpoint::load(weights, open(path)?, Foreign::Skip).map_err(|e| named(path, e))?;
         restored += loaded.restored;
     }
-    Ok(restored)
+    Ok((restored, clock))
 }
 
 /// A checkpoint error with the file it is about.
@@ -258,22 +322,55 @@ fn named(path: &Path, e: Error) -> Error {
     }
 }
 
-/// Saves this shard's part to `file`, replacing an earlier checkpoint
-/// there only once the new one is whole: it is written to `FILE.partial`,
-/// synced, and renamed over `file`.
-fn save(weights: &Table<f32>, file: &Path) -> laggard::Result<checkpoint::Saved> {
-    if let Some(dir) = file.parent() {
+/// Where and as which shard a server saves its checkpoints.
+#[derive(Clone)]
+struct Saving {
+    dir: PathBuf,
+    shard: usize,
+    shards: usize,
+}
+
+impl Saving {
+    /// Saves the shard's part of the weights, taken at `clock`, to
+    /// `weights.SHARD-of-SHARDS.clock-CLOCK` in the directory, replacing a
+    /// file there only once the new one is whole (written to
+    /// `FILE.partial`, synced, and renamed over it); then removes this
+    /// shard's files but the two latest, so that a job killed while its
+    /// shards saved still finds a clock every shard saved.
+    fn save(
+        &self,
+        weights: &Table<f32>,
+        clock: u64,
+    ) -> laggard::Result<(checkpoint::Saved, PathBuf)> {
+        let dir = &self.dir;
         std::fs::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))?;
+        let prefix = format!("weights.{}-of-{}.clock-", self.shard, self.shards);
+        let file = dir.join(format!("{prefix}{clock}"));
+        let partial = dir.join(format!("{prefix}{clock}.partial"));
+        let mut out = File::create(&partial).map_err(|e| io_error("cannot create", &partial, e))?;
+        let saved = checkpoint::save_at(weights, clock, &mut out)?;
+        out.sync_all()
+            .map_err(|e| io_error("cannot sync", &partial, e))?;
+        std::fs::rename(&partial, &file).map_err(|e| io_error("cannot rename", &partial, e))?;
+        let mut mine = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
+            let path = entry.map_err(|e| io_error("cannot list", dir, e))?.path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_name);
+            if let Some((shard, shards, at)) = name {
+                if (shard, shards) == (self.shard, self.shards) {
+                    mine.push((at, path));
+                }
+            }
+        }
+        mine.sort();
+        for (_, old) in mine.iter().rev().skip(2) {
+            std::fs::remove_file(old).map_err(|e| io_error("cannot remove", old, e))?;
+        }
+        Ok((saved, file))
     }
-    let mut partial = file.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let mut out = File::create(&partial).map_err(|e| io_error("cannot create", &partial, e))?;
-    let saved = checkpoint::save(weights, &mut out)?;
-    out.sync_all()
-        .map_err(|e| io_error("cannot sync", &partial, e))?;
-    std::fs::rename(&partial, file).map_err(|e| io_error("cannot rename", &partial, e))?;
-    Ok(saved)
 }
 
 fn io_error(what: &str, path: &Path, e: std::io::Error) -> Error {
