@@ -114,6 +114,8 @@ struct Sim {
     keys: u64,
     /// Whether the workers' frames hold one row at most.
     one_row_frames: bool,
+    /// The workers' cache budget in rows, if any.
+    cache_rows: Option<usize>,
     /// Each worker's current session (process).
     session: Vec<u64>,
     /// Workers whose new process waits for every shard's welcome before
@@ -132,6 +134,7 @@ impl Sim {
         staleness: u64,
         piece: Option<usize>,
         one_row_frames: bool,
+        cache_rows: Option<usize>,
     ) -> Self {
         let keys = (shards * KEYS_PER_SHARD) as u64;
         let width = workers + PAD;
@@ -168,7 +171,7 @@ impl Sim {
             staleness,
             servers,
             clients: (0..workers)
-                .map(|w| client(w, shards, &tables, one_row_frames, piece))
+                .map(|w| client(w, shards, &tables, one_row_frames, piece, cache_rows))
                 .collect(),
             phase: (0..workers).map(|_| Phase::NeedPull).collect(),
             peer: vec![vec![PeerId(0); shards]; workers],
@@ -182,6 +185,7 @@ impl Sim {
             piece,
             keys,
             one_row_frames,
+            cache_rows,
             session: (0..workers as u64).collect(),
             joining: vec![false; workers],
             replaced: 0,
@@ -251,6 +255,7 @@ impl Sim {
             &self.tables,
             self.one_row_frames,
             self.piece,
+            self.cache_rows,
         );
         self.session[w] += 1_000;
         self.joining[w] = true;
@@ -496,15 +501,20 @@ impl Sim {
     }
 }
 
-/// Worker `w`'s protocol client, at clock 0.
+/// Worker `w`'s protocol client, at clock 0, caching up to `cache_rows`
+/// rows (unbounded if `None`).
 fn client(
     w: usize,
     shards: usize,
     tables: &Arc<[TableInfo]>,
     one_row_frames: bool,
     piece: Option<usize>,
+    cache_rows: Option<usize>,
 ) -> ClientCore {
     let mut core = ClientCore::new(w as u32, shards, tables.clone());
+    if let Some(rows) = cache_rows {
+        core.set_cache_limit(rows * tables[0].row_bytes());
+    }
     if one_row_frames {
         // A push of one row: header and push fields (48), section head
         // (16), key (8), row. Two rows' pull answer (48 + 2 rows) is
@@ -526,9 +536,11 @@ proptest! {
         schedule in proptest::collection::vec(any::<u16>(), 0..400),
         piece_elements in proptest::option::of(1usize..4),
         one_row_frames in any::<bool>(),
+        cache_rows in proptest::option::of(0usize..4),
     ) {
         let piece = piece_elements.map(|n| n * 8);
-        let mut sim = Sim::new(workers, shards, clocks, staleness, piece, one_row_frames);
+        let mut sim =
+            Sim::new(workers, shards, clocks, staleness, piece, one_row_frames, cache_rows);
         for choice in schedule {
             let choice = choice as usize;
             let w = choice % workers;

@@ -90,6 +90,9 @@ pub struct ClientStats {
     /// frames kept crowded their sender's room
     /// ([`Endpoint::kept_frames_crowd`](crate::transport::Endpoint::kept_frames_crowd)).
     pub kept_rows_copied: u64,
+    /// Cached rows dropped to keep the cache within its budget
+    /// ([`ClusterSpec::cache_bytes`](crate::ClusterSpec::cache_bytes)).
+    pub rows_evicted: u64,
     /// Connections to a server re-established after they dropped.
     pub reconnects: u64,
 }
@@ -180,6 +183,10 @@ struct Cached {
     /// frame's header.
     values: RowBytes,
     at: usize,
+    /// When the row was last asked for ([`ClientCore::plan_pull`]'s count
+    /// when it was fetched or answered a pull): the least recently used
+    /// rows are dropped first when the cache outgrows its budget.
+    used: u64,
 }
 
 /// What a received frame holds: see [`ClientCore::rows_in`].
@@ -284,6 +291,13 @@ pub struct ClientCore {
     rows_restarted: u64,
     /// Cached rows in kept frames ([`RowBytes::Kept`]).
     kept_rows: usize,
+    /// Bytes of cached rows (each row's length, wherever it lies).
+    cached_bytes: usize,
+    /// See [`set_cache_limit`](Self::set_cache_limit).
+    cache_limit: usize,
+    /// Calls of [`plan_pull`](Self::plan_pull) so far: the clock of the
+    /// cache's least-recently-used order.
+    pulls_planned: u64,
     /// See [`set_frame_limit`](Self::set_frame_limit).
     frame_limit: Option<FrameLimit>,
     stats: ClientStats,
@@ -316,6 +330,9 @@ impl ClientCore {
             spare_rows: Vec::new(),
             rows_restarted: 0,
             kept_rows: 0,
+            cached_bytes: 0,
+            cache_limit: usize::MAX,
+            pulls_planned: 0,
             frame_limit: None,
             stats: ClientStats::default(),
         }
@@ -776,18 +793,21 @@ impl ClientCore {
         let map = info.map.clone();
         let row_bytes = info.row_bytes();
         let per_request = self.rows_per_request(table, row_bytes)?;
+        if self.cached_bytes > self.cache_limit {
+            self.shrink_cache();
+        }
+        self.pulls_planned += 1;
         let mut misses: Vec<Vec<u64>> = vec![Vec::new(); self.links.len()];
-        let cache = &self.cache[table as usize];
+        let cache = &mut self.cache[table as usize];
         let mut from_cache = 0;
         for &key in keys {
             let shard = map.shard_of(key)?;
-            let fresh = cache
-                .get(&key)
-                .is_some_and(|row| is_fresh(consistency, row, self.clock));
-            if fresh {
-                from_cache += 1;
-            } else {
-                misses[shard].push(key);
+            match cache.get_mut(&key) {
+                Some(row) if is_fresh(consistency, row, self.clock) => {
+                    row.used = self.pulls_planned;
+                    from_cache += 1;
+                }
+                _ => misses[shard].push(key),
             }
         }
         for keys in &mut misses {
@@ -946,23 +966,91 @@ impl ClientCore {
     pub fn clear_cache(&mut self) {
         self.cache.iter_mut().for_each(IdMap::clear);
         self.kept_rows = 0;
+        self.cached_bytes = 0;
+    }
+
+    /// Bounds the bytes of cached rows (all tables together; unbounded
+    /// until this is called). Whenever a pull is planned with the cache
+    /// over `bytes`, rows first go that are too stale to answer a pull at
+    /// the worker's clock, then the least recently asked for, until the
+    /// cache holds at most three quarters of `bytes`. The rows one pull
+    /// brings are all cached until the next is planned, even past the
+    /// bound. A row dropped while a started pull still needs it (a
+    /// [`plan_pull`](Self::plan_pull) between another's plan and the
+    /// reading of its rows) is missing from [`cached`](Self::cached):
+    /// plan it again.
+    pub fn set_cache_limit(&mut self, bytes: usize) {
+        self.cache_limit = bytes;
+    }
+
+    /// Bytes of rows cached now (each row's length; a row kept in its
+    /// frame keeps the whole frame alive, which may be more).
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
     }
 
     /// Caches `row` as `key` of `table`; returns the row it replaces.
-    /// Keeps the count of rows in kept frames.
+    /// Keeps the count of rows in kept frames and of cached bytes.
     fn put_cached(&mut self, table: u32, key: u64, row: Cached) -> Option<Cached> {
         if matches!(row.values, RowBytes::Kept(_)) {
             self.kept_rows += 1;
         }
         let old = self.cache[table as usize].insert(key, row);
-        if let Some(Cached {
-            values: RowBytes::Kept(_),
-            ..
-        }) = old
-        {
-            self.kept_rows -= 1;
+        match &old {
+            Some(Cached {
+                values: RowBytes::Kept(_),
+                ..
+            }) => self.kept_rows -= 1,
+            Some(_) => {}
+            None => self.cached_bytes += self.tables[table as usize].row_bytes(),
         }
         old
+    }
+
+    /// Drops cached rows until the cache is within three quarters of its
+    /// limit: first every row no pull at the worker's clock could be
+    /// answered from, then the least recently used.
+    fn shrink_cache(&mut self) {
+        let target = self.cache_limit / 4 * 3;
+        for (table, cache) in self.cache.iter_mut().enumerate() {
+            let info = &self.tables[table];
+            let (consistency, row_bytes) = (info.consistency, info.row_bytes());
+            let (clock, before) = (self.clock, cache.len());
+            let mut kept_dropped = 0;
+            cache.retain(|_, row| {
+                let fresh = is_fresh(consistency, row, clock);
+                kept_dropped += usize::from(!fresh && matches!(row.values, RowBytes::Kept(_)));
+                fresh
+            });
+            let dropped = before - cache.len();
+            self.kept_rows -= kept_dropped;
+            self.cached_bytes -= dropped * row_bytes;
+            self.stats.rows_evicted += dropped as u64;
+        }
+        if self.cached_bytes <= target {
+            return;
+        }
+        let mut by_use: Vec<(u64, u32, u64)> = Vec::new();
+        for (table, cache) in self.cache.iter().enumerate() {
+            by_use.extend(
+                cache
+                    .iter()
+                    .map(|(&key, row)| (row.used, table as u32, key)),
+            );
+        }
+        by_use.sort_unstable();
+        for (_, table, key) in by_use {
+            if self.cached_bytes <= target {
+                break;
+            }
+            if let Some(row) = self.cache[table as usize].remove(&key) {
+                if matches!(row.values, RowBytes::Kept(_)) {
+                    self.kept_rows -= 1;
+                }
+                self.cached_bytes -= self.tables[table as usize].row_bytes();
+                self.stats.rows_evicted += 1;
+            }
+        }
     }
 
     /// Whether any cached row lies in a kept frame
@@ -1070,6 +1158,7 @@ impl ClientCore {
             fetched_at: self.clock,
             values: RowBytes::Owned(frame),
             at,
+            used: self.pulls_planned,
         };
         let old = self.put_cached(table, key, row);
         Ok(old.map(|c| c.values.into_spare()).unwrap_or_default())
@@ -1103,6 +1192,7 @@ impl ClientCore {
                 fetched_at: self.clock,
                 values: RowBytes::Kept(frame.clone()),
                 at: at + i * row_bytes,
+                used: self.pulls_planned,
             };
             if let Some(old) = self.put_cached(table, key, row) {
                 self.spare_row(old.values);
@@ -1232,6 +1322,7 @@ impl ClientCore {
             fetched_at: self.clock,
             values: RowBytes::Owned(values),
             at: 0,
+            used: self.pulls_planned,
         };
         if let Some(old) = self.put_cached(table, key, row) {
             self.spare_row(old.values);
@@ -1279,17 +1370,20 @@ impl ClientCore {
                         fetched_at,
                         values: RowBytes::Owned(own),
                         at,
+                        used,
                     }) = self.cache[table as usize].get_mut(&key)
                     {
                         own.clear();
                         own.extend_from_slice(values);
                         (*data_clock, *fetched_at, *at) = (resp.clock, self.clock, 0);
+                        *used = self.pulls_planned;
                     } else {
                         let row = Cached {
                             data_clock: resp.clock,
                             fetched_at: self.clock,
                             values: RowBytes::Owned(values.to_vec()),
                             at: 0,
+                            used: self.pulls_planned,
                         };
                         self.put_cached(table, key, row);
                     }
@@ -1932,5 +2026,107 @@ mod tests {
         core.on_message(0, piece(req, 2, 16, &new[16..])).unwrap();
         assert!(matches!(core.take_outcome(req), Some(Ok(()))));
         assert_eq!(core.cached(0, 3), Some(&new[..]));
+    }
+
+    /// Answers request `req` of table 0 (width 4, `i64`) with the rows of
+    /// `keys`, each filled with its key, as of clock `clock`.
+    fn answer(core: &mut ClientCore, req: u64, keys: &[u64], clock: u64) {
+        let mut values = Vec::new();
+        for &key in keys {
+            for _ in 0..4 {
+                values.extend_from_slice(&(key as i64).to_le_bytes());
+            }
+        }
+        let msg = Message::PullResponse(PullResponse {
+            req,
+            clock,
+            table: 0,
+            rows: keys.len() as u32,
+            values: &values,
+        });
+        core.on_message(0, msg).unwrap();
+        assert!(matches!(core.take_outcome(req), Some(Ok(()))));
+    }
+
+    fn cached_keys(core: &ClientCore) -> Vec<u64> {
+        (0..=9).filter(|&k| core.cached(0, k).is_some()).collect()
+    }
+
+    #[test]
+    fn a_cache_over_its_budget_drops_stale_rows_then_the_least_recently_used() {
+        // 32-byte rows; room for 4, shrunk to 3 when over.
+        let (mut core, _) = pulling(&[]);
+        core.set_cache_limit(4 * 32);
+        let reqs = core
+            .plan_pull(0, &[0, 1, 2, 3], Duration::from_secs(1))
+            .unwrap();
+        answer(&mut core, reqs[0], &[0, 1, 2, 3], 0);
+        // At the budget, not over it: nothing goes.
+        let reqs = core.plan_pull(0, &[4], Duration::from_secs(1)).unwrap();
+        answer(&mut core, reqs[0], &[4], 0);
+        assert_eq!(core.cached_bytes(), 5 * 32);
+        assert_eq!(cached_keys(&core), [0, 1, 2, 3, 4]);
+        // Rows 2 and 3 answer a pull: now 0 and 1 were used least recently.
+        assert!(
+            core.plan_pull(0, &[2, 3], Duration::from_secs(1))
+                .unwrap()
+                .is_empty()
+        );
+        // Over budget: the next pull drops 0 and 1 first (all are fresh).
+        let reqs = core.plan_pull(0, &[4, 9], Duration::from_secs(1)).unwrap();
+        assert_eq!(cached_keys(&core), [2, 3, 4]);
+        assert_eq!(core.stats().rows_evicted, 2);
+        answer(&mut core, reqs[0], &[9], 0);
+        // A clock later (BSP), rows of clock 0 cannot answer a pull: they
+        // go first, whatever their use, and fresh ones stay.
+        core.flush(true);
+        let reqs = core.plan_pull(0, &[5, 6], Duration::from_secs(1)).unwrap();
+        answer(&mut core, reqs[0], &[5, 6], 1);
+        assert_eq!(cached_keys(&core), [2, 3, 4, 5, 6, 9]);
+        let reqs = core.plan_pull(0, &[7], Duration::from_secs(1)).unwrap();
+        assert_eq!(cached_keys(&core), [5, 6]);
+        assert_eq!(core.cached_bytes(), 2 * 32);
+        assert_eq!(core.stats().rows_evicted, 6);
+        answer(&mut core, reqs[0], &[7], 1);
+        assert_eq!(
+            core.cached(0, 7),
+            Some(&[7u8, 0, 0, 0, 0, 0, 0, 0].repeat(4)[..])
+        );
+        core.clear_cache();
+        assert_eq!(core.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn kept_rows_dropped_for_the_budget_release_their_frame() {
+        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        let (mut core, req) = pulling(&[3, 5]);
+        core.set_cache_limit(32);
+        let rows: Vec<u8> = (0..64).collect();
+        let frame = Message::PullResponse(PullResponse {
+            req,
+            clock: 1,
+            table: 0,
+            rows: 2,
+            values: &rows,
+        })
+        .to_vec();
+        let alive = Arc::new(AtomicUsize::new(1));
+        core.on_kept_frame(
+            0,
+            KeptFrame::new(CountedFrame(frame, alive.clone())),
+            1 << 20,
+        )
+        .unwrap();
+        assert!(matches!(core.take_outcome(req), Some(Ok(()))));
+        assert_eq!(
+            core.cached_bytes(),
+            64,
+            "one pull's rows stay, past the budget"
+        );
+        assert!(core.keeps_frames());
+        core.plan_pull(0, &[7], Duration::from_secs(1)).unwrap();
+        assert_eq!(cached_keys(&core), Vec::<u64>::new());
+        assert!(!core.keeps_frames());
+        assert_eq!(alive.load(Relaxed), 0, "the frame is released");
     }
 }

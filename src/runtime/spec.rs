@@ -14,6 +14,9 @@ use crate::table::{Placement, Table, TableSpec};
 type MakePart =
     dyn Fn(usize) -> Result<(Box<dyn ErasedPart>, Arc<dyn Any + Send + Sync>)> + Send + Sync;
 
+/// The default budget of a worker's row cache: see [`ClusterSpec::cache_bytes`].
+const DEFAULT_CACHE_BYTES: usize = 1 << 30;
+
 /// One table of the cluster: what workers need to know, and how a server
 /// builds its part.
 #[derive(Clone)]
@@ -51,6 +54,7 @@ pub struct ClusterSpec {
     pub(crate) timeout: Duration,
     pub(crate) dead_after: Duration,
     pub(crate) max_payload: usize,
+    pub(crate) cache_bytes: usize,
     errors: Vec<Error>,
 }
 
@@ -62,6 +66,7 @@ impl std::fmt::Debug for ClusterSpec {
             .field("tables", &self.table_names())
             .field("timeout", &self.timeout)
             .field("dead_after", &self.dead_after)
+            .field("cache_bytes", &self.cache_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -69,7 +74,8 @@ impl std::fmt::Debug for ClusterSpec {
 impl ClusterSpec {
     /// A cluster of `servers` server shards and `workers` workers, no
     /// tables yet. Default timeout for blocking calls 30 s; a worker whose
-    /// connection drops is declared dead after 10 s.
+    /// connection drops is declared dead after 10 s; each worker caches up
+    /// to 1 GiB of pulled rows.
     pub fn new(servers: usize, workers: usize) -> Self {
         let mut errors = Vec::new();
         if servers == 0 {
@@ -91,6 +97,7 @@ impl ClusterSpec {
             timeout: Duration::from_secs(30),
             dead_after: Duration::from_secs(10),
             max_payload: DEFAULT_MAX_PAYLOAD,
+            cache_bytes: DEFAULT_CACHE_BYTES,
             errors,
         }
     }
@@ -154,6 +161,42 @@ impl ClusterSpec {
     /// The largest frame payload accepted (default 1 GiB).
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
+        self
+    }
+
+    /// The most bytes of pulled rows each worker keeps in its cache, all
+    /// tables together (default 1 GiB; `usize::MAX` for no bound). A
+    /// worker that pulls more distinct rows than that (a sparse table's
+    /// embeddings, say) does not grow without end: when a pull finds the
+    /// cache over the budget, rows too stale to answer a pull at the
+    /// worker's clock go first, then the least recently pulled, down to
+    /// three quarters of it ([`ClientStats::rows_evicted`](crate::proto::ClientStats::rows_evicted)
+    /// counts them). The rows of one pull are all kept until the next
+    /// starts, so a single pull larger than the budget still works. A
+    /// setting of each worker's own: processes of one cluster may differ.
+    ///
+    /// ```
+    /// use laggard::{Cluster, ClusterSpec, TableSpec};
+    ///
+    /// // Room for about four rows of 64 f32.
+    /// let spec = ClusterSpec::new(1, 1)
+    ///     .table("emb", TableSpec::<f32>::sparse(64))
+    ///     .cache_bytes(4 * 64 * 4);
+    /// let cluster = Cluster::start(spec)?;
+    /// let evicted = cluster.run_workers(|worker| {
+    ///     let emb = worker.table::<f32>("emb")?;
+    ///     let mut row = [0.0f32; 64];
+    ///     for key in 0..100 {
+    ///         worker.pull(&emb, &[key], &mut row)?;
+    ///     }
+    ///     Ok(worker.stats().rows_evicted)
+    /// })?;
+    /// assert!(evicted[0] >= 90);
+    /// cluster.shutdown()?;
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn cache_bytes(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
         self
     }
 

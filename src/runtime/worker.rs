@@ -236,6 +236,7 @@ impl<E: Endpoint> Worker<E> {
     fn new(ep: E, spec: &ClusterSpec, id: WorkerId, session: u64, stale: IdSet<PeerId>) -> Self {
         let takes_frames = ep.row_piece_len().is_none();
         let mut core = ClientCore::new(id.0, spec.servers, spec.table_infos());
+        core.set_cache_limit(spec.cache_bytes);
         // Frames longer than a server accepts would be refused there.
         let max_frame = ep
             .max_frame_len()
@@ -522,8 +523,17 @@ impl<E: Endpoint> Worker<E> {
             }
         })?;
         let restarts = self.core.rows_restarted();
-        for (&key, row) in ticket.keys.iter().zip(out.chunks_exact_mut(width)) {
-            let bytes = self.cached_row(&ticket.table, key)?;
+        let mut dropped = Vec::new();
+        for (i, (&key, row)) in ticket
+            .keys
+            .iter()
+            .zip(out.chunks_exact_mut(width))
+            .enumerate()
+        {
+            let Ok(bytes) = self.cached_row(&ticket.table, key) else {
+                dropped.push(i);
+                continue;
+            };
             // The pieces copied while they came are the cached row's
             // start unless a row started over since.
             let from = if copied.0 == restarts {
@@ -532,6 +542,20 @@ impl<E: Endpoint> Worker<E> {
                 0
             };
             read_le_slice(&bytes[from * T::SIZE..], &mut row[from..]);
+        }
+        if dropped.is_empty() {
+            return Ok(());
+        }
+        // Rows the cache dropped for its budget while this pull was
+        // started but not finished (another pull planned meanwhile): pulled
+        // again. Nothing plans a pull between this wait and the copy, so
+        // they are cached for it.
+        let keys: Vec<u64> = dropped.iter().map(|&i| ticket.keys[i]).collect();
+        let again = self.start_pull_by(&ticket.table, &keys, deadline)?;
+        self.wait_pull(&again, deadline, |_| {})?;
+        for (&i, &key) in dropped.iter().zip(&keys) {
+            let bytes = self.cached_row(&ticket.table, key)?;
+            read_le_slice(bytes, &mut out[i * width..(i + 1) * width]);
         }
         Ok(())
     }
