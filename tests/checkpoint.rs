@@ -487,6 +487,18 @@ fn train_with_hook(
     every: u64,
     from: Option<&[u8]>,
 ) -> (laggard::Result<Trained>, Snapshots) {
+    train_with_hook_under(Consistency::Bsp, workers, clocks, every, from)
+}
+
+/// [`train_with_hook`] under `consistency`, where worker 0 never pulls:
+/// nothing holds it back, so it runs ahead of the others.
+fn train_with_hook_under(
+    consistency: Consistency,
+    workers: u32,
+    clocks: u64,
+    every: u64,
+    from: Option<&[u8]>,
+) -> (laggard::Result<Trained>, Snapshots) {
     use laggard::transport::{InProcess, Transport};
     use laggard::{Worker, WorkerId};
     use std::time::{Duration, Instant};
@@ -494,7 +506,7 @@ fn train_with_hook(
     let spec = ClusterSpec::new(1, workers as usize)
         .table(
             "w",
-            TableSpec::<i64>::dense(0..2, 3).consistency(Consistency::Bsp),
+            TableSpec::<i64>::dense(0..2, 3).consistency(consistency),
         )
         .timeout(Duration::from_secs(20));
     let net = InProcess::new();
@@ -526,7 +538,9 @@ fn train_with_hook(
                 let mut rows = [0i64; 6];
                 let first = worker.current_clock();
                 for _ in first..clocks {
-                    worker.pull(&w, &[0, 1], &mut rows)?;
+                    if id > 0 || consistency == Consistency::Bsp {
+                        worker.pull(&w, &[0, 1], &mut rows)?;
+                    }
                     worker.push(&w, &[0, 1], &[1; 6])?;
                     worker.clock()?;
                 }
@@ -569,6 +583,38 @@ fn a_servers_clock_hook_snapshots_exactly_the_clocks_before_it() {
             t.pull(key, &mut row).unwrap();
             assert_eq!(row, [3 * *clock as i64; 3], "snapshot at clock {clock}");
         }
+    }
+}
+
+/// Under SSP and Async a worker that never pulls runs ahead of the
+/// others, yet each snapshot holds exactly the pushes of clocks below its
+/// clock: the server held that worker's later pushes back until the hook
+/// ran. A job resumed from one ends where the whole job did.
+#[test]
+fn clock_hook_snapshots_are_exact_under_ssp_and_async() {
+    for consistency in [Consistency::Ssp { staleness: 2 }, Consistency::Async] {
+        let (whole, snapshots) = train_with_hook_under(consistency, 3, 9, 2, None);
+        assert_eq!(whole.unwrap().rows, [27; 6], "{consistency:?}");
+        let snapshots = snapshots.lock().unwrap().clone();
+        let clocks: Vec<u64> = snapshots.iter().map(|s| s.0).collect();
+        assert_eq!(clocks, [2, 4, 6, 8], "{consistency:?}");
+        for (clock, bytes) in &snapshots {
+            let t = Table::new(TableSpec::<i64>::dense(0..2, 3)).unwrap();
+            checkpoint::load(&t, &bytes[..], Foreign::Refuse).unwrap();
+            let mut row = [0i64; 3];
+            for key in 0..2 {
+                t.pull(key, &mut row).unwrap();
+                assert_eq!(
+                    row,
+                    [3 * *clock as i64; 3],
+                    "{consistency:?} at clock {clock}"
+                );
+            }
+        }
+        let (resumed, _) = train_with_hook_under(consistency, 3, 9, 2, Some(&snapshots[1].1));
+        let resumed = resumed.unwrap();
+        assert_eq!(resumed.first_clocks, [4, 4, 4]);
+        assert_eq!(resumed.rows, [27; 6], "{consistency:?}");
     }
 }
 

@@ -92,7 +92,8 @@ pub fn run(data: &[u8]) {
     let mut rest = data;
     let mut step = 0u32;
     while rest.len() >= 3 {
-        let peer = PeerId(u64::from(rest[0] % 4));
+        let control = rest[0];
+        let peer = PeerId(u64::from(control % 4));
         let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
         let (frame, tail) = rest[3..].split_at(len);
         rest = tail;
@@ -103,6 +104,13 @@ pub fn run(data: &[u8]) {
         }
         server.on_frame(peer, frame, now, &mut Tables, &mut out);
         server.poll(now, &mut out);
+        // The peer byte's other bits may move the shard's hold (as a clock
+        // hook does): to none, or to a clock 0-3.
+        match (control >> 2) % 6 {
+            0 => {}
+            1 => server.hold_from(None, &mut Tables, &mut out),
+            bits => server.hold_from(Some(u64::from(bits) - 2), &mut Tables, &mut out),
+        }
         for o in out.drain(..) {
             match o {
                 Output::Send(_, reply) => {

@@ -8,6 +8,7 @@
 //! reached through the [`ShardTables`] trait, so the machine can be driven
 //! against a model in tests.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::codec::{
@@ -143,6 +144,10 @@ pub struct ServerStats {
     pub workers_replaced: u64,
     /// Connections dropped for protocol errors or bad requests.
     pub peers_dropped: u64,
+    /// Pushes kept back until the slowest worker reached a clock
+    /// ([`ServerCore::hold_from`]; a server's clock hook does this), then
+    /// applied.
+    pub pushes_held: u64,
 }
 
 /// One server shard's protocol state.
@@ -164,8 +169,24 @@ pub struct ServerCore {
     /// When each worker's connection dropped without `Leave`.
     lost_at: Vec<Option<Instant>>,
     parked: Vec<Parked>,
+    /// See [`hold_from`](ServerCore::hold_from).
+    hold_from: Option<u64>,
+    /// Pushes for clocks at or past `hold_from`, in arrival order, not yet
+    /// applied or acknowledged.
+    held: VecDeque<HeldPush>,
     stopped: bool,
     stats: ServerStats,
+}
+
+/// A push kept back by [`ServerCore::hold_from`], with its rows copied
+/// out of the frame.
+#[derive(Debug)]
+struct HeldPush {
+    worker: u32,
+    seq: u64,
+    clock: u64,
+    /// `(table, keys, values)` of each section.
+    sections: Vec<(u32, Vec<u64>, Vec<u8>)>,
 }
 
 impl ServerCore {
@@ -181,6 +202,8 @@ impl ServerCore {
             replaced: vec![Vec::new(); n],
             lost_at: vec![None; n],
             parked: Vec::new(),
+            hold_from: None,
+            held: VecDeque::new(),
             stopped: false,
             stats: ServerStats::default(),
             cfg,
@@ -248,9 +271,92 @@ impl ServerCore {
     /// The clock the table's contents reflect: every update from clocks
     /// below it is applied.
     fn visible_clock(&self) -> u64 {
-        self.clocks
+        let clock = self
+            .clocks
             .min_active()
-            .unwrap_or_else(|| self.clocks.iter().map(|(_, c, _)| c).max().unwrap_or(0))
+            .unwrap_or_else(|| self.clocks.iter().map(|(_, c, _)| c).max().unwrap_or(0));
+        // Pushes for the hold clock and later may be held back: rows do
+        // not include them, so they reflect no clock past it.
+        self.hold_from.map_or(clock, |hold| clock.min(hold))
+    }
+
+    /// Holds back every push for clock `clock` or later, unapplied and
+    /// unacknowledged, until the hold moves past it; `None` applies them
+    /// all. Pushes for earlier clocks are applied as they come. While the
+    /// slowest active worker is below `clock`, the shard's tables then
+    /// hold exactly the pushes of clocks below it, whatever the
+    /// consistency model: what a checkpoint taken at `clock` must hold (a
+    /// server's [`on_clock`](crate::Server::on_clock) hook holds from its
+    /// next multiple). Pulls are answered as of `clock` at the latest,
+    /// and a worker whose pushes are held waits for their
+    /// acknowledgements once it has too many unacknowledged.
+    ///
+    /// Moving the hold applies the pushes it no longer holds, in the order
+    /// they came, acknowledges them to their workers' connections and
+    /// answers the pulls that waited for them.
+    pub fn hold_from(
+        &mut self,
+        clock: Option<u64>,
+        tables: &mut dyn ShardTables,
+        out: &mut Vec<Output>,
+    ) {
+        self.hold_from = clock;
+        let mut kept = VecDeque::new();
+        while let Some(push) = self.held.pop_front() {
+            if clock.is_some_and(|hold| push.clock >= hold) {
+                kept.push_back(push);
+            } else {
+                self.apply_held(push, tables, out);
+            }
+        }
+        self.held = kept;
+        self.release(out);
+    }
+
+    /// The last of worker `w`'s pushes that is applied: the last this
+    /// shard took, unless some are held back.
+    fn applied_through(&self, w: u32) -> u64 {
+        self.held
+            .iter()
+            .find(|h| h.worker == w)
+            .map_or(self.applied[w as usize], |h| h.seq - 1)
+    }
+
+    /// Pushes held back now ([`hold_from`](Self::hold_from)).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Applies a push that was held back and acknowledges it on the
+    /// worker's current connection. If storage refuses it (it was checked
+    /// when it came, so only out of memory), it and the worker's later
+    /// held pushes are forgotten, the worker's sequence number and clock
+    /// go back to before it, and its connection is closed: the worker
+    /// sends them again, since none was acknowledged.
+    fn apply_held(&mut self, push: HeldPush, tables: &mut dyn ShardTables, out: &mut Vec<Output>) {
+        let (w, wi) = (push.worker, push.worker as usize);
+        for (table, keys, values) in &push.sections {
+            if let Err(e) = tables.apply(*table, Keys::Native(keys), values) {
+                self.held.retain(|h| h.worker != w);
+                self.applied[wi] = push.seq - 1;
+                if let Some((_, status)) = self.clocks.get(WorkerId(w)) {
+                    self.clocks.set(WorkerId(w), push.clock, status);
+                }
+                if let Some(peer) = self.conn_of[wi] {
+                    self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
+                }
+                return;
+            }
+            self.stats.rows_applied += keys.len() as u64;
+        }
+        self.stats.pushes += 1;
+        if let Some(peer) = self.conn_of[wi] {
+            let ack = PushAck {
+                seq: push.seq,
+                min_clock: self.visible_clock(),
+            };
+            out.push(Output::Send(peer, Reply::PushAck(ack)));
+        }
     }
 
     /// Handles one received frame from `peer`.
@@ -399,7 +505,7 @@ impl ServerCore {
                     let welcome = Welcome {
                         shard: self.cfg.shard,
                         workers: self.cfg.workers,
-                        applied_seq: self.applied[wi],
+                        applied_seq: self.applied_through(w),
                         clock,
                     };
                     return out.push(Output::Send(peer, Reply::Welcome(welcome)));
@@ -458,10 +564,18 @@ impl ServerCore {
                 self.session_of[wi] = Some(hello.session);
                 self.conn_of[wi] = Some(peer);
                 self.lost_at[wi] = None;
+                // The same process learns which of its pushes are applied
+                // (and resends the rest, held ones included, which are
+                // acknowledged once applied); a new one goes on after
+                // every push this shard took, held ones included.
+                let applied_seq = match replacing {
+                    Some(_) => self.applied[wi],
+                    None => self.applied_through(w),
+                };
                 Welcome {
                     shard: self.cfg.shard,
                     workers: self.cfg.workers,
-                    applied_seq: self.applied[wi],
+                    applied_seq,
                     clock,
                 }
             }
@@ -481,8 +595,13 @@ impl ServerCore {
         let wi = w as usize;
         let applied = self.applied[wi];
         if push.seq <= applied {
-            // A resend after a reconnect: already applied, acknowledge again.
+            // A resend after a reconnect: already applied, acknowledge
+            // again; or held back (the Welcome said it was not applied),
+            // acknowledged once it is.
             self.stats.duplicate_pushes += 1;
+            if self.held.iter().any(|h| h.worker == w && h.seq == push.seq) {
+                return;
+            }
             let ack = PushAck {
                 seq: push.seq,
                 min_clock: self.visible_clock(),
@@ -514,6 +633,27 @@ impl ServerCore {
             if let Err(e) = tables.check(s.table, s.keys, Some(s.values.len())) {
                 return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
             }
+        }
+        if self.hold_from.is_some_and(|hold| push.clock >= hold) {
+            let sections = push
+                .sections
+                .iter()
+                .map(|s| (s.table, s.keys.iter().collect(), s.values.to_vec()))
+                .collect();
+            self.held.push_back(HeldPush {
+                worker: w,
+                seq: push.seq,
+                clock: push.clock,
+                sections,
+            });
+            self.stats.pushes_held += 1;
+            self.applied[wi] = push.seq;
+            if push.tick {
+                self.clocks
+                    .set(WorkerId(w), clock + 1, WorkerStatus::Active);
+                self.release(out);
+            }
+            return;
         }
         for s in push.sections.iter() {
             if let Err(e) = tables.apply(s.table, s.keys, s.values) {

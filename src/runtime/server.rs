@@ -145,16 +145,19 @@ impl<E: Endpoint> Server<E> {
 
     /// Has `call(clock)` run on the server's own thread each time the
     /// slowest active worker's clock, as this shard sees it, reaches a
-    /// multiple of `every` (once per crossing, with the clock reached; a
-    /// jump past several multiples calls it once). While it runs the server
-    /// applies nothing, so a checkpoint saved from it
-    /// ([`checkpoint::save_at`](crate::checkpoint::save_at) of
-    /// [`table`](Self::table)s taken beforehand, with `clock`) is one
-    /// snapshot of this shard: every push of clocks below `clock` and,
-    /// under SSP or Async, maybe some later pushes of faster workers (a
-    /// job resumed from it with [`start_at`](Self::start_at) makes those
-    /// again). An error from `call`
-    /// stops the server with that error. `every` must be at least 1.
+    /// multiple of `every` (once per crossing, with that multiple; a jump
+    /// past several multiples calls it once, with the first). Until then
+    /// the shard holds back the pushes of faster workers for that clock or
+    /// later, unapplied and unacknowledged ([`ServerCore::hold_from`](crate::proto::ServerCore::hold_from)),
+    /// and applies them once `call` returned. So a checkpoint saved from
+    /// `call` ([`checkpoint::save_at`](crate::checkpoint::save_at) of
+    /// [`table`](Self::table)s taken beforehand, with `clock`) holds
+    /// exactly the pushes of clocks below `clock`, under every consistency
+    /// model, and a job resumed from it with [`start_at`](Self::start_at)
+    /// makes no clock twice and leaves none out. A worker that runs that
+    /// far ahead may wait there for acknowledgements, once it has too many
+    /// unacknowledged pushes. An error from `call` stops the server with
+    /// that error. `every` must be at least 1.
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
@@ -185,11 +188,13 @@ impl<E: Endpoint> Server<E> {
                 "0 clocks; call it every 1 or more clocks",
             ));
         }
+        let next = first_multiple_above(self.started_at, every);
         self.on_clock = Some(ClockHook {
             every,
-            next: first_multiple_above(self.started_at, every),
+            next,
             call: Box::new(call),
         });
+        self.hold_from(Some(next), Instant::now());
         Ok(())
     }
 
@@ -221,8 +226,22 @@ impl<E: Endpoint> Server<E> {
         self.started_at = clock;
         if let Some(hook) = &mut self.on_clock {
             hook.next = first_multiple_above(clock, hook.every);
+            let next = hook.next;
+            self.hold_from(Some(next), Instant::now());
         }
         Ok(())
+    }
+
+    /// Moves the shard's hold ([`ServerCore::hold_from`]), applying the
+    /// pushes it no longer holds; their acknowledgements go out with the
+    /// round's other outputs.
+    fn hold_from(&mut self, clock: Option<u64>, now: Instant) {
+        let mut tables = ApplyAfterRelease {
+            tables: &mut self.tables,
+            ep: &mut self.ep,
+            deadline: now + self.send_timeout,
+        };
+        self.core.hold_from(clock, &mut tables, &mut self.out);
     }
 
     /// Runs the clock hook if the slowest worker reached its next multiple.
@@ -233,13 +252,26 @@ impl<E: Endpoint> Server<E> {
         let Some(hook) = &mut self.on_clock else {
             return Ok(());
         };
-        let Some(min) = self.core.clocks().min_active() else {
-            return Ok(());
+        let next = match self.core.clocks().min_active() {
+            Some(min) if min >= hook.next => {
+                let reached = hook.next;
+                hook.next = first_multiple_above(min, hook.every);
+                (hook.call)(reached)?;
+                hook.next
+            }
+            Some(_) => return Ok(()),
+            // No worker is active, so none will reach the hold: what dead
+            // workers left held is applied, and the hold stays for any
+            // worker that comes back.
+            None if self.core.held() > 0 => {
+                let next = hook.next;
+                self.hold_from(None, Instant::now());
+                next
+            }
+            None => return Ok(()),
         };
-        if min >= hook.next {
-            hook.next = first_multiple_above(min, hook.every);
-            (hook.call)(min)?;
-        }
+        self.hold_from(Some(next), Instant::now());
+        self.deliver(Instant::now());
         Ok(())
     }
 

@@ -191,6 +191,13 @@ fn run(cfg: &Config) -> laggard::Result<()> {
                 "server shard {shard}: {} pushes applied, {} pulls ({} waited for slower workers)",
                 report.stats.pushes, report.stats.pulls, report.stats.pulls_parked
             );
+            if report.stats.pushes_held > 0 {
+                println!(
+                    "server shard {shard}: {} pushes of faster workers held back until a \
+                     checkpoint was taken",
+                    report.stats.pushes_held
+                );
+            }
             if !dead.is_empty() {
                 println!(
                     "server shard {shard}: declared dead after {:?} without a connection: {}",
