@@ -23,6 +23,9 @@ pub struct Common {
     pub consistency: Consistency,
     pub schedule: Schedule,
     pub busy_poll: bool,
+    /// `--crash-at CLOCK`: the last worker's first process exits at that
+    /// clock, and the launcher starts it again, once.
+    pub crash_at: Option<u64>,
 }
 
 impl Common {
@@ -38,6 +41,7 @@ impl Common {
             consistency: Consistency::Ssp { staleness: 3 },
             schedule: Schedule::default(),
             busy_poll: false,
+            crash_at: None,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -55,6 +59,10 @@ impl Common {
                 "--servers" => c.servers = count()?,
                 "--workers" => c.workers = count()?,
                 "--consistency" => c.consistency = parse_consistency(&value)?,
+                "--crash-at" => {
+                    let at = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
+                    c.crash_at = Some(at);
+                }
                 _ if c.schedule.parse_flag(&flag, &value)? => {}
                 _ if extra(&flag, &value)? => {}
                 other => return Err(format!("unknown flag {other}")),
@@ -87,29 +95,52 @@ impl Common {
 
 /// Starts this program once per role, with the same arguments and `env`
 /// plus `role_var` set to the role, and waits for every process; the
-/// error names the roles that failed.
+/// error names the roles that failed. A worker that exits with
+/// [`worker::CRASH_EXIT`] (`--crash-at`) is started again, once, with
+/// `LAGGARD_RESTART=1`.
 pub fn run_roles(role_var: &str, env: &[(&str, &str)], roles: Vec<String>) -> Result<(), String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let children: Vec<(String, Child)> = roles
+    let start = |role: &str, restart: bool| {
+        let mut command = Command::new(&me);
+        command
+            .args(&args)
+            .envs(env.iter().copied())
+            .env(role_var, role);
+        if restart {
+            command.env("LAGGARD_RESTART", "1");
+        }
+        command
+            .spawn()
+            .map_err(|e| format!("cannot start {role}: {e}"))
+    };
+    let mut children: Vec<(String, Child, bool)> = roles
         .into_iter()
-        .map(|role| {
-            let child = Command::new(&me)
-                .args(&args)
-                .envs(env.iter().copied())
-                .env(role_var, &role)
-                .spawn()
-                .map_err(|e| format!("cannot start {role}: {e}"))?;
-            Ok((role, child))
-        })
+        .map(|role| Ok((role.clone(), start(&role, false)?, false)))
         .collect::<Result<_, String>>()?;
     let mut failed = Vec::new();
-    for (role, mut child) in children {
-        match child.wait() {
-            Ok(status) if status.success() => {}
-            Ok(status) => failed.push(format!("{role} ({status})")),
-            Err(e) => failed.push(format!("{role} ({e})")),
+    // Looks at every process in turn, so a worker that exits to be
+    // restarted is seen while the others still wait for it.
+    while !children.is_empty() {
+        let mut running = Vec::new();
+        for (role, mut child, restarted) in children {
+            match child.try_wait() {
+                Ok(None) => running.push((role, child, restarted)),
+                Ok(Some(status)) if status.success() => {}
+                Ok(Some(status))
+                    if status.code() == Some(worker::CRASH_EXIT)
+                        && role.starts_with("worker:")
+                        && !restarted =>
+                {
+                    println!("launcher: {role} exited at its --crash-at clock; starting it again");
+                    running.push((role.clone(), start(&role, true)?, true));
+                }
+                Ok(Some(status)) => failed.push(format!("{role} ({status})")),
+                Err(e) => failed.push(format!("{role} ({e})")),
+            }
         }
+        children = running;
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     if failed.is_empty() {
         Ok(())
@@ -159,12 +190,13 @@ pub fn train<E: Endpoint>(
     deadline: Instant,
 ) -> laggard::Result<()> {
     let mut worker = Worker::connect(ep, spec, WorkerId(id), deadline)?;
-    worker::train(
+    worker::train_or_crash(
         &mut worker,
         id,
         cfg.workers as u32,
         cfg.consistency,
         &cfg.schedule,
+        cfg.crash_at,
     )?;
     let stats = worker.leave()?;
     println!(

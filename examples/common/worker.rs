@@ -111,3 +111,64 @@ pub fn train<E: Endpoint>(
     }
     Ok(())
 }
+
+/// The exit code of a process that `--crash-at` stopped: a launcher that
+/// restarts failed workers starts it again.
+pub const CRASH_EXIT: i32 = 3;
+
+/// How many times a launcher restarted this process (`LAGGARD_RESTART`;
+/// 0 for the first process of a rank).
+pub fn restarts() -> u64 {
+    std::env::var("LAGGARD_RESTART")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// [`train`], for trying what happens when a worker's process dies: with
+/// `crash_at`, the last worker's first process exits (with
+/// [`CRASH_EXIT`], without leaving) once it reached that clock and its
+/// pushes were applied. A process that starts past clock 0 says where:
+/// a restart took the worker's place there, a first process joined a job
+/// resumed from a checkpoint. Returns without leaving.
+pub fn train_or_crash<E: Endpoint>(
+    worker: &mut Worker<E>,
+    id: u32,
+    workers: u32,
+    consistency: Consistency,
+    s: &Schedule,
+    crash_at: Option<u64>,
+) -> laggard::Result<()> {
+    if let Some(at) = crash_at.filter(|_| id + 1 == workers && restarts() == 0) {
+        let first = Schedule {
+            clocks: at.min(s.clocks),
+            ..s.clone()
+        };
+        train(worker, id, workers, consistency, &first)?;
+        // Once its pushes are in, so that the next process's clock is
+        // `at` (without this, the last clock's may be lost).
+        let ticket = worker.flush()?;
+        worker.wait_applied(&ticket, Instant::now() + Duration::from_secs(30))?;
+        eprintln!("worker {id}: exiting at clock {at} without leaving (--crash-at)");
+        std::process::exit(CRASH_EXIT);
+    }
+    let clock = worker.current_clock();
+    if restarts() > 0 && id + 1 == workers {
+        // It goes on where the last one stopped (or later, if that one
+        // was declared dead meanwhile), never from further back.
+        if let Some(at) = crash_at.filter(|&at| clock < at) {
+            return Err(laggard::Error::Transport {
+                reason: format!(
+                    "worker {id} restarted at clock {clock}, not at {at} where its last \
+                     process exited"
+                ),
+            });
+        }
+    }
+    match clock {
+        0 => {}
+        _ if restarts() > 0 => println!("worker {id}: took the worker's place at clock {clock}"),
+        _ => println!("worker {id}: starts at clock {clock}, the checkpoint's"),
+    }
+    train(worker, id, workers, consistency, s)
+}

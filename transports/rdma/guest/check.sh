@@ -56,8 +56,8 @@ tests="$(cd "$bins" && ls test-* | grep -v fuzz_corpus | tr '\n' ' ')"
 # shellcheck disable=SC2086
 "$here/guest.sh" run "$image" tests $tests
 
-step "guest: the training demo, 2 servers and 4 workers, one process each"
-"$here/guest.sh" run "$image" demo --servers 2 --workers 4 --clocks 40
+step "guest: the training demo, 2 servers and 4 workers, one process each; worker 3's process exits at clock 15 and a new one takes its place"
+"$here/guest.sh" run "$image" demo --servers 2 --workers 4 --clocks 40 --crash-at 15
 
 step "two guests: servers on 10.0.0.1, workers on 10.0.0.2, rxe on eth0"
 "$here/guest.sh" run2 "$image" "servers --servers 2 --workers 2 --clocks 30" "workers --servers 2 --workers 2 --clocks 30"

@@ -208,41 +208,14 @@ fn run(cfg: &Config) -> laggard::Result<()> {
         }
         Role::Worker(id) => {
             let mut worker = node.worker()?;
-            // `--crash-at`: the last worker's first process exits without
-            // leaving at that clock (a restart, `LAGGARD_RESTART` > 0, runs on).
-            let restart: u64 = std::env::var("LAGGARD_RESTART")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if let Some(at) = cfg.crash_at.filter(|_| id.0 + 1 == workers && restart == 0) {
-                let mut first = cfg.schedule.clone();
-                first.clocks = at.min(first.clocks);
-                worker::train(&mut worker, id.0, workers, cfg.consistency, &first)?;
-                // Once its pushes are in, so that the new process's clock
-                // is `at` (without this, the last clock's may be lost).
-                let ticket = worker.flush()?;
-                let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                worker.wait_applied(&ticket, deadline)?;
-                eprintln!(
-                    "worker {}: exiting at clock {at} without leaving (--crash-at)",
-                    id.0
-                );
-                std::process::exit(3);
-            }
-            if restart > 0 && worker.current_clock() > 0 {
-                println!(
-                    "worker {}: took the worker's place at clock {}",
-                    id.0,
-                    worker.current_clock()
-                );
-            } else if worker.current_clock() > 0 {
-                println!(
-                    "worker {}: starts at clock {}, the checkpoint's",
-                    id.0,
-                    worker.current_clock()
-                );
-            }
-            worker::train(&mut worker, id.0, workers, cfg.consistency, &cfg.schedule)?;
+            worker::train_or_crash(
+                &mut worker,
+                id.0,
+                workers,
+                cfg.consistency,
+                &cfg.schedule,
+                cfg.crash_at,
+            )?;
             let stats = worker.leave()?;
             println!(
                 "worker {}: {} messages, {} pulls sent, {} reconnects",
