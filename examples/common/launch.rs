@@ -170,13 +170,31 @@ impl Role {
 }
 
 /// Serves shard `shard` of `spec` on `ep` until every worker is done, and
-/// says what it applied.
-pub fn serve<E: Endpoint>(ep: E, spec: &ClusterSpec, shard: usize) -> laggard::Result<()> {
+/// says what it applied. Unless a worker was declared dead, that must be
+/// one push from each worker for each of the `cfg`'s clocks, exactly:
+/// the demo checks itself (a worker whose process was replaced
+/// included).
+pub fn serve<E: Endpoint>(
+    ep: E,
+    cfg: &Common,
+    spec: &ClusterSpec,
+    shard: usize,
+) -> laggard::Result<()> {
     let report = Server::new(ep, spec, shard)?.run_until_workers_done()?;
+    let stats = report.stats;
     println!(
         "server shard {shard}: {} pushes applied, {} pulls ({} waited for slower workers)",
-        report.stats.pushes, report.stats.pulls, report.stats.pulls_parked
+        stats.pushes, stats.pulls, stats.pulls_parked
     );
+    let expected = cfg.workers as u64 * cfg.schedule.clocks;
+    if stats.workers_declared_dead == 0 && stats.pushes != expected {
+        return Err(laggard::Error::Transport {
+            reason: format!(
+                "server shard {shard} applied {} pushes, not one per worker and clock ({expected})",
+                stats.pushes
+            ),
+        });
+    }
     Ok(())
 }
 

@@ -84,7 +84,9 @@ fn run_role(cfg: &Common, role: &str) -> laggard::Result<()> {
     let net = transport(cfg, &cluster)?;
     let spec = cfg.spec().dead_after(Duration::from_secs(3));
     match Role::parse(role)? {
-        Role::Server(shard) => launch::serve(net.bind(&spec.server_name(shard))?, &spec, shard),
+        Role::Server(shard) => {
+            launch::serve(net.bind(&spec.server_name(shard))?, cfg, &spec, shard)
+        }
         Role::Worker(id) => {
             let ep = net.bind(&spec.worker_name(id as usize))?;
             let deadline = Instant::now() + Duration::from_secs(30);
