@@ -1980,10 +1980,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn kept_rows_are_read_in_place_until_replaced_or_copied_out() {
-        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-        let (mut core, req) = pulling(&[3, 5]);
+    /// Answers `req`, a pull of keys 3 and 5, with a frame kept in
+    /// transport memory; returns the rows' bytes and the count of live
+    /// frames (1 until it is released).
+    fn answer_kept(
+        core: &mut ClientCore,
+        req: u64,
+    ) -> (Vec<u8>, Arc<std::sync::atomic::AtomicUsize>) {
         let rows: Vec<u8> = (0..64).collect();
         let frame = Message::PullResponse(PullResponse {
             req,
@@ -1993,10 +1996,18 @@ mod tests {
             values: &rows,
         })
         .to_vec();
-        let alive = Arc::new(AtomicUsize::new(1));
+        let alive = Arc::new(std::sync::atomic::AtomicUsize::new(1));
         let kept = KeptFrame::new(CountedFrame(frame, alive.clone()));
         core.on_kept_frame(0, kept, 1 << 20).unwrap();
         assert!(matches!(core.take_outcome(req), Some(Ok(()))));
+        (rows, alive)
+    }
+
+    #[test]
+    fn kept_rows_are_read_in_place_until_replaced_or_copied_out() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (mut core, req) = pulling(&[3, 5]);
+        let (rows, alive) = answer_kept(&mut core, req);
         assert_eq!(core.cached(0, 3), Some(&rows[..32]));
         assert_eq!(core.cached(0, 5), Some(&rows[32..]));
         assert!(core.keeps_frames());
@@ -2098,26 +2109,10 @@ mod tests {
 
     #[test]
     fn kept_rows_dropped_for_the_budget_release_their_frame() {
-        use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+        use std::sync::atomic::Ordering::Relaxed;
         let (mut core, req) = pulling(&[3, 5]);
         core.set_cache_limit(32);
-        let rows: Vec<u8> = (0..64).collect();
-        let frame = Message::PullResponse(PullResponse {
-            req,
-            clock: 1,
-            table: 0,
-            rows: 2,
-            values: &rows,
-        })
-        .to_vec();
-        let alive = Arc::new(AtomicUsize::new(1));
-        core.on_kept_frame(
-            0,
-            KeptFrame::new(CountedFrame(frame, alive.clone())),
-            1 << 20,
-        )
-        .unwrap();
-        assert!(matches!(core.take_outcome(req), Some(Ok(()))));
+        let (_, alive) = answer_kept(&mut core, req);
         assert_eq!(
             core.cached_bytes(),
             64,
