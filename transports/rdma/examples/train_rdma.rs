@@ -136,7 +136,12 @@ fn run_role(cfg: &Config, role: &str) -> laggard::Result<()> {
         .timeout(Duration::from_secs(120));
     let net = transport(cfg, &spec)?;
     match Role::parse(role)? {
-        Role::Server(shard) => launch::serve(net.bind(&spec.server_name(shard))?, &cfg.common, &spec, shard)?,
+        Role::Server(shard) => launch::serve(
+            net.bind(&spec.server_name(shard))?,
+            &cfg.common,
+            &spec,
+            shard,
+        )?,
         Role::Worker(id) => {
             let ep = net.bind(&spec.worker_name(id as usize))?;
             let deadline = Instant::now() + Duration::from_secs(60);
