@@ -690,15 +690,24 @@ fn a_cluster_prepared_from_snapshots_resumes_at_their_clock() {
         "one snapshot per shard at clock 3: {files:?}"
     );
 
+    // Started at clock 3, a hook every 3 clocks is next due at 6, which
+    // this run (to clock 5) does not reach.
+    let hooked: Arc<Mutex<Vec<u64>>> = Arc::default();
     let resumed = Cluster::start_with(spec(), |server| {
         let part = server.table::<i64>("w")?;
         let (_, clock, bytes) = at_3.iter().find(|f| f.0 == server.shard()).unwrap();
         let loaded = checkpoint::load(&part, &bytes[..], Foreign::Refuse)?;
         assert_eq!(loaded.clock, *clock);
-        server.start_at(loaded.clock)
+        server.start_at(loaded.clock)?;
+        let hooked = hooked.clone();
+        server.on_clock(3, move |clock| {
+            hooked.lock().unwrap().push(clock);
+            Ok(())
+        })
     })
     .unwrap();
     assert_eq!(train(&resumed, 5), [3, 3]);
+    assert_eq!(*hooked.lock().unwrap(), Vec::<u64>::new());
     let mut rows = [0i64; 8];
     resumed.read::<i64>("w", &[0, 1, 2, 3], &mut rows).unwrap();
     assert_eq!(

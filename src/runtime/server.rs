@@ -42,8 +42,6 @@ pub struct Server<E: Endpoint> {
     send_timeout: Duration,
     out: Vec<Output>,
     on_clock: Option<ClockHook>,
-    /// The clock every worker started at ([`Server::start_at`]).
-    started_at: u64,
 }
 
 /// The smallest multiple of `every` (at least 1) above `clock`.
@@ -102,7 +100,6 @@ impl<E: Endpoint> Server<E> {
             send_timeout: spec.timeout,
             out: Vec::new(),
             on_clock: None,
-            started_at: 0,
         })
     }
 
@@ -188,7 +185,10 @@ impl<E: Endpoint> Server<E> {
                 "0 clocks; call it every 1 or more clocks",
             ));
         }
-        let next = first_multiple_above(self.started_at, every);
+        // Before serving, every worker is at the clock the shard starts
+        // at (0, or `start_at`'s).
+        let start = self.core.clocks().min_active().unwrap_or(0);
+        let next = first_multiple_above(start, every);
         self.on_clock = Some(ClockHook {
             every,
             next,
@@ -223,7 +223,6 @@ impl<E: Endpoint> Server<E> {
     /// ```
     pub fn start_at(&mut self, clock: u64) -> Result<()> {
         self.core.start_at(clock)?;
-        self.started_at = clock;
         if let Some(hook) = &mut self.on_clock {
             hook.next = first_multiple_above(clock, hook.every);
             let next = hook.next;
