@@ -12,11 +12,16 @@
 #                                     eth0; exit non-zero if either job failed
 #
 # Every guest powers itself off when its job ends and runs under `timeout`,
-# so nothing here can hang (GUEST_TIMEOUT_S, default 600).
+# so nothing here can hang (GUEST_TIMEOUT_S, default 600). A guest whose
+# kernel has not started the job within GUEST_BOOT_S (default 120; a boot
+# takes about 5 s) hung in the emulator before any of the project's code
+# ran: it is stopped and booted again, once. A job that started is never
+# run again.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 timeout_s="${GUEST_TIMEOUT_S:-600}"
+boot_s="${GUEST_BOOT_S:-120}"
 # The newest Debian kernel installed with its modules (the guest's kernel).
 kver() {
     local v
@@ -121,9 +126,11 @@ PY
 # microseconds; real hosts read the TSC in the vDSO in tens of
 # nanoseconds). QEMU derives every vCPU's TSC from one host clock, so it is
 # safe to trust.
+# Run it in the background (`qemu ... &`): it replaces that subshell with
+# `timeout`, so `$!` is timeout's process, which passes a kill on to QEMU.
 qemu() {
     local image="$1" append="$2"; shift 2
-    timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
+    exec timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 \
         -machine pc -cpu max -smp 2 -m 3G -nographic -no-reboot \
         -kernel "/boot/vmlinuz-$(kver)" -initrd "$image" \
         -append "console=ttyS0 panic=-1 quiet loglevel=3 tsc=reliable $append" "$@"
@@ -136,10 +143,54 @@ status_of() {
     echo "${s:-255}"
 }
 
+# Waits until every guest logging to one of LOGS (their PIDS first, then
+# "--", then the logs) started its job or stopped; fails if one did
+# neither within boot_s seconds.
+booted() {
+    local pids=() logs=() waited=0 log i pending
+    while [ "$1" != -- ]; do pids+=("$1"); shift; done
+    shift
+    logs=("$@")
+    while :; do
+        pending=0
+        for i in "${!logs[@]}"; do
+            log="${logs[$i]}"
+            grep -aq 'init: running job' "$log" && continue
+            kill -0 "${pids[$i]}" 2>/dev/null || continue
+            pending=1
+        done
+        [ "$pending" = 0 ] && return 0
+        [ "$waited" -ge "$boot_s" ] && return 1
+        sleep 1
+        waited=$((waited + 1))
+    done
+}
+
+# Stops the guests whose `timeout` processes are PIDS (it stops QEMU).
+stop() {
+    local pid
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
 run() {
     local image="$1" job="$2"; shift 2
     local log; log="$(mktemp)"
-    qemu "$image" "laggard.job=$job laggard.args=$(IFS=,; echo "$*")" | tee "$log" | tr -d '\r'
+    local attempt pid
+    for attempt in 1 2; do
+        : > "$log"
+        qemu "$image" "laggard.job=$job laggard.args=$(IFS=,; echo "$*")" > "$log" 2>&1 &
+        pid=$!
+        tail -f --pid="$pid" "$log" | tr -d '\r' &
+        if booted "$pid" -- "$log"; then
+            wait "$pid" || true
+            wait
+            break
+        fi
+        stop "$pid"
+        wait
+        echo "guest.sh: the guest did not start job $job within ${boot_s}s (hung while booting, attempt $attempt of 2)"
+    done
     local s; s="$(status_of "$log")"
     rm -f "$log"
     [ "$s" = 0 ] || { echo "guest job $job failed (status $s)"; return 1; }
@@ -149,16 +200,27 @@ run2() {
     local image="$1" job_a="$2" job_b="$3"
     # "JOB ARG..." -> laggard.job=JOB laggard.args=ARG,...
     cmdline() { local job="${1%% *}" args=""; [ "$1" = "$job" ] || args="${1#* }"; echo "laggard.job=$job laggard.args=${args// /,}"; }
-    local port_a=$((20000 + RANDOM % 20000)); local port_b=$((port_a + 1))
     local log_a log_b; log_a="$(mktemp)"; log_b="$(mktemp)"
-    qemu "$image" "$(cmdline "$job_a") laggard.ip=10.0.0.1 laggard.peer=10.0.0.2" \
-        -netdev "socket,id=n0,udp=127.0.0.1:$port_b,localaddr=127.0.0.1:$port_a" \
-        -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:01 > "$log_a" 2>&1 &
-    local pid_a=$!
-    qemu "$image" "$(cmdline "$job_b") laggard.ip=10.0.0.2 laggard.peer=10.0.0.1" \
-        -netdev "socket,id=n0,udp=127.0.0.1:$port_a,localaddr=127.0.0.1:$port_b" \
-        -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:02 > "$log_b" 2>&1 || true
-    wait "$pid_a" || true
+    local attempt pid_a pid_b port_a port_b
+    for attempt in 1 2; do
+        : > "$log_a"; : > "$log_b"
+        port_a=$((20000 + RANDOM % 20000)); port_b=$((port_a + 1))
+        qemu "$image" "$(cmdline "$job_a") laggard.ip=10.0.0.1 laggard.peer=10.0.0.2" \
+            -netdev "socket,id=n0,udp=127.0.0.1:$port_b,localaddr=127.0.0.1:$port_a" \
+            -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:01 > "$log_a" 2>&1 &
+        pid_a=$!
+        qemu "$image" "$(cmdline "$job_b") laggard.ip=10.0.0.2 laggard.peer=10.0.0.1" \
+            -netdev "socket,id=n0,udp=127.0.0.1:$port_a,localaddr=127.0.0.1:$port_b" \
+            -device virtio-net-pci,netdev=n0,mac=52:54:00:12:34:02 > "$log_b" 2>&1 &
+        pid_b=$!
+        if booted "$pid_a" "$pid_b" -- "$log_a" "$log_b"; then
+            wait "$pid_a" || true
+            wait "$pid_b" || true
+            break
+        fi
+        stop "$pid_a" "$pid_b"
+        echo "guest.sh: a guest did not start its job within ${boot_s}s (hung while booting, attempt $attempt of 2)"
+    done
     echo "--- guest A ($job_a)"; tr -d '\r' < "$log_a"
     echo "--- guest B ($job_b)"; tr -d '\r' < "$log_b"
     local sa sb; sa="$(status_of "$log_a")"; sb="$(status_of "$log_b")"
