@@ -322,6 +322,15 @@ impl ServerCore {
             .map_or(self.applied[w as usize], |h| h.seq - 1)
     }
 
+    /// Acknowledges push `seq` to `peer`, with the clock the tables reflect.
+    fn acknowledge(&self, peer: PeerId, seq: u64, out: &mut Vec<Output>) {
+        let ack = PushAck {
+            seq,
+            min_clock: self.visible_clock(),
+        };
+        out.push(Output::Send(peer, Reply::PushAck(ack)));
+    }
+
     /// Pushes held back now ([`hold_from`](Self::hold_from)).
     pub fn held(&self) -> usize {
         self.held.len()
@@ -351,11 +360,7 @@ impl ServerCore {
         }
         self.stats.pushes += 1;
         if let Some(peer) = self.conn_of[wi] {
-            let ack = PushAck {
-                seq: push.seq,
-                min_clock: self.visible_clock(),
-            };
-            out.push(Output::Send(peer, Reply::PushAck(ack)));
+            self.acknowledge(peer, push.seq, out);
         }
     }
 
@@ -602,11 +607,7 @@ impl ServerCore {
             if self.held.iter().any(|h| h.worker == w && h.seq == push.seq) {
                 return;
             }
-            let ack = PushAck {
-                seq: push.seq,
-                min_clock: self.visible_clock(),
-            };
-            return out.push(Output::Send(peer, Reply::PushAck(ack)));
+            return self.acknowledge(peer, push.seq, out);
         }
         if push.seq != applied + 1 {
             let text = format!(
@@ -669,11 +670,7 @@ impl ServerCore {
             self.clocks
                 .set(WorkerId(w), clock + 1, WorkerStatus::Active);
         }
-        let ack = PushAck {
-            seq: push.seq,
-            min_clock: self.visible_clock(),
-        };
-        out.push(Output::Send(peer, Reply::PushAck(ack)));
+        self.acknowledge(peer, push.seq, out);
         if push.tick {
             self.release(out);
         }
