@@ -1012,44 +1012,42 @@ impl ClientCore {
     /// answered from, then the least recently used.
     fn shrink_cache(&mut self) {
         let target = self.cache_limit / 4 * 3;
-        for (table, cache) in self.cache.iter_mut().enumerate() {
-            let info = &self.tables[table];
-            let (consistency, row_bytes) = (info.consistency, info.row_bytes());
-            let (clock, before) = (self.clock, cache.len());
-            let mut kept_dropped = 0;
-            cache.retain(|_, row| {
-                let fresh = is_fresh(consistency, row, clock);
-                kept_dropped += usize::from(!fresh && matches!(row.values, RowBytes::Kept(_)));
-                fresh
-            });
-            let dropped = before - cache.len();
-            self.kept_rows -= kept_dropped;
-            self.cached_bytes -= dropped * row_bytes;
-            self.stats.rows_evicted += dropped as u64;
+        let mut stale = Vec::new();
+        let mut by_use = Vec::new();
+        for (table, cache) in self.cache.iter().enumerate() {
+            let consistency = self.tables[table].consistency;
+            for (&key, row) in cache {
+                if is_fresh(consistency, row, self.clock) {
+                    by_use.push((row.used, table as u32, key));
+                } else {
+                    stale.push((table as u32, key));
+                }
+            }
+        }
+        for (table, key) in stale {
+            self.evict(table, key);
         }
         if self.cached_bytes <= target {
             return;
-        }
-        let mut by_use: Vec<(u64, u32, u64)> = Vec::new();
-        for (table, cache) in self.cache.iter().enumerate() {
-            by_use.extend(
-                cache
-                    .iter()
-                    .map(|(&key, row)| (row.used, table as u32, key)),
-            );
         }
         by_use.sort_unstable();
         for (_, table, key) in by_use {
             if self.cached_bytes <= target {
                 break;
             }
-            if let Some(row) = self.cache[table as usize].remove(&key) {
-                if matches!(row.values, RowBytes::Kept(_)) {
-                    self.kept_rows -= 1;
-                }
-                self.cached_bytes -= self.tables[table as usize].row_bytes();
-                self.stats.rows_evicted += 1;
+            self.evict(table, key);
+        }
+    }
+
+    /// Drops cached row `key` of `table` (releasing its frame, if it is
+    /// the last row kept in one), keeping the counts.
+    fn evict(&mut self, table: u32, key: u64) {
+        if let Some(row) = self.cache[table as usize].remove(&key) {
+            if matches!(row.values, RowBytes::Kept(_)) {
+                self.kept_rows -= 1;
             }
+            self.cached_bytes -= self.tables[table as usize].row_bytes();
+            self.stats.rows_evicted += 1;
         }
     }
 
