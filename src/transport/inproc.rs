@@ -12,6 +12,12 @@
 //!
 //! Locks: each inbox and each direction has its own mutex, and no code
 //! holds two at once, so there is no lock order to get wrong.
+//!
+//! Waiting: `recv` spins briefly, then yields the processor for up to
+//! 50 µs, and only then sleeps on its inbox's condition variable. Senders
+//! notify only a receiver that sleeps (a notification is a system call
+//! even when nobody waits), and returned credit wakes only a sender that
+//! waits for it.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -27,6 +33,9 @@ use crate::sync::{Arc, Backoff, Condvar, Mutex, MutexGuard, lock, wait_until};
 const DEFAULT_CAPACITY: usize = 256 << 20;
 /// Allocations kept per direction for reuse.
 const POOL: usize = 4;
+/// How long `recv` goes on yielding, once its spin is over, before it
+/// sleeps.
+const YIELD_FOR: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// A namespace of in-process endpoints. Cheap to clone; clones share the
 /// namespace. Independent `InProcess` values are independent networks, so
@@ -108,6 +117,7 @@ impl Transport for InProcess {
                 queue: VecDeque::new(),
                 closed: false,
                 next_peer: 0,
+                sleeping: false,
             }),
             ready: Condvar::new(),
         });
@@ -148,19 +158,30 @@ struct InboxState {
     queue: VecDeque<Delivery>,
     closed: bool,
     next_peer: u64,
+    /// Whether the endpoint's thread sleeps on `ready`: a delivery only
+    /// notifies then (a notification is a system call even with nobody
+    /// asleep, and the receiver usually finds the frame while spinning).
+    sleeping: bool,
 }
 
 impl Inbox {
     /// Queues `delivery`, or gives it back if the endpoint is gone.
     fn deliver(&self, delivery: Delivery) -> std::result::Result<(), Delivery> {
-        {
+        let sleeping = {
             let mut state = lock(&self.state);
             if state.closed {
                 return Err(delivery);
             }
             state.queue.push_back(delivery);
+            state.sleeping
+        };
+        // The receiver sets `sleeping` under the lock and releases the lock
+        // only inside the wait, so it cannot miss this notification: either
+        // it queued itself before this delivery took the lock (seen above),
+        // or it takes the lock after and finds the delivery queued.
+        if sleeping {
+            self.ready.notify_one();
         }
-        self.ready.notify_one();
         Ok(())
     }
 
@@ -202,7 +223,11 @@ struct Direction {
 struct DirState {
     in_flight: usize,
     closed: bool,
+    /// Buffers for reuse. Each keeps the length it was last written to,
+    /// so a lend that fits one needs no zero-filling.
     pool: Vec<Vec<u8>>,
+    /// Threads asleep on `changed`: a release notifies only then.
+    waiting: usize,
 }
 
 impl Direction {
@@ -212,6 +237,7 @@ impl Direction {
                 in_flight: 0,
                 closed: false,
                 pool: Vec::new(),
+                waiting: 0,
             }),
             changed: Condvar::new(),
             capacity,
@@ -232,8 +258,10 @@ impl Direction {
     ) -> std::result::Result<MutexGuard<'_, DirState>, usize> {
         let mut state = lock(&self.state);
         while !ready(&state) {
+            state.waiting += 1;
             let (guard, waiting) = wait_until(&self.changed, state, deadline);
             state = guard;
+            state.waiting -= 1;
             if !waiting && !ready(&state) {
                 return Err(state.in_flight);
             }
@@ -243,14 +271,39 @@ impl Direction {
 
     /// Returns `len` bytes of credit and a buffer for reuse.
     fn release(&self, len: usize, buf: Vec<u8>) {
-        {
+        let waiting = {
             let mut state = lock(&self.state);
             state.in_flight -= len;
             if state.pool.len() < POOL {
                 state.pool.push(buf);
             }
+            state.waiting > 0
+        };
+        // A waiter counts itself under the lock and releases it only inside
+        // the wait, so none is missed (as for `Inbox::deliver`).
+        if waiting {
+            self.changed.notify_all();
         }
-        self.changed.notify_all();
+    }
+
+    /// A buffer of at least `len` initialised bytes from the pool if one
+    /// is that long (the shortest such), else the longest pooled one, or a
+    /// new one, grown and zero-filled to `len`.
+    fn buffer(state: &mut DirState, len: usize) -> Vec<u8> {
+        let pick = state
+            .pool
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, b)| match b.len() >= len {
+                true => (0, b.len()),
+                false => (1, usize::MAX - b.len()),
+            })
+            .map(|(i, _)| i);
+        let mut data = pick.map(|i| state.pool.swap_remove(i)).unwrap_or_default();
+        if data.len() < len {
+            data.resize(len, 0);
+        }
+        data
     }
 }
 
@@ -361,14 +414,13 @@ impl Endpoint for InProcessEndpoint {
             return Err(self.gone(peer, &link, side));
         }
         state.in_flight += len;
-        let mut data = state.pool.pop().unwrap_or_default();
-        drop(state);
         // Reused buffers keep their old bytes (the encoder overwrites every
         // byte of a frame); only growth is zero-filled.
-        data.truncate(len);
-        data.resize(len, 0);
+        let data = Direction::buffer(&mut state, len);
+        drop(state);
         Ok(InProcessBuf {
             data: Some(data),
+            len,
             link,
             side,
         })
@@ -376,12 +428,11 @@ impl Endpoint for InProcessEndpoint {
 
     fn send(&mut self, mut buf: InProcessBuf) -> Result<()> {
         let data = buf.data.take().expect("an unsent buffer holds its data");
-        let link = buf.link.clone();
-        let side = buf.side;
+        let (len, link, side) = (buf.len, buf.link.clone(), buf.side);
         drop(buf);
         let (inbox, peer) = &link.ends[1 - side];
         let frame = InProcessFrame {
-            credit: data.len(),
+            credit: len,
             data,
             link: link.clone(),
             dir: side,
@@ -419,12 +470,28 @@ impl Endpoint for InProcessEndpoint {
     fn recv(&mut self, deadline: Instant) -> Result<Option<Event<InProcessFrame>>> {
         // Spin briefly before sleeping: a reply usually follows within
         // microseconds, and waking a sleeping thread costs more than that.
+        // Then yield for a while: on a busy machine that lets other threads
+        // run, and on an idle one it catches a reply that takes tens of
+        // microseconds (a long row applied, a pull answered) without the
+        // cost of sleeping and being woken.
         let mut backoff = Backoff::new();
-        while !backoff.is_completed() && Instant::now() < deadline {
+        let mut yield_until = None;
+        loop {
             if !lock(&self.inbox.state).queue.is_empty() {
                 break;
             }
-            backoff.snooze();
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            if !backoff.is_completed() {
+                backoff.snooze();
+                continue;
+            }
+            if cfg!(laggard_loom) || now >= *yield_until.get_or_insert(now + YIELD_FOR) {
+                break;
+            }
+            crate::sync::thread::yield_now();
         }
         let delivery = {
             let mut state = lock(&self.inbox.state);
@@ -432,8 +499,10 @@ impl Endpoint for InProcessEndpoint {
                 if let Some(d) = state.queue.pop_front() {
                     break d;
                 }
+                state.sleeping = true;
                 let (guard, waiting) = wait_until(&self.inbox.ready, state, deadline);
                 state = guard;
+                state.sleeping = false;
                 if !waiting {
                     return Ok(None);
                 }
@@ -511,7 +580,9 @@ impl Drop for InProcessEndpoint {
 /// A buffer lent by [`InProcessEndpoint::lend`]; dropping it unsent
 /// returns its credit.
 pub struct InProcessBuf {
+    /// At least `len` bytes: a pooled buffer may be longer.
     data: Option<Vec<u8>>,
+    len: usize,
     link: Arc<Link>,
     side: usize,
 }
@@ -525,26 +596,29 @@ impl fmt::Debug for InProcessBuf {
 impl Deref for InProcessBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.data.as_deref().unwrap_or_default()
+        self.data.as_deref().map_or(&[], |d| &d[..self.len])
     }
 }
 
 impl DerefMut for InProcessBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
-        self.data.as_deref_mut().unwrap_or_default()
+        self.data
+            .as_deref_mut()
+            .map_or(&mut [], |d| &mut d[..self.len])
     }
 }
 
 impl Drop for InProcessBuf {
     fn drop(&mut self) {
         if let Some(data) = self.data.take() {
-            self.link.dirs[self.side].release(data.len(), data);
+            self.link.dirs[self.side].release(self.len, data);
         }
     }
 }
 
 /// A received frame; dropping it returns the sender's credit.
 pub struct InProcessFrame {
+    /// At least `credit` bytes: a pooled buffer may be longer.
     data: Vec<u8>,
     /// The frame's length, returned as credit on release (`data` may
     /// have been swapped for another buffer by then).
@@ -555,14 +629,14 @@ pub struct InProcessFrame {
 
 impl fmt::Debug for InProcessFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "InProcessFrame({} bytes)", self.data.len())
+        write!(f, "InProcessFrame({} bytes)", self.credit)
     }
 }
 
 impl Deref for InProcessFrame {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        &self.data
+        &self.data[..self.credit]
     }
 }
 
@@ -570,5 +644,56 @@ impl Drop for InProcessFrame {
     fn drop(&mut self) {
         let data = std::mem::take(&mut self.data);
         self.link.dirs[self.dir].release(self.credit, data);
+    }
+}
+
+#[cfg(all(test, not(laggard_loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    /// Sends `len` bytes of `byte` and returns what arrived.
+    fn round(
+        a: &mut InProcessEndpoint,
+        b: &mut InProcessEndpoint,
+        to_b: PeerId,
+        len: usize,
+        byte: u8,
+    ) -> Vec<u8> {
+        let mut buf = a.lend(to_b, len, soon()).unwrap();
+        assert_eq!(buf.len(), len);
+        buf.fill(byte);
+        a.send(buf).unwrap();
+        match b.recv(soon()).unwrap() {
+            Some(Event::Frame(_, frame)) => frame.to_vec(),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pooled_buffers_are_lent_at_the_asked_length_and_return_exact_credit() {
+        let net = InProcess::with_capacity(4096);
+        let mut a = net.bind("a").unwrap();
+        let mut b = net.bind("b").unwrap();
+        let to_b = a.connect("b", soon()).unwrap();
+        assert!(matches!(b.recv(soon()).unwrap(), Some(Event::Connected(_))));
+        // A long frame, then short ones lent from its pooled buffer, then
+        // long again: every frame arrives at its own length.
+        for (len, byte) in [(4096, 1), (10, 2), (3, 3), (4000, 4), (4096, 5)] {
+            let got = round(&mut a, &mut b, to_b, len, byte);
+            assert_eq!(got, vec![byte; len]);
+        }
+        // Each frame returned exactly its own length as credit: the whole
+        // capacity is free again, and a buffer dropped unsent returns its
+        // credit too.
+        a.flush(to_b, soon()).unwrap();
+        drop(a.lend(to_b, 7, soon()).unwrap());
+        let full = a.lend(to_b, 4096, Instant::now() + Duration::from_millis(500));
+        assert_eq!(full.unwrap().len(), 4096);
     }
 }
