@@ -215,14 +215,13 @@ impl RowBytes {
         }
     }
 
-    /// The worker's own buffer, emptied, for reuse (a new one in place of
-    /// a kept frame, which is released).
+    /// The worker's own buffer, for reuse (a new one in place of a kept
+    /// frame, which is released). Its old bytes stay: whoever takes it
+    /// replaces them, and a transport that pools it as a frame buffer
+    /// (`take_frame`) need not zero-fill what it already holds.
     fn into_spare(self) -> Vec<u8> {
         match self {
-            RowBytes::Owned(mut v) => {
-                v.clear();
-                v
-            }
+            RowBytes::Owned(v) => v,
             RowBytes::Kept(_) => Vec::new(),
         }
     }

@@ -286,10 +286,9 @@ impl Direction {
         }
     }
 
-    /// A buffer of at least `len` initialised bytes from the pool if one
-    /// is that long (the shortest such), else the longest pooled one, or a
-    /// new one, grown and zero-filled to `len`.
-    fn buffer(state: &mut DirState, len: usize) -> Vec<u8> {
+    /// The pooled buffer that best fits `len` bytes: the shortest one at
+    /// least that long, else the longest one (or a new, empty one).
+    fn pooled(state: &mut DirState, len: usize) -> Vec<u8> {
         let pick = state
             .pool
             .iter()
@@ -299,11 +298,7 @@ impl Direction {
                 false => (1, usize::MAX - b.len()),
             })
             .map(|(i, _)| i);
-        let mut data = pick.map(|i| state.pool.swap_remove(i)).unwrap_or_default();
-        if data.len() < len {
-            data.resize(len, 0);
-        }
-        data
+        pick.map(|i| state.pool.swap_remove(i)).unwrap_or_default()
     }
 }
 
@@ -414,10 +409,13 @@ impl Endpoint for InProcessEndpoint {
             return Err(self.gone(peer, &link, side));
         }
         state.in_flight += len;
+        let mut data = Direction::pooled(&mut state, len);
+        drop(state);
         // Reused buffers keep their old bytes (the encoder overwrites every
         // byte of a frame); only growth is zero-filled.
-        let data = Direction::buffer(&mut state, len);
-        drop(state);
+        if data.len() < len {
+            data.resize(len, 0);
+        }
         Ok(InProcessBuf {
             data: Some(data),
             len,
