@@ -285,21 +285,6 @@ impl Direction {
             self.changed.notify_all();
         }
     }
-
-    /// The pooled buffer that best fits `len` bytes: the shortest one at
-    /// least that long, else the longest one (or a new, empty one).
-    fn pooled(state: &mut DirState, len: usize) -> Vec<u8> {
-        let pick = state
-            .pool
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, b)| match b.len() >= len {
-                true => (0, b.len()),
-                false => (1, usize::MAX - b.len()),
-            })
-            .map(|(i, _)| i);
-        pick.map(|i| state.pool.swap_remove(i)).unwrap_or_default()
-    }
 }
 
 /// An endpoint of an [`InProcess`] network.
@@ -409,7 +394,7 @@ impl Endpoint for InProcessEndpoint {
             return Err(self.gone(peer, &link, side));
         }
         state.in_flight += len;
-        let mut data = Direction::pooled(&mut state, len);
+        let mut data = super::take_pooled(&mut state.pool, len);
         drop(state);
         // Reused buffers keep their old bytes (the encoder overwrites every
         // byte of a frame); only growth is zero-filled.

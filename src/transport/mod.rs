@@ -86,6 +86,29 @@ pub fn take_owned(frame: &mut Vec<u8>, len: usize, into: &mut Vec<u8>) {
     }
 }
 
+/// Takes from `pool` the buffer that best serves a frame of `len` bytes:
+/// the shortest one at least that long, else the longest one (the least to
+/// grow), or a new, empty one. For transports that pool frame buffers and
+/// keep each one's initialised length, so that a reused buffer is never
+/// zero-filled again.
+///
+/// ```
+/// let mut pool = vec![vec![0u8; 10], vec![0u8; 500], vec![0u8; 100]];
+/// assert_eq!(laggard::transport::take_pooled(&mut pool, 80).len(), 100);
+/// assert_eq!(laggard::transport::take_pooled(&mut pool, 800).len(), 500);
+/// assert_eq!(laggard::transport::take_pooled(&mut pool, 800).len(), 10);
+/// assert!(laggard::transport::take_pooled(&mut pool, 800).is_empty());
+/// ```
+pub fn take_pooled(pool: &mut Vec<Vec<u8>>, len: usize) -> Vec<u8> {
+    let by_len = |(_, b): &(usize, &Vec<u8>)| b.len();
+    let fits = pool.iter().enumerate().filter(|(_, b)| b.len() >= len);
+    let pick = fits
+        .min_by_key(by_len)
+        .or_else(|| pool.iter().enumerate().max_by_key(by_len))
+        .map(|(i, _)| i);
+    pick.map(|i| pool.swap_remove(i)).unwrap_or_default()
+}
+
 /// Transport memory a stash lies in: see [`Stash`].
 pub trait StashMemory: Send + std::fmt::Debug + 'static {
     /// The block's bytes.

@@ -521,20 +521,10 @@ impl Pool {
         v
     }
 
-    /// The smallest pooled buffer that holds `len` bytes, else any (or a
-    /// new, empty one).
+    /// The pooled buffer that best serves `len` bytes
+    /// ([`take_pooled`](laggard::transport::take_pooled)).
     fn pick(&self, len: usize) -> Vec<u8> {
-        let mut bufs = lock(&self.bufs);
-        let best = bufs
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.len() >= len)
-            .min_by_key(|(_, b)| b.len())
-            .map(|(i, _)| i);
-        match best {
-            Some(i) => bufs.swap_remove(i),
-            None => bufs.pop().unwrap_or_default(),
-        }
+        laggard::transport::take_pooled(&mut lock(&self.bufs), len)
     }
 
     pub(crate) fn put(&self, v: Vec<u8>) {
