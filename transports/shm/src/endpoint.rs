@@ -329,6 +329,11 @@ impl Conn {
         peer_name: String,
         file: Option<PathBuf>,
     ) -> Self {
+        // The data regions `words` reads without checking again.
+        for ring in 0..2 {
+            let cap = cap as usize;
+            seg.u64s_at(layout::CONN_DATA + ring * cap, cap / 8);
+        }
         Conn {
             seg,
             side,
@@ -359,12 +364,25 @@ impl Conn {
 
     fn words(&self, ring: usize) -> &[AtomicU64] {
         let cap = self.cap as usize;
-        self.seg.u64s_at(layout::CONN_DATA + ring * cap, cap / 8)
+        debug_assert!(ring < 2);
+        // SAFETY: `new` checked that both rings' data regions lie inside
+        // the segment (`Segment::u64s_at`); the region is 8-aligned, its
+        // bytes are only ever accessed atomically as words or through lent
+        // buffers and received frames (ordered by the ring's positions),
+        // and the mapping lives as long as `self`. Checked once there
+        // rather than on each of the several calls every frame makes.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.seg.ptr(layout::CONN_DATA + ring * cap) as *const AtomicU64,
+                cap / 8,
+            )
+        }
     }
 
     fn data(&self, ring: usize, pos: u64) -> *mut u8 {
-        self.seg
-            .ptr(layout::CONN_DATA + ring * self.cap as usize + (pos % self.cap) as usize)
+        self.seg.ptr(
+            layout::CONN_DATA + ring * self.cap as usize + ring::offset(pos, self.cap) as usize,
+        )
     }
 
     /// Where byte `off` of the stash lies; `off` at most its size.
@@ -397,11 +415,26 @@ impl Conn {
     }
 
     fn closed(&self, side: usize) -> &AtomicU32 {
-        self.seg.u32_at(layout::CONN_CLOSED + side * 128)
+        debug_assert!(side < 2);
+        self.header_word(layout::CONN_CLOSED + side * 128)
     }
 
     fn accepted(&self) -> &AtomicU32 {
-        self.seg.u32_at(layout::CONN_ACCEPTED)
+        self.header_word(layout::CONN_ACCEPTED)
+    }
+
+    /// The shared word at `off`, a 4-aligned offset inside the segment's
+    /// fixed header (before `CONN_DATA`): `peer_gone` reads two of these
+    /// on every lend, send and look for frames, so they are not checked
+    /// again each time as `Segment::u32_at` would.
+    fn header_word(&self, off: usize) -> &AtomicU32 {
+        debug_assert!(off % 4 == 0 && off + 4 <= layout::CONN_DATA);
+        // SAFETY: `new` checked that the data regions, which start at
+        // CONN_DATA, lie inside the segment, so [off, off + 4) does too;
+        // the mapping is page-aligned, so the word is aligned; shared words
+        // are only ever accessed atomically; the mapping lives as long as
+        // `self`.
+        unsafe { &*(self.seg.ptr(off) as *const AtomicU32) }
     }
 
     fn fail(&self, why: String) {
@@ -454,10 +487,16 @@ impl Conn {
     /// Turns the buffers dropped unsent since the last call into padding
     /// (`producer` is this connection's), publishing what waited behind
     /// them.
+    #[inline]
     fn reap_unsent(&self, producer: &mut Producer) {
-        if !self.unsent.pending() {
-            return;
+        // Inlined: lend, send and every look at the connection call this,
+        // and it almost always has nothing to do.
+        if self.unsent.pending() {
+            self.pad_unsent(producer);
         }
+    }
+
+    fn pad_unsent(&self, producer: &mut Producer) {
         let mut records = Vec::new();
         self.unsent.take(&mut records);
         let tx = self.side;
@@ -512,6 +551,7 @@ impl fmt::Debug for ShmEndpoint {
 }
 
 impl ShmEndpoint {
+    #[inline]
     fn link(&mut self, peer: PeerId) -> Result<&mut Link> {
         let name = &self.name;
         self.conns
@@ -703,8 +743,16 @@ impl ShmEndpoint {
             return Some(Event::Connected(peer));
         }
         let n = self.order.len();
+        // Where the last look stopped (past the end after the last
+        // connection, or after removals: start over), and from there
+        // round the connections without a division.
+        let start = if self.rr < n { self.rr } else { 0 };
         for k in 0..n {
-            let idx = (self.rr + k) % n;
+            let idx = if start + k >= n {
+                start + k - n
+            } else {
+                start + k
+            };
             let peer = self.order[idx];
             let Some(Link { conn, producer }) = self.conns.get_mut(&peer) else {
                 continue;

@@ -102,8 +102,17 @@ fn cap_of(words: &[AtomicU64]) -> u64 {
     words.len() as u64 * 8
 }
 
+/// Where position `pos` lies in a region of `cap` bytes: `pos % cap`,
+/// taken with a mask (a division costs about as much as the rest of a
+/// frame's bookkeeping). `cap` is a power of two: `ShmConfig` rounds it
+/// up to one, and attaching checks it of every segment.
+pub fn offset(pos: u64, cap: u64) -> u64 {
+    debug_assert!(cap.is_power_of_two(), "ring capacity {cap}");
+    pos & (cap - 1)
+}
+
 fn word(words: &[AtomicU64], pos: u64) -> &AtomicU64 {
-    &words[((pos % cap_of(words)) / 8) as usize]
+    &words[(offset(pos, cap_of(words)) / 8) as usize]
 }
 
 /// A lent, not yet published, record.
@@ -131,7 +140,7 @@ pub struct Producer {
 pub struct Reservation {
     /// Start of the record (its key for [`Producer::complete`]).
     pub record: u64,
-    /// Position of the payload; `% cap` is its offset in the data region.
+    /// Position of the payload; [`offset`] gives its place in the data region.
     pub payload: u64,
 }
 
@@ -147,7 +156,7 @@ impl Producer {
         let cap = cap_of(words);
         debug_assert!(len <= max_frame(cap));
         let need = HEADER + padded(len);
-        let at = self.reserved % cap;
+        let at = offset(self.reserved, cap);
         let mut filler = if at + need > cap { cap - at } else { 0 };
         // Far into the ring with this frame fitting before `at`: if the
         // reader has released the beginning of this lap, start over there,
@@ -212,12 +221,15 @@ impl Producer {
         record: u64,
         sent: bool,
     ) -> bool {
-        let Some(lent) = self
-            .lent
-            .iter_mut()
-            .find(|l| l.start <= record && record < l.end)
-        else {
-            return false;
+        let holds = |l: &Lent| l.start <= record && record < l.end;
+        // Usually the only buffer lent, so the first: looked at before
+        // searching the queue.
+        let lent = match self.lent.front_mut() {
+            Some(first) if holds(first) => first,
+            _ => match self.lent.iter_mut().find(|l| holds(l)) {
+                Some(lent) => lent,
+                None => return false,
+            },
         };
         if !sent {
             // Relaxed: published by the Release store of `tail`.
@@ -304,7 +316,7 @@ impl Consumer {
                     self.read
                 )));
             }
-            let at = self.read % cap;
+            let at = offset(self.read, cap);
             // Relaxed: ordered by the Acquire load of `tail` above.
             let h = word(words, self.read).load(Ordering::Relaxed);
             let (kind, len) = (h >> 32, h & 0xffff_ffff);
