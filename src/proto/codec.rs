@@ -149,7 +149,7 @@ impl<'a> Keys<'a> {
         out.extend(self.iter());
     }
 
-    fn write(&self, w: &mut Writer<'_, '_>) {
+    fn write<'v>(&self, w: &mut Writer<impl Sink<'v>>) {
         match self {
             Keys::Wire(b) => w.bytes(b),
             Keys::Native(k) => k.iter().for_each(|&k| w.u64(k)),
@@ -474,8 +474,13 @@ impl<'a> Message<'a> {
         match self {
             Message::Hello(_) | Message::Welcome(_) => 24,
             Message::Push(p) => {
-                PUSH_HEAD_LEN - HEADER_LEN
-                    + p.sections.iter().map(|s| s.encoded_len()).sum::<usize>()
+                let sections = match p.sections {
+                    // A push being sent: its sections at hand, without the
+                    // parsing iterator.
+                    Sections::Native(list) => list.iter().map(Section::encoded_len).sum(),
+                    wire => wire.iter().map(|s| s.encoded_len()).sum::<usize>(),
+                };
+                PUSH_HEAD_LEN - HEADER_LEN + sections
             }
             Message::PushAck(_) => 16,
             Message::PullRequest(p) => 32 + 8 * p.keys.len(),
@@ -500,7 +505,7 @@ impl<'a> Message<'a> {
     /// If `out` is too short (a caller bug: the length is known up front).
     pub fn encode(&self, out: &mut [u8]) -> usize {
         let len = self.encoded_len();
-        self.write(&mut Writer::new(&mut out[..len]));
+        self.write(&mut Writer::new(&mut out[..len]), len - HEADER_LEN);
         len
     }
 
@@ -510,21 +515,22 @@ impl<'a> Message<'a> {
     /// ([`Endpoint::send_parts`](crate::transport::Endpoint::send_parts)).
     pub fn encode_parts(&self) -> EncodedParts<'a> {
         let mut w = Writer {
-            sink: Sink::Split {
+            sink: SplitSink {
                 head: Vec::new(),
                 values: Vec::new(),
             },
             pos: 0,
         };
-        self.write(&mut w);
-        match w.sink {
-            Sink::Split { head, values } => EncodedParts { head, values },
-            Sink::Slice(_) => unreachable!("the writer was made with a split sink"),
-        }
+        self.write(&mut w, self.payload_len());
+        let SplitSink { head, values } = w.sink;
+        EncodedParts { head, values }
     }
 
-    fn write(&self, w: &mut Writer<'_, 'a>) {
-        write_header(w, self.kind(), self.payload_len());
+    /// Writes the frame, whose payload takes `payload_len` bytes (the
+    /// caller has worked it out already to size the output).
+    fn write(&self, w: &mut Writer<impl Sink<'a>>, payload_len: usize) {
+        debug_assert_eq!(payload_len, self.payload_len());
+        write_header(w, self.kind(), payload_len);
         match self {
             Message::Hello(h) => {
                 let (role, worker) = match h.role {
@@ -549,13 +555,9 @@ impl<'a> Message<'a> {
                 w.u64(p.clock);
                 w.u32(p.sections.len() as u32);
                 w.u32(0);
-                for s in p.sections.iter() {
-                    w.u32(s.table);
-                    w.u32(s.keys.len() as u32);
-                    w.u64(s.values.len() as u64);
-                    s.keys.write(w);
-                    w.values(s.values);
-                    w.pad8();
+                match p.sections {
+                    Sections::Native(list) => list.iter().for_each(|s| write_section(w, s)),
+                    wire => wire.iter().for_each(|s| write_section(w, &s)),
                 }
             }
             Message::PushAck(a) => {
@@ -678,8 +680,8 @@ pub fn write_pull_response(
     &mut frame[offset..offset + value_len]
 }
 
-fn write_pull_response_head(
-    w: &mut Writer<'_, '_>,
+fn write_pull_response_head<'v>(
+    w: &mut Writer<impl Sink<'v>>,
     req: u64,
     clock: u64,
     table: u32,
@@ -693,7 +695,16 @@ fn write_pull_response_head(
     w.u64(value_len as u64);
 }
 
-fn write_header(w: &mut Writer<'_, '_>, kind: u8, payload: usize) {
+fn write_section<'v>(w: &mut Writer<impl Sink<'v>>, s: &Section<'v>) {
+    w.u32(s.table);
+    w.u32(s.keys.len() as u32);
+    w.u64(s.values.len() as u64);
+    s.keys.write(w);
+    w.values(s.values);
+    w.pad8();
+}
+
+fn write_header<'v>(w: &mut Writer<impl Sink<'v>>, kind: u8, payload: usize) {
     w.bytes(&MAGIC);
     w.u16(VERSION);
     w.u8(kind);
@@ -1064,72 +1075,106 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Where a [`Writer`] puts the frame.
-enum Sink<'o, 'v> {
-    /// Into a byte slice of exactly the frame's size.
-    Slice(&'o mut [u8]),
-    /// Into `head`, except bulk value regions, which stay where they are
-    /// and are recorded as `(offset in head, bytes)`.
-    Split {
-        head: Vec<u8>,
-        values: Vec<(usize, &'v [u8])>,
-    },
+/// Where a [`Writer`] puts the frame. Generic rather than an enum, so that
+/// encoding into a slice (every frame of every hot path) compiles to plain
+/// stores without a branch per field.
+trait Sink<'v> {
+    /// Appends `b`, which starts at byte `pos` of the frame.
+    fn bytes(&mut self, pos: usize, b: &[u8]);
+    /// Appends a bulk value region, which starts at byte `pos`.
+    fn values(&mut self, pos: usize, b: &'v [u8]);
+}
+
+/// Into a byte slice of exactly the frame's size.
+struct SliceSink<'o>(&'o mut [u8]);
+
+impl<'v> Sink<'v> for SliceSink<'_> {
+    #[inline]
+    fn bytes(&mut self, pos: usize, b: &[u8]) {
+        self.0[pos..pos + b.len()].copy_from_slice(b);
+    }
+
+    #[inline]
+    fn values(&mut self, pos: usize, b: &'v [u8]) {
+        self.bytes(pos, b);
+    }
+}
+
+/// Into `head`, except bulk value regions, which stay where they are and
+/// are recorded as `(offset in head, bytes)`.
+struct SplitSink<'v> {
+    head: Vec<u8>,
+    values: Vec<(usize, &'v [u8])>,
+}
+
+impl<'v> Sink<'v> for SplitSink<'v> {
+    fn bytes(&mut self, _pos: usize, b: &[u8]) {
+        self.head.extend_from_slice(b);
+    }
+
+    fn values(&mut self, _pos: usize, b: &'v [u8]) {
+        self.values.push((self.head.len(), b));
+    }
 }
 
 /// Writes fields of a frame; `pos` counts every byte of the frame so far,
 /// value regions left in place included.
-struct Writer<'o, 'v> {
-    sink: Sink<'o, 'v>,
+struct Writer<S> {
+    sink: S,
     pos: usize,
 }
 
-impl<'o, 'v> Writer<'o, 'v> {
+impl<'o> Writer<SliceSink<'o>> {
     fn new(out: &'o mut [u8]) -> Self {
         Writer {
-            sink: Sink::Slice(out),
+            sink: SliceSink(out),
             pos: 0,
         }
     }
+}
 
+impl<'v, S: Sink<'v>> Writer<S> {
+    #[inline]
     fn bytes(&mut self, b: &[u8]) {
-        match &mut self.sink {
-            Sink::Slice(out) => out[self.pos..self.pos + b.len()].copy_from_slice(b),
-            Sink::Split { head, .. } => head.extend_from_slice(b),
-        }
+        self.sink.bytes(self.pos, b);
         self.pos += b.len();
     }
 
     /// A bulk value region: copied into a slice sink, left in place (and
     /// recorded) by a split one.
+    #[inline]
     fn values(&mut self, b: &'v [u8]) {
-        match &mut self.sink {
-            Sink::Slice(_) => self.bytes(b),
-            Sink::Split { head, values } => {
-                values.push((head.len(), b));
-                self.pos += b.len();
-            }
-        }
+        self.sink.values(self.pos, b);
+        self.pos += b.len();
     }
 
+    #[inline]
     fn u8(&mut self, v: u8) {
         self.bytes(&[v]);
     }
 
+    #[inline]
     fn u16(&mut self, v: u16) {
         self.bytes(&v.to_le_bytes());
     }
 
+    #[inline]
     fn u32(&mut self, v: u32) {
         self.bytes(&v.to_le_bytes());
     }
 
+    #[inline]
     fn u64(&mut self, v: u64) {
         self.bytes(&v.to_le_bytes());
     }
 
     fn pad8(&mut self) {
         let zeros = [0u8; 8];
-        self.bytes(&zeros[..pad8(self.pos) - self.pos]);
+        let n = pad8(self.pos) - self.pos;
+        // Most values are whole words already: no call to copy nothing.
+        if n > 0 {
+            self.bytes(&zeros[..n]);
+        }
     }
 }
 
