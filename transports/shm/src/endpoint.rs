@@ -533,7 +533,11 @@ pub struct ShmEndpoint {
     path: PathBuf,
     mailbox: Arc<Mailbox>,
     conns: IdMap<PeerId, Link>,
-    order: Vec<PeerId>,
+    /// The connections in the order `poll` visits them, each beside its
+    /// `Conn` (also in `conns`), so that looking at a quiet one costs a few
+    /// loads and no lookup: a server whose one busy worker was served last
+    /// walks past all the others before it comes round to it again.
+    order: Vec<(PeerId, Arc<Conn>)>,
     rr: usize,
     next_peer: u64,
     next_check: Instant,
@@ -569,13 +573,13 @@ impl ShmEndpoint {
             conn: Arc::new(conn),
             producer: Producer::default(),
         };
+        self.order.push((peer, link.conn.clone()));
         self.conns.insert(peer, link);
-        self.order.push(peer);
         peer
     }
 
     fn remove(&mut self, peer: PeerId) -> Option<Arc<Conn>> {
-        self.order.retain(|&p| p != peer);
+        self.order.retain(|(p, _)| *p != peer);
         self.conns.remove(&peer).map(|link| link.conn)
     }
 
@@ -753,11 +757,14 @@ impl ShmEndpoint {
             } else {
                 start + k
             };
-            let peer = self.order[idx];
-            let Some(Link { conn, producer }) = self.conns.get_mut(&peer) else {
-                continue;
-            };
-            conn.reap_unsent(producer);
+            let (peer, conn) = &self.order[idx];
+            let peer = *peer;
+            if conn.unsent.pending() {
+                if let Some(Link { conn, producer }) = self.conns.get_mut(&peer) {
+                    conn.reap_unsent(producer);
+                }
+            }
+            let conn = &self.order[idx].1;
             // Checked before the ring: frames sent before the close are
             // delivered first.
             let gone = conn.peer_gone();
