@@ -305,7 +305,7 @@ struct Conn {
     unsent: Unsent,
     consumer: Mutex<Consumer>,
     /// How far `take` has read the incoming ring: the consumer's read
-    /// position, copied out so that `has_work` checks for frames without
+    /// position, copied out so that `work_at` checks for frames without
     /// taking the consumer's lock in every round of a spin. Only the
     /// endpoint's thread (`take`, `has_more`) touches it, so Relaxed.
     taken_to: AtomicU64,
@@ -732,31 +732,58 @@ impl ShmEndpoint {
         Ok(conn)
     }
 
-    /// Something for `recv` to do (without doing it).
-    fn has_work(&self) -> bool {
-        self.posted() != self.scanned
-            || self
-                .conns
-                .values()
-                .any(|Link { conn: c, .. }| c.has_more() || c.peer_gone() || c.unsent.pending())
+    /// Where `poll`'s round of the connections starts: after the one it
+    /// served last (past the end after the last connection, or after
+    /// removals: at the first).
+    fn round_start(&self) -> usize {
+        if self.rr < self.order.len() {
+            self.rr
+        } else {
+            0
+        }
     }
 
-    /// The next event if one is ready.
-    fn poll(&mut self) -> Option<Event<ShmFrame>> {
+    /// The `k`th connection of a round from `start`, without a division.
+    fn round_index(&self, start: usize, k: usize) -> usize {
+        let n = self.order.len();
+        if start + k >= n {
+            start + k - n
+        } else {
+            start + k
+        }
+    }
+
+    /// Something for `recv` to do (without doing it): where in `order`
+    /// `poll` should start looking, if anything waits. Looks in `poll`'s
+    /// order, so that `poll` can start at the connection found here rather
+    /// than walk again past the quiet ones before it (a server whose one
+    /// busy worker was served last comes round to it after all the others).
+    fn work_at(&self) -> Option<usize> {
+        let start = self.round_start();
+        if self.posted() != self.scanned {
+            return Some(start);
+        }
+        (0..self.order.len())
+            .map(|k| self.round_index(start, k))
+            .find(|&idx| {
+                let c = &self.order[idx].1;
+                c.has_more() || c.peer_gone() || c.unsent.pending()
+            })
+    }
+
+    /// The next event if one is ready, looking at the connections in turn
+    /// from `from` (where `work_at` found something) or else from where
+    /// the last look stopped.
+    fn poll(&mut self, from: Option<usize>) -> Option<Event<ShmFrame>> {
         if let Some(peer) = self.accept() {
             return Some(Event::Connected(peer));
         }
         let n = self.order.len();
-        // Where the last look stopped (past the end after the last
-        // connection, or after removals: start over), and from there
-        // round the connections without a division.
-        let start = if self.rr < n { self.rr } else { 0 };
+        let start = from
+            .filter(|&i| i < n)
+            .unwrap_or_else(|| self.round_start());
         for k in 0..n {
-            let idx = if start + k >= n {
-                start + k - n
-            } else {
-                start + k
-            };
+            let idx = self.round_index(start, k);
             let (peer, conn) = &self.order[idx];
             let peer = *peer;
             if conn.unsent.pending() {
@@ -1051,15 +1078,19 @@ impl Endpoint for ShmEndpoint {
     }
 
     fn recv(&mut self, deadline: Instant) -> Result<Option<Event<ShmFrame>>> {
+        let mut from = None;
         loop {
-            if let Some(event) = self.poll() {
+            if let Some(event) = self.poll(from.take()) {
                 return Ok(Some(event));
             }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(None);
             }
-            self.wait(now, deadline, Self::has_work);
+            self.wait(now, deadline, |ep| {
+                from = ep.work_at();
+                from.is_some()
+            });
         }
     }
 
