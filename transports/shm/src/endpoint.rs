@@ -535,8 +535,8 @@ pub struct ShmEndpoint {
     conns: IdMap<PeerId, Link>,
     /// The connections in the order `poll` visits them, each beside its
     /// `Conn` (also in `conns`), so that looking at a quiet one costs a few
-    /// loads and no lookup: a server whose one busy worker was served last
-    /// walks past all the others before it comes round to it again.
+    /// loads and no lookup: a waiting server looks at every worker's
+    /// connection in each round of its spin (`work_at`).
     order: Vec<(PeerId, Arc<Conn>)>,
     rr: usize,
     next_peer: u64,
