@@ -237,6 +237,16 @@ impl<'a> Sections<'a> {
         self.len() == 0
     }
 
+    /// Calls `f` with each section in order: the sections of a push being
+    /// sent as the list they are, without [`iter`](Self::iter)'s parsing
+    /// machinery (encoding a push looks at them twice).
+    fn for_each(&self, mut f: impl FnMut(&Section<'a>)) {
+        match *self {
+            Sections::Native(list) => list.iter().for_each(f),
+            wire => wire.iter().for_each(|s| f(&s)),
+        }
+    }
+
     /// The sections in order.
     pub fn iter(&self) -> impl Iterator<Item = Section<'a>> + 'a {
         let (mut wire, native): (Option<Reader<'a>>, &'a [Section<'a>]) = match *self {
@@ -474,12 +484,8 @@ impl<'a> Message<'a> {
         match self {
             Message::Hello(_) | Message::Welcome(_) => 24,
             Message::Push(p) => {
-                let sections = match p.sections {
-                    // A push being sent: its sections at hand, without the
-                    // parsing iterator.
-                    Sections::Native(list) => list.iter().map(Section::encoded_len).sum(),
-                    wire => wire.iter().map(|s| s.encoded_len()).sum::<usize>(),
-                };
+                let mut sections = 0;
+                p.sections.for_each(|s| sections += s.encoded_len());
                 PUSH_HEAD_LEN - HEADER_LEN + sections
             }
             Message::PushAck(_) => 16,
@@ -555,10 +561,7 @@ impl<'a> Message<'a> {
                 w.u64(p.clock);
                 w.u32(p.sections.len() as u32);
                 w.u32(0);
-                match p.sections {
-                    Sections::Native(list) => list.iter().for_each(|s| write_section(w, s)),
-                    wire => wire.iter().for_each(|s| write_section(w, &s)),
-                }
+                p.sections.for_each(|s| write_section(w, s));
             }
             Message::PushAck(a) => {
                 w.u64(a.seq);
