@@ -365,12 +365,11 @@ impl Conn {
     fn words(&self, ring: usize) -> &[AtomicU64] {
         let cap = self.cap as usize;
         debug_assert!(ring < 2);
-        // SAFETY: `new` checked that both rings' data regions lie inside
-        // the segment (`Segment::u64s_at`); the region is 8-aligned, its
-        // bytes are only ever accessed atomically as words or through lent
-        // buffers and received frames (ordered by the ring's positions),
-        // and the mapping lives as long as `self`. Checked once there
-        // rather than on each of the several calls every frame makes.
+        // Bounds checked once, in `new`, rather than on each of the several
+        // calls every frame makes.
+        // SAFETY: inside the segment (`new`), 8-aligned, accessed only as
+        // atomic words or through lent buffers and frames ordered by the
+        // ring's positions; the mapping lives as long as `self`.
         unsafe {
             std::slice::from_raw_parts(
                 self.seg.ptr(layout::CONN_DATA + ring * cap) as *const AtomicU64,
@@ -429,11 +428,9 @@ impl Conn {
     /// again each time as `Segment::u32_at` would.
     fn header_word(&self, off: usize) -> &AtomicU32 {
         debug_assert!(off % 4 == 0 && off + 4 <= layout::CONN_DATA);
-        // SAFETY: `new` checked that the data regions, which start at
-        // CONN_DATA, lie inside the segment, so [off, off + 4) does too;
-        // the mapping is page-aligned, so the word is aligned; shared words
-        // are only ever accessed atomically; the mapping lives as long as
-        // `self`.
+        // SAFETY: before CONN_DATA, which `new` checked lies inside the
+        // segment; 4-aligned in a page-aligned mapping; shared words are
+        // only accessed atomically; the mapping lives as long as `self`.
         unsafe { &*(self.seg.ptr(off) as *const AtomicU32) }
     }
 
@@ -784,12 +781,13 @@ impl ShmEndpoint {
             .unwrap_or_else(|| self.round_start());
         for k in 0..n {
             let idx = self.round_index(start, k);
-            let (peer, conn) = &self.order[idx];
-            let peer = *peer;
-            if conn.unsent.pending() {
-                if let Some(Link { conn, producer }) = self.conns.get_mut(&peer) {
-                    conn.reap_unsent(producer);
-                }
+            let peer = self.order[idx].0;
+            // Padding a buffer dropped unsent takes the connection's
+            // producer, which lives in `conns`.
+            if self.order[idx].1.unsent.pending()
+                && let Some(Link { conn, producer }) = self.conns.get_mut(&peer)
+            {
+                conn.reap_unsent(producer);
             }
             let conn = &self.order[idx].1;
             // Checked before the ring: frames sent before the close are
