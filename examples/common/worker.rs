@@ -139,7 +139,8 @@ pub fn train_or_crash<E: Endpoint>(
     s: &Schedule,
     crash_at: Option<u64>,
 ) -> laggard::Result<()> {
-    if let Some(at) = crash_at.filter(|_| id + 1 == workers && restarts() == 0) {
+    let restarts = restarts();
+    if let Some(at) = crash_at.filter(|_| id + 1 == workers && restarts == 0) {
         let first = Schedule {
             clocks: at.min(s.clocks),
             ..s.clone()
@@ -153,7 +154,7 @@ pub fn train_or_crash<E: Endpoint>(
         std::process::exit(CRASH_EXIT);
     }
     let clock = worker.current_clock();
-    if restarts() > 0 && id + 1 == workers {
+    if restarts > 0 && id + 1 == workers {
         // It goes on where the last one stopped (or later, if that one
         // was declared dead meanwhile), never from further back.
         if let Some(at) = crash_at.filter(|&at| clock < at) {
@@ -167,7 +168,7 @@ pub fn train_or_crash<E: Endpoint>(
     }
     match clock {
         0 => {}
-        _ if restarts() > 0 => println!("worker {id}: took the worker's place at clock {clock}"),
+        _ if restarts > 0 => println!("worker {id}: took the worker's place at clock {clock}"),
         _ => println!("worker {id}: starts at clock {clock}, the checkpoint's"),
     }
     train(worker, id, workers, consistency, s)
