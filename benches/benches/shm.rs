@@ -170,6 +170,146 @@ impl Pipeline {
     }
 }
 
+/// The floor of any frame exchange between two threads: two bare
+/// single-producer, single-consumer rings of words, with none of a
+/// transport's checks, wake-ups or bookkeeping, carrying a `request`-byte
+/// frame one way and a `reply`-byte frame back (each after an 8-byte
+/// header word), the sizes of a 64-byte push and its acknowledgement. What
+/// it costs beyond the ping-pong is the frames' cache lines crossing
+/// cores, which any transport pays.
+struct BareRing {
+    /// Words published by the writer, on a cache line of its own.
+    tail: Padded,
+    /// Words released by the reader, on a cache line of its own.
+    head: Padded,
+    words: Vec<AtomicU64>,
+}
+
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// One side's private position in a [`BareRing`].
+#[derive(Default)]
+struct BareEnd {
+    pos: u64,
+    head_seen: u64,
+}
+
+impl BareRing {
+    /// 64 KiB, as much of a ring as laggard's keeps reusing when its
+    /// reader keeps up.
+    const WORDS: u64 = 8 << 10;
+    /// The header of the rest of a lap the writer skipped.
+    const SKIP: u64 = u64::MAX;
+
+    fn new() -> Self {
+        BareRing {
+            tail: Padded(AtomicU64::new(0)),
+            head: Padded(AtomicU64::new(0)),
+            words: (0..Self::WORDS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Where a record of `n` words plus its header starts at or after
+    /// `pos`: records do not wrap, the rest of a lap is skipped (marked by
+    /// a `SKIP` header).
+    fn place(pos: u64, n: u64) -> u64 {
+        let at = pos % Self::WORDS;
+        if at + n + 1 > Self::WORDS {
+            pos + Self::WORDS - at
+        } else {
+            pos
+        }
+    }
+
+    fn send(&self, end: &mut BareEnd, n: u64, value: u64) {
+        let start = Self::place(end.pos, n);
+        if start + n + 1 - end.head_seen > Self::WORDS {
+            while {
+                // Acquire: pairs with the reader's Release store of `head`.
+                end.head_seen = self.head.0.load(Ordering::Acquire);
+                start + n + 1 - end.head_seen > Self::WORDS
+            } {
+                std::hint::spin_loop();
+            }
+        }
+        if start != end.pos {
+            // Relaxed: published by the Release store of `tail`.
+            self.words[(end.pos % Self::WORDS) as usize].store(Self::SKIP, Ordering::Relaxed);
+        }
+        let at = (start % Self::WORDS) as usize;
+        for w in &self.words[at + 1..=at + n as usize] {
+            w.store(value, Ordering::Relaxed);
+        }
+        // Relaxed: published by the Release store of `tail`.
+        self.words[at].store(n, Ordering::Relaxed);
+        end.pos = start + n + 1;
+        // Release: pairs with the reader's Acquire load in `recv`.
+        self.tail.0.store(end.pos, Ordering::Release);
+    }
+
+    /// Waits for the next record and returns the sum of its words.
+    fn recv(&self, end: &mut BareEnd) -> u64 {
+        // Acquire: pairs with the writer's Release store of `tail`.
+        while self.tail.0.load(Ordering::Acquire) == end.pos {
+            std::hint::spin_loop();
+        }
+        let mut at = (end.pos % Self::WORDS) as usize;
+        let mut n = self.words[at].load(Ordering::Relaxed);
+        if n == Self::SKIP {
+            end.pos += Self::WORDS - at as u64;
+            at = 0;
+            n = self.words[0].load(Ordering::Relaxed);
+        }
+        let sum = self.words[at + 1..=at + n as usize]
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed))
+            .fold(0u64, u64::wrapping_add);
+        end.pos += n + 1;
+        // Release: pairs with the writer's Acquire load in `send`.
+        self.head.0.store(end.pos, Ordering::Release);
+        sum
+    }
+}
+
+/// Times a `request`-byte frame and a `reply`-byte frame back through two
+/// [`BareRing`]s, the far side answering on a thread of its own.
+fn bare_ring_exchange(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    request: u64,
+    reply: u64,
+) {
+    let (to_far, to_near) = (Arc::new(BareRing::new()), Arc::new(BareRing::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (words_in, words_out) = (request.div_ceil(8), reply.div_ceil(8));
+    let far_side = {
+        let (to_far, to_near, stop) = (to_far.clone(), to_near.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut inbound, mut outbound) = (BareEnd::default(), BareEnd::default());
+            loop {
+                let sum = to_far.recv(&mut inbound);
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                to_near.send(&mut outbound, words_out, sum);
+            }
+        })
+    };
+    let (mut outbound, mut inbound) = (BareEnd::default(), BareEnd::default());
+    let mut value = 0u64;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            value += 1;
+            to_far.send(&mut outbound, words_in, value);
+            black_box(to_near.recv(&mut inbound));
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    to_far.send(&mut outbound, 1, 0);
+    far_side.join().unwrap();
+}
+
 /// A transport-level echo: the far side answers each frame with an
 /// `reply`-byte frame, until the connection closes. Returns the echo's
 /// thread and a client endpoint connected to it, after one exchange: the
@@ -280,6 +420,10 @@ fn small(c: &mut Criterion) {
         }
         serving.join().unwrap().unwrap();
     }
+
+    // The frames of a 64-byte push (136 bytes) and its acknowledgement
+    // (32), as `Worker::stats` counts them.
+    bare_ring_exchange(&mut g, "floor_bare_ring_exchange", 136, 32);
 
     let shm = net("frame", busy);
     let (echo, mut client, peer) = echo_server(&shm, "echo", 8, false);
