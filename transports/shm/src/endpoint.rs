@@ -478,7 +478,10 @@ impl Conn {
     /// Whether the peer published something `take` has not read.
     fn has_more(&self) -> bool {
         // Relaxed: see `taken_to`.
-        self.ctl(1 - self.side).tail() != self.taken_to.load(Ordering::Relaxed)
+        ring::published_at(
+            self.words(1 - self.side),
+            self.taken_to.load(Ordering::Relaxed),
+        )
     }
 
     /// Turns the buffers dropped unsent since the last call into padding
@@ -499,7 +502,7 @@ impl Conn {
         let tx = self.side;
         let mut moved = false;
         for record in records {
-            moved |= producer.complete(self.ctl(tx), self.words(tx), record, false);
+            moved |= producer.complete(self.words(tx), record, false);
         }
         if moved {
             self.peer_mailbox.doorbell().ring();
@@ -1040,9 +1043,9 @@ impl Endpoint for ShmEndpoint {
         conn.reap_unsent(producer);
         let tx = conn.side;
         if buf.stashed {
-            producer.mark_stashed(conn.words(tx), buf.record);
+            producer.mark_stashed(buf.record);
         }
-        let moved = producer.complete(conn.ctl(tx), conn.words(tx), buf.record, true);
+        let moved = producer.complete(conn.words(tx), buf.record, true);
         if moved {
             conn.peer_mailbox.doorbell().ring();
         }

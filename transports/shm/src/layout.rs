@@ -20,7 +20,7 @@
 //! | 0 | header: magic, version, kind, total length, ring capacity, connector (pid, start time, endpoint name), stash size |
 //! | 256, 384 | `closed` flag of side 0 (connector) and side 1 (acceptor) |
 //! | 512 | `accepted` flag |
-//! | 1024, 1280 | ring words of ring 0 (connector → acceptor) and ring 1 |
+//! | 1024, 1280 | the `head` word of ring 0 (connector → acceptor) and of ring 1 (a ring's records publish themselves: see `ring.rs`) |
 //! | 4096 | ring 0's data, then ring 1's |
 //! | 4096 + 2 × capacity | the connector's stash: pending pushes it writes and the acceptor reads in place |
 //!
@@ -33,7 +33,7 @@ use std::fmt;
 /// "LAGGSHM1".
 pub const MAGIC: u64 = u64::from_le_bytes(*b"LAGGSHM1");
 /// Bumped whenever anything in this file changes meaning.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Segment kinds.
 pub const KIND_MAILBOX: u32 = 1;
 /// Segment kinds.
@@ -85,7 +85,7 @@ pub const MAILBOX_LEN: usize = MB_SLOTS + SLOTS * SLOT_SIZE;
 pub const CONN_CLOSED: usize = 256;
 /// Connection: the `accepted` word.
 pub const CONN_ACCEPTED: usize = 512;
-/// Connection: ring `r`'s words are at `CONN_RINGS + r * 256`.
+/// Connection: ring `r`'s `head` word is at `CONN_RINGS + r * 256`.
 pub const CONN_RINGS: usize = 1024;
 /// Connection: ring `r`'s data is at `CONN_DATA + r * cap`.
 pub const CONN_DATA: usize = 4096;

@@ -99,7 +99,7 @@ pub fn fuzz_attach(bytes: &[u8]) {
             let off = layout::CONN_RINGS + r * 256 + off;
             u64::from_ne_bytes(bytes[off..off + 8].try_into().expect("8 bytes"))
         };
-        let ctl = ring::RingCtl::with(at(0), at(128));
+        let ctl = ring::RingCtl::with(at(0));
         let data = words(layout::CONN_DATA + r * cap, cap / 8);
         let mut consumer = ring::Consumer::default();
         for _ in 0..cap / 8 + 1 {
@@ -132,7 +132,7 @@ pub fn fuzz_attach(bytes: &[u8]) {
 #[doc(hidden)]
 pub mod loom_api {
     pub use crate::doorbell::Doorbell;
-    pub use crate::ring::{Consumer, Producer, RingCtl, Taken, max_frame};
+    pub use crate::ring::{Consumer, Producer, RingCtl, Taken, max_frame, published_at};
     pub use crate::slots::{claim, free, is_ready, post, posted};
     pub use crate::unsent::Unsent;
 }

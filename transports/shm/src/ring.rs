@@ -3,8 +3,8 @@
 //!
 //! Positions are byte counters that only grow (`u64`, so they never wrap in
 //! practice); a position's place in the data region is `pos % cap`. The
-//! producer owns `tail` (everything before it is published), the consumer
-//! owns `head` (everything before it is released and may be overwritten).
+//! consumer owns `head` (everything before it is released and may be
+//! overwritten); the producer publishes a record by storing its header.
 //!
 //! Records are 8-byte aligned: an 8-byte header word (`kind << 32 | len`)
 //! followed by `len` payload bytes padded to 8. A frame never wraps: when
@@ -12,6 +12,18 @@
 //! rest and the frame starts at the beginning. A lent buffer that is
 //! dropped unsent turns into a pad record of the same size (the endpoint
 //! completes it as such: see `unsent`).
+//!
+//! **The header is the publication.** A header word of zero means nothing
+//! is published there yet. To publish a record, the producer first zeroes
+//! the word just past it (where the next header will go), then stores the
+//! record's header with Release. A consumer that acquired a header therefore
+//! finds, at the next record's place, either that zero or a header stored
+//! later: never a stale word of an earlier lap. So the consumer polls the
+//! word it will read next, and a frame costs it one cache-line transfer
+//! from the producer's core, not two (a separate `tail` word, then the
+//! record it points past). The producer keeps the word past every record
+//! free for that zero: a record is reserved only when the eight bytes after
+//! it were released too.
 //!
 //! Frames may be released out of order (a received frame is an owned value
 //! that can be dropped anywhere); `head` advances over the longest released
@@ -22,7 +34,8 @@
 //! that writes garbage gets its connection closed, never an out-of-bounds
 //! access. The data region is accessed as `AtomicU64` words here (headers);
 //! payload bytes are written and read through the lent buffer and the
-//! received frame, ordered by the same `tail`/`head` publication.
+//! received frame, ordered by the same publication (headers) and release
+//! (`head`).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -58,32 +71,22 @@ fn header(kind: u64, len: u64) -> u64 {
     kind << 32 | len
 }
 
-/// The two shared words of one ring, each on its own cache line because
-/// different processes write them.
+/// The shared word of one ring the consumer writes, on cache lines of its
+/// own (the producer writes the data region).
 #[repr(C)]
 pub struct RingCtl {
-    tail: AtomicU64,
-    _pad_tail: [u8; 120],
     head: AtomicU64,
-    _pad_head: [u8; 120],
+    _pad: [u8; 248],
 }
 
 impl RingCtl {
-    /// A ring's words outside a segment, with the given positions (loom
-    /// models and the fuzz target; in a segment they start zeroed).
-    pub fn with(tail: u64, head: u64) -> Self {
+    /// A ring's word outside a segment, with the given position (loom
+    /// models and the fuzz target; in a segment it starts zeroed).
+    pub fn with(head: u64) -> Self {
         RingCtl {
-            tail: AtomicU64::new(tail),
-            _pad_tail: [0; 120],
             head: AtomicU64::new(head),
-            _pad_head: [0; 120],
+            _pad: [0; 248],
         }
-    }
-
-    /// The published position (for a doorbell predicate).
-    pub fn tail(&self) -> u64 {
-        // Acquire: pairs with the producer's Release store in `publish`.
-        self.tail.load(Ordering::Acquire)
     }
 
     /// The released position (for a doorbell predicate).
@@ -115,11 +118,23 @@ fn word(words: &[AtomicU64], pos: u64) -> &AtomicU64 {
     &words[(offset(pos, cap_of(words)) / 8) as usize]
 }
 
-/// A lent, not yet published, record.
+/// Whether a record is published at `pos`, where the consumer will read
+/// next (for a doorbell predicate: [`Consumer::next`] reads it again with
+/// the ordering that makes the record's bytes visible).
+pub fn published_at(words: &[AtomicU64], pos: u64) -> bool {
+    // Relaxed: a hint only; `next` acquires the same word.
+    word(words, pos).load(Ordering::Relaxed) != 0
+}
+
+/// A lent, not yet published, record: a frame at `record`, after a pad
+/// from `start` when the frame did not fit before the end of the region.
 #[derive(Debug)]
 struct Lent {
     start: u64,
+    record: u64,
     end: u64,
+    /// The frame's header word, stored when the record is published.
+    header: u64,
     ready: bool,
 }
 
@@ -146,7 +161,8 @@ pub struct Reservation {
 
 impl Producer {
     /// Reserves room for a `len`-byte frame, or `None` when the consumer
-    /// has not released enough yet. `len` must be at most [`max_frame`].
+    /// has not released enough yet (the frame's record, and the header word
+    /// after it). `len` must be at most [`max_frame`].
     pub fn reserve(
         &mut self,
         ctl: &RingCtl,
@@ -164,8 +180,11 @@ impl Producer {
         // pages (hot in cache, and the rest of the ring is never touched).
         // The reader need not have caught up: a long row streamed in
         // pieces keeps one or two pieces unread while it flows.
-        let recycle = filler == 0 && at >= recycle_after(cap) && need <= at;
-        if recycle || self.reserved + filler + need - self.head_seen > cap {
+        let recycle = filler == 0 && at >= recycle_after(cap) && need + HEADER <= at;
+        // Room for the record and the word after it, which publishing the
+        // record zeroes (see the module docs).
+        let room = need + HEADER;
+        if recycle || self.reserved + filler + room - self.head_seen > cap {
             let head = ctl.head();
             if head > self.published || head < self.head_seen {
                 return Err(Corrupt(format!(
@@ -175,23 +194,19 @@ impl Producer {
             }
             self.head_seen = head;
             // `reserved - at` is where this lap began.
-            if recycle && head >= self.reserved - at + need {
+            if recycle && head >= self.reserved - at + room {
                 filler = cap - at;
             }
-            if self.reserved + filler + need - head > cap {
+            if self.reserved + filler + room - head > cap {
                 return Ok(None);
             }
         }
-        if filler > 0 {
-            // Relaxed: published by the Release store of `tail`.
-            word(words, self.reserved).store(header(KIND_PAD, filler - HEADER), Ordering::Relaxed);
-        }
         let record = self.reserved + filler;
-        // Relaxed: published by the Release store of `tail`.
-        word(words, record).store(header(KIND_FRAME, len), Ordering::Relaxed);
         self.lent.push_back(Lent {
             start: self.reserved,
+            record,
             end: record + need,
+            header: header(KIND_FRAME, len),
             ready: false,
         });
         self.reserved = record + need;
@@ -204,23 +219,16 @@ impl Producer {
     /// Marks the lent, unpublished record at `record` as a frame whose tail
     /// lies in the stash (published by [`complete`](Self::complete), as
     /// the frame is).
-    pub fn mark_stashed(&self, words: &[AtomicU64], record: u64) {
-        // Relaxed: published by the Release store of `tail` in `complete`;
-        // only this producer writes the word of a record it has lent.
-        let h = word(words, record).load(Ordering::Relaxed);
-        word(words, record).store(header(KIND_STASHED, h & 0xffff_ffff), Ordering::Relaxed);
+    pub fn mark_stashed(&mut self, record: u64) {
+        if let Some(lent) = self.lent.iter_mut().find(|l| l.record == record) {
+            lent.header = header(KIND_STASHED, lent.header & 0xffff_ffff);
+        }
     }
 
     /// Completes the lent record at `record`: `sent` publishes its frame,
-    /// otherwise it becomes a pad. Returns whether `tail` moved (so the
-    /// consumer should be woken).
-    pub fn complete(
-        &mut self,
-        ctl: &RingCtl,
-        words: &[AtomicU64],
-        record: u64,
-        sent: bool,
-    ) -> bool {
+    /// otherwise it becomes a pad. Returns whether anything was published
+    /// (so the consumer should be woken).
+    pub fn complete(&mut self, words: &[AtomicU64], record: u64, sent: bool) -> bool {
         let holds = |l: &Lent| l.start <= record && record < l.end;
         // Usually the only buffer lent, so the first: looked at before
         // searching the queue.
@@ -232,24 +240,32 @@ impl Producer {
             },
         };
         if !sent {
-            // Relaxed: published by the Release store of `tail`.
-            word(words, record).store(
-                header(KIND_PAD, lent.end - record - HEADER),
-                Ordering::Relaxed,
-            );
+            lent.header = header(KIND_PAD, lent.end - lent.record - HEADER);
         }
         lent.ready = true;
         let before = self.published;
         while self.lent.front().is_some_and(|l| l.ready) {
-            self.published = self.lent.pop_front().map_or(self.published, |l| l.end);
+            let Some(l) = self.lent.pop_front() else {
+                break;
+            };
+            // The next record's header word: zero until that record is
+            // published (`reserve` kept it free). Relaxed: published by
+            // the Release stores below.
+            word(words, l.end).store(0, Ordering::Relaxed);
+            // Release (both): pair with the consumer's Acquire load in
+            // `next`; this record's payload and the zero after it are
+            // visible with its header. The frame's goes first: the
+            // consumer reaches it only through the pad before it.
+            word(words, l.record).store(l.header, Ordering::Release);
+            if l.record > l.start {
+                word(words, l.start).store(
+                    header(KIND_PAD, l.record - l.start - HEADER),
+                    Ordering::Release,
+                );
+            }
+            self.published = l.end;
         }
-        if self.published == before {
-            return false;
-        }
-        // Release: pairs with the consumer's Acquire load in `next`; the
-        // headers and payloads before `published` are visible with it.
-        ctl.tail.store(self.published, Ordering::Release);
-        true
+        self.published != before
     }
 
     /// The consumer's `head` as this producer last read it. After
@@ -296,34 +312,35 @@ pub struct Consumer {
 impl Consumer {
     /// How far [`next`](Self::next) has read: everything before it was
     /// taken (frames) or released (pads). The producer published something
-    /// not yet taken while [`RingCtl::tail`] differs from it.
+    /// not yet taken while [`published_at`] this position.
     pub fn read_pos(&self) -> u64 {
         self.read
     }
 
-    /// The next frame, skipping pads, or `None` if the ring is empty.
+    /// The next frame, skipping pads, or `None` if the ring is empty. Skips
+    /// at most a ring's worth of pads per call (then says `None`): a
+    /// corrupt ring can hold nothing but pads, all the way round.
     pub fn next(&mut self, ctl: &RingCtl, words: &[AtomicU64]) -> Result<Option<Taken>, Corrupt> {
         let cap = cap_of(words);
-        loop {
-            let tail = ctl.tail();
-            if tail == self.read {
+        let first = self.read;
+        while self.read - first < cap {
+            let at = offset(self.read, cap);
+            // Acquire: pairs with the producer's Release store of the
+            // header in `complete`; the record's payload, and the zero
+            // after it, are visible with it.
+            let h = word(words, self.read).load(Ordering::Acquire);
+            if h == 0 {
                 return Ok(None);
             }
-            let avail = tail.wrapping_sub(self.read);
-            if tail < self.read || avail > cap {
-                return Err(Corrupt(format!(
-                    "the writer published up to byte {tail}, but {} were read and the ring holds {cap}",
-                    self.read
-                )));
-            }
-            let at = offset(self.read, cap);
-            // Relaxed: ordered by the Acquire load of `tail` above.
-            let h = word(words, self.read).load(Ordering::Relaxed);
             let (kind, len) = (h >> 32, h & 0xffff_ffff);
             let size = HEADER + padded(len);
-            if at + size > cap || size > avail {
+            // The producer may write up to a ring's worth past what was
+            // released, the record and the header word after it.
+            let may = cap - (self.read - self.head);
+            if at + size > cap || size + HEADER > may {
                 return Err(Corrupt(format!(
-                    "a record of {len} bytes at offset {at} overruns the ring ({avail} bytes published, capacity {cap})"
+                    "a record of {len} bytes at offset {at} overruns the ring (capacity {cap}, {} bytes of it unreleased)",
+                    self.read - self.head
                 )));
             }
             let start = self.read;
@@ -348,6 +365,7 @@ impl Consumer {
                 }
             }
         }
+        Ok(None)
     }
 
     /// Releases a taken record; returns whether `head` moved (so the
@@ -378,14 +396,14 @@ mod tests {
     #[test]
     fn a_ring_that_keeps_up_reuses_its_first_pages() {
         let cap = 1u64 << 20;
-        let ctl = RingCtl::with(0, 0);
+        let ctl = RingCtl::with(0);
         let words: Vec<AtomicU64> = (0..cap / 8).map(|_| AtomicU64::new(0)).collect();
         let (mut producer, mut consumer) = (Producer::default(), Consumer::default());
         let mut furthest = 0;
         for n in 0..10_000u64 {
             let r = producer.reserve(&ctl, &words, 100).unwrap().unwrap();
             words[((r.payload % cap) / 8) as usize].store(n, Ordering::Relaxed);
-            assert!(producer.complete(&ctl, &words, r.record, true));
+            assert!(producer.complete(&words, r.record, true));
             let t = consumer.next(&ctl, &words).unwrap().unwrap();
             assert_eq!(
                 words[((t.payload % cap) / 8) as usize].load(Ordering::Relaxed),
@@ -408,14 +426,14 @@ mod tests {
     fn a_ring_streaming_one_frame_ahead_reuses_its_first_pages() {
         let cap = 1u64 << 20;
         let len = 100 << 10;
-        let ctl = RingCtl::with(0, 0);
+        let ctl = RingCtl::with(0);
         let words: Vec<AtomicU64> = (0..cap / 8).map(|_| AtomicU64::new(0)).collect();
         let (mut producer, mut consumer) = (Producer::default(), Consumer::default());
         let mut unread = std::collections::VecDeque::new();
         let mut furthest = 0;
         for _ in 0..1000 {
             let r = producer.reserve(&ctl, &words, len).unwrap().unwrap();
-            producer.complete(&ctl, &words, r.record, true);
+            producer.complete(&words, r.record, true);
             unread.push_back(consumer.next(&ctl, &words).unwrap().unwrap());
             if unread.len() == 2 {
                 let t = unread.pop_front().unwrap();
@@ -431,12 +449,12 @@ mod tests {
     #[test]
     fn a_backed_up_ring_uses_all_of_it() {
         let cap = 1u64 << 16;
-        let ctl = RingCtl::with(0, 0);
+        let ctl = RingCtl::with(0);
         let words: Vec<AtomicU64> = (0..cap / 8).map(|_| AtomicU64::new(0)).collect();
         let mut producer = Producer::default();
         let mut sent = 0;
         while let Some(r) = producer.reserve(&ctl, &words, 1000).unwrap() {
-            producer.complete(&ctl, &words, r.record, true);
+            producer.complete(&words, r.record, true);
             sent += 1;
         }
         assert_eq!(sent, cap / 1008, "frames until full");
