@@ -174,13 +174,13 @@ impl Pipeline {
 /// single-producer, single-consumer rings of words, with none of a
 /// transport's checks, wake-ups or bookkeeping, carrying a `request`-byte
 /// frame one way and a `reply`-byte frame back (each after an 8-byte
-/// header word), the sizes of a 64-byte push and its acknowledgement. What
-/// it costs beyond the ping-pong is the frames' cache lines crossing
-/// cores, which any transport pays.
+/// header word), the sizes of a 64-byte push and its acknowledgement. The
+/// reader polls the header word it reads next, as laggard's rings do (the
+/// writer zeroes the word past each record before it publishes the
+/// record's header). What it costs beyond the ping-pong is the frames'
+/// cache lines crossing cores, which any transport pays.
 struct BareRing {
-    /// Words published by the writer, on a cache line of its own.
-    tail: Padded,
-    /// Words released by the reader, on a cache line of its own.
+    /// Words released by the reader, on cache lines of its own.
     head: Padded,
     words: Vec<AtomicU64>,
 }
@@ -204,7 +204,6 @@ impl BareRing {
 
     fn new() -> Self {
         BareRing {
-            tail: Padded(AtomicU64::new(0)),
             head: Padded(AtomicU64::new(0)),
             words: (0..Self::WORDS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -224,43 +223,46 @@ impl BareRing {
 
     fn send(&self, end: &mut BareEnd, n: u64, value: u64) {
         let start = Self::place(end.pos, n);
-        if start + n + 1 - end.head_seen > Self::WORDS {
+        // The record, and the word after it that publishing zeroes.
+        let room = |head: u64| start + n + 2 - head <= Self::WORDS;
+        if !room(end.head_seen) {
             while {
                 // Acquire: pairs with the reader's Release store of `head`.
                 end.head_seen = self.head.0.load(Ordering::Acquire);
-                start + n + 1 - end.head_seen > Self::WORDS
+                !room(end.head_seen)
             } {
                 std::hint::spin_loop();
             }
-        }
-        if start != end.pos {
-            // Relaxed: published by the Release store of `tail`.
-            self.words[(end.pos % Self::WORDS) as usize].store(Self::SKIP, Ordering::Relaxed);
         }
         let at = (start % Self::WORDS) as usize;
         for w in &self.words[at + 1..=at + n as usize] {
             w.store(value, Ordering::Relaxed);
         }
-        // Relaxed: published by the Release store of `tail`.
-        self.words[at].store(n, Ordering::Relaxed);
-        end.pos = start + n + 1;
+        // Relaxed: published by the Release store of the header.
+        self.words[((start + n + 1) % Self::WORDS) as usize].store(0, Ordering::Relaxed);
         // Release: pairs with the reader's Acquire load in `recv`.
-        self.tail.0.store(end.pos, Ordering::Release);
+        self.words[at].store(n, Ordering::Release);
+        if start != end.pos {
+            // Release: the reader reaches the record through this.
+            self.words[(end.pos % Self::WORDS) as usize].store(Self::SKIP, Ordering::Release);
+        }
+        end.pos = start + n + 1;
     }
 
     /// Waits for the next record and returns the sum of its words.
     fn recv(&self, end: &mut BareEnd) -> u64 {
-        // Acquire: pairs with the writer's Release store of `tail`.
-        while self.tail.0.load(Ordering::Acquire) == end.pos {
-            std::hint::spin_loop();
-        }
         let mut at = (end.pos % Self::WORDS) as usize;
-        let mut n = self.words[at].load(Ordering::Relaxed);
-        if n == Self::SKIP {
-            end.pos += Self::WORDS - at as u64;
-            at = 0;
-            n = self.words[0].load(Ordering::Relaxed);
-        }
+        let n = loop {
+            // Acquire: pairs with the writer's Release stores in `send`.
+            match self.words[at].load(Ordering::Acquire) {
+                0 => std::hint::spin_loop(),
+                Self::SKIP => {
+                    end.pos += Self::WORDS - at as u64;
+                    at = 0;
+                }
+                n => break n,
+            }
+        };
         let sum = self.words[at + 1..=at + n as usize]
             .iter()
             .map(|w| w.load(Ordering::Relaxed))
