@@ -10,7 +10,9 @@
 //!   idle (a server looks at every connection when it waits for a frame).
 //!   Also the transport alone: a 64-byte frame and an
 //!   8-byte reply, between two threads and (to show what the transport's
-//!   own code costs) with both endpoints on one thread.
+//!   own code costs) with both endpoints on one thread; and the floor of
+//!   any transport: the push's and the acknowledgement's frames through
+//!   two bare rings, with no software around them.
 //! - `shm_large_{4,64}MiB`: one row pushed (and applied), or pulled after a
 //!   clock made the cached copy stale, against `memcpy` of the same size.
 //!   Also the transport alone: the row written into a lent ring slot by the
