@@ -388,6 +388,205 @@ impl Consumer {
 }
 
 #[cfg(all(test, not(laggard_loom)))]
+mod model {
+    //! The ring against a sequential model: any interleaving of lending,
+    //! completing (sent or dropped unsent, in any order), taking and
+    //! releasing (in any order) delivers exactly the sent frames, in the
+    //! order they were lent, with the bytes written into them, and never
+    //! lets the producer overwrite a frame the consumer still holds.
+
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CAP: u64 = 1024;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Lend a buffer of this many bytes (up to the largest frame).
+        Lend(u64),
+        /// Complete the lent buffer at this index (mod the number lent),
+        /// sent or not.
+        Complete(usize, bool),
+        /// Take the next frame.
+        Take,
+        /// Release the taken frame at this index (mod the number taken).
+        Release(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let max = max_frame(CAP);
+        prop_oneof![
+            3 => prop_oneof![0..=64u64, 0..=max].prop_map(Op::Lend),
+            3 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(i, s)| Op::Complete(i, s)),
+            3 => Just(Op::Take),
+            2 => any::<usize>().prop_map(Op::Release),
+        ]
+    }
+
+    /// Frame `id`'s bytes: `id` in every whole word of its payload.
+    fn fill(words: &[AtomicU64], payload: u64, len: u64, id: u64) {
+        for w in 0..len / 8 {
+            word(words, payload + w * 8).store(id, Ordering::Relaxed);
+        }
+    }
+
+    fn holds(words: &[AtomicU64], t: &Taken, id: u64) -> bool {
+        (0..t.len / 8).all(|w| word(words, t.payload + w * 8).load(Ordering::Relaxed) == id)
+    }
+
+    struct Rig {
+        ctl: RingCtl,
+        words: Vec<AtomicU64>,
+        producer: Producer,
+        consumer: Consumer,
+        next_id: u64,
+        /// Lent and not yet completed: (id, record, len).
+        lent: Vec<(u64, u64, u64)>,
+        /// Every lent buffer in lend order, with its completion (if any).
+        order: VecDeque<(u64, u64, Option<bool>)>,
+        /// Sent frames published and not yet taken, in order: (id, len).
+        published: VecDeque<(u64, u64)>,
+        /// Taken and not yet released: (id, frame).
+        taken: Vec<(u64, Taken)>,
+        /// Whether the consumer found nothing more since the last
+        /// publication (so it has also skipped, and released, every pad).
+        caught_up: bool,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            Rig {
+                ctl: RingCtl::with(0),
+                words: (0..CAP / 8).map(|_| AtomicU64::new(0)).collect(),
+                producer: Producer::default(),
+                consumer: Consumer::default(),
+                next_id: 1,
+                lent: Vec::new(),
+                order: VecDeque::new(),
+                published: VecDeque::new(),
+                taken: Vec::new(),
+                caught_up: true,
+            }
+        }
+
+        fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
+            match op {
+                Op::Lend(len) => {
+                    let drained = self.order.is_empty()
+                        && self.published.is_empty()
+                        && self.taken.is_empty()
+                        && self.caught_up;
+                    let r = self
+                        .producer
+                        .reserve(&self.ctl, &self.words, len)
+                        .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                    match r {
+                        Some(r) => {
+                            let id = self.next_id;
+                            self.next_id += 1;
+                            fill(&self.words, r.payload, len, id);
+                            self.lent.push((id, r.record, len));
+                            self.order.push_back((id, len, None));
+                        }
+                        // An empty ring takes any frame up to the largest.
+                        None => prop_assert!(!drained, "an empty ring refused {} bytes", len),
+                    }
+                }
+                Op::Complete(i, sent) if !self.lent.is_empty() => {
+                    let (id, record, _) = self.lent.swap_remove(i % self.lent.len());
+                    let moved = self.producer.complete(&self.words, record, sent);
+                    if let Some(entry) = self.order.iter_mut().find(|e| e.0 == id) {
+                        entry.2 = Some(sent);
+                    }
+                    let mut published_any = false;
+                    while let Some(&(id, len, Some(sent))) = self.order.front() {
+                        self.order.pop_front();
+                        published_any = true;
+                        if sent {
+                            self.published.push_back((id, len));
+                        }
+                    }
+                    prop_assert_eq!(moved, published_any);
+                    self.caught_up &= !published_any;
+                }
+                Op::Complete(..) => {}
+                Op::Take => {
+                    let t = self
+                        .consumer
+                        .next(&self.ctl, &self.words)
+                        .map_err(|e| TestCaseError::fail(format!("{e:?}")))?;
+                    match (t, self.published.pop_front()) {
+                        (None, None) => self.caught_up = true,
+                        (Some(t), Some((id, len))) => {
+                            prop_assert_eq!(t.len, len, "frame {} has the wrong length", id);
+                            prop_assert!(
+                                holds(&self.words, &t, id),
+                                "frame {} is not what was written",
+                                id
+                            );
+                            prop_assert!(!t.stashed);
+                            self.taken.push((id, t));
+                        }
+                        (t, expected) => {
+                            prop_assert!(false, "took {:?}, expected frame {:?}", t, expected);
+                        }
+                    }
+                }
+                Op::Release(i) if !self.taken.is_empty() => {
+                    let (id, t) = self.taken.swap_remove(i % self.taken.len());
+                    // Still intact: the producer wrote nothing over it.
+                    prop_assert!(
+                        holds(&self.words, &t, id),
+                        "frame {} was overwritten while held",
+                        id
+                    );
+                    self.consumer.release(&self.ctl, t.start, t.end);
+                }
+                Op::Release(_) => {}
+            }
+            // Nothing held was overwritten by a later lend.
+            for (id, t) in &self.taken {
+                prop_assert!(
+                    holds(&self.words, t, *id),
+                    "frame {} was overwritten while held",
+                    id
+                );
+            }
+            Ok(())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn the_ring_delivers_what_was_sent_in_lend_order(ops in prop::collection::vec(op(), 1..300)) {
+            let mut rig = Rig::new();
+            for op in ops {
+                rig.step(op)?;
+            }
+            // Everything still lent is sent, then all of it taken and
+            // released: the ring ends empty and takes a largest frame.
+            while !rig.lent.is_empty() {
+                rig.step(Op::Complete(0, true))?;
+            }
+            while !rig.published.is_empty() {
+                rig.step(Op::Take)?;
+            }
+            rig.step(Op::Take)?;
+            while !rig.taken.is_empty() {
+                rig.step(Op::Release(0))?;
+            }
+            rig.step(Op::Lend(max_frame(CAP)))?;
+            prop_assert_eq!(rig.lent.len(), 1);
+        }
+    }
+}
+
+#[cfg(all(test, not(laggard_loom)))]
 mod tests {
     use super::*;
 
