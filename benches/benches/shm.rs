@@ -227,14 +227,10 @@ impl BareRing {
         let start = Self::place(end.pos, n);
         // The record, and the word after it that publishing zeroes.
         let room = |head: u64| start + n + 2 - head <= Self::WORDS;
-        if !room(end.head_seen) {
-            while {
-                // Acquire: pairs with the reader's Release store of `head`.
-                end.head_seen = self.head.0.load(Ordering::Acquire);
-                !room(end.head_seen)
-            } {
-                std::hint::spin_loop();
-            }
+        while !room(end.head_seen) {
+            std::hint::spin_loop();
+            // Acquire: pairs with the reader's Release store of `head`.
+            end.head_seen = self.head.0.load(Ordering::Acquire);
         }
         let at = (start % Self::WORDS) as usize;
         for w in &self.words[at + 1..=at + n as usize] {

@@ -244,10 +244,9 @@ impl Producer {
         }
         lent.ready = true;
         let before = self.published;
-        while self.lent.front().is_some_and(|l| l.ready) {
-            let Some(l) = self.lent.pop_front() else {
-                break;
-            };
+        while self.lent.front().is_some_and(|l| l.ready)
+            && let Some(l) = self.lent.pop_front()
+        {
             // The next record's header word: zero until that record is
             // published (`reserve` kept it free). Relaxed: published by
             // the Release stores below.
