@@ -787,10 +787,10 @@ impl ShmEndpoint {
             let peer = self.order[idx].0;
             // Padding a buffer dropped unsent takes the connection's
             // producer, which lives in `conns`.
-            if self.order[idx].1.unsent.pending()
-                && let Some(Link { conn, producer }) = self.conns.get_mut(&peer)
-            {
-                conn.reap_unsent(producer);
+            if self.order[idx].1.unsent.pending() {
+                if let Some(Link { conn, producer }) = self.conns.get_mut(&peer) {
+                    conn.reap_unsent(producer);
+                }
             }
             let conn = &self.order[idx].1;
             // Checked before the ring: frames sent before the close are

@@ -244,9 +244,10 @@ impl Producer {
         }
         lent.ready = true;
         let before = self.published;
-        while self.lent.front().is_some_and(|l| l.ready)
-            && let Some(l) = self.lent.pop_front()
-        {
+        while self.lent.front().is_some_and(|l| l.ready) {
+            let Some(l) = self.lent.pop_front() else {
+                break;
+            };
             // The next record's header word: zero until that record is
             // published (`reserve` kept it free). Relaxed: published by
             // the Release stores below.
