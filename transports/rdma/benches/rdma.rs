@@ -26,10 +26,16 @@
 //!   (`copy_from_slice`; `x += d`), what each copy or update rule in a
 //!   push or pull costs the emulated CPUs, for comparison with the
 //!   transfer's time.
+//! - `cpu_pass/register`: registering a 64 KiB buffer for remote writes
+//!   and deregistering it, what a pull written by the server straight into
+//!   the caller's slice would cost each time (the caller's memory may be
+//!   freed after the call, so its registration cannot be kept), against
+//!   `cpu_pass/copy`, which such a pull would save.
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ibverbs_sys as ffi;
 use laggard::transport::{Endpoint, Event, Transport};
 use laggard::{ClusterSpec, Consistency, Server, Sum, TableSpec, Worker, WorkerId};
 use laggard_rdma::{RdmaConfig, RdmaTransport};
@@ -215,6 +221,51 @@ fn pushpull(c: &mut Criterion) {
     }
 }
 
+/// The first verbs device's context and a protection domain on it, for
+/// `cpu_pass/register`; closed on drop.
+struct Domain {
+    ctx: *mut ffi::ibv_context,
+    pd: *mut ffi::ibv_pd,
+}
+
+impl Domain {
+    fn open() -> Option<Domain> {
+        let mut n = 0;
+        // SAFETY: `n` is a valid out-pointer; the list is freed below.
+        let list = unsafe { ffi::ibv_get_device_list(&mut n) };
+        if list.is_null() || n < 1 {
+            return None;
+        }
+        // SAFETY: the list holds `n` >= 1 valid devices; a context stays
+        // valid after the list is freed.
+        let ctx = unsafe { ffi::ibv_open_device(*list) };
+        // SAFETY: freed once, after its last use.
+        unsafe { ffi::ibv_free_device_list(list) };
+        if ctx.is_null() {
+            return None;
+        }
+        // SAFETY: `ctx` is an open context.
+        let pd = unsafe { ffi::ibv_alloc_pd(ctx) };
+        if pd.is_null() {
+            // SAFETY: opened above, closed once.
+            unsafe { ffi::ibv_close_device(ctx) };
+            return None;
+        }
+        Some(Domain { ctx, pd })
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        // SAFETY: every registration made in the domain was deregistered;
+        // each is freed once.
+        unsafe {
+            ffi::ibv_dealloc_pd(self.pd);
+            ffi::ibv_close_device(self.ctx);
+        }
+    }
+}
+
 fn cpu_pass(c: &mut Criterion) {
     let from = vec![1.0f32; 16 << 10];
     let mut to = vec![2.0f32; 16 << 10];
@@ -230,6 +281,30 @@ fn cpu_pass(c: &mut Criterion) {
             }
         })
     });
+    match Domain::open() {
+        Some(domain) => {
+            let access = (ffi::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
+                | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
+                .0 as std::os::raw::c_int;
+            g.bench_function("register", |b| {
+                b.iter(|| {
+                    // SAFETY: `to` is 64 KiB of live memory, mapped for the
+                    // whole call; registration only pins its pages.
+                    let mr = unsafe {
+                        ffi::ibv_reg_mr(domain.pd, to.as_mut_ptr().cast(), 64 << 10, access)
+                    };
+                    assert!(
+                        !mr.is_null(),
+                        "ibv_reg_mr: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    // SAFETY: registered just above, used by no work request.
+                    unsafe { ffi::ibv_dereg_mr(mr) };
+                })
+            });
+        }
+        None => eprintln!("cpu_pass/register skipped: no verbs device"),
+    }
     g.finish();
 }
 
