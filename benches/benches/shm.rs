@@ -10,7 +10,8 @@
 //!   idle (a server looks at every connection when it waits for a frame).
 //!   Also the transport alone: a 64-byte frame and an
 //!   8-byte reply, between two threads and (to show what the transport's
-//!   own code costs) with both endpoints on one thread; and the floor of
+//!   own code costs) with both endpoints on one thread, and the frames of a
+//!   push and its acknowledgement (136 and 32 bytes); and the floor of
 //!   any transport: the push's and the acknowledgement's frames through
 //!   two bare rings, with no software around them.
 //! - `shm_large_{4,64}MiB`: one row pushed (and applied), or pulled after a
@@ -425,23 +426,31 @@ fn small(c: &mut Criterion) {
     // (32), as `Worker::stats` counts them.
     bare_ring_exchange(&mut g, "floor_bare_ring_exchange", 136, 32);
 
+    // The transport alone: a 64-byte frame and an 8-byte reply; then the
+    // frames the floor moves (a push's and its acknowledgement's), so that
+    // floor, transport and push + ack compare the same bytes.
     let shm = net("frame", busy);
-    let (echo, mut client, peer) = echo_server(&shm, "echo", 8, false);
-    g.bench_function("laggard_transport_frame_reply_busy", |b| {
-        b.iter(|| {
-            let mut buf = client.lend(peer, 64, deadline).unwrap();
-            buf.fill(3);
-            client.send(buf).unwrap();
-            loop {
-                if let Some(Event::Frame(_, reply)) = client.recv(deadline).unwrap() {
-                    black_box(&*reply);
-                    break;
+    for (name, frame, reply) in [
+        ("laggard_transport_frame_reply_busy", 64, 8),
+        ("laggard_transport_push_ack_frames_busy", 136, 32),
+    ] {
+        let (echo, mut client, peer) = echo_server(&shm, &format!("echo{frame}"), reply, false);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let mut buf = client.lend(peer, frame, deadline).unwrap();
+                buf.fill(3);
+                client.send(buf).unwrap();
+                loop {
+                    if let Some(Event::Frame(_, reply)) = client.recv(deadline).unwrap() {
+                        black_box(&*reply);
+                        break;
+                    }
                 }
-            }
-        })
-    });
-    drop(client);
-    echo.join().unwrap();
+            })
+        });
+        drop(client);
+        echo.join().unwrap();
+    }
 
     // The same exchange with both endpoints on this thread: what the
     // transport's own code costs, with no cache line crossing cores.
