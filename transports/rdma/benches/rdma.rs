@@ -286,13 +286,13 @@ fn cpu_pass(c: &mut Criterion) {
             let access = (ffi::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE
                 | ffi::ibv_access_flags::IBV_ACCESS_REMOTE_WRITE)
                 .0 as std::os::raw::c_int;
+            let len = std::mem::size_of_val(to.as_slice());
             g.bench_function("register", |b| {
                 b.iter(|| {
-                    // SAFETY: `to` is 64 KiB of live memory, mapped for the
-                    // whole call; registration only pins its pages.
-                    let mr = unsafe {
-                        ffi::ibv_reg_mr(domain.pd, to.as_mut_ptr().cast(), 64 << 10, access)
-                    };
+                    // SAFETY: `to` is `len` bytes of live memory, mapped for
+                    // the whole call; registration only pins its pages.
+                    let mr =
+                        unsafe { ffi::ibv_reg_mr(domain.pd, to.as_mut_ptr().cast(), len, access) };
                     assert!(
                         !mr.is_null(),
                         "ibv_reg_mr: {}",
