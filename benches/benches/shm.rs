@@ -14,6 +14,12 @@
 //!   push and its acknowledgement (136 and 32 bytes); and the floor of
 //!   any transport: the push's and the acknowledgement's frames through
 //!   two bare rings, with no software around them.
+//! - `shm_small_64B_paired`: the floor, the transport alone with the
+//!   push's and acknowledgement's frames, and the push + ack, each reported
+//!   directly as a multiple of the ping-pong ("x ping-pong"): every few
+//!   milliseconds of a benchmark are divided by ping-pongs timed right
+//!   after them, because this VM's host moves its vCPUs more often than a
+//!   run takes (see `paired`).
 //! - `shm_large_{4,64}MiB`: one row pushed (and applied), or pulled after a
 //!   clock made the cached copy stale, against `memcpy` of the same size.
 //!   Also the transport alone: the row written into a lent ring slot by the
@@ -33,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use laggard::transport::{Endpoint, Event, PeerId, Transport};
 use laggard::{ClusterSpec, Consistency, Server, ServerReport, TableSpec, Worker, WorkerId};
@@ -75,6 +82,15 @@ fn pingpong_partner(line: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> JoinHandle<(
             }
         }
     })
+}
+
+/// One round trip of `line` to a [`pingpong_partner`] and back.
+fn pingpong_round(line: &AtomicU64) {
+    let v = line.load(Ordering::Relaxed) + 1;
+    line.store(v, Ordering::Release);
+    while line.load(Ordering::Acquire) != v + 1 {
+        std::hint::spin_loop();
+    }
 }
 
 /// A delta handed from one thread to another, as in the push floor.
@@ -273,42 +289,75 @@ impl BareRing {
     }
 }
 
-/// Times a `request`-byte frame and a `reply`-byte frame back through two
+/// A `request`-byte frame and a `reply`-byte frame back through two
 /// [`BareRing`]s, the far side answering on a thread of its own.
+struct BareExchange {
+    to_far: Arc<BareRing>,
+    to_near: Arc<BareRing>,
+    outbound: BareEnd,
+    inbound: BareEnd,
+    words_in: u64,
+    value: u64,
+    stop: Arc<AtomicBool>,
+    far_side: JoinHandle<()>,
+}
+
+impl BareExchange {
+    fn start(request: u64, reply: u64) -> Self {
+        let (to_far, to_near) = (Arc::new(BareRing::new()), Arc::new(BareRing::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let words_out = reply.div_ceil(8);
+        let far_side = {
+            let (to_far, to_near, stop) = (to_far.clone(), to_near.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut inbound, mut outbound) = (BareEnd::default(), BareEnd::default());
+                loop {
+                    let sum = to_far.recv(&mut inbound);
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    to_near.send(&mut outbound, words_out, sum);
+                }
+            })
+        };
+        BareExchange {
+            to_far,
+            to_near,
+            outbound: BareEnd::default(),
+            inbound: BareEnd::default(),
+            words_in: request.div_ceil(8),
+            value: 0,
+            stop,
+            far_side,
+        }
+    }
+
+    /// One request and its reply.
+    fn round(&mut self) {
+        self.value += 1;
+        self.to_far
+            .send(&mut self.outbound, self.words_in, self.value);
+        black_box(self.to_near.recv(&mut self.inbound));
+    }
+
+    fn finish(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.to_far.send(&mut self.outbound, 1, 0);
+        self.far_side.join().unwrap();
+    }
+}
+
+/// Times a `request`-byte frame and a `reply`-byte frame back through two
+/// [`BareRing`]s.
 fn bare_ring_exchange(
     g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
     name: &str,
     request: u64,
     reply: u64,
 ) {
-    let (to_far, to_near) = (Arc::new(BareRing::new()), Arc::new(BareRing::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (words_in, words_out) = (request.div_ceil(8), reply.div_ceil(8));
-    let far_side = {
-        let (to_far, to_near, stop) = (to_far.clone(), to_near.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let (mut inbound, mut outbound) = (BareEnd::default(), BareEnd::default());
-            loop {
-                let sum = to_far.recv(&mut inbound);
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                to_near.send(&mut outbound, words_out, sum);
-            }
-        })
-    };
-    let (mut outbound, mut inbound) = (BareEnd::default(), BareEnd::default());
-    let mut value = 0u64;
-    g.bench_function(name, |b| {
-        b.iter(|| {
-            value += 1;
-            to_far.send(&mut outbound, words_in, value);
-            black_box(to_near.recv(&mut inbound));
-        })
-    });
-    stop.store(true, Ordering::Relaxed);
-    to_far.send(&mut outbound, 1, 0);
-    far_side.join().unwrap();
+    let mut exchange = BareExchange::start(request, reply);
+    g.bench_function(name, |b| b.iter(|| exchange.round()));
+    exchange.finish();
 }
 
 /// A transport-level echo: the far side answers each frame with an
@@ -358,21 +407,26 @@ fn echo_server(
     (echo, client, peer)
 }
 
+/// A `frame`-byte frame to an [`echo_server`] and its reply.
+fn echo_round(client: &mut ShmEndpoint, peer: PeerId, frame: usize, deadline: Instant) {
+    let mut buf = client.lend(peer, frame, deadline).unwrap();
+    buf.fill(3);
+    client.send(buf).unwrap();
+    loop {
+        if let Some(Event::Frame(_, reply)) = client.recv(deadline).unwrap() {
+            black_box(&*reply);
+            return;
+        }
+    }
+}
+
 /// The small-message baseline: a round trip of one cache line between two
 /// threads.
 fn pingpong(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, name: &str) {
     let line = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let partner = pingpong_partner(line.clone(), stop.clone());
-    g.bench_function(name, |b| {
-        b.iter(|| {
-            let v = line.load(Ordering::Relaxed) + 1;
-            line.store(v, Ordering::Release);
-            while line.load(Ordering::Acquire) != v + 1 {
-                std::hint::spin_loop();
-            }
-        })
-    });
+    g.bench_function(name, |b| b.iter(|| pingpong_round(&line)));
     stop.store(true, Ordering::Relaxed);
     partner.join().unwrap();
 }
@@ -436,17 +490,7 @@ fn small(c: &mut Criterion) {
     ] {
         let (echo, mut client, peer) = echo_server(&shm, &format!("echo{frame}"), reply, false);
         g.bench_function(name, |b| {
-            b.iter(|| {
-                let mut buf = client.lend(peer, frame, deadline).unwrap();
-                buf.fill(3);
-                client.send(buf).unwrap();
-                loop {
-                    if let Some(Event::Frame(_, reply)) = client.recv(deadline).unwrap() {
-                        black_box(&*reply);
-                        break;
-                    }
-                }
-            })
+            b.iter(|| echo_round(&mut client, peer, frame, deadline))
         });
         drop(client);
         echo.join().unwrap();
@@ -486,6 +530,167 @@ fn small(c: &mut Criterion) {
     // midway (the ping-pong then moves by 2-5x), and a run whose two
     // ping-pongs differ that much has no baseline for its ratios.
     pingpong(&mut g, "baseline_cacheline_pingpong_after");
+    g.finish();
+}
+
+/// A criterion measurement whose values are multiples of a cache-line
+/// ping-pong, for `shm_small_64B_paired`: each benchmark there returns its
+/// time divided by the ping-pong's, measured right beside it (see
+/// [`paired`]). Only `iter_custom` gives such values; `iter` cannot.
+struct PingPongs;
+
+impl Measurement for PingPongs {
+    type Intermediate = ();
+    type Value = f64;
+
+    fn start(&self) {}
+
+    fn end(&self, (): ()) -> f64 {
+        panic!("PingPongs values come from iter_custom; b.iter has no ping-pong to divide by")
+    }
+
+    fn add(&self, a: &f64, b: &f64) -> f64 {
+        a + b
+    }
+
+    fn zero(&self) -> f64 {
+        0.0
+    }
+
+    fn to_f64(&self, value: &f64) -> f64 {
+        *value
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &PingPongs
+    }
+}
+
+impl ValueFormatter for PingPongs {
+    fn scale_values(&self, _: f64, _: &mut [f64]) -> &'static str {
+        "x ping-pong"
+    }
+
+    fn scale_throughputs(&self, _: f64, _: &Throughput, _: &mut [f64]) -> &'static str {
+        "x ping-pong"
+    }
+
+    fn scale_for_machines(&self, _: &mut [f64]) -> &'static str {
+        "x ping-pong"
+    }
+}
+
+/// Rounds of the benchmarked exchange timed in one slice, and ping-pongs
+/// timed beside each slice: a few milliseconds each, short next to how
+/// often this VM's host moves its vCPUs.
+const SLICE_ROUNDS: u64 = 2000;
+const SLICE_PINGPONGS: u64 = 2000;
+
+/// Rounds run before a slice is timed: a new thread may start on the busy
+/// vCPU, fresh ring pages fault on first touch, and a new worker's pools
+/// and caches fill.
+const SLICE_WARM_UP: u64 = 3000;
+
+/// The time of `rounds` cache-line ping-pongs with a new partner thread.
+fn pingpong_slice(rounds: u64) -> Duration {
+    let line = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let partner = pingpong_partner(line.clone(), stop.clone());
+    (0..SLICE_WARM_UP).for_each(|_| pingpong_round(&line));
+    let start = Instant::now();
+    (0..rounds).for_each(|_| pingpong_round(&line));
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    partner.join().unwrap();
+    took
+}
+
+/// `iters` rounds of an exchange in ping-pongs. `slice(n)` sets up the
+/// exchange's threads, times `n` rounds (after `SLICE_WARM_UP` untimed
+/// ones) and tears them down, so that no third thread spins meanwhile;
+/// each slice is then divided by the mean of `SLICE_PINGPONGS` ping-pongs
+/// timed right after it. On this VM the host moves the two vCPUs between
+/// cores and dies every so often, and a ping-pong measured at the start
+/// and end of a run does not tell which placement each benchmark in
+/// between ran in; a slice and its ping-pongs almost always share one.
+fn paired(iters: u64, mut slice: impl FnMut(u64) -> Duration) -> f64 {
+    let mut left = iters;
+    let mut multiples = 0.0;
+    while left > 0 {
+        let n = left.min(SLICE_ROUNDS);
+        let took = slice(n).as_secs_f64();
+        let pingpong = pingpong_slice(SLICE_PINGPONGS).as_secs_f64() / SLICE_PINGPONGS as f64;
+        multiples += took / pingpong;
+        left -= n;
+    }
+    multiples
+}
+
+/// The floor, the transport alone with the same frames, and the 64-byte
+/// push + ack, in multiples of a ping-pong timed beside each slice of them.
+fn small_paired(c: &mut Criterion<PingPongs>) {
+    let mut g = c.benchmark_group("shm_small_64B_paired");
+    g.bench_function("floor_bare_ring_exchange", |b| {
+        b.iter_custom(|iters| {
+            paired(iters, |n| {
+                let mut exchange = BareExchange::start(136, 32);
+                (0..SLICE_WARM_UP).for_each(|_| exchange.round());
+                let start = Instant::now();
+                (0..n).for_each(|_| exchange.round());
+                let took = start.elapsed();
+                exchange.finish();
+                took
+            })
+        })
+    });
+    let busy = ShmConfig::default().busy_poll(true).ring_bytes(1 << 20);
+    let mut slices = 0u64;
+    g.bench_function("laggard_transport_push_ack_frames_busy", |b| {
+        b.iter_custom(|iters| {
+            paired(iters, |n| {
+                slices += 1;
+                let shm = net(&format!("paired{slices}_"), busy.clone());
+                let (echo, mut client, peer) = echo_server(&shm, "echo", 32, false);
+                let deadline = far();
+                let mut round = || echo_round(&mut client, peer, 136, deadline);
+                (0..SLICE_WARM_UP).for_each(|_| round());
+                let start = Instant::now();
+                (0..n).for_each(|_| round());
+                let took = start.elapsed();
+                drop(client);
+                echo.join().unwrap();
+                took
+            })
+        })
+    });
+    let spec = ClusterSpec::new(1, 1).table(
+        "small",
+        TableSpec::<f32>::dense(0..1, 16).consistency(Consistency::Async),
+    );
+    let delta = [0.5f32; 16];
+    g.bench_function("laggard_push_ack_busy_poll", |b| {
+        b.iter_custom(|iters| {
+            paired(iters, |n| {
+                slices += 1;
+                let shm = net(&format!("paired{slices}_"), busy.clone());
+                let (mut worker, serving) = cluster(&spec, &shm);
+                let table = worker.table::<f32>("small").unwrap();
+                let deadline = far();
+                let mut round = || {
+                    worker.push(&table, &[0], black_box(&delta)).unwrap();
+                    let ticket = worker.flush().unwrap();
+                    worker.wait_applied(&ticket, deadline).unwrap();
+                };
+                (0..SLICE_WARM_UP).for_each(|_| round());
+                let start = Instant::now();
+                (0..n).for_each(|_| round());
+                let took = start.elapsed();
+                worker.leave().unwrap();
+                serving.join().unwrap().unwrap();
+                took
+            })
+        })
+    });
     g.finish();
 }
 
@@ -645,4 +850,15 @@ criterion_group! {
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     targets = small, large
 }
-criterion_main!(benches);
+criterion_group! {
+    name = paired_benches;
+    config = Criterion::default()
+        .with_measurement(PingPongs)
+        // Each sample sets up its threads anew (see `paired`): fewer,
+        // longer samples.
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    targets = small_paired
+}
+criterion_main!(benches, paired_benches);
