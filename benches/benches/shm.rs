@@ -609,10 +609,11 @@ fn pingpong_slice(rounds: u64) -> Duration {
 /// exchange's threads, times `n` rounds (after `SLICE_WARM_UP` untimed
 /// ones) and tears them down, so that no third thread spins meanwhile;
 /// each slice is then divided by the mean of `SLICE_PINGPONGS` ping-pongs
-/// timed right after it. On this VM the host moves the two vCPUs between
-/// cores and dies every so often, and a ping-pong measured at the start
-/// and end of a run does not tell which placement each benchmark in
-/// between ran in; a slice and its ping-pongs almost always share one.
+/// timed right after it. On this VM the host moves the two vCPUs (most
+/// likely between cores on different dies) more often than a run takes,
+/// and a ping-pong measured at the start and end of a run does not tell
+/// which placement each benchmark in between ran in; a slice of a few
+/// milliseconds and the ping-pongs right after it mostly share one.
 fn paired(iters: u64, mut slice: impl FnMut(u64) -> Duration) -> f64 {
     let mut left = iters;
     let mut multiples = 0.0;
