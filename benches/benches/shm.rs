@@ -591,15 +591,20 @@ const SLICE_PINGPONGS: u64 = 2000;
 /// and caches fill.
 const SLICE_WARM_UP: u64 = 3000;
 
+/// The time of `n` calls of `round`, after `SLICE_WARM_UP` untimed ones.
+fn timed_after_warm_up(n: u64, mut round: impl FnMut()) -> Duration {
+    (0..SLICE_WARM_UP).for_each(|_| round());
+    let start = Instant::now();
+    (0..n).for_each(|_| round());
+    start.elapsed()
+}
+
 /// The time of `rounds` cache-line ping-pongs with a new partner thread.
 fn pingpong_slice(rounds: u64) -> Duration {
     let line = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let partner = pingpong_partner(line.clone(), stop.clone());
-    (0..SLICE_WARM_UP).for_each(|_| pingpong_round(&line));
-    let start = Instant::now();
-    (0..rounds).for_each(|_| pingpong_round(&line));
-    let took = start.elapsed();
+    let took = timed_after_warm_up(rounds, || pingpong_round(&line));
     stop.store(true, Ordering::Relaxed);
     partner.join().unwrap();
     took
@@ -635,10 +640,7 @@ fn small_paired(c: &mut Criterion<PingPongs>) {
         b.iter_custom(|iters| {
             paired(iters, |n| {
                 let mut exchange = BareExchange::start(136, 32);
-                (0..SLICE_WARM_UP).for_each(|_| exchange.round());
-                let start = Instant::now();
-                (0..n).for_each(|_| exchange.round());
-                let took = start.elapsed();
+                let took = timed_after_warm_up(n, || exchange.round());
                 exchange.finish();
                 took
             })
@@ -653,11 +655,7 @@ fn small_paired(c: &mut Criterion<PingPongs>) {
                 let shm = net(&format!("paired{slices}_"), busy.clone());
                 let (echo, mut client, peer) = echo_server(&shm, "echo", 32, false);
                 let deadline = far();
-                let mut round = || echo_round(&mut client, peer, 136, deadline);
-                (0..SLICE_WARM_UP).for_each(|_| round());
-                let start = Instant::now();
-                (0..n).for_each(|_| round());
-                let took = start.elapsed();
+                let took = timed_after_warm_up(n, || echo_round(&mut client, peer, 136, deadline));
                 drop(client);
                 echo.join().unwrap();
                 took
@@ -677,15 +675,11 @@ fn small_paired(c: &mut Criterion<PingPongs>) {
                 let (mut worker, serving) = cluster(&spec, &shm);
                 let table = worker.table::<f32>("small").unwrap();
                 let deadline = far();
-                let mut round = || {
+                let took = timed_after_warm_up(n, || {
                     worker.push(&table, &[0], black_box(&delta)).unwrap();
                     let ticket = worker.flush().unwrap();
                     worker.wait_applied(&ticket, deadline).unwrap();
-                };
-                (0..SLICE_WARM_UP).for_each(|_| round());
-                let start = Instant::now();
-                (0..n).for_each(|_| round());
-                let took = start.elapsed();
+                });
                 worker.leave().unwrap();
                 serving.join().unwrap().unwrap();
                 took
