@@ -95,11 +95,9 @@ pub fn fuzz_attach(bytes: &[u8]) {
             .collect()
     };
     for r in 0..2 {
-        let at = |off: usize| {
-            let off = layout::CONN_RINGS + r * 256 + off;
-            u64::from_ne_bytes(bytes[off..off + 8].try_into().expect("8 bytes"))
-        };
-        let ctl = ring::RingCtl::with(at(0));
+        let head_at = layout::CONN_RINGS + r * 256;
+        let head = u64::from_ne_bytes(bytes[head_at..head_at + 8].try_into().expect("8 bytes"));
+        let ctl = ring::RingCtl::with(head);
         let data = words(layout::CONN_DATA + r * cap, cap / 8);
         let mut consumer = ring::Consumer::default();
         for _ in 0..cap / 8 + 1 {
