@@ -511,8 +511,15 @@ impl<'a> Message<'a> {
     /// If `out` is too short (a caller bug: the length is known up front).
     pub fn encode(&self, out: &mut [u8]) -> usize {
         let len = self.encoded_len();
-        self.write(&mut Writer::new(&mut out[..len]), len - HEADER_LEN);
+        self.encode_known_len(out, len);
         len
+    }
+
+    /// [`encode`](Self::encode) for a caller that has worked out
+    /// [`encoded_len`](Self::encoded_len) already (to size `out`), so that
+    /// a small message's sections are not walked twice.
+    pub(crate) fn encode_known_len(&self, out: &mut [u8], len: usize) {
+        self.write(&mut Writer::new(&mut out[..len]), len - HEADER_LEN);
     }
 
     /// Encodes the frame in pieces, leaving the bulk values (a push's

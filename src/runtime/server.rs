@@ -542,7 +542,7 @@ pub(crate) fn send_message<E: Endpoint>(
         ep.send_parts(peer, &msg.encode_parts().parts(), deadline)?;
     } else {
         let mut buf = ep.lend(peer, len, deadline)?;
-        msg.encode(&mut buf);
+        msg.encode_known_len(&mut buf, len);
         ep.send(buf)?;
     }
     Ok(len)
