@@ -518,6 +518,34 @@ fn non_blocking_pull_and_clock_tickets() {
 }
 
 #[test]
+fn a_ticket_waits_for_every_shard_of_a_cluster_of_many() {
+    // More shards than a ticket keeps inline.
+    let shards = 7;
+    let spec = ClusterSpec::new(shards, 1).table(
+        "w",
+        TableSpec::<i64>::dense(0..shards as u64, 1)
+            .placement(Placement::RoundRobin)
+            .consistency(Consistency::Async),
+    );
+    let cluster = Cluster::start(spec).unwrap();
+    let mut worker = cluster.worker(0).unwrap();
+    let t = worker.table::<i64>("w").unwrap();
+    let keys: Vec<u64> = (0..shards as u64).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for round in 1..=3 {
+        let deltas: Vec<i64> = keys.iter().map(|&k| k as i64 + 1).collect();
+        worker.push(&t, &keys, &deltas).unwrap();
+        let ticket = worker.flush().unwrap();
+        worker.wait_applied(&ticket, deadline).unwrap();
+        let mut rows = vec![0i64; shards];
+        cluster.read("w", &keys, &mut rows).unwrap();
+        let want: Vec<i64> = keys.iter().map(|&k| round * (k as i64 + 1)).collect();
+        assert_eq!(rows, want, "after round {round}");
+    }
+    worker.leave().unwrap();
+}
+
+#[test]
 fn an_answer_longer_than_the_largest_frame_is_refused_with_a_fault() {
     // 10,000 `f32` per row: two rows' answer (80,048 bytes) does not fit
     // the 64 KiB frames of this network, one row does.

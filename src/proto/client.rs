@@ -658,7 +658,12 @@ impl ClientCore {
 
     /// The highest sequence number sent to each shard so far (0 if none).
     pub fn last_sent(&self) -> Vec<u64> {
-        self.links.iter().map(|l| l.next_seq - 1).collect()
+        self.last_sent_iter().collect()
+    }
+
+    /// [`last_sent`](Self::last_sent), shard by shard, without a `Vec`.
+    pub fn last_sent_iter(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.links.iter().map(|l| l.next_seq - 1)
     }
 
     /// True once every shard acknowledged every push up to `seqs[shard]`.

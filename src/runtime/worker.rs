@@ -64,7 +64,46 @@ pub struct PullTicket<T> {
 #[derive(Debug, Clone)]
 #[must_use = "a push ticket does nothing unless waited on"]
 pub struct PushTicket {
-    seqs: Vec<u64>,
+    seqs: ShardSeqs,
+}
+
+/// The last push sent to each shard, as a ticket keeps it: inline for up
+/// to [`INLINE_SHARDS`] shards, so that a flush or clock on a small
+/// cluster allocates nothing for its ticket.
+#[derive(Debug, Clone)]
+enum ShardSeqs {
+    Inline {
+        len: usize,
+        seqs: [u64; INLINE_SHARDS],
+    },
+    Heap(Vec<u64>),
+}
+
+/// Shards whose sequence numbers a [`PushTicket`] holds without
+/// allocating.
+const INLINE_SHARDS: usize = 4;
+
+impl ShardSeqs {
+    /// `seqs`, one per shard in shard order.
+    fn collect(seqs: impl ExactSizeIterator<Item = u64>) -> Self {
+        if seqs.len() > INLINE_SHARDS {
+            return ShardSeqs::Heap(seqs.collect());
+        }
+        let mut inline = [0; INLINE_SHARDS];
+        let mut len = 0;
+        for (slot, seq) in inline.iter_mut().zip(seqs) {
+            *slot = seq;
+            len += 1;
+        }
+        ShardSeqs::Inline { len, seqs: inline }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            ShardSeqs::Inline { len, seqs } => &seqs[..*len],
+            ShardSeqs::Heap(seqs) => seqs,
+        }
+    }
 }
 
 /// One worker of a cluster.
@@ -418,10 +457,12 @@ impl<E: Endpoint> Worker<E> {
         let Some(seq) = self.core.oldest_stashed_unacked(shard) else {
             return Ok(None);
         };
-        let mut seqs = vec![0; self.peers.len()];
-        seqs[shard] = seq;
+        let seqs = (0..self.peers.len()).map(|s| if s == shard { seq } else { 0 });
+        let ticket = PushTicket {
+            seqs: ShardSeqs::collect(seqs),
+        };
         let deadline = Instant::now() + self.spec.timeout;
-        self.wait_applied(&PushTicket { seqs }, deadline)?;
+        self.wait_applied(&ticket, deadline)?;
         Ok(self.ep.stash(self.peers[shard], len))
     }
 
@@ -677,8 +718,7 @@ impl<E: Endpoint> Worker<E> {
         let deadline = now + self.spec.timeout;
         // Backpressure: bound what is kept for resending.
         if (0..self.peers.len()).any(|s| self.core.unacked(s) >= MAX_UNACKED) {
-            let last = self.core.last_sent();
-            let ticket = PushTicket { seqs: last };
+            let ticket = self.ticket();
             self.wait_applied(&ticket, deadline)?;
         }
         let mut to_send = std::mem::take(&mut self.to_send);
@@ -691,15 +731,20 @@ impl<E: Endpoint> Worker<E> {
         // Take in whatever acknowledgements have arrived, without waiting
         // (`now` has passed: no need to read the clock again for that).
         while self.pump(now)? {}
-        Ok(PushTicket {
-            seqs: self.core.last_sent(),
-        })
+        Ok(self.ticket())
+    }
+
+    /// A ticket for every push sent so far.
+    fn ticket(&self) -> PushTicket {
+        PushTicket {
+            seqs: ShardSeqs::collect(self.core.last_sent_iter()),
+        }
     }
 
     /// Waits until the servers applied the pushes of `ticket`.
     pub fn wait_applied(&mut self, ticket: &PushTicket, deadline: Instant) -> Result<()> {
         let started = Instant::now();
-        while !self.core.acked_through(&ticket.seqs) {
+        while !self.core.acked_through(ticket.seqs.as_slice()) {
             self.check_ok()?;
             if !self.pump(deadline)? {
                 return Err(Error::NoResponse {
@@ -1042,7 +1087,20 @@ impl<E: Endpoint> Worker<E> {
 
 #[cfg(all(test, not(laggard_loom)))]
 mod tests {
-    use super::copy_row_prefix;
+    use super::{INLINE_SHARDS, ShardSeqs, copy_row_prefix};
+
+    #[test]
+    fn a_ticket_keeps_every_shards_sequence_number_inline_or_not() {
+        for shards in [0, 1, INLINE_SHARDS, INLINE_SHARDS + 1, 3 * INLINE_SHARDS] {
+            let seqs: Vec<u64> = (0..shards as u64).map(|s| 100 + s).collect();
+            let kept = ShardSeqs::collect(seqs.iter().copied());
+            assert_eq!(kept.as_slice(), &seqs[..], "{shards} shards");
+            assert_eq!(
+                matches!(kept, ShardSeqs::Inline { .. }),
+                shards <= INLINE_SHARDS
+            );
+        }
+    }
 
     #[test]
     fn a_row_prefix_is_copied_by_whole_elements_and_again_after_a_restart() {
