@@ -32,7 +32,18 @@ pub enum Consistency {
     #[default]
     Bsp,
     /// Stale synchronous parallel: the fastest worker may be at most
-    /// `staleness` clocks ahead of the slowest.
+    /// `staleness` clocks ahead of the slowest. A worker at clock `c`
+    /// reads every update of clocks `<= c - s - 1`, from every worker, and
+    /// may see newer ones.
+    ///
+    /// That includes its own updates: a row answered from the worker's
+    /// cache may lack the worker's own pushes of its last `s` clocks. The
+    /// cache does not replay them onto the row, because a rule such as
+    /// [`Adam`](crate::Adam) needs the server's state to. So a step size
+    /// must suit gradients up to `s + 1` clocks stale, even for rows that
+    /// only one worker pushes to: a step that converges under BSP may
+    /// oscillate under a large `s`. [`Schedule::ssp_theorem`](crate::Schedule::ssp_theorem)
+    /// shrinks the step with the bound.
     Ssp {
         /// The bound `s`; `Ssp { staleness: 0 }` behaves as `Bsp`.
         staleness: u64,
