@@ -36,14 +36,18 @@ pub enum Consistency {
     /// reads every update of clocks `<= c - s - 1`, from every worker, and
     /// may see newer ones.
     ///
-    /// That includes its own updates: a row answered from the worker's
-    /// cache may lack the worker's own pushes of its last `s` clocks. The
-    /// cache does not replay them onto the row, because a rule such as
-    /// [`Adam`](crate::Adam) needs the server's state to. So a step size
-    /// must suit gradients up to `s + 1` clocks stale, even for rows that
-    /// only one worker pushes to: a step that converges under BSP may
-    /// oscillate under a large `s`. [`Schedule::ssp_theorem`](crate::Schedule::ssp_theorem)
-    /// shrinks the step with the bound.
+    /// Its own updates it reads at once (read-my-writes, as in Petuum's
+    /// SSP) if the table's rule is linear
+    /// ([`Update::replay_scale`](crate::Update::replay_scale): [`Sum`](crate::Sum),
+    /// and [`Sgd`](crate::Sgd) at a constant rate without momentum): the
+    /// worker replays its pushes onto its cached rows. Under any other rule
+    /// (one such as [`Adam`](crate::Adam) needs the server's state) a row
+    /// answered from the cache may lack the worker's own pushes of its last
+    /// `s` clocks, so a step size must suit gradients up to `s + 1` clocks
+    /// stale even for rows only one worker pushes to; a step that
+    /// converges under BSP may oscillate under a large `s`.
+    /// [`Schedule::ssp_theorem`](crate::Schedule::ssp_theorem) shrinks the
+    /// step with the bound.
     Ssp {
         /// The bound `s`; `Ssp { staleness: 0 }` behaves as `Bsp`.
         staleness: u64,

@@ -115,6 +115,10 @@ impl ElementKind {
     }
 
     /// A stable one-byte code.
+    pub(crate) fn is_float(self) -> bool {
+        matches!(self, ElementKind::F32 | ElementKind::F64)
+    }
+
     pub(crate) fn code(self) -> u8 {
         self as u8
     }
@@ -236,6 +240,41 @@ pub(crate) fn add_le_slice<T: Element>(bytes: &mut [u8], delta: &[T]) {
                 T::read_le(b).wrapping_add(*d).write_le(b);
             }
         }
+    }
+}
+
+/// Applies `delta` to a little-endian `row` as a linear update rule does,
+/// `x += k * d` element by element (wrapping for integers, where `k` is
+/// 1): how a worker replays its own pushes onto its cached copy of a row
+/// ([`Update::replay_scale`](crate::Update::replay_scale)).
+pub(crate) fn replay_le<T: Element>(row: &mut [u8], delta: &[T], k: f64) {
+    debug_assert_eq!(row.len(), delta.len() * T::SIZE);
+    let k = T::from_f64(k);
+    for (d, b) in delta.iter().zip(row.chunks_exact_mut(T::SIZE)) {
+        T::read_le(b).wrapping_add(k * *d).write_le(b);
+    }
+}
+
+/// [`replay_le`] for a delta that is itself little-endian bytes of
+/// `kind`.
+pub(crate) fn replay_le_bytes(kind: ElementKind, row: &mut [u8], delta: &[u8], k: f64) {
+    fn typed<T: Element>(row: &mut [u8], delta: &[u8], k: f64) {
+        debug_assert_eq!(row.len(), delta.len());
+        let k = T::from_f64(k);
+        for (b, d) in row
+            .chunks_exact_mut(T::SIZE)
+            .zip(delta.chunks_exact(T::SIZE))
+        {
+            T::read_le(b).wrapping_add(k * T::read_le(d)).write_le(b);
+        }
+    }
+    match kind {
+        ElementKind::F32 => typed::<f32>(row, delta, k),
+        ElementKind::F64 => typed::<f64>(row, delta, k),
+        ElementKind::I32 => typed::<i32>(row, delta, k),
+        ElementKind::I64 => typed::<i64>(row, delta, k),
+        ElementKind::U32 => typed::<u32>(row, delta, k),
+        ElementKind::U64 => typed::<u64>(row, delta, k),
     }
 }
 

@@ -19,8 +19,6 @@
 //! use laggard::{Cluster, ClusterSpec, Consistency, Sgd, TableSpec};
 //!
 //! // 2 server shards, 4 workers; 1,000 rows of 16 floats under SSP(2).
-//! // Reads may miss the last two clocks' updates, so the step is kept
-//! // small enough for gradients that stale (0.5 would oscillate).
 //! let spec = ClusterSpec::new(2, 4).table(
 //!     "weights",
 //!     TableSpec::<f32>::dense(0..1_000, 16)
@@ -97,7 +95,8 @@
 //!
 //! ## Pieces
 //! - [`Cluster`] / [`ClusterSpec`] / [`Server`] / [`Worker`]: the runtime.
-//!   Workers cache pulled rows and coalesce pushes per clock; servers park
+//!   Workers cache pulled rows, coalesce pushes per clock and read their
+//!   own pushes at once (for linear rules, see [`Update::replay_scale`]); servers park
 //!   pulls until the slowest worker allows them, apply every push exactly
 //!   once (also across reconnects), and declare a silent worker dead so it
 //!   stops holding the others back. Every blocking call has a deadline.

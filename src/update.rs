@@ -200,6 +200,18 @@ pub trait Update<T: Element>: Send + Sync + Debug + 'static {
 
     /// Applies `delta` to `row`, reading and updating `state`.
     fn apply(&self, row: &mut RowMut<'_, T>, state: &mut RowMut<'_, T>, delta: &[T]);
+
+    /// `Some(k)` if applying a delta is `x += k * d`, element by element,
+    /// with no state and nothing counted (so deltas summed first give the
+    /// same result); for an integer table only `k = 1` counts. A worker
+    /// then replays its own pushes onto its cached copies of rows, as the
+    /// server will apply them, so that its reads include them
+    /// (read-my-writes, as in Petuum's SSP). `None`, the default, for any
+    /// other rule: a row answered from the cache may then lack the
+    /// worker's own pushes of its last `s` clocks.
+    fn replay_scale(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// Adds the delta: `x += d`. The default rule; exact for integer tables.
@@ -210,6 +222,10 @@ impl<T: Element> Update<T> for Sum {
     #[inline]
     fn apply(&self, row: &mut RowMut<'_, T>, _state: &mut RowMut<'_, T>, delta: &[T]) {
         row.zip_update(delta, |x, d| x + d);
+    }
+
+    fn replay_scale(&self) -> Option<f64> {
+        Some(1.0)
     }
 }
 
@@ -293,6 +309,12 @@ impl<T: Float> Update<T> for Sgd {
                 row.set(i, row.get(i) - lr * v);
             }
         }
+    }
+
+    /// `-lr` for a constant rate without momentum; a schedule indexed by
+    /// the row's push count, or momentum, needs the server's state.
+    fn replay_scale(&self) -> Option<f64> {
+        (!self.lr.varies() && self.momentum == 0.0).then(|| -self.lr.at(1))
     }
 }
 

@@ -129,6 +129,8 @@ struct Sim {
 }
 
 impl Sim {
+    // One argument per generated parameter of the proptest below.
+    #[allow(clippy::too_many_arguments)]
     fn new(
         workers: usize,
         shards: usize,
@@ -137,6 +139,7 @@ impl Sim {
         piece: Option<usize>,
         one_row_frames: bool,
         cache_rows: Option<usize>,
+        read_my_writes: bool,
     ) -> Self {
         let keys = (shards * KEYS_PER_SHARD) as u64;
         let width = workers + PAD;
@@ -147,6 +150,8 @@ impl Sim {
             width,
             consistency: Consistency::Ssp { staleness },
             map: map.clone(),
+            // The Sum rule: replayable, so workers read their own pushes.
+            replay: read_my_writes.then_some(1.0),
         }]);
         let servers = (0..shards)
             .map(|s| {
@@ -328,6 +333,14 @@ impl Sim {
                         self.violations.push(format!(
                             "worker {w} read key {key}'s row as {:?}: another key's",
                             (0..self.workers + 1).map(element).collect::<Vec<_>>()
+                        ));
+                    }
+                    // Read-my-writes: every push of the worker's own, the
+                    // ones the shard has not applied yet included.
+                    let own = element(w);
+                    if self.tables[0].replay.is_some() && own as u64 != c {
+                        self.violations.push(format!(
+                            "worker {w} at clock {c} read key {key} with {own} of its own pushes"
                         ));
                     }
                     for other in 0..self.workers {
@@ -602,10 +615,11 @@ proptest! {
         one_row_frames in any::<bool>(),
         cache_rows in proptest::option::of(0usize..4),
         hold_from in proptest::option::of(1u64..4),
+        read_my_writes in any::<bool>(),
     ) {
         let piece = piece_elements.map(|n| n * 8);
         let mut sim =
-            Sim::new(workers, shards, clocks, staleness, piece, one_row_frames, cache_rows);
+            Sim::new(workers, shards, clocks, staleness, piece, one_row_frames, cache_rows, read_my_writes);
         // Shards that hold pushes from the start, as a server with a clock
         // hook does.
         for s in 0..shards {

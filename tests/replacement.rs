@@ -258,6 +258,7 @@ fn tables(shards: usize) -> std::sync::Arc<[TableInfo]> {
         width: 1,
         consistency: Consistency::Bsp,
         map: ShardMap::new(Placement::RoundRobin, shards, 0..=3).unwrap(),
+        replay: Some(1.0),
     }])
 }
 

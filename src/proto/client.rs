@@ -24,7 +24,9 @@ use super::codec::{
 };
 use super::server::status_from_code;
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
-use crate::element::{Element, ElementKind, add_le_slice, le_bytes, write_le_slice};
+use crate::element::{
+    Element, ElementKind, add_le_slice, le_bytes, replay_le, replay_le_bytes, write_le_slice,
+};
 use crate::error::{Error, Result};
 use crate::idhash::IdMap;
 use crate::table::ShardMap;
@@ -43,6 +45,11 @@ pub struct TableInfo {
     pub consistency: Consistency,
     /// Which server shard owns which key.
     pub map: ShardMap,
+    /// `Some(k)` if the table's update rule applies a delta as
+    /// `x += k * d` ([`Update::replay_scale`](crate::Update::replay_scale)):
+    /// the worker then replays its own pushes onto its cached rows, so
+    /// that its reads include them.
+    pub replay: Option<f64>,
 }
 
 impl TableInfo {
@@ -93,6 +100,9 @@ pub struct ClientStats {
     /// Cached rows dropped to keep the cache within its budget
     /// ([`ClusterSpec::cache_bytes`](crate::ClusterSpec::cache_bytes)).
     pub rows_evicted: u64,
+    /// The worker's own pushes replayed onto cached rows, so that its
+    /// reads include them ([`TableInfo::replay`]).
+    pub own_pushes_replayed: u64,
     /// Connections to a server re-established after they dropped.
     pub reconnects: u64,
 }
@@ -386,6 +396,89 @@ impl ClientCore {
     /// tail ([`with_push_stash`](Self::with_push_stash)). A stash that is
     /// not used is dropped, giving its memory back.
     pub fn pending_add_stashing<T: Element>(
+        &mut self,
+        table: u32,
+        key: u64,
+        delta: &[T],
+        stash: Option<Stash>,
+    ) -> Result<()> {
+        self.add_pending(table, key, delta, stash)?;
+        self.replay_push(table, key, delta);
+        Ok(())
+    }
+
+    /// Read-my-writes, at a push: a cached copy of the row gets the delta
+    /// replayed onto it if it can still answer a pull at the next clock
+    /// (later reads may come from it); otherwise it is dropped, and the
+    /// next read of the row goes to the server, whose answer gets the
+    /// pushes it had not applied replayed onto it
+    /// ([`replay_unapplied`](Self::replay_unapplied)). Only for tables
+    /// whose rule is linear ([`TableInfo::replay`]).
+    fn replay_push<T: Element>(&mut self, table: u32, key: u64, delta: &[T]) {
+        let info = &self.tables[table as usize];
+        let (Some(k), consistency, row_bytes) = (info.replay, info.consistency, info.row_bytes())
+        else {
+            return;
+        };
+        let Some(row) = self.cache[table as usize].get_mut(&key) else {
+            return;
+        };
+        if !is_fresh(consistency, row, self.clock + 1) {
+            self.uncache(table, key);
+            return;
+        }
+        if own_row(row, row_bytes, &mut self.spare_rows) {
+            self.kept_rows -= 1;
+            self.stats.kept_rows_copied += 1;
+        }
+        if let RowBytes::Owned(own) = &mut row.values {
+            replay_le(&mut own[row.at..row.at + row_bytes], delta, k);
+            self.stats.own_pushes_replayed += 1;
+        }
+    }
+
+    /// Read-my-writes, at an answer: replays onto the cached row `key` of
+    /// `table`, just answered by `shard`, the worker's pushes to it that
+    /// the shard had not applied when it answered. Those are exactly the
+    /// ones not acknowledged yet: a shard acknowledges a push when it
+    /// applies it, and its acknowledgements and answers come in the order
+    /// it made them, on one connection. Pending pushes are added too.
+    /// True if the row changed.
+    fn replay_unapplied(&mut self, shard: usize, table: u32, key: u64) -> bool {
+        let info = &self.tables[table as usize];
+        let (Some(k), kind, row_bytes) = (info.replay, info.kind, info.row_bytes()) else {
+            return false;
+        };
+        let (Some(link), Some(pending)) = (
+            self.links.get(shard),
+            self.pending.get(shard).and_then(|p| p.get(table as usize)),
+        ) else {
+            return false;
+        };
+        let mut any = false;
+        unapplied_deltas(link, pending, table, key, row_bytes, |_| any = true);
+        let row = match self.cache[table as usize].get_mut(&key) {
+            Some(row) if any => row,
+            _ => return false,
+        };
+        if own_row(row, row_bytes, &mut self.spare_rows) {
+            self.kept_rows -= 1;
+            self.stats.kept_rows_copied += 1;
+        }
+        let RowBytes::Owned(own) = &mut row.values else {
+            return false;
+        };
+        let cells = &mut own[row.at..row.at + row_bytes];
+        let replayed = &mut self.stats.own_pushes_replayed;
+        unapplied_deltas(link, pending, table, key, row_bytes, |delta| {
+            replay_le_bytes(kind, cells, delta, k);
+            *replayed += 1;
+        });
+        true
+    }
+
+    /// Adds `delta` to the pending push row `key` of `table`.
+    fn add_pending<T: Element>(
         &mut self,
         table: u32,
         key: u64,
@@ -952,7 +1045,8 @@ impl ClientCore {
 
     /// How many rows arriving in pieces were dropped half-way (by a lost
     /// connection) and will come again from their first byte, maybe as
-    /// another version. A caller that copied bytes of
+    /// another version, or changed once complete (by the worker's own
+    /// pushes replayed onto them). A caller that copied bytes of
     /// [`assembled`](Self::assembled) must copy again from the start when
     /// this changed since.
     pub fn rows_restarted(&self) -> u64 {
@@ -1046,13 +1140,23 @@ impl ClientCore {
     /// Drops cached row `key` of `table` (releasing its frame, if it is
     /// the last row kept in one), keeping the counts.
     fn evict(&mut self, table: u32, key: u64) {
-        if let Some(row) = self.cache[table as usize].remove(&key) {
-            if matches!(row.values, RowBytes::Kept(_)) {
-                self.kept_rows -= 1;
-            }
-            self.cached_bytes -= self.tables[table as usize].row_bytes();
+        if self.uncache(table, key) {
             self.stats.rows_evicted += 1;
         }
+    }
+
+    /// Drops cached row `key` of `table`, keeping the counts; true if it
+    /// was cached.
+    fn uncache(&mut self, table: u32, key: u64) -> bool {
+        let Some(row) = self.cache[table as usize].remove(&key) else {
+            return false;
+        };
+        if matches!(row.values, RowBytes::Kept(_)) {
+            self.kept_rows -= 1;
+        }
+        self.cached_bytes -= self.tables[table as usize].row_bytes();
+        self.spare_row(row.values);
+        true
     }
 
     /// Whether any cached row lies in a kept frame
@@ -1163,6 +1267,7 @@ impl ClientCore {
             used: self.pulls_planned,
         };
         let old = self.put_cached(table, key, row);
+        self.replay_unapplied(shard, table, key);
         Ok(old.map(|c| c.values.into_spare()).unwrap_or_default())
     }
 
@@ -1200,6 +1305,7 @@ impl ClientCore {
                 self.spare_row(old.values);
             }
             self.stats.rows_kept += 1;
+            self.replay_unapplied(shard, table, key);
         }
         if let Some(r) = self.requests.get_mut(&req) {
             r.keys = keys;
@@ -1329,6 +1435,10 @@ impl ClientCore {
         if let Some(old) = self.put_cached(table, key, row) {
             self.spare_row(old.values);
         }
+        if self.replay_unapplied(shard, table, key) {
+            // The row's first bytes, copied out as they came, changed.
+            self.rows_restarted += 1;
+        }
         Ok(())
     }
 
@@ -1389,6 +1499,7 @@ impl ClientCore {
                         };
                         self.put_cached(table, key, row);
                     }
+                    self.replay_unapplied(shard, table, key);
                 }
                 if let Some(r) = self.requests.get_mut(&resp.req) {
                     r.keys = keys;
@@ -1449,6 +1560,57 @@ fn rows_fitting(room: usize, row_bytes: usize) -> usize {
 /// one that must be cut is copied, part by part, into row sets from
 /// `spare`, and its own set goes back there (if `spare` holds fewer than
 /// `spare_cap`).
+/// If `row` lies in a kept frame, copies it into a buffer of the
+/// worker's own (from `spare`, if any), releasing its share of the frame;
+/// true if it did.
+fn own_row(row: &mut Cached, row_bytes: usize, spare: &mut Vec<Vec<u8>>) -> bool {
+    let RowBytes::Kept(frame) = &row.values else {
+        return false;
+    };
+    let mut own = spare.pop().unwrap_or_default();
+    own.clear();
+    own.extend_from_slice(&frame[row.at..row.at + row_bytes]);
+    row.values = RowBytes::Owned(own);
+    row.at = 0;
+    true
+}
+
+/// Calls `f` with each delta of the worker's own for row `key` of
+/// `table` that its shard has not applied as far as the worker knows:
+/// in pushes sent (or queued) and not acknowledged, on `link`, then in
+/// `pending`, not sent yet.
+fn unapplied_deltas(
+    link: &Link,
+    pending: &Rows,
+    table: u32,
+    key: u64,
+    row_bytes: usize,
+    mut f: impl FnMut(&[u8]),
+) {
+    for sent in &link.unacked {
+        // A stashed row is a push of its own; the row sets it came from
+        // still list it, without its values.
+        match &sent.stashed {
+            Some((t, k, stash)) if *t == table && *k == key => f(&stash[..row_bytes]),
+            _ => {}
+        }
+        for (t, rows) in &sent.sections {
+            if let (true, Some(&Slot::Inline(at))) = (*t == table, rows.index.get(&key)) {
+                f(&rows.values[at..at + row_bytes]);
+            }
+        }
+    }
+    match pending.index.get(&key) {
+        Some(&Slot::Inline(at)) => f(&pending.values[at..at + row_bytes]),
+        Some(&Slot::Stashed(i)) => {
+            if let Some((_, stash)) = pending.stashed.get(i) {
+                f(&stash[..row_bytes]);
+            }
+        }
+        None => {}
+    }
+}
+
 fn split_push(
     sections: Vec<(u32, Rows)>,
     tables: &[TableInfo],
@@ -1484,6 +1646,10 @@ fn split_push(
             // that slipped through goes alone, and its send reports it.
             let fit = fit.max(1);
             let mut part = spare.pop().unwrap_or_default();
+            // Indexed as any row set, for read-my-writes.
+            for (i, &key) in rows.keys[start..start + fit].iter().enumerate() {
+                part.index.insert(key, Slot::Inline(i * row_bytes));
+            }
             part.keys.extend_from_slice(&rows.keys[start..start + fit]);
             part.values
                 .extend_from_slice(&rows.values[start * row_bytes..(start + fit) * row_bytes]);
@@ -1547,6 +1713,7 @@ mod tests {
             width,
             consistency: Consistency::Bsp,
             map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
+            replay: None,
         }
     }
 

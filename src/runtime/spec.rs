@@ -125,6 +125,11 @@ impl ClusterSpec {
             width: spec.width(),
             consistency: spec.consistency_model(),
             map,
+            // Integer tables replay only sums: `k * d` could overflow.
+            replay: spec
+                .update_rule()
+                .replay_scale()
+                .filter(|&k| k.is_finite() && (T::KIND.is_float() || k == 1.0)),
         };
         if info.width == 0 {
             self.errors.push(invalid(
@@ -282,6 +287,10 @@ impl ClusterSpec {
             h.u64(i.map.shards() as u64);
             h.u64(*i.map.keys().start());
             h.u64(*i.map.keys().end());
+            // Workers replay their own pushes with it: all must agree.
+            if let Some(k) = i.replay {
+                h.u64(k.to_bits());
+            }
         }
         h.0
     }
