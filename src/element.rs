@@ -441,6 +441,34 @@ mod tests {
     }
 
     #[test]
+    fn replays_match_the_rules_they_stand_for() {
+        // Sgd at rate 0.25: x - 0.25 * g, the same bits as the server's.
+        let (x, g) = ([1.5f32, -2.0, 0.1], [0.3f32, -4.0, 7.0]);
+        let mut row = [0u8; 12];
+        write_le_slice(&x, &mut row);
+        replay_le(&mut row, &g, -0.25);
+        let mut got = [0f32; 3];
+        read_le_slice(&row, &mut got);
+        let want: Vec<f32> = x.iter().zip(&g).map(|(x, g)| x - 0.25 * g).collect();
+        assert_eq!(got.to_vec(), want);
+        // The same delta as bytes, on f64 and on a sum that wraps.
+        let mut row = [0u8; 16];
+        write_le_slice(&[1.0f64, 2.0], &mut row);
+        let mut delta = [0u8; 16];
+        write_le_slice(&[0.5f64, -1.0], &mut delta);
+        replay_le_bytes(ElementKind::F64, &mut row, &delta, -2.0);
+        let mut back = [0f64; 2];
+        read_le_slice(&row, &mut back);
+        assert_eq!(back, [0.0, 4.0]);
+        write_le_slice(&[u64::MAX, 7], &mut row);
+        write_le_slice(&[2u64, 3], &mut delta);
+        replay_le_bytes(ElementKind::U64, &mut row, &delta, 1.0);
+        let mut sums = [0u64; 2];
+        read_le_slice(&row, &mut sums);
+        assert_eq!(sums, [1, 10]);
+    }
+
+    #[test]
     fn float_conversions_follow_as() {
         assert_eq!(i32::from_f64(1e20), i32::MAX);
         assert_eq!(u64::from_f64(-3.0), 0);

@@ -366,3 +366,22 @@ fn concurrent_wide_dense_pushes_are_exactly_once_and_pulls_untorn() {
 fn concurrent_wide_sparse_pushes_are_exactly_once_and_pulls_untorn() {
     concurrent_pushes_and_untorn_pulls(TableSpec::sparse(1024).shards(2));
 }
+
+#[test]
+fn only_linear_rules_offer_a_replay() {
+    use laggard::{Adagrad, Adam, Assign, Schedule, Sgd, Sum, Update};
+    assert_eq!(Update::<f32>::replay_scale(&Sum), Some(1.0));
+    assert_eq!(Update::<f32>::replay_scale(&Sgd::new(0.25)), Some(-0.25));
+    assert_eq!(
+        Update::<f32>::replay_scale(&Sgd::new(0.25).momentum(0.9)),
+        None
+    );
+    let varying = Schedule::ssp_theorem(1.0, 1.0, 2, 4).unwrap();
+    assert_eq!(
+        Update::<f32>::replay_scale(&Sgd::with_schedule(varying)),
+        None
+    );
+    assert_eq!(Update::<f32>::replay_scale(&Assign), None);
+    assert_eq!(Update::<f32>::replay_scale(&Adagrad::new(0.1)), None);
+    assert_eq!(Update::<f32>::replay_scale(&Adam::new(0.1)), None);
+}
