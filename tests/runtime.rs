@@ -532,12 +532,14 @@ fn ssp_reads_include_the_workers_own_pushes() {
             TableSpec::<f32>::dense(0..2, 4)
                 .update(laggard::Sgd::new(0.5))
                 .consistency(Consistency::Ssp { staleness: 3 }),
-        );
+        )
+        .table("bsp", TableSpec::<i64>::dense(0..2, 1));
     let cluster = Cluster::start(spec).unwrap();
     let stats = cluster
         .run_workers(|worker| {
             let sum = worker.table::<i64>("sum")?;
             let sgd = worker.table::<f32>("sgd")?;
+            let bsp = worker.table::<i64>("bsp")?;
             let key = u64::from(worker.id().0);
             let (mut counts, mut x) = ([0i64; 2], [0f32; 4]);
             for t in 0..12i64 {
@@ -553,9 +555,16 @@ fn ssp_reads_include_the_workers_own_pushes() {
                 worker.push(&sum, &[key], &[1, 2])?;
                 let grad = x.map(|v| v - 1.0);
                 worker.push(&sgd, &[key], &grad)?;
-                // A pull in the same clock sees the push too.
+                // A pull in the same clock sees the push too, also where
+                // the cached row could not answer at the next clock (BSP).
                 worker.pull(&sum, &[key], &mut counts)?;
                 assert_eq!(counts, [t + 1, 2 * (t + 1)]);
+                let mut one = [0i64];
+                worker.pull(&bsp, &[key], &mut one)?;
+                assert_eq!(one, [t]);
+                worker.push(&bsp, &[key], &[1])?;
+                worker.pull(&bsp, &[key], &mut one)?;
+                assert_eq!(one, [t + 1], "worker {key} at clock {t}, BSP");
                 worker.clock()?;
             }
             Ok(worker.stats())

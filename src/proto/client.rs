@@ -187,6 +187,10 @@ struct Cached {
     data_clock: u64,
     /// The worker's clock when the row was fetched.
     fetched_at: u64,
+    /// The worker pushed to the row without replaying the push onto it
+    /// ([`ClientCore::replay_push`]): it answers no pull, and the next
+    /// answer from the server replaces it (its buffer is reused).
+    lacks_own_push: bool,
     /// The row's little-endian bytes are `values[at..at + row_bytes]`: a
     /// row adopted with its frame ([`ClientCore::on_owned_frame`],
     /// [`ClientCore::on_kept_frame`]) lies where it arrived, after the
@@ -409,8 +413,9 @@ impl ClientCore {
 
     /// Read-my-writes, at a push: a cached copy of the row gets the delta
     /// replayed onto it if it can still answer a pull at the next clock
-    /// (later reads may come from it); otherwise it is dropped, and the
-    /// next read of the row goes to the server, whose answer gets the
+    /// (later reads may come from it); otherwise it is marked as lacking
+    /// the push, and the next read of the row goes to the server, whose
+    /// answer gets the
     /// pushes it had not applied replayed onto it
     /// ([`replay_unapplied`](Self::replay_unapplied)). Only for tables
     /// whose rule is linear ([`TableInfo::replay`]).
@@ -424,7 +429,7 @@ impl ClientCore {
             return;
         };
         if !is_fresh(consistency, row, self.clock + 1) {
-            self.uncache(table, key);
+            row.lacks_own_push = true;
             return;
         }
         if own_row(row, row_bytes, &mut self.spare_rows) {
@@ -1262,6 +1267,7 @@ impl ClientCore {
         let row = Cached {
             data_clock,
             fetched_at: self.clock,
+            lacks_own_push: false,
             values: RowBytes::Owned(frame),
             at,
             used: self.pulls_planned,
@@ -1297,6 +1303,7 @@ impl ClientCore {
             let row = Cached {
                 data_clock,
                 fetched_at: self.clock,
+                lacks_own_push: false,
                 values: RowBytes::Kept(frame.clone()),
                 at: at + i * row_bytes,
                 used: self.pulls_planned,
@@ -1428,6 +1435,7 @@ impl ClientCore {
         let row = Cached {
             data_clock: clock,
             fetched_at: self.clock,
+            lacks_own_push: false,
             values: RowBytes::Owned(values),
             at: 0,
             used: self.pulls_planned,
@@ -1480,6 +1488,7 @@ impl ClientCore {
                     if let Some(Cached {
                         data_clock,
                         fetched_at,
+                        lacks_own_push,
                         values: RowBytes::Owned(own),
                         at,
                         used,
@@ -1488,11 +1497,13 @@ impl ClientCore {
                         own.clear();
                         own.extend_from_slice(values);
                         (*data_clock, *fetched_at, *at) = (resp.clock, self.clock, 0);
+                        *lacks_own_push = false;
                         *used = self.pulls_planned;
                     } else {
                         let row = Cached {
                             data_clock: resp.clock,
                             fetched_at: self.clock,
+                            lacks_own_push: false,
                             values: RowBytes::Owned(values.to_vec()),
                             at: 0,
                             used: self.pulls_planned,
@@ -1669,6 +1680,9 @@ fn split_push(
 }
 
 fn is_fresh(consistency: Consistency, row: &Cached, clock: u64) -> bool {
+    if row.lacks_own_push {
+        return false;
+    }
     match consistency.required_min(clock) {
         Some(min) => row.data_clock >= min,
         None => row.fetched_at == clock,
