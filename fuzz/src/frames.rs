@@ -1,12 +1,19 @@
 //! Fuzz body for the wire protocol: arbitrary bytes must decode to an error
 //! or to a message that re-encodes to exactly those bytes, and arbitrary
-//! frame sequences fed to a server shard's state machine must never panic.
+//! frame sequences fed to a server shard's state machine, or to a worker's
+//! (pulling, pushing and replaying its own pushes onto what it reads
+//! meanwhile), must never panic.
 //! Shared by the libFuzzer target and the stable-toolchain corpus replay.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use laggard::proto::{Keys, Output, ServerConfig, ServerCore, ShardTables, decode, decode_split};
+use laggard::proto::{
+    ClientCore, Keys, Output, ServerConfig, ServerCore, ShardTables, TableInfo, Welcome, decode,
+    decode_split,
+};
 use laggard::transport::PeerId;
+use laggard::{Consistency, ElementKind, Placement, ShardMap};
 
 const MAX: usize = 1 << 16;
 
@@ -124,6 +131,54 @@ pub fn run(data: &[u8]) {
                 Output::Close(peer) => server.on_disconnect(peer, now),
                 Output::Stop => {}
             }
+        }
+    }
+    worker_session(data);
+}
+
+/// The same bytes as frames from shard 0 to worker 1, each after a step
+/// of the worker's chosen by its control byte: a pull of a key, a push to
+/// one (0-15 are the table's), or a flush.
+fn worker_session(data: &[u8]) {
+    let Ok(map) = ShardMap::new(Placement::Range, 1, 0..=15) else {
+        return;
+    };
+    let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
+        name: "t".into(),
+        kind: ElementKind::I64,
+        width: 2,
+        consistency: Consistency::Ssp { staleness: 1 },
+        map,
+        replay: Some(1.0),
+    }]);
+    let mut worker = ClientCore::new(1, 1, tables);
+    worker.set_cache_limit(64);
+    let welcome = Welcome {
+        shard: 0,
+        workers: 2,
+        applied_seq: 0,
+        clock: 0,
+    };
+    if worker.on_welcome(0, &welcome).is_err() {
+        return;
+    }
+    let mut rest = data;
+    while rest.len() >= 3 {
+        let control = rest[0];
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let (frame, tail) = rest[3..].split_at(len);
+        rest = tail;
+        let key = u64::from(control >> 3);
+        match control % 4 {
+            0 => drop(worker.plan_pull(0, &[key], Duration::from_secs(1))),
+            1 => drop(worker.pending_add(0, key, &[1i64, -2])),
+            2 => drop(worker.flush(control & 4 != 0)),
+            _ => {}
+        }
+        if control & 4 == 0 {
+            drop(worker.on_owned_frame(0, frame.to_vec(), MAX));
+        } else if let Ok(msg) = decode(frame, MAX) {
+            drop(worker.on_message(0, msg));
         }
     }
 }
