@@ -415,8 +415,7 @@ impl ClientCore {
     /// replayed onto it if it can still answer a pull at the next clock
     /// (later reads may come from it); otherwise it is marked as lacking
     /// the push, and the next read of the row goes to the server, whose
-    /// answer gets the
-    /// pushes it had not applied replayed onto it
+    /// answer gets the pushes it had not applied replayed onto it
     /// ([`replay_unapplied`](Self::replay_unapplied)). Only for tables
     /// whose rule is linear ([`TableInfo::replay`]).
     fn replay_push<T: Element>(&mut self, table: u32, key: u64, delta: &[T]) {
@@ -434,7 +433,6 @@ impl ClientCore {
         }
         if own_row(row, row_bytes, &mut self.spare_rows) {
             self.kept_rows -= 1;
-            self.stats.kept_rows_copied += 1;
         }
         if let RowBytes::Owned(own) = &mut row.values {
             replay_le(&mut own[row.at..row.at + row_bytes], delta, k);
@@ -468,7 +466,6 @@ impl ClientCore {
         };
         if own_row(row, row_bytes, &mut self.spare_rows) {
             self.kept_rows -= 1;
-            self.stats.kept_rows_copied += 1;
         }
         let RowBytes::Owned(own) = &mut row.values else {
             return false;
@@ -1181,12 +1178,7 @@ impl ClientCore {
         for (table, cache) in self.cache.iter_mut().enumerate() {
             let row_bytes = self.tables[table].row_bytes();
             for row in cache.values_mut() {
-                if let RowBytes::Kept(frame) = &row.values {
-                    let mut own = self.spare_rows.pop().unwrap_or_default();
-                    own.clear();
-                    own.extend_from_slice(&frame[row.at..row.at + row_bytes]);
-                    row.values = RowBytes::Owned(own);
-                    row.at = 0;
+                if own_row(row, row_bytes, &mut self.spare_rows) {
                     self.stats.kept_rows_copied += 1;
                 }
             }
@@ -1566,11 +1558,6 @@ fn rows_fitting(room: usize, row_bytes: usize) -> usize {
     rows
 }
 
-/// Splits the sections of a push longer than `max_frame` into pushes that
-/// each fit, rows in their order. A section that fits a frame moves whole;
-/// one that must be cut is copied, part by part, into row sets from
-/// `spare`, and its own set goes back there (if `spare` holds fewer than
-/// `spare_cap`).
 /// If `row` lies in a kept frame, copies it into a buffer of the
 /// worker's own (from `spare`, if any), releasing its share of the frame;
 /// true if it did.
@@ -1622,6 +1609,11 @@ fn unapplied_deltas(
     }
 }
 
+/// Splits the sections of a push longer than `max_frame` into pushes that
+/// each fit, rows in their order. A section that fits a frame moves whole;
+/// one that must be cut is copied, part by part, into row sets from
+/// `spare`, and its own set goes back there (if `spare` holds fewer than
+/// `spare_cap`).
 fn split_push(
     sections: Vec<(u32, Rows)>,
     tables: &[TableInfo],
