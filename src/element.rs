@@ -114,11 +114,12 @@ impl ElementKind {
         }
     }
 
-    /// A stable one-byte code.
+    /// Whether the kind is `f32` or `f64`.
     pub(crate) fn is_float(self) -> bool {
         matches!(self, ElementKind::F32 | ElementKind::F64)
     }
 
+    /// A stable one-byte code.
     pub(crate) fn code(self) -> u8 {
         self as u8
     }

@@ -96,10 +96,11 @@
 //! ## Pieces
 //! - [`Cluster`] / [`ClusterSpec`] / [`Server`] / [`Worker`]: the runtime.
 //!   Workers cache pulled rows, coalesce pushes per clock and read their
-//!   own pushes at once (for linear rules, see [`Update::replay_scale`]); servers park
-//!   pulls until the slowest worker allows them, apply every push exactly
-//!   once (also across reconnects), and declare a silent worker dead so it
-//!   stops holding the others back. Every blocking call has a deadline.
+//!   own pushes at once (for linear rules, see
+//!   [`Update::replay_scale`]); servers park pulls until the slowest
+//!   worker allows them, apply every push exactly once (also across
+//!   reconnects), and declare a silent worker dead so it stops holding
+//!   the others back. Every blocking call has a deadline.
 //! - [`transport`]: the `Transport` / `Endpoint` traits every transport
 //!   implements (shaped so that shared memory and RDMA need not copy), and
 //!   the in-process transport.
