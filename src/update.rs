@@ -212,6 +212,15 @@ pub trait Update<T: Element>: Send + Sync + Debug + 'static {
     fn replay_scale(&self) -> Option<f64> {
         None
     }
+
+    /// Whether a worker may sum two deltas pushed to one row within a
+    /// clock into one before this rule applies it: `true`, the default,
+    /// for rules on gradients, which then see the clock's summed gradient.
+    /// [`Assign`] says `false`: the worker keeps only the later delta, as
+    /// applying the two one after the other would leave the row.
+    fn sums_deltas(&self) -> bool {
+        true
+    }
 }
 
 /// Adds the delta: `x += d`. The default rule; exact for integer tables.
@@ -237,6 +246,10 @@ impl<T: Element> Update<T> for Assign {
     #[inline]
     fn apply(&self, row: &mut RowMut<'_, T>, _state: &mut RowMut<'_, T>, delta: &[T]) {
         row.zip_update(delta, |_, d| d);
+    }
+
+    fn sums_deltas(&self) -> bool {
+        false
     }
 }
 

@@ -152,6 +152,7 @@ impl Sim {
             map: map.clone(),
             // The Sum rule: replayable, so workers read their own pushes.
             replay: read_my_writes.then_some(1.0),
+            sums_deltas: true,
         }]);
         let servers = (0..shards)
             .map(|s| {

@@ -259,6 +259,7 @@ fn tables(shards: usize) -> std::sync::Arc<[TableInfo]> {
         consistency: Consistency::Bsp,
         map: ShardMap::new(Placement::RoundRobin, shards, 0..=3).unwrap(),
         replay: Some(1.0),
+        sums_deltas: true,
     }])
 }
 

@@ -580,6 +580,36 @@ fn ssp_reads_include_the_workers_own_pushes() {
 }
 
 #[test]
+fn assign_pushes_of_one_clock_leave_the_last_not_their_sum() {
+    // Pushes to a key within a clock are coalesced before they are sent:
+    // summed for gradient rules, the later replacing the earlier for
+    // Assign, as pushing them one by one to the table would leave it.
+    let spec = ClusterSpec::new(1, 1)
+        .table(
+            "set",
+            TableSpec::<i64>::dense(0..2, 2).update(laggard::Assign),
+        )
+        .table("sum", TableSpec::<i64>::dense(0..2, 2));
+    let cluster = Cluster::start(spec).unwrap();
+    let mut worker = cluster.worker(0).unwrap();
+    let (set, sum) = (
+        worker.table::<i64>("set").unwrap(),
+        worker.table::<i64>("sum").unwrap(),
+    );
+    for t in [&set, &sum] {
+        worker.push(t, &[1], &[5, 6]).unwrap();
+        worker.push(t, &[1], &[7, -1]).unwrap();
+    }
+    worker.clock().unwrap();
+    let mut row = [0i64; 2];
+    worker.pull(&set, &[1], &mut row).unwrap();
+    assert_eq!(row, [7, -1]);
+    worker.pull(&sum, &[1], &mut row).unwrap();
+    assert_eq!(row, [12, 5]);
+    worker.leave().unwrap();
+}
+
+#[test]
 fn a_ticket_waits_for_every_shard_of_a_cluster_of_many() {
     // More shards than a ticket keeps inline.
     let shards = 7;

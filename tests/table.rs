@@ -384,4 +384,8 @@ fn only_linear_rules_offer_a_replay() {
     assert_eq!(Update::<f32>::replay_scale(&Assign), None);
     assert_eq!(Update::<f32>::replay_scale(&Adagrad::new(0.1)), None);
     assert_eq!(Update::<f32>::replay_scale(&Adam::new(0.1)), None);
+    // Only Assign keeps the later of two deltas instead of their sum.
+    assert!(!Update::<f32>::sums_deltas(&Assign));
+    assert!(Update::<f32>::sums_deltas(&Sum));
+    assert!(Update::<f32>::sums_deltas(&Adam::new(0.1)));
 }

@@ -150,6 +150,7 @@ fn worker_session(data: &[u8]) {
         consistency: Consistency::Ssp { staleness: 1 },
         map,
         replay: Some(1.0),
+        sums_deltas: true,
     }]);
     let mut worker = ClientCore::new(1, 1, tables);
     worker.set_cache_limit(64);

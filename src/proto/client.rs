@@ -50,6 +50,10 @@ pub struct TableInfo {
     /// the worker then replays its own pushes onto its cached rows, so
     /// that its reads include them.
     pub replay: Option<f64>,
+    /// Whether two deltas pushed to one row within a clock are summed
+    /// ([`Update::sums_deltas`](crate::Update::sums_deltas)); if not, the
+    /// later replaces the earlier.
+    pub sums_deltas: bool,
 }
 
 impl TableInfo {
@@ -509,16 +513,22 @@ impl ClientCore {
                 });
             }
         }
+        let sums = info.sums_deltas;
         self.stats.rows_pushed += 1;
         let rows = &mut self.pending[shard][table as usize];
+        let coalesce = |pending: &mut [u8]| match (sums, le_bytes(delta)) {
+            (true, _) => add_le_slice(pending, delta),
+            (false, Some(bytes)) => pending.copy_from_slice(bytes),
+            (false, None) => write_le_slice(delta, pending),
+        };
         match rows.index.get(&key) {
             Some(&Slot::Inline(at)) => {
                 self.stats.rows_coalesced += 1;
-                add_le_slice(&mut rows.values[at..at + row_bytes], delta);
+                coalesce(&mut rows.values[at..at + row_bytes]);
             }
             Some(&Slot::Stashed(i)) => {
                 self.stats.rows_coalesced += 1;
-                add_le_slice(&mut rows.stashed[i].1[..row_bytes], delta);
+                coalesce(&mut rows.stashed[i].1[..row_bytes]);
             }
             None if row_bytes >= STASH_MIN_ROW => {
                 let mut block = match stash {
@@ -1720,6 +1730,7 @@ mod tests {
             consistency: Consistency::Bsp,
             map: ShardMap::new(Placement::RoundRobin, 1, 0..=9).unwrap(),
             replay: None,
+            sums_deltas: true,
         }
     }
 

@@ -125,11 +125,14 @@ impl ClusterSpec {
             width: spec.width(),
             consistency: spec.consistency_model(),
             map,
-            // Integer tables replay only sums: `k * d` could overflow.
-            replay: spec
-                .update_rule()
-                .replay_scale()
-                .filter(|&k| k.is_finite() && (T::KIND.is_float() || k == 1.0)),
+            sums_deltas: spec.update_rule().sums_deltas(),
+            // Integer tables replay only sums: `k * d` could overflow. A
+            // replay adds the pending (summed) deltas.
+            replay: spec.update_rule().replay_scale().filter(|&k| {
+                k.is_finite()
+                    && (T::KIND.is_float() || k == 1.0)
+                    && spec.update_rule().sums_deltas()
+            }),
         };
         if info.width == 0 {
             self.errors.push(invalid(
