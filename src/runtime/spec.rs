@@ -119,20 +119,20 @@ impl ClusterSpec {
                 return self;
             }
         };
+        let rule = spec.update_rule();
+        let sums_deltas = rule.sums_deltas();
         let info = TableInfo {
             name: name.to_owned(),
             kind: T::KIND,
             width: spec.width(),
             consistency: spec.consistency_model(),
             map,
-            sums_deltas: spec.update_rule().sums_deltas(),
+            sums_deltas,
             // Integer tables replay only sums: `k * d` could overflow. A
             // replay adds the pending (summed) deltas.
-            replay: spec.update_rule().replay_scale().filter(|&k| {
-                k.is_finite()
-                    && (T::KIND.is_float() || k == 1.0)
-                    && spec.update_rule().sums_deltas()
-            }),
+            replay: rule
+                .replay_scale()
+                .filter(|&k| k.is_finite() && (T::KIND.is_float() || k == 1.0) && sums_deltas),
         };
         if info.width == 0 {
             self.errors.push(invalid(
