@@ -96,17 +96,10 @@ pub fn run(data: &[u8]) {
     });
     let start = Instant::now();
     let mut out = Vec::new();
-    let mut rest = data;
-    let mut step = 0u32;
-    while rest.len() >= 3 {
-        let control = rest[0];
+    for (step, (control, frame, next)) in session(data).enumerate() {
         let peer = PeerId(u64::from(control % 4));
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
-        let (frame, tail) = rest[3..].split_at(len);
-        rest = tail;
-        let now = start + Duration::from_millis(u64::from(step));
-        step += 1;
-        if rest.first().is_some_and(|b| b & 0x80 != 0) {
+        let now = start + Duration::from_millis(step as u64);
+        if next.is_some_and(|b| b & 0x80 != 0) {
             server.on_disconnect(peer, now);
         }
         server.on_frame(peer, frame, now, &mut Tables, &mut out);
@@ -136,6 +129,23 @@ pub fn run(data: &[u8]) {
     worker_session(data);
 }
 
+/// `data` as a session, `[control: 1 byte][len: 2 bytes][frame]...`:
+/// each frame with its control byte and the first byte after it (the
+/// next frame's control byte), if any. A length past the end is cut.
+fn session(data: &[u8]) -> impl Iterator<Item = (u8, &[u8], Option<u8>)> {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.len() < 3 {
+            return None;
+        }
+        let control = rest[0];
+        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
+        let (frame, tail) = rest[3..].split_at(len);
+        rest = tail;
+        Some((control, frame, rest.first().copied()))
+    })
+}
+
 /// The same bytes as frames from shard 0 to worker 1, each after a step
 /// of the worker's chosen by its control byte: a pull of a key, a push to
 /// one (0-15 are the table's), or a flush.
@@ -163,12 +173,7 @@ fn worker_session(data: &[u8]) {
     if worker.on_welcome(0, &welcome).is_err() {
         return;
     }
-    let mut rest = data;
-    while rest.len() >= 3 {
-        let control = rest[0];
-        let len = usize::from(u16::from_le_bytes([rest[1], rest[2]])).min(rest.len() - 3);
-        let (frame, tail) = rest[3..].split_at(len);
-        rest = tail;
+    for (control, frame, _) in session(data) {
         let key = u64::from(control >> 3);
         match control % 4 {
             0 => drop(worker.plan_pull(0, &[key], Duration::from_secs(1))),
