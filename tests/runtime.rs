@@ -195,6 +195,73 @@ fn ssp_reads_never_miss_updates_older_than_the_bound() {
     ssp_instrumented_run(3, 2);
 }
 
+#[test]
+fn each_table_keeps_its_own_consistency_model() {
+    // One cluster, one clock per worker, four tables under four models: a
+    // read of each table at clock `c` must see every worker's clocks up to
+    // `c - s` for that table's bound (none under Async), and the reader's
+    // own pushes under all of them, while a straggler holds the others
+    // back. Each table's row 0 counts, in element `w`, worker `w`'s clocks.
+    let (workers, clocks, slow) = (4, 12u64, 1);
+    let models = [
+        ("bsp", Consistency::Bsp),
+        ("ssp1", Consistency::Ssp { staleness: 1 }),
+        ("ssp3", Consistency::Ssp { staleness: 3 }),
+        ("async", Consistency::Async),
+    ];
+    let spec = models
+        .iter()
+        .fold(ClusterSpec::new(2, workers), |spec, &(name, c)| {
+            spec.table(name, TableSpec::<u64>::dense(0..1, workers).consistency(c))
+        });
+    let cluster = Cluster::start(spec).unwrap();
+    let violations = Mutex::new(Vec::new());
+    cluster
+        .run_workers(|worker| {
+            let tables = models
+                .iter()
+                .map(|&(name, c)| Ok((name, c, worker.table::<u64>(name)?)))
+                .collect::<laggard::Result<Vec<_>>>()?;
+            let w = worker.id().0 as usize;
+            let mut row = vec![0u64; workers];
+            for c in 0..clocks {
+                if w == slow {
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+                for (name, model, t) in &tables {
+                    worker.pull(t, &[0], &mut row)?;
+                    let needed = match model {
+                        Consistency::Bsp => c,
+                        Consistency::Ssp { staleness } => c.saturating_sub(*staleness),
+                        Consistency::Async => 0,
+                    };
+                    for (other, &seen) in row.iter().enumerate() {
+                        let own_wrong = other == w && seen != c;
+                        if seen < needed || own_wrong {
+                            violations
+                                .lock()
+                                .unwrap()
+                                .push(format!("{name}: worker {w} at clock {c} saw {seen} clocks of worker {other}"));
+                        }
+                    }
+                    let mut d = vec![0u64; workers];
+                    d[w] = 1;
+                    worker.push(t, &[0], &d)?;
+                }
+                worker.clock()?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(violations.into_inner().unwrap(), Vec::<String>::new());
+    for (name, _) in models {
+        let mut row = vec![0u64; workers];
+        cluster.read::<u64>(name, &[0], &mut row).unwrap();
+        assert_eq!(row, vec![clocks; workers], "table {name}");
+    }
+    cluster.shutdown().unwrap();
+}
+
 /// Runs one worker pattern and returns the pull messages the workers sent.
 fn pull_messages(consistency: Consistency) -> u64 {
     let workers = 3;
