@@ -13,10 +13,16 @@
 //! in flight are lost) and a new client with another session takes its
 //! place, going on from the clock and sequence numbers the shards have.
 //!
-//! Checked: no worker at clock `c` under SSP(s) ever reads a row missing an
-//! update from a clock `<= c - s - 1`; every push is applied exactly once
-//! (final sums equal the clocks each worker finished); and every schedule
-//! runs to completion.
+//! The cluster has two tables with the same keys: one under SSP(s), the
+//! other under a model of its own (BSP, SSP with another bound, or Async),
+//! as a consistency model is chosen per table. Every clock each worker
+//! pulls and pushes every row of both.
+//!
+//! Checked: no worker at clock `c` ever reads a row missing an update from
+//! a clock `<= c - s - 1`, for its table's `s` (none under Async), nor one
+//! of another row or table; every push is applied exactly once (final sums
+//! equal the clocks each worker finished); and every schedule runs to
+//! completion.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -33,26 +39,36 @@ use proptest::prelude::*;
 const MAX: usize = 1 << 20;
 /// Keys each shard owns.
 const KEYS_PER_SHARD: usize = 2;
+/// Tables of the cluster: the first under SSP(s), the second under a
+/// consistency model of its own (BSP, another SSP bound, or Async), with
+/// the same keys, so a row answered or cached under the wrong table shows.
+const TABLES: usize = 2;
 /// Elements after the workers' counts in every row, so that rows are long
 /// enough for a frame limit to fit one row but not two, for pushes and
 /// pull answers alike. The first counts the row's key once per push, so a
 /// row read under another key's name shows; the rest stay zero.
 const PAD: usize = 4;
 
-/// Storage model: one table of i64 rows of width P + PAD, Sum rule.
+/// What every push to row `key` of table `t` adds to the element after
+/// the workers' counts: a row read under another row's name shows.
+fn tag(t: u32, key: u64) -> i64 {
+    key as i64 + 100 * i64::from(t)
+}
+
+/// Storage model: `TABLES` tables of i64 rows of width P + PAD, Sum rule.
 struct Model {
     width: usize,
-    rows: HashMap<u64, Vec<i64>>,
+    rows: HashMap<(u32, u64), Vec<i64>>,
     shard: usize,
     map: ShardMap,
 }
 
 impl ShardTables for Model {
     fn len(&self) -> usize {
-        1
+        TABLES
     }
     fn check(&self, table: u32, keys: Keys<'_>, value_len: Option<usize>) -> laggard::Result<()> {
-        assert_eq!(table, 0);
+        assert!((table as usize) < TABLES);
         if let Some(len) = value_len {
             assert_eq!(len, keys.len() * self.width * 8);
         }
@@ -61,9 +77,12 @@ impl ShardTables for Model {
         }
         Ok(())
     }
-    fn apply(&mut self, _: u32, keys: Keys<'_>, values: &[u8]) -> laggard::Result<()> {
+    fn apply(&mut self, table: u32, keys: Keys<'_>, values: &[u8]) -> laggard::Result<()> {
         for (k, row) in keys.iter().zip(values.chunks_exact(self.width * 8)) {
-            let r = self.rows.entry(k).or_insert_with(|| vec![0; self.width]);
+            let r = self
+                .rows
+                .entry((table, k))
+                .or_insert_with(|| vec![0; self.width]);
             for (x, b) in r.iter_mut().zip(row.chunks_exact(8)) {
                 *x += i64::from_le_bytes(b.try_into().unwrap());
             }
@@ -88,7 +107,6 @@ struct Sim {
     workers: usize,
     shards: usize,
     clocks: u64,
-    staleness: u64,
     servers: Vec<(ServerCore, Model)>,
     clients: Vec<ClientCore>,
     phase: Vec<Phase>,
@@ -135,7 +153,7 @@ impl Sim {
         workers: usize,
         shards: usize,
         clocks: u64,
-        staleness: u64,
+        consistency: [Consistency; TABLES],
         piece: Option<usize>,
         one_row_frames: bool,
         cache_rows: Option<usize>,
@@ -144,16 +162,20 @@ impl Sim {
         let keys = (shards * KEYS_PER_SHARD) as u64;
         let width = workers + PAD;
         let map = ShardMap::new(Placement::RoundRobin, shards, 0..=(keys - 1)).unwrap();
-        let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
-            name: "t".into(),
-            kind: ElementKind::I64,
-            width,
-            consistency: Consistency::Ssp { staleness },
-            map: map.clone(),
-            // The Sum rule: replayable, so workers read their own pushes.
-            replay: read_my_writes.then_some(1.0),
-            sums_deltas: true,
-        }]);
+        let tables: Arc<[TableInfo]> = consistency
+            .iter()
+            .enumerate()
+            .map(|(t, &consistency)| TableInfo {
+                name: format!("t{t}"),
+                kind: ElementKind::I64,
+                width,
+                consistency,
+                map: map.clone(),
+                // The Sum rule: replayable, so workers read their own pushes.
+                replay: read_my_writes.then_some(1.0),
+                sums_deltas: true,
+            })
+            .collect();
         let servers = (0..shards)
             .map(|s| {
                 let core = ServerCore::new(ServerConfig {
@@ -176,7 +198,6 @@ impl Sim {
             workers,
             shards,
             clocks,
-            staleness,
             servers,
             clients: (0..workers)
                 .map(|w| client(w, shards, &tables, one_row_frames, piece, cache_rows))
@@ -296,7 +317,10 @@ impl Sim {
         match &self.phase[w] {
             Phase::NeedPull => {
                 let keys: Vec<u64> = (0..self.keys).collect();
-                let reqs = core.plan_pull(0, &keys, Duration::from_secs(3600)).unwrap();
+                let mut reqs = Vec::new();
+                for t in 0..TABLES as u32 {
+                    reqs.extend(core.plan_pull(t, &keys, Duration::from_secs(3600)).unwrap());
+                }
                 for &r in &reqs {
                     let (s, frame) = core.with_request(r, |s, m| (s, m.to_vec())).unwrap();
                     if self.one_row_frames {
@@ -323,35 +347,38 @@ impl Sim {
                     self.phase[w] = Phase::Pulling(pending);
                     return;
                 }
-                // Check the SSP guarantee on every key.
+                // Check each table's guarantee on every key.
                 let c = core.clock();
-                for key in 0..self.keys {
-                    let row = core.cached(0, key).unwrap();
+                for (t, key) in (0..TABLES as u32).flat_map(|t| (0..self.keys).map(move |k| (t, k)))
+                {
+                    let row = core.cached(t, key).unwrap();
                     let element =
                         |i: usize| i64::from_le_bytes(row[i * 8..][..8].try_into().unwrap());
                     let pushes: i64 = (0..self.workers).map(element).sum();
-                    if element(self.workers) != key as i64 * pushes {
+                    if element(self.workers) != tag(t, key) * pushes {
                         self.violations.push(format!(
-                            "worker {w} read key {key}'s row as {:?}: another key's",
+                            "worker {w} read table {t} key {key}'s row as {:?}: another row's",
                             (0..self.workers + 1).map(element).collect::<Vec<_>>()
                         ));
                     }
                     // Read-my-writes: every push of the worker's own, the
                     // ones the shard has not applied yet included.
                     let own = element(w);
-                    if self.tables[0].replay.is_some() && own as u64 != c {
+                    if self.tables[t as usize].replay.is_some() && own as u64 != c {
                         self.violations.push(format!(
-                            "worker {w} at clock {c} read key {key} with {own} of its own pushes"
+                            "worker {w} at clock {c} read table {t} key {key} with {own} of its own pushes"
                         ));
                     }
+                    // Every worker runs all clocks (one that left had
+                    // pushed them all first), so all must be at c - s
+                    // (c under BSP; nothing is required under Async).
+                    let consistency = self.tables[t as usize].consistency;
+                    let needed = consistency.required_min(c).unwrap_or(0);
                     for other in 0..self.workers {
-                        let seen = i64::from_le_bytes(row[other * 8..][..8].try_into().unwrap());
-                        // Every worker runs all clocks (one that left had
-                        // pushed them all first), so all must be at c - s.
-                        let needed = c.saturating_sub(self.staleness);
+                        let seen = element(other);
                         if (seen as u64) < needed {
                             self.violations.push(format!(
-                                "worker {w} at clock {c} saw key {key} with {seen} clocks of worker {other} (needs {needed})"
+                                "worker {w} at clock {c} saw table {t} ({consistency}) key {key} with {seen} clocks of worker {other} (needs {needed})"
                             ));
                         }
                     }
@@ -359,11 +386,12 @@ impl Sim {
                 self.phase[w] = Phase::NeedPush;
             }
             Phase::NeedPush => {
-                for key in 0..self.keys {
+                for (t, key) in (0..TABLES as u32).flat_map(|t| (0..self.keys).map(move |k| (t, k)))
+                {
                     let mut delta = vec![0i64; self.workers + PAD];
                     delta[w] = 1;
-                    delta[self.workers] = key as i64;
-                    core.pending_add(0, key, &delta).unwrap();
+                    delta[self.workers] = tag(t, key);
+                    core.pending_add(t, key, &delta).unwrap();
                 }
                 let sent = core.flush(true);
                 for (s, seq) in sent {
@@ -392,7 +420,7 @@ impl Sim {
                             if row[w] as u64 != self.clocks {
                                 self.violations.push(format!(
                                     "worker {w}'s pushes are all acknowledged, but shard {s} \
-                                     applied {} clocks of them to key {key}",
+                                     applied {} clocks of them to (table, key) {key:?}",
                                     row[w]
                                 ));
                             }
@@ -450,7 +478,7 @@ impl Sim {
             for (key, row) in &model.rows {
                 if row[..self.workers].iter().any(|&n| n as u64 > hold) {
                     self.violations.push(format!(
-                        "shard {s} applied pushes past the hold at clock {hold}: key {key} is {row:?}"
+                        "shard {s} applied pushes past the hold at clock {hold}: (table, key) {key:?} is {row:?}"
                     ));
                 }
             }
@@ -476,7 +504,11 @@ impl Sim {
                 } => {
                     let mut values = Vec::new();
                     for k in &keys {
-                        let row = model.rows.get(k).cloned().unwrap_or(vec![0; model.width]);
+                        let row = model
+                            .rows
+                            .get(&(table, *k))
+                            .cloned()
+                            .unwrap_or(vec![0; model.width]);
                         row.iter()
                             .for_each(|x| values.extend_from_slice(&x.to_le_bytes()));
                     }
@@ -611,6 +643,11 @@ proptest! {
         shards in 1usize..3,
         clocks in 1u64..6,
         staleness in 0u64..3,
+        second in prop_oneof![
+            Just(Consistency::Bsp),
+            (0u64..3).prop_map(|staleness| Consistency::Ssp { staleness }),
+            Just(Consistency::Async),
+        ],
         schedule in proptest::collection::vec(any::<u16>(), 0..400),
         piece_elements in proptest::option::of(1usize..4),
         one_row_frames in any::<bool>(),
@@ -620,7 +657,7 @@ proptest! {
     ) {
         let piece = piece_elements.map(|n| n * 8);
         let mut sim =
-            Sim::new(workers, shards, clocks, staleness, piece, one_row_frames, cache_rows, read_my_writes);
+            Sim::new(workers, shards, clocks, [Consistency::Ssp { staleness }, second], piece, one_row_frames, cache_rows, read_my_writes);
         // Shards that hold pushes from the start, as a server with a clock
         // hook does.
         for s in 0..shards {
@@ -656,13 +693,13 @@ proptest! {
         }
         let mut exact = vec![clocks as i64; workers];
         exact.resize(workers + PAD, 0);
-        for key in 0..sim.keys {
+        for (t, key) in (0..TABLES as u32).flat_map(|t| (0..sim.keys).map(move |k| (t, k))) {
             // Exactly once: each worker's element counts its clocks.
             let shard = sim.servers[0].1.map.shard_of(key).unwrap();
             let (_, model) = &sim.servers[shard];
-            let row = model.rows.get(&key).cloned().unwrap_or_default();
-            exact[workers] = key as i64 * clocks as i64 * workers as i64;
-            prop_assert_eq!(&row, &exact, "key {}", key);
+            let row = model.rows.get(&(t, key)).cloned().unwrap_or_default();
+            exact[workers] = tag(t, key) * clocks as i64 * workers as i64;
+            prop_assert_eq!(&row, &exact, "table {} key {}", t, key);
         }
         for (core, _) in &sim.servers {
             prop_assert_eq!(core.parked(), 0);
