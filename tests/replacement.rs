@@ -168,6 +168,21 @@ fn a_second_process_is_refused_while_the_first_is_connected() {
             .contains("two processes claim the same rank"),
         "{err}"
     );
+    // With time to spare, it does not wait out its deadline: the
+    // in-process transport reports a dead process's connection gone at
+    // once, so a connection that holds on past a grace is a live one.
+    let other = cluster.network().bind("a third process").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let err = Worker::connect(other, cluster.spec(), WorkerId(1), deadline).unwrap_err();
+    assert!(
+        matches!(err, laggard::Error::WorkerClaimed { .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("longer than the transport takes to report a dead process's connection gone"),
+        "{err}"
+    );
     first.leave().unwrap();
     // A worker that left cannot be taken over.
     let err = cluster.worker(1).unwrap_err();

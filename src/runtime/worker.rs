@@ -20,6 +20,12 @@ const SERVER_GRACE: Duration = Duration::from_millis(500);
 /// How long [`Worker::connect`] waits before trying again when a shard
 /// says another connection still speaks for the worker.
 const CLAIMED_RETRY: Duration = Duration::from_millis(20);
+/// How much longer than its transport takes to report a dead process's
+/// connection gone ([`Endpoint::reports_dead_peers_within`])
+/// [`Worker::connect`] lets another connection hold the worker's id
+/// before it concludes that a live process holds it: time for the server
+/// to take the report in and answer.
+const CLAIMED_GRACE: Duration = Duration::from_secs(2);
 
 /// How long `leave` tries to reach a shard again to repeat a leave whose
 /// delivery it could not confirm.
@@ -226,8 +232,12 @@ impl<E: Endpoint> Worker<E> {
     /// its place at its clock (see [`Worker`]). While a shard still counts
     /// another process's connection as that worker's (it may not have seen
     /// a killed process's connection close yet), this waits and tries
-    /// again; at the deadline it fails with [`Error::WorkerClaimed`]. A
-    /// worker that left cannot come back.
+    /// again. It fails with [`Error::WorkerClaimed`] once the connection
+    /// has held on for longer than the transport takes to report a dead
+    /// process's connection gone, plus a grace of two seconds
+    /// ([`Endpoint::reports_dead_peers_within`]): another live process
+    /// holds the id. For a transport that sets no such bound, it tries
+    /// until the deadline. A worker that left cannot come back.
     pub fn connect(ep: E, spec: &ClusterSpec, id: WorkerId, deadline: Instant) -> Result<Self> {
         spec.validate()?;
         if id.0 as usize >= spec.workers {
@@ -248,10 +258,28 @@ impl<E: Endpoint> Worker<E> {
         };
         let mut ep = ep;
         let mut stale = IdSet::default();
+        // Past this, a connection that still holds the id is a live
+        // process's, not one a dead process left behind.
+        let held_at_most = ep.reports_dead_peers_within().map(|d| d + CLAIMED_GRACE);
+        let mut claimed_since = None;
         loop {
             let mut worker = Worker::new(ep, spec, id, session, stale);
             match worker.register(deadline) {
                 Ok(()) => return Ok(worker),
+                Err(Error::WorkerClaimed { peer, message })
+                    if held_at_most.is_some_and(|most| {
+                        claimed_since.get_or_insert_with(Instant::now).elapsed() > most
+                    }) =>
+                {
+                    return Err(Error::WorkerClaimed {
+                        peer,
+                        message: format!(
+                            "{message} (and still did after {:.1?}, longer than the transport \
+                             takes to report a dead process's connection gone)",
+                            claimed_since.map_or(Duration::ZERO, |t: Instant| t.elapsed())
+                        ),
+                    });
+                }
                 // Another connection still speaks for this worker: most
                 // likely that of the process this one takes the place of,
                 // which the shard has not yet seen close. Try again with

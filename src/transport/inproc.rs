@@ -22,7 +22,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{Endpoint, Event, PeerId, Transport};
 use crate::error::{Error, Result};
@@ -515,6 +515,12 @@ impl Endpoint for InProcessEndpoint {
 
     fn max_frame_len(&self) -> usize {
         self.capacity
+    }
+
+    /// At once: a dropped endpoint (a worker's thread that panicked or
+    /// returned) closes its connections as it goes.
+    fn reports_dead_peers_within(&self) -> Option<Duration> {
+        Some(Duration::ZERO)
     }
 
     fn peer_name(&self, peer: PeerId) -> String {

@@ -41,7 +41,7 @@ mod inproc;
 mod stash_pool;
 
 use std::ops::{Deref, DerefMut};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::error::Result;
 
@@ -447,6 +447,23 @@ pub trait Endpoint: Send {
     /// ends of a connection use the same transport, so the receiver's
     /// endpoint says the same.
     fn row_piece_len(&self) -> Option<usize> {
+        None
+    }
+
+    /// How long, at most, this transport takes to report a connection
+    /// gone ([`Event::Disconnected`]) once the process at its other end
+    /// died (was killed, crashed, lost its host); `None` (the default) if
+    /// it sets no bound.
+    ///
+    /// Both ends of a connection use the same transport, so a worker asks
+    /// its own endpoint how soon a server notices a dead worker's
+    /// connection. [`Worker::connect`](crate::Worker::connect) finding its
+    /// id still held by another connection waits for that connection to
+    /// be reported gone (its process may just have died); held longer than
+    /// this bound, and a grace, it is another live process, and `connect`
+    /// fails with [`Error::WorkerClaimed`](crate::Error::WorkerClaimed)
+    /// then, not at its deadline.
+    fn reports_dead_peers_within(&self) -> Option<Duration> {
         None
     }
 

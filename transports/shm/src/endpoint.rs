@@ -15,7 +15,7 @@ use std::ops::{Deref, DerefMut};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use laggard::idhash::IdMap;
 use laggard::transport::{Endpoint, Event, PeerId, Stash, StashMemory, StashPool, Transport};
@@ -1155,6 +1155,13 @@ impl Endpoint for ShmEndpoint {
     /// ring, so it can copy one piece while the sender writes the next.
     fn row_piece_len(&self) -> Option<usize> {
         Some(self.net.cfg.row_piece_len())
+    }
+
+    /// [`ShmConfig::liveness_interval`](crate::ShmConfig::liveness_interval):
+    /// a waiting endpoint checks that often whether its peers' processes
+    /// still run.
+    fn reports_dead_peers_within(&self) -> Option<Duration> {
+        Some(self.net.cfg.liveness_interval)
     }
 
     fn peer_name(&self, peer: PeerId) -> String {

@@ -782,6 +782,13 @@ impl Endpoint for TcpEndpoint {
         self.shared.cfg.row_piece_len()
     }
 
+    /// [`TcpConfig::dead_after`](crate::TcpConfig::dead_after): a killed
+    /// process's sockets close at once, and a host that went silent is
+    /// declared gone after that long without a frame or heartbeat.
+    fn reports_dead_peers_within(&self) -> Option<Duration> {
+        Some(self.shared.cfg.dead_after)
+    }
+
     fn peer_name(&self, peer: PeerId) -> String {
         match lock(&self.shared.conns).get(&peer) {
             Some(conn) => conn.peer_name.clone(),
