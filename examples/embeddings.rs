@@ -24,6 +24,7 @@
 //!     [--straggle-ms 10]
 //! ```
 
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -211,13 +212,16 @@ fn train(
         // Monitor: the held-out RMSE of the servers' current rows.
         let monitor = s.spawn(|| -> laggard::Result<()> {
             let mut last_print = Instant::now();
+            let tty = std::io::stderr().is_terminal();
             loop {
                 // Acquire pairs with the Release store once the workers
                 // finished: the last sample then sees their final pushes.
                 let finished = done.load(Ordering::Acquire);
                 let e = rmse(&cluster, test, &test_users, &test_items)?;
                 samples.push((start.elapsed(), e));
-                if last_print.elapsed() > Duration::from_millis(200) || finished {
+                // A terminal gets a line redrawn as training goes; a log
+                // (CI, a pipe) gets the last state only.
+                if (tty && last_print.elapsed() > Duration::from_millis(200)) || finished {
                     eprint!("\r  {model:<9} RMSE {e:.4}  {:>7.2?}   ", start.elapsed());
                     last_print = Instant::now();
                 }

@@ -30,7 +30,7 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -151,6 +151,7 @@ fn train(cfg: &Config, data: &Data, consistency: Consistency) -> laggard::Result
         let monitor = s.spawn(|| -> laggard::Result<()> {
             let mut weights = vec![0f32; FEATURES];
             let mut last_print = Instant::now();
+            let tty = std::io::stderr().is_terminal();
             loop {
                 // Acquire pairs with the Release store after the workers
                 // finished: the last sample then sees their final pushes.
@@ -164,7 +165,9 @@ fn train(cfg: &Config, data: &Data, consistency: Consistency) -> laggard::Result
                     / cfg.workers as f64;
                 let l = loss(data, &weights);
                 samples.push((start.elapsed(), mean_clock, l));
-                if last_print.elapsed() > Duration::from_millis(200) || finished {
+                // A terminal gets a line redrawn as training goes; a log
+                // (CI, a pipe) gets the last state only.
+                if (tty && last_print.elapsed() > Duration::from_millis(200)) || finished {
                     eprint!(
                         "\r  {consistency:<9} clock {:>6.1}/{}  loss {l:.4}  {:>6.2?}   ",
                         mean_clock,
