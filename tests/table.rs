@@ -153,7 +153,9 @@ fn sparse_rows_are_created_on_first_push() {
 #[test]
 fn sparse_table_holds_many_keys_that_share_trie_prefixes() {
     let t = Table::new(TableSpec::<u64>::sparse(1).shards(3)).unwrap();
-    let keys: Vec<u64> = (0..20_000u64)
+    // Under Miri, which tracks every allocation, fewer.
+    let n = if cfg!(miri) { 1_000 } else { 20_000u64 };
+    let keys: Vec<u64> = (0..n)
         .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
         .collect();
     for &k in &keys {
@@ -319,7 +321,8 @@ fn two_tables_in_one_process_are_independent() {
 /// row always move together, so a torn read would show unequal elements).
 fn concurrent_pushes_and_untorn_pulls(spec: TableSpec<i64>) {
     const THREADS: usize = 4;
-    const PUSHES: i64 = 2_000;
+    // Under Miri, which runs every spin of a contended row, fewer.
+    const PUSHES: i64 = if cfg!(miri) { 25 } else { 2_000 };
     let width = spec.width();
     let table = Table::new(spec).unwrap();
     let keys = [3u64, 5, 7];
