@@ -24,7 +24,6 @@
 //!     [--straggle-ms 10]
 //! ```
 
-use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,6 +31,8 @@ use laggard::{Cluster, ClusterSpec, Consistency, Init, Placement, Sgd, TableSpec
 
 #[path = "common/logreg.rs"]
 mod logreg;
+#[path = "common/monitor.rs"]
+mod monitor;
 
 use logreg::rand;
 
@@ -210,27 +211,12 @@ fn train(
     let mut samples = Vec::new();
     let stats = std::thread::scope(|s| -> laggard::Result<_> {
         // Monitor: the held-out RMSE of the servers' current rows.
-        let monitor = s.spawn(|| -> laggard::Result<()> {
-            let mut last_print = Instant::now();
-            let tty = std::io::stderr().is_terminal();
-            loop {
-                // Acquire pairs with the Release store once the workers
-                // finished: the last sample then sees their final pushes.
-                let finished = done.load(Ordering::Acquire);
+        let monitor = s.spawn(|| {
+            monitor::watch(&done, Duration::from_millis(25), || {
                 let e = rmse(&cluster, test, &test_users, &test_items)?;
                 samples.push((start.elapsed(), e));
-                // A terminal gets a line redrawn as training goes; a log
-                // (CI, a pipe) gets the last state only.
-                if (tty && last_print.elapsed() > Duration::from_millis(200)) || finished {
-                    eprint!("\r  {model:<9} RMSE {e:.4}  {:>7.2?}   ", start.elapsed());
-                    last_print = Instant::now();
-                }
-                if finished {
-                    eprintln!();
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
+                Ok(format!("{model:<9} RMSE {e:.4}  {:>7.2?}", start.elapsed()))
+            })
         });
         let stats = cluster.run_workers(|worker| {
             let users_t = worker.table::<f32>("users")?;
@@ -278,7 +264,7 @@ fn train(
             }
             Ok(worker.stats())
         });
-        // Release pairs with the monitor's Acquire load above.
+        // Release pairs with the Acquire load in `monitor::watch`.
         done.store(true, Ordering::Release);
         monitor.join().expect("the monitor panicked")?;
         stats

@@ -30,7 +30,7 @@
 //! ```
 
 use std::fmt::Write as _;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -39,6 +39,8 @@ use laggard::{Cluster, ClusterSpec, Consistency, Sgd, TableSpec};
 
 #[path = "common/logreg.rs"]
 mod logreg;
+#[path = "common/monitor.rs"]
+mod monitor;
 
 use logreg::{Data, FEATURES, ROW_WIDTH, ROWS, SAMPLES, generate, loss, rand};
 
@@ -148,14 +150,9 @@ fn train(cfg: &Config, data: &Data, consistency: Consistency) -> laggard::Result
     let mut samples = Vec::new();
     let stats = std::thread::scope(|s| -> laggard::Result<_> {
         // Monitor: sample the loss of the servers' current weights.
-        let monitor = s.spawn(|| -> laggard::Result<()> {
+        let monitor = s.spawn(|| {
             let mut weights = vec![0f32; FEATURES];
-            let mut last_print = Instant::now();
-            let tty = std::io::stderr().is_terminal();
-            loop {
-                // Acquire pairs with the Release store after the workers
-                // finished: the last sample then sees their final pushes.
-                let finished = done.load(Ordering::Acquire);
+            monitor::watch(&done, Duration::from_millis(10), || {
                 cluster.read::<f32>("weights", &keys, &mut weights)?;
                 let mean_clock = clocks
                     .iter()
@@ -165,23 +162,13 @@ fn train(cfg: &Config, data: &Data, consistency: Consistency) -> laggard::Result
                     / cfg.workers as f64;
                 let l = loss(data, &weights);
                 samples.push((start.elapsed(), mean_clock, l));
-                // A terminal gets a line redrawn as training goes; a log
-                // (CI, a pipe) gets the last state only.
-                if (tty && last_print.elapsed() > Duration::from_millis(200)) || finished {
-                    eprint!(
-                        "\r  {consistency:<9} clock {:>6.1}/{}  loss {l:.4}  {:>6.2?}   ",
-                        mean_clock,
-                        cfg.clocks,
-                        start.elapsed()
-                    );
-                    last_print = Instant::now();
-                }
-                if finished {
-                    eprintln!();
-                    return Ok(());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
+                Ok(format!(
+                    "{consistency:<9} clock {:>6.1}/{}  loss {l:.4}  {:>6.2?}",
+                    mean_clock,
+                    cfg.clocks,
+                    start.elapsed()
+                ))
+            })
         });
         let stats = cluster.run_workers(|worker| {
             let weights = worker.table::<f32>("weights")?;
@@ -199,7 +186,7 @@ fn train(cfg: &Config, data: &Data, consistency: Consistency) -> laggard::Result
             }
             Ok(worker.stats())
         });
-        // Release pairs with the monitor's Acquire load above.
+        // Release pairs with the Acquire load in `monitor::watch`.
         done.store(true, Ordering::Release);
         monitor.join().expect("monitor panicked")?;
         stats

@@ -153,35 +153,30 @@ fn a_worker_declared_dead_comes_back_at_the_slowest_active_clock() {
 fn a_second_process_is_refused_while_the_first_is_connected() {
     let cluster = Cluster::start(spec(Duration::from_secs(3600))).unwrap();
     let first = cluster.worker(1).unwrap();
-    // Another process (an endpoint of another name) claims worker 1: it
-    // waits for the first one's connection to go, and fails at its
+    // Another process (an endpoint of another name) claims worker 1,
+    // within `wait`: refused, with the shard's reason.
+    let claim = |name: &str, wait: Duration| {
+        let other = cluster.network().bind(name).unwrap();
+        let deadline = Instant::now() + wait;
+        let err = Worker::connect(other, cluster.spec(), WorkerId(1), deadline).unwrap_err();
+        assert!(
+            matches!(err, laggard::Error::WorkerClaimed { .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("two processes claim the same rank"), "{text}");
+        text
+    };
+    // It waits for the first one's connection to go, and fails at its
     // deadline.
-    let other = cluster.network().bind("another process").unwrap();
-    let deadline = Instant::now() + Duration::from_millis(300);
-    let err = Worker::connect(other, cluster.spec(), WorkerId(1), deadline).unwrap_err();
-    assert!(
-        matches!(err, laggard::Error::WorkerClaimed { .. }),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string()
-            .contains("two processes claim the same rank"),
-        "{err}"
-    );
+    claim("another process", Duration::from_millis(300));
     // With time to spare, it does not wait out its deadline: the
     // in-process transport reports a dead process's connection gone at
     // once, so a connection that holds on past a grace is a live one.
-    let other = cluster.network().bind("a third process").unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let err = Worker::connect(other, cluster.spec(), WorkerId(1), deadline).unwrap_err();
+    let text = claim("a third process", Duration::from_secs(60));
     assert!(
-        matches!(err, laggard::Error::WorkerClaimed { .. }),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string()
-            .contains("longer than the transport takes to report a dead process's connection gone"),
-        "{err}"
+        text.contains("longer than the transport takes to report a dead process's connection gone"),
+        "{text}"
     );
     first.leave().unwrap();
     // A worker that left cannot be taken over.
