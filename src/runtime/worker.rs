@@ -266,25 +266,32 @@ impl<E: Endpoint> Worker<E> {
             let mut worker = Worker::new(ep, spec, id, session, stale);
             match worker.register(deadline) {
                 Ok(()) => return Ok(worker),
-                Err(Error::WorkerClaimed { peer, message })
-                    if held_at_most.is_some_and(|most| {
-                        claimed_since.get_or_insert_with(Instant::now).elapsed() > most
-                    }) =>
-                {
-                    return Err(Error::WorkerClaimed {
-                        peer,
-                        message: format!(
-                            "{message} (and still did after {:.1?}, longer than the transport \
-                             takes to report a dead process's connection gone)",
-                            claimed_since.map_or(Duration::ZERO, |t: Instant| t.elapsed())
-                        ),
-                    });
-                }
                 // Another connection still speaks for this worker: most
                 // likely that of the process this one takes the place of,
                 // which the shard has not yet seen close. Try again with
-                // new connections until the deadline.
-                Err(Error::WorkerClaimed { .. }) if Instant::now() + CLAIMED_RETRY < deadline => {
+                // new connections, until the deadline or until it has held
+                // on for longer than a dead process's could.
+                Err(Error::WorkerClaimed {
+                    peer: shard,
+                    message,
+                }) => {
+                    let held = claimed_since.get_or_insert_with(Instant::now).elapsed();
+                    if held_at_most.is_some_and(|most| held > most) {
+                        return Err(Error::WorkerClaimed {
+                            peer: shard,
+                            message: format!(
+                                "{message} (its connection still held the id after {held:.1?}, \
+                                 longer than the transport takes to report a dead process's \
+                                 connection gone)"
+                            ),
+                        });
+                    }
+                    if Instant::now() + CLAIMED_RETRY >= deadline {
+                        return Err(Error::WorkerClaimed {
+                            peer: shard,
+                            message,
+                        });
+                    }
                     for &peer in &worker.peers {
                         if peer != PeerId(u64::MAX) {
                             worker.ep.disconnect(peer);
