@@ -52,7 +52,12 @@ pub enum Consistency {
         /// The bound `s`; `Ssp { staleness: 0 }` behaves as `Bsp`.
         staleness: u64,
     },
-    /// No waiting at all: staleness is unbounded.
+    /// No waiting at all: staleness is unbounded. A row a worker pulled
+    /// answers its pulls from the cache for the rest of that clock; its
+    /// first pull after the next `clock` fetches the row again, as the
+    /// server has it then. (A loop that never calls `clock` keeps reading
+    /// its first answers; it must call `clock` or `flush` to send its
+    /// pushes anyway.)
     Async,
 }
 

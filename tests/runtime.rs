@@ -262,6 +262,38 @@ fn each_table_keeps_its_own_consistency_model() {
     cluster.shutdown().unwrap();
 }
 
+#[test]
+fn async_rows_are_cached_within_a_clock_and_fetched_again_after_it() {
+    let spec = ClusterSpec::new(1, 2).table(
+        "w",
+        TableSpec::<i64>::dense(0..1, 1).consistency(Consistency::Async),
+    );
+    let cluster = Cluster::start(spec).unwrap();
+    let (mut reader, mut writer) = (cluster.worker(0).unwrap(), cluster.worker(1).unwrap());
+    let (r, w) = (
+        reader.table::<i64>("w").unwrap(),
+        writer.table::<i64>("w").unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut row = [0i64];
+    reader.pull(&r, &[0], &mut row).unwrap();
+    assert_eq!(row, [0]);
+    // Another worker's push, applied: Async never waits for it, and the
+    // reader's cache answers for the rest of its clock...
+    writer.push(&w, &[0], &[5]).unwrap();
+    let ticket = writer.flush().unwrap();
+    writer.wait_applied(&ticket, deadline).unwrap();
+    reader.pull(&r, &[0], &mut row).unwrap();
+    assert_eq!(row, [0]);
+    // ...and its next clock fetches the row again, with the push, though
+    // the writer has not ticked.
+    reader.clock().unwrap();
+    reader.pull(&r, &[0], &mut row).unwrap();
+    assert_eq!(row, [5]);
+    reader.leave().unwrap();
+    writer.leave().unwrap();
+}
+
 /// Runs one worker pattern and returns the pull messages the workers sent.
 fn pull_messages(consistency: Consistency) -> u64 {
     let workers = 3;

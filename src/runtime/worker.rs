@@ -124,8 +124,11 @@ impl ShardSeqs {
 /// - Every blocking call has a deadline (the cluster's default timeout, or
 ///   one passed to the `_by` variants); a timeout names the workers behind.
 ///
-/// A worker's own deltas become visible to its pulls once they reach the
-/// servers (at `clock`), as everyone else's do.
+/// A worker reads its own pushes at once where the table's update rule is
+/// linear ([`Update::replay_scale`](crate::Update::replay_scale): `Sum`,
+/// and `Sgd` at a constant rate): it replays them onto its cached rows.
+/// Under other rules its deltas become visible to its pulls once the
+/// servers applied them (after `clock` or `flush`), as everyone else's do.
 ///
 /// If a connection to a server drops, the worker reconnects (for up to the
 /// spec's `dead_after`, after which the server would have declared it
