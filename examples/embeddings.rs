@@ -5,11 +5,11 @@
 //!
 //! The ratings are synthetic: a hidden rank-`RANK` model of `USERS` users
 //! and `ITEMS` items, with item popularity skewed as in real catalogues (a
-//! few items take most ratings, so their rows are hot). Each worker owns a
-//! slice of the ratings. Every clock it takes a minibatch, pulls the rows of
-//! the users and items in it (one call per table, duplicates merged), adds
-//! up the squared-error gradients per row, pushes them (the servers apply
-//! Adagrad) and calls `clock()`. Rows are created on first push, starting
+//! quarter of the items take half the ratings, so their rows are hot). Each
+//! worker owns a slice of the ratings. Every clock it takes a minibatch,
+//! pulls the rows of the users and items in it (one call per table,
+//! duplicates merged), averages the squared-error gradients per row, pushes
+//! them (the servers apply SGD) and calls `clock()`. Rows are created on first push, starting
 //! from small pseudo-random values that every participant computes alike
 //! (`Init::Uniform`), so a row never pushed reads the same everywhere.
 //!
@@ -121,8 +121,9 @@ fn hidden(side: u64, id: u64, k: usize) -> f32 {
 }
 
 /// Rating `i` of the data set: a uniformly drawn user, an item drawn with
-/// popularity falling as a power of its rank, and the hidden model's dot
-/// product (scaled to about unit variance) plus a little noise.
+/// popularity falling with its rank (item `ITEMS * u^2` for a uniform `u`),
+/// and the hidden model's dot product (scaled to a spread of about 0.35)
+/// plus a little noise.
 fn rating(i: u64) -> Rating {
     let user = (rand(3 << 40 | i) * USERS as f64) as u64;
     let item = (rand(4 << 40 | i).powi(2) * ITEMS as f64) as u64;
@@ -237,8 +238,8 @@ fn train(
                 let mut gv = vec![0f32; v.len()];
                 let (mut nu, mut nv) = (vec![0f32; users.len()], vec![0f32; items.len()]);
                 for r in &batch {
-                    let a = row(&users, &mut u, r.user).to_vec();
-                    let b = row(&items, &mut v, r.item).to_vec();
+                    let a: [f32; RANK] = row(&users, &mut u, r.user).try_into().expect("RANK wide");
+                    let b: [f32; RANK] = row(&items, &mut v, r.item).try_into().expect("RANK wide");
                     let err = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>() - r.value;
                     let (ga, gb) = (row(&users, &mut gu, r.user), row(&items, &mut gv, r.item));
                     for k in 0..RANK {
