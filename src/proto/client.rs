@@ -1527,6 +1527,15 @@ impl ClientCore {
                         format!("timeout of unknown request {}", t.req),
                     ));
                 };
+                // A shard lists every worker's clock, each once: an id past
+                // the list would size the vector clock by the wire's word.
+                let listed = t.clocks.len();
+                if let Some(&(w, _, _)) = t.clocks.iter().find(|e| e.0 as usize >= listed) {
+                    return Err(protocol(
+                        shard,
+                        format!("a pull timeout lists {listed} workers' clocks, one of worker {w}"),
+                    ));
+                }
                 let consistency = self.tables[r.table as usize].consistency;
                 r.outcome = Some(Err(timeout_error(self.worker, self.clock, consistency, &t)));
                 Ok(())
@@ -1966,6 +1975,29 @@ mod tests {
             core.on_message(0, piece(req, 1, 0, &bytes[..8])),
             Err(Error::Protocol { .. })
         ));
+    }
+
+    #[test]
+    fn a_pull_timeout_names_the_workers_behind_and_no_worker_past_its_list() {
+        let timed_out = |req, clocks: Vec<(u32, u32, u64)>| {
+            Message::PullTimedOut(PullTimedOut {
+                req,
+                needed: 3,
+                waited_us: 10,
+                clocks,
+            })
+        };
+        // Worker 1 is behind: the pull's outcome says so.
+        let (mut core, req) = pulling(&[3]);
+        core.on_message(0, timed_out(req, vec![(0, 0, 5), (1, 0, 2)]))
+            .unwrap();
+        let err = core.take_outcome(req).unwrap().unwrap_err();
+        assert!(err.to_string().contains("worker 1"), "{err}");
+        // A worker id past the list (from a broken or hostile server) is a
+        // protocol error, not a vector clock of four billion entries.
+        let (mut core, req) = pulling(&[3]);
+        let err = core.on_message(0, timed_out(req, vec![(0, 0, 5), (u32::MAX, 0, 2)]));
+        assert!(matches!(err, Err(Error::Protocol { .. })), "{err:?}");
     }
 
     #[test]
