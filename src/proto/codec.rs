@@ -946,7 +946,15 @@ pub fn decode_split<'a>(
             }
             let mut clocks = Vec::with_capacity(count);
             for _ in 0..count {
-                clocks.push((r.u32()?, r.u32()?, r.u64()?));
+                let worker = r.u32()?;
+                // A shard lists every worker's clock once: an id past the
+                // list would make the receiver's vector clock that long.
+                if worker as usize >= count {
+                    return Err(DecodeError::Malformed(
+                        "a pull timeout lists a worker's clock past the number it lists",
+                    ));
+                }
+                clocks.push((worker, r.u32()?, r.u64()?));
             }
             Message::PullTimedOut(PullTimedOut {
                 req,
