@@ -55,6 +55,11 @@ fn tag(t: u32, key: u64) -> i64 {
     key as i64 + 100 * i64::from(t)
 }
 
+/// Every `(table, key)` of the cluster's `keys` keys per table.
+fn every_row(keys: u64) -> impl Iterator<Item = (u32, u64)> {
+    (0..TABLES as u32).flat_map(move |t| (0..keys).map(move |k| (t, k)))
+}
+
 /// Storage model: `TABLES` tables of i64 rows of width P + PAD, Sum rule.
 struct Model {
     width: usize,
@@ -349,8 +354,7 @@ impl Sim {
                 }
                 // Check each table's guarantee on every key.
                 let c = core.clock();
-                for (t, key) in (0..TABLES as u32).flat_map(|t| (0..self.keys).map(move |k| (t, k)))
-                {
+                for (t, key) in every_row(self.keys) {
                     let row = core.cached(t, key).unwrap();
                     let element =
                         |i: usize| i64::from_le_bytes(row[i * 8..][..8].try_into().unwrap());
@@ -391,8 +395,7 @@ impl Sim {
                 self.phase[w] = Phase::NeedPush;
             }
             Phase::NeedPush => {
-                for (t, key) in (0..TABLES as u32).flat_map(|t| (0..self.keys).map(move |k| (t, k)))
-                {
+                for (t, key) in every_row(self.keys) {
                     let mut delta = vec![0i64; self.workers + PAD];
                     delta[w] = 1;
                     delta[self.workers] = tag(t, key);
@@ -698,7 +701,7 @@ proptest! {
         }
         let mut exact = vec![clocks as i64; workers];
         exact.resize(workers + PAD, 0);
-        for (t, key) in (0..TABLES as u32).flat_map(|t| (0..sim.keys).map(move |k| (t, k))) {
+        for (t, key) in every_row(sim.keys) {
             // Exactly once: each worker's element counts its clocks.
             let shard = sim.servers[0].1.map.shard_of(key).unwrap();
             let (_, model) = &sim.servers[shard];
