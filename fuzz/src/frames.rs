@@ -148,20 +148,26 @@ fn session(data: &[u8]) -> impl Iterator<Item = (u8, &[u8], Option<u8>)> {
 
 /// The same bytes as frames from shard 0 to worker 1, each after a step
 /// of the worker's chosen by its control byte: a pull of a key, a push to
-/// one (0-15 are the table's), or a flush.
+/// one, or a flush. The control byte's top bit picks one of the worker's
+/// two tables: under SSP(1) with a rule that replays (`Sum`), or under BSP
+/// with one that neither replays nor sums (`Assign`).
 fn worker_session(data: &[u8]) {
     let Ok(map) = ShardMap::new(Placement::Range, 1, 0..=15) else {
         return;
     };
-    let tables: Arc<[TableInfo]> = Arc::from(vec![TableInfo {
-        name: "t".into(),
+    let table = |name: &str, consistency, replay, sums_deltas| TableInfo {
+        name: name.into(),
         kind: ElementKind::I64,
         width: 2,
-        consistency: Consistency::Ssp { staleness: 1 },
-        map,
-        replay: Some(1.0),
-        sums_deltas: true,
-    }]);
+        consistency,
+        map: map.clone(),
+        replay,
+        sums_deltas,
+    };
+    let tables: Arc<[TableInfo]> = Arc::from(vec![
+        table("sum", Consistency::Ssp { staleness: 1 }, Some(1.0), true),
+        table("set", Consistency::Bsp, None, false),
+    ]);
     let mut worker = ClientCore::new(1, 1, tables);
     worker.set_cache_limit(64);
     let welcome = Welcome {
@@ -174,10 +180,11 @@ fn worker_session(data: &[u8]) {
         return;
     }
     for (control, frame, _) in session(data) {
-        let key = u64::from(control >> 3);
+        // The top bit picks the table, the four below it the key.
+        let (t, key) = (u32::from(control >> 7), u64::from((control >> 3) & 15));
         match control % 4 {
-            0 => drop(worker.plan_pull(0, &[key], Duration::from_secs(1))),
-            1 => drop(worker.pending_add(0, key, &[1i64, -2])),
+            0 => drop(worker.plan_pull(t, &[key], Duration::from_secs(1))),
+            1 => drop(worker.pending_add(t, key, &[1i64, -2])),
             2 => drop(worker.flush(control & 4 != 0)),
             _ => {}
         }
