@@ -516,10 +516,12 @@ impl ClientCore {
         let sums = info.sums_deltas;
         self.stats.rows_pushed += 1;
         let rows = &mut self.pending[shard][table as usize];
-        let coalesce = |pending: &mut [u8]| match (sums, le_bytes(delta)) {
-            (true, _) => add_le_slice(pending, delta),
-            (false, Some(bytes)) => pending.copy_from_slice(bytes),
-            (false, None) => write_le_slice(delta, pending),
+        let coalesce = |pending: &mut [u8]| {
+            if sums {
+                add_le_slice(pending, delta);
+            } else {
+                write_le_slice(delta, pending);
+            }
         };
         match rows.index.get(&key) {
             Some(&Slot::Inline(at)) => {
@@ -535,10 +537,7 @@ impl ClientCore {
                     Some(block) if block.len() == row_bytes.next_multiple_of(8) => block,
                     _ => return self.add_inline(shard, table, key, row_bytes, delta),
                 };
-                match le_bytes(delta) {
-                    Some(bytes) => block[..row_bytes].copy_from_slice(bytes),
-                    None => write_le_slice(delta, &mut block[..row_bytes]),
-                }
+                write_le_slice(delta, &mut block[..row_bytes]);
                 // The frame's padding after the values must be zeros.
                 block[row_bytes..].fill(0);
                 rows.index.insert(key, Slot::Stashed(rows.stashed.len()));
