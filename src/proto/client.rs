@@ -1151,23 +1151,15 @@ impl ClientCore {
     /// Drops cached row `key` of `table` (releasing its frame, if it is
     /// the last row kept in one), keeping the counts.
     fn evict(&mut self, table: u32, key: u64) {
-        if self.uncache(table, key) {
-            self.stats.rows_evicted += 1;
-        }
-    }
-
-    /// Drops cached row `key` of `table`, keeping the counts; true if it
-    /// was cached.
-    fn uncache(&mut self, table: u32, key: u64) -> bool {
         let Some(row) = self.cache[table as usize].remove(&key) else {
-            return false;
+            return;
         };
         if matches!(row.values, RowBytes::Kept(_)) {
             self.kept_rows -= 1;
         }
         self.cached_bytes -= self.tables[table as usize].row_bytes();
         self.spare_row(row.values);
-        true
+        self.stats.rows_evicted += 1;
     }
 
     /// Whether any cached row lies in a kept frame
