@@ -1104,9 +1104,7 @@ impl<E: Endpoint> Worker<E> {
                     };
                     // Repeating a leave: the shard may have taken the first
                     // and stopped, so only `leave`'s short bound applies.
-                    if let Some((s, by)) = self.leave_retry
-                        && s == shard
-                    {
+                    if let Some((_, by)) = self.leave_retry.filter(|&(s, _)| s == shard) {
                         if self.reconnect_by(shard, e, by).is_err() {
                             self.give_up_leave(shard);
                         }
