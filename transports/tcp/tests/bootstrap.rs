@@ -194,3 +194,75 @@ fn a_worker_rank_can_join_late_and_a_server_rank_cannot() {
         .unwrap_err();
     assert!(matches!(err, Error::NoResponse { .. }), "{err}");
 }
+
+/// Connects to the coordinator at `coord` once it listens (rank 0 is
+/// starting on another thread).
+fn connect_when_listening(coord: &str) -> std::net::TcpStream {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match std::net::TcpStream::connect(coord) {
+            Ok(s) => return s,
+            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("the coordinator at {coord} never listened: {e}"),
+        }
+    }
+}
+
+/// Ranks 1 and 2 of a three-process job, started once `before_others`
+/// (given the coordinator's address) returned what it keeps open; then
+/// every rank's role.
+fn join_around<T>(before_others: impl FnOnce(&str) -> T) -> (Vec<Result<Role, Error>>, T) {
+    let coord = format!("127.0.0.1:{}", port());
+    // Long enough that a coordinator stuck on the stray connection would
+    // still be stuck when the others give up: they would fail, not wait.
+    let t = Duration::from_secs(10);
+    let rank0 = {
+        let boot = Bootstrap::new(0, 3, 1, &coord).timeout(t);
+        std::thread::spawn(move || boot.join(&spec(1, 2)).map(|n| n.role()))
+    };
+    let kept = before_others(&coord);
+    let mut roles = join_all(
+        (1..3)
+            .map(|r| (Bootstrap::new(r, 3, 1, &coord).timeout(t), spec(1, 2)))
+            .collect(),
+    );
+    roles.insert(0, rank0.join().unwrap());
+    (roles, kept)
+}
+
+#[test]
+fn a_silent_connection_to_the_coordinator_holds_up_nobody() {
+    // A port scanner, a health check or a stray client that connects and
+    // says nothing: the coordinator must not wait on it before the others.
+    let (roles, silent) = join_around(connect_when_listening);
+    for (rank, role) in roles.iter().enumerate() {
+        assert!(role.is_ok(), "rank {rank}: {role:?}");
+    }
+    drop(silent);
+}
+
+#[test]
+fn an_endless_line_to_the_coordinator_is_refused_and_holds_up_nobody() {
+    use std::io::{Read, Write};
+    let (roles, answer) = join_around(|coord| {
+        let mut s = connect_when_listening(coord);
+        // No line break, and the connection stays open: a coordinator
+        // that read to the end of the line would buffer all of it and
+        // wait for more.
+        let _ = s.write_all(&vec![b'a'; 64 << 10]);
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        // The coordinator answers and closes; closing with bytes unread
+        // may reset the connection, which loses the answer: both are a
+        // refusal.
+        let _ = s.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    for (rank, role) in roles.iter().enumerate() {
+        assert!(role.is_ok(), "rank {rank}: {role:?}");
+    }
+    assert!(
+        answer.is_empty() || answer.contains("no line break in its first 1024 bytes"),
+        "{answer}"
+    );
+}

@@ -42,7 +42,7 @@
 
 mod env;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
@@ -480,7 +480,12 @@ fn rendezvous(
     (&stream).write_all(join.line().as_bytes()).map_err(io)?;
     let mut members = Vec::new();
     let mut role = None;
-    for line in BufReader::new(&stream).lines() {
+    // A line per process and one to end it, each far shorter than this:
+    // a peer that is not a coordinator cannot make this process buffer
+    // without end.
+    let limit = ((boot.world + 1) * MAX_JOIN_LINE) as u64;
+    let mut reader = BufReader::new((&stream).take(limit));
+    for line in (&mut reader).lines() {
         let line = line.map_err(|e| match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => Error::NoResponse {
                 what: format!("every process of the job to join at {coord}"),
@@ -518,6 +523,15 @@ fn rendezvous(
             }
             _ => return Err(bad()),
         }
+    }
+    if reader.get_ref().limit() == 0 {
+        return Err(Error::Protocol {
+            peer: format!("coordinator {coord}"),
+            reason: format!(
+                "its cluster map ran past {limit} bytes, more than {} processes need",
+                boot.world
+            ),
+        });
     }
     Err(Error::Disconnected {
         peer: format!("coordinator {coord}"),
@@ -637,15 +651,80 @@ fn answer_late_joins(
     }
 }
 
-/// Reads a process's join line from `stream` (waiting at most `timeout`).
+/// The longest join line the coordinator reads (a real one is under 200
+/// bytes): whatever connects to its port cannot make it buffer more.
+const MAX_JOIN_LINE: usize = 1024;
+
+/// Reads a process's join line from `stream` (waiting at most `timeout`,
+/// reading at most [`MAX_JOIN_LINE`] bytes).
 fn read_join(stream: &TcpStream, timeout: Duration) -> std::result::Result<Join, String> {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(timeout));
-    let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
+    let mut line = Vec::new();
+    BufReader::new(stream.take(MAX_JOIN_LINE as u64))
+        .read_until(b'\n', &mut line)
         .map_err(|e| e.to_string())?;
-    Join::parse(&line)
+    parse_join_bytes(&line)
+}
+
+/// A join line as it arrived: at most [`MAX_JOIN_LINE`] bytes, ending in a
+/// newline.
+fn parse_join_bytes(line: &[u8]) -> std::result::Result<Join, String> {
+    if !line.ends_with(b"\n") {
+        return Err(if line.len() >= MAX_JOIN_LINE {
+            format!("not a laggard join: no line break in its first {MAX_JOIN_LINE} bytes")
+        } else {
+            format!(
+                "not a laggard join: the connection ended after {} bytes, before a line break",
+                line.len()
+            )
+        });
+    }
+    let line = std::str::from_utf8(line)
+        .map_err(|_| "not a laggard join: the line is not UTF-8".to_owned())?;
+    Join::parse(line)
+}
+
+/// A connection to the coordinator whose join line is still arriving.
+/// The coordinator reads every such connection a little at a time, so one
+/// that sends nothing (a port scanner, a stray client) holds up no other.
+struct Arriving {
+    stream: TcpStream,
+    line: Vec<u8>,
+}
+
+impl Arriving {
+    /// Reads what has arrived without waiting: the join once its line is
+    /// complete (or why it is not one), `None` while more may come.
+    fn poll(&mut self) -> Option<std::result::Result<Join, String>> {
+        let mut buf = [0u8; 256];
+        loop {
+            let want = buf.len().min(MAX_JOIN_LINE - self.line.len());
+            match (&self.stream).read(&mut buf[..want]) {
+                Ok(0) => return Some(parse_join_bytes(&self.line)),
+                Ok(n) => {
+                    let got = &buf[..n];
+                    if let Some(end) = got.iter().position(|&b| b == b'\n') {
+                        self.line.extend_from_slice(&got[..=end]);
+                        return Some(parse_join_bytes(&self.line));
+                    }
+                    self.line.extend_from_slice(got);
+                    if self.line.len() >= MAX_JOIN_LINE {
+                        return Some(parse_join_bytes(&self.line));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Connections whose join is still arriving that the coordinator keeps
+/// at once; past that, the oldest is dropped (each holds a descriptor).
+fn max_arriving(world: usize) -> usize {
+    (2 * world).max(16)
 }
 
 /// Why `join` does not belong to this job, if it does not.
@@ -699,6 +778,7 @@ fn coordinate(
 ) -> std::result::Result<Vec<Member>, String> {
     let mut joined: Vec<Option<(TcpStream, Join)>> = (0..world).map(|_| None).collect();
     let mut extra = Vec::new();
+    let mut arriving: Vec<Arriving> = Vec::new();
     let mut error = None;
     let _ = listener.set_nonblocking(true);
     while error.is_none() && joined.iter().any(Option::is_none) {
@@ -710,15 +790,28 @@ fn coordinate(
             ));
             break;
         }
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
+        while let Ok((stream, _)) = listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                if arriving.len() == max_arriving(world) {
+                    arriving.remove(0);
+                }
+                arriving.push(Arriving {
+                    stream,
+                    line: Vec::new(),
+                });
             }
+        }
+        let Some((i, read)) = arriving
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, a)| a.poll().map(|read| (i, read)))
+        else {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let join = match read_join(&stream, left.max(Duration::from_millis(1))) {
+        let stream = arriving.swap_remove(i).stream;
+        let _ = stream.set_nonblocking(false);
+        let join = match read {
             Ok(j) => j,
             Err(e) => {
                 let _ = (&stream).write_all(format!("error {e}\n").as_bytes());
@@ -754,15 +847,25 @@ fn coordinate(
         // Processes still on their way are told too, for a little while,
         // rather than finding the coordinator gone.
         let grace = (Instant::now() + ERROR_GRACE).min(deadline);
+        let tell = |s: TcpStream| {
+            let _ = s.set_nonblocking(false);
+            // Read its join first: closing on unread bytes would reset the
+            // connection and lose the answer.
+            let left = grace.saturating_duration_since(Instant::now());
+            let _ = read_join(
+                &s,
+                left.clamp(Duration::from_millis(1), Duration::from_millis(200)),
+            );
+            let _ = (&s).write_all(line.as_bytes());
+        };
+        for a in arriving {
+            tell(a.stream);
+            told += 1;
+        }
         while told < world && Instant::now() < grace {
             match listener.accept() {
                 Ok((s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    // Read its join first: closing on unread bytes would
-                    // reset the connection and lose the answer.
-                    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-                    let _ = BufReader::new(&s).read_line(&mut String::new());
-                    let _ = (&s).write_all(line.as_bytes());
+                    tell(s);
                     told += 1;
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -791,6 +894,22 @@ mod tests {
             schema: 7,
             addr: SocketAddr::from((ip, 1000 + rank as u16)),
         }
+    }
+
+    #[test]
+    fn a_join_line_must_end_within_its_bound_and_be_text() {
+        let j = join(2, [10, 0, 0, 9]);
+        assert_eq!(parse_join_bytes(j.line().as_bytes()), Ok(j));
+        let long = vec![b'a'; MAX_JOIN_LINE];
+        let err = parse_join_bytes(&long).unwrap_err();
+        assert!(
+            err.contains("no line break in its first 1024 bytes"),
+            "{err}"
+        );
+        let err = parse_join_bytes(b"laggard-join 1 2").unwrap_err();
+        assert!(err.contains("ended after 16 bytes"), "{err}");
+        let err = parse_join_bytes(b"laggard-join \xff\n").unwrap_err();
+        assert!(err.contains("not UTF-8"), "{err}");
     }
 
     #[test]
