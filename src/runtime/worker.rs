@@ -944,16 +944,19 @@ impl<E: Endpoint> Worker<E> {
 
     /// Reconnects to `shard` by `deadline`, or fails it for good.
     fn reconnect_by(&mut self, shard: usize, cause: Error, deadline: Instant) -> Result<()> {
+        let since = *self.lost_since[shard].get_or_insert_with(Instant::now);
         match self.try_reconnect(shard, cause, deadline) {
             Ok(()) => {
                 self.reconnect_pending[shard] = None;
                 Ok(())
             }
             Err(last) => {
+                let tried = since.elapsed();
                 let e = Error::Disconnected {
                     peer: format!("server shard {shard}"),
                     reason: format!(
-                        "the connection dropped and no reconnect succeeded; last error: {last}"
+                        "the connection dropped and reconnecting failed for {tried:.1?}; \
+                         last error: {last}"
                     ),
                 };
                 Err(self.fail(shard, e))

@@ -44,7 +44,9 @@ fn child_process() {
     let boot = Bootstrap::from_env().unwrap();
     let (consistency, dead_after) = match mode.as_str() {
         "sum" => (Consistency::Bsp, Duration::from_secs(10)),
-        "kill" | "crash-once" => (Consistency::Ssp { staleness: 1 }, Duration::from_secs(1)),
+        "kill" | "crash-once" | "server-dies" => {
+            (Consistency::Ssp { staleness: 1 }, Duration::from_secs(1))
+        }
         other => panic!("unknown child mode {other}"),
     };
     let spec = spec(&boot, consistency, dead_after);
@@ -71,10 +73,18 @@ fn child_process() {
             let joined = worker.current_clock();
             println!("worker {}: joined at clock {joined}", id.0);
             for c in joined..clocks {
-                worker.pull(&t, &keys, &mut rows).unwrap();
                 let deltas: Vec<i64> = keys.iter().flat_map(|&k| delta(id.0, c, k)).collect();
-                worker.push(&t, &keys, &deltas).unwrap();
-                worker.clock().unwrap();
+                let step = worker
+                    .pull(&t, &keys, &mut rows)
+                    .and_then(|()| worker.push(&t, &keys, &deltas))
+                    .and_then(|()| worker.clock());
+                if let Err(e) = step {
+                    assert_eq!(mode, "server-dies", "worker {}: {e}", id.0);
+                    // Its killed shard is gone for good: the error says
+                    // which, and the worker stops (dropped, not left).
+                    println!("worker {}: failed at clock {c}: {e}", id.0);
+                    return;
+                }
                 println!("worker {}: clock {}", id.0, c + 1);
                 // The last worker's first process fails at clock 20; its
                 // launcher (`laggard-launch --restarts`) starts it again.
@@ -87,7 +97,7 @@ fn child_process() {
                     worker.wait_applied(&ticket, deadline).unwrap();
                     std::process::exit(3);
                 }
-                if mode == "kill" {
+                if mode == "kill" || mode == "server-dies" {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
@@ -407,4 +417,78 @@ fn servers_and_workers_on_different_addresses() {
         .filter(|(_, out)| out.contains("sums exact"))
         .count();
     assert_eq!(exact, workers);
+}
+
+#[test]
+fn a_killed_server_shard_is_an_error_for_every_worker_not_a_hang() {
+    // Ranks 0 and 1 are server shards 0 and 1 (one host: lowest ranks
+    // first), ranks 2 and 3 workers 0 and 1.
+    let (servers, workers) = (2, 2);
+    let world = servers + workers;
+    let coord = format!("127.0.0.1:{}", free_port());
+    let mut children: Vec<Child> = (0..world)
+        .map(|r| start("server-dies", r, world, servers, &coord, 100_000, None))
+        .collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let outputs: Vec<_> = children
+        .iter_mut()
+        .map(|c| {
+            let out = c.stdout.take().unwrap();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line.clone());
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+                s
+            })
+        })
+        .collect();
+    drop(tx);
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("worker 0 never reached clock 20");
+        if line.contains("worker 0: clock 20") {
+            break;
+        }
+    }
+    let mut shard_1 = children.remove(1);
+    shard_1.kill().unwrap();
+    shard_1.wait().unwrap();
+    // The others end by themselves: the workers once they gave up
+    // reconnecting to shard 1 (for `dead_after`, 1 s), shard 0 once it
+    // declared them dead.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ended: Vec<bool> = children
+        .iter_mut()
+        .map(|c| {
+            loop {
+                if let Some(status) = c.try_wait().unwrap() {
+                    break status.success();
+                }
+                if Instant::now() >= deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .collect();
+    let mut outputs: Vec<String> = outputs.into_iter().map(|h| h.join().unwrap()).collect();
+    outputs.remove(1);
+    for (i, (ok, out)) in ended.iter().zip(&outputs).enumerate() {
+        let rank = if i == 0 { 0 } else { i + 1 };
+        assert!(ok, "rank {rank} did not end by itself; its output:\n{out}");
+    }
+    for out in &outputs[1..] {
+        let failed = out
+            .lines()
+            .find(|l| l.contains("failed at clock"))
+            .unwrap_or_else(|| panic!("a worker went on without shard 1:\n{out}"));
+        assert!(failed.contains("server shard 1"), "{failed}");
+    }
 }
