@@ -201,7 +201,7 @@ impl Transport for ShmTransport {
         let mut attempts = 0;
         let seg = loop {
             attempts += 1;
-            match Segment::create(&path, &header) {
+            match Segment::create(&path, &header, layout::MAILBOX_LEN as u64) {
                 Ok(seg) => break seg,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 3 => {
                     match Segment::open(&path) {
@@ -233,8 +233,9 @@ impl Transport for ShmTransport {
                 }
                 Err(e) => {
                     return Err(transport_error(format!(
-                        "cannot create the segment {}: {e}",
-                        path.display()
+                        "cannot create the segment {}: {e}{}",
+                        path.display(),
+                        room_hint(&e)
                     )));
                 }
             }
@@ -518,13 +519,74 @@ impl Drop for Conn {
     }
 }
 
+fn no_such_connection(peer: PeerId, endpoint: &str) -> Error {
+    Error::Disconnected {
+        peer: format!("{peer} of {endpoint}"),
+        reason: "no such connection (it closed or never existed)".into(),
+    }
+}
+
+/// What to do when the segment directory is full.
+const ROOM_HINT: &str = "give the segment directory more room (a container's /dev/shm is 64 MiB \
+     unless started with --shm-size; `mount -o remount,size=4G /dev/shm` on a host) or use \
+     smaller rings (ShmConfig::ring_bytes)";
+
+/// [`ROOM_HINT`] after an error that says the directory is full.
+fn room_hint(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::StorageFull {
+        format!("; {ROOM_HINT}")
+    } else {
+        String::new()
+    }
+}
+
 /// A connection as its endpoint holds it.
 struct Link {
     conn: Arc<Conn>,
     /// The producer of the connection's outgoing ring: only this endpoint
     /// lends and sends on it, so it needs no lock (see `Unsent`).
     producer: Producer,
+    /// What this endpoint, the only writer of both, has reserved of the
+    /// file system's memory ([`Segment::reserve`]).
+    reserved: Reserved,
 }
+
+/// Bytes reserved from the start of a connection's outgoing ring's data
+/// region and of its stash. Rings are written front to back (and reused
+/// from the front), so a prefix of each is what has been written.
+#[derive(Default)]
+struct Reserved {
+    ring: u64,
+    stash: u64,
+}
+
+/// Reserves more of a region starting at `base` of at most `cap` bytes
+/// (see [`Segment::reserve`]), so that its first `upto` bytes are, `done`
+/// being reserved already: at least twice as much as before (a few system
+/// calls per connection in all), or exactly `upto` if the file system has
+/// no room for that.
+fn reserve_prefix(seg: &Segment, base: u64, cap: u64, done: &mut u64, upto: u64) -> io::Result<()> {
+    if upto <= *done {
+        return Ok(());
+    }
+    let generous = upto.max(done.saturating_mul(2)).max(RESERVE_STEP).min(cap);
+    let reached = match seg.reserve(base + *done, generous - *done) {
+        Ok(()) => generous,
+        Err(_) if generous > upto => {
+            seg.reserve(base + *done, upto - *done)?;
+            upto
+        }
+        Err(e) => return Err(e),
+    };
+    *done = reached;
+    Ok(())
+}
+
+/// The least that [`reserve_prefix`] reserves at a time: as far as a ring
+/// goes before it starts over at its beginning when the reader keeps up
+/// (`ring::recycle_after`), so a connection of small messages reserves it
+/// once.
+const RESERVE_STEP: u64 = 64 << 10;
 
 /// An endpoint of a [`ShmTransport`] network.
 pub struct ShmEndpoint {
@@ -560,10 +622,7 @@ impl ShmEndpoint {
         let name = &self.name;
         self.conns
             .get_mut(&peer)
-            .ok_or_else(|| Error::Disconnected {
-                peer: format!("{peer} of {name}"),
-                reason: "no such connection (it closed or never existed)".into(),
-            })
+            .ok_or_else(|| no_such_connection(peer, name))
     }
 
     fn add(&mut self, conn: Conn) -> PeerId {
@@ -572,6 +631,7 @@ impl ShmEndpoint {
         let link = Link {
             conn: Arc::new(conn),
             producer: Producer::default(),
+            reserved: Reserved::default(),
         };
         self.order.push((peer, link.conn.clone()));
         self.conns.insert(peer, link);
@@ -788,7 +848,7 @@ impl ShmEndpoint {
             // Padding a buffer dropped unsent takes the connection's
             // producer, which lives in `conns`.
             if self.order[idx].1.unsent.pending() {
-                if let Some(Link { conn, producer }) = self.conns.get_mut(&peer) {
+                if let Some(Link { conn, producer, .. }) = self.conns.get_mut(&peer) {
                     conn.reap_unsent(producer);
                 }
             }
@@ -914,8 +974,15 @@ impl Endpoint for ShmEndpoint {
                 stash,
                 name: self.name.clone(),
             },
+            layout::CONN_DATA as u64,
         )
-        .map_err(|e| transport_error(format!("cannot create {}: {e}", path.display())))?;
+        .map_err(|e| {
+            transport_error(format!(
+                "cannot create {}: {e}{}",
+                path.display(),
+                room_hint(&e)
+            ))
+        })?;
         let conn = Conn::new(
             seg,
             0,
@@ -965,7 +1032,15 @@ impl Endpoint for ShmEndpoint {
         // as the rest of a lend.
         let mut started = None;
         loop {
-            let Link { conn, producer } = self.link(peer)?;
+            let dir = &self.net.cfg.dir;
+            let Link {
+                conn,
+                producer,
+                reserved,
+            } = self
+                .conns
+                .get_mut(&peer)
+                .ok_or_else(|| no_such_connection(peer, &self.name))?;
             let max = ring::max_frame(conn.cap) as usize;
             if len > max {
                 return Err(transport_error(format!(
@@ -979,8 +1054,22 @@ impl Endpoint for ShmEndpoint {
             }
             let tx = conn.side;
             conn.reap_unsent(producer);
-            match producer.reserve(conn.ctl(tx), conn.words(tx), len as u64) {
-                Ok(Some(r)) => {
+            match producer.place(conn.ctl(tx), conn.words(tx), len as u64) {
+                Ok(Some(place)) => {
+                    let upto = place.reaches(conn.cap);
+                    if upto > reserved.ring {
+                        let base = (layout::CONN_DATA + tx * conn.cap as usize) as u64;
+                        reserve_prefix(&conn.seg, base, conn.cap, &mut reserved.ring, upto)
+                            .map_err(|e| {
+                                transport_error(format!(
+                                    "no room in {} for a {len}-byte frame to {}: {e}; {}",
+                                    dir.display(),
+                                    conn.peer_name,
+                                    ROOM_HINT
+                                ))
+                            })?;
+                    }
+                    let r = producer.commit(place);
                     return Ok(ShmBuf {
                         conn: conn.clone(),
                         peer,
@@ -1055,7 +1144,7 @@ impl Endpoint for ShmEndpoint {
     fn flush(&mut self, peer: PeerId, deadline: Instant) -> Result<()> {
         let mut started = None;
         loop {
-            let Link { conn, producer } = self.link(peer)?;
+            let Link { conn, producer, .. } = self.link(peer)?;
             let tx = conn.side;
             conn.reap_unsent(producer);
             if producer.drained(conn.ctl(tx)) || conn.peer_gone() {
@@ -1098,11 +1187,19 @@ impl Endpoint for ShmEndpoint {
     /// A block of the connection's stash, if this side connected (workers
     /// do) and the stash has `len` bytes free.
     fn stash(&mut self, peer: PeerId, len: usize) -> Option<Stash> {
-        let conn = &self.conns.get(&peer)?.conn;
+        let Link { conn, reserved, .. } = self.conns.get_mut(&peer)?;
         if conn.side != 0 || conn.peer_gone() {
             return None;
         }
         let off = lock(&conn.stash_pool).take(len as u64)?;
+        let base = layout::stash_offset(conn.cap);
+        // With no room for it, the row goes through the ring instead
+        // (whose `lend` says so if there is no room there either).
+        let upto = off + len as u64;
+        if reserve_prefix(&conn.seg, base, conn.stash, &mut reserved.stash, upto).is_err() {
+            lock(&conn.stash_pool).give_back(off, len as u64);
+            return None;
+        }
         Some(Stash::new(ShmStash {
             conn: conn.clone(),
             off,

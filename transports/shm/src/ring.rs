@@ -150,6 +150,24 @@ pub struct Producer {
     lent: VecDeque<Lent>,
 }
 
+/// Where [`Producer::place`] would put a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    start: u64,
+    record: u64,
+    len: u64,
+}
+
+impl Placement {
+    /// How far from the data region's start committing this frame writes
+    /// (its record and the word after it; a pad before the record lies
+    /// where the last record ended), at most `cap` (the word after a
+    /// record that ends the region is its first).
+    pub fn reaches(&self, cap: u64) -> u64 {
+        (offset(self.record, cap) + HEADER + padded(self.len) + HEADER).min(cap)
+    }
+}
+
 /// Where a lent buffer lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
@@ -169,6 +187,19 @@ impl Producer {
         words: &[AtomicU64],
         len: u64,
     ) -> Result<Option<Reservation>, Corrupt> {
+        Ok(self.place(ctl, words, len)?.map(|p| self.commit(p)))
+    }
+
+    /// Where [`reserve`](Self::reserve) would put a `len`-byte frame, without
+    /// reserving it: [`commit`](Self::commit) does, if nothing was reserved
+    /// meanwhile. The endpoint looks at where the record lies first (the
+    /// file system's memory behind it, see `Segment::reserve`).
+    pub fn place(
+        &mut self,
+        ctl: &RingCtl,
+        words: &[AtomicU64],
+        len: u64,
+    ) -> Result<Option<Placement>, Corrupt> {
         let cap = cap_of(words);
         debug_assert!(len <= max_frame(cap));
         let need = HEADER + padded(len);
@@ -201,19 +232,30 @@ impl Producer {
                 return Ok(None);
             }
         }
-        let record = self.reserved + filler;
-        self.lent.push_back(Lent {
+        Ok(Some(Placement {
             start: self.reserved,
+            record: self.reserved + filler,
+            len,
+        }))
+    }
+
+    /// Reserves the frame [`place`](Self::place) placed.
+    pub fn commit(&mut self, placement: Placement) -> Reservation {
+        let Placement { start, record, len } = placement;
+        debug_assert_eq!(start, self.reserved, "reserved since it was placed");
+        let need = HEADER + padded(len);
+        self.lent.push_back(Lent {
+            start,
             record,
             end: record + need,
             header: header(KIND_FRAME, len),
             ready: false,
         });
         self.reserved = record + need;
-        Ok(Some(Reservation {
+        Reservation {
             record,
             payload: record + HEADER,
-        }))
+        }
     }
 
     /// Marks the lent, unpublished record at `record` as a frame whose tail

@@ -18,17 +18,27 @@ use crate::layout::{HEADER_LEN, Header, Invalid, Owner};
 
 /// A mapped segment. The mapping lives as long as this value, whatever
 /// happens to the file's name.
+///
+/// A segment's file is sparse: memory for its pages is taken when they are
+/// first written. On a full file system (a container's 64 MiB `/dev/shm`,
+/// say) that write would raise SIGBUS and kill the process, so whoever
+/// writes a region first reserves it ([`reserve`](Self::reserve)), which
+/// fails with an error instead.
 #[derive(Debug)]
 pub struct Segment {
     map: MmapRaw,
     len: usize,
+    /// Kept to reserve regions as they come into use.
+    file: File,
 }
 
 impl Segment {
     /// Creates the segment `path` of `header.total` bytes (zeroed), with
-    /// mode 0600, writes `header`, and only then makes the name visible.
-    /// Fails with `AlreadyExists` if the name is taken.
-    pub fn create(path: &Path, header: &Header) -> io::Result<Segment> {
+    /// mode 0600, reserves its first `fixed` bytes (see
+    /// [`reserve`](Self::reserve)), writes `header`, and only then makes
+    /// the name visible. Fails with `AlreadyExists` if the name is taken,
+    /// and with `StorageFull` if the file system has no room for `fixed`.
+    pub fn create(path: &Path, header: &Header, fixed: u64) -> io::Result<Segment> {
         let tmp = path.with_file_name(format!(
             ".{}.{}{TEMP_SUFFIX}",
             path.file_name()
@@ -45,7 +55,8 @@ impl Segment {
             .open(&tmp)?;
         let made = (|| {
             file.set_len(header.total)?;
-            let seg = Segment::map(&file, header.total)?;
+            let seg = Segment::map(file, header.total)?;
+            seg.reserve(0, fixed.min(header.total))?;
             let mut bytes = [0u8; HEADER_LEN];
             header.encode(&mut bytes);
             // SAFETY: the mapping is at least HEADER_LEN bytes (total was
@@ -87,7 +98,7 @@ impl Segment {
                 "{len} bytes is too short for a laggard segment (truncated?)"
             ))));
         }
-        let seg = Segment::map(&file, len).map_err(OpenError::Io)?;
+        let seg = Segment::map(file, len).map_err(OpenError::Io)?;
         let mut bytes = [0u8; HEADER_LEN];
         // SAFETY: the mapping holds at least HEADER_LEN bytes (checked
         // above); the header was written before the name was linked.
@@ -96,11 +107,36 @@ impl Segment {
         Ok((seg, header))
     }
 
-    fn map(file: &File, len: u64) -> io::Result<Segment> {
+    fn map(file: File, len: u64) -> io::Result<Segment> {
         let len = usize::try_from(len)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
-        let map = MmapOptions::new().len(len).map_raw(file)?;
-        Ok(Segment { map, len })
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(Segment { map, len, file })
+    }
+
+    /// Takes the file system's memory for bytes `off..off + len` now, so
+    /// that writing them later cannot fault: `StorageFull` if there is no
+    /// room. On a file system that cannot reserve (not tmpfs) this does
+    /// nothing, and a full one still faults on the write, as any mapping of
+    /// a sparse file does.
+    pub fn reserve(&self, off: u64, len: u64) -> io::Result<()> {
+        use rustix::io::Errno;
+        if len == 0 {
+            return Ok(());
+        }
+        loop {
+            return match rustix::fs::fallocate(
+                &self.file,
+                rustix::fs::FallocateFlags::empty(),
+                off,
+                len,
+            ) {
+                Ok(()) => Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(Errno::OPNOTSUPP | Errno::NOSYS) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
     }
 
     /// A pointer to byte `off`. Callers keep their accesses in bounds.
