@@ -23,8 +23,9 @@ use std::fmt;
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"LGRD";
 /// The protocol version this crate speaks. Peers of another version are
-/// refused at their first frame. Version 2 added [`RowPiece`].
-pub const VERSION: u16 = 2;
+/// refused at their first frame. Version 2 added [`RowPiece`], version 3
+/// [`PushHeld`].
+pub const VERSION: u16 = 3;
 /// Bytes in the frame header.
 pub const HEADER_LEN: usize = 16;
 /// The largest payload the codec accepts unless told otherwise (1 GiB).
@@ -41,6 +42,7 @@ const KIND_LEAVE: u8 = 8;
 const KIND_SHUTDOWN: u8 = 9;
 const KIND_FAULT: u8 = 10;
 const KIND_ROW_PIECE: u8 = 11;
+const KIND_PUSH_HELD: u8 = 12;
 
 /// Why a frame could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,6 +328,21 @@ pub struct PushAck {
     pub min_clock: u64,
 }
 
+/// A server took a push, and every earlier one of the worker's, but holds
+/// it back unapplied for a clock hook
+/// ([`ServerCore::hold_from`](super::ServerCore::hold_from)); a
+/// [`PushAck`] follows once it is applied. A worker leaving the cluster
+/// need not wait for that: the push is the server's to apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PushHeld {
+    /// The push's sequence number.
+    pub seq: u64,
+    /// When the server took it, it held back pushes for this clock and
+    /// later (the clock its hook runs at next), until its slowest active
+    /// worker gets there.
+    pub hold_from: u64,
+}
+
 /// A worker asks for rows that reflect every update from clocks below
 /// `min_clock`.
 #[derive(Debug, Clone, Copy)]
@@ -427,6 +444,8 @@ pub enum Message<'a> {
     Push(Push<'a>),
     /// A push was applied, server to worker.
     PushAck(PushAck),
+    /// A push was taken but is held back, server to worker.
+    PushHeld(PushHeld),
     /// A pull, worker to server.
     PullRequest(PullRequest<'a>),
     /// Rows, server to worker.
@@ -453,6 +472,7 @@ impl<'a> Message<'a> {
             Message::Welcome(_) => KIND_WELCOME,
             Message::Push(_) => KIND_PUSH,
             Message::PushAck(_) => KIND_PUSH_ACK,
+            Message::PushHeld(_) => KIND_PUSH_HELD,
             Message::PullRequest(_) => KIND_PULL_REQUEST,
             Message::PullResponse(_) => KIND_PULL_RESPONSE,
             Message::RowPiece(_) => KIND_ROW_PIECE,
@@ -470,6 +490,7 @@ impl<'a> Message<'a> {
             Message::Welcome(_) => "welcome",
             Message::Push(_) => "push",
             Message::PushAck(_) => "push ack",
+            Message::PushHeld(_) => "push held",
             Message::PullRequest(_) => "pull request",
             Message::PullResponse(_) => "pull response",
             Message::RowPiece(_) => "row piece",
@@ -488,7 +509,7 @@ impl<'a> Message<'a> {
                 p.sections.for_each(|s| sections += s.encoded_len());
                 PUSH_HEAD_LEN - HEADER_LEN + sections
             }
-            Message::PushAck(_) => 16,
+            Message::PushAck(_) | Message::PushHeld(_) => 16,
             Message::PullRequest(p) => 32 + 8 * p.keys.len(),
             Message::PullResponse(p) => 32 + pad8(p.values.len()),
             Message::RowPiece(p) => 48 + pad8(p.values.len()),
@@ -573,6 +594,10 @@ impl<'a> Message<'a> {
             Message::PushAck(a) => {
                 w.u64(a.seq);
                 w.u64(a.min_clock);
+            }
+            Message::PushHeld(h) => {
+                w.u64(h.seq);
+                w.u64(h.hold_from);
             }
             Message::PullRequest(p) => {
                 w.u64(p.req);
@@ -882,6 +907,10 @@ pub fn decode_split<'a>(
         KIND_PUSH_ACK => Message::PushAck(PushAck {
             seq: r.u64()?,
             min_clock: r.u64()?,
+        }),
+        KIND_PUSH_HELD => Message::PushHeld(PushHeld {
+            seq: r.u64()?,
+            hold_from: r.u64()?,
         }),
         KIND_PULL_REQUEST => {
             let req = r.u64()?;
@@ -1314,6 +1343,10 @@ mod tests {
         round_trip(Message::PushAck(PushAck {
             seq: 1,
             min_clock: 2,
+        }));
+        round_trip(Message::PushHeld(PushHeld {
+            seq: 3,
+            hold_from: 4,
         }));
         round_trip(Message::PullRequest(PullRequest {
             req: 1,

@@ -23,7 +23,7 @@ pub use client::{ClientCore, ClientStats, STASH_MIN_ROW, TableInfo};
 pub use codec::{
     DEFAULT_MAX_PAYLOAD, DecodeError, EncodedParts, Fault, FaultCode, HEADER_LEN, Hello, Keys,
     MAGIC, Message, PULL_RESPONSE_HEAD_LEN, PullRequest, PullResponse, PullTimedOut, Push, PushAck,
-    Role, RowPiece, Section, Sections, VERSION, Welcome, decode, decode_split, pull_response_head,
-    pull_response_layout, split_frame, write_pull_response,
+    PushHeld, Role, RowPiece, Section, Sections, VERSION, Welcome, decode, decode_split,
+    pull_response_head, pull_response_layout, split_frame, write_pull_response,
 };
 pub use server::{Output, Reply, ServerConfig, ServerCore, ServerStats, ShardTables};
