@@ -762,3 +762,77 @@ fn a_clock_hook_that_fails_stops_its_server_with_the_error() {
         other => panic!("expected the hook's error, got {other:?}"),
     }
 }
+
+/// Under Async a fast worker may finish long before a slow one reaches the
+/// clock hook that holds its last pushes back. It leaves at once: the
+/// server has its pushes and applies them, exactly once, when the slow
+/// worker gets there, while the hook's snapshots stay exact. It used to
+/// wait for them to be applied, which is the slow worker's whole run, and
+/// fail at the spec's timeout. Pushes that run more than `MAX_UNACKED`
+/// (64) ahead wait for the hook instead (they are what bounds the server's
+/// memory of held pushes), and a timeout there says why.
+#[test]
+fn a_fast_async_worker_leaves_without_waiting_for_the_clock_hook() {
+    use laggard::Cluster;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    let run = |clocks: u64| {
+        // Far less than the slow worker takes: leaving may not wait for it.
+        let spec = ClusterSpec::new(1, 2)
+            .table(
+                "w",
+                TableSpec::<i64>::dense(0..1, 1).consistency(Consistency::Async),
+            )
+            .timeout(Duration::from_millis(300));
+        let hooked: Arc<Mutex<Vec<(u64, i64)>>> = Arc::default();
+        let cluster = Cluster::start_with(spec, |server| {
+            let (part, hooked) = (server.table::<i64>("w")?, hooked.clone());
+            server.on_clock(10, move |clock| {
+                let mut row = [0i64];
+                part.pull(0, &mut row)?;
+                hooked.lock().unwrap().push((clock, row[0]));
+                Ok(())
+            })
+        })
+        .unwrap();
+        let done = cluster.run_workers(|worker| {
+            let w = worker.table::<i64>("w")?;
+            let slow = worker.id().0 == 1;
+            for _ in 0..clocks {
+                worker.push(&w, &[0], &[1])?;
+                worker.clock()?;
+                if slow {
+                    thread::sleep(Duration::from_millis(20));
+                }
+            }
+            Ok(())
+        });
+        let mut row = [0i64];
+        cluster
+            .server_table::<i64>("w", 0)
+            .unwrap()
+            .pull(0, &mut row)
+            .unwrap();
+        cluster.shutdown().unwrap();
+        (done, row[0], hooked.lock().unwrap().clone())
+    };
+
+    let (done, total, hooked) = run(40);
+    done.unwrap();
+    assert_eq!(total, 80, "each worker's 40 pushes, exactly once");
+    let expected: Vec<(u64, i64)> = [10, 20, 30, 40]
+        .iter()
+        .map(|&c| (c, 2 * c as i64))
+        .collect();
+    assert_eq!(hooked, expected, "each snapshot holds the clocks before it");
+
+    // 100 clocks: the fast worker's 65th unacknowledged push waits for the
+    // hook, which the slow worker reaches only seconds later.
+    let (done, _, _) = run(100);
+    let err = done.unwrap_err().to_string();
+    assert!(
+        err.contains("but holds back those for clock") && err.contains("every worker gets there"),
+        "{err}"
+    );
+}

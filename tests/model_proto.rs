@@ -420,10 +420,15 @@ impl Sim {
                 };
             }
             Phase::Leaving => {
-                // As `Worker::leave`: only once every push is acknowledged.
-                if core.acked_through(&core.last_sent()) {
+                // As `Worker::leave`: only once every shard took every
+                // push, applying it (acknowledged) or holding it back for a
+                // hook, which applies it later (`finish` and the final
+                // exactness check: exactly once, though the worker left).
+                let sent = core.last_sent();
+                if core.taken_through(&sent) {
                     // An acknowledged push is applied (not merely held).
-                    for (s, (_, model)) in self.servers.iter().enumerate() {
+                    let acked = core.acked_through(&sent);
+                    for (s, (_, model)) in self.servers.iter().enumerate().filter(|_| acked) {
                         for (key, row) in &model.rows {
                             if row[w] as u64 != self.clocks {
                                 self.violations.push(format!(

@@ -456,3 +456,41 @@ fn a_shard_started_at_a_clock_welcomes_workers_there() {
     }
     assert_eq!(shard.core.stats().workers_replaced, 0);
 }
+
+/// A push for a clock the shard holds back (a clock hook's) is answered
+/// `PushHeld` at once, again when it is resent on a new connection, and
+/// acknowledged once the hold moves past it: a worker may leave on the
+/// first, the push is applied exactly once either way.
+#[test]
+fn a_held_push_is_said_held_again_when_resent_and_acknowledged_once_applied() {
+    use laggard::proto::PushHeld;
+    let mut shard = Shard::new(0, 1, Duration::from_secs(3600));
+    let mut out = Vec::new();
+    shard.core.hold_from(Some(0), &mut shard.tables, &mut out);
+    let first = PeerId(1);
+    let mut client = ClientCore::new(0, 1, tables(1));
+    client
+        .on_welcome(0, &shard.hello(first, 0, 1).unwrap())
+        .unwrap();
+    client.pending_add(0, 2, &[5i64]).unwrap();
+    assert_eq!(client.flush(true), [(0, 1)]);
+    let push = client.with_push(0, 1, |m| m.to_vec()).unwrap();
+    let push = decode(&push, 1 << 20).unwrap();
+    let held = Reply::PushHeld(PushHeld {
+        seq: 1,
+        hold_from: 0,
+    });
+    assert_eq!(shard.deliver(first, &push), std::slice::from_ref(&held));
+    // Resent (as after a reconnect): held still, not applied twice.
+    assert_eq!(shard.deliver(first, &push), [held]);
+    assert_eq!(shard.tables.rows[2], 0);
+    // The hold moves past clock 0: applied once, and acknowledged.
+    let mut out = Vec::new();
+    shard.core.hold_from(Some(1), &mut shard.tables, &mut out);
+    assert_eq!(shard.tables.rows[2], 5);
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Send(p, Reply::PushAck(a)) if *p == first && a.seq == 1)),
+        "{out:?}"
+    );
+}

@@ -175,6 +175,12 @@ struct Link {
     next_seq: u64,
     /// Sent (or, while not welcomed, queued) and not yet acknowledged.
     unacked: VecDeque<Sent>,
+    /// `(seq, hold_from)` of the latest [`PushHeld`](super::PushHeld) on
+    /// this connection: the shard took every push through `seq`, holding
+    /// back those for clock `hold_from` and later. Cleared once those are
+    /// acknowledged, and when the connection drops (the shard says it
+    /// again for each resend).
+    held: Option<(u64, u64)>,
     /// True between the server's welcome and a disconnect. Pushes made
     /// while false are queued and sent, in order, after the next welcome,
     /// so the server never sees a sequence gap.
@@ -330,6 +336,7 @@ impl ClientCore {
                 .map(|_| Link {
                     next_seq: 1,
                     unacked: VecDeque::new(),
+                    held: None,
                     welcomed: false,
                     joined_at: None,
                 })
@@ -778,6 +785,25 @@ impl ClientCore {
             .all(|(l, &seq)| l.unacked.front().is_none_or(|s| s.seq > seq))
     }
 
+    /// True once every shard took every push up to `seqs[shard]`: applied
+    /// it (acknowledged) or holds it back for a clock hook
+    /// ([`PushHeld`](super::PushHeld)), to apply whether or not this
+    /// worker stays. What a worker waits for before it leaves.
+    pub fn taken_through(&self, seqs: &[u64]) -> bool {
+        self.links.iter().zip(seqs).all(|(l, &seq)| {
+            l.unacked.front().is_none_or(|s| s.seq > seq)
+                || l.held.is_some_and(|(held, _)| held >= seq)
+        })
+    }
+
+    /// Why pushes to `shard` wait for their acknowledgement, if the shard
+    /// said: `(seq, hold_from)`, it took pushes through `seq` and holds
+    /// back those for clock `hold_from` and later.
+    pub fn held_back(&self, shard: usize) -> Option<(u64, u64)> {
+        let link = self.links.get(shard)?;
+        link.held.filter(|_| !link.unacked.is_empty())
+    }
+
     /// A shard (re)accepted this worker: forgets pushes it already applied
     /// and returns the sequence numbers to resend, in order.
     pub fn on_welcome(&mut self, shard: usize, welcome: &Welcome) -> Result<Vec<u64>> {
@@ -1194,6 +1220,7 @@ impl ClientCore {
     pub fn link_lost(&mut self, shard: usize) {
         if let Some(link) = self.links.get_mut(shard) {
             link.welcomed = false;
+            link.held = None;
         }
         // Rows kept in frames of the lost connection would keep its
         // memory (an RDMA ring stays registered) for as long as they are
@@ -1455,6 +1482,9 @@ impl ClientCore {
                         format!("ack for push {} never sent", ack.seq),
                     ));
                 }
+                if link.held.is_some_and(|(held, _)| held <= ack.seq) {
+                    link.held = None;
+                }
                 while link.unacked.front().is_some_and(|s| s.seq <= ack.seq) {
                     if let Some(mut sent) = link.unacked.pop_front() {
                         for (_, mut rows) in sent.sections.drain(..) {
@@ -1467,6 +1497,21 @@ impl ClientCore {
                             self.spare_sections.push(sent.sections);
                         }
                     }
+                }
+                Ok(())
+            }
+            Message::PushHeld(held) => {
+                let link = &mut self.links[shard];
+                if held.seq >= link.next_seq {
+                    return Err(protocol(
+                        shard,
+                        format!("push {} held that was never sent", held.seq),
+                    ));
+                }
+                if link.unacked.front().is_some_and(|s| s.seq <= held.seq)
+                    && link.held.is_none_or(|(seq, _)| seq <= held.seq)
+                {
+                    link.held = Some((held.seq, held.hold_from));
                 }
                 Ok(())
             }
@@ -1981,6 +2026,49 @@ mod tests {
         let frame = timed_out(req, vec![(0, 0, 5), (u32::MAX, 0, 2)]).to_vec();
         let err = core.on_owned_frame(0, frame, 1 << 20);
         assert!(matches!(err, Err(Error::Protocol { .. })), "{err:?}");
+    }
+
+    #[test]
+    fn a_held_push_is_taken_but_not_applied_until_acknowledged() {
+        use crate::proto::PushHeld;
+        let mut core = welcomed();
+        let push = |core: &mut ClientCore| {
+            core.pending_add(0, 1, &[1i64; 4]).unwrap();
+            core.flush(true)
+        };
+        assert_eq!(push(&mut core), [(0, 1)]);
+        assert_eq!(push(&mut core), [(0, 2)]);
+        let held = |seq| Message::PushHeld(PushHeld { seq, hold_from: 2 });
+        // Push 1 held: taken through 1, not 2; neither applied.
+        core.on_message(0, held(1)).unwrap();
+        assert!(core.taken_through(&[1]) && !core.taken_through(&[2]));
+        assert!(!core.acked_through(&[1]));
+        assert_eq!(core.held_back(0), Some((1, 2)));
+        core.on_message(0, held(2)).unwrap();
+        assert!(core.taken_through(&[2]));
+        // Push 1 applied: push 2 is still held.
+        let ack = |seq| Message::PushAck(PushAck { seq, min_clock: 2 });
+        core.on_message(0, ack(1)).unwrap();
+        assert!(core.acked_through(&[1]) && !core.acked_through(&[2]));
+        assert_eq!(core.held_back(0), Some((2, 2)));
+        // A lost connection forgets what the old one said: the resends
+        // are held (or applied) again on the new one.
+        core.link_lost(0);
+        assert!(!core.taken_through(&[2]));
+        assert_eq!(core.held_back(0), None);
+        // A push the worker never sent cannot be held.
+        let err = core.on_message(0, held(3)).unwrap_err();
+        assert!(
+            err.to_string().contains("push 3 held that was never sent"),
+            "{err}"
+        );
+        // Once applied, nothing is held back.
+        let mut core = welcomed();
+        push(&mut core);
+        core.on_message(0, held(1)).unwrap();
+        core.on_message(0, ack(1)).unwrap();
+        assert_eq!(core.held_back(0), None);
+        assert!(core.acked_through(&[1]) && core.taken_through(&[1]));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::codec::{
-    self, DecodeError, Fault, FaultCode, Hello, Keys, Message, PullTimedOut, PushAck, Role, Welcome,
+    self, DecodeError, Fault, FaultCode, Hello, Keys, Message, PullTimedOut, PushAck, PushHeld,
+    Role, Welcome,
 };
 use crate::clock::{VectorClock, WorkerId, WorkerStatus};
 use crate::error::Result;
@@ -89,6 +90,9 @@ pub enum Reply {
     Welcome(Welcome),
     /// A push was applied (or was a duplicate of one that was).
     PushAck(PushAck),
+    /// A push was taken but is held back (or was a duplicate of one that
+    /// is).
+    PushHeld(PushHeld),
     /// A parked pull expired.
     PullTimedOut(PullTimedOut),
     /// A fatal error; a [`Output::Close`] follows.
@@ -101,6 +105,7 @@ impl Reply {
         match self {
             Reply::Welcome(w) => Message::Welcome(*w),
             Reply::PushAck(a) => Message::PushAck(*a),
+            Reply::PushHeld(h) => Message::PushHeld(*h),
             Reply::PullTimedOut(t) => Message::PullTimedOut(t.clone()),
             Reply::Fault(code, text) => Message::Fault(Fault {
                 code: *code as u32,
@@ -329,6 +334,16 @@ impl ServerCore {
             min_clock: self.visible_clock(),
         };
         out.push(Output::Send(peer, Reply::PushAck(ack)));
+    }
+
+    /// Tells `peer` that push `seq` is taken but held back: it need not
+    /// wait for the acknowledgement to leave.
+    fn say_held(&self, peer: PeerId, seq: u64, out: &mut Vec<Output>) {
+        let held = PushHeld {
+            seq,
+            hold_from: self.hold_from.unwrap_or_default(),
+        };
+        out.push(Output::Send(peer, Reply::PushHeld(held)));
     }
 
     /// Pushes held back now ([`hold_from`](Self::hold_from)).
@@ -605,7 +620,7 @@ impl ServerCore {
             // acknowledged once it is.
             self.stats.duplicate_pushes += 1;
             if self.held.iter().any(|h| h.worker == w && h.seq == push.seq) {
-                return;
+                return self.say_held(peer, push.seq, out);
             }
             return self.acknowledge(peer, push.seq, out);
         }
@@ -649,6 +664,7 @@ impl ServerCore {
             });
             self.stats.pushes_held += 1;
             self.applied[wi] = push.seq;
+            self.say_held(peer, push.seq, out);
             if push.tick {
                 self.clocks
                     .set(WorkerId(w), clock + 1, WorkerStatus::Active);

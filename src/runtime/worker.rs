@@ -780,13 +780,39 @@ impl<E: Endpoint> Worker<E> {
     }
 
     /// Waits until the servers applied the pushes of `ticket`.
+    ///
+    /// A server with a clock hook ([`Server::on_clock`](crate::Server::on_clock))
+    /// holds back pushes for the hook's clock and later until its slowest
+    /// worker gets there; the timeout error then says so.
     pub fn wait_applied(&mut self, ticket: &PushTicket, deadline: Instant) -> Result<()> {
+        self.wait_pushes(ticket, deadline, ClientCore::acked_through, "apply")
+    }
+
+    /// Waits until `done` says the servers took the pushes of `ticket`
+    /// (`verb`: what they were to do with them, for the timeout error).
+    fn wait_pushes(
+        &mut self,
+        ticket: &PushTicket,
+        deadline: Instant,
+        done: fn(&ClientCore, &[u64]) -> bool,
+        verb: &str,
+    ) -> Result<()> {
         let started = Instant::now();
-        while !self.core.acked_through(ticket.seqs.as_slice()) {
+        while !done(&self.core, ticket.seqs.as_slice()) {
             self.check_ok()?;
             if !self.pump(deadline)? {
+                let mut what = format!("server shards to {verb} pushes");
+                for shard in 0..self.peers.len() {
+                    if let Some((seq, hold_from)) = self.core.held_back(shard) {
+                        what.push_str(&format!(
+                            "; shard {shard} took them (through push {seq}) but holds back \
+                             those for clock {hold_from} and later for its clock hook, until \
+                             every worker gets there"
+                        ));
+                    }
+                }
                 return Err(Error::NoResponse {
-                    what: "server shards to acknowledge pushes".into(),
+                    what,
                     waited: started.elapsed(),
                 });
             }
@@ -794,13 +820,15 @@ impl<E: Endpoint> Worker<E> {
         Ok(())
     }
 
-    /// Sends the pending deltas, waits until every server applied them,
-    /// and leaves the cluster: the worker no longer holds anyone back.
-    /// Returns the worker's counters.
+    /// Sends the pending deltas, waits until every server applied them
+    /// (or holds them back for its clock hook, to apply once the slowest
+    /// worker gets there: a fast worker under Async need not wait for
+    /// that), and leaves the cluster: the worker no longer holds anyone
+    /// back. Returns the worker's counters.
     pub fn leave(mut self) -> Result<ClientStats> {
         let deadline = Instant::now() + self.spec.timeout;
         let ticket = self.flush()?;
-        self.wait_applied(&ticket, deadline)?;
+        self.wait_pushes(&ticket, deadline, ClientCore::taken_through, "take")?;
         let msg = Message::Leave {
             worker: self.core.worker(),
         };
@@ -838,7 +866,7 @@ impl<E: Endpoint> Worker<E> {
                         // A shard whose workers have all left stops serving,
                         // so one that cannot be reached again soon most
                         // likely took the leave. Either way every push was
-                        // applied, and a shard that missed the leave
+                        // applied or is held there, and a shard that missed the leave
                         // declares the worker dead after `dead_after`.
                         // The same bound holds while the shard is to welcome
                         // the worker back (`pump`).
