@@ -328,6 +328,18 @@ fn laggard_launch_starts_a_failed_worker_rank_again() {
     assert!(stdout.contains("shard 0: replaced 1"), "{stdout}");
 }
 
+#[test]
+fn laggard_launch_refuses_a_port_past_65535() {
+    // It used to keep the port's low 16 bits: 70000 became 4464.
+    let out = Command::new(env!("CARGO_BIN_EXE_laggard-launch"))
+        .args(["--port", "70000", "--", "true"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--port 70000: not a TCP port"), "{stderr}");
+}
+
 /// Two network namespaces joined by a veth pair, removed on drop.
 struct Netns {
     names: [String; 2],

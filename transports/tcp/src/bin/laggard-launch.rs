@@ -52,7 +52,12 @@ fn parse() -> Result<Args, String> {
         match flag.as_str() {
             "--servers" => a.servers = num(&value)? as usize,
             "--workers" => a.workers = num(&value)? as usize,
-            "--port" => a.port = Some(num(&value)? as u16),
+            "--port" => {
+                let port = num(&value)?;
+                a.port = Some(
+                    u16::try_from(port).map_err(|_| format!("{flag} {port}: not a TCP port"))?,
+                );
+            }
             "--timeout-s" => a.timeout = Some(Duration::from_secs(num(&value)?)),
             "--restarts" => a.restarts = num(&value)?,
             other => return Err(format!("unknown flag {other}")),
@@ -67,7 +72,13 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-fn forward(rank: usize, stream: impl std::io::Read + Send + 'static, err: bool) {
+/// Copies `stream` line by line, prefixed by `rank`, until it ends (the
+/// process exited and closed it).
+fn forward(
+    rank: usize,
+    stream: impl std::io::Read + Send + 'static,
+    err: bool,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if err {
@@ -76,7 +87,7 @@ fn forward(rank: usize, stream: impl std::io::Read + Send + 'static, err: bool) 
                 println!("[rank {rank}] {line}");
             }
         }
-    });
+    })
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -113,6 +124,7 @@ fn main() {
     });
     let world = args.servers + args.workers;
     let coordinator = format!("127.0.0.1:{port}");
+    let forwarders = std::cell::RefCell::new(Vec::new());
     let start = |rank: usize, restart: u64| -> std::io::Result<Child> {
         let mut child = Command::new(&args.program[0])
             .args(&args.program[1..])
@@ -125,10 +137,10 @@ fn main() {
             .stderr(Stdio::piped())
             .spawn()?;
         if let Some(out) = child.stdout.take() {
-            forward(rank, out, false);
+            forwarders.borrow_mut().push(forward(rank, out, false));
         }
         if let Some(err) = child.stderr.take() {
-            forward(rank, err, true);
+            forwarders.borrow_mut().push(forward(rank, err, true));
         }
         Ok(child)
     };
@@ -180,8 +192,16 @@ fn main() {
         running = still;
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Let the output threads finish their last lines.
-    std::thread::sleep(Duration::from_millis(50));
+    // Every process has exited, so each output ends: print its last lines
+    // before the verdict. (A process's own children could hold its output
+    // open; they get a moment, not a wait without end.)
+    let forwarders = forwarders.into_inner();
+    let until = Instant::now() + Duration::from_secs(2);
+    for f in forwarders {
+        while !f.is_finished() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     if failed.is_empty() {
         eprintln!("laggard-launch: all {world} processes finished");
     } else {
