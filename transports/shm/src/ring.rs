@@ -163,6 +163,7 @@ impl Placement {
     /// (its record and the word after it; a pad before the record lies
     /// where the last record ended), at most `cap` (the word after a
     /// record that ends the region is its first).
+    #[inline]
     pub fn reaches(&self, cap: u64) -> u64 {
         (offset(self.record, cap) + HEADER + padded(self.len) + HEADER).min(cap)
     }
@@ -194,6 +195,7 @@ impl Producer {
     /// reserving it: [`commit`](Self::commit) does, if nothing was reserved
     /// meanwhile. The endpoint looks at where the record lies first (the
     /// file system's memory behind it, see `Segment::reserve`).
+    #[inline]
     pub fn place(
         &mut self,
         ctl: &RingCtl,
@@ -240,6 +242,7 @@ impl Producer {
     }
 
     /// Reserves the frame [`place`](Self::place) placed.
+    #[inline]
     pub fn commit(&mut self, placement: Placement) -> Reservation {
         let Placement { start, record, len } = placement;
         debug_assert_eq!(start, self.reserved, "reserved since it was placed");
