@@ -259,3 +259,26 @@ pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
         reason: reason.into(),
     }
 }
+
+/// The longest timeout or interval any setting of laggard's (or its
+/// transports') may take: 30 years. Deadlines are the clock's reading plus
+/// a setting, and a much longer one (`Duration::MAX`, meant as "never
+/// time out") would overflow it. Every wait has a deadline: give a long
+/// one.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(30 * 365 * 24 * 60 * 60);
+
+/// `Ok` if `setting` (named `what`) is at most [`LONGEST_WAIT`], else the
+/// [`Error::InvalidConfig`] that says so.
+pub fn check_wait(what: &'static str, setting: Duration) -> Result<()> {
+    if setting > LONGEST_WAIT {
+        return Err(invalid(
+            what,
+            format!(
+                "{setting:?} is longer than the 30 years a setting may take (a deadline \
+                 past that overflows the clock); for a wait that should not time out, give \
+                 a long one"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -149,7 +149,7 @@ mod update;
 
 pub use clock::{Consistency, GateTimeout, StalenessGate, VectorClock, WorkerId, WorkerStatus};
 pub use element::{Element, ElementKind, Float};
-pub use error::{Error, Result};
+pub use error::{Error, LONGEST_WAIT, Result, check_wait};
 pub use runtime::{
     Cluster, ClusterSpec, PullTicket, PushTicket, Server, ServerReport, TableHandle, Worker,
 };

@@ -247,7 +247,8 @@ impl ClusterSpec {
         if self.timeout.is_zero() {
             return Err(invalid("timeout", "must be greater than zero"));
         }
-        Ok(())
+        crate::check_wait("timeout", self.timeout)?;
+        crate::check_wait("dead_after", self.dead_after)
     }
 
     /// The endpoint name of server shard `shard` (also what the
@@ -344,5 +345,33 @@ impl Fnv {
             self.0 ^= u64::from(x);
             self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
+    }
+}
+
+#[cfg(all(test, not(laggard_loom)))]
+mod tests {
+    use super::*;
+    use crate::TableSpec;
+
+    #[test]
+    fn a_wait_past_thirty_years_is_refused_not_an_overflow() {
+        // `Duration::MAX` as "never time out" overflowed the clock when a
+        // worker added it to now, and panicked.
+        let spec = || ClusterSpec::new(1, 1).table("t", TableSpec::<f32>::dense(0..4, 2));
+        let err = spec().timeout(Duration::MAX).validate().unwrap_err();
+        assert!(err.to_string().contains("invalid timeout"), "{err}");
+        assert!(
+            err.to_string().contains("longer than the 30 years"),
+            "{err}"
+        );
+        let err = spec().dead_after(Duration::MAX).validate().unwrap_err();
+        assert!(err.to_string().contains("invalid dead_after"), "{err}");
+        let err = crate::Cluster::start(spec().timeout(Duration::MAX)).map(drop);
+        assert!(matches!(err, Err(Error::InvalidConfig { .. })), "{err:?}");
+        spec()
+            .timeout(crate::LONGEST_WAIT)
+            .dead_after(crate::LONGEST_WAIT)
+            .validate()
+            .unwrap();
     }
 }

@@ -237,7 +237,9 @@ impl RdmaConfig {
         if self.handshake_timeout.is_zero() {
             return bad("RdmaConfig::handshake_timeout", "it is zero".into());
         }
-        Ok(())
+        laggard::check_wait("RdmaConfig::handshake_timeout", self.handshake_timeout)?;
+        laggard::check_wait("RdmaConfig::spin", self.spin)?;
+        laggard::check_wait("RdmaConfig::linger", self.linger)
     }
 }
 
@@ -265,6 +267,22 @@ mod tests {
         assert_eq!(
             raised.registered_per_connection(),
             (1 << 16) + (1 << 20) + 4096
+        );
+    }
+
+    #[test]
+    fn a_wait_past_thirty_years_is_refused_not_an_overflow() {
+        let err = RdmaConfig::default()
+            .handshake_timeout(Duration::MAX)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("RdmaConfig::handshake_timeout"), "{err}");
+        assert!(
+            RdmaConfig::default()
+                .linger(Duration::MAX)
+                .validate()
+                .is_err()
         );
     }
 

@@ -167,6 +167,8 @@ impl ShmConfig {
                 "must be positive (it bounds how long a crashed peer goes unnoticed)".into(),
             );
         }
+        laggard::check_wait("ShmConfig::spin", self.spin)?;
+        laggard::check_wait("ShmConfig::liveness_interval", self.liveness_interval)?;
         if !self.dir.is_dir() {
             return bad(
                 "segment directory",
@@ -177,5 +179,21 @@ impl ShmConfig {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_past_thirty_years_is_refused_not_an_overflow() {
+        for cfg in [
+            ShmConfig::default().liveness_interval(Duration::MAX),
+            ShmConfig::default().spin(Duration::MAX),
+        ] {
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("longer than the 30 years"), "{err}");
+        }
     }
 }

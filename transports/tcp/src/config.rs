@@ -148,6 +148,10 @@ impl TcpConfig {
                 ),
             ));
         }
+        laggard::check_wait("TcpConfig::heartbeat", self.heartbeat)?;
+        laggard::check_wait("TcpConfig::dead_after", self.dead_after)?;
+        laggard::check_wait("TcpConfig::linger", self.linger)?;
+        laggard::check_wait("TcpConfig::spin", self.spin)?;
         if self.heartbeat.is_zero() || self.heartbeat >= self.dead_after {
             return Err(invalid(
                 "tcp heartbeat",
@@ -159,5 +163,26 @@ impl TcpConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_past_thirty_years_is_refused_not_an_overflow() {
+        let err = TcpConfig::default()
+            .dead_after(Duration::MAX)
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TcpConfig::dead_after"), "{err}");
+        assert!(
+            TcpConfig::default()
+                .linger(Duration::MAX)
+                .validate()
+                .is_err()
+        );
     }
 }

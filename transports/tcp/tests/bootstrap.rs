@@ -266,3 +266,14 @@ fn an_endless_line_to_the_coordinator_is_refused_and_holds_up_nobody() {
         "{answer}"
     );
 }
+
+#[test]
+fn a_rendezvous_timeout_past_thirty_years_is_refused_not_an_overflow() {
+    let err = Bootstrap::new(0, 2, 1, "127.0.0.1:1")
+        .timeout(Duration::MAX)
+        .join(&spec(1, 1))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Bootstrap::timeout"), "{err}");
+}

@@ -225,6 +225,7 @@ impl Bootstrap {
     /// endpoints are dropped.
     pub fn join(self, spec: &ClusterSpec) -> Result<Node> {
         self.check(spec)?;
+        laggard::check_wait("Bootstrap::timeout", self.timeout)?;
         let deadline = Instant::now() + self.timeout;
         let coord = resolve(&self.coordinator)?;
         let coordinator = if self.rank == 0 {
