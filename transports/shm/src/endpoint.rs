@@ -1062,10 +1062,11 @@ impl Endpoint for ShmEndpoint {
                         reserve_prefix(&conn.seg, base, conn.cap, &mut reserved.ring, upto)
                             .map_err(|e| {
                                 transport_error(format!(
-                                    "no room in {} for a {len}-byte frame to {}: {e}; {}",
+                                    "cannot take memory in {} for a {len}-byte frame to {}: \
+                                     {e}{}",
                                     dir.display(),
                                     conn.peer_name,
-                                    ROOM_HINT
+                                    room_hint(&e)
                                 ))
                             })?;
                     }
