@@ -37,6 +37,16 @@ impl SmallTmpfs {
         Ok(SmallTmpfs(dir))
     }
 
+    /// [`mount`](Self::mount), or `None` after saying why the test is
+    /// skipped.
+    fn mount_or_skip(size: &str) -> Option<SmallTmpfs> {
+        Self::mount(size)
+            .inspect_err(|why| {
+                eprintln!("SKIPPED: cannot mount a small tmpfs here ({why}); run as root")
+            })
+            .ok()
+    }
+
     fn files(&self) -> Vec<String> {
         std::fs::read_dir(&self.0)
             .unwrap()
@@ -63,12 +73,8 @@ fn net(dir: &Path) -> ShmTransport {
 
 #[test]
 fn a_frame_with_no_room_left_is_an_error_and_smaller_ones_still_go() {
-    let tmpfs = match SmallTmpfs::mount("4m") {
-        Ok(t) => t,
-        Err(why) => {
-            eprintln!("SKIPPED: cannot mount a small tmpfs here ({why}); run as root");
-            return;
-        }
+    let Some(tmpfs) = SmallTmpfs::mount_or_skip("4m") else {
+        return;
     };
     let net = net(&tmpfs.0);
     let mut server = net.bind("server").unwrap();
@@ -113,12 +119,8 @@ fn a_frame_with_no_room_left_is_an_error_and_smaller_ones_still_go() {
 
 #[test]
 fn binding_in_a_full_directory_is_an_error_that_says_so() {
-    let tmpfs = match SmallTmpfs::mount("64k") {
-        Ok(t) => t,
-        Err(why) => {
-            eprintln!("SKIPPED: cannot mount a small tmpfs here ({why}); run as root");
-            return;
-        }
+    let Some(tmpfs) = SmallTmpfs::mount_or_skip("64k") else {
+        return;
     };
     let filler = tmpfs.0.join("filler");
     let room = std::fs::OpenOptions::new()

@@ -170,6 +170,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Waits for `child` to exit, killing it at `deadline`; whether it exited
+/// successfully by itself.
+fn wait_or_kill(child: &mut Child, deadline: Instant) -> bool {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.success();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits for every child (at most `limit`), returning each one's output.
 fn finish(children: Vec<Child>, limit: Duration) -> Vec<(bool, String)> {
     let deadline = Instant::now() + limit;
@@ -185,17 +201,7 @@ fn finish(children: Vec<Child>, limit: Duration) -> Vec<(bool, String)> {
                 }
                 s
             });
-            let ok = loop {
-                if let Some(status) = c.try_wait().unwrap() {
-                    break status.success();
-                }
-                if Instant::now() >= deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            };
+            let ok = wait_or_kill(&mut c, deadline);
             (ok, reader.join().unwrap())
         })
         .collect()
@@ -476,19 +482,7 @@ fn a_killed_server_shard_is_an_error_for_every_worker_not_a_hang() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let ended: Vec<bool> = children
         .iter_mut()
-        .map(|c| {
-            loop {
-                if let Some(status) = c.try_wait().unwrap() {
-                    break status.success();
-                }
-                if Instant::now() >= deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break false;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
+        .map(|c| wait_or_kill(c, deadline))
         .collect();
     let mut outputs: Vec<String> = outputs.into_iter().map(|h| h.join().unwrap()).collect();
     outputs.remove(1);
