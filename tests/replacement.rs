@@ -494,3 +494,42 @@ fn a_held_push_is_said_held_again_when_resent_and_acknowledged_once_applied() {
         "{out:?}"
     );
 }
+
+/// A worker whose process fails before it ever connects is never seen to
+/// go. While another worker is active it only holds that one back (it may
+/// be slow to start); once every worker that connected is gone, it has
+/// `dead_after` to come and is then declared dead, so a server serving
+/// until its workers are done ends instead of waiting for it forever.
+#[test]
+fn a_worker_that_never_connects_is_declared_dead_once_the_others_are_gone() {
+    let dead_after = Duration::from_secs(5);
+    let mut shard = Shard::new(0, 2, dead_after);
+    let start = shard.now;
+    let first = PeerId(1);
+    shard.hello(first, 0, 1).unwrap();
+    let poll = |shard: &mut Shard, at: Duration| {
+        let mut out = Vec::new();
+        shard.core.poll(start + at, &mut out);
+    };
+    // Worker 1 never connects: long past dead_after, with worker 0 still
+    // active, it is only waited for.
+    poll(&mut shard, dead_after * 10);
+    assert!(!shard.core.workers_done());
+    assert_eq!(shard.core.stats().workers_declared_dead, 0);
+    // Worker 0 leaves: worker 1 has dead_after from then.
+    shard.now = start + dead_after * 11;
+    assert!(
+        shard
+            .deliver(first, &Message::Leave { worker: 0 })
+            .is_empty()
+    );
+    poll(&mut shard, dead_after * 11 + dead_after / 2);
+    assert!(!shard.core.workers_done(), "declared dead too soon");
+    poll(&mut shard, dead_after * 12);
+    assert!(shard.core.workers_done());
+    assert_eq!(shard.core.stats().workers_declared_dead, 1);
+    assert_eq!(
+        shard.core.clocks().get(WorkerId(1)),
+        Some((0, WorkerStatus::Dead))
+    );
+}

@@ -455,7 +455,7 @@ impl ServerCore {
                 }
             }
             (Some(Role::Worker(w)), Message::Leave { worker }) if worker == w => {
-                self.retire(w, WorkerStatus::Left, out);
+                self.retire(w, WorkerStatus::Left, now, out);
             }
             (Some(Role::Controller), Message::Shutdown) => {
                 self.stopped = true;
@@ -692,13 +692,38 @@ impl ServerCore {
         }
     }
 
-    fn retire(&mut self, w: u32, status: WorkerStatus, out: &mut Vec<Output>) {
+    fn retire(&mut self, w: u32, status: WorkerStatus, now: Instant, out: &mut Vec<Output>) {
         let (clock, current) = self.clocks.get(WorkerId(w)).expect("known worker");
         if current == WorkerStatus::Active {
             self.clocks.set(WorkerId(w), clock, status);
         }
         self.lost_at[w as usize] = None;
+        self.expect_no_more(now);
         self.release(out);
+    }
+
+    /// A worker that never connected cannot be seen to go, so nothing
+    /// declares it dead, and a server serving until its workers are done
+    /// ([`workers_done`](Self::workers_done)) would wait for it forever: a
+    /// process that failed before it connected hung the job. Once every
+    /// worker that did connect has left or died, the others count as lost
+    /// from `now`: they have [`ServerConfig::dead_after`] to come before
+    /// they are declared dead too. (While any worker is active, one that
+    /// starts slowly only holds the others back, as it should.)
+    fn expect_no_more(&mut self, now: Instant) {
+        let active = |w: usize| {
+            self.clocks.get(WorkerId(w as u32)).map(|e| e.1) == Some(WorkerStatus::Active)
+        };
+        let joined = |w: usize| self.session_of[w].is_some();
+        let workers = self.session_of.len();
+        if !(0..workers).any(joined) || (0..workers).any(|w| joined(w) && active(w)) {
+            return;
+        }
+        for w in 0..workers {
+            if !joined(w) && active(w) && self.lost_at[w].is_none() {
+                self.lost_at[w] = Some(now);
+            }
+        }
     }
 
     /// Answers every parked pull the clock now allows.
@@ -743,7 +768,7 @@ impl ServerCore {
         for w in 0..self.lost_at.len() {
             if self.lost_at[w].is_some_and(|t| now >= t + self.cfg.dead_after) {
                 self.stats.workers_declared_dead += 1;
-                self.retire(w as u32, WorkerStatus::Dead, out);
+                self.retire(w as u32, WorkerStatus::Dead, now, out);
             }
         }
         if !self.parked.iter().any(|p| now >= p.deadline) {

@@ -47,6 +47,7 @@ fn child_process() {
         "kill" | "crash-once" | "server-dies" => {
             (Consistency::Ssp { staleness: 1 }, Duration::from_secs(1))
         }
+        "never-connects" => (Consistency::Async, Duration::from_secs(1)),
         other => panic!("unknown child mode {other}"),
     };
     let spec = spec(&boot, consistency, dead_after);
@@ -62,6 +63,11 @@ fn child_process() {
             }
             println!("shard {shard}: replaced {}", report.stats.workers_replaced);
             println!("shard {shard}: done");
+        }
+        Role::Worker(id) if mode == "never-connects" && id.0 + 1 == workers => {
+            // Fails after the rendezvous, before it connects to a server
+            // (loading its data, say).
+            println!("worker {}: gone before connecting", id.0);
         }
         Role::Worker(id) => {
             let mut worker = node.worker().unwrap();
@@ -497,4 +503,32 @@ fn a_killed_server_shard_is_an_error_for_every_worker_not_a_hang() {
             .unwrap_or_else(|| panic!("a worker went on without shard 1:\n{out}"));
         assert!(failed.contains("server shard 1"), "{failed}");
     }
+}
+
+#[test]
+fn a_worker_that_never_connects_does_not_keep_the_server_forever() {
+    // Rank 0 is the server; ranks 1 and 2 workers 0 and 1. Worker 1's
+    // process ends after the rendezvous without connecting; worker 0
+    // trains (Async) and leaves. The server used to wait for worker 1
+    // forever.
+    let (servers, workers) = (1, 2);
+    let world = servers + workers;
+    let coord = format!("127.0.0.1:{}", free_port());
+    let children: Vec<Child> = (0..world)
+        .map(|r| start("never-connects", r, world, servers, &coord, 30, None))
+        .collect();
+    let results = finish(children, Duration::from_secs(60));
+    for (rank, (ok, out)) in results.iter().enumerate() {
+        assert!(ok, "rank {rank} did not finish; its output:\n{out}");
+    }
+    assert!(
+        results[1].1.contains("worker 0: clock 30"),
+        "{}",
+        results[1].1
+    );
+    let server = &results[0].1;
+    assert!(
+        server.contains("worker 1 declared dead at clock 0"),
+        "the server did not give up on the worker that never came:\n{server}"
+    );
 }
