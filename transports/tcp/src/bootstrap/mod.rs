@@ -606,9 +606,6 @@ impl Drop for Coordinator {
     }
 }
 
-/// How long the coordinator waits for a late process's join line.
-const LATE_JOIN_READ: Duration = Duration::from_millis(500);
-
 /// After the rendezvous: a process that joins with the rank of a worker
 /// (a new process taking the place of one that died) gets the map, with
 /// that rank at its new address; it then connects as the worker and goes
@@ -621,16 +618,15 @@ fn answer_late_joins(
     (world, servers, schema): (usize, usize, u64),
     stop: &AtomicBool,
 ) {
+    let mut arrivals = Arrivals::new(world);
+    let _ = listener.set_nonblocking(true);
     // Relaxed: the flag carries no data; the thread is joined after it.
     while !stop.load(Ordering::Relaxed) {
-        let stream = match listener.accept() {
-            Ok((s, _)) => s,
-            Err(_) => {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            }
+        let Some((stream, read)) = arrivals.next(listener) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
         };
-        let answer = match read_join(&stream, LATE_JOIN_READ) {
+        let answer = match read {
             Err(e) => format!("error {e}\n"),
             Ok(join) => match check_join(&join, world, servers, schema) {
                 Some(problem) => format!("error {problem}\n"),
@@ -722,10 +718,49 @@ impl Arriving {
     }
 }
 
-/// Connections whose join is still arriving that the coordinator keeps
-/// at once; past that, the oldest is dropped (each holds a descriptor).
-fn max_arriving(world: usize) -> usize {
-    (2 * world).max(16)
+/// The connections to the coordinator whose join lines are arriving.
+struct Arrivals {
+    waiting: Vec<Arriving>,
+    /// How many it keeps at once; past that, the oldest is dropped (each
+    /// holds a descriptor).
+    cap: usize,
+}
+
+impl Arrivals {
+    fn new(world: usize) -> Self {
+        Arrivals {
+            waiting: Vec::new(),
+            cap: (2 * world).max(16),
+        }
+    }
+
+    /// Takes the connections pending on `listener` (which must not
+    /// block), then returns one whose join line is complete, or that
+    /// failed, back in blocking mode; `None` if none is yet.
+    fn next(
+        &mut self,
+        listener: &TcpListener,
+    ) -> Option<(TcpStream, std::result::Result<Join, String>)> {
+        while let Ok((stream, _)) = listener.accept() {
+            if stream.set_nonblocking(true).is_ok() {
+                if self.waiting.len() == self.cap {
+                    self.waiting.remove(0);
+                }
+                self.waiting.push(Arriving {
+                    stream,
+                    line: Vec::new(),
+                });
+            }
+        }
+        let (i, read) = self
+            .waiting
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, a)| a.poll().map(|read| (i, read)))?;
+        let stream = self.waiting.swap_remove(i).stream;
+        let _ = stream.set_nonblocking(false);
+        Some((stream, read))
+    }
 }
 
 /// Why `join` does not belong to this job, if it does not.
@@ -779,7 +814,7 @@ fn coordinate(
 ) -> std::result::Result<Vec<Member>, String> {
     let mut joined: Vec<Option<(TcpStream, Join)>> = (0..world).map(|_| None).collect();
     let mut extra = Vec::new();
-    let mut arriving: Vec<Arriving> = Vec::new();
+    let mut arrivals = Arrivals::new(world);
     let mut error = None;
     let _ = listener.set_nonblocking(true);
     while error.is_none() && joined.iter().any(Option::is_none) {
@@ -791,27 +826,10 @@ fn coordinate(
             ));
             break;
         }
-        while let Ok((stream, _)) = listener.accept() {
-            if stream.set_nonblocking(true).is_ok() {
-                if arriving.len() == max_arriving(world) {
-                    arriving.remove(0);
-                }
-                arriving.push(Arriving {
-                    stream,
-                    line: Vec::new(),
-                });
-            }
-        }
-        let Some((i, read)) = arriving
-            .iter_mut()
-            .enumerate()
-            .find_map(|(i, a)| a.poll().map(|read| (i, read)))
-        else {
+        let Some((stream, read)) = arrivals.next(listener) else {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         };
-        let stream = arriving.swap_remove(i).stream;
-        let _ = stream.set_nonblocking(false);
         let join = match read {
             Ok(j) => j,
             Err(e) => {
@@ -859,7 +877,7 @@ fn coordinate(
             );
             let _ = (&s).write_all(line.as_bytes());
         };
-        for a in arriving {
+        for a in arrivals.waiting {
             tell(a.stream);
             told += 1;
         }
