@@ -532,4 +532,7 @@ fn a_worker_that_never_connects_is_declared_dead_once_the_others_are_gone() {
         shard.core.clocks().get(WorkerId(1)),
         Some((0, WorkerStatus::Dead))
     );
+    // Coming now, it is told the job is over.
+    let err = shard.hello(PeerId(2), 1, 2).unwrap_err();
+    assert!(err.contains("never connected"), "{err}");
 }

@@ -535,6 +535,10 @@ impl ServerCore {
                 let refused = match status {
                     WorkerStatus::Active => None,
                     WorkerStatus::Dead if replacing.is_some() => None,
+                    WorkerStatus::Dead if self.session_of[wi].is_none() => Some(format!(
+                        "worker {w} never connected before every other worker was gone, so \
+                         it was declared dead: the job is over"
+                    )),
                     WorkerStatus::Dead => Some(format!(
                         "worker {w} has been declared dead and this process cannot rejoin as \
                          it; a new process (a new `Worker`) may take its place"

@@ -866,8 +866,9 @@ impl<E: Endpoint> Worker<E> {
                         // A shard whose workers have all left stops serving,
                         // so one that cannot be reached again soon most
                         // likely took the leave. Either way every push was
-                        // applied or is held there, and a shard that missed the leave
-                        // declares the worker dead after `dead_after`.
+                        // applied or is held there, and a shard that missed
+                        // the leave declares the worker dead after
+                        // `dead_after`.
                         // The same bound holds while the shard is to welcome
                         // the worker back (`pump`).
                         let soon = Instant::now() + LEAVE_RECONNECT.min(self.spec.dead_after);
