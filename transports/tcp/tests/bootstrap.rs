@@ -283,3 +283,47 @@ fn a_rendezvous_timeout_past_thirty_years_is_refused_not_an_overflow() {
         .to_string();
     assert!(err.contains("Bootstrap::timeout"), "{err}");
 }
+
+#[test]
+fn an_ipv6_coordinator_address_works_end_to_end() {
+    // Rank 0 listened for the rendezvous on IPv4 only, so a coordinator
+    // at an IPv6 address (or a host name that resolves to one) was
+    // unreachable, even for rank 0 itself.
+    let Ok(probe) = std::net::TcpListener::bind("[::1]:0") else {
+        eprintln!("SKIPPED: no IPv6 loopback here");
+        return;
+    };
+    let coord = format!("[::1]:{}", probe.local_addr().unwrap().port());
+    drop(probe);
+    let spec = spec(1, 1);
+    let handles: Vec<_> = (0..2)
+        .map(|r| {
+            let boot = Bootstrap::new(r, 2, 1, &coord).timeout(Duration::from_secs(20));
+            let spec = spec.clone();
+            std::thread::spawn(move || -> laggard::Result<i64> {
+                let node = boot.join(&spec)?;
+                assert!(node.members().iter().all(|m| m.addr.is_ipv6()));
+                match node.role() {
+                    Role::Server(_) => node.run_server().map(|_| 0),
+                    Role::Worker(_) => {
+                        let mut worker = node.worker()?;
+                        let t = worker.table::<i64>("t")?;
+                        for _ in 0..3 {
+                            worker.push(&t, &[1], &[2])?;
+                            worker.clock()?;
+                        }
+                        let mut row = [0i64];
+                        worker.pull(&t, &[1], &mut row)?;
+                        worker.leave()?;
+                        Ok(row[0])
+                    }
+                }
+            })
+        })
+        .collect();
+    let results: Vec<i64> = handles
+        .into_iter()
+        .map(|h| h.join().unwrap().unwrap())
+        .collect();
+    assert_eq!(results, [0, 6]);
+}

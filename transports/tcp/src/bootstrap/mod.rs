@@ -43,7 +43,9 @@
 mod env;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
+use std::net::{
+    IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -229,16 +231,14 @@ impl Bootstrap {
         let deadline = Instant::now() + self.timeout;
         let coord = resolve(&self.coordinator)?;
         let coordinator = if self.rank == 0 {
-            let listener =
-                TcpListener::bind((Ipv4Addr::UNSPECIFIED, coord.port())).map_err(|e| {
-                    Error::Transport {
-                        reason: format!(
-                            "rank 0 cannot listen for the rendezvous on port {}: {e}; pick \
+            let listener = TcpListener::bind((unspecified_like(coord.ip()), coord.port()))
+                .map_err(|e| Error::Transport {
+                    reason: format!(
+                        "rank 0 cannot listen for the rendezvous on port {}: {e}; pick \
                              another port (MASTER_PORT, LAGGARD_COORDINATOR) or stop whatever \
                              holds it",
-                            coord.port()
-                        ),
-                    }
+                        coord.port()
+                    ),
                 })?;
             let (world, servers, schema) = (self.world, self.servers, spec.fingerprint());
             let stop = Arc::new(AtomicBool::new(false));
@@ -318,10 +318,24 @@ fn local_ip_towards(to: SocketAddr) -> IpAddr {
     if to.ip().is_loopback() {
         return to.ip();
     }
-    UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+    UdpSocket::bind((unspecified_like(to.ip()), 0))
         .and_then(|s| s.connect(to).and_then(|()| s.local_addr()))
         .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        .unwrap_or(match to {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        })
+}
+
+/// Every address of `ip`'s family (`0.0.0.0` or `::`): where a listener
+/// for peers that reach us at `ip` binds. An IPv6 coordinator address
+/// (`[::1]:29500`, or a host name that resolves to one) used to get a
+/// listener on IPv4 only, which nobody could reach.
+fn unspecified_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
 }
 
 /// One process's part of a bootstrapped cluster.
