@@ -59,6 +59,33 @@ pub(crate) fn first_slurm_host(list: &str) -> Option<String> {
     }
 }
 
+/// `host` and `port` as one address: an IPv6 literal in brackets
+/// (`fd00::1` and 29501 give `[fd00::1]:29501`; written bare, its last
+/// group would read as the port).
+fn host_port(host: &str, port: usize) -> String {
+    let host = host.trim();
+    if host.parse::<std::net::Ipv6Addr>().is_ok() {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// A coordinator address with [`DEFAULT_PORT`] if it names no port:
+/// `host`, `10.0.0.1`, `fd00::1` and `[fd00::1]` get it; `host:1` and
+/// `[fd00::1]:1` keep theirs.
+fn with_default_port(addr: &str) -> String {
+    let addr = addr.trim();
+    let bracketed = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']'));
+    match bracketed {
+        Some(v6) => host_port(v6, usize::from(DEFAULT_PORT)),
+        None if addr.contains(':') && addr.parse::<std::net::Ipv6Addr>().is_err() => {
+            addr.to_owned()
+        }
+        None => host_port(addr, usize::from(DEFAULT_PORT)),
+    }
+}
+
 /// Reads the placement from variables looked up with `get`. `LAGGARD_*`
 /// variables override whatever a launcher set.
 pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placement> {
@@ -77,7 +104,7 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
         // torchrun's agent serves its own store on MASTER_PORT at that
         // host, so the rendezvous takes the next port.
         let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT)) + 1;
-        let coord = get("MASTER_ADDR").map(|a| format!("{a}:{port}"));
+        let coord = get("MASTER_ADDR").map(|a| host_port(&a, port));
         (Launcher::Torchrun, Some(r), Some(w), coord)
     } else if let (Some(r), Some(w)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
         let host = get("SLURM_JOB_NODELIST")
@@ -88,14 +115,14 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
             Launcher::Slurm,
             Some(r),
             Some(w),
-            host.map(|h| format!("{h}:{port}")),
+            host.map(|h| host_port(&h, port)),
         )
     } else if let (Some(r), Some(w)) = (num("OMPI_COMM_WORLD_RANK")?, num("OMPI_COMM_WORLD_SIZE")?)
     {
         // Open MPI names no rendezvous host; MASTER_ADDR or
         // LAGGARD_COORDINATOR must.
         let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
-        let coord = get("MASTER_ADDR").map(|a| format!("{a}:{port}"));
+        let coord = get("MASTER_ADDR").map(|a| host_port(&a, port));
         (Launcher::OpenMpi, Some(r), Some(w), coord)
     } else {
         (Launcher::Laggard, None, None, None)
@@ -109,11 +136,7 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
     let coordinator = get("LAGGARD_COORDINATOR")
         .or(host)
         .ok_or_else(|| missing("no coordinator address is set"))?;
-    let coordinator = if coordinator.contains(':') {
-        coordinator
-    } else {
-        format!("{coordinator}:{DEFAULT_PORT}")
-    };
+    let coordinator = with_default_port(&coordinator);
     let timeout = num("LAGGARD_TIMEOUT_MS")?.map(|ms| Duration::from_millis(ms as u64));
     Ok(Placement {
         launcher,
@@ -152,6 +175,41 @@ mod tests {
         assert_eq!((p.rank, p.world), (3, 8));
         // MASTER_PORT itself is torchrun's store; laggard meets on the next.
         assert_eq!(p.coordinator, "10.0.0.1:1235");
+    }
+
+    #[test]
+    fn ipv6_addresses_get_brackets_and_a_port() {
+        let p = from(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "fd00::1"),
+            ("MASTER_PORT", "1234"),
+        ])
+        .unwrap();
+        assert_eq!(p.coordinator, "[fd00::1]:1235");
+        for (given, meant) in [
+            ("fd00::1", "[fd00::1]:29500"),
+            ("[fd00::1]", "[fd00::1]:29500"),
+            ("[fd00::1]:7", "[fd00::1]:7"),
+            ("head", "head:29500"),
+            ("head:7", "head:7"),
+            ("10.0.0.1", "10.0.0.1:29500"),
+        ] {
+            let p = from(&[
+                ("LAGGARD_RANK", "0"),
+                ("LAGGARD_WORLD_SIZE", "2"),
+                ("LAGGARD_COORDINATOR", given),
+            ])
+            .unwrap();
+            assert_eq!(p.coordinator, meant, "{given}");
+            // IP literals parse as socket addresses (no lookup).
+            let literal = !given.starts_with("head");
+            assert_eq!(
+                meant.parse::<std::net::SocketAddr>().is_ok(),
+                literal,
+                "{meant}"
+            );
+        }
     }
 
     #[test]
