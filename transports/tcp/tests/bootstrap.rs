@@ -298,7 +298,11 @@ fn an_ipv6_coordinator_address_works_end_to_end() {
     let spec = spec(1, 1);
     let handles: Vec<_> = (0..2)
         .map(|r| {
-            let boot = Bootstrap::new(r, 2, 1, &coord).timeout(Duration::from_secs(20));
+            let mut boot = Bootstrap::new(r, 2, 1, &coord).timeout(Duration::from_secs(20));
+            if r == 1 {
+                // Its own address given, in brackets as IPv6 often is.
+                boot = boot.host("[::1]");
+            }
             let spec = spec.clone();
             std::thread::spawn(move || -> laggard::Result<i64> {
                 let node = boot.join(&spec)?;

@@ -263,10 +263,16 @@ impl Bootstrap {
             None
         };
         let ip = match &self.host {
-            Some(h) => h.parse::<IpAddr>().map_err(|_| Error::InvalidConfig {
-                what: "bootstrap host",
-                reason: format!("{h:?} is not an IP address"),
-            })?,
+            // An IPv6 address may come in brackets, as in `[fd00::1]:29500`.
+            Some(h) => h
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .map_err(|_| Error::InvalidConfig {
+                    what: "bootstrap host",
+                    reason: format!("{h:?} is not an IP address"),
+                })?,
             None => local_ip_towards(coord),
         };
         let listener = TcpListener::bind((ip, 0)).map_err(|e| Error::Transport {
