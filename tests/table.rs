@@ -392,3 +392,26 @@ fn only_linear_rules_offer_a_replay() {
     assert!(Update::<f32>::sums_deltas(&Sum));
     assert!(Update::<f32>::sums_deltas(&Adam::new(0.1)));
 }
+
+/// An update rule of the user's can ask for any amount of per-row state.
+/// A row that no memory could hold is an error when the table is built;
+/// one larger than the address space, in a sparse table (whose rows are
+/// made by pushes), is an error at its first push. Both used to end the
+/// process: an overflow panic, and an allocation failure's abort.
+#[test]
+fn rows_no_memory_can_hold_are_errors_not_aborts() {
+    #[derive(Debug)]
+    struct Hoard(usize);
+    impl Update<f32> for Hoard {
+        fn state_len(&self, _width: usize) -> usize {
+            self.0
+        }
+        fn apply(&self, _: &mut RowMut<'_, f32>, _: &mut RowMut<'_, f32>, _: &[f32]) {}
+    }
+    let err = Table::new(TableSpec::<f32>::dense(0..4, 2).update(Hoard(usize::MAX))).unwrap_err();
+    assert!(err.to_string().contains("Update::state_len"), "{err}");
+    // 2^48 bytes a row: past any address space of today.
+    let huge = Table::new(TableSpec::<f32>::sparse(2).update(Hoard(1 << 46))).unwrap();
+    let err = huge.push(7, &[1.0, 2.0]).unwrap_err();
+    assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
+}

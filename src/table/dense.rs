@@ -88,7 +88,7 @@ impl<T: Element> DenseShard<T> {
 }
 
 /// An empty vector with room for `len` items, or `OutOfMemory`.
-fn reserve<V>(len: usize) -> Result<Vec<V>> {
+pub(super) fn reserve<V>(len: usize) -> Result<Vec<V>> {
     let mut v = Vec::new();
     v.try_reserve_exact(len).map_err(|_| Error::OutOfMemory {
         bytes: len.saturating_mul(std::mem::size_of::<V>()),

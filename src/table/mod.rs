@@ -333,6 +333,21 @@ impl<T: Element> Table<T> {
         spec.init.validate()?;
         let map = spec.shard_map()?;
         let state_len = spec.update.state_len(width);
+        // A rule of the user's may ask for any amount of state: one row of
+        // it must be addressable before anything is allocated or indexed.
+        let row_fits = width
+            .checked_add(state_len)
+            .and_then(|cells| cells.checked_mul(std::mem::size_of::<T>()))
+            .is_some_and(|bytes| bytes <= isize::MAX as usize);
+        if !row_fits {
+            return Err(invalid(
+                "table width",
+                format!(
+                    "a row of {width} elements and {state_len} elements of update-rule state \
+                     (Update::state_len) is larger than any memory"
+                ),
+            ));
+        }
         let storage = match spec.kind {
             Kind::Dense { .. } => {
                 let shards = (0..map.shards())
@@ -430,7 +445,7 @@ impl<T: Element> Table<T> {
                 let (shard, local) = self.map.locate(key)?;
                 shards[self.check_owned(key, shard)?].row(local as usize)
             }
-            Storage::Sparse(shards) => shards[self.stored_shard(key)?].insert(key).row(),
+            Storage::Sparse(shards) => shards[self.stored_shard(key)?].insert(key)?.row(),
         })
     }
 

@@ -15,7 +15,9 @@ use std::marker::PhantomData;
 use std::ptr;
 
 use crate::element::Element;
+use crate::error::Result;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
+use crate::table::dense::reserve;
 use crate::table::init::Init;
 use crate::table::placement::mix64;
 use crate::table::row::{NarrowRow, RowRef, SeqLock};
@@ -151,9 +153,9 @@ impl<T: Element> SparseShard<T> {
     }
 
     /// The row for `key`, created (with the table's initial values) if it
-    /// does not exist. Lock-free: a CAS fails only because another insert
-    /// into the same slot succeeded.
-    pub(crate) fn insert(&self, key: u64) -> &Leaf<T> {
+    /// does not exist; `OutOfMemory` if there is no memory for it. Lock-free:
+    /// a CAS fails only because another insert into the same slot succeeded.
+    pub(crate) fn insert(&self, key: u64) -> Result<&Leaf<T>> {
         let hash = mix64(key);
         let mut slot = self.root_slot(hash);
         let mut shift = 64 - self.root_bits;
@@ -163,7 +165,11 @@ impl<T: Element> SparseShard<T> {
             let current = slot.load(Ordering::Acquire);
             match self.decode(current) {
                 Slot::Empty => {
-                    let leaf = Box::into_raw(fresh.take().unwrap_or_else(|| self.new_leaf(key)));
+                    let leaf = match fresh.take() {
+                        Some(leaf) => leaf,
+                        None => self.new_leaf(key)?,
+                    };
+                    let leaf = Box::into_raw(leaf);
                     // Release on success publishes the leaf's initialized
                     // cells to the Acquire loads in `find` and `insert`;
                     // Acquire on failure lets us read what won the slot.
@@ -177,14 +183,14 @@ impl<T: Element> SparseShard<T> {
                             // Relaxed: a statistic.
                             self.rows.fetch_add(1, Ordering::Relaxed);
                             // SAFETY: we just published `leaf`; it lives until Drop.
-                            return unsafe { &*leaf };
+                            return Ok(unsafe { &*leaf });
                         }
                         // SAFETY: the CAS failed, so `leaf` was never shared;
                         // we still own the allocation we made it from.
                         Err(_) => fresh = Some(unsafe { Box::from_raw(leaf) }),
                     }
                 }
-                Slot::Leaf(leaf) if leaf.key == key => return leaf,
+                Slot::Leaf(leaf) if leaf.key == key => return Ok(leaf),
                 Slot::Leaf(leaf) => {
                     // Two distinct keys have distinct hashes (mix64 is a
                     // bijection), so they differ in some bit below `shift`
@@ -219,17 +225,25 @@ impl<T: Element> SparseShard<T> {
         }
     }
 
-    fn new_leaf(&self, key: u64) -> Box<Leaf<T>> {
+    /// A new row for `key`. Its cells are the one allocation a row's size
+    /// decides (the table checked that a row is addressable), so that is
+    /// where running out of memory is an error, not an abort.
+    fn new_leaf(&self, key: u64) -> Result<Box<Leaf<T>>> {
+        let len = self.width + self.state_len;
         let values = self.init.cells(key, self.width, self.state_len);
-        let body = if is_wide(self.width + self.state_len) {
-            LeafBody::Wide(WideRow::new(values.collect()))
+        let body = if is_wide(len) {
+            let mut cells = reserve(len)?;
+            cells.extend(values);
+            LeafBody::Wide(WideRow::new(cells.into()))
         } else {
+            let mut cells = reserve(len)?;
+            cells.extend(values.map(T::new_cell));
             LeafBody::Narrow {
                 lock: SeqLock::new(),
-                cells: values.map(T::new_cell).collect(),
+                cells: cells.into(),
             }
         };
-        Box::new(Leaf { key, body })
+        Ok(Box::new(Leaf { key, body }))
     }
 
     /// Calls `f` on every materialized row, in no particular order. Rows
