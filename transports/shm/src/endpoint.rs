@@ -919,10 +919,14 @@ impl Endpoint for ShmEndpoint {
             waited: started.elapsed(),
         };
         // The peer's mailbox: wait for it to be bound (by a live process).
+        let mut stale_owner = None;
         let (mailbox, header) = loop {
             match Segment::open(&mb_path) {
                 Ok((seg, h)) if h.owner.is_alive() && !Mailbox::closed_in(&seg) => break (seg, h),
-                Ok(_) => {} // stale: its owner died or closed it
+                // Stale: its owner closed it, or is no process we can see.
+                Ok((seg, h)) => {
+                    stale_owner = (!Mailbox::closed_in(&seg)).then_some(h.owner.pid);
+                }
                 Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(OpenError::Io(e)) => {
                     return Err(transport_error(format!(
@@ -939,8 +943,17 @@ impl Endpoint for ShmEndpoint {
             }
             let now = Instant::now();
             if now >= deadline {
+                let seen = match stale_owner {
+                    Some(pid) => format!(
+                        "; {} is there, but its owner, process {pid}, is not running here: \
+                         it died, or it runs in another PID namespace (another container), \
+                         and every process of a laggard-shm cluster must share one",
+                        mb_path.display()
+                    ),
+                    None => String::new(),
+                };
                 return Err(no_response(format!(
-                    "an endpoint named {name:?} to connect to (cluster {}, {})",
+                    "an endpoint named {name:?} to connect to (cluster {}, {}){seen}",
                     self.net.cluster,
                     cfg.dir.display()
                 )));

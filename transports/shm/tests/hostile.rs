@@ -249,3 +249,25 @@ fn connecting_to_nobody_times_out_with_the_name() {
     assert!(matches!(err, Error::NoResponse { .. }), "{err:?}");
     assert!(err.to_string().contains("absent"), "{err}");
 }
+
+#[test]
+fn a_mailbox_whose_owner_is_not_running_here_is_named_in_the_timeout() {
+    // As a mailbox looks from another PID namespace (another container
+    // sharing /dev/shm): its owner's pid is no process here with that
+    // start time. Made by copying a live mailbox with another start time.
+    let net = net("ghost");
+    let server = net.bind("server").unwrap();
+    let mut bytes = std::fs::read(mailbox(&net, "server")).unwrap();
+    bytes[32] ^= 0xff; // the owner's start time
+    let ghost = mailbox(&net, "ghost");
+    write_file(&ghost, &bytes, 0o600);
+    let mut client = net.bind("client").unwrap();
+    let err = client
+        .connect("ghost", Instant::now() + Duration::from_millis(50))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not running here"), "{err}");
+    assert!(err.contains("another PID namespace"), "{err}");
+    std::fs::remove_file(&ghost).unwrap();
+    drop(server);
+}
