@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::io::{self, BufReader, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -466,7 +466,7 @@ fn write_reading(
 /// room (`WouldBlock`), `full` is given that error and how long no byte
 /// went out, and either waits for room or fails the write.
 fn write_frame(
-    mut stream: &TcpStream,
+    stream: &TcpStream,
     header: &[u8],
     payload: &[&[u8]],
     mut full: impl FnMut(io::Error, Duration) -> io::Result<()>,
@@ -479,7 +479,18 @@ fn write_frame(
     let mut bufs = &mut slices[..];
     let mut progress = Instant::now();
     while !bufs.is_empty() {
-        match stream.write_vectored(bufs) {
+        // `sendmsg` with MSG_NOSIGNAL, not `write_vectored` (`writev`): a
+        // peer gone mid-write must be an error (EPIPE), never a SIGPIPE,
+        // which kills a host program that does not ignore it, as a Rust
+        // one does but a C or C++ one embedding laggard may not.
+        let sent = rustix::net::sendmsg(
+            stream,
+            bufs,
+            &mut rustix::net::SendAncillaryBuffer::default(),
+            rustix::net::SendFlags::NOSIGNAL,
+        )
+        .map_err(io::Error::from);
+        match sent {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 IoSlice::advance_slices(&mut bufs, n);
