@@ -191,6 +191,20 @@ struct Link {
     joined_at: Option<u64>,
 }
 
+impl Link {
+    /// A protocol error unless push `seq` went out on this link: `what`
+    /// (a message from `shard`) named it.
+    fn check_sent(&self, shard: usize, seq: u64, what: &str) -> Result<()> {
+        if seq >= self.next_seq {
+            return Err(protocol(
+                shard,
+                format!("{what} for push {seq}, which was never sent"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug)]
 struct Cached {
     /// Every update from clocks below this is in `values`.
@@ -1476,12 +1490,7 @@ impl ClientCore {
         match msg {
             Message::PushAck(ack) => {
                 let link = &mut self.links[shard];
-                if ack.seq >= link.next_seq {
-                    return Err(protocol(
-                        shard,
-                        format!("ack for push {} never sent", ack.seq),
-                    ));
-                }
+                link.check_sent(shard, ack.seq, "an ack")?;
                 if link.held.is_some_and(|(held, _)| held <= ack.seq) {
                     link.held = None;
                 }
@@ -1502,12 +1511,7 @@ impl ClientCore {
             }
             Message::PushHeld(held) => {
                 let link = &mut self.links[shard];
-                if held.seq >= link.next_seq {
-                    return Err(protocol(
-                        shard,
-                        format!("push {} held that was never sent", held.seq),
-                    ));
-                }
+                link.check_sent(shard, held.seq, "a hold")?;
                 if link.unacked.front().is_some_and(|s| s.seq <= held.seq)
                     && link.held.is_none_or(|(seq, _)| seq <= held.seq)
                 {
@@ -2059,7 +2063,8 @@ mod tests {
         // A push the worker never sent cannot be held.
         let err = core.on_message(0, held(3)).unwrap_err();
         assert!(
-            err.to_string().contains("push 3 held that was never sent"),
+            err.to_string()
+                .contains("a hold for push 3, which was never sent"),
             "{err}"
         );
         // Once applied, nothing is held back.
