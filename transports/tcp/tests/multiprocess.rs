@@ -213,21 +213,37 @@ fn finish(children: Vec<Child>, limit: Duration) -> Vec<(bool, String)> {
         .collect()
 }
 
-#[test]
-fn processes_on_loopback_compute_exact_sums() {
-    let (servers, workers) = (2, 3);
+/// Runs a job of `servers` and `workers` processes on loopback in `mode`
+/// for `clocks` clocks; every process must finish successfully within
+/// `limit`. Returns each rank's output.
+fn run_on_loopback(
+    mode: &str,
+    (servers, workers): (usize, usize),
+    clocks: u64,
+    limit: Duration,
+) -> Vec<String> {
     let world = servers + workers;
     let coord = format!("127.0.0.1:{}", free_port());
     let children: Vec<Child> = (0..world)
-        .map(|r| start("sum", r, world, servers, &coord, 30, None))
+        .map(|r| start(mode, r, world, servers, &coord, clocks, None))
         .collect();
-    let results = finish(children, Duration::from_secs(120));
+    let results = finish(children, limit);
     for (rank, (ok, out)) in results.iter().enumerate() {
-        assert!(ok, "rank {rank} failed; its output:\n{out}");
+        assert!(
+            ok,
+            "rank {rank} failed or did not finish; its output:\n{out}"
+        );
     }
-    let exact = results
+    results.into_iter().map(|(_, out)| out).collect()
+}
+
+#[test]
+fn processes_on_loopback_compute_exact_sums() {
+    let workers = 3;
+    let outputs = run_on_loopback("sum", (2, workers), 30, Duration::from_secs(120));
+    let exact = outputs
         .iter()
-        .filter(|(_, out)| out.contains("sums exact"))
+        .filter(|out| out.contains("sums exact"))
         .count();
     assert_eq!(exact, workers);
 }
@@ -511,22 +527,9 @@ fn a_worker_that_never_connects_does_not_keep_the_server_forever() {
     // process ends after the rendezvous without connecting; worker 0
     // trains (Async) and leaves. The server used to wait for worker 1
     // forever.
-    let (servers, workers) = (1, 2);
-    let world = servers + workers;
-    let coord = format!("127.0.0.1:{}", free_port());
-    let children: Vec<Child> = (0..world)
-        .map(|r| start("never-connects", r, world, servers, &coord, 30, None))
-        .collect();
-    let results = finish(children, Duration::from_secs(60));
-    for (rank, (ok, out)) in results.iter().enumerate() {
-        assert!(ok, "rank {rank} did not finish; its output:\n{out}");
-    }
-    assert!(
-        results[1].1.contains("worker 0: clock 30"),
-        "{}",
-        results[1].1
-    );
-    let server = &results[0].1;
+    let outputs = run_on_loopback("never-connects", (1, 2), 30, Duration::from_secs(60));
+    assert!(outputs[1].contains("worker 0: clock 30"), "{}", outputs[1]);
+    let server = &outputs[0];
     assert!(
         server.contains("worker 1 declared dead at clock 0"),
         "the server did not give up on the worker that never came:\n{server}"
