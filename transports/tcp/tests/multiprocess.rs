@@ -213,6 +213,16 @@ fn finish(children: Vec<Child>, limit: Duration) -> Vec<(bool, String)> {
         .collect()
 }
 
+/// Starts every rank of a job of `servers` and `workers` processes on
+/// loopback in `mode`, for `clocks` clocks; returns them in rank order.
+fn start_on_loopback(mode: &str, (servers, workers): (usize, usize), clocks: u64) -> Vec<Child> {
+    let world = servers + workers;
+    let coord = format!("127.0.0.1:{}", free_port());
+    (0..world)
+        .map(|r| start(mode, r, world, servers, &coord, clocks, None))
+        .collect()
+}
+
 /// Runs a job of `servers` and `workers` processes on loopback in `mode`
 /// for `clocks` clocks; every process must finish successfully within
 /// `limit`. Returns each rank's output.
@@ -222,12 +232,7 @@ fn run_on_loopback(
     clocks: u64,
     limit: Duration,
 ) -> Vec<String> {
-    let world = servers + workers;
-    let coord = format!("127.0.0.1:{}", free_port());
-    let children: Vec<Child> = (0..world)
-        .map(|r| start(mode, r, world, servers, &coord, clocks, None))
-        .collect();
-    let results = finish(children, limit);
+    let results = finish(start_on_loopback(mode, (servers, workers), clocks), limit);
     for (rank, (ok, out)) in results.iter().enumerate() {
         assert!(
             ok,
@@ -463,12 +468,7 @@ fn servers_and_workers_on_different_addresses() {
 fn a_killed_server_shard_is_an_error_for_every_worker_not_a_hang() {
     // Ranks 0 and 1 are server shards 0 and 1 (one host: lowest ranks
     // first), ranks 2 and 3 workers 0 and 1.
-    let (servers, workers) = (2, 2);
-    let world = servers + workers;
-    let coord = format!("127.0.0.1:{}", free_port());
-    let mut children: Vec<Child> = (0..world)
-        .map(|r| start("server-dies", r, world, servers, &coord, 100_000, None))
-        .collect();
+    let mut children = start_on_loopback("server-dies", (2, 2), 100_000);
     let (tx, rx) = std::sync::mpsc::channel();
     let outputs: Vec<_> = children
         .iter_mut()
