@@ -125,17 +125,11 @@ impl Segment {
             return Ok(());
         }
         loop {
-            return match rustix::fs::fallocate(
-                &self.file,
-                rustix::fs::FallocateFlags::empty(),
-                off,
-                len,
-            ) {
-                Ok(()) => Ok(()),
-                Err(Errno::INTR) => continue,
-                Err(Errno::OPNOTSUPP | Errno::NOSYS) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
+            match rustix::fs::fallocate(&self.file, rustix::fs::FallocateFlags::empty(), off, len) {
+                Ok(()) | Err(Errno::OPNOTSUPP | Errno::NOSYS) => return Ok(()),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
