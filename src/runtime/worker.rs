@@ -700,6 +700,9 @@ impl<E: Endpoint> Worker<E> {
                     break;
                 }
                 progress(&self.core);
+                // A shard failed for good (it stopped, say): the rows of
+                // the others would come too late to matter.
+                self.check_ok()?;
                 if !self.pump(deadline + SERVER_GRACE)? {
                     let what = format!(
                         "server shards to answer a pull of {} rows (worker {} at clock {})",
