@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::server::{Server, downcast_part, send_message};
 use super::spec::ClusterSpec;
@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 use crate::proto::{Hello, Message, Role, ServerStats, decode};
 use crate::table::Table;
 use crate::transport::{Endpoint, Event, InProcess, InProcessEndpoint, Transport};
+
+/// How long [`Cluster::shutdown`] tries to reach a shard at a time before
+/// it looks again whether the shard's thread has ended by itself.
+const CONNECT_ATTEMPT: Duration = Duration::from_millis(20);
 
 /// S server shards on their own threads and P workers, all in this
 /// process, connected by an [`InProcess`] network of their own (two
@@ -228,62 +232,105 @@ impl Cluster {
     }
 
     /// Stops the servers and returns their counters, shard by shard.
+    ///
+    /// A shard that panicked (in a table's update rule or the clock hook,
+    /// say) has told its workers and stopped by itself; its panic goes on
+    /// from here, once every other shard was stopped.
     pub fn shutdown(mut self) -> Result<Vec<ServerStats>> {
-        self.stop()
+        self.stop(true)
     }
 
-    fn stop(&mut self) -> Result<Vec<ServerStats>> {
-        if self.servers.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Tells each shard still serving to stop and waits for it; a shard
+    /// that did not take the request is left running (its thread detached)
+    /// rather than waited for without end. With `rethrow`, a shard's panic
+    /// goes on here.
+    fn stop(&mut self, rethrow: bool) -> Result<Vec<ServerStats>> {
         let deadline = Instant::now() + self.spec.timeout;
-        let result = self.send_shutdown(deadline);
-        let stats: Vec<Result<ServerStats>> = self
-            .servers
-            .drain(..)
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect();
-        result?;
+        let mut first_error = None;
+        let mut panicked = None;
+        let mut stats = Vec::with_capacity(self.servers.len());
+        let servers = std::mem::take(&mut self.servers);
+        for (shard, handle) in servers.into_iter().enumerate() {
+            if let Err(e) = self.send_shutdown(shard, &handle, deadline) {
+                // A shard that stopped by itself (and told its workers
+                // why) closes the controller's connection as it ends.
+                while !handle.is_finished() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                if !handle.is_finished() {
+                    first_error.get_or_insert(e);
+                    continue;
+                }
+            }
+            match handle.join() {
+                Ok(result) => stats.push(result),
+                Err(panic) => {
+                    panicked.get_or_insert(panic);
+                }
+            }
+        }
+        if let Some(panic) = panicked.filter(|_| rethrow) {
+            std::panic::resume_unwind(panic);
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
         stats.into_iter().collect()
     }
 
-    fn send_shutdown(&self, deadline: Instant) -> Result<()> {
+    /// Connects to shard `shard`, served by `thread`, as a controller and
+    /// asks it to stop; nothing to do once the thread has ended.
+    fn send_shutdown(
+        &self,
+        shard: usize,
+        thread: &JoinHandle<Result<ServerStats>>,
+        deadline: Instant,
+    ) -> Result<()> {
         let mut ep = self.net.bind("laggard-controller")?;
         let hello = Message::Hello(Hello {
             role: Role::Controller,
             schema: self.spec.fingerprint(),
             session: 0,
         });
-        let mut peers = Vec::new();
-        for shard in 0..self.spec.servers {
-            let peer = ep.connect(&self.spec.server_name(shard), deadline)?;
-            send_message(&mut ep, peer, &hello, deadline)?;
-            peers.push(peer);
-        }
+        // A shard that stopped by itself is gone from the network before
+        // its thread has ended: connect a little at a time, looking at the
+        // thread in between, rather than wait for the name to come back.
+        let peer = loop {
+            if thread.is_finished() {
+                return Ok(());
+            }
+            let attempt = (Instant::now() + CONNECT_ATTEMPT).min(deadline);
+            match ep.connect(&self.spec.server_name(shard), attempt) {
+                Ok(peer) => break peer,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => {}
+            }
+        };
+        send_message(&mut ep, peer, &hello, deadline)?;
         let started = Instant::now();
-        let mut welcomed = 0;
-        while welcomed < peers.len() {
+        loop {
             match ep.recv(deadline)? {
                 Some(Event::Frame(_, frame)) => {
                     if let Ok(Message::Welcome(_)) = decode(&frame, self.spec.max_payload) {
-                        welcomed += 1;
+                        break;
                     }
                 }
-                Some(_) => {}
+                Some(Event::Disconnected(_)) => {
+                    return Err(Error::Disconnected {
+                        peer: format!("server shard {shard}"),
+                        reason: "it closed the controller's connection before stopping".into(),
+                    });
+                }
+                Some(Event::Connected(_)) => {}
                 None => {
                     return Err(Error::NoResponse {
-                        what: "the servers to accept the controller".into(),
+                        what: format!("server shard {shard} to accept the controller"),
                         waited: started.elapsed(),
                     });
                 }
             }
         }
-        for &peer in &peers {
-            send_message(&mut ep, peer, &Message::Shutdown, deadline)?;
-        }
+        send_message(&mut ep, peer, &Message::Shutdown, deadline)?;
         Ok(())
     }
 }
@@ -292,6 +339,6 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         // Best effort: a cluster dropped without `shutdown` still stops its
         // server threads rather than leaking them.
-        let _ = self.stop();
+        let _ = self.stop(false);
     }
 }
