@@ -251,6 +251,32 @@ impl ServerCore {
         self.stopped
     }
 
+    /// The shard cannot go on (its own code panicked, say): stops it and
+    /// tells every connected peer why, with a
+    /// [`Fault`](crate::proto::Fault) each peer takes as final rather than
+    /// as a dropped connection to retry. The connections stay open, so
+    /// that a peer sending meanwhile does not take the shard for a
+    /// network fault before it reads why; each peer closes its own
+    /// ([`has_peers`](Self::has_peers) says when all have).
+    pub fn fail(&mut self, reason: &str, out: &mut Vec<Output>) {
+        self.stopped = true;
+        self.parked.clear();
+        let mut peers: Vec<PeerId> = self.roles.keys().copied().collect();
+        peers.sort_unstable();
+        for peer in peers {
+            out.push(Output::Send(
+                peer,
+                Reply::Fault(FaultCode::ShuttingDown, reason.to_owned()),
+            ));
+        }
+        out.push(Output::Stop);
+    }
+
+    /// Whether any peer that said hello is still connected.
+    pub fn has_peers(&self) -> bool {
+        !self.roles.is_empty()
+    }
+
     /// True once every worker has left or been declared dead: nobody can
     /// push or pull any more.
     pub fn workers_done(&self) -> bool {

@@ -1,6 +1,7 @@
 //! A server shard: the protocol state machine driven over an endpoint.
 
 use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -275,7 +276,8 @@ impl<E: Endpoint> Server<E> {
     }
 
     /// Serves until a controller sends `Shutdown`; returns the counters.
-    /// Fails only if the endpoint itself fails.
+    /// Fails if the endpoint itself fails or the clock hook does; the
+    /// connected workers are then told the shard stopped, and why.
     pub fn run(self) -> Result<ServerStats> {
         self.serve(false).map(|report| report.stats)
     }
@@ -288,7 +290,36 @@ impl<E: Endpoint> Server<E> {
         self.serve(true)
     }
 
+    /// Serves. Should serving stop on an error (the clock hook's, say) or
+    /// a panic of this shard's own code (a table's update rule or the
+    /// clock hook), every connected peer is told that the shard stopped
+    /// and why, so that workers fail at once with that reason instead of
+    /// retrying a dropped connection until their deadline. Then the error
+    /// is returned, or the panic goes on.
     fn serve(mut self, until_done: bool) -> Result<ServerReport> {
+        let served = panic::catch_unwind(AssertUnwindSafe(|| self.serve_rounds(until_done)));
+        let why = match served {
+            Ok(Ok(report)) => return Ok(report),
+            Ok(Err(ref e)) => e.to_string(),
+            Err(ref payload) => format!(
+                "it panicked while serving ({}); the pushes it had not acknowledged may be \
+                 partly applied",
+                panic_message(&**payload)
+            ),
+        };
+        // What the stop interrupted is dropped, not delivered.
+        self.out.clear();
+        let reason = format!("server shard {} stopped: {why}", self.shard);
+        self.core.fail(&reason, &mut self.out);
+        // One bound for all the telling: peers that do not read are not
+        // waited for one after the other.
+        let by = Instant::now() + self.send_timeout;
+        self.deliver_with(|| by);
+        self.linger(by);
+        served.unwrap_or_else(|payload| panic::resume_unwind(payload))
+    }
+
+    fn serve_rounds(&mut self, until_done: bool) -> Result<ServerReport> {
         let finished = |core: &ServerCore| core.is_stopped() || (until_done && core.workers_done());
         while !finished(&self.core) {
             let now = Instant::now();
@@ -326,6 +357,23 @@ impl<E: Endpoint> Server<E> {
         })
     }
 
+    /// After [`ServerCore::fail`]: waits until every peer, told why the
+    /// shard stopped, closed its connection, or until `deadline`. A peer
+    /// whose send found the connection closed would take that for a
+    /// network fault and retry it, never reading why.
+    fn linger(&mut self, deadline: Instant) {
+        while self.core.has_peers() {
+            match self.ep.recv(deadline) {
+                Ok(Some(Event::Disconnected(peer))) => {
+                    self.core.on_disconnect(peer, Instant::now())
+                }
+                // Frames are left unanswered: the peer was told.
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
     /// Sends what the state machine asked for. A peer that cannot be sent
     /// to is disconnected; that never stops the server.
     ///
@@ -333,10 +381,17 @@ impl<E: Endpoint> Server<E> {
     /// peer cannot use up the others' time; the first starts at `now`, the
     /// round's reading of the clock.
     fn deliver(&mut self, now: Instant) {
-        let mut outputs = std::mem::take(&mut self.out);
+        let timeout = self.send_timeout;
         let mut first = Some(now);
+        self.deliver_with(|| first.take().unwrap_or_else(Instant::now) + timeout);
+    }
+
+    /// [`deliver`](Self::deliver), each send waiting until the time
+    /// `deadline_of` gives when it starts.
+    fn deliver_with(&mut self, mut deadline_of: impl FnMut() -> Instant) {
+        let mut outputs = std::mem::take(&mut self.out);
         for output in outputs.drain(..) {
-            let deadline = first.take().unwrap_or_else(Instant::now) + self.send_timeout;
+            let deadline = deadline_of();
             let (peer, sent) = match output {
                 Output::Send(peer, reply) => {
                     let msg = reply.message();
@@ -528,6 +583,15 @@ impl<E: Endpoint> ShardTables for ApplyAfterRelease<'_, E> {
 /// sends a push's deltas straight from the worker's pending buffer.
 /// Shorter ones are encoded into a lent buffer, which costs no allocation.
 const SEND_IN_PARTS: usize = 64 << 10;
+
+/// The text a panic was raised with, as the default hook prints it.
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic with a payload that is not text")
+}
 
 /// Sends `msg`, encoded into a lent buffer or, if it is long, in parts;
 /// returns the frame length.
