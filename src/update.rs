@@ -185,7 +185,9 @@ impl<'a, T: Element> RowMut<'a, T> {
 /// the table's initial values and zeros respectively.
 ///
 /// If `apply` panics, the push fails with that panic and the row may be left
-/// partly updated; the row's lock is released, so other threads go on.
+/// partly updated; the row's lock is released, so other threads go on. A
+/// server shard whose rule panics stops, telling its workers why (see
+/// [`Server::run`](crate::Server::run)), and the panic goes on.
 pub trait Update<T: Element>: Send + Sync + Debug + 'static {
     /// How many state elements this rule keeps per row of `width` elements.
     fn state_len(&self, width: usize) -> usize {

@@ -277,7 +277,8 @@ impl<E: Endpoint> Server<E> {
 
     /// Serves until a controller sends `Shutdown`; returns the counters.
     /// Fails if the endpoint itself fails or the clock hook does; the
-    /// connected workers are then told the shard stopped, and why.
+    /// connected workers are then told the shard stopped, and why, as they
+    /// are before a panic in a table's update rule or the hook goes on.
     pub fn run(self) -> Result<ServerStats> {
         self.serve(false).map(|report| report.stats)
     }
