@@ -25,7 +25,7 @@ use laggard::{Error, Result};
 
 use crate::config::TcpConfig;
 use crate::flow::{Flow, Inbox, Pop, Stalled};
-use crate::reading::{self, Readers, Reading, Waker};
+use crate::reading::{self, Readers, Reading, SharedStream, Waker};
 use crate::wire::{Accept, HEADER_LEN, Header, Hello, Kind};
 
 /// Buffers kept per endpoint for reuse, and the largest one kept.
@@ -273,7 +273,7 @@ pub(crate) struct Shared {
     /// Wakes a thread polling `readers` when a connection joins.
     pub(crate) waker: Waker,
     /// Every socket still open, to cut them at drop.
-    pub(crate) sockets: Mutex<HashMap<u64, TcpStream>>,
+    pub(crate) sockets: Mutex<HashMap<u64, Arc<TcpStream>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) pool: Pool,
     next_id: AtomicU64,
@@ -316,34 +316,24 @@ pub(crate) struct Conn {
     pub(crate) id: PeerId,
     peer_name: String,
     pub(crate) flow: Flow,
-    writer: Mutex<Writer>,
-    /// For shutting the socket down from any thread.
-    pub(crate) socket: TcpStream,
-}
-
-struct Writer {
-    stream: TcpStream,
-    last_write: Instant,
+    /// When the last frame was written; held while writing, so that
+    /// frames never interleave.
+    last_write: Mutex<Instant>,
+    /// The connection's one socket, which its reader shares: written to
+    /// under `last_write`, shut down from any thread.
+    pub(crate) socket: Arc<TcpStream>,
 }
 
 impl Conn {
-    fn new(
-        id: PeerId,
-        peer_name: String,
-        windows: (usize, usize),
-        stream: TcpStream,
-    ) -> io::Result<Self> {
+    fn new(id: PeerId, peer_name: String, windows: (usize, usize), socket: Arc<TcpStream>) -> Self {
         let (theirs, ours) = windows;
-        Ok(Conn {
+        Conn {
             id,
             peer_name,
             flow: Flow::with_granted(theirs, ours as u64),
-            socket: stream.try_clone()?,
-            writer: Mutex::new(Writer {
-                stream,
-                last_write: Instant::now(),
-            }),
-        })
+            socket,
+            last_write: Mutex::new(Instant::now()),
+        }
     }
 
     /// Writes one frame: header and payload (the concatenation of its
@@ -357,9 +347,9 @@ impl Conn {
     ) -> io::Result<()> {
         let len: usize = payload.iter().map(|p| p.len()).sum();
         let header = Header::new(kind, len as u32, credit).encode();
-        let mut w = lock(&self.writer);
-        write_reading(shared, &w.stream, &header, payload)?;
-        w.last_write = Instant::now();
+        let mut last_write = lock(&self.last_write);
+        write_reading(shared, &self.socket, &header, payload)?;
+        *last_write = Instant::now();
         Ok(())
     }
 
@@ -393,14 +383,14 @@ impl Conn {
         let first = self.flow.closed().is_none();
         self.flow
             .close("the connection was closed by this endpoint", true);
-        let w = lock(&self.writer);
+        let _writing = lock(&self.last_write);
         if first {
             // Return the credit of frames released here, so a peer
             // flushing to us sees its frames consumed.
             let credit = self.flow.take_credit();
             if credit > 0 {
                 let header = Header::new(Kind::Credit, 0, credit).encode();
-                let _ = write_reading(shared, &w.stream, &header, &[]);
+                let _ = write_reading(shared, &self.socket, &header, &[]);
             }
         }
         let _ = self.socket.shutdown(Shutdown::Write);
@@ -408,8 +398,8 @@ impl Conn {
 
     fn idle_for(&self, now: Instant) -> Option<Duration> {
         // A writer busy elsewhere is not idle.
-        let w = self.writer.try_lock().ok()?;
-        Some(now.saturating_duration_since(w.last_write))
+        let last_write = self.last_write.try_lock().ok()?;
+        Some(now.saturating_duration_since(*last_write))
     }
 
     fn error(&self, stalled: Stalled, wanted: usize, waited: Duration) -> Error {
@@ -669,7 +659,7 @@ impl TcpEndpoint {
     }
 
     /// Adopts a connection whose handshake finished: it is read from now.
-    fn join(&self, conn: Arc<Conn>, token: u64, reader: BufReader<TcpStream>) -> Result<()> {
+    fn join(&self, conn: Arc<Conn>, token: u64, reader: BufReader<SharedStream>) -> Result<()> {
         join_reading(&self.shared, conn, token, reader).map_err(|e| Error::Transport {
             reason: format!("cannot make the socket nonblocking: {e}"),
         })
@@ -691,15 +681,10 @@ impl Endpoint for TcpEndpoint {
         let id = PeerId(self.shared.next_id());
         let window = usize::try_from(accept.window).unwrap_or(usize::MAX);
         let windows = (window, self.shared.cfg.window);
-        let conn = Conn::new(id, accept.name, windows, stream).map_err(|e| Error::Transport {
-            reason: format!("cannot share the socket to {name:?}: {e}"),
-        })?;
-        let conn = Arc::new(conn);
+        let conn = Arc::new(Conn::new(id, accept.name, windows, stream.clone()));
         lock(&self.shared.conns).insert(id, conn.clone());
         let token = self.shared.next_id();
-        if let Ok(s) = conn.socket.try_clone() {
-            lock(&self.shared.sockets).insert(token, s);
-        }
+        lock(&self.shared.sockets).insert(token, stream);
         if let Err(e) = self.join(conn.clone(), token, reader) {
             lock(&self.shared.conns).remove(&id);
             conn.close_here(&self.shared);
@@ -903,7 +888,7 @@ fn handshake(
     shared: &Arc<Shared>,
     name: &str,
     deadline: Instant,
-) -> std::result::Result<(TcpStream, BufReader<TcpStream>, Accept), ConnectError> {
+) -> std::result::Result<(Arc<TcpStream>, BufReader<SharedStream>, Accept), ConnectError> {
     let mut pause = RETRY_MIN;
     loop {
         let last = match transport.address_of(name) {
@@ -947,7 +932,7 @@ fn greet(
     shared: &Arc<Shared>,
     name: &str,
     deadline: Instant,
-) -> std::result::Result<(TcpStream, BufReader<TcpStream>, Accept), Greeting> {
+) -> std::result::Result<(Arc<TcpStream>, BufReader<SharedStream>, Accept), Greeting> {
     stream.set_nodelay(true)?;
     let left = deadline.saturating_duration_since(Instant::now());
     let left = left.max(Duration::from_millis(1));
@@ -961,7 +946,8 @@ fn greet(
     .encode();
     let header = Header::new(Kind::Hello, hello.len() as u32, 0).encode();
     write_all_vectored(&stream, &header, &[&hello])?;
-    let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
+    let stream = Arc::new(stream);
+    let mut reader = BufReader::with_capacity(READ_BUFFER, SharedStream(stream.clone()));
     let mut hb = [0u8; HEADER_LEN];
     reader.read_exact(&mut hb)?;
     let failed = |reason: String| Greeting::Failed(ConnectError::Protocol(reason));
@@ -1005,9 +991,8 @@ fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: TcpList
             }
         };
         let token = shared.next_id();
-        if let Ok(s) = stream.try_clone() {
-            lock(&shared.sockets).insert(token, s);
-        }
+        let stream = Arc::new(stream);
+        lock(&shared.sockets).insert(token, stream.clone());
         let s = shared.clone();
         match transport.spawn("handshake", move || accept_conn(&s, stream, token)) {
             Ok(h) => shared.keep(h),
@@ -1021,13 +1006,13 @@ fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: TcpList
 }
 
 /// The accepting side of a handshake, then the connection's reader.
-fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
+fn accept_conn(shared: &Arc<Shared>, stream: Arc<TcpStream>, token: u64) {
     let cfg = &shared.cfg;
-    let setup = (|| -> io::Result<Option<(Arc<Conn>, BufReader<TcpStream>)>> {
+    let setup = (|| -> io::Result<Option<(Arc<Conn>, BufReader<SharedStream>)>> {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(cfg.dead_after))?;
         stream.set_write_timeout(Some(cfg.dead_after))?;
-        let mut reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
+        let mut reader = BufReader::with_capacity(READ_BUFFER, SharedStream(stream.clone()));
         let mut hb = [0u8; HEADER_LEN];
         reader.read_exact(&mut hb)?;
         let refuse = |why: String| -> io::Result<Option<_>> {
@@ -1058,7 +1043,7 @@ fn accept_conn(shared: &Arc<Shared>, stream: TcpStream, token: u64) {
         let id = PeerId(shared.next_id());
         let window = usize::try_from(hello.window).unwrap_or(usize::MAX);
         let windows = (window, cfg.window);
-        let conn = Arc::new(Conn::new(id, hello.from, windows, stream.try_clone()?)?);
+        let conn = Arc::new(Conn::new(id, hello.from, windows, stream.clone()));
         lock(&shared.conns).insert(id, conn.clone());
         let accept = Accept {
             window: cfg.window as u64,
@@ -1090,7 +1075,7 @@ fn join_reading(
     shared: &Arc<Shared>,
     conn: Arc<Conn>,
     token: u64,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<SharedStream>,
 ) -> io::Result<()> {
     let reading = Reading::new(conn, token, reader)?;
     lock(&shared.joining).push(reading);

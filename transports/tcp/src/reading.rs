@@ -27,13 +27,28 @@ use crate::endpoint::{Conn, Incoming, Shared, TcpFrame, lock};
 use crate::flow::wait_reading;
 use crate::wire::{HEADER_LEN, Header, Kind};
 
+/// A connection's socket as its reader reads it: the same descriptor its
+/// writer writes to (`Conn::socket`), not a duplicate, so a connection
+/// holds one file descriptor.
+pub(crate) struct SharedStream(pub(crate) Arc<TcpStream>);
+
+impl Read for SharedStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+        (&*self.0).read_vectored(bufs)
+    }
+}
+
 /// The reading side of one connection: what is left of a frame that
 /// arrived in pieces.
 pub(crate) struct Reading {
     pub(crate) conn: Arc<Conn>,
     /// The connection's entry in `Shared::sockets`.
     pub(crate) token: u64,
-    reader: BufReader<TcpStream>,
+    reader: BufReader<SharedStream>,
     header: [u8; HEADER_LEN],
     /// Header bytes read so far (while no body is being read).
     header_got: usize,
@@ -49,9 +64,9 @@ impl Reading {
     pub(crate) fn new(
         conn: Arc<Conn>,
         token: u64,
-        reader: BufReader<TcpStream>,
+        reader: BufReader<SharedStream>,
     ) -> io::Result<Self> {
-        reader.get_ref().set_nonblocking(true)?;
+        reader.get_ref().0.set_nonblocking(true)?;
         Ok(Reading {
             conn,
             token,
@@ -267,7 +282,7 @@ pub(crate) fn pump(
         let mut fds = Vec::with_capacity(readers.len() + 2);
         fds.push(PollFd::new(&shared.waker.rx, PollFlags::IN));
         for r in readers.iter() {
-            fds.push(PollFd::new(r.reader.get_ref(), PollFlags::IN));
+            fds.push(PollFd::new(&*r.reader.get_ref().0, PollFlags::IN));
         }
         if let Some(fd) = writable {
             fds.push(PollFd::from_borrowed_fd(fd, PollFlags::OUT));
