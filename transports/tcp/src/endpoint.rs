@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
 use std::io::{self, BufReader, IoSlice, Read};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::ops::{Deref, DerefMut};
@@ -24,6 +25,7 @@ use laggard::transport::{Endpoint, Event, PeerId, Transport};
 use laggard::{Error, Result};
 
 use crate::config::TcpConfig;
+use crate::descriptors;
 use crate::flow::{Flow, Inbox, Pop, Stalled};
 use crate::reading::{self, Readers, Reading, SharedStream, Waker};
 use crate::wire::{Accept, HEADER_LEN, Header, Hello, Kind};
@@ -37,6 +39,9 @@ const READ_BUFFER: usize = 64 << 10;
 /// First and longest pause between attempts to connect.
 const RETRY_MIN: Duration = Duration::from_millis(10);
 const RETRY_MAX: Duration = Duration::from_millis(200);
+/// How long a refusal for want of descriptors waits to be written and for
+/// the peer to hang up.
+const REFUSE_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections here leave their state consistent before anything
@@ -977,13 +982,24 @@ fn greet(
 }
 
 fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: TcpListener) {
+    // One descriptor held in reserve: when the process has none left, it
+    // is given up for a moment to accept a connection and tell the peer
+    // why it cannot be served, rather than leave the peer waiting in the
+    // backlog until its deadline for an answer that never comes.
+    let mut reserve = File::open("/dev/null").ok();
     for stream in listener.incoming() {
         if shared.stopping() {
             break;
         }
         let stream = match stream {
             Ok(s) => s,
-            Err(_) => {
+            Err(e) => {
+                if descriptors::out_of_descriptors(&e) && reserve.take().is_some() {
+                    if let Ok((stream, _)) = listener.accept() {
+                        refuse_for_descriptors(&stream, &shared.name, &e);
+                    }
+                    reserve = File::open("/dev/null").ok();
+                }
                 // Out of descriptors or an aborted connection: try again
                 // shortly rather than spin.
                 std::thread::sleep(RETRY_MIN);
@@ -1002,6 +1018,26 @@ fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: TcpList
                 }
             }
         }
+    }
+}
+
+/// Answers a connection this process has no descriptor to serve with a
+/// refusal that says so (`failed`: the error that said so), then closes
+/// it. The peer's hello is read first, so that closing with it unread
+/// does not reset the connection before the peer reads why.
+fn refuse_for_descriptors(stream: &TcpStream, name: &str, failed: &io::Error) {
+    let why = format!(
+        "endpoint {name:?} cannot take another connection: its process has no file \
+         descriptor left (one per connection): {}",
+        descriptors::advice(failed)
+    );
+    let _ = stream.set_write_timeout(Some(REFUSE_WAIT));
+    let _ = stream.set_read_timeout(Some(REFUSE_WAIT));
+    let header = Header::new(Kind::Refuse, why.len() as u32, 0).encode();
+    if write_all_vectored(stream, &header, &[why.as_bytes()]).is_ok() {
+        let _ = stream.shutdown(Shutdown::Write);
+        let mut hello = [0u8; 256];
+        while matches!((&*stream).read(&mut hello), Ok(n) if n > 0) {}
     }
 }
 

@@ -48,6 +48,7 @@
 
 pub mod bootstrap;
 mod config;
+mod descriptors;
 mod endpoint;
 mod flow;
 mod reading;

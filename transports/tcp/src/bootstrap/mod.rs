@@ -55,6 +55,7 @@ use laggard::{ClusterSpec, Error, Result, Server, ServerReport, Worker, WorkerId
 
 pub use env::{DEFAULT_PORT, Launcher};
 
+use crate::descriptors;
 use crate::{TcpConfig, TcpEndpoint, TcpTransport};
 
 const VERSION: u32 = 1;
@@ -744,6 +745,9 @@ struct Arrivals {
     /// How many it keeps at once; past that, the oldest is dropped (each
     /// holds a descriptor).
     cap: usize,
+    /// Set when accepting failed because the process has no file
+    /// descriptor left: the connections beyond wait unanswered.
+    starved: Option<std::io::Error>,
 }
 
 impl Arrivals {
@@ -751,6 +755,7 @@ impl Arrivals {
         Arrivals {
             waiting: Vec::new(),
             cap: (2 * world).max(16),
+            starved: None,
         }
     }
 
@@ -761,7 +766,16 @@ impl Arrivals {
         &mut self,
         listener: &TcpListener,
     ) -> Option<(TcpStream, std::result::Result<Join, String>)> {
-        while let Ok((stream, _)) = listener.accept() {
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    if descriptors::out_of_descriptors(&e) {
+                        self.starved = Some(e);
+                    }
+                    break;
+                }
+            };
             if stream.set_nonblocking(true).is_ok() {
                 if self.waiting.len() == self.cap {
                     self.waiting.remove(0);
@@ -846,7 +860,20 @@ fn coordinate(
             ));
             break;
         }
-        let Some((stream, read)) = arrivals.next(listener) else {
+        let arrived = arrivals.next(listener);
+        if let Some(e) = arrivals.starved.take() {
+            // Every process holds a connection until the map goes out, so
+            // a job this size cannot meet here; say why now, not at the
+            // deadline as if ranks were missing.
+            error = Some(format!(
+                "rank 0 has no file descriptor left for the rendezvous, where it holds a \
+                 connection to each of the job's {world} processes until all have joined: {}",
+                descriptors::advice(&e)
+            ));
+            extra.extend(arrived.map(|(stream, _)| stream));
+            break;
+        }
+        let Some((stream, read)) = arrived else {
             std::thread::sleep(Duration::from_millis(5));
             continue;
         };
