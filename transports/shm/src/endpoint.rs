@@ -151,7 +151,8 @@ impl ShmTransport {
     /// Removes this cluster's segments whose creating process no longer
     /// runs (left by crashed runs), and half-made ones of processes that
     /// died while creating them; returns their paths. Segments of live
-    /// processes and files that are not laggard segments are left.
+    /// processes, of processes in another PID namespace (whose pids say
+    /// nothing here) and files that are not laggard segments are left.
     pub fn remove_stale(&self) -> Vec<PathBuf> {
         let mut removed = Vec::new();
         let prefix = segment::cluster_prefix(&self.cluster);
@@ -160,7 +161,8 @@ impl ShmTransport {
             // A segment half made by a process that died while creating it.
             let stale = match segment::temp_file_owner(&name, &prefix) {
                 Some(pid) => !segment::pid_exists(pid),
-                None => Segment::open(&path).is_ok_and(|(_, h)| !h.owner.is_alive()),
+                None => Segment::open(&path)
+                    .is_ok_and(|(_, h)| !h.owner.elsewhere(&self.me) && !h.owner.is_alive()),
             };
             if stale && std::fs::remove_file(&path).is_ok() {
                 removed.push(path);
@@ -205,6 +207,18 @@ impl Transport for ShmTransport {
                 Ok(seg) => break seg,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 3 => {
                     match Segment::open(&path) {
+                        Ok((old, h))
+                            if h.owner.elsewhere(&self.me) && !Mailbox::closed_in(&old) =>
+                        {
+                            return Err(transport_error(format!(
+                                "endpoint name {name:?} is bound by process {} of another PID \
+                                 namespace (another container sharing {}), which cannot be \
+                                 told from a crashed one here: give each job its own cluster \
+                                 id or directory",
+                                h.owner.pid,
+                                self.cfg.dir.display()
+                            )));
+                        }
                         Ok((old, h)) if h.owner.is_alive() && !Mailbox::closed_in(&old) => {
                             return Err(transport_error(format!(
                                 "endpoint name {name:?} is already bound (by process {})",
@@ -922,10 +936,22 @@ impl Endpoint for ShmEndpoint {
         let mut stale_owner = None;
         let (mailbox, header) = loop {
             match Segment::open(&mb_path) {
+                Ok((seg, h)) if h.owner.elsewhere(&self.net.me) && !Mailbox::closed_in(&seg) => {
+                    return Err(transport_error(format!(
+                        "{} is bound by process {} of another PID namespace (another \
+                         container): laggard-shm tells a crashed peer by its pid, so every \
+                         process of a cluster must share one PID namespace (run them in one \
+                         container, or share it: docker run --pid=container:NAME)",
+                        mb_path.display(),
+                        h.owner.pid
+                    )));
+                }
                 Ok((seg, h)) if h.owner.is_alive() && !Mailbox::closed_in(&seg) => break (seg, h),
                 // Stale: its owner closed it, or is no process we can see.
                 Ok((seg, h)) => {
-                    stale_owner = (!Mailbox::closed_in(&seg)).then_some(h.owner.pid);
+                    // Its namespace known to be this one: it died.
+                    let died = h.owner.pidns != 0 && h.owner.pidns == self.net.me.pidns;
+                    stale_owner = (!Mailbox::closed_in(&seg)).then_some((h.owner.pid, died));
                 }
                 Err(OpenError::Io(e)) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(OpenError::Io(e)) => {
@@ -944,7 +970,11 @@ impl Endpoint for ShmEndpoint {
             let now = Instant::now();
             if now >= deadline {
                 let seen = match stale_owner {
-                    Some(pid) => format!(
+                    Some((pid, true)) => format!(
+                        "; {} is there, but its owner, process {pid}, died without closing it",
+                        mb_path.display()
+                    ),
+                    Some((pid, false)) => format!(
                         "; {} is there, but its owner, process {pid}, is not running here: \
                          it died, or it runs in another PID namespace (another container), \
                          and every process of a laggard-shm cluster must share one",

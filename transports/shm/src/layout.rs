@@ -50,6 +50,10 @@ const OFF_PID: usize = 24;
 const OFF_START: usize = 32;
 const OFF_PARAM: usize = 40; // slot count (mailbox) or ring capacity (connection)
 const OFF_NAME_LEN: usize = 48;
+/// The owner's PID namespace (added in these once-zero bytes, so builds
+/// before it read segments of builds after it, and the other way round:
+/// 0 means not known).
+const OFF_PIDNS: usize = 52;
 const OFF_NAME: usize = 56;
 const OFF_STASH: usize = OFF_NAME + NAME_MAX; // stash size (connection), 0 (mailbox)
 /// Bytes of the header both kinds share.
@@ -102,10 +106,14 @@ pub const STASH_ALIGN: u64 = 64;
 /// the same pid by its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
-    /// Process id.
+    /// Process id, in the PID namespace `pidns`.
     pub pid: u32,
     /// Start time in clock ticks since boot (`/proc/<pid>/stat`, field 22).
     pub start: u64,
+    /// The inode number of the process's PID namespace
+    /// (`/proc/self/ns/pid`), 0 if not known; pids and start times can be
+    /// checked only from within that namespace.
+    pub pidns: u32,
 }
 
 /// A segment header, decoded and checked.
@@ -170,6 +178,7 @@ impl Header {
         out[OFF_PARAM..48].copy_from_slice(&self.param.to_ne_bytes());
         let name = self.name.as_bytes();
         out[OFF_NAME_LEN..52].copy_from_slice(&(name.len() as u32).to_ne_bytes());
+        out[OFF_PIDNS..56].copy_from_slice(&self.owner.pidns.to_ne_bytes());
         out[OFF_NAME..OFF_NAME + name.len()].copy_from_slice(name);
         out[OFF_STASH..OFF_STASH + 8].copy_from_slice(&self.stash.to_ne_bytes());
     }
@@ -245,6 +254,7 @@ impl Header {
         let owner = Owner {
             pid: u32_at(bytes, OFF_PID),
             start: u64_at(bytes, OFF_START),
+            pidns: u32_at(bytes, OFF_PIDNS),
         };
         if owner.pid == 0 {
             return Err(Invalid("the segment names no owner process".into()));
@@ -268,7 +278,11 @@ mod tests {
         Header {
             kind: KIND_MAILBOX,
             total: MAILBOX_LEN as u64,
-            owner: Owner { pid: 7, start: 99 },
+            owner: Owner {
+                pid: 7,
+                start: 99,
+                pidns: 0xf000_0001,
+            },
             param: SLOTS as u64,
             stash: 0,
             name: "server-0".into(),

@@ -213,7 +213,16 @@ impl Owner {
         Ok(Owner {
             pid,
             start: start_time(pid)?,
+            pidns: pid_namespace(),
         })
+    }
+
+    /// Whether this owner runs in another PID namespace than `me` (another
+    /// container sharing the directory, say), where its pid says nothing:
+    /// [`is_alive`](Self::is_alive) cannot tell whether it runs. False if
+    /// either namespace is not known.
+    pub fn elsewhere(&self, me: &Owner) -> bool {
+        self.pidns != 0 && me.pidns != 0 && self.pidns != me.pidns
     }
 
     /// Whether this process is still running: its pid exists and started
@@ -224,6 +233,19 @@ impl Owner {
             Err(e) => e.kind() != io::ErrorKind::NotFound,
         }
     }
+}
+
+/// This process's PID namespace, as the inode number in the link
+/// `/proc/self/ns/pid` (`pid:[4026531836]`); 0 if it cannot be read.
+/// Namespace inodes are 32-bit numbers (procfs allocates them so).
+fn pid_namespace() -> u32 {
+    std::fs::read_link("/proc/self/ns/pid")
+        .ok()
+        .and_then(|link| {
+            let link = link.to_str()?.strip_prefix("pid:[")?.strip_suffix(']')?;
+            link.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 fn start_time(pid: u32) -> io::Result<u64> {

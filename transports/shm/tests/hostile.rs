@@ -250,24 +250,72 @@ fn connecting_to_nobody_times_out_with_the_name() {
     assert!(err.to_string().contains("absent"), "{err}");
 }
 
+/// Byte offsets in a segment's header: the owner's start time and PID
+/// namespace.
+const OWNER_START: usize = 32;
+const OWNER_PIDNS: usize = 52;
+
+/// A copy of live mailbox `of`, as mailbox `name`, changed by `forge`.
+fn forged_mailbox(net: &ShmTransport, of: &str, name: &str, forge: impl Fn(&mut [u8])) -> PathBuf {
+    let mut bytes = std::fs::read(mailbox(net, of)).unwrap();
+    forge(&mut bytes);
+    let path = mailbox(net, name);
+    write_file(&path, &bytes, 0o600);
+    path
+}
+
 #[test]
 fn a_mailbox_whose_owner_is_not_running_here_is_named_in_the_timeout() {
-    // As a mailbox looks from another PID namespace (another container
-    // sharing /dev/shm): its owner's pid is no process here with that
-    // start time. Made by copying a live mailbox with another start time.
     let net = net("ghost");
     let server = net.bind("server").unwrap();
-    let mut bytes = std::fs::read(mailbox(&net, "server")).unwrap();
-    bytes[32] ^= 0xff; // the owner's start time
-    let ghost = mailbox(&net, "ghost");
-    write_file(&ghost, &bytes, 0o600);
     let mut client = net.bind("client").unwrap();
+    // Its owner's pid is no process here with that start time: it died.
+    let dead = forged_mailbox(&net, "server", "dead", |b| b[OWNER_START] ^= 0xff);
     let err = client
-        .connect("ghost", Instant::now() + Duration::from_millis(50))
+        .connect("dead", Instant::now() + Duration::from_millis(50))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("died without closing it"), "{err}");
+    // The same from a build that did not record PID namespaces: it died,
+    // or it runs in another namespace.
+    let unsure = forged_mailbox(&net, "server", "unsure", |b| {
+        b[OWNER_START] ^= 0xff;
+        b[OWNER_PIDNS..OWNER_PIDNS + 4].fill(0);
+    });
+    let err = client
+        .connect("unsure", Instant::now() + Duration::from_millis(50))
         .unwrap_err()
         .to_string();
     assert!(err.contains("is not running here"), "{err}");
     assert!(err.contains("another PID namespace"), "{err}");
-    std::fs::remove_file(&ghost).unwrap();
+    std::fs::remove_file(&dead).unwrap();
+    std::fs::remove_file(&unsure).unwrap();
+    drop(server);
+}
+
+#[test]
+fn a_mailbox_of_another_pid_namespace_is_neither_removed_nor_taken_over() {
+    // As a live job's mailbox looks from another container sharing
+    // /dev/shm: owned by a pid that says nothing here. Taking it for a
+    // crashed run's would delete or replace a live job's endpoint.
+    let net = net("foreign");
+    let server = net.bind("server").unwrap();
+    let foreign = forged_mailbox(&net, "server", "foreign", |b| {
+        b[OWNER_START] ^= 0xff;
+        b[OWNER_PIDNS] ^= 1;
+    });
+    assert!(!net.remove_stale().contains(&foreign));
+    assert!(foreign.exists());
+    let err = net.bind("foreign").unwrap_err().to_string();
+    assert!(err.contains("of another PID namespace"), "{err}");
+    let mut client = net.bind("client").unwrap();
+    // Refused at once, not after the deadline.
+    match client.connect("foreign", Instant::now() + Duration::from_secs(600)) {
+        Err(Error::Transport { reason }) => {
+            assert!(reason.contains("must share one PID namespace"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    std::fs::remove_file(&foreign).unwrap();
     drop(server);
 }
