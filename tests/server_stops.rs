@@ -73,10 +73,7 @@ fn told(run: &laggard::Result<()>, shard: usize, why: &str) {
     match run {
         Err(Error::Remote { peer, message }) => {
             assert_eq!(peer, &format!("server shard {shard}"));
-            assert!(
-                message.starts_with(&format!("server shard {shard} stopped: ")),
-                "{message}"
-            );
+            assert!(message.starts_with("the shard stopped: "), "{message}");
             assert!(message.contains(why), "{message}");
         }
         other => panic!("expected shard {shard}'s report of {why:?}, got {other:?}"),
@@ -209,14 +206,14 @@ fn a_failing_shard_tells_every_peer_and_leaves_the_closing_to_them() {
     out.clear();
     assert!(core.has_peers());
 
-    core.fail("server shard 0 stopped: why", &mut out);
+    core.fail("the shard stopped: why", &mut out);
     assert!(core.is_stopped());
     let told: Vec<u64> = out
         .iter()
         .filter_map(|o| match o {
             Output::Send(peer, Reply::Fault(code, text)) => {
                 assert_eq!(*code, FaultCode::ShuttingDown);
-                assert_eq!(text, "server shard 0 stopped: why");
+                assert_eq!(text, "the shard stopped: why");
                 Some(peer.0)
             }
             Output::Stop => None,

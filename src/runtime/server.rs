@@ -310,7 +310,7 @@ impl<E: Endpoint> Server<E> {
         };
         // What the stop interrupted is dropped, not delivered.
         self.out.clear();
-        let reason = format!("server shard {} stopped: {why}", self.shard);
+        let reason = format!("the shard stopped: {why}");
         self.core.fail(&reason, &mut self.out);
         // One bound for all the telling: peers that do not read are not
         // waited for one after the other.

@@ -59,7 +59,7 @@ fn a_shard_whose_clock_hook_fails_tells_its_workers_why() {
                 assert_eq!(peer, "server shard 0");
                 assert_eq!(
                     message,
-                    "server shard 0 stopped: checkpoint: no room left on the disk for clock 3"
+                    "the shard stopped: checkpoint: no room left on the disk for clock 3"
                 );
             }
             other => panic!("expected shard 0's report, got {other:?}"),
