@@ -1031,13 +1031,23 @@ fn refuse_for_descriptors(stream: &TcpStream, name: &str, failed: &io::Error) {
          descriptor left (one per connection): {}",
         descriptors::advice(failed)
     );
+    let until = Instant::now() + REFUSE_WAIT;
     let _ = stream.set_write_timeout(Some(REFUSE_WAIT));
-    let _ = stream.set_read_timeout(Some(REFUSE_WAIT));
     let header = Header::new(Kind::Refuse, why.len() as u32, 0).encode();
     if write_all_vectored(stream, &header, &[why.as_bytes()]).is_ok() {
         let _ = stream.shutdown(Shutdown::Write);
+        // Until the peer hangs up, but no longer than `until` in all: the
+        // acceptor waits meanwhile.
         let mut hello = [0u8; 256];
-        while matches!((&*stream).read(&mut hello), Ok(n) if n > 0) {}
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+                break;
+            }
+            if !matches!((&*stream).read(&mut hello), Ok(n) if n > 0) {
+                break;
+            }
+        }
     }
 }
 
