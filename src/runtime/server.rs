@@ -315,7 +315,15 @@ impl<E: Endpoint> Server<E> {
         // One bound for all the telling: peers that do not read are not
         // waited for one after the other.
         let by = Instant::now() + self.send_timeout;
-        self.deliver_with(|| by);
+        for output in std::mem::take(&mut self.out) {
+            // `fail` asks for faults to send, and to stop.
+            if let Output::Send(peer, reply) = output {
+                if send_message(&mut self.ep, peer, &reply.message(), by).is_err() {
+                    self.ep.disconnect(peer);
+                    self.core.on_disconnect(peer, Instant::now());
+                }
+            }
+        }
         self.linger(by);
         served.unwrap_or_else(|payload| panic::resume_unwind(payload))
     }
@@ -382,17 +390,10 @@ impl<E: Endpoint> Server<E> {
     /// peer cannot use up the others' time; the first starts at `now`, the
     /// round's reading of the clock.
     fn deliver(&mut self, now: Instant) {
-        let timeout = self.send_timeout;
-        let mut first = Some(now);
-        self.deliver_with(|| first.take().unwrap_or_else(Instant::now) + timeout);
-    }
-
-    /// [`deliver`](Self::deliver), each send waiting until the time
-    /// `deadline_of` gives when it starts.
-    fn deliver_with(&mut self, mut deadline_of: impl FnMut() -> Instant) {
         let mut outputs = std::mem::take(&mut self.out);
+        let mut first = Some(now);
         for output in outputs.drain(..) {
-            let deadline = deadline_of();
+            let deadline = first.take().unwrap_or_else(Instant::now) + self.send_timeout;
             let (peer, sent) = match output {
                 Output::Send(peer, reply) => {
                     let msg = reply.message();
