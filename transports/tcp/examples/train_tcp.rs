@@ -27,8 +27,9 @@
 //! is one snapshot of the shard; a crash loses at most N clocks). Each
 //! shard keeps its two latest files. With `--resume DIR`, each server
 //! shard picks the latest clock for which `DIR` holds every shard's file
-//! (the shards of a killed job may have saved different clocks last),
-//! loads all of them, keeping the rows it owns (so a run may resume on
+//! (the shards of a killed job may have saved different clocks last) and
+//! all of them verify (a file damaged on disk sends it back to the clock
+//! before, saying so), loads all of them, keeping the rows it owns (so a run may resume on
 //! another number of server shards), and starts the workers at that
 //! clock: they go on from there to `--clocks`.
 //!
@@ -138,7 +139,10 @@ fn run(cfg: &Config) -> laggard::Result<()> {
             let mut server = node.server()?;
             let weights = server.table::<f32>("weights")?;
             if let Some(dir) = &cfg.resume {
-                let (rows, clock) = resume(&weights, dir)?;
+                let (rows, clock, passed_over) = resume(&weights, dir)?;
+                for why in passed_over {
+                    eprintln!("server shard {shard}: passed over the checkpoint of {why}");
+                }
                 server.start_at(clock)?;
                 println!(
                     "server shard {shard}: resumed {rows} rows from {} at clock {clock}",
@@ -226,10 +230,11 @@ fn run(cfg: &Config) -> laggard::Result<()> {
     Ok(())
 }
 
-/// The latest clock for which `dir` holds a checkpoint file of every
-/// shard of the run that saved them (`weights.SHARD-of-SHARDS.clock-CLOCK`),
-/// and those files. Files a save did not finish (`.partial`) are left out.
-fn latest_complete(dir: &Path) -> laggard::Result<(u64, Vec<PathBuf>)> {
+/// Every clock for which `dir` holds a checkpoint file of every shard of
+/// the run that saved them (`weights.SHARD-of-SHARDS.clock-CLOCK`), the
+/// latest first, with those files. Files a save did not finish
+/// (`.partial`) are left out.
+fn complete_checkpoints(dir: &Path) -> laggard::Result<Vec<(u64, Vec<PathBuf>)>> {
     // (shards, clock) -> the files of that clock, by shard.
     let mut found: BTreeMap<(usize, u64), BTreeMap<usize, PathBuf>> = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(|e| io_error("cannot list", dir, e))? {
@@ -242,18 +247,22 @@ fn latest_complete(dir: &Path) -> laggard::Result<(u64, Vec<PathBuf>)> {
                 .insert(shard, path);
         }
     }
-    found
+    let mut complete: Vec<(u64, Vec<PathBuf>)> = found
         .into_iter()
         .filter(|((shards, _), files)| files.len() == *shards)
-        .max_by_key(|((_, clock), _)| *clock)
         .map(|((_, clock), files)| (clock, files.into_values().collect()))
-        .ok_or_else(|| Error::Checkpoint {
+        .collect();
+    if complete.is_empty() {
+        return Err(Error::Checkpoint {
             reason: format!(
                 "{} holds no complete checkpoint: no clock has a `weights.SHARD-of-SHARDS.clock-CLOCK` \
                  file of every shard",
                 dir.display()
             ),
-        })
+        });
+    }
+    complete.sort_by_key(|(clock, _)| std::cmp::Reverse(*clock));
+    Ok(complete)
 }
 
 /// `(shard, shards, clock)` of a file named `weights.SHARD-of-SHARDS.clock-CLOCK`.
@@ -264,32 +273,57 @@ fn parse_name(name: &str) -> Option<(usize, usize, u64)> {
     (shard < shards).then_some((shard, shards, clock.parse().ok()?))
 }
 
-/// Loads the latest complete checkpoint in `dir` into this shard's part,
-/// keeping the rows it owns; returns how many it restored and the clock.
-/// Every file is verified (and must say it was taken at that clock) before
-/// any is loaded, so a bad one changes no row.
-fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<(u64, u64)> {
-    let (clock, files) = latest_complete(dir)?;
+/// Loads the latest complete checkpoint in `dir` whose files all verify
+/// into this shard's part, keeping the rows it owns; returns how many rows
+/// it restored, the clock, and why each later checkpoint was passed over
+/// (a file damaged on disk, say: each shard keeps two, for this). Every
+/// file is verified (and must say it was taken at that clock) before any
+/// is loaded, so a bad one changes no row; every shard reads the same
+/// files, so all of them pick the same clock.
+fn resume(weights: &Table<f32>, dir: &Path) -> laggard::Result<(u64, u64, Vec<String>)> {
     let open = |path: &Path| File::open(path).map_err(|e| io_error("cannot open", path, e));
-    for path in &files {
-        let verified = checkpoint::verify(weights, open(path)?).map_err(|e| named(path, e))?;
-        if verified.clock != clock {
-            return Err(Error::Checkpoint {
-                reason: format!(
-                    "{} says it was taken at clock {}, its name at clock {clock}",
-                    path.display(),
-                    verified.clock
-                ),
-            });
+    let verify = |clock: u64, files: &[PathBuf]| -> laggard::Result<()> {
+        for path in files {
+            let verified = checkpoint::verify(weights, open(path)?).map_err(|e| named(path, e))?;
+            if verified.clock != clock {
+                return Err(Error::Checkpoint {
+                    reason: format!(
+                        "{} says it was taken at clock {}, its name at clock {clock}",
+                        path.display(),
+                        verified.clock
+                    ),
+                });
+            }
+        }
+        Ok(())
+    };
+    let mut passed_over = Vec::new();
+    let mut chosen = None;
+    for (clock, files) in complete_checkpoints(dir)? {
+        match verify(clock, &files) {
+            Ok(()) => {
+                chosen = Some((clock, files));
+                break;
+            }
+            Err(e) => passed_over.push(format!("clock {clock}: {e}")),
         }
     }
+    let Some((clock, files)) = chosen else {
+        return Err(Error::Checkpoint {
+            reason: format!(
+                "no complete checkpoint in {} verifies: {}",
+                dir.display(),
+                passed_over.join("; ")
+            ),
+        });
+    };
     let mut restored = 0;
     for path in &files {
         let loaded =
             checkpoint::load(weights, open(path)?, Foreign::Skip).map_err(|e| named(path, e))?;
         restored += loaded.restored;
     }
-    Ok((restored, clock))
+    Ok((restored, clock, passed_over))
 }
 
 /// A checkpoint error with the file it is about.
