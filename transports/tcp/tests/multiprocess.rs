@@ -47,13 +47,18 @@ fn child_process() {
         "kill" | "crash-once" | "server-dies" => {
             (Consistency::Ssp { staleness: 1 }, Duration::from_secs(1))
         }
-        "never-connects" => (Consistency::Async, Duration::from_secs(1)),
+        "never-connects" | "server-fails" => (Consistency::Async, Duration::from_secs(1)),
         other => panic!("unknown child mode {other}"),
     };
     let spec = spec(&boot, consistency, dead_after);
     let workers = boot.workers() as u32;
     let node = boot.join(&spec).unwrap();
     match node.role() {
+        Role::Server(shard) if mode == "server-fails" => {
+            // Fails before it serves (a checkpoint it cannot load, say).
+            println!("shard {shard}: failing before it serves");
+            std::process::exit(4);
+        }
         Role::Server(shard) => {
             let report = node.run_server().unwrap();
             for (w, c, status) in report.clocks.iter() {
@@ -359,6 +364,50 @@ fn laggard_launch_starts_a_failed_worker_rank_again() {
     assert!(stdout.contains("worker 2: joined at clock 20"), "{stdout}");
     assert!(stdout.contains("worker 2: clock 100"), "{stdout}");
     assert!(stdout.contains("shard 0: replaced 1"), "{stdout}");
+}
+
+#[test]
+fn laggard_launch_stops_the_job_once_a_server_rank_failed() {
+    // The workers would wait for the server until their deadline (30 s);
+    // the launcher stops them instead, and says why.
+    let out = Command::new(env!("CARGO_BIN_EXE_laggard-launch"))
+        .args([
+            "--servers",
+            "1",
+            "--workers",
+            "2",
+            "--timeout-s",
+            "120",
+            "--",
+        ])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD, "server-fails")
+        .env("TEST_CLOCKS", "10")
+        .env("LAGGARD_TIMEOUT_MS", "30000")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("shard 0: failing before it serves"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("rank 0 exited with code 4"), "{stderr}");
+    for rank in [1, 2] {
+        assert!(
+            stderr.contains(&format!(
+                "rank {rank} was stopped: server rank 0 failed, so the job cannot finish"
+            )),
+            "{stderr}"
+        );
+    }
 }
 
 #[test]

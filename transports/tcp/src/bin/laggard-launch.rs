@@ -16,12 +16,19 @@
 //! times it was (0 for the first start); the new process joins late at
 //! the coordinator and takes the worker's place at its clock. A server's
 //! rank is not restarted: its table lives nowhere else. (On one host the
-//! bootstrap makes the lowest ranks the servers.)
+//! bootstrap makes the lowest ranks the servers.) So once a server's
+//! process fails, the job cannot finish: the others get a moment to exit
+//! by themselves (a shard that stops tells its workers why), and those
+//! still running are then stopped rather than left to wait for it.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long the other processes have to exit by themselves once a
+/// server's process failed, before they are stopped.
+const AFTER_SERVER_FAILED: Duration = Duration::from_secs(2);
 
 struct Args {
     servers: usize,
@@ -160,11 +167,19 @@ fn main() {
     let mut restarted = vec![0u64; world];
     let deadline = args.timeout.map(|t| Instant::now() + t);
     let mut failed = Vec::new();
+    // The first server rank that failed, and when.
+    let mut server_failed: Option<(usize, Instant)> = None;
     let mut running = children;
     while !running.is_empty() {
         let mut still = Vec::new();
         for (rank, mut child) in running {
-            match child.try_wait() {
+            let status = child.try_wait();
+            if let Ok(Some(status)) = &status {
+                if !status.success() && rank < args.servers && server_failed.is_none() {
+                    server_failed = Some((rank, Instant::now()));
+                }
+            }
+            match status {
                 Ok(Some(status)) if status.success() => {}
                 Ok(Some(status)) if rank >= args.servers && restarted[rank] < args.restarts => {
                     restarted[rank] += 1;
@@ -185,7 +200,17 @@ fn main() {
                     let _ = child.wait();
                     failed.push(format!("rank {rank} was still running at the timeout"));
                 }
-                Ok(None) => still.push((rank, child)),
+                Ok(None) => match server_failed {
+                    Some((server, at)) if at.elapsed() >= AFTER_SERVER_FAILED => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        failed.push(format!(
+                            "rank {rank} was stopped: server rank {server} failed, so the job \
+                             cannot finish"
+                        ));
+                    }
+                    _ => still.push((rank, child)),
+                },
                 Err(e) => failed.push(format!("rank {rank}: cannot wait for it: {e}")),
             }
         }
