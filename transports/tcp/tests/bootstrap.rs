@@ -331,3 +331,40 @@ fn an_ipv6_coordinator_address_works_end_to_end() {
         .collect();
     assert_eq!(results, [0, 6]);
 }
+
+#[test]
+fn a_process_of_another_job_is_refused_and_the_job_goes_on() {
+    // Two jobs of one program given one coordinator address (a sweep's
+    // jobs on a node they share): job b's rank 1, there during job a's
+    // rendezvous, must neither take job a's rank 1 nor make job a fail as
+    // if its rank 1 joined twice.
+    let coord = format!("127.0.0.1:{}", port());
+    let t = Duration::from_secs(20);
+    let start = |rank: usize, job: &'static str| {
+        let coord = coord.clone();
+        std::thread::spawn(move || {
+            Bootstrap::new(rank, 3, 1, &coord)
+                .job(job)
+                .timeout(t)
+                .join(&spec(1, 2))
+        })
+    };
+    let rank0 = start(0, "a");
+    let listening = Instant::now() + t;
+    while std::net::TcpStream::connect(&coord).is_err() && Instant::now() < listening {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let stray = start(1, "b").join().unwrap();
+    let err = stray.map(|n| n.role()).unwrap_err().to_string();
+    assert!(err.contains("serves job a, not job b"), "{err}");
+    let others = [start(1, "a"), start(2, "a")];
+    let mut nodes = vec![rank0.join().unwrap()];
+    nodes.extend(others.map(|h| h.join().unwrap()));
+    for (rank, node) in nodes.iter().enumerate() {
+        assert!(
+            node.is_ok(),
+            "job a's rank {rank}: {:?}",
+            node.as_ref().err()
+        );
+    }
+}

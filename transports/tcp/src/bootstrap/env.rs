@@ -7,6 +7,10 @@ use laggard::{Error, Result};
 /// The default coordinator port when the launcher names only a host
 /// (torchrun's default too).
 pub const DEFAULT_PORT: u16 = 29500;
+/// Under Slurm the coordinator listens on `DEFAULT_PORT` plus the job id
+/// modulo this, so that jobs sharing their first node rarely meet on one
+/// port.
+const SLURM_PORT_SPREAD: u64 = 1000;
 
 /// Which launcher's variables described the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub(crate) struct Placement {
     pub(crate) servers: Option<usize>,
     pub(crate) host: Option<String>,
     pub(crate) timeout: Option<Duration>,
+    /// The launcher's job id, or `LAGGARD_JOB_ID`.
+    pub(crate) job: Option<String>,
 }
 
 fn parse<T: std::str::FromStr>(var: &str, value: &str) -> Result<T> {
@@ -98,24 +104,37 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
         ),
     };
     let num = |var: &str| get(var).map(|v| parse::<usize>(var, &v)).transpose();
-    let (launcher, rank, world, host) = if let (Some(r), Some(w)) =
+    let (launcher, rank, world, host, job) = if let (Some(r), Some(w)) =
         (num("RANK")?, num("WORLD_SIZE")?)
     {
         // torchrun's agent serves its own store on MASTER_PORT at that
         // host, so the rendezvous takes the next port.
         let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT)) + 1;
         let coord = get("MASTER_ADDR").map(|a| host_port(&a, port));
-        (Launcher::Torchrun, Some(r), Some(w), coord)
+        let job = get("TORCHELASTIC_RUN_ID");
+        (Launcher::Torchrun, Some(r), Some(w), coord, job)
     } else if let (Some(r), Some(w)) = (num("SLURM_PROCID")?, num("SLURM_NTASKS")?) {
         let host = get("SLURM_JOB_NODELIST")
             .or_else(|| get("SLURM_NODELIST"))
             .and_then(|l| first_slurm_host(&l));
-        let port = num("LAGGARD_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
+        let job_id = get("SLURM_JOB_ID");
+        // Jobs sharing their first node meet on different ports unless
+        // their ids end alike (then the coordinator tells them apart).
+        let spread = job_id
+            .as_deref()
+            .and_then(|id| id.trim().parse::<u64>().ok())
+            .map_or(0, |id| (id % SLURM_PORT_SPREAD) as usize);
+        let port = num("LAGGARD_PORT")?.unwrap_or(usize::from(DEFAULT_PORT) + spread);
+        let job = job_id.map(|id| match get("SLURM_STEP_ID") {
+            Some(step) => format!("{id}.{step}"),
+            None => id,
+        });
         (
             Launcher::Slurm,
             Some(r),
             Some(w),
             host.map(|h| host_port(&h, port)),
+            job,
         )
     } else if let (Some(r), Some(w)) = (num("OMPI_COMM_WORLD_RANK")?, num("OMPI_COMM_WORLD_SIZE")?)
     {
@@ -123,10 +142,14 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
         // LAGGARD_COORDINATOR must.
         let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
         let coord = get("MASTER_ADDR").map(|a| host_port(&a, port));
-        (Launcher::OpenMpi, Some(r), Some(w), coord)
+        let job = get("PMIX_NAMESPACE");
+        (Launcher::OpenMpi, Some(r), Some(w), coord, job)
     } else {
-        (Launcher::Laggard, None, None, None)
+        (Launcher::Laggard, None, None, None, None)
     };
+    let job = get("LAGGARD_JOB_ID")
+        .or(job)
+        .and_then(|id| super::job_id(&id));
     let rank = num("LAGGARD_RANK")?
         .or(rank)
         .ok_or_else(|| missing("no rank is set"))?;
@@ -146,6 +169,7 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
         servers: num("LAGGARD_SERVERS")?,
         host: get("LAGGARD_HOST"),
         timeout,
+        job,
     })
 }
 
@@ -160,6 +184,40 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         placement(&|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn job_ids_and_slurm_ports_come_from_the_launcher() {
+        let slurm = |extra: &[(&'static str, &'static str)]| {
+            let mut vars = vec![
+                ("SLURM_PROCID", "1"),
+                ("SLURM_NTASKS", "4"),
+                ("SLURM_JOB_NODELIST", "gpu[07-09]"),
+            ];
+            vars.extend_from_slice(extra);
+            from(&vars).unwrap()
+        };
+        let p = slurm(&[("SLURM_JOB_ID", "123456"), ("SLURM_STEP_ID", "0")]);
+        assert_eq!(p.job.as_deref(), Some("123456.0"));
+        // Two jobs on one first node: ports apart by their ids.
+        assert_eq!(p.coordinator, "gpu07:29956");
+        assert_eq!(
+            slurm(&[("SLURM_JOB_ID", "123457")]).coordinator,
+            "gpu07:29957"
+        );
+        let p = slurm(&[("SLURM_JOB_ID", "123456"), ("LAGGARD_PORT", "40000")]);
+        assert_eq!(p.coordinator, "gpu07:40000");
+        assert_eq!(slurm(&[]).job, None);
+        let p = slurm(&[("SLURM_JOB_ID", "123456"), ("LAGGARD_JOB_ID", "mine")]);
+        assert_eq!(p.job.as_deref(), Some("mine"));
+        let p = from(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "h"),
+            ("TORCHELASTIC_RUN_ID", "sweep 7"),
+        ])
+        .unwrap();
+        assert_eq!(p.job.as_deref(), Some("sweep_7"));
     }
 
     #[test]

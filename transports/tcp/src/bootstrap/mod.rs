@@ -58,7 +58,7 @@ pub use env::{DEFAULT_PORT, Launcher};
 use crate::descriptors;
 use crate::{TcpConfig, TcpEndpoint, TcpTransport};
 
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// How long past the deadline a process waits for the coordinator's
 /// verdict.
 const VERDICT_GRACE: Duration = Duration::from_secs(1);
@@ -95,6 +95,7 @@ pub struct Bootstrap {
     servers: usize,
     coordinator: String,
     host: Option<String>,
+    job: Option<String>,
     timeout: Duration,
     tcp: TcpConfig,
 }
@@ -111,6 +112,7 @@ impl Bootstrap {
             servers,
             coordinator: coordinator.to_owned(),
             host: None,
+            job: None,
             timeout: Duration::from_secs(60),
             tcp: TcpConfig::default(),
         }
@@ -120,12 +122,15 @@ impl Bootstrap {
     /// (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`; the rendezvous uses
     /// `MASTER_PORT + 1`, since torchrun's own store holds `MASTER_PORT`), Slurm
     /// (`SLURM_PROCID`, `SLURM_NTASKS`, the job's first node as
-    /// coordinator), Open MPI (`OMPI_COMM_WORLD_RANK`,
+    /// coordinator, on port 29500 plus `SLURM_JOB_ID` modulo 1000 unless
+    /// `LAGGARD_PORT` says), Open MPI (`OMPI_COMM_WORLD_RANK`,
     /// `OMPI_COMM_WORLD_SIZE`, with `MASTER_ADDR` or `LAGGARD_COORDINATOR`),
     /// overridden by `LAGGARD_RANK`, `LAGGARD_WORLD_SIZE`,
     /// `LAGGARD_COORDINATOR`, `LAGGARD_SERVERS` (default 1),
     /// `LAGGARD_HOST` (the address others reach this process at) and
-    /// `LAGGARD_TIMEOUT_MS`.
+    /// `LAGGARD_TIMEOUT_MS`; the job id ([`job`](Self::job)) from
+    /// `SLURM_JOB_ID` (with `SLURM_STEP_ID`), `TORCHELASTIC_RUN_ID` or
+    /// `PMIX_NAMESPACE`, overridden by `LAGGARD_JOB_ID`.
     pub fn from_env() -> Result<Self> {
         Self::from_vars(|name| std::env::var(name).ok())
     }
@@ -136,6 +141,7 @@ impl Bootstrap {
         let mut b = Bootstrap::new(p.rank, p.world, p.servers.unwrap_or(1), &p.coordinator);
         b.launcher = p.launcher;
         b.host = p.host;
+        b.job = p.job;
         if let Some(t) = p.timeout {
             b.timeout = t;
         }
@@ -152,6 +158,19 @@ impl Bootstrap {
     /// address of the route to the coordinator).
     pub fn host(mut self, host: &str) -> Self {
         self.host = Some(host.to_owned());
+        self
+    }
+
+    /// The job this process belongs to (read from the launcher by
+    /// [`from_env`](Self::from_env): `SLURM_JOB_ID`, `TORCHELASTIC_RUN_ID`,
+    /// `PMIX_NAMESPACE`, or `LAGGARD_JOB_ID` over them). A coordinator
+    /// with a job id refuses the joins of processes of another job (two
+    /// jobs given one coordinator address, as on a node two jobs share),
+    /// telling them so, and goes on with its own; without one on either
+    /// side, any join of the right shape is taken. Whitespace in `id`
+    /// becomes `_`.
+    pub fn job(mut self, id: &str) -> Self {
+        self.job = job_id(id);
         self
     }
 
@@ -242,15 +261,17 @@ impl Bootstrap {
                     ),
                 })?;
             let (world, servers, schema) = (self.world, self.servers, spec.fingerprint());
+            let job_id = self.job.clone();
             let stop = Arc::new(AtomicBool::new(false));
             let (done_tx, done_rx) = mpsc::channel();
             let stopping = stop.clone();
             let thread = std::thread::spawn(move || {
-                let rendezvous = coordinate(&listener, world, servers, schema, deadline);
+                let ours = job_id.as_deref();
+                let rendezvous = coordinate(&listener, world, servers, schema, ours, deadline);
                 let _ = done_tx.send(());
                 if let Ok(members) = rendezvous {
                     let job = (world, servers, schema);
-                    answer_late_joins(&listener, members, job, &stopping);
+                    answer_late_joins(&listener, members, job, ours, &stopping);
                 }
             });
             Some((
@@ -421,28 +442,39 @@ struct Join {
     servers: usize,
     schema: u64,
     addr: SocketAddr,
+    /// The process's job id (`-` on the wire if it has none).
+    job: Option<String>,
 }
 
 impl Join {
     fn line(&self) -> String {
         format!(
-            "laggard-join {VERSION} {} {} {} {:#x} {}\n",
-            self.rank, self.world, self.servers, self.schema, self.addr
+            "laggard-join {VERSION} {} {} {} {:#x} {} {}\n",
+            self.rank,
+            self.world,
+            self.servers,
+            self.schema,
+            self.addr,
+            self.job.as_deref().unwrap_or("-")
         )
     }
 
     fn parse(line: &str) -> std::result::Result<Join, String> {
         let f: Vec<&str> = line.split_whitespace().collect();
         let bad = || format!("not a laggard join: {:?}", line.trim());
-        if f.len() != 7 || f[0] != "laggard-join" {
+        if f.len() < 2 || f[0] != "laggard-join" {
             return Err(bad());
         }
+        // Before the fields, whose number changes with the version.
         if f[1] != VERSION.to_string() {
             return Err(format!(
                 "rendezvous version {} (this coordinator speaks {VERSION}); run one laggard \
                  version everywhere",
                 f[1]
             ));
+        }
+        if f.len() != 8 {
+            return Err(bad());
         }
         let num = |s: &str| s.parse::<usize>().map_err(|_| bad());
         Ok(Join {
@@ -451,6 +483,7 @@ impl Join {
             servers: num(f[4])?,
             schema: u64::from_str_radix(f[5].trim_start_matches("0x"), 16).map_err(|_| bad())?,
             addr: f[6].parse().map_err(|_| bad())?,
+            job: Some(f[7]).filter(|&j| j != "-").map(str::to_owned),
         })
     }
 }
@@ -498,6 +531,7 @@ fn rendezvous(
         servers: boot.servers,
         schema,
         addr,
+        job: boot.job.clone(),
     };
     (&stream).write_all(join.line().as_bytes()).map_err(io)?;
     let mut members = Vec::new();
@@ -637,6 +671,7 @@ fn answer_late_joins(
     listener: &TcpListener,
     mut members: Vec<Member>,
     (world, servers, schema): (usize, usize, u64),
+    job: Option<&str>,
     stop: &AtomicBool,
 ) {
     let mut arrivals = Arrivals::new(world);
@@ -649,21 +684,23 @@ fn answer_late_joins(
         };
         let answer = match read {
             Err(e) => format!("error {e}\n"),
-            Ok(join) => match check_join(&join, world, servers, schema) {
-                Some(problem) => format!("error {problem}\n"),
-                None => match members.iter_mut().find(|m| m.rank == join.rank) {
-                    Some(m) if matches!(m.role, Role::Worker(_)) && join.rank != 0 => {
-                        m.addr = join.addr;
-                        map_lines(&members)
-                    }
-                    _ => format!(
-                        "error rank {} joined after the job started; only a worker's rank can \
+            Ok(join) => {
+                match other_job(&join, job).or_else(|| check_join(&join, world, servers, schema)) {
+                    Some(problem) => format!("error {problem}\n"),
+                    None => match members.iter_mut().find(|m| m.rank == join.rank) {
+                        Some(m) if matches!(m.role, Role::Worker(_)) && join.rank != 0 => {
+                            m.addr = join.addr;
+                            map_lines(&members)
+                        }
+                        _ => format!(
+                            "error rank {} joined after the job started; only a worker's rank can \
                          be taken over by a new process (a server shard's table lives nowhere \
                          else: restart the job, from a checkpoint)\n",
-                        join.rank
-                    ),
-                },
-            },
+                            join.rank
+                        ),
+                    },
+                }
+            }
         };
         let _ = (&stream).write_all(answer.as_bytes());
     }
@@ -797,6 +834,30 @@ impl Arrivals {
     }
 }
 
+/// Why `join` comes from another job than `ours`, if both have an id and
+/// they differ.
+fn other_job(join: &Join, ours: Option<&str>) -> Option<String> {
+    match (join.job.as_deref(), ours) {
+        (Some(theirs), Some(ours)) if theirs != ours => Some(format!(
+            "this coordinator serves job {ours}, not job {theirs}: two jobs were given one \
+             coordinator address (on a node they share, say); give each its own port \
+             (LAGGARD_PORT, MASTER_PORT or LAGGARD_COORDINATOR)"
+        )),
+        _ => None,
+    }
+}
+
+/// A job id as it goes on the wire: whitespace made `_`; `None` if empty
+/// (or `-`, which means none there).
+fn job_id(id: &str) -> Option<String> {
+    let id: String = id
+        .trim()
+        .chars()
+        .map(|c| if c.is_whitespace() { '_' } else { c })
+        .collect();
+    (!id.is_empty() && id != "-").then_some(id)
+}
+
 /// Why `join` does not belong to this job, if it does not.
 fn check_join(join: &Join, world: usize, servers: usize, schema: u64) -> Option<String> {
     if join.world != world {
@@ -844,6 +905,7 @@ fn coordinate(
     world: usize,
     servers: usize,
     schema: u64,
+    job: Option<&str>,
     deadline: Instant,
 ) -> std::result::Result<Vec<Member>, String> {
     let mut joined: Vec<Option<(TcpStream, Join)>> = (0..world).map(|_| None).collect();
@@ -884,6 +946,11 @@ fn coordinate(
                 continue;
             }
         };
+        // Another job's process is told so and dropped; this job goes on.
+        if let Some(why) = other_job(&join, job) {
+            let _ = (&stream).write_all(format!("error {why}\n").as_bytes());
+            continue;
+        }
         let problem = check_join(&join, world, servers, schema).or_else(|| {
             joined[join.rank].as_ref().map(|(_, first)| {
                 format!(
@@ -959,7 +1026,28 @@ mod tests {
             servers: 2,
             schema: 7,
             addr: SocketAddr::from((ip, 1000 + rank as u16)),
+            job: None,
         }
+    }
+
+    #[test]
+    fn job_ids_go_on_the_wire_and_only_two_known_different_ones_clash() {
+        let mut j = join(2, [10, 0, 0, 9]);
+        assert_eq!(Join::parse(&j.line()).unwrap().job, None);
+        j.job = job_id(" 1234.0 ");
+        assert_eq!(
+            Join::parse(&j.line()).unwrap().job.as_deref(),
+            Some("1234.0")
+        );
+        assert_eq!(job_id("run id\t7").as_deref(), Some("run_id_7"));
+        assert_eq!(job_id(" "), None);
+        assert_eq!(job_id("-"), None);
+        assert!(other_job(&j, Some("1234.0")).is_none());
+        assert!(other_job(&j, None).is_none());
+        let why = other_job(&j, Some("99")).unwrap();
+        assert!(why.contains("serves job 99, not job 1234.0"), "{why}");
+        j.job = None;
+        assert!(other_job(&j, Some("99")).is_none());
     }
 
     #[test]
