@@ -59,6 +59,9 @@ use crate::descriptors;
 use crate::{TcpConfig, TcpEndpoint, TcpTransport};
 
 const VERSION: u32 = 2;
+/// The longest job id a join carries, in characters: launchers' ids are
+/// far shorter, and a join line must fit in [`MAX_JOIN_LINE`].
+const JOB_ID_MAX: usize = 128;
 /// How long past the deadline a process waits for the coordinator's
 /// verdict.
 const VERDICT_GRACE: Duration = Duration::from_secs(1);
@@ -168,7 +171,7 @@ impl Bootstrap {
     /// jobs given one coordinator address, as on a node two jobs share),
     /// telling them so, and goes on with its own; without one on either
     /// side, any join of the right shape is taken. Whitespace in `id`
-    /// becomes `_`.
+    /// becomes `_`, and only its first 128 characters count.
     pub fn job(mut self, id: &str) -> Self {
         self.job = job_id(id);
         self
@@ -847,12 +850,14 @@ fn other_job(join: &Join, ours: Option<&str>) -> Option<String> {
     }
 }
 
-/// A job id as it goes on the wire: whitespace made `_`; `None` if empty
-/// (or `-`, which means none there).
+/// A job id as it goes on the wire: whitespace made `_`, at most
+/// [`JOB_ID_MAX`] characters (a join line is bounded); `None` if empty (or
+/// `-`, which means none there).
 fn job_id(id: &str) -> Option<String> {
     let id: String = id
         .trim()
         .chars()
+        .take(JOB_ID_MAX)
         .map(|c| if c.is_whitespace() { '_' } else { c })
         .collect();
     (!id.is_empty() && id != "-").then_some(id)
@@ -1041,6 +1046,7 @@ mod tests {
         );
         assert_eq!(job_id("run id\t7").as_deref(), Some("run_id_7"));
         assert_eq!(job_id(" "), None);
+        assert_eq!(job_id(&"x".repeat(1000)).map(|j| j.len()), Some(JOB_ID_MAX));
         assert_eq!(job_id("-"), None);
         assert!(other_job(&j, Some("1234.0")).is_none());
         assert!(other_job(&j, None).is_none());
