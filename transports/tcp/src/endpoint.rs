@@ -549,6 +549,8 @@ pub struct TcpEndpoint {
     transport: TcpTransport,
     shared: Arc<Shared>,
     local: SocketAddr,
+    /// The listening socket, which the acceptor blocks on.
+    listener: Arc<TcpListener>,
     acceptor: Option<JoinHandle<()>>,
     keeper: Option<JoinHandle<()>>,
 }
@@ -589,15 +591,17 @@ impl TcpEndpoint {
             next_id: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         });
+        let listener = Arc::new(listener);
         let mut ep = TcpEndpoint {
             transport: transport.clone(),
             shared: shared.clone(),
             local,
+            listener: listener.clone(),
             acceptor: None,
             keeper: None,
         };
         let (s, t) = (shared.clone(), transport.clone());
-        ep.acceptor = Some(transport.spawn("acceptor", move || accept_loop(&t, &s, listener))?);
+        ep.acceptor = Some(transport.spawn("acceptor", move || accept_loop(&t, &s, &listener))?);
         let s = shared;
         ep.keeper = Some(transport.spawn("keeper", move || keeper_loop(&s))?);
         Ok(ep)
@@ -803,15 +807,19 @@ impl Drop for TcpEndpoint {
         let shared = &self.shared;
         // Release: pairs with the Acquire load in `Shared::stopping`.
         shared.stopping.store(true, Ordering::Release);
-        // Wake the acceptor with a connection of our own.
-        let mut wake = self.local;
-        if wake.ip().is_unspecified() {
-            wake.set_ip(match wake {
-                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-            });
+        // Wake the acceptor: shutting a listening socket down makes a
+        // blocked `accept` return (on Linux). Failing that, with a
+        // connection of our own, which needs a spare file descriptor.
+        if rustix::net::shutdown(&*self.listener, rustix::net::Shutdown::Read).is_err() {
+            let mut wake = self.local;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(match wake {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
         if let Some(h) = self.acceptor.take() {
             let _ = h.join();
         }
@@ -981,7 +989,7 @@ fn greet(
     }
 }
 
-fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: TcpListener) {
+fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: &TcpListener) {
     // One descriptor held in reserve: when the process has none left, it
     // is given up for a moment to accept a connection and tell the peer
     // why it cannot be served, rather than leave the peer waiting in the

@@ -66,6 +66,13 @@ fn child_process() {
             while !done.is_finished() {
                 let _ = ep.recv(Instant::now() + Duration::from_millis(20));
             }
+            // Dropped with no descriptor to spare: it must still end (its
+            // acceptor used to be woken with a connection of its own).
+            let mut hog = Vec::new();
+            while let Ok(file) = std::fs::File::open("/dev/null") {
+                hog.push(file);
+            }
+            drop(ep);
         }
         "coordinator" => {
             let coord = std::env::var("LAGGARD_COORDINATOR").unwrap();
@@ -138,7 +145,22 @@ fn connections_past_the_descriptor_limit_are_refused_with_the_reason() {
         endpoints.push(ep);
     }
     drop(child.stdin.take());
-    let _ = child.wait();
+    let ended = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() >= ended {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the child's endpoint, dropped with no descriptor to spare, did not end: {status:?}"
+    );
     // One descriptor per connection: all but a few of the spare ones
     // (the endpoint's own listener, wake-up pair and reserve) serve one.
     assert!(
