@@ -334,13 +334,12 @@ fn a_killed_worker_rank_is_taken_over_by_a_new_process() {
     );
 }
 
-#[test]
-fn laggard_launch_starts_a_failed_worker_rank_again() {
-    // The launcher starts this test binary for every rank (as
-    // `child_process`, in mode crash-once); rank 3, worker 2, exits at
-    // clock 20 the first time.
+/// Runs `laggard-launch` with `args` (and a 120 s timeout) over this test
+/// binary as `child_process` in `mode`, for `clocks` clocks; returns its
+/// output, and its stdout and stderr as text.
+fn launch(args: &[&str], mode: &str, clocks: u64) -> (std::process::Output, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_laggard-launch"))
-        .args(["--servers", "1", "--workers", "3", "--restarts", "1"])
+        .args(args)
         .args(["--timeout-s", "120", "--"])
         .arg(std::env::current_exe().unwrap())
         .args([
@@ -349,13 +348,26 @@ fn laggard_launch_starts_a_failed_worker_rank_again() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD, "crash-once")
-        .env("TEST_CLOCKS", "100")
+        .env(CHILD, mode)
+        .env("TEST_CLOCKS", clocks.to_string())
         .env("LAGGARD_TIMEOUT_MS", "30000")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stdout, stderr)
+}
+
+#[test]
+fn laggard_launch_starts_a_failed_worker_rank_again() {
+    // The launcher starts this test binary for every rank (as
+    // `child_process`, in mode crash-once); rank 3, worker 2, exits at
+    // clock 20 the first time.
+    let (out, stdout, stderr) = launch(
+        &["--servers", "1", "--workers", "3", "--restarts", "1"],
+        "crash-once",
+        100,
+    );
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(
         stderr.contains("rank 3 exited with code 3; starting it again (1 of 1)"),
@@ -370,30 +382,7 @@ fn laggard_launch_starts_a_failed_worker_rank_again() {
 fn laggard_launch_stops_the_job_once_a_server_rank_failed() {
     // The workers would wait for the server until their deadline (30 s);
     // the launcher stops them instead, and says why.
-    let out = Command::new(env!("CARGO_BIN_EXE_laggard-launch"))
-        .args([
-            "--servers",
-            "1",
-            "--workers",
-            "2",
-            "--timeout-s",
-            "120",
-            "--",
-        ])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, "server-fails")
-        .env("TEST_CLOCKS", "10")
-        .env("LAGGARD_TIMEOUT_MS", "30000")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, stdout, stderr) = launch(&["--servers", "1", "--workers", "2"], "server-fails", 10);
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
         stdout.contains("shard 0: failing before it serves"),
