@@ -14,12 +14,14 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::child::{CHILD, as_child};
 use laggard::transport::{Endpoint, Transport};
 use laggard::{ClusterSpec, Error, TableSpec};
 use laggard_tcp::{Bootstrap, TcpTransport};
 use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
 
-const CHILD: &str = "LAGGARD_TEST_CHILD";
 /// Descriptors the child may open beyond those it has at its start.
 const SPARE: u64 = 12;
 
@@ -90,14 +92,8 @@ fn child_process() {
 
 /// Starts this test binary as a child in `mode`.
 fn child(mode: &str, coordinator: &str) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, mode)
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    as_child(&mut cmd, mode)
         .env("LAGGARD_COORDINATOR", coordinator)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

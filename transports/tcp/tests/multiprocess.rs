@@ -9,10 +9,12 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::child::{CHILD, as_child};
 use laggard::{ClusterSpec, Consistency, Sum, TableSpec, WorkerStatus};
 use laggard_tcp::{Bootstrap, Role};
 
-const CHILD: &str = "LAGGARD_TEST_CHILD";
 const KEYS: u64 = 8;
 
 fn spec(boot: &Bootstrap, consistency: Consistency, dead_after: Duration) -> ClusterSpec {
@@ -152,21 +154,15 @@ fn start(
         }
         None => Command::new(&exe),
     };
-    cmd.args([
-        "child_process",
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD, mode)
-    .env("TEST_CLOCKS", clocks.to_string())
-    .env("LAGGARD_RANK", rank.to_string())
-    .env("LAGGARD_WORLD_SIZE", world.to_string())
-    .env("LAGGARD_SERVERS", servers.to_string())
-    .env("LAGGARD_COORDINATOR", coordinator)
-    .env("LAGGARD_TIMEOUT_MS", "30000")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
+    as_child(&mut cmd, mode)
+        .env("TEST_CLOCKS", clocks.to_string())
+        .env("LAGGARD_RANK", rank.to_string())
+        .env("LAGGARD_WORLD_SIZE", world.to_string())
+        .env("LAGGARD_SERVERS", servers.to_string())
+        .env("LAGGARD_COORDINATOR", coordinator)
+        .env("LAGGARD_TIMEOUT_MS", "30000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     if let Some((_, host)) = ns {
         cmd.env("LAGGARD_HOST", host);
     }
@@ -338,17 +334,11 @@ fn a_killed_worker_rank_is_taken_over_by_a_new_process() {
 /// binary as `child_process` in `mode`, for `clocks` clocks; returns its
 /// output, and its stdout and stderr as text.
 fn launch(args: &[&str], mode: &str, clocks: u64) -> (std::process::Output, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_laggard-launch"))
-        .args(args)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_laggard-launch"));
+    cmd.args(args)
         .args(["--timeout-s", "120", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD, mode)
+        .arg(std::env::current_exe().unwrap());
+    let out = as_child(&mut cmd, mode)
         .env("TEST_CLOCKS", clocks.to_string())
         .env("LAGGARD_TIMEOUT_MS", "30000")
         .output()

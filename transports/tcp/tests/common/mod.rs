@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
