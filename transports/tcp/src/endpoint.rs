@@ -1031,8 +1031,9 @@ fn accept_loop(transport: &TcpTransport, shared: &Arc<Shared>, listener: &TcpLis
 
 /// Answers a connection this process has no descriptor to serve with a
 /// refusal that says so (`failed`: the error that said so), then closes
-/// it. The peer's hello is read first, so that closing with it unread
-/// does not reset the connection before the peer reads why.
+/// it. What the peer sent (its hello) is read until the peer hangs up, at
+/// most [`REFUSE_WAIT`] in all, so that closing with it unread does not
+/// reset the connection before the peer reads why.
 fn refuse_for_descriptors(stream: &TcpStream, name: &str, failed: &io::Error) {
     let why = format!(
         "endpoint {name:?} cannot take another connection: its process has no file \
