@@ -222,7 +222,7 @@ impl Flow {
     }
 }
 
-/// What [`Inbox::pop`] found.
+/// What [`Inbox::try_pop`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pop<T> {
     /// The oldest item.
