@@ -44,6 +44,7 @@
 //! # Ok::<(), laggard::Error>(())
 //! ```
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod bootstrap;

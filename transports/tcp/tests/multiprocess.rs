@@ -42,6 +42,15 @@ fn child_process() {
     let Ok(mode) = std::env::var(CHILD) else {
         return; // a normal test run: nothing to do
     };
+    if mode == "sleeps" {
+        // Says it started (its pid, in a file of its own) and sleeps,
+        // printing nothing: a rank busy computing.
+        let dir = std::env::var("TEST_PIDS").unwrap();
+        let pid = std::process::id();
+        std::fs::write(format!("{dir}/{pid}"), b"").unwrap();
+        std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
     let clocks: u64 = std::env::var("TEST_CLOCKS").unwrap().parse().unwrap();
     let boot = Bootstrap::from_env().unwrap();
     let (consistency, dead_after) = match mode.as_str() {
@@ -387,6 +396,65 @@ fn laggard_launch_stops_the_job_once_a_server_rank_failed() {
             "{stderr}"
         );
     }
+}
+
+/// Whether process `pid` has ended (gone, or a zombie no one reaped yet).
+fn ended(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+        Err(_) => true,
+    }
+}
+
+#[test]
+fn laggard_launch_takes_its_ranks_with_it_when_it_is_killed() {
+    // A scheduler or `timeout` stops a job by signalling the launcher it
+    // started. Its ranks used to live on, orphans training without it
+    // (or holding a port and /dev/shm) until they next printed.
+    let pids = std::env::temp_dir().join(format!("laggard-launch-pids-{}", std::process::id()));
+    std::fs::create_dir_all(&pids).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_laggard-launch"));
+    cmd.args(["--servers", "1", "--workers", "2", "--"])
+        .arg(std::env::current_exe().unwrap());
+    let mut launcher = as_child(&mut cmd, "sleeps")
+        .env("TEST_PIDS", &pids)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ranks = |dir: &std::path::Path| -> Vec<u32> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ranks(&pids).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = ranks(&pids);
+    let terminate = rustix::process::Pid::from_raw(launcher.id() as i32).unwrap();
+    rustix::process::kill_process(terminate, rustix::process::Signal::TERM).unwrap();
+    launcher.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !started.iter().all(|&p| ended(p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let orphans: Vec<u32> = started.iter().copied().filter(|&p| !ended(p)).collect();
+    for &p in &orphans {
+        if let Some(pid) = rustix::process::Pid::from_raw(p as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    std::fs::remove_dir_all(&pids).unwrap();
+    assert_eq!(started.len(), 3, "the launcher started {started:?}");
+    assert!(
+        orphans.is_empty(),
+        "ranks {orphans:?} outlived their launcher"
+    );
 }
 
 #[test]

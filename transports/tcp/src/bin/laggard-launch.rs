@@ -20,6 +20,9 @@
 //! process fails, the job cannot finish: the others get a moment to exit
 //! by themselves (a shard that stops tells its workers why), and those
 //! still running are then stopped rather than left to wait for it.
+//!
+//! The ranks do not outlive the launcher: if it is killed (by a scheduler,
+//! `timeout` or `kill`, with any signal), each rank gets SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -97,6 +100,40 @@ fn forward(
     })
 }
 
+/// Makes the process `command` starts get SIGTERM once the launcher has
+/// died, however it died: a rank left running would go on training (or
+/// waiting, holding its port and shared memory) with no one to collect its
+/// output or stop it.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_launcher(command: &mut Command) {
+    use rustix::process::{Signal, getpid, getppid, set_parent_process_death_signal};
+    use std::os::unix::process::CommandExt;
+    let launcher = getpid();
+    let in_child = move || -> std::io::Result<()> {
+        set_parent_process_death_signal(Some(Signal::TERM))?;
+        // The launcher may have died between the fork and the line above;
+        // then no signal will come, so do not start the program at all.
+        if getppid() != Some(launcher) {
+            return Err(rustix::io::Errno::SRCH.into());
+        }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` runs `in_child` in the forked child, before exec,
+    // where only async-signal-safe work is sound. It makes two system
+    // calls (`prctl`, `getppid`) through rustix, which neither allocates
+    // nor takes locks, and builds its error from a raw errno (no
+    // allocation either).
+    unsafe {
+        command.pre_exec(in_child);
+    }
+}
+
+/// Elsewhere there is no parent-death signal: the ranks may outlive a
+/// killed launcher.
+#[cfg(not(target_os = "linux"))]
+fn die_with_launcher(_command: &mut Command) {}
+
 fn describe(status: ExitStatus) -> String {
     #[cfg(unix)]
     {
@@ -133,7 +170,8 @@ fn main() {
     let coordinator = format!("127.0.0.1:{port}");
     let forwarders = std::cell::RefCell::new(Vec::new());
     let start = |rank: usize, restart: u64| -> std::io::Result<Child> {
-        let mut child = Command::new(&args.program[0])
+        let mut command = Command::new(&args.program[0]);
+        command
             .args(&args.program[1..])
             .env("LAGGARD_RANK", rank.to_string())
             .env("LAGGARD_WORLD_SIZE", world.to_string())
@@ -141,8 +179,9 @@ fn main() {
             .env("LAGGARD_SERVERS", args.servers.to_string())
             .env("LAGGARD_RESTART", restart.to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        die_with_launcher(&mut command);
+        let mut child = command.spawn()?;
         if let Some(out) = child.stdout.take() {
             forwarders.borrow_mut().push(forward(rank, out, false));
         }
