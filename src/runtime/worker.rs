@@ -1,6 +1,7 @@
 //! A worker: the client state machine driven over an endpoint, with typed
 //! push, pull and clock calls.
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
@@ -188,6 +189,9 @@ pub struct Worker<E: Endpoint> {
     /// may copy every frame out of its own memory, so taking one could
     /// copy it twice.
     takes_frames: bool,
+    /// Events `last_words` received while looking for a dropped
+    /// connection's last frames, for `pump` to handle first.
+    deferred: VecDeque<Event<E::Frame>>,
 }
 
 /// Copies the whole elements of `bytes` (a row's first bytes, as far as
@@ -336,6 +340,7 @@ impl<E: Endpoint> Worker<E> {
             left: false,
             frame_spare: Vec::new(),
             takes_frames,
+            deferred: VecDeque::new(),
         }
     }
 
@@ -965,6 +970,9 @@ impl<E: Endpoint> Worker<E> {
     /// later call (`reconnect_pending`); in the second it is failed for
     /// good.
     fn reconnect(&mut self, shard: usize, cause: Error, deadline: Instant) -> Result<()> {
+        if let Some(e) = self.last_words(shard)? {
+            return Err(self.fail(shard, e));
+        }
         let since = *self.lost_since[shard].get_or_insert_with(Instant::now);
         let dead_at = since + self.spec.dead_after;
         if deadline >= dead_at {
@@ -976,6 +984,9 @@ impl<E: Endpoint> Worker<E> {
 
     /// Reconnects to `shard` by `deadline`, or fails it for good.
     fn reconnect_by(&mut self, shard: usize, cause: Error, deadline: Instant) -> Result<()> {
+        if let Some(e) = self.last_words(shard)? {
+            return Err(self.fail(shard, e));
+        }
         let since = *self.lost_since[shard].get_or_insert_with(Instant::now);
         match self.try_reconnect(shard, cause, deadline) {
             Ok(()) => {
@@ -994,6 +1005,37 @@ impl<E: Endpoint> Worker<E> {
                 Err(self.fail(shard, e))
             }
         }
+    }
+
+    /// Reads what already arrived on the dropped connection to `shard`
+    /// before it is given up: the error of a [`Fault`](Message::Fault)
+    /// there, if any. A shard that stopped says why in its last frame, and
+    /// a worker that was busy (computing) when it came may find the
+    /// connection closed by the time it sends again; the reason, not the
+    /// drop, is what its caller should hear. Other connections' events
+    /// wait in `deferred` for `pump`; the dropped connection's other
+    /// frames are dropped with it, as before (what they answered is
+    /// resent after a reconnect).
+    fn last_words(&mut self, shard: usize) -> Result<Option<Error>> {
+        let old = self.peers[shard];
+        if !self.shard_of.contains_key(&old) {
+            return Ok(None); // given up already
+        }
+        // A deadline that has passed: only what already arrived.
+        while let Some(event) = self.ep.recv(Instant::now())? {
+            match event {
+                Event::Frame(peer, frame) if peer == old => {
+                    if let Ok(fault @ Message::Fault(_)) = decode(&frame, self.spec.max_payload) {
+                        if let Err(e) = self.core.on_message(shard, fault) {
+                            return Ok(Some(e));
+                        }
+                    }
+                }
+                Event::Disconnected(peer) if peer == old => break,
+                other => self.deferred.push_back(other),
+            }
+        }
+        Ok(None)
     }
 
     /// Tries to connect to `shard` again and say hello, until `deadline`;
@@ -1077,8 +1119,12 @@ impl<E: Endpoint> Worker<E> {
                 let _ = self.reconnect(shard, cause, deadline);
             }
         }
-        let Some(event) = self.ep.recv(deadline)? else {
-            return Ok(false);
+        let event = match self.deferred.pop_front() {
+            Some(event) => event,
+            None => match self.ep.recv(deadline)? {
+                Some(event) => event,
+                None => return Ok(false),
+            },
         };
         match event {
             Event::Frame(peer, _) | Event::Disconnected(peer) if self.stale.contains(&peer) => {}

@@ -23,9 +23,11 @@
 
 mod kept_session;
 mod stash_session;
+mod stopped_session;
 
 pub use kept_session::{KEPT_CLOCKS, KEPT_KEYS, KEPT_ROW_WIDTH, pulled_rows_read_right_when_kept};
 pub use stash_session::{STASH_CLOCKS, STASH_KEYS, STASH_ROW_WIDTH, stashed_pushes_sum_exactly};
+pub use stopped_session::{STOPPED_REASON, a_busy_worker_hears_why_its_shard_stopped};
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -78,3 +78,8 @@ fn recv_returns_at_its_deadline() {
 fn clean_shutdown_leaks_nothing() {
     laggard_conformance::clean_shutdown_leaks_nothing(&InProc);
 }
+
+#[test]
+fn a_busy_worker_hears_why_its_shard_stopped() {
+    laggard_conformance::a_busy_worker_hears_why_its_shard_stopped(&InProcess::new());
+}

@@ -102,3 +102,10 @@ fn recv_returns_at_its_deadline() {
 fn clean_shutdown_leaks_nothing() {
     laggard_conformance::clean_shutdown_leaks_nothing(&Rdma);
 }
+
+#[test]
+fn a_busy_worker_hears_why_its_shard_stopped() {
+    let net = Rdma.transport();
+    laggard_conformance::a_busy_worker_hears_why_its_shard_stopped(&net);
+    assert_eq!(net.leaks(), Vec::<String>::new());
+}

@@ -90,3 +90,10 @@ fn recv_returns_at_its_deadline() {
 fn clean_shutdown_leaks_nothing() {
     laggard_conformance::clean_shutdown_leaks_nothing(&Shm);
 }
+
+#[test]
+fn a_busy_worker_hears_why_its_shard_stopped() {
+    let net = Shm.transport();
+    laggard_conformance::a_busy_worker_hears_why_its_shard_stopped(&net);
+    assert_eq!(Shm.leaks(&net), Vec::<String>::new());
+}

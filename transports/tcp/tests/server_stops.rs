@@ -1,7 +1,9 @@
 //! A server shard that stops on an error of its own (here its clock hook,
 //! as a checkpoint that finds the disk full) tells its workers why over
 //! TCP: each fails with that reason, rather than taking the closed
-//! connection for a network fault and reconnecting until `dead_after`.
+//! connection for a network fault and reconnecting until `dead_after`;
+//! also a worker that was busy when the shard stopped and finds its
+//! connection closed.
 
 use std::time::Duration;
 
@@ -73,4 +75,12 @@ fn a_shard_whose_clock_hook_fails_tells_its_workers_why() {
     // The other shard saw both workers go without leaving; it ends once
     // it declared them dead, which this test does not wait for.
     drop(ended);
+}
+
+#[test]
+fn a_worker_busy_while_its_shard_stopped_hears_why_afterwards() {
+    // It used to find the connection closed on its next send, drop the
+    // shard's last frame unread and reconnect to nothing until its pull
+    // timed out ("server shards to answer a pull").
+    laggard_conformance::a_busy_worker_hears_why_its_shard_stopped(&TcpTransport::new());
 }
