@@ -3,7 +3,8 @@
 //! at once with that reason, instead of taking the closed connection for a
 //! network fault, reconnecting until its deadline and reporting a timeout
 //! that does not say the shard is gone. The cluster then stops its other
-//! shards and passes the panic on.
+//! shards and passes the panic on. A shard serving until its workers are
+//! done that no worker ever reaches stops too.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use laggard::proto::{
     FaultCode, Hello, Keys, Message, Output, Reply, Role, ServerConfig, ServerCore, ShardTables,
 };
-use laggard::transport::PeerId;
+use laggard::transport::{PeerId, Transport};
 use laggard::{
     Cluster, ClusterSpec, Consistency, Error, RowMut, Server, TableSpec, Update, transport,
 };
@@ -230,4 +231,29 @@ fn a_failing_shard_tells_every_peer_and_leaves_the_closing_to_them() {
     }
     core.on_disconnect(PeerId(5), now);
     assert!(!core.has_peers());
+}
+
+#[test]
+fn a_shard_serving_until_its_workers_are_done_stops_if_none_ever_comes() {
+    // Worker processes that all fail before connecting (a missing data
+    // file, say) used to leave their server process waiting for ever.
+    let spec = spec().timeout(Duration::from_millis(500));
+    let net = transport::InProcess::new();
+    let server = Server::new(net.bind(&spec.server_name(0)).unwrap(), &spec, 0).unwrap();
+    let serving = std::thread::spawn(move || server.run_until_workers_done());
+    let give_up = Instant::now() + Duration::from_secs(60);
+    while !serving.is_finished() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(serving.is_finished(), "the shard still waits for a worker");
+    match serving.join().unwrap() {
+        Err(Error::NoResponse { what, .. }) => assert!(
+            what.starts_with(
+                "any of its 2 workers to connect to server shard 0 (none did: workers 0-1 are \
+                 behind)"
+            ),
+            "{what}"
+        ),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
 }

@@ -277,6 +277,11 @@ impl ServerCore {
         !self.roles.is_empty()
     }
 
+    /// Whether any worker has said hello to this shard yet.
+    pub fn any_worker_joined(&self) -> bool {
+        self.session_of.iter().any(Option::is_some)
+    }
+
     /// True once every worker has left or been declared dead: nobody can
     /// push or pull any more.
     pub fn workers_done(&self) -> bool {

@@ -287,6 +287,12 @@ impl<E: Endpoint> Server<E> {
     /// or been declared dead (nobody can push or pull any more): what the
     /// server process of a multi-process cluster runs. The report says
     /// how each worker ended.
+    ///
+    /// Fails with [`Error::NoResponse`] if no worker has connected within
+    /// the spec's [`timeout`](ClusterSpec::timeout) of the start: worker
+    /// processes that all failed before connecting would otherwise leave
+    /// it waiting for ever. (Once one has connected, the others may take
+    /// their time; only a worker seen to go is declared dead.)
     pub fn run_until_workers_done(self) -> Result<ServerReport> {
         self.serve(true)
     }
@@ -330,6 +336,9 @@ impl<E: Endpoint> Server<E> {
 
     fn serve_rounds(&mut self, until_done: bool) -> Result<ServerReport> {
         let finished = |core: &ServerCore| core.is_stopped() || (until_done && core.workers_done());
+        let started = Instant::now();
+        // Serving until the workers are done: by when the first must come.
+        let mut first_by = until_done.then_some(started + self.send_timeout);
         while !finished(&self.core) {
             let now = Instant::now();
             let wake = self
@@ -359,11 +368,37 @@ impl<E: Endpoint> Server<E> {
             self.core.poll(now, &mut self.out);
             self.deliver(now);
             self.clock_hook()?;
+            if let Some(by) = first_by {
+                if self.core.any_worker_joined() {
+                    first_by = None;
+                } else if now >= by {
+                    return Err(self.no_worker_came(started));
+                }
+            }
         }
         Ok(ServerReport {
             stats: self.core.stats(),
             clocks: self.core.clocks().clone(),
         })
+    }
+
+    /// Serving until the workers are done, none came within the timeout.
+    fn no_worker_came(&self, started: Instant) -> Error {
+        let workers = self.spec.workers;
+        let which = if workers == 1 {
+            "worker 0 is behind".to_string()
+        } else {
+            format!("workers 0-{} are behind", workers - 1)
+        };
+        Error::NoResponse {
+            what: format!(
+                "any of its {workers} workers to connect to server shard {} (none did: \
+                 {which}). A worker process that failed before connecting never will; \
+                 if they need longer to start, raise ClusterSpec::timeout",
+                self.shard
+            ),
+            waited: started.elapsed(),
+        }
     }
 
     /// After [`ServerCore::fail`]: waits until every peer, told why the
