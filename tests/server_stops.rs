@@ -4,7 +4,8 @@
 //! network fault, reconnecting until its deadline and reporting a timeout
 //! that does not say the shard is gone. The cluster then stops its other
 //! shards and passes the panic on. A shard serving until its workers are
-//! done that no worker ever reaches stops too.
+//! done that no worker ever reaches stops too, and a worker still active
+//! when its cluster is shut down hears that.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -255,5 +256,35 @@ fn a_shard_serving_until_its_workers_are_done_stops_if_none_ever_comes() {
             "{what}"
         ),
         other => panic!("expected a timeout, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_worker_still_active_when_its_cluster_shuts_down_hears_why() {
+    // It used to take the closed connections for a network fault and
+    // retry them until its timeout: "server shards to answer a pull".
+    let cluster = Cluster::start(spec()).unwrap();
+    let mut worker = cluster.worker(0).unwrap();
+    let table = worker.table::<f32>("w").unwrap();
+    worker.push(&table, &[1, 5], &[1.0; 8]).unwrap();
+    worker.clock().unwrap();
+    let stats = cluster.shutdown().unwrap();
+    assert_eq!(stats.iter().map(|s| s.pushes).sum::<u64>(), 2);
+    let mut rows = [0f32; 8];
+    let why = "the shard was shut down by its controller while this worker was still active";
+    let pulled = worker.pull(&table, &[1, 5], &mut rows);
+    let left = worker.leave().map(drop);
+    for run in [pulled, left] {
+        match run {
+            // Whichever shard's report the worker reads first.
+            Err(Error::Remote { peer, message }) => {
+                assert!(
+                    peer == "server shard 0" || peer == "server shard 1",
+                    "{peer}"
+                );
+                assert_eq!(message, why);
+            }
+            other => panic!("expected a shard's report, got {other:?}"),
+        }
     }
 }

@@ -490,12 +490,31 @@ impl ServerCore {
             }
             (Some(Role::Controller), Message::Shutdown) => {
                 self.stopped = true;
-                for p in std::mem::take(&mut self.parked) {
+                self.parked.clear();
+                // Every worker still active is told, parked or not: one
+                // that calls again after the shard is gone then fails with
+                // this reason rather than retrying a closed connection
+                // until its timeout. (A worker that left is done.)
+                let mut active: Vec<PeerId> = self
+                    .roles
+                    .iter()
+                    .filter_map(|(&p, role)| match role {
+                        Role::Worker(w) => {
+                            let status = self.clocks.get(WorkerId(*w)).map(|(_, s)| s);
+                            (status == Some(WorkerStatus::Active)).then_some(p)
+                        }
+                        Role::Controller => None,
+                    })
+                    .collect();
+                active.sort_unstable();
+                for peer in active {
                     out.push(Output::Send(
-                        p.peer,
+                        peer,
                         Reply::Fault(
                             FaultCode::ShuttingDown,
-                            "the server is shutting down".into(),
+                            "the shard was shut down by its controller while this worker was \
+                             still active"
+                                .into(),
                         ),
                     ));
                 }

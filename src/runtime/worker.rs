@@ -709,9 +709,12 @@ impl<E: Endpoint> Worker<E> {
                 // the others would come too late to matter.
                 self.check_ok()?;
                 if !self.pump(deadline + SERVER_GRACE)? {
+                    let rows = match ticket.keys.len() {
+                        1 => "1 row".to_string(),
+                        n => format!("{n} rows"),
+                    };
                     let what = format!(
-                        "server shards to answer a pull of {} rows (worker {} at clock {})",
-                        ticket.keys.len(),
+                        "server shards to answer a pull of {rows} (worker {} at clock {})",
                         self.core.worker(),
                         self.core.clock()
                     );
