@@ -5,7 +5,7 @@
 //! `LAGGARD_TEST_CHILD` set and filtered to `child_process`, which then
 //! plays its part instead of testing.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -49,6 +49,17 @@ fn child_process() {
         let pid = std::process::id();
         std::fs::write(format!("{dir}/{pid}"), b"").unwrap();
         std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
+    if mode == "prints-latin1" {
+        // A line that is not UTF-8 (a Latin-1 é), then more lines for a
+        // while: a launcher that stopped reading would break the pipe.
+        let mut out = std::io::stdout();
+        out.write_all(b"\ncaf\xe9\n").unwrap();
+        for i in 0..100 {
+            writeln!(out, "line {i} after it").unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
         return;
     }
     let clocks: u64 = std::env::var("TEST_CLOCKS").unwrap().parse().unwrap();
@@ -455,6 +466,24 @@ fn laggard_launch_takes_its_ranks_with_it_when_it_is_killed() {
         orphans.is_empty(),
         "ranks {orphans:?} outlived their launcher"
     );
+}
+
+#[test]
+fn laggard_launch_passes_on_output_that_is_not_utf8() {
+    // It used to stop reading a rank's output at its first line that was
+    // not UTF-8, so the rank's next print hit a broken pipe and killed it.
+    let (out, stdout, stderr) = launch(&["--servers", "1", "--workers", "1"], "prints-latin1", 0);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for rank in [0, 1] {
+        assert!(
+            stdout.contains(&format!("[rank {rank}] caf\u{FFFD}\n")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!("[rank {rank}] line 99 after it\n")),
+            "{stdout}"
+        );
+    }
 }
 
 #[test]

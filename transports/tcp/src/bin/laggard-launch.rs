@@ -24,7 +24,7 @@
 //! The ranks do not outlive the launcher: if it is killed (by a scheduler,
 //! `timeout` or `kill`, with any signal), each rank gets SIGTERM.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -84,18 +84,35 @@ fn parse() -> Result<Args, String> {
 
 /// Copies `stream` line by line, prefixed by `rank`, until it ends (the
 /// process exited and closed it).
+///
+/// It reads to the end whatever comes: bytes that are not UTF-8 are
+/// shown as U+FFFD, and once the launcher's own output is gone (piped
+/// into `head`, say) the lines are dropped. Stopping early instead would
+/// close the pipe, and the rank's next print would kill it (a broken
+/// pipe).
 fn forward(
     rank: usize,
     stream: impl std::io::Read + Send + 'static,
     err: bool,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if err {
-                eprintln!("[rank {rank}] {line}");
-            } else {
-                println!("[rank {rank}] {line}");
+        let mut stream = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match stream.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
             }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end_matches(['\n', '\r']);
+            let _ = if err {
+                writeln!(std::io::stderr().lock(), "[rank {rank}] {text}")
+            } else {
+                writeln!(std::io::stdout().lock(), "[rank {rank}] {text}")
+            };
         }
     })
 }
