@@ -529,11 +529,24 @@ fn misconfiguration_is_an_error_not_a_panic() {
 fn a_peer_with_another_schema_is_refused_with_a_reason() {
     let spec = ClusterSpec::new(1, 1).table("w", TableSpec::<f32>::dense(0..4, 1));
     let cluster = Cluster::start(spec.clone()).unwrap();
-    let other = ClusterSpec::new(1, 1).table("w", TableSpec::<f32>::dense(0..8, 1));
-    let ep = cluster.network().bind(&other.worker_name(0)).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let err = laggard::Worker::connect(ep, &other, WorkerId(0), deadline).unwrap_err();
-    assert!(err.to_string().contains("different tables"), "{err}");
+    // Another key range, and the same table with another number of
+    // workers (which the message used to call "different tables").
+    let others = [
+        ClusterSpec::new(1, 1).table("w", TableSpec::<f32>::dense(0..8, 1)),
+        ClusterSpec::new(1, 2).table("w", TableSpec::<f32>::dense(0..4, 1)),
+    ];
+    for other in others {
+        let ep = cluster.network().bind(&other.worker_name(0)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let err = laggard::Worker::connect(ep, &other, WorkerId(0), deadline).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "the processes were configured with different cluster specs (the numbers of \
+                 servers or workers, or the tables"
+            ),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -536,8 +536,10 @@ impl ServerCore {
     fn on_hello(&mut self, peer: PeerId, hello: Hello, out: &mut Vec<Output>) {
         if hello.schema != self.cfg.schema {
             let text = format!(
-                "cluster schema {:#018x} differs from this server's {:#018x}: \
-                 the processes were configured with different tables",
+                "cluster schema {:#018x} differs from this server's {:#018x}: the processes \
+                 were configured with different cluster specs (the numbers of servers or \
+                 workers, or the tables: names, element types, widths, key ranges, placement \
+                 or consistency models)",
                 hello.schema, self.cfg.schema
             );
             return self.drop_peer(peer, FaultCode::Schema, text, out);
