@@ -48,6 +48,21 @@ fn parse<T: std::str::FromStr>(var: &str, value: &str) -> Result<T> {
     })
 }
 
+/// Port variable `var`, if set: a number that is a TCP port.
+fn port(get: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<Option<usize>> {
+    let Some(value) = get(var) else {
+        return Ok(None);
+    };
+    let port: usize = parse(var, &value)?;
+    if port > usize::from(u16::MAX) {
+        return Err(Error::InvalidConfig {
+            what: "launcher environment",
+            reason: format!("{var}={port} is not a TCP port (at most 65535)"),
+        });
+    }
+    Ok(Some(port))
+}
+
 /// The first host of a Slurm node list: `node[03-05,9]` gives `node03`,
 /// `a,b` gives `a`.
 pub(crate) fn first_slurm_host(list: &str) -> Option<String> {
@@ -109,7 +124,18 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
     {
         // torchrun's agent serves its own store on MASTER_PORT at that
         // host, so the rendezvous takes the next port.
-        let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT)) + 1;
+        let master = port(get, "MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
+        if master == usize::from(u16::MAX) {
+            return Err(Error::InvalidConfig {
+                what: "launcher environment",
+                reason: format!(
+                    "MASTER_PORT={master}: laggard meets on the port after torchrun's, and \
+                     there is none; give torchrun a lower --master-port, or set \
+                     LAGGARD_COORDINATOR (host:port)"
+                ),
+            });
+        }
+        let port = master + 1;
         let coord = get("MASTER_ADDR").map(|a| host_port(&a, port));
         let job = get("TORCHELASTIC_RUN_ID");
         (Launcher::Torchrun, Some(r), Some(w), coord, job)
@@ -124,7 +150,7 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
             .as_deref()
             .and_then(|id| id.trim().parse::<u64>().ok())
             .map_or(0, |id| (id % SLURM_PORT_SPREAD) as usize);
-        let port = num("LAGGARD_PORT")?.unwrap_or(usize::from(DEFAULT_PORT) + spread);
+        let port = port(get, "LAGGARD_PORT")?.unwrap_or(usize::from(DEFAULT_PORT) + spread);
         let job = job_id.map(|id| match get("SLURM_STEP_ID") {
             Some(step) => format!("{id}.{step}"),
             None => id,
@@ -140,7 +166,7 @@ pub(crate) fn placement(get: &dyn Fn(&str) -> Option<String>) -> Result<Placemen
     {
         // Open MPI names no rendezvous host; MASTER_ADDR or
         // LAGGARD_COORDINATOR must.
-        let port = num("MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
+        let port = port(get, "MASTER_PORT")?.unwrap_or(usize::from(DEFAULT_PORT));
         let coord = get("MASTER_ADDR").map(|a| host_port(&a, port));
         let job = get("PMIX_NAMESPACE");
         (Launcher::OpenMpi, Some(r), Some(w), coord, job)
@@ -233,6 +259,39 @@ mod tests {
         assert_eq!((p.rank, p.world), (3, 8));
         // MASTER_PORT itself is torchrun's store; laggard meets on the next.
         assert_eq!(p.coordinator, "10.0.0.1:1235");
+    }
+
+    #[test]
+    fn ports_past_65535_are_refused_by_name() {
+        // They used to become "127.0.0.1:65536 does not resolve".
+        let torchrun = |port| {
+            from(&[
+                ("RANK", "0"),
+                ("WORLD_SIZE", "2"),
+                ("MASTER_ADDR", "10.0.0.1"),
+                ("MASTER_PORT", port),
+            ])
+        };
+        assert_eq!(torchrun("65534").unwrap().coordinator, "10.0.0.1:65535");
+        let err = torchrun("65535").unwrap_err().to_string();
+        assert!(
+            err.contains("MASTER_PORT=65535: laggard meets on the port after torchrun's"),
+            "{err}"
+        );
+        let err = torchrun("70000").unwrap_err().to_string();
+        assert!(err.contains("MASTER_PORT=70000 is not a TCP port"), "{err}");
+        let err = from(&[
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "2"),
+            ("SLURM_JOB_NODELIST", "n1"),
+            ("LAGGARD_PORT", "65536"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("LAGGARD_PORT=65536 is not a TCP port"),
+            "{err}"
+        );
     }
 
     #[test]
