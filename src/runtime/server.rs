@@ -157,6 +157,11 @@ impl<E: Endpoint> Server<E> {
     /// unacknowledged pushes. An error from `call` stops the server with
     /// that error. `every` must be at least 1.
     ///
+    /// The shard serves nothing while `call` runs: a call longer than the
+    /// spec's [`timeout`](ClusterSpec::timeout) makes the workers waiting
+    /// on it time out. For a large table, save into memory (`save_at` into
+    /// a `Vec`, at memory speed) and write the bytes out on another thread.
+    ///
     /// ```
     /// use std::sync::{Arc, Mutex};
     /// use laggard::{ClusterSpec, Server, TableSpec, checkpoint};
