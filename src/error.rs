@@ -93,6 +93,14 @@ pub enum Error {
         /// The names the cluster has.
         known: Vec<String>,
     },
+    /// A table handle opened on a worker of another cluster (one whose
+    /// spec differs), which would name another table here, or none.
+    ForeignTable {
+        /// The handle's table index in its own cluster.
+        index: usize,
+        /// Its row width there.
+        width: usize,
+    },
     /// The table exists but holds another element type.
     TableType {
         /// The table's name.
@@ -216,6 +224,12 @@ impl fmt::Display for Error {
             Error::UnknownTable { name, known } => {
                 write!(f, "no table named {name:?}; the cluster has {known:?}")
             }
+            Error::ForeignTable { index, width } => write!(
+                f,
+                "this table handle (table #{index} of rows of {width} elements) was opened on a \
+                 worker of another cluster, whose spec differs from this worker's; open the \
+                 table on this worker (Worker::table)"
+            ),
             Error::TableType { name, holds, asked } => write!(
                 f,
                 "table {name:?} holds {holds} elements but was opened as {asked}"

@@ -815,3 +815,46 @@ fn an_answer_longer_than_the_largest_frame_is_refused_with_a_fault() {
     worker.leave().unwrap();
     serving.join().unwrap().unwrap();
 }
+
+#[test]
+fn a_table_handle_of_another_cluster_is_refused() {
+    // Cluster `a`'s table 0 has the shape of `b`'s: its handle used to
+    // push into `b`'s other table unnoticed; its table 1, which `b` lacks,
+    // made `push` panic (an index out of bounds).
+    let a = Cluster::start(
+        ClusterSpec::new(1, 1)
+            .table("x", TableSpec::<f32>::dense(0..8, 4))
+            .table("y", TableSpec::<f32>::dense(0..8, 16)),
+    )
+    .unwrap();
+    let b_spec = ClusterSpec::new(1, 1).table("z", TableSpec::<f32>::dense(0..8, 4));
+    let b = Cluster::start(b_spec.clone()).unwrap();
+    let (wa, mut wb) = (a.worker(0).unwrap(), b.worker(0).unwrap());
+    let (x, y) = (wa.table::<f32>("x").unwrap(), wa.table::<f32>("y").unwrap());
+    let foreign = |r: laggard::Result<()>, index| match r {
+        Err(e @ Error::ForeignTable { .. }) => {
+            assert!(e.to_string().contains(&format!("table #{index} ")), "{e}");
+            assert!(e.to_string().contains("another cluster"), "{e}");
+        }
+        other => panic!("expected ForeignTable, got {other:?}"),
+    };
+    foreign(wb.push(&x, &[1], &[1.0; 4]), 0);
+    foreign(wb.push(&y, &[1], &[1.0; 16]), 1);
+    foreign(wb.pull(&x, &[1], &mut [0.0; 4]), 0);
+    foreign(wb.pull_with(&y, 1, |_| ()), 1);
+    foreign(wb.start_pull(&x, &[1]).map(drop), 0);
+    // Nothing reached `b`'s table; its own handle works.
+    let z = wb.table::<f32>("z").unwrap();
+    wb.clock().unwrap();
+    let mut row = [9.0f32; 4];
+    wb.pull(&z, &[1], &mut row).unwrap();
+    assert_eq!(row, [0.0; 4]);
+    // A cluster of the same spec has the same tables: its handles fit.
+    let c = Cluster::start(b_spec).unwrap();
+    let mut wc = c.worker(0).unwrap();
+    wc.push(&z, &[1], &[1.0; 4]).unwrap();
+    drop((wa, wb, wc));
+    for cluster in [a, b, c] {
+        cluster.shutdown().unwrap();
+    }
+}

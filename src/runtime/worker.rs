@@ -37,6 +37,9 @@ const LEAVE_RECONNECT: Duration = Duration::from_secs(2);
 pub struct TableHandle<T> {
     index: u32,
     width: usize,
+    /// The fingerprint of the spec it was opened with: a handle of another
+    /// cluster's worker names another table at `index`, or none.
+    schema: u64,
     _elem: PhantomData<fn() -> T>,
 }
 
@@ -192,6 +195,8 @@ pub struct Worker<E: Endpoint> {
     /// Events `last_words` received while looking for a dropped
     /// connection's last frames, for `pump` to handle first.
     deferred: VecDeque<Event<E::Frame>>,
+    /// The spec's fingerprint, which every table handle it takes must bear.
+    schema: u64,
 }
 
 /// Copies the whole elements of `bytes` (a row's first bytes, as far as
@@ -341,6 +346,7 @@ impl<E: Endpoint> Worker<E> {
             frame_spare: Vec::new(),
             takes_frames,
             deferred: VecDeque::new(),
+            schema: spec.fingerprint(),
         }
     }
 
@@ -426,7 +432,21 @@ impl<E: Endpoint> Worker<E> {
         Ok(TableHandle {
             index: index as u32,
             width: info.width,
+            schema: self.schema,
             _elem: PhantomData,
+        })
+    }
+
+    /// Ok if `table` was opened on a worker of this cluster (of this spec,
+    /// that is): another cluster's handle would name another table of
+    /// this one, or none.
+    fn check_handle<T: Element>(&self, table: &TableHandle<T>) -> Result<()> {
+        if table.schema == self.schema {
+            return Ok(());
+        }
+        Err(Error::ForeignTable {
+            index: table.index as usize,
+            width: table.width,
         })
     }
 
@@ -460,6 +480,7 @@ impl<E: Endpoint> Worker<E> {
         deltas: &[T],
     ) -> Result<()> {
         self.check_ok()?;
+        self.check_handle(table)?;
         let info = &self.core.tables()[table.index as usize];
         if keys.len().checked_mul(info.width) != Some(deltas.len()) {
             return Err(Error::BatchShape {
@@ -531,6 +552,7 @@ impl<E: Endpoint> Worker<E> {
         out: &mut [T],
         deadline: Instant,
     ) -> Result<()> {
+        self.check_handle(table)?;
         if keys.len().checked_mul(table.width) != Some(out.len()) {
             return Err(Error::BatchShape {
                 keys: keys.len(),
@@ -561,6 +583,7 @@ impl<E: Endpoint> Worker<E> {
         deadline: Instant,
     ) -> Result<PullTicket<T>> {
         self.check_ok()?;
+        self.check_handle(table)?;
         let now = Instant::now();
         let reqs =
             self.core
