@@ -843,6 +843,11 @@ fn a_table_handle_of_another_cluster_is_refused() {
     foreign(wb.pull(&x, &[1], &mut [0.0; 4]), 0);
     foreign(wb.pull_with(&y, 1, |_| ()), 1);
     foreign(wb.start_pull(&x, &[1]).map(drop), 0);
+    // Nor may a pull another cluster's worker started be finished here.
+    let mut wa = wa;
+    let started = wa.start_pull(&y, &[1]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    foreign(wb.finish_pull(started, &mut [0.0; 16], deadline), 1);
     // Nothing reached `b`'s table; its own handle works.
     let z = wb.table::<f32>("z").unwrap();
     wb.clock().unwrap();

@@ -609,6 +609,7 @@ impl<E: Endpoint> Worker<E> {
         out: &mut [T],
         deadline: Instant,
     ) -> Result<()> {
+        self.check_handle(&ticket.table)?;
         let width = ticket.table.width;
         if ticket.keys.len() * width != out.len() {
             return Err(Error::BatchShape {
