@@ -101,6 +101,12 @@ pub enum Error {
         /// Its row width there.
         width: usize,
     },
+    /// A push or pull ticket handed to a worker other than the one that
+    /// issued it.
+    ForeignTicket {
+        /// "push" or "pull".
+        kind: &'static str,
+    },
     /// The table exists but holds another element type.
     TableType {
         /// The table's name.
@@ -229,6 +235,11 @@ impl fmt::Display for Error {
                 "this table handle (table #{index} of rows of {width} elements) was opened on a \
                  worker of another cluster, whose spec differs from this worker's; open the \
                  table on this worker (Worker::table)"
+            ),
+            Error::ForeignTicket { kind } => write!(
+                f,
+                "this {kind} ticket was issued by another worker, whose pushes and pulls are \
+                 numbered apart from this one's; wait on it with the worker that issued it"
             ),
             Error::TableType { name, holds, asked } => write!(
                 f,

@@ -817,7 +817,7 @@ fn an_answer_longer_than_the_largest_frame_is_refused_with_a_fault() {
 }
 
 #[test]
-fn a_table_handle_of_another_cluster_is_refused() {
+fn a_table_handle_or_ticket_of_another_worker_is_refused() {
     // Cluster `a`'s table 0 has the shape of `b`'s: its handle used to
     // push into `b`'s other table unnoticed; its table 1, which `b` lacks,
     // made `push` panic (an index out of bounds).
@@ -847,7 +847,10 @@ fn a_table_handle_of_another_cluster_is_refused() {
     let mut wa = wa;
     let started = wa.start_pull(&y, &[1]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
-    foreign(wb.finish_pull(started, &mut [0.0; 16], deadline), 1);
+    assert!(matches!(
+        wb.finish_pull(started, &mut [0.0; 16], deadline),
+        Err(Error::ForeignTicket { kind: "pull" })
+    ));
     // Nothing reached `b`'s table; its own handle works.
     let z = wb.table::<f32>("z").unwrap();
     wb.clock().unwrap();
@@ -858,6 +861,21 @@ fn a_table_handle_of_another_cluster_is_refused() {
     let c = Cluster::start(b_spec).unwrap();
     let mut wc = c.worker(0).unwrap();
     wc.push(&z, &[1], &[1.0; 4]).unwrap();
+    // But tickets are their worker's own: another's sequence numbers and
+    // request ids would name this one's pushes and pulls.
+    let pushed = wc.flush().unwrap();
+    let pulling = wc.start_pull(&z, &[1]).unwrap();
+    match wb.wait_applied(&pushed, deadline) {
+        Err(e @ Error::ForeignTicket { kind: "push" }) => {
+            assert!(e.to_string().contains("issued by another worker"), "{e}")
+        }
+        other => panic!("expected ForeignTicket, got {other:?}"),
+    }
+    assert!(matches!(
+        wb.finish_pull(pulling, &mut [0.0; 4], deadline),
+        Err(Error::ForeignTicket { kind: "pull" })
+    ));
+    wc.wait_applied(&pushed, deadline).unwrap();
     drop((wa, wb, wc));
     for cluster in [a, b, c] {
         cluster.shutdown().unwrap();

@@ -67,6 +67,9 @@ pub struct PullTicket<T> {
     keys: Vec<u64>,
     reqs: Vec<u64>,
     started: Instant,
+    /// The session of the worker that started it: request ids are the
+    /// worker's own.
+    issuer: u64,
 }
 
 /// Pushes in flight, from [`Worker::start_clock`] or [`Worker::flush`];
@@ -75,6 +78,9 @@ pub struct PullTicket<T> {
 #[must_use = "a push ticket does nothing unless waited on"]
 pub struct PushTicket {
     seqs: ShardSeqs,
+    /// The session of the worker that sent the pushes: sequence numbers
+    /// are the worker's own.
+    issuer: u64,
 }
 
 /// The last push sent to each shard, as a ticket keeps it: inline for up
@@ -437,6 +443,15 @@ impl<E: Endpoint> Worker<E> {
         })
     }
 
+    /// Ok if a ticket of `issuer`'s is this worker's: another worker's
+    /// sequence numbers and request ids would name this one's own.
+    fn check_issuer(&self, issuer: u64, kind: &'static str) -> Result<()> {
+        if issuer == self.session {
+            return Ok(());
+        }
+        Err(Error::ForeignTicket { kind })
+    }
+
     /// Ok if `table` was opened on a worker of this cluster (of this spec,
     /// that is): another cluster's handle would name another table of
     /// this one, or none.
@@ -524,6 +539,7 @@ impl<E: Endpoint> Worker<E> {
         let seqs = (0..self.peers.len()).map(|s| if s == shard { seq } else { 0 });
         let ticket = PushTicket {
             seqs: ShardSeqs::collect(seqs),
+            issuer: self.session,
         };
         let deadline = Instant::now() + self.spec.timeout;
         self.wait_applied(&ticket, deadline)?;
@@ -596,6 +612,7 @@ impl<E: Endpoint> Worker<E> {
             keys: keys.to_vec(),
             reqs,
             started: now,
+            issuer: self.session,
         })
     }
 
@@ -609,7 +626,7 @@ impl<E: Endpoint> Worker<E> {
         out: &mut [T],
         deadline: Instant,
     ) -> Result<()> {
-        self.check_handle(&ticket.table)?;
+        self.check_issuer(ticket.issuer, "pull")?;
         let width = ticket.table.width;
         if ticket.keys.len() * width != out.len() {
             return Err(Error::BatchShape {
@@ -811,6 +828,7 @@ impl<E: Endpoint> Worker<E> {
     fn ticket(&self) -> PushTicket {
         PushTicket {
             seqs: ShardSeqs::collect(self.core.last_sent_iter()),
+            issuer: self.session,
         }
     }
 
@@ -820,6 +838,7 @@ impl<E: Endpoint> Worker<E> {
     /// holds back pushes for the hook's clock and later until its slowest
     /// worker gets there; the timeout error then says so.
     pub fn wait_applied(&mut self, ticket: &PushTicket, deadline: Instant) -> Result<()> {
+        self.check_issuer(ticket.issuer, "push")?;
         self.wait_pushes(ticket, deadline, ClientCore::acked_through, "apply")
     }
 
