@@ -1489,7 +1489,10 @@ impl ClientCore {
     pub fn on_message(&mut self, shard: usize, msg: Message<'_>) -> Result<()> {
         match msg {
             Message::PushAck(ack) => {
-                let link = &mut self.links[shard];
+                let link = self
+                    .links
+                    .get_mut(shard)
+                    .ok_or_else(|| unknown_shard(shard))?;
                 link.check_sent(shard, ack.seq, "an ack")?;
                 if link.held.is_some_and(|(held, _)| held <= ack.seq) {
                     link.held = None;
@@ -1510,7 +1513,10 @@ impl ClientCore {
                 Ok(())
             }
             Message::PushHeld(held) => {
-                let link = &mut self.links[shard];
+                let link = self
+                    .links
+                    .get_mut(shard)
+                    .ok_or_else(|| unknown_shard(shard))?;
                 link.check_sent(shard, held.seq, "a hold")?;
                 if link.unacked.front().is_some_and(|s| s.seq <= held.seq)
                     && link.held.is_none_or(|(seq, _)| seq <= held.seq)
@@ -1584,6 +1590,12 @@ impl ClientCore {
             other => Err(protocol(shard, format!("unexpected {}", other.name()))),
         }
     }
+}
+
+/// A message said to come from `shard`, which this worker does not have
+/// (the caller's mistake: shards are numbered from 0).
+fn unknown_shard(shard: usize) -> Error {
+    protocol(shard, "a message from a shard this worker does not have")
 }
 
 /// Bytes of the push frame carrying `sections`.
@@ -1777,6 +1789,25 @@ mod tests {
     /// Worker 0 of one shard with `tables`.
     fn core_with(tables: Vec<TableInfo>) -> ClientCore {
         ClientCore::new(0, 1, Arc::from(tables))
+    }
+
+    #[test]
+    fn a_message_from_a_shard_the_worker_lacks_is_an_error() {
+        // It used to index past the worker's shards and panic.
+        use crate::proto::PushHeld;
+        let mut core = core_with(vec![table("t", ElementKind::I64, 4)]);
+        let ack = Message::PushAck(PushAck {
+            seq: 1,
+            min_clock: 0,
+        });
+        let held = Message::PushHeld(PushHeld {
+            seq: 1,
+            hold_from: 0,
+        });
+        for msg in [ack, held] {
+            let err = core.on_message(3, msg).unwrap_err().to_string();
+            assert!(err.contains("a shard this worker does not have"), "{err}");
+        }
     }
 
     /// A worker of one shard with one `i64` table of width 4 (32-byte rows)
