@@ -536,3 +536,23 @@ fn a_worker_that_never_connects_is_declared_dead_once_the_others_are_gone() {
     let err = shard.hello(PeerId(2), 1, 2).unwrap_err();
     assert!(err.contains("never connected"), "{err}");
 }
+
+#[test]
+fn a_dead_after_of_duration_max_never_declares_anyone_dead() {
+    // `ServerConfig` is public: `dead_after` may be `Duration::MAX` (no
+    // limit). Added to the clock, it used to overflow and panic once a
+    // worker's connection dropped.
+    let mut shard = Shard::new(0, 1, Duration::MAX);
+    shard.hello(PeerId(1), 0, 0xa).unwrap();
+    shard.core.on_disconnect(PeerId(1), shard.now);
+    let mut out = Vec::new();
+    shard
+        .core
+        .poll(shard.now + Duration::from_secs(3600), &mut out);
+    assert_eq!(shard.core.next_deadline(), None);
+    assert!(!shard.core.workers_done());
+    assert!(
+        shard.hello(PeerId(2), 0, 0xa).is_ok(),
+        "the worker comes back"
+    );
+}

@@ -300,7 +300,9 @@ impl ServerCore {
             .lost_at
             .iter()
             .flatten()
-            .map(|&t| t + self.cfg.dead_after);
+            // A `dead_after` too long to add to a reading of the clock
+            // never passes.
+            .filter_map(|&t| t.checked_add(self.cfg.dead_after));
         parked.chain(lost).min()
     }
 
@@ -476,7 +478,10 @@ impl ServerCore {
                     keys,
                     min_clock: req.min_clock,
                     since: now,
-                    deadline: now + Duration::from_millis(req.timeout_ms),
+                    // The peer's number: bounded, so that no platform's
+                    // clock overflows adding it.
+                    deadline: now
+                        + Duration::from_millis(req.timeout_ms).min(crate::error::LONGEST_WAIT),
                 };
                 if self.visible_clock() >= parked.min_clock {
                     self.answer(parked, out);
@@ -822,7 +827,8 @@ impl ServerCore {
     /// Expires parked pulls and declares lost workers dead, as of `now`.
     pub fn poll(&mut self, now: Instant, out: &mut Vec<Output>) {
         for w in 0..self.lost_at.len() {
-            if self.lost_at[w].is_some_and(|t| now >= t + self.cfg.dead_after) {
+            let passed = |t: Instant| t.checked_add(self.cfg.dead_after).is_some_and(|d| now >= d);
+            if self.lost_at[w].is_some_and(passed) {
                 self.stats.workers_declared_dead += 1;
                 self.retire(w as u32, WorkerStatus::Dead, now, out);
             }
