@@ -528,7 +528,7 @@ impl ClientCore {
                     reason: format!(
                         "a row of table {:?} is {row_bytes} bytes: a push of it needs a \
                          {needs}-byte frame, more than the largest the transport carries \
-                         ({} bytes); raise the transport's frame limit",
+                         ({} bytes); {FRAME_LIMIT_ADVICE}",
                         info.name, limit.max_frame
                     ),
                 });
@@ -1064,7 +1064,7 @@ impl ClientCore {
                 reason: format!(
                     "a row of table {:?} is {row_bytes} bytes: the answer to a pull of it \
                      needs a {}-byte frame, more than the largest the transport carries \
-                     ({} bytes); raise the transport's frame limit",
+                     ({} bytes); {FRAME_LIMIT_ADVICE}",
                     self.tables[table as usize].name,
                     super::codec::pull_response_layout(row_bytes).0,
                     limit.max_frame
@@ -1075,7 +1075,7 @@ impl ClientCore {
             return Err(Error::Transport {
                 reason: format!(
                     "a pull request needs a {}-byte frame, more than the largest the \
-                     transport carries ({} bytes); raise the transport's frame limit",
+                     transport carries ({} bytes); {FRAME_LIMIT_ADVICE}",
                     head + 8,
                     limit.max_frame
                 ),
@@ -1591,6 +1591,12 @@ impl ClientCore {
         }
     }
 }
+
+/// What to do about a frame longer than the largest a worker may send or
+/// receive: that is the lower of the transport's limit and the spec's.
+const FRAME_LIMIT_ADVICE: &str = "raise the lower of the limits: the transport's largest frame \
+     (ShmConfig::ring_bytes or RdmaConfig::ring_bytes, a frame being at most about half a \
+     ring; TcpConfig::max_frame_len; InProcess::with_capacity) and ClusterSpec::max_payload";
 
 /// A message said to come from `shard`, which this worker does not have
 /// (the caller's mistake: shards are numbered from 0).

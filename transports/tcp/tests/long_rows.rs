@@ -155,8 +155,12 @@ fn a_row_longer_than_the_largest_frame_is_pulled_in_pieces() {
     assert_eq!(read_huge(&mut worker).unwrap(), whole);
     let huge = worker.table::<f32>("huge").unwrap();
     let err = worker.push(&huge, &[0], &vec![1f32; HUGE]).unwrap_err();
+    // It says which settings bound a frame.
     assert!(
-        err.to_string().contains("largest"),
+        err.to_string()
+            .contains("more than the largest the transport carries")
+            && err.to_string().contains("TcpConfig::max_frame_len")
+            && err.to_string().contains("ClusterSpec::max_payload"),
         "unexpected error: {err}"
     );
     worker.leave().unwrap();
