@@ -368,3 +368,27 @@ fn a_process_of_another_job_is_refused_and_the_job_goes_on() {
         );
     }
 }
+
+#[test]
+fn rank_0_joins_its_own_coordinator_whatever_address_the_others_use() {
+    // The others reach rank 0 at an address that rank 0 itself cannot
+    // (a Kubernetes service without hairpin NAT, a port published out of
+    // a container). Here: 192.0.2.1, an address reserved for examples,
+    // which no host answers as rank 0. Rank 0 used to join through that
+    // address, and the job failed at its deadline.
+    let port = port();
+    let t = Duration::from_secs(10);
+    let boots = (0..3)
+        .map(|r| {
+            let coord = if r == 0 {
+                format!("192.0.2.1:{port}")
+            } else {
+                format!("127.0.0.1:{port}")
+            };
+            let boot = Bootstrap::new(r, 3, 1, &coord).host("127.0.0.1").timeout(t);
+            (boot, spec(1, 2))
+        })
+        .collect();
+    let roles: Vec<Role> = join_all(boots).into_iter().map(Result::unwrap).collect();
+    assert_eq!(roles[0], Role::Server(0));
+}

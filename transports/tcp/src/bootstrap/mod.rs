@@ -306,7 +306,16 @@ impl Bootstrap {
         let addr = listener.local_addr().map_err(|e| Error::Transport {
             reason: format!("cannot read the listening address: {e}"),
         })?;
-        let answer = rendezvous(&self, coord, spec.fingerprint(), addr, deadline);
+        // Rank 0 joins its own coordinator over loopback (it listens on
+        // every address): the address the others reach it at may not
+        // lead back to it from inside (a Kubernetes service without
+        // hairpin NAT, a port published out of a container).
+        let via = if self.rank == 0 {
+            SocketAddr::new(loopback_like(coord.ip()), coord.port())
+        } else {
+            coord
+        };
+        let answer = rendezvous(&self, via, spec.fingerprint(), addr, deadline);
         let transport = TcpTransport::with_config(self.tcp.clone())?;
         if let Some((coordinator, done)) = coordinator {
             // The coordinator's own failure is what every rank was told.
@@ -356,6 +365,14 @@ fn local_ip_towards(to: SocketAddr) -> IpAddr {
             SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
             SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
         })
+}
+
+/// The loopback address of `ip`'s family.
+fn loopback_like(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
+    }
 }
 
 /// Every address of `ip`'s family (`0.0.0.0` or `::`): where a listener
