@@ -60,9 +60,14 @@ fn transport(cfg: &Common, cluster: &str) -> laggard::Result<ShmTransport> {
 fn launch(cfg: &Common) -> Result<(), String> {
     let cluster = format!("train{}", std::process::id());
     let net = transport(cfg, &cluster).map_err(|e| e.to_string())?;
-    let stale = net.remove_stale();
+    // Runs that crashed used cluster ids of their own (their launcher's
+    // pid): what they left is removed whatever its cluster.
+    let stale = net.remove_stale_of_every_cluster();
     if !stale.is_empty() {
-        println!("launcher: removed {} stale segments", stale.len());
+        println!(
+            "launcher: removed {} stale segments of crashed runs",
+            stale.len()
+        );
     }
     println!(
         "launcher: {} server and {} worker processes over shared memory (cluster {cluster}), {}",

@@ -136,13 +136,18 @@ impl ShmTransport {
     /// The file names of this cluster's segments that exist now, with any
     /// half-made ones (for checking that nothing was left behind).
     pub fn segments(&self) -> Vec<String> {
-        let prefix = segment::cluster_prefix(&self.cluster);
+        self.files_starting(&segment::cluster_prefix(&self.cluster))
+    }
+
+    /// The segments (and half-made ones) in the directory whose names
+    /// start with `prefix`.
+    fn files_starting(&self, prefix: &str) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.cfg.dir)
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix) || segment::temp_file_owner(n, &prefix).is_some())
+            .filter(|n| n.starts_with(prefix) || segment::temp_file_owner(n, prefix).is_some())
             .collect();
         names.sort();
         names
@@ -154,12 +159,25 @@ impl ShmTransport {
     /// processes, of processes in another PID namespace (whose pids say
     /// nothing here) and files that are not laggard segments are left.
     pub fn remove_stale(&self) -> Vec<PathBuf> {
+        self.remove_stale_starting(&segment::cluster_prefix(&self.cluster))
+    }
+
+    /// [`remove_stale`](Self::remove_stale) for the segments of every
+    /// cluster in this transport's directory, not only its own: what runs
+    /// that crashed left under cluster ids of their own (a launcher's pid,
+    /// a job id) that no later run will use again. The same segments are
+    /// left: those of live processes, of another PID namespace, and files
+    /// that are not laggard segments.
+    pub fn remove_stale_of_every_cluster(&self) -> Vec<PathBuf> {
+        self.remove_stale_starting(segment::PREFIX)
+    }
+
+    fn remove_stale_starting(&self, prefix: &str) -> Vec<PathBuf> {
         let mut removed = Vec::new();
-        let prefix = segment::cluster_prefix(&self.cluster);
-        for name in self.segments() {
+        for name in self.files_starting(prefix) {
             let path = self.cfg.dir.join(&name);
             // A segment half made by a process that died while creating it.
-            let stale = match segment::temp_file_owner(&name, &prefix) {
+            let stale = match segment::temp_file_owner(&name, prefix) {
                 Some(pid) => !segment::pid_exists(pid),
                 None => Segment::open(&path)
                     .is_ok_and(|(_, h)| !h.owner.elsewhere(&self.me) && !h.owner.is_alive()),

@@ -25,7 +25,9 @@
 //!   an error for waiting calls. Connection segments are unlinked as soon
 //!   as both sides have them mapped and mailboxes when their endpoint
 //!   drops, so a clean shutdown leaves nothing in `/dev/shm`;
-//!   [`ShmTransport::remove_stale`] clears what crashed runs left.
+//!   [`ShmTransport::remove_stale`] clears what crashed runs of the
+//!   cluster left ([`ShmTransport::remove_stale_of_every_cluster`]: of any
+//!   cluster).
 //!
 //! ```
 //! use laggard::{ClusterSpec, Server, Sum, TableSpec, Worker, WorkerId};

@@ -275,9 +275,12 @@ pub fn pid_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The file name prefix of every laggard segment, of any cluster.
+pub const PREFIX: &str = "laggard-";
+
 /// The file name prefix of every segment of `cluster`.
 pub fn cluster_prefix(cluster: &str) -> String {
-    format!("laggard-{cluster}-")
+    format!("{PREFIX}{cluster}-")
 }
 
 /// The mailbox path of endpoint `name`: unusual characters are escaped so

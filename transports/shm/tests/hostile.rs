@@ -319,3 +319,46 @@ fn a_mailbox_of_another_pid_namespace_is_neither_removed_nor_taken_over() {
     std::fs::remove_file(&foreign).unwrap();
     drop(server);
 }
+
+#[test]
+fn stale_segments_of_every_cluster_can_be_removed_and_live_ones_stay() {
+    // Runs that crashed under cluster ids of their own (a launcher's pid)
+    // leave segments that `remove_stale`, which looks at one cluster, never
+    // sees again. In a directory of its own: other tests' forged
+    // segments in /dev/shm are theirs to remove.
+    let dir = PathBuf::from(format!("/dev/shm/lgtest-stale-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let in_dir =
+        |cluster: &str| ShmTransport::with_config(cluster, ShmConfig::default().dir(&dir)).unwrap();
+    let (ours, theirs, crashed) = (in_dir("ours"), in_dir("theirs"), in_dir("crashed"));
+    let _live = theirs.bind("server").unwrap();
+    let _mine = ours.bind("server").unwrap();
+    // A mailbox of cluster `crashed` whose owner died, and one of another
+    // PID namespace, both copied from a live one.
+    let live = std::fs::read(dir.join("laggard-theirs-ep-server")).unwrap();
+    let forge = |name: &str, f: &dyn Fn(&mut [u8])| {
+        let mut bytes = live.clone();
+        f(&mut bytes);
+        let path = dir.join(name);
+        write_file(&path, &bytes, 0o600);
+        path
+    };
+    let dead = forge("laggard-crashed-ep-worker-0", &|b| b[OWNER_START] ^= 0xff);
+    let foreign = forge("laggard-elsewhere-ep-worker-0", &|b| {
+        b[OWNER_START] ^= 0xff;
+        b[OWNER_PIDNS] ^= 1;
+    });
+    // Half made by a process that no longer runs (no pid is 2^22 + 1).
+    let half = dir.join(".laggard-crashed-ep-worker-1.4194305.tmp");
+    std::fs::write(&half, b"half").unwrap();
+    assert!(ours.remove_stale().is_empty(), "none of them is ours");
+    let mut removed = ours.remove_stale_of_every_cluster();
+    removed.sort();
+    assert_eq!(removed, [half, dead]);
+    assert_eq!(crashed.segments(), Vec::<String>::new());
+    assert_eq!(theirs.segments(), ["laggard-theirs-ep-server"]);
+    assert!(foreign.exists());
+    std::fs::remove_file(&foreign).unwrap();
+    drop((_live, _mine));
+    std::fs::remove_dir(&dir).unwrap();
+}
