@@ -392,3 +392,45 @@ fn rank_0_joins_its_own_coordinator_whatever_address_the_others_use() {
     let roles: Vec<Role> = join_all(boots).into_iter().map(Result::unwrap).collect();
     assert_eq!(roles[0], Role::Server(0));
 }
+
+#[test]
+fn a_bootstrap_host_that_is_not_this_hosts_says_so() {
+    // 192.0.2.1 is reserved for examples: no interface here has it.
+    let err = Bootstrap::new(1, 2, 1, "127.0.0.1:1")
+        .host("192.0.2.1")
+        .join(&spec(1, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot listen on 192.0.2.1")
+            && err.contains("must be an address of this host"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bootstrap_host_may_be_a_host_name() {
+    // As in LAGGARD_HOST=$(hostname); it used to be refused as "not an IP
+    // address".
+    let coord = format!("127.0.0.1:{}", port());
+    let boots = (0..2)
+        .map(|r| {
+            (
+                Bootstrap::new(r, 2, 1, &coord).host("localhost"),
+                spec(1, 1),
+            )
+        })
+        .collect();
+    for role in join_all(boots) {
+        role.unwrap();
+    }
+    let err = Bootstrap::new(0, 2, 1, &coord)
+        .host("no-such-host.invalid")
+        .join(&spec(1, 1))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("neither an IP address nor a host name"),
+        "{err}"
+    );
+}

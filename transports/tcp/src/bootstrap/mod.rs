@@ -157,8 +157,9 @@ impl Bootstrap {
         self
     }
 
-    /// The address other processes reach this one at (default: the local
-    /// address of the route to the coordinator).
+    /// The address other processes reach this one at: an IP address, or a
+    /// host name, resolved here (default: the local address of the route
+    /// to the coordinator). It must be an address of this host.
     pub fn host(mut self, host: &str) -> Self {
         self.host = Some(host.to_owned());
         self
@@ -253,6 +254,14 @@ impl Bootstrap {
         laggard::check_wait("Bootstrap::timeout", self.timeout)?;
         let deadline = Instant::now() + self.timeout;
         let coord = resolve(&self.coordinator)?;
+        // Before rank 0 starts the coordinator, which would otherwise run
+        // until its deadline for a job this process then fails to join.
+        // (Its own listener comes after the coordinator's port is taken:
+        // a launcher may have picked that port from the ephemeral range.)
+        let ip = match &self.host {
+            Some(h) => host_ip(h, coord)?,
+            None => local_ip_towards(coord),
+        };
         let coordinator = if self.rank == 0 {
             let listener = TcpListener::bind((unspecified_like(coord.ip()), coord.port()))
                 .map_err(|e| Error::Transport {
@@ -287,21 +296,14 @@ impl Bootstrap {
         } else {
             None
         };
-        let ip = match &self.host {
-            // An IPv6 address may come in brackets, as in `[fd00::1]:29500`.
-            Some(h) => h
-                .trim()
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .map_err(|_| Error::InvalidConfig {
-                    what: "bootstrap host",
-                    reason: format!("{h:?} is not an IP address"),
-                })?,
-            None => local_ip_towards(coord),
-        };
         let listener = TcpListener::bind((ip, 0)).map_err(|e| Error::Transport {
-            reason: format!("cannot listen on {ip}: {e}"),
+            reason: match (&self.host, e.kind()) {
+                (Some(_), std::io::ErrorKind::AddrNotAvailable) => format!(
+                    "cannot listen on {ip}: {e}; the bootstrap host (LAGGARD_HOST, \
+                     Bootstrap::host) must be an address of this host"
+                ),
+                _ => format!("cannot listen on {ip}: {e}"),
+            },
         })?;
         let addr = listener.local_addr().map_err(|e| Error::Transport {
             reason: format!("cannot read the listening address: {e}"),
@@ -350,6 +352,29 @@ fn resolve(addr: &str) -> Result<SocketAddr> {
         .ok_or_else(|| Error::InvalidConfig {
             what: "coordinator address",
             reason: format!("{addr:?} does not resolve to host:port"),
+        })
+}
+
+/// The bootstrap host `h` as an address: an IP address (an IPv6 one may
+/// come in brackets, as in `[fd00::1]`), or a host name (`$(hostname)`),
+/// resolved to an address of the coordinator's family if it has one.
+fn host_ip(h: &str, coord: SocketAddr) -> Result<IpAddr> {
+    let bare = h.trim().trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let found: Vec<IpAddr> = (bare, 0)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    found
+        .iter()
+        .find(|ip| ip.is_ipv4() == coord.is_ipv4())
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| Error::InvalidConfig {
+            what: "bootstrap host",
+            reason: format!("{h:?} is neither an IP address nor a host name that resolves"),
         })
 }
 
