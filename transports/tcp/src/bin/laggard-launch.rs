@@ -136,11 +136,9 @@ fn die_with_launcher(command: &mut Command) {
         }
         Ok(())
     };
-    // SAFETY: `pre_exec` runs `in_child` in the forked child, before exec,
-    // where only async-signal-safe work is sound. It makes two system
-    // calls (`prctl`, `getppid`) through rustix, which neither allocates
-    // nor takes locks, and builds its error from a raw errno (no
-    // allocation either).
+    // SAFETY: `in_child` runs in the forked child before exec, where only
+    // async-signal-safe work is sound: two raw system calls through rustix
+    // (`prctl`, `getppid`) and an error from a raw errno; nothing allocates.
     unsafe {
         command.pre_exec(in_child);
     }
