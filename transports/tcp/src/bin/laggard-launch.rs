@@ -138,7 +138,7 @@ fn die_with_launcher(command: &mut Command) {
     };
     // SAFETY: `in_child` runs in the forked child before exec, where only
     // async-signal-safe work is sound: two raw system calls through rustix
-    // (`prctl`, `getppid`) and an error from a raw errno; nothing allocates.
+    // (`prctl`, `getppid`) and an error from a raw errno: no allocation, no lock.
     unsafe {
         command.pre_exec(in_child);
     }
