@@ -386,10 +386,7 @@ fn local_ip_towards(to: SocketAddr) -> IpAddr {
     UdpSocket::bind((unspecified_like(to.ip()), 0))
         .and_then(|s| s.connect(to).and_then(|()| s.local_addr()))
         .map(|a| a.ip())
-        .unwrap_or(match to {
-            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        })
+        .unwrap_or(loopback_like(to.ip()))
 }
 
 /// The loopback address of `ip`'s family.
