@@ -259,10 +259,27 @@ impl ServerCore {
     /// network fault before it reads why; each peer closes its own
     /// ([`has_peers`](Self::has_peers) says when all have).
     pub fn fail(&mut self, reason: &str, out: &mut Vec<Output>) {
+        self.stop_telling(|_, _| true, reason, out);
+    }
+
+    /// Stops the shard: drops the parked pulls, sends `reason` (a
+    /// `ShuttingDown` fault) to each peer whose role `told` picks (given
+    /// the workers' clocks), in the order of their ids, and asks to stop.
+    fn stop_telling(
+        &mut self,
+        told: impl Fn(&Role, &VectorClock) -> bool,
+        reason: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let mut peers: Vec<PeerId> = self
+            .roles
+            .iter()
+            .filter(|(_, role)| told(role, &self.clocks))
+            .map(|(&peer, _)| peer)
+            .collect();
+        peers.sort_unstable();
         self.stopped = true;
         self.parked.clear();
-        let mut peers: Vec<PeerId> = self.roles.keys().copied().collect();
-        peers.sort_unstable();
         for peer in peers {
             out.push(Output::Send(
                 peer,
@@ -494,36 +511,22 @@ impl ServerCore {
                 self.retire(w, WorkerStatus::Left, now, out);
             }
             (Some(Role::Controller), Message::Shutdown) => {
-                self.stopped = true;
-                self.parked.clear();
                 // Every worker still active is told, parked or not: one
                 // that calls again after the shard is gone then fails with
                 // this reason rather than retrying a closed connection
                 // until its timeout. (A worker that left is done.)
-                let mut active: Vec<PeerId> = self
-                    .roles
-                    .iter()
-                    .filter_map(|(&p, role)| match role {
-                        Role::Worker(w) => {
-                            let status = self.clocks.get(WorkerId(*w)).map(|(_, s)| s);
-                            (status == Some(WorkerStatus::Active)).then_some(p)
-                        }
-                        Role::Controller => None,
-                    })
-                    .collect();
-                active.sort_unstable();
-                for peer in active {
-                    out.push(Output::Send(
-                        peer,
-                        Reply::Fault(
-                            FaultCode::ShuttingDown,
-                            "the shard was shut down by its controller while this worker was \
-                             still active"
-                                .into(),
-                        ),
-                    ));
-                }
-                out.push(Output::Stop);
+                let active = |role: &Role, clocks: &VectorClock| match role {
+                    Role::Worker(w) => {
+                        clocks.get(WorkerId(*w)).map(|(_, s)| s) == Some(WorkerStatus::Active)
+                    }
+                    Role::Controller => false,
+                };
+                self.stop_telling(
+                    active,
+                    "the shard was shut down by its controller while this worker was still \
+                     active",
+                    out,
+                );
             }
             (Some(_), Message::Fault(_)) => out.push(Output::Close(peer)),
             (role, msg) => {
