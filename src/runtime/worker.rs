@@ -588,10 +588,13 @@ impl<E: Endpoint> Worker<E> {
         table: &TableHandle<T>,
         keys: &[u64],
     ) -> Result<PullTicket<T>> {
+        self.check_handle(table)?;
         let deadline = Instant::now() + self.spec.timeout;
         self.start_pull_by(table, keys, deadline)
     }
 
+    /// [`start_pull`](Self::start_pull) by `deadline`, for a handle its
+    /// caller checked ([`check_handle`](Self::check_handle)).
     fn start_pull_by<T: Element>(
         &mut self,
         table: &TableHandle<T>,
@@ -599,7 +602,6 @@ impl<E: Endpoint> Worker<E> {
         deadline: Instant,
     ) -> Result<PullTicket<T>> {
         self.check_ok()?;
-        self.check_handle(table)?;
         let now = Instant::now();
         let reqs =
             self.core
@@ -714,6 +716,7 @@ impl<E: Endpoint> Worker<E> {
         key: u64,
         f: impl FnOnce(&[T]) -> R,
     ) -> Result<R> {
+        self.check_handle(table)?;
         let deadline = Instant::now() + self.spec.timeout;
         let ticket = self.start_pull_by(table, &[key], deadline)?;
         self.wait_pull(&ticket, deadline, |_| {})?;
