@@ -434,3 +434,43 @@ fn a_bootstrap_host_may_be_a_host_name() {
         "{err}"
     );
 }
+
+#[test]
+fn rank_0_failing_to_join_ends_its_rendezvous_at_once() {
+    // Rank 0's listener cannot bind an address that is not this host's
+    // (192.0.2.1 is reserved for examples). Its error used to wait for the
+    // coordinator it had started, until the rendezvous deadline, and the
+    // other ranks waited that long too.
+    let coord = format!("127.0.0.1:{}", port());
+    let t = Duration::from_secs(120);
+    let rank0 = Bootstrap::new(0, 2, 1, &coord).host("192.0.2.1").timeout(t);
+    let rank1 = Bootstrap::new(1, 2, 1, &coord).timeout(t);
+    let (done_tx, done) = std::sync::mpsc::channel();
+    for boot in [rank0, rank1] {
+        let done_tx = done_tx.clone();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(boot.join(&spec(1, 1)).map(|n| n.role()));
+        });
+    }
+    // Far short of the deadline: both have ended by then, or the
+    // rendezvous waited for it.
+    let mut ended = Vec::new();
+    for _ in 0..2 {
+        match done.recv_timeout(Duration::from_secs(60)) {
+            Ok(r) => ended.push(r.unwrap_err().to_string()),
+            Err(_) => panic!("a rank still waits: {ended:?}"),
+        }
+    }
+    assert!(
+        ended
+            .iter()
+            .any(|e| e.contains("cannot listen on 192.0.2.1")),
+        "{ended:?}"
+    );
+    assert!(
+        ended
+            .iter()
+            .any(|e| e.contains("rank 0 could not take part")),
+        "{ended:?}"
+    );
+}

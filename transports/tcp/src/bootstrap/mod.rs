@@ -279,10 +279,10 @@ impl Bootstrap {
             let stopping = stop.clone();
             let thread = std::thread::spawn(move || {
                 let ours = job_id.as_deref();
-                let rendezvous = coordinate(&listener, world, servers, schema, ours, deadline);
+                let job = (world, servers, schema);
+                let rendezvous = coordinate(&listener, job, ours, deadline, &stopping);
                 let _ = done_tx.send(());
                 if let Ok(members) = rendezvous {
-                    let job = (world, servers, schema);
                     answer_late_joins(&listener, members, job, ours, &stopping);
                 }
             });
@@ -943,14 +943,14 @@ fn map_lines(members: &[Member]) -> String {
 
 /// Rank 0's side: collects `world` joins, checks them, and answers each
 /// with the map or with the error that stopped the rendezvous. Returns
-/// the map.
+/// the map. Gives up at `deadline`, or at once when `stop` is set (rank
+/// 0's own join failed).
 fn coordinate(
     listener: &TcpListener,
-    world: usize,
-    servers: usize,
-    schema: u64,
+    (world, servers, schema): (usize, usize, u64),
     job: Option<&str>,
     deadline: Instant,
+    stop: &AtomicBool,
 ) -> std::result::Result<Vec<Member>, String> {
     let mut joined: Vec<Option<(TcpStream, Join)>> = (0..world).map(|_| None).collect();
     let mut extra = Vec::new();
@@ -958,6 +958,17 @@ fn coordinate(
     let mut error = None;
     let _ = listener.set_nonblocking(true);
     while error.is_none() && joined.iter().any(Option::is_none) {
+        // Relaxed: the flag carries no data; the thread is joined after it.
+        if stop.load(Ordering::Relaxed) {
+            // Rank 0's own join failed (its error is in its own output):
+            // the job cannot meet, so nobody waits for the deadline.
+            error = Some(
+                "rank 0 could not take part in its own rendezvous (see its error), so the job \
+                 cannot start"
+                    .into(),
+            );
+            break;
+        }
         if Instant::now() >= deadline {
             let missing: Vec<usize> = (0..world).filter(|&r| joined[r].is_none()).collect();
             error = Some(format!(
