@@ -1019,13 +1019,14 @@ impl<E: Endpoint> Worker<E> {
     /// later call (`reconnect_pending`); in the second it is failed for
     /// good.
     fn reconnect(&mut self, shard: usize, cause: Error, deadline: Instant) -> Result<()> {
-        if let Some(e) = self.last_words(shard)? {
-            return Err(self.fail(shard, e));
-        }
         let since = *self.lost_since[shard].get_or_insert_with(Instant::now);
         let dead_at = since + self.spec.dead_after;
         if deadline >= dead_at {
+            // It reads the connection's last words itself.
             return self.reconnect_by(shard, cause, dead_at);
+        }
+        if let Some(e) = self.last_words(shard)? {
+            return Err(self.fail(shard, e));
         }
         self.reconnect_pending[shard] = self.try_reconnect(shard, cause, deadline).err();
         Ok(())
