@@ -780,7 +780,7 @@ impl ServerCore {
         };
         let joined = |w: usize| self.session_of[w].is_some();
         let workers = self.session_of.len();
-        if !(0..workers).any(joined) || (0..workers).any(|w| joined(w) && active(w)) {
+        if !self.any_worker_joined() || (0..workers).any(|w| joined(w) && active(w)) {
             return;
         }
         for w in 0..workers {
