@@ -911,6 +911,11 @@ fn handshake(
                 match TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1))) {
                     Ok(stream) => match greet(stream, shared, name, deadline) {
                         Ok(done) => return Ok(done),
+                        Err(Greeting::Io(e)) if timed_out(&e) => format!(
+                            "{addr}: the connection was accepted, but the endpoint did not \
+                             answer the handshake in time (is its process stopped or \
+                             overloaded, or is something else listening there?)"
+                        ),
                         Err(Greeting::Io(e)) => format!("{addr}: during the handshake: {e}"),
                         Err(Greeting::Failed(e)) => return Err(e),
                     },
@@ -924,6 +929,15 @@ fn handshake(
         std::thread::sleep(pause);
         pause = (pause * 2).min(RETRY_MAX);
     }
+}
+
+/// Whether a blocking read or write gave up at its timeout (which Linux
+/// reports as `WouldBlock`, "Resource temporarily unavailable").
+fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
 }
 
 enum Greeting {

@@ -191,3 +191,26 @@ fn a_silent_peer_is_declared_lost_by_heartbeat_timeout() {
     let err = client.send(buf).unwrap_err();
     assert!(matches!(err, Error::Disconnected { .. }), "{err}");
 }
+
+#[test]
+fn an_endpoint_that_accepts_but_never_answers_is_named_as_such() {
+    // The kernel completes the connection into the backlog, but nothing
+    // reads it: what a stopped (SIGSTOP) or wedged process looks like.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let net = TcpTransport::new();
+    net.set_address("stopped-server", listener.local_addr().unwrap());
+    let mut client = net.bind("hopeful-client").unwrap();
+    let err = client
+        .connect(
+            "stopped-server",
+            Instant::now() + Duration::from_millis(400),
+        )
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("did not answer the handshake in time"),
+        "unexpected error: {text}"
+    );
+    assert!(!text.contains("os error 11"), "unexpected error: {text}");
+    drop(listener);
+}
