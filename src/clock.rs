@@ -193,6 +193,10 @@ pub struct GateTimeout {
     pub waited: Duration,
     /// Active workers below `needed`, slowest first, with their clocks.
     pub behind: Vec<(WorkerId, u64)>,
+    /// Those of `behind` that never connected to the server shard whose
+    /// wait this was: more likely gone before they joined (a worker
+    /// process that failed at start) or still starting than slow.
+    pub never_connected: Vec<WorkerId>,
     /// The whole vector clock when the wait gave up.
     pub clocks: VectorClock,
 }
@@ -214,7 +218,17 @@ impl fmt::Display for GateTimeout {
         f.write_str("; behind: ")?;
         for (i, (w, c)) in self.behind.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
-            write!(f, "{sep}{w} at clock {c} ({} short)", self.needed - c)?;
+            write!(f, "{sep}{w} at clock {c} ({} short", self.needed - c)?;
+            if self.never_connected.contains(w) {
+                f.write_str(", never connected")?;
+            }
+            f.write_str(")")?;
+        }
+        if !self.never_connected.is_empty() {
+            f.write_str(
+                ". A worker that never connected has not started yet, or its process \
+                 failed before it joined: look at that worker's own output",
+            )?;
         }
         Ok(())
     }
@@ -428,6 +442,8 @@ impl StalenessGate {
                     consistency: self.consistency,
                     waited: now - start,
                     behind: clocks.behind(needed),
+                    // Workers of a gate are there from its start.
+                    never_connected: Vec::new(),
                     clocks: clocks.clone(),
                 }
                 .into());

@@ -381,6 +381,39 @@ fn a_pull_that_times_out_names_the_workers_behind() {
 }
 
 #[test]
+fn a_pull_that_times_out_says_which_workers_never_connected() {
+    let spec = ClusterSpec::new(1, 3).table(
+        "w",
+        TableSpec::<f64>::dense(0..4, 2).consistency(Consistency::Ssp { staleness: 1 }),
+    );
+    let cluster = Cluster::start(spec).unwrap();
+    let mut fast = cluster.worker(0).unwrap();
+    let slow = cluster.worker(1).unwrap();
+    // Worker 2 never connects, as when its process failed at start.
+    let t = fast.table::<f64>("w").unwrap();
+    fast.clock().unwrap();
+    fast.clock().unwrap();
+    let mut row = [0.0; 2];
+    let deadline = Instant::now() + Duration::from_millis(50);
+    let err = fast.pull_by(&t, &[1], &mut row, deadline).unwrap_err();
+    let text = err.to_string();
+    let Error::Timeout(timeout) = &err else {
+        panic!("not a timeout: {text}");
+    };
+    assert_eq!(timeout.never_connected, vec![WorkerId(2)]);
+    assert!(text.contains("worker 1 at clock 0 (1 short), "), "{text}");
+    assert!(
+        text.contains("worker 2 at clock 0 (1 short, never connected)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("its process failed before it joined"),
+        "{text}"
+    );
+    drop(slow);
+}
+
+#[test]
 fn a_worker_that_disappears_is_declared_dead_and_stops_holding_others_back() {
     let spec = ClusterSpec::new(2, 2)
         .dead_after(Duration::from_millis(50))

@@ -252,7 +252,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
             req: 1,
             needed: 2,
             waited_us: 3,
-            clocks: vec![(0, 0, 1), (1, 2, 0)],
+            clocks: vec![(0, 0, 1), (1, 2, 0), (2, 3, 0)],
         }),
         Message::Leave { worker: 1 },
         Message::Shutdown,

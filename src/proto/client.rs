@@ -22,7 +22,7 @@ use super::codec::{
     FaultCode, Keys, Message, PUSH_HEAD_LEN, PullRequest, PullResponse, PullTimedOut, Push,
     RowPiece, Section, Sections, Welcome, decode, push_section_len,
 };
-use super::server::status_from_code;
+use super::server::{STATUS_NEVER_CONNECTED, status_from_code};
 use crate::clock::{Consistency, GateTimeout, VectorClock, WorkerId};
 use crate::element::{
     Element, ElementKind, add_le_slice, le_bytes, replay_le, replay_le_bytes, write_le_slice,
@@ -1759,8 +1759,12 @@ fn protocol(shard: usize, reason: impl Into<String>) -> Error {
 /// The error a worker sees when a server gave up on its parked pull.
 fn timeout_error(worker: u32, clock: u64, consistency: Consistency, t: &PullTimedOut) -> Error {
     let mut clocks = VectorClock::new(0);
+    let mut never_connected = Vec::new();
     for &(w, status, c) in &t.clocks {
         clocks.set(WorkerId(w), c, status_from_code(status));
+        if status == STATUS_NEVER_CONNECTED {
+            never_connected.push(WorkerId(w));
+        }
     }
     Error::from(GateTimeout {
         waiter: Some((WorkerId(worker), clock)),
@@ -1768,6 +1772,7 @@ fn timeout_error(worker: u32, clock: u64, consistency: Consistency, t: &PullTime
         consistency,
         waited: Duration::from_micros(t.waited_us),
         behind: clocks.behind(t.needed),
+        never_connected,
         clocks,
     })
 }

@@ -25,7 +25,7 @@ pub const MAGIC: [u8; 4] = *b"LGRD";
 /// The protocol version this crate speaks. Peers of another version are
 /// refused at their first frame. Version 2 added [`RowPiece`], version 3
 /// [`PushHeld`].
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Bytes in the frame header.
 pub const HEADER_LEN: usize = 16;
 /// The largest payload the codec accepts unless told otherwise (1 GiB).
@@ -404,7 +404,8 @@ pub struct PullTimedOut {
     pub needed: u64,
     /// How long the request was parked, in microseconds.
     pub waited_us: u64,
-    /// Every worker's id, status (0 active, 1 left, 2 dead) and clock.
+    /// Every worker's id, status (0 active, 1 left, 2 dead, 3 active but
+    /// never connected to this shard) and clock.
     pub clocks: Vec<(u32, u32, u64)>,
 }
 

@@ -848,7 +848,16 @@ impl ServerCore {
             let clocks = self
                 .clocks
                 .iter()
-                .map(|(w, c, s)| (w.0, status_code(s), c))
+                .map(|(w, c, s)| {
+                    let absent =
+                        s == WorkerStatus::Active && self.session_of[w.0 as usize].is_none();
+                    let code = if absent {
+                        STATUS_NEVER_CONNECTED
+                    } else {
+                        status_code(s)
+                    };
+                    (w.0, code, c)
+                })
                 .collect();
             let waited = now.saturating_duration_since(p.since);
             out.push(Output::Send(
@@ -877,10 +886,15 @@ pub(crate) fn status_code(s: WorkerStatus) -> u32 {
     }
 }
 
-/// The inverse of [`status_code`]; unknown codes read as dead.
+/// The status sent in [`PullTimedOut::clocks`] for a worker that is
+/// active but has never said hello to the shard.
+pub(crate) const STATUS_NEVER_CONNECTED: u32 = 3;
+
+/// The inverse of [`status_code`] (a worker that never connected is
+/// active); unknown codes read as dead.
 pub(crate) fn status_from_code(c: u32) -> WorkerStatus {
     match c {
-        0 => WorkerStatus::Active,
+        0 | STATUS_NEVER_CONNECTED => WorkerStatus::Active,
         1 => WorkerStatus::Left,
         _ => WorkerStatus::Dead,
     }
