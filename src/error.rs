@@ -77,6 +77,16 @@ pub enum Error {
         /// How many bytes were requested.
         bytes: usize,
     },
+    /// A push would create a row in a sparse table's shard that holds its
+    /// limit of rows already ([`TableSpec::max_rows_per_shard`](crate::TableSpec::max_rows_per_shard)).
+    TableFull {
+        /// The table's name, where the table belongs to a cluster.
+        table: Option<String>,
+        /// The shard that is full.
+        shard: usize,
+        /// Its limit.
+        limit: usize,
+    },
     /// A key that belongs to another server shard was sent to this one.
     KeyNotOwned {
         /// The key.
@@ -220,6 +230,23 @@ impl fmt::Display for Error {
                 write!(
                     f,
                     "could not allocate {bytes} bytes for the table; shrink its key range or width"
+                )
+            }
+            Error::TableFull {
+                table,
+                shard,
+                limit,
+            } => {
+                match table {
+                    Some(name) => write!(f, "sparse table {name:?}: ")?,
+                    None => f.write_str("sparse table: ")?,
+                }
+                let rows = if *limit == 1 { "row" } else { "rows" };
+                write!(
+                    f,
+                    "shard {shard} holds its limit of {limit} {rows} \
+                     (TableSpec::max_rows_per_shard), so a push that would create another \
+                     is refused; raise the limit, or map the keys into a smaller space"
                 )
             }
             Error::KeyNotOwned { key, owner, shard } => write!(

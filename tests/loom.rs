@@ -175,6 +175,49 @@ fn sparse_insert_racing_insert_of_the_same_key() {
     });
 }
 
+/// Two threads race to create different rows in a shard with room for
+/// one: exactly one creates its row, the other is refused, and the count
+/// is exact afterwards.
+#[test]
+fn sparse_inserts_racing_for_the_last_row_of_a_limited_shard() {
+    loom::model(|| {
+        let spec = TableSpec::<i64>::sparse(2).max_rows_per_shard(1);
+        let table = Arc::new(Table::new(spec).unwrap());
+        let (t1, t2) = (Arc::clone(&table), Arc::clone(&table));
+        let (a, b) = both(
+            move || t1.push(1, &[1, 1]).is_ok(),
+            move || t2.push(2, &[2, 2]).is_ok(),
+        );
+        assert!(a != b, "one insert, not {}", u8::from(a) + u8::from(b));
+        assert_eq!(table.rows(), 1);
+        let (key, row) = if a { (1, [1, 1]) } else { (2, [2, 2]) };
+        assert_eq!(pull(&table, key), row);
+    });
+}
+
+/// Two threads create the same row of a shard with room for one: both
+/// pushes land in it, and the reservation of the insert that lost the
+/// race is given back.
+#[test]
+fn sparse_insert_racing_insert_of_the_same_key_in_a_limited_shard() {
+    loom::model(|| {
+        let spec = TableSpec::<i64>::sparse(2).max_rows_per_shard(2);
+        let table = Arc::new(Table::new(spec).unwrap());
+        let (t1, t2) = (Arc::clone(&table), Arc::clone(&table));
+        both(
+            move || t1.push(42, &[1, 0]).unwrap(),
+            move || t2.push(42, &[0, 1]).unwrap(),
+        );
+        assert_eq!(table.rows(), 1);
+        assert_eq!(pull(&table, 42), [1, 1]);
+        table.push(7, &[1, 1]).unwrap();
+        assert!(matches!(
+            table.push(8, &[1, 1]),
+            Err(laggard::Error::TableFull { .. })
+        ));
+    });
+}
+
 /// Three keys whose hashes share the first trie level of a small sparse
 /// table (16 root slots, indexed by the top 4 bits of the hash).
 fn colliding_keys() -> (u64, u64, u64) {

@@ -174,6 +174,16 @@ impl ShardTables for NoRows {
     fn check(&self, _: u32, _: Keys<'_>, _: Option<usize>) -> laggard::Result<()> {
         Ok(())
     }
+    fn check_room(
+        &self,
+        _: u32,
+        _: Keys<'_>,
+        _: &dyn Fn(u64) -> bool,
+        _: usize,
+    ) -> laggard::Result<Vec<u64>> {
+        // No table here has a row limit.
+        Ok(Vec::new())
+    }
     fn apply(&mut self, _: u32, _: Keys<'_>, _: &[u8]) -> laggard::Result<()> {
         Ok(())
     }

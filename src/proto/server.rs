@@ -8,7 +8,7 @@
 //! reached through the [`ShardTables`] trait, so the machine can be driven
 //! against a model in tests.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::codec::{
@@ -34,6 +34,20 @@ pub trait ShardTables {
     /// `value_len` is `keys × width × element size` (pass `None` for a
     /// pull, which carries no values).
     fn check(&self, table: u32, keys: Keys<'_>, value_len: Option<usize>) -> Result<()>;
+
+    /// Checks that the rows a checked push section to `keys` would create
+    /// fit within the table's row limit on this shard, and returns their
+    /// keys, each once: none for a table without a limit. Rows whose keys
+    /// `promised` picks are spoken for already (held pushes will create
+    /// them), `spoken` of them; they count as created. The error
+    /// ([`Error::TableFull`](crate::Error::TableFull)) names the table.
+    fn check_room(
+        &self,
+        table: u32,
+        keys: Keys<'_>,
+        promised: &dyn Fn(u64) -> bool,
+        spoken: usize,
+    ) -> Result<Vec<u64>>;
 
     /// Applies a checked push section with the table's update rule.
     fn apply(&mut self, table: u32, keys: Keys<'_>, values: &[u8]) -> Result<()>;
@@ -179,6 +193,10 @@ pub struct ServerCore {
     /// Pushes for clocks at or past `hold_from`, in arrival order, not yet
     /// applied or acknowledged.
     held: VecDeque<HeldPush>,
+    /// Per table with a row limit, the keys of the rows held pushes will
+    /// create, each with the number of held pushes that create it: room
+    /// later pushes may not take.
+    promised: Vec<HashMap<u64, u32>>,
     stopped: bool,
     stats: ServerStats,
 }
@@ -192,6 +210,9 @@ struct HeldPush {
     clock: u64,
     /// `(table, keys, values)` of each section.
     sections: Vec<(u32, Vec<u64>, Vec<u8>)>,
+    /// `(table, keys)`: the rows it will create in tables with a row
+    /// limit, in [`ServerCore::promised`] until it is applied.
+    creates: Vec<(u32, Vec<u64>)>,
 }
 
 impl ServerCore {
@@ -209,6 +230,7 @@ impl ServerCore {
             parked: Vec::new(),
             hold_from: None,
             held: VecDeque::new(),
+            promised: Vec::new(),
             stopped: false,
             stats: ServerStats::default(),
             cfg,
@@ -409,9 +431,15 @@ impl ServerCore {
     /// sends them again, since none was acknowledged.
     fn apply_held(&mut self, push: HeldPush, tables: &mut dyn ShardTables, out: &mut Vec<Output>) {
         let (w, wi) = (push.worker, push.worker as usize);
+        // Its rows now take the room promised them.
+        self.unpromise(&push);
         for (table, keys, values) in &push.sections {
             if let Err(e) = tables.apply(*table, Keys::Native(keys), values) {
-                self.held.retain(|h| h.worker != w);
+                let (forgotten, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.held)
+                    .into_iter()
+                    .partition(|h| h.worker == w);
+                self.held = kept;
+                forgotten.iter().for_each(|h| self.unpromise(h));
                 self.applied[wi] = push.seq - 1;
                 if let Some((_, status)) = self.clocks.get(WorkerId(w)) {
                     self.clocks.set(WorkerId(w), push.clock, status);
@@ -426,6 +454,36 @@ impl ServerCore {
         self.stats.pushes += 1;
         if let Some(peer) = self.conn_of[wi] {
             self.acknowledge(peer, push.seq, out);
+        }
+    }
+
+    /// Promises room to the rows `push` will create.
+    fn promise(&mut self, push: &HeldPush) {
+        for (table, keys) in &push.creates {
+            let t = *table as usize;
+            if self.promised.len() <= t {
+                self.promised.resize_with(t + 1, HashMap::new);
+            }
+            for &key in keys {
+                *self.promised[t].entry(key).or_default() += 1;
+            }
+        }
+    }
+
+    /// Frees the room promised to `push`'s rows.
+    fn unpromise(&mut self, push: &HeldPush) {
+        for (table, keys) in &push.creates {
+            let Some(promised) = self.promised.get_mut(*table as usize) else {
+                continue;
+            };
+            for key in keys {
+                if let Some(n) = promised.get_mut(key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        promised.remove(key);
+                    }
+                }
+            }
         }
     }
 
@@ -708,10 +766,27 @@ impl ServerCore {
             );
             return self.drop_peer(peer, FaultCode::Protocol, text, out);
         }
-        // Check every section before applying any, so a bad push changes nothing.
+        if let Some(table) = repeated_table(&push.sections) {
+            let text = format!("worker {w} pushed table {table} in two sections of one push");
+            return self.drop_peer(peer, FaultCode::Protocol, text, out);
+        }
+        // Check every section before applying any, so a bad push changes
+        // nothing; also the room for the rows it creates in tables with a
+        // row limit, less the rows promised to held pushes.
+        let mut creates = Vec::new();
         for s in push.sections.iter() {
-            if let Err(e) = tables.check(s.table, s.keys, Some(s.values.len())) {
-                return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
+            let promised = self.promised.get(s.table as usize);
+            let checked = tables
+                .check(s.table, s.keys, Some(s.values.len()))
+                .and_then(|()| {
+                    let spoken = |key| promised.is_some_and(|p| p.contains_key(&key));
+                    let rows = promised.map_or(0, HashMap::len);
+                    tables.check_room(s.table, s.keys, &spoken, rows)
+                });
+            match checked {
+                Ok(keys) if keys.is_empty() => {}
+                Ok(keys) => creates.push((s.table, keys)),
+                Err(e) => return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out),
             }
         }
         if self.hold_from.is_some_and(|hold| push.clock >= hold) {
@@ -720,12 +795,15 @@ impl ServerCore {
                 .iter()
                 .map(|s| (s.table, s.keys.iter().collect(), s.values.to_vec()))
                 .collect();
-            self.held.push_back(HeldPush {
+            let held = HeldPush {
                 worker: w,
                 seq: push.seq,
                 clock: push.clock,
                 sections,
-            });
+                creates,
+            };
+            self.promise(&held);
+            self.held.push_back(held);
             self.stats.pushes_held += 1;
             self.applied[wi] = push.seq;
             self.say_held(peer, push.seq, out);
@@ -871,6 +949,17 @@ impl ServerCore {
             ));
         }
     }
+}
+
+/// A table that two sections of one push name, if any (a worker sends
+/// each table's rows in one section).
+fn repeated_table(sections: &codec::Sections<'_>) -> Option<u32> {
+    if sections.len() < 2 {
+        return None;
+    }
+    let mut tables: Vec<u32> = sections.iter().map(|s| s.table).collect();
+    tables.sort_unstable();
+    tables.windows(2).find(|p| p[0] == p[1]).map(|p| p[0])
 }
 
 fn decode_reason(e: &DecodeError) -> String {

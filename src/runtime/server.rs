@@ -610,6 +610,16 @@ impl<E: Endpoint> ShardTables for ApplyAfterRelease<'_, E> {
         self.tables.check(table, keys, value_len)
     }
 
+    fn check_room(
+        &self,
+        table: u32,
+        keys: crate::proto::Keys<'_>,
+        promised: &dyn Fn(u64) -> bool,
+        spoken: usize,
+    ) -> Result<Vec<u64>> {
+        self.tables.check_room(table, keys, promised, spoken)
+    }
+
     fn apply(&mut self, table: u32, keys: crate::proto::Keys<'_>, values: &[u8]) -> Result<()> {
         self.ep.release_held(self.deadline)?;
         self.tables.apply(table, keys, values)

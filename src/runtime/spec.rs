@@ -140,10 +140,11 @@ impl ClusterSpec {
                 format!("table {name:?} has width 0"),
             ));
         }
+        let part_name = name.to_owned();
         let make_part =
             move |shard: usize| -> Result<(Box<dyn ErasedPart>, Arc<dyn Any + Send + Sync>)> {
                 let table = Arc::new(Table::for_shard(spec.clone(), shard)?);
-                Ok((Box::new(Part::new(table.clone())), table))
+                Ok((Box::new(Part::new(table.clone(), &part_name)), table))
             };
         self.tables.push(TableDef {
             info,

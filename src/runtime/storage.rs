@@ -13,6 +13,13 @@ use crate::transport::HeldRow;
 /// One table's part on one server, any element type.
 pub(crate) trait ErasedPart: Send {
     fn check(&self, keys: Keys<'_>, value_len: Option<usize>) -> Result<()>;
+    /// [`ShardTables::check_room`] for this table.
+    fn check_room(
+        &self,
+        keys: Keys<'_>,
+        promised: &dyn Fn(u64) -> bool,
+        spoken: usize,
+    ) -> Result<Vec<u64>>;
     fn apply(&mut self, keys: Keys<'_>, values: &[u8]) -> Result<()>;
     fn read(&mut self, keys: &[u64], out: &mut [u8]) -> Result<()>;
     /// Calls `send` with row `key` as little-endian bytes: in place where
@@ -25,16 +32,22 @@ pub(crate) trait ErasedPart: Send {
     fn row_bytes(&self) -> usize;
 }
 
-/// A typed part: the table and scratch rows for converting wire bytes.
+/// A typed part: the table, its name in the cluster (for errors) and
+/// scratch rows for converting wire bytes.
 pub(crate) struct Part<T: Element> {
     table: Arc<Table<T>>,
+    name: String,
     row: Vec<T>,
 }
 
 impl<T: Element> Part<T> {
-    pub(crate) fn new(table: Arc<Table<T>>) -> Self {
+    pub(crate) fn new(table: Arc<Table<T>>, name: &str) -> Self {
         let row = vec![T::ZERO; table.width()];
-        Part { table, row }
+        Part {
+            table,
+            name: name.to_owned(),
+            row,
+        }
     }
 }
 
@@ -54,17 +67,29 @@ impl<T: Element> ErasedPart for Part<T> {
             .try_for_each(|k| self.table.check_keys(std::slice::from_ref(&k)))
     }
 
+    fn check_room(
+        &self,
+        keys: Keys<'_>,
+        promised: &dyn Fn(u64) -> bool,
+        spoken: usize,
+    ) -> Result<Vec<u64>> {
+        self.table
+            .check_room(keys.iter(), promised, spoken)
+            .map_err(|e| self.named(e))
+    }
+
     fn apply(&mut self, keys: Keys<'_>, values: &[u8]) -> Result<()> {
         let row_bytes = self.row_bytes();
         for (key, bytes) in keys.iter().zip(values.chunks_exact(row_bytes)) {
             // Straight from the frame where the wire format is the host's.
             match le_view::<T>(bytes) {
-                Some(row) => self.table.push(key, row)?,
+                Some(row) => self.table.push(key, row),
                 None => {
                     read_le_slice(bytes, &mut self.row);
-                    self.table.push(key, &self.row)?;
+                    self.table.push(key, &self.row)
                 }
             }
+            .map_err(|e| self.named(e))?;
         }
         Ok(())
     }
@@ -101,6 +126,20 @@ impl<T: Element> ErasedPart for Part<T> {
 
     fn row_bytes(&self) -> usize {
         self.table.width() * T::SIZE
+    }
+}
+
+impl<T: Element> Part<T> {
+    /// `e` with the table's name, where it has a place for one.
+    fn named(&self, e: Error) -> Error {
+        match e {
+            Error::TableFull { shard, limit, .. } => Error::TableFull {
+                table: Some(self.name.clone()),
+                shard,
+                limit,
+            },
+            e => e,
+        }
     }
 }
 
@@ -170,6 +209,16 @@ impl ShardTables for ServerTables {
 
     fn check(&self, table: u32, keys: Keys<'_>, value_len: Option<usize>) -> Result<()> {
         self.part(table)?.check(keys, value_len)
+    }
+
+    fn check_room(
+        &self,
+        table: u32,
+        keys: Keys<'_>,
+        promised: &dyn Fn(u64) -> bool,
+        spoken: usize,
+    ) -> Result<Vec<u64>> {
+        self.part(table)?.check_room(keys, promised, spoken)
     }
 
     fn apply(&mut self, table: u32, keys: Keys<'_>, values: &[u8]) -> Result<()> {

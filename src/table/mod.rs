@@ -67,6 +67,7 @@ pub struct TableSpec<T: Element> {
     placement: Option<Placement>,
     init: Init,
     consistency: Consistency,
+    max_rows_per_shard: Option<usize>,
 }
 
 impl<T: Element> TableSpec<T> {
@@ -79,6 +80,7 @@ impl<T: Element> TableSpec<T> {
             placement: None,
             init: Init::Zeros,
             consistency: Consistency::Bsp,
+            max_rows_per_shard: None,
         }
     }
 
@@ -135,6 +137,31 @@ impl<T: Element> TableSpec<T> {
         if let Kind::Sparse { capacity } = &mut self.kind {
             *capacity = rows;
         }
+        self
+    }
+
+    /// For sparse tables: the most rows each shard may hold (unlimited by
+    /// default). A push that would create a row past it is refused with
+    /// [`Error::TableFull`], and changes nothing, so a runaway key space
+    /// (features hashed into all of `u64`, a bug that makes every key new)
+    /// is an error the job can report, not a server process killed for its
+    /// memory. A row costs about `(width + Update::state_len) × element
+    /// size` bytes plus 64 for its leaf; sparse keys are spread over the
+    /// shards by hash, so leave some room above `rows / shards`.
+    ///
+    /// ```
+    /// use laggard::{Error, Table, TableSpec};
+    ///
+    /// let table = Table::new(TableSpec::<f32>::sparse(4).max_rows_per_shard(2))?;
+    /// table.push(7, &[1.0; 4])?;
+    /// table.push(9, &[1.0; 4])?;
+    /// table.push(7, &[1.0; 4])?; // an existing row is always there to push to
+    /// assert!(matches!(table.push(11, &[1.0; 4]), Err(Error::TableFull { limit: 2, .. })));
+    /// assert_eq!(table.rows(), 2);
+    /// # Ok::<(), laggard::Error>(())
+    /// ```
+    pub fn max_rows_per_shard(mut self, rows: usize) -> Self {
+        self.max_rows_per_shard = Some(rows);
         self
     }
 
@@ -332,6 +359,22 @@ impl<T: Element> Table<T> {
         spec.update.validate()?;
         spec.init.validate()?;
         let map = spec.shard_map()?;
+        let limit = match (&spec.kind, spec.max_rows_per_shard) {
+            (_, None) => usize::MAX,
+            (Kind::Dense { .. }, Some(_)) => {
+                return Err(invalid(
+                    "max_rows_per_shard",
+                    "only sparse tables have a row limit; a dense table's rows are its key range",
+                ));
+            }
+            (Kind::Sparse { .. }, Some(0)) => {
+                return Err(invalid(
+                    "max_rows_per_shard",
+                    "0 would refuse every push; a shard must be allowed one row at least",
+                ));
+            }
+            (Kind::Sparse { .. }, Some(limit)) => limit,
+        };
         let state_len = spec.update.state_len(width);
         // A rule of the user's may ask for any amount of state: one row of
         // it must be addressable before anything is allocated or indexed.
@@ -368,7 +411,8 @@ impl<T: Element> Table<T> {
                     .map(|shard| {
                         let stored = owned.is_none_or(|o| o == shard);
                         let capacity = if stored { capacity / map.shards() } else { 0 };
-                        SparseShard::new(capacity, width, state_len, spec.init)
+                        let capacity = capacity.min(limit);
+                        SparseShard::new(shard, capacity, limit, width, state_len, spec.init)
                     })
                     .collect(),
             ),
@@ -485,6 +529,43 @@ impl<T: Element> Table<T> {
         self.check_keys(keys)
     }
 
+    /// Checks that the rows pushing to `keys` would create fit within the
+    /// row limit ([`TableSpec::max_rows_per_shard`]) of their shards, and
+    /// returns their keys (each once): none for a table without a limit.
+    /// `promised` rows are spoken for already (by pushes not applied yet),
+    /// `spoken` of them in each shard; their keys count as created. Every
+    /// key must be valid and stored here. Exact while no other thread
+    /// creates rows meanwhile, as on a server, whose own thread alone
+    /// pushes.
+    pub(crate) fn check_room(
+        &self,
+        keys: impl Iterator<Item = u64>,
+        promised: &dyn Fn(u64) -> bool,
+        spoken: usize,
+    ) -> Result<Vec<u64>> {
+        let Storage::Sparse(shards) = &self.storage else {
+            return Ok(Vec::new());
+        };
+        if self.spec.max_rows_per_shard.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut new = std::collections::HashSet::new();
+        let mut per_shard = vec![0usize; shards.len()];
+        for key in keys {
+            let shard = self.stored_shard(key)?;
+            if shards[shard].find(key).is_none() && !promised(key) && new.insert(key) {
+                per_shard[shard] += 1;
+            }
+        }
+        for (shard, &wanted) in shards.iter().zip(&per_shard) {
+            let after = shard.len().saturating_add(spoken).saturating_add(wanted);
+            if wanted > 0 && after > shard.limit() {
+                return Err(shard.full());
+            }
+        }
+        Ok(new.into_iter().collect())
+    }
+
     /// Checks that every key is valid for this table and stored here,
     /// without touching any row.
     pub fn check_keys(&self, keys: &[u64]) -> Result<()> {
@@ -503,9 +584,12 @@ impl<T: Element> Table<T> {
 
     /// Pushes one delta per key: `deltas` holds `keys.len() × width`
     /// elements, row after row. Every key is checked before any is applied,
-    /// so an invalid batch changes nothing.
+    /// so an invalid batch changes nothing; so is the room for the rows it
+    /// creates in a sparse table with a row limit, unless other threads
+    /// create rows in the same shards meanwhile.
     pub fn push_batch(&self, keys: &[u64], deltas: &[T]) -> Result<()> {
         self.check_batch(keys, deltas.len())?;
+        self.check_room(keys.iter().copied(), &|_| false, 0)?;
         for (&key, delta) in keys.iter().zip(deltas.chunks_exact(self.width)) {
             self.row_for_push(key)?
                 .apply(self.width, &*self.spec.update, delta);

@@ -10,12 +10,17 @@
 //! table lives, so a reader holding a pointer never sees it freed and no
 //! memory-reclamation scheme is needed. Depth is at most
 //! `(64 - root_bits) / 4` levels whatever the keys are.
+//!
+//! A shard may have a row limit. An insert reserves its row in the shard's
+//! count before it makes the leaf, and gives the reservation back if
+//! another insert of the same key wins, so the count never passes the
+//! limit; it includes rows being inserted at that moment.
 
 use std::marker::PhantomData;
 use std::ptr;
 
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 use crate::table::dense::reserve;
 use crate::table::init::Init;
@@ -69,7 +74,12 @@ enum Slot<'a, T: Element> {
 pub(crate) struct SparseShard<T: Element> {
     root: Box<[AtomicPtr<u8>]>,
     root_bits: u32,
+    /// Rows inserted or being inserted (reserved, see `reserve_row`).
     rows: AtomicUsize,
+    /// The most rows the shard may hold.
+    limit: usize,
+    /// The shard's index in its table, for errors.
+    index: usize,
     width: usize,
     state_len: usize,
     init: Init,
@@ -86,8 +96,16 @@ impl<T: Element> std::fmt::Debug for SparseShard<T> {
 }
 
 impl<T: Element> SparseShard<T> {
-    /// A shard sized for about `capacity` rows (it grows past that freely).
-    pub(crate) fn new(capacity: usize, width: usize, state_len: usize, init: Init) -> Self {
+    /// Shard `index` of its table, sized for about `capacity` rows (it
+    /// grows past that freely), holding at most `limit` rows.
+    pub(crate) fn new(
+        index: usize,
+        capacity: usize,
+        limit: usize,
+        width: usize,
+        state_len: usize,
+        init: Init,
+    ) -> Self {
         // About four rows per root slot before nodes appear; a multiple of
         // NODE_BITS so the levels below consume whole nibbles.
         let wanted = (capacity / 4).max(1).next_power_of_two().trailing_zeros();
@@ -99,6 +117,8 @@ impl<T: Element> SparseShard<T> {
             root,
             root_bits,
             rows: AtomicUsize::new(0),
+            limit,
+            index,
             width,
             state_len,
             init,
@@ -106,10 +126,42 @@ impl<T: Element> SparseShard<T> {
         }
     }
 
-    /// Number of materialized rows.
+    /// Number of materialized rows (and rows being inserted right now).
     pub(crate) fn len(&self) -> usize {
-        // Relaxed: a statistic; nothing is ordered by it.
+        // Relaxed: a count; nothing is ordered by it.
         self.rows.load(Ordering::Relaxed)
+    }
+
+    /// The most rows the shard may hold.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// The error for a row past the limit.
+    pub(crate) fn full(&self) -> Error {
+        Error::TableFull {
+            table: None,
+            shard: self.index,
+            limit: self.limit,
+        }
+    }
+
+    /// Reserves one row in the count, unless the shard is full.
+    fn reserve_row(&self) -> Result<()> {
+        // Relaxed: the count orders no memory; the modification order of
+        // this one atomic alone keeps reservations within the limit.
+        self.rows
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |rows| {
+                (rows < self.limit).then_some(rows + 1)
+            })
+            .map(drop)
+            .map_err(|_| self.full())
+    }
+
+    /// Gives back a reservation whose row was not inserted.
+    fn release_row(&self) {
+        // Relaxed: as in `reserve_row`.
+        self.rows.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn decode(&self, p: *mut u8) -> Slot<'_, T> {
@@ -153,8 +205,9 @@ impl<T: Element> SparseShard<T> {
     }
 
     /// The row for `key`, created (with the table's initial values) if it
-    /// does not exist; `OutOfMemory` if there is no memory for it. Lock-free:
-    /// a CAS fails only because another insert into the same slot succeeded.
+    /// does not exist; `TableFull` if the shard holds its limit of rows,
+    /// `OutOfMemory` if there is no memory for it. Lock-free: a CAS fails
+    /// only because another insert into the same slot succeeded.
     pub(crate) fn insert(&self, key: u64) -> Result<&Leaf<T>> {
         let hash = mix64(key);
         let mut slot = self.root_slot(hash);
@@ -165,9 +218,13 @@ impl<T: Element> SparseShard<T> {
             let current = slot.load(Ordering::Acquire);
             match self.decode(current) {
                 Slot::Empty => {
+                    // A fresh leaf holds a reservation in the count.
                     let leaf = match fresh.take() {
                         Some(leaf) => leaf,
-                        None => self.new_leaf(key)?,
+                        None => {
+                            self.reserve_row()?;
+                            self.new_leaf(key).inspect_err(|_| self.release_row())?
+                        }
                     };
                     let leaf = Box::into_raw(leaf);
                     // Release on success publishes the leaf's initialized
@@ -180,8 +237,6 @@ impl<T: Element> SparseShard<T> {
                         Ordering::Acquire,
                     ) {
                         Ok(_) => {
-                            // Relaxed: a statistic.
-                            self.rows.fetch_add(1, Ordering::Relaxed);
                             // SAFETY: we just published `leaf`; it lives until Drop.
                             return Ok(unsafe { &*leaf });
                         }
@@ -190,7 +245,13 @@ impl<T: Element> SparseShard<T> {
                         Err(_) => fresh = Some(unsafe { Box::from_raw(leaf) }),
                     }
                 }
-                Slot::Leaf(leaf) if leaf.key == key => return Ok(leaf),
+                Slot::Leaf(leaf) if leaf.key == key => {
+                    // Another insert of `key` won: ours was not needed.
+                    if fresh.is_some() {
+                        self.release_row();
+                    }
+                    return Ok(leaf);
+                }
                 Slot::Leaf(leaf) => {
                     // Two distinct keys have distinct hashes (mix64 is a
                     // bijection), so they differ in some bit below `shift`
