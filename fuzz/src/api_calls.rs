@@ -1,5 +1,5 @@
 //! Drives the core crate's public API with calls decoded from arbitrary
-//! bytes: table specs (valid or not), pushes and pulls with any widths and
+//! bytes: table specs (valid or not, row limits included), pushes and pulls with any widths and
 //! keys, shard visits, and staleness-gate operations. Any panic is a bug:
 //! bad input must come back as an `Error`.
 //!
@@ -33,8 +33,17 @@ impl Bytes<'_> {
     }
 }
 
-fn spec(b: &mut Bytes<'_>) -> TableSpec<f32> {
-    let width = usize::from(b.u8() % 9); // 0 is invalid on purpose
+/// A table spec, and the row limit per shard it sets, if any.
+fn spec(b: &mut Bytes<'_>) -> (TableSpec<f32>, Option<usize>) {
+    let first = b.u8();
+    let width = usize::from(first % 9); // 0 is invalid on purpose
+    // From the same byte, so that older corpus inputs keep their meaning
+    // otherwise: a row limit of 0 (invalid) to 3 rows, for either kind
+    // (dense tables refuse one), or none.
+    let limit = match first / 9 % 8 {
+        n @ 0..=3 => Some(usize::from(n)),
+        _ => None,
+    };
     let mut spec = if b.u8() % 2 == 0 {
         // Keep dense tables small: the harness, not the library, bounds memory.
         let start = b.u64() % 1_000_000;
@@ -50,6 +59,9 @@ fn spec(b: &mut Bytes<'_>) -> TableSpec<f32> {
         2 => spec.placement(Placement::Hash),
         _ => spec,
     };
+    if let Some(rows) = limit {
+        spec = spec.max_rows_per_shard(rows);
+    }
     spec = match b.u8() % 5 {
         0 => spec.update(Sum),
         1 => spec.update(Sgd::new(b.f64()).momentum(b.f64())),
@@ -57,7 +69,7 @@ fn spec(b: &mut Bytes<'_>) -> TableSpec<f32> {
         3 => spec.update(Adam::new(b.f64()).betas(b.f64(), b.f64())),
         _ => spec,
     };
-    match b.u8() % 3 {
+    let spec = match b.u8() % 3 {
         0 => spec.init(Init::Constant(b.f64())),
         1 => spec.init(Init::Uniform {
             low: b.f64(),
@@ -65,7 +77,8 @@ fn spec(b: &mut Bytes<'_>) -> TableSpec<f32> {
             seed: b.u64(),
         }),
         _ => spec,
-    }
+    };
+    (spec, limit)
 }
 
 fn key(b: &mut Bytes<'_>) -> u64 {
@@ -79,7 +92,8 @@ fn key(b: &mut Bytes<'_>) -> u64 {
 /// Runs the calls encoded in `data`. Panics only on a bug in laggard.
 pub fn run(data: &[u8]) {
     let mut b = Bytes(data);
-    let table = Table::new(spec(&mut b)).ok();
+    let (spec, limit) = spec(&mut b);
+    let table = Table::new(spec).ok();
     let consistency = match b.u8() % 3 {
         0 => Consistency::Bsp,
         1 => Consistency::Ssp {
@@ -118,12 +132,17 @@ pub fn run(data: &[u8]) {
         }
     }
     if let Some(t) = &table {
-        let rows = (0..t.shard_map().shards()).map(|s| {
-            let mut n = 0;
-            t.visit_shard(s, |_| n += 1)
-                .expect("every shard of the map exists");
-            n
-        });
-        assert_eq!(rows.sum::<usize>(), t.rows());
+        let rows: Vec<usize> = (0..t.shard_map().shards())
+            .map(|s| {
+                let mut n = 0;
+                t.visit_shard(s, |_| n += 1)
+                    .expect("every shard of the map exists");
+                n
+            })
+            .collect();
+        assert_eq!(rows.iter().sum::<usize>(), t.rows());
+        if let Some(limit) = limit {
+            assert!(rows.iter().all(|&n| n <= limit), "{rows:?} past {limit}");
+        }
     }
 }
