@@ -201,16 +201,11 @@ impl ShardTables for Sums {
         assert!(keys.iter().all(|k| (k as usize) < self.rows.len()));
         Ok(())
     }
-    fn check_room(
-        &self,
-        _: u32,
-        _: Keys<'_>,
-        _: &dyn Fn(u64) -> bool,
-        _: usize,
-    ) -> laggard::Result<Vec<u64>> {
-        // No table here has a row limit.
+    // No table here has a row limit: there is no room to promise.
+    fn promise(&mut self, _: u32, _: Keys<'_>) -> laggard::Result<Vec<u64>> {
         Ok(Vec::new())
     }
+    fn unpromise(&mut self, _: u32, _: &[u64]) {}
     fn apply(&mut self, _: u32, keys: Keys<'_>, values: &[u8]) -> laggard::Result<()> {
         for (k, v) in keys.iter().zip(values.chunks_exact(8)) {
             self.rows[k as usize] += i64::from_le_bytes(v.try_into().unwrap());

@@ -174,16 +174,11 @@ impl ShardTables for NoRows {
     fn check(&self, _: u32, _: Keys<'_>, _: Option<usize>) -> laggard::Result<()> {
         Ok(())
     }
-    fn check_room(
-        &self,
-        _: u32,
-        _: Keys<'_>,
-        _: &dyn Fn(u64) -> bool,
-        _: usize,
-    ) -> laggard::Result<Vec<u64>> {
-        // No table here has a row limit.
+    // No table here has a row limit: there is no room to promise.
+    fn promise(&mut self, _: u32, _: Keys<'_>) -> laggard::Result<Vec<u64>> {
         Ok(Vec::new())
     }
+    fn unpromise(&mut self, _: u32, _: &[u64]) {}
     fn apply(&mut self, _: u32, _: Keys<'_>, _: &[u8]) -> laggard::Result<()> {
         Ok(())
     }

@@ -48,16 +48,11 @@ impl ShardTables for Tables {
         }
     }
 
-    fn check_room(
-        &self,
-        _: u32,
-        _: Keys<'_>,
-        _: &dyn Fn(u64) -> bool,
-        _: usize,
-    ) -> laggard::Result<Vec<u64>> {
-        // No table here has a row limit.
+    // No table here has a row limit: there is no room to promise.
+    fn promise(&mut self, _: u32, _: Keys<'_>) -> laggard::Result<Vec<u64>> {
         Ok(Vec::new())
     }
+    fn unpromise(&mut self, _: u32, _: &[u64]) {}
     fn apply(&mut self, _: u32, keys: Keys<'_>, values: &[u8]) -> laggard::Result<()> {
         assert_eq!(
             values.len(),

@@ -8,7 +8,7 @@
 //! reached through the [`ShardTables`] trait, so the machine can be driven
 //! against a model in tests.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::codec::{
@@ -32,22 +32,22 @@ pub trait ShardTables {
 
     /// Checks that `table` exists, every key belongs to this shard, and
     /// `value_len` is `keys × width × element size` (pass `None` for a
-    /// pull, which carries no values).
+    /// pull, which carries no values). For a push to a table with a row
+    /// limit, also that the rows it would create fit within it, rows
+    /// promised to held pushes ([`promise`](Self::promise)) counted as
+    /// created; that error ([`Error::TableFull`](crate::Error::TableFull))
+    /// names the table.
     fn check(&self, table: u32, keys: Keys<'_>, value_len: Option<usize>) -> Result<()>;
 
-    /// Checks that the rows a checked push section to `keys` would create
-    /// fit within the table's row limit on this shard, and returns their
-    /// keys, each once: none for a table without a limit. Rows whose keys
-    /// `promised` picks are spoken for already (held pushes will create
-    /// them), `spoken` of them; they count as created. The error
-    /// ([`Error::TableFull`](crate::Error::TableFull)) names the table.
-    fn check_room(
-        &self,
-        table: u32,
-        keys: Keys<'_>,
-        promised: &dyn Fn(u64) -> bool,
-        spoken: usize,
-    ) -> Result<Vec<u64>>;
+    /// Promises room to the rows a checked push section to `keys` will
+    /// create when it is applied (the push is held back): until
+    /// [`unpromise`](Self::unpromise), `check` counts them as created.
+    /// Returns their keys, for `unpromise`: none for a table without a
+    /// row limit.
+    fn promise(&mut self, table: u32, keys: Keys<'_>) -> Result<Vec<u64>>;
+
+    /// Gives back the room [`promise`](Self::promise) promised to `keys`.
+    fn unpromise(&mut self, table: u32, keys: &[u64]);
 
     /// Applies a checked push section with the table's update rule.
     fn apply(&mut self, table: u32, keys: Keys<'_>, values: &[u8]) -> Result<()>;
@@ -193,10 +193,6 @@ pub struct ServerCore {
     /// Pushes for clocks at or past `hold_from`, in arrival order, not yet
     /// applied or acknowledged.
     held: VecDeque<HeldPush>,
-    /// Per table with a row limit, the keys of the rows held pushes will
-    /// create, each with the number of held pushes that create it: room
-    /// later pushes may not take.
-    promised: Vec<HashMap<u64, u32>>,
     stopped: bool,
     stats: ServerStats,
 }
@@ -211,7 +207,7 @@ struct HeldPush {
     /// `(table, keys, values)` of each section.
     sections: Vec<(u32, Vec<u64>, Vec<u8>)>,
     /// `(table, keys)`: the rows it will create in tables with a row
-    /// limit, in [`ServerCore::promised`] until it is applied.
+    /// limit, promised to it ([`ShardTables::promise`]) until it is applied.
     creates: Vec<(u32, Vec<u64>)>,
 }
 
@@ -230,7 +226,6 @@ impl ServerCore {
             parked: Vec::new(),
             hold_from: None,
             held: VecDeque::new(),
-            promised: Vec::new(),
             stopped: false,
             stats: ServerStats::default(),
             cfg,
@@ -432,14 +427,14 @@ impl ServerCore {
     fn apply_held(&mut self, push: HeldPush, tables: &mut dyn ShardTables, out: &mut Vec<Output>) {
         let (w, wi) = (push.worker, push.worker as usize);
         // Its rows now take the room promised them.
-        self.unpromise(&push);
+        unpromise(&push, tables);
         for (table, keys, values) in &push.sections {
             if let Err(e) = tables.apply(*table, Keys::Native(keys), values) {
                 let (forgotten, kept): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.held)
                     .into_iter()
                     .partition(|h| h.worker == w);
                 self.held = kept;
-                forgotten.iter().for_each(|h| self.unpromise(h));
+                forgotten.iter().for_each(|h| unpromise(h, tables));
                 self.applied[wi] = push.seq - 1;
                 if let Some((_, status)) = self.clocks.get(WorkerId(w)) {
                     self.clocks.set(WorkerId(w), push.clock, status);
@@ -454,36 +449,6 @@ impl ServerCore {
         self.stats.pushes += 1;
         if let Some(peer) = self.conn_of[wi] {
             self.acknowledge(peer, push.seq, out);
-        }
-    }
-
-    /// Promises room to the rows `push` will create.
-    fn promise(&mut self, push: &HeldPush) {
-        for (table, keys) in &push.creates {
-            let t = *table as usize;
-            if self.promised.len() <= t {
-                self.promised.resize_with(t + 1, HashMap::new);
-            }
-            for &key in keys {
-                *self.promised[t].entry(key).or_default() += 1;
-            }
-        }
-    }
-
-    /// Frees the room promised to `push`'s rows.
-    fn unpromise(&mut self, push: &HeldPush) {
-        for (table, keys) in &push.creates {
-            let Some(promised) = self.promised.get_mut(*table as usize) else {
-                continue;
-            };
-            for key in keys {
-                if let Some(n) = promised.get_mut(key) {
-                    *n -= 1;
-                    if *n == 0 {
-                        promised.remove(key);
-                    }
-                }
-            }
         }
     }
 
@@ -771,39 +736,40 @@ impl ServerCore {
             return self.drop_peer(peer, FaultCode::Protocol, text, out);
         }
         // Check every section before applying any, so a bad push changes
-        // nothing; also the room for the rows it creates in tables with a
-        // row limit, less the rows promised to held pushes.
-        let mut creates = Vec::new();
+        // nothing (the room for the rows it creates in a table with a row
+        // limit included).
         for s in push.sections.iter() {
-            let promised = self.promised.get(s.table as usize);
-            let checked = tables
-                .check(s.table, s.keys, Some(s.values.len()))
-                .and_then(|()| {
-                    let spoken = |key| promised.is_some_and(|p| p.contains_key(&key));
-                    let rows = promised.map_or(0, HashMap::len);
-                    tables.check_room(s.table, s.keys, &spoken, rows)
-                });
-            match checked {
-                Ok(keys) if keys.is_empty() => {}
-                Ok(keys) => creates.push((s.table, keys)),
-                Err(e) => return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out),
+            if let Err(e) = tables.check(s.table, s.keys, Some(s.values.len())) {
+                return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
             }
         }
         if self.hold_from.is_some_and(|hold| push.clock >= hold) {
+            // Its rows' room is promised now: later pushes may not take it.
+            let mut creates = Vec::new();
+            for s in push.sections.iter() {
+                match tables.promise(s.table, s.keys) {
+                    Ok(keys) if keys.is_empty() => {}
+                    Ok(keys) => creates.push((s.table, keys)),
+                    Err(e) => {
+                        creates
+                            .iter()
+                            .for_each(|(t, keys)| tables.unpromise(*t, keys));
+                        return self.drop_peer(peer, FaultCode::BadRequest, e.to_string(), out);
+                    }
+                }
+            }
             let sections = push
                 .sections
                 .iter()
                 .map(|s| (s.table, s.keys.iter().collect(), s.values.to_vec()))
                 .collect();
-            let held = HeldPush {
+            self.held.push_back(HeldPush {
                 worker: w,
                 seq: push.seq,
                 clock: push.clock,
                 sections,
                 creates,
-            };
-            self.promise(&held);
-            self.held.push_back(held);
+            });
             self.stats.pushes_held += 1;
             self.applied[wi] = push.seq;
             self.say_held(peer, push.seq, out);
@@ -948,6 +914,13 @@ impl ServerCore {
                 }),
             ));
         }
+    }
+}
+
+/// Gives back the room promised to the rows held push `push` creates.
+fn unpromise(push: &HeldPush, tables: &mut dyn ShardTables) {
+    for (table, keys) in &push.creates {
+        tables.unpromise(*table, keys);
     }
 }
 

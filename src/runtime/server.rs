@@ -610,14 +610,12 @@ impl<E: Endpoint> ShardTables for ApplyAfterRelease<'_, E> {
         self.tables.check(table, keys, value_len)
     }
 
-    fn check_room(
-        &self,
-        table: u32,
-        keys: crate::proto::Keys<'_>,
-        promised: &dyn Fn(u64) -> bool,
-        spoken: usize,
-    ) -> Result<Vec<u64>> {
-        self.tables.check_room(table, keys, promised, spoken)
+    fn promise(&mut self, table: u32, keys: crate::proto::Keys<'_>) -> Result<Vec<u64>> {
+        self.tables.promise(table, keys)
+    }
+
+    fn unpromise(&mut self, table: u32, keys: &[u64]) {
+        self.tables.unpromise(table, keys);
     }
 
     fn apply(&mut self, table: u32, keys: crate::proto::Keys<'_>, values: &[u8]) -> Result<()> {

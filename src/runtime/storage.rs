@@ -2,6 +2,7 @@
 //! interface so the protocol state machine can reach tables of any element
 //! type.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::element::{Element, le_bytes, le_view, le_view_mut, read_le_slice, write_le_slice};
@@ -13,13 +14,10 @@ use crate::transport::HeldRow;
 /// One table's part on one server, any element type.
 pub(crate) trait ErasedPart: Send {
     fn check(&self, keys: Keys<'_>, value_len: Option<usize>) -> Result<()>;
-    /// [`ShardTables::check_room`] for this table.
-    fn check_room(
-        &self,
-        keys: Keys<'_>,
-        promised: &dyn Fn(u64) -> bool,
-        spoken: usize,
-    ) -> Result<Vec<u64>>;
+    /// [`ShardTables::promise`] for this table.
+    fn promise(&mut self, keys: Keys<'_>) -> Result<Vec<u64>>;
+    /// [`ShardTables::unpromise`] for this table.
+    fn unpromise(&mut self, keys: &[u64]);
     fn apply(&mut self, keys: Keys<'_>, values: &[u8]) -> Result<()>;
     fn read(&mut self, keys: &[u64], out: &mut [u8]) -> Result<()>;
     /// Calls `send` with row `key` as little-endian bytes: in place where
@@ -37,6 +35,12 @@ pub(crate) trait ErasedPart: Send {
 pub(crate) struct Part<T: Element> {
     table: Arc<Table<T>>,
     name: String,
+    /// Whether the table has a row limit: pushes to one without need no
+    /// look at their keys for it.
+    limited: bool,
+    /// The keys of rows promised to held pushes ([`ShardTables::promise`]),
+    /// each with the number of pushes it was promised to.
+    promised: HashMap<u64, u32>,
     row: Vec<T>,
 }
 
@@ -44,8 +48,10 @@ impl<T: Element> Part<T> {
     pub(crate) fn new(table: Arc<Table<T>>, name: &str) -> Self {
         let row = vec![T::ZERO; table.width()];
         Part {
+            limited: table.spec().row_limit().is_some(),
             table,
             name: name.to_owned(),
+            promised: HashMap::new(),
             row,
         }
     }
@@ -64,18 +70,39 @@ impl<T: Element> ErasedPart for Part<T> {
             }
         }
         keys.iter()
-            .try_for_each(|k| self.table.check_keys(std::slice::from_ref(&k)))
+            .try_for_each(|k| self.table.check_keys(std::slice::from_ref(&k)))?;
+        if self.limited && value_len.is_some() {
+            let promised = |key| self.promised.contains_key(&key);
+            self.table
+                .check_room(keys.iter(), &promised, self.promised.len())
+                .map_err(|e| self.named(e))?;
+        }
+        Ok(())
     }
 
-    fn check_room(
-        &self,
-        keys: Keys<'_>,
-        promised: &dyn Fn(u64) -> bool,
-        spoken: usize,
-    ) -> Result<Vec<u64>> {
-        self.table
-            .check_room(keys.iter(), promised, spoken)
-            .map_err(|e| self.named(e))
+    fn promise(&mut self, keys: Keys<'_>) -> Result<Vec<u64>> {
+        if !self.limited {
+            return Ok(Vec::new());
+        }
+        let promised = &self.promised;
+        let (missing, _) = self
+            .table
+            .missing_rows(keys.iter(), &|key| promised.contains_key(&key))?;
+        for &key in &missing {
+            *self.promised.entry(key).or_default() += 1;
+        }
+        Ok(missing)
+    }
+
+    fn unpromise(&mut self, keys: &[u64]) {
+        for key in keys {
+            if let Some(n) = self.promised.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.promised.remove(key);
+                }
+            }
+        }
     }
 
     fn apply(&mut self, keys: Keys<'_>, values: &[u8]) -> Result<()> {
@@ -211,14 +238,18 @@ impl ShardTables for ServerTables {
         self.part(table)?.check(keys, value_len)
     }
 
-    fn check_room(
-        &self,
-        table: u32,
-        keys: Keys<'_>,
-        promised: &dyn Fn(u64) -> bool,
-        spoken: usize,
-    ) -> Result<Vec<u64>> {
-        self.part(table)?.check_room(keys, promised, spoken)
+    fn promise(&mut self, table: u32, keys: Keys<'_>) -> Result<Vec<u64>> {
+        let n = self.parts.len();
+        self.parts
+            .get_mut(table as usize)
+            .ok_or_else(|| unknown(table, n))?
+            .promise(keys)
+    }
+
+    fn unpromise(&mut self, table: u32, keys: &[u64]) {
+        if let Some(part) = self.parts.get_mut(table as usize) {
+            part.unpromise(keys);
+        }
     }
 
     fn apply(&mut self, table: u32, keys: Keys<'_>, values: &[u8]) -> Result<()> {

@@ -170,6 +170,11 @@ impl<T: Element> TableSpec<T> {
         self.width
     }
 
+    /// The row limit per shard ([`max_rows_per_shard`](Self::max_rows_per_shard)), if set.
+    pub fn row_limit(&self) -> Option<usize> {
+        self.max_rows_per_shard
+    }
+
     /// True for a dense table.
     pub fn is_dense(&self) -> bool {
         matches!(self.kind, Kind::Dense { .. })
@@ -529,41 +534,55 @@ impl<T: Element> Table<T> {
         self.check_keys(keys)
     }
 
+    /// The keys among `keys` whose rows do not exist yet, each once,
+    /// leaving out those `skip` picks; with how many of them each shard
+    /// stores. Every key must be valid and stored here.
+    pub(crate) fn missing_rows(
+        &self,
+        keys: impl Iterator<Item = u64>,
+        skip: &dyn Fn(u64) -> bool,
+    ) -> Result<(Vec<u64>, Vec<usize>)> {
+        let Storage::Sparse(shards) = &self.storage else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let mut missing = std::collections::HashSet::new();
+        let mut per_shard = vec![0usize; shards.len()];
+        for key in keys {
+            let shard = self.stored_shard(key)?;
+            if shards[shard].find(key).is_none() && !skip(key) && missing.insert(key) {
+                per_shard[shard] += 1;
+            }
+        }
+        Ok((missing.into_iter().collect(), per_shard))
+    }
+
     /// Checks that the rows pushing to `keys` would create fit within the
-    /// row limit ([`TableSpec::max_rows_per_shard`]) of their shards, and
-    /// returns their keys (each once): none for a table without a limit.
-    /// `promised` rows are spoken for already (by pushes not applied yet),
-    /// `spoken` of them in each shard; their keys count as created. Every
-    /// key must be valid and stored here. Exact while no other thread
-    /// creates rows meanwhile, as on a server, whose own thread alone
-    /// pushes.
+    /// row limit ([`TableSpec::max_rows_per_shard`]) of their shards, with
+    /// `spoken` rows of each shard spoken for already (by pushes not
+    /// applied yet), whose keys `promised` picks: those count as created.
+    /// Every key must be valid and stored here. Exact while no other
+    /// thread creates rows meanwhile, as on a server, whose own thread
+    /// alone pushes.
     pub(crate) fn check_room(
         &self,
         keys: impl Iterator<Item = u64>,
         promised: &dyn Fn(u64) -> bool,
         spoken: usize,
-    ) -> Result<Vec<u64>> {
+    ) -> Result<()> {
         let Storage::Sparse(shards) = &self.storage else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         if self.spec.max_rows_per_shard.is_none() {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let mut new = std::collections::HashSet::new();
-        let mut per_shard = vec![0usize; shards.len()];
-        for key in keys {
-            let shard = self.stored_shard(key)?;
-            if shards[shard].find(key).is_none() && !promised(key) && new.insert(key) {
-                per_shard[shard] += 1;
-            }
-        }
+        let (_, per_shard) = self.missing_rows(keys, promised)?;
         for (shard, &wanted) in shards.iter().zip(&per_shard) {
             let after = shard.len().saturating_add(spoken).saturating_add(wanted);
             if wanted > 0 && after > shard.limit() {
                 return Err(shard.full());
             }
         }
-        Ok(new.into_iter().collect())
+        Ok(())
     }
 
     /// Checks that every key is valid for this table and stored here,
