@@ -189,9 +189,12 @@ fn train(
     test: &[Rating],
 ) -> laggard::Result<Run> {
     // Sparse tables: a row exists once pushed; keys are the raw ids here,
-    // but any u64 works (hashed feature ids, say), spread by hash.
+    // but any u64 works (hashed feature ids, say), spread by hash. The row
+    // limit turns a bug that makes up ids into an error, not a server that
+    // grows until it is killed: no shard can need more than every id.
     let table = |seed| {
         TableSpec::<f32>::sparse(RANK)
+            .max_rows_per_shard(USERS.max(ITEMS) as usize)
             .placement(Placement::Hash)
             .init(Init::Uniform {
                 low: -0.3,
