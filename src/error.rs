@@ -246,7 +246,8 @@ impl fmt::Display for Error {
                     f,
                     "shard {shard} holds its limit of {limit} {rows} \
                      (TableSpec::max_rows_per_shard), so a push that would create another \
-                     is refused; raise the limit, or map the keys into a smaller space"
+                     is refused and changes nothing; raise the limit, or map the keys into \
+                     a smaller space"
                 )
             }
             Error::KeyNotOwned { key, owner, shard } => write!(

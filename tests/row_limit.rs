@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use laggard::checkpoint::{self, Foreign};
 use laggard::transport::{InProcess, Transport};
 use laggard::{
     Cluster, ClusterSpec, Consistency, Error, Server, Table, TableSpec, Worker, WorkerId,
@@ -165,4 +166,20 @@ fn rows_promised_to_held_pushes_are_not_given_to_others() {
         table.pull(key, &mut row).unwrap();
         assert_eq!(row, [1, 1], "row {key}");
     }
+}
+
+#[test]
+fn a_checkpoint_with_more_rows_than_the_limit_says_so() {
+    let roomy = Table::new(limited(3)).unwrap();
+    for key in [4, 5, 6] {
+        roomy.push(key, &[1, 1]).unwrap();
+    }
+    let mut bytes = Vec::new();
+    checkpoint::save(&roomy, &mut bytes).unwrap();
+    let tight = Table::new(limited(2)).unwrap();
+    let err = checkpoint::load(&tight, &bytes[..], Foreign::Refuse)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot be restored"), "{err}");
+    assert!(err.contains("shard 0 holds its limit of 2 rows"), "{err}");
 }
