@@ -38,13 +38,16 @@ fn spec(b: &mut Bytes<'_>) -> (TableSpec<f32>, Option<usize>) {
     let first = b.u8();
     let width = usize::from(first % 9); // 0 is invalid on purpose
     // From the same byte, so that older corpus inputs keep their meaning
-    // otherwise: a row limit of 0 (invalid) to 3 rows, for either kind
-    // (dense tables refuse one), or none.
-    let limit = match first / 9 % 8 {
-        n @ 0..=3 => Some(usize::from(n)),
+    // otherwise, and most keep a valid table: a row limit of 1 to 3 rows
+    // for a sparse table, rarely 0 (invalid) or one for a dense table
+    // (which refuses it).
+    let code = first / 9 % 16;
+    let dense = b.u8() % 2 == 0;
+    let limit = match (dense, code) {
+        (true, 1) | (false, 0..=3) => Some(usize::from(code)),
         _ => None,
     };
-    let mut spec = if b.u8() % 2 == 0 {
+    let mut spec = if dense {
         // Keep dense tables small: the harness, not the library, bounds memory.
         let start = b.u64() % 1_000_000;
         let len = u64::from(b.u8()) * 16;
