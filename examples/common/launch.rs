@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 use std::time::Instant;
 
 use laggard::transport::Endpoint;
-use laggard::{ClusterSpec, Consistency, Server, Sgd, TableSpec, Worker, WorkerId};
+use laggard::{ClusterSpec, Consistency, Server, Sgd, TableSpec, Worker, WorkerId, WorkerStatus};
 
 use crate::logreg::{ROW_WIDTH, ROWS};
 use crate::worker::{self, Schedule, parse_consistency};
@@ -114,10 +114,21 @@ pub fn run_roles(role_var: &str, env: &[(&str, &str)], roles: Vec<String>) -> Re
             .spawn()
             .map_err(|e| format!("cannot start {role}: {e}"))
     };
-    let mut children: Vec<(String, Child, bool)> = roles
-        .into_iter()
-        .map(|role| Ok((role.clone(), start(&role, false)?, false)))
-        .collect::<Result<_, String>>()?;
+    let mut children: Vec<(String, Child, bool)> = Vec::new();
+    for role in roles {
+        match start(&role, false) {
+            Ok(child) => children.push((role, child, false)),
+            Err(e) => {
+                // Those started would wait for the missing one until
+                // their deadline.
+                for (_, child, _) in &mut children {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                return Err(e);
+            }
+        }
+    }
     let mut failed = Vec::new();
     // Looks at every process in turn, so a worker that exits to be
     // restarted is seen while the others still wait for it.
@@ -133,7 +144,12 @@ pub fn run_roles(role_var: &str, env: &[(&str, &str)], roles: Vec<String>) -> Re
                         && !restarted =>
                 {
                     println!("launcher: {role} exited at its --crash-at clock; starting it again");
-                    running.push((role.clone(), start(&role, true)?, true));
+                    // A failed restart is a failed role: the others go on
+                    // (the servers declare the worker dead) and are waited for.
+                    match start(&role, true) {
+                        Ok(child) => running.push((role, child, true)),
+                        Err(e) => failed.push(e),
+                    }
                 }
                 Ok(Some(status)) => failed.push(format!("{role} ({status})")),
                 Err(e) => failed.push(format!("{role} ({e})")),
@@ -186,6 +202,18 @@ pub fn serve<E: Endpoint>(
         "server shard {shard}: {} pushes applied, {} pulls ({} waited for slower workers)",
         stats.pushes, stats.pulls, stats.pulls_parked
     );
+    let dead: Vec<String> = report
+        .clocks
+        .iter()
+        .filter(|&(_, _, status)| status == WorkerStatus::Dead)
+        .map(|(w, c, _)| format!("worker {} (at clock {c})", w.0))
+        .collect();
+    if !dead.is_empty() {
+        println!(
+            "server shard {shard}: declared dead once their connection was gone: {}",
+            dead.join(", ")
+        );
+    }
     let expected = cfg.workers as u64 * cfg.schedule.clocks;
     if stats.workers_declared_dead == 0 && stats.pushes != expected {
         return Err(laggard::Error::Transport {

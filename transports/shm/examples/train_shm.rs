@@ -65,8 +65,9 @@ fn launch(cfg: &Common) -> Result<(), String> {
     let stale = net.remove_stale_of_every_cluster();
     if !stale.is_empty() {
         println!(
-            "launcher: removed {} stale segments of crashed runs",
-            stale.len()
+            "launcher: removed {} stale {} of crashed runs",
+            stale.len(),
+            segments(stale.len())
         );
     }
     println!(
@@ -75,13 +76,28 @@ fn launch(cfg: &Common) -> Result<(), String> {
     );
     let (servers, workers) = cfg.roles();
     let roles = servers.into_iter().chain(workers).collect();
-    launch::run_roles(ROLE, &[(CLUSTER, &cluster)], roles)?;
+    let ran = launch::run_roles(ROLE, &[(CLUSTER, &cluster)], roles);
+    // Every process has ended: what one that was killed left is stale.
+    let stale = net.remove_stale();
+    if !stale.is_empty() {
+        println!(
+            "launcher: removed {} {} that processes which did not finish left",
+            stale.len(),
+            segments(stale.len())
+        );
+    }
+    ran?;
     let left = net.segments();
     if !left.is_empty() {
         return Err(format!("segments left in /dev/shm: {left:?}"));
     }
     println!("launcher: every process finished; nothing left in /dev/shm");
     Ok(())
+}
+
+/// "segment" or "segments", for `n` of them.
+fn segments(n: usize) -> &'static str {
+    if n == 1 { "segment" } else { "segments" }
 }
 
 fn run_role(cfg: &Common, role: &str) -> laggard::Result<()> {
