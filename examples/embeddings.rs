@@ -84,14 +84,20 @@ impl Config {
                 "--servers" => c.servers = num()? as usize,
                 "--clocks" => c.clocks = num()? as u64,
                 "--batch" => c.batch = num()? as usize,
-                "--compute-ms" => c.compute = Duration::from_secs_f64(num()? / 1e3),
+                "--compute-ms" => c.compute = millis(flag, value)?,
                 "--straggle-prob" => c.straggle_prob = num()?,
-                "--straggle-ms" => c.straggle = Duration::from_secs_f64(num()? / 1e3),
+                "--straggle-ms" => c.straggle = millis(flag, value)?,
                 _ => return Err(format!("unknown flag {flag}")),
             }
         }
         if c.workers == 0 || c.servers == 0 || c.batch == 0 {
             return Err("--workers, --servers and --batch must be at least 1".into());
+        }
+        if c.workers as usize + c.servers > MAX_THREADS {
+            return Err(format!(
+                "this demo runs a thread per worker and server shard in one process: at most \
+                 {MAX_THREADS} in all"
+            ));
         }
         Ok(c)
     }
@@ -359,4 +365,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// Threads the demo starts at most, well within what systems allow a
+/// process (one runs out of memory maps at a few tens of thousands).
+const MAX_THREADS: usize = 4096;
+
+/// `value` milliseconds as a duration, or why `flag` cannot take it.
+fn millis(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1e3).ok())
+        .ok_or(format!(
+            "{flag} {value}: must be a number of milliseconds, 0 or more"
+        ))
 }

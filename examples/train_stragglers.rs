@@ -82,9 +82,9 @@ fn parse_args() -> Result<Config, String> {
             "--workers" => c.workers = num(value)? as u32,
             "--servers" => c.servers = num(value)? as usize,
             "--clocks" => c.clocks = num(value)? as u64,
-            "--compute-ms" => c.compute = Duration::from_secs_f64(num(value)? / 1e3),
+            "--compute-ms" => c.compute = millis(flag, value)?,
             "--straggle-prob" => c.straggle_prob = num(value)?,
-            "--straggle-ms" => c.straggle = Duration::from_secs_f64(num(value)? / 1e3),
+            "--straggle-ms" => c.straggle = millis(flag, value)?,
             "--stragglers" if value == "one" => c.stragglers = Stragglers::One,
             "--stragglers" if value == "all" => c.stragglers = Stragglers::All,
             "--stragglers" => {
@@ -104,6 +104,12 @@ fn parse_args() -> Result<Config, String> {
         return Err(
             "need --workers, --servers and --clocks >= 1 and --straggle-prob in [0, 1]".into(),
         );
+    }
+    if c.workers as usize + c.servers > MAX_THREADS {
+        return Err(format!(
+            "this demo runs a thread per worker and server shard in one process: at most \
+             {MAX_THREADS} in all"
+        ));
     }
     Ok(c)
 }
@@ -395,4 +401,19 @@ fn main() {
         }
     }
     std::io::stdout().flush().ok();
+}
+
+/// Threads the demo starts at most, well within what systems allow a
+/// process (one runs out of memory maps at a few tens of thousands).
+const MAX_THREADS: usize = 4096;
+
+/// `value` milliseconds as a duration, or why `flag` cannot take it.
+fn millis(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1e3).ok())
+        .ok_or(format!(
+            "{flag} {value}: must be a number of milliseconds, 0 or more"
+        ))
 }

@@ -47,9 +47,9 @@ impl Schedule {
         };
         match flag {
             "--clocks" => self.clocks = num()? as u64,
-            "--compute-ms" => self.compute = Duration::from_secs_f64(num()? / 1e3),
+            "--compute-ms" => self.compute = millis(flag, value)?,
             "--straggle-prob" => self.straggle_prob = num()?,
-            "--straggle-ms" => self.straggle = Duration::from_secs_f64(num()? / 1e3),
+            "--straggle-ms" => self.straggle = millis(flag, value)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -172,4 +172,15 @@ pub fn train_or_crash<E: Endpoint>(
         _ => println!("worker {id}: starts at clock {clock}, the checkpoint's"),
     }
     train(worker, id, workers, consistency, s)
+}
+
+/// `value` milliseconds as a duration, or why `flag` cannot take it.
+pub fn millis(flag: &str, value: &str) -> Result<Duration, String> {
+    value
+        .parse::<f64>()
+        .ok()
+        .and_then(|ms| Duration::try_from_secs_f64(ms / 1e3).ok())
+        .ok_or(format!(
+            "{flag} {value}: must be a number of milliseconds, 0 or more"
+        ))
 }

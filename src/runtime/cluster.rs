@@ -172,32 +172,57 @@ impl Cluster {
     /// A worker whose `f` fails drops its connection without leaving; the
     /// servers declare it dead after the spec's `dead_after`, so the
     /// others are held back at most that long.
+    ///
+    /// If the system refuses a thread (too many workers for its limits),
+    /// no further worker starts and that error is returned, once the
+    /// workers that did start have ended: under BSP or SSP they wait for
+    /// the missing ones until the spec's timeout.
     pub fn run_workers<R, F>(&self, f: F) -> Result<Vec<R>>
     where
         R: Send,
         F: Fn(&mut Worker<InProcessEndpoint>) -> Result<R> + Sync,
     {
         let f = &f;
-        let results: Vec<Result<R>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..self.spec.workers)
-                .map(|id| {
-                    s.spawn(move || -> Result<R> {
+        let (results, refused): (Vec<Result<R>>, _) = std::thread::scope(|s| {
+            let mut handles = Vec::with_capacity(self.spec.workers);
+            let mut refused = None;
+            for id in 0..self.spec.workers {
+                let spawned = std::thread::Builder::new()
+                    .name(self.spec.worker_name(id))
+                    .spawn_scoped(s, move || -> Result<R> {
                         let mut worker = self.worker(id)?;
                         let result = f(&mut worker)?;
                         worker.leave()?;
                         Ok(result)
-                    })
-                })
-                .collect();
-            handles
+                    });
+                match spawned {
+                    Ok(handle) => handles.push(handle),
+                    Err(e) => {
+                        refused = Some(Error::Transport {
+                            reason: format!(
+                                "could not start a thread for worker {id} of {}: {e}; run \
+                                 fewer workers per process, or raise the process's thread \
+                                 limit (ulimit -u)",
+                                self.spec.workers
+                            ),
+                        });
+                        break;
+                    }
+                }
+            }
+            let results = handles
                 .into_iter()
                 .map(|h| {
                     h.join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 })
-                .collect()
+                .collect();
+            (results, refused)
         });
-        results.into_iter().collect()
+        match refused {
+            Some(e) => Err(e),
+            None => results.into_iter().collect(),
+        }
     }
 
     /// Server shard `shard`'s part of table `name`, shared with the running

@@ -83,8 +83,7 @@ fn parse_args() -> Result<Config, String> {
         match flag {
             "--consistency" => c.consistency = parse_consistency(value)?,
             "--dead-after-ms" => {
-                let ms: f64 = value.parse().map_err(|e| format!("{flag} {value}: {e}"))?;
-                c.dead_after = Duration::from_secs_f64(ms / 1e3);
+                c.dead_after = worker::millis(flag, value)?;
             }
             "--checkpoint" => c.checkpoint = Some(value.into()),
             "--checkpoint-every" => {

@@ -277,15 +277,20 @@ impl Bootstrap {
             let stop = Arc::new(AtomicBool::new(false));
             let (done_tx, done_rx) = mpsc::channel();
             let stopping = stop.clone();
-            let thread = std::thread::spawn(move || {
-                let ours = job_id.as_deref();
-                let job = (world, servers, schema);
-                let rendezvous = coordinate(&listener, job, ours, deadline, &stopping);
-                let _ = done_tx.send(());
-                if let Ok(members) = rendezvous {
-                    answer_late_joins(&listener, members, job, ours, &stopping);
-                }
-            });
+            let thread = std::thread::Builder::new()
+                .name("laggard-coordinator".into())
+                .spawn(move || {
+                    let ours = job_id.as_deref();
+                    let job = (world, servers, schema);
+                    let rendezvous = coordinate(&listener, job, ours, deadline, &stopping);
+                    let _ = done_tx.send(());
+                    if let Ok(members) = rendezvous {
+                        answer_late_joins(&listener, members, job, ours, &stopping);
+                    }
+                })
+                .map_err(|e| Error::Transport {
+                    reason: format!("rank 0 could not start its rendezvous thread: {e}"),
+                })?;
             Some((
                 Coordinator {
                     stop,
