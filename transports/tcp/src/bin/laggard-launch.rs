@@ -82,8 +82,9 @@ fn parse() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Copies `stream` line by line, prefixed by `rank`, until it ends (the
-/// process exited and closed it).
+/// Copies `stream` line by line, prefixed by `rank`, on a thread of its
+/// own until it ends (the process exited and closed it); fails if the
+/// system refuses the thread.
 ///
 /// It reads to the end whatever comes: bytes that are not UTF-8 are
 /// shown as U+FFFD, and once the launcher's own output is gone (piped
@@ -94,8 +95,8 @@ fn forward(
     rank: usize,
     stream: impl std::io::Read + Send + 'static,
     err: bool,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().spawn(move || {
         let mut stream = BufReader::new(stream);
         let mut line = Vec::new();
         loop {
@@ -197,11 +198,21 @@ fn main() {
             .stderr(Stdio::piped());
         die_with_launcher(&mut command);
         let mut child = command.spawn()?;
-        if let Some(out) = child.stdout.take() {
-            forwarders.borrow_mut().push(forward(rank, out, false));
-        }
-        if let Some(err) = child.stderr.take() {
-            forwarders.borrow_mut().push(forward(rank, err, true));
+        let streams = [
+            child.stdout.take().map(|out| forward(rank, out, false)),
+            child.stderr.take().map(|err| forward(rank, err, true)),
+        ];
+        for forwarder in streams.into_iter().flatten() {
+            match forwarder {
+                Ok(thread) => forwarders.borrow_mut().push(thread),
+                Err(e) => {
+                    // Its output would have nowhere to go.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let why = format!("no thread to forward its output could be started: {e}");
+                    return Err(std::io::Error::new(e.kind(), why));
+                }
+            }
         }
         Ok(child)
     };
