@@ -29,11 +29,14 @@ use std::time::{Duration, Instant};
 
 use laggard::{Cluster, ClusterSpec, Consistency, Init, Placement, Sgd, TableSpec};
 
+#[path = "common/args.rs"]
+mod args;
 #[path = "common/logreg.rs"]
 mod logreg;
 #[path = "common/monitor.rs"]
 mod monitor;
 
+use args::{check_threads, millis};
 use logreg::rand;
 
 /// Users, items and the rank of the hidden model (the embedding width).
@@ -93,12 +96,7 @@ impl Config {
         if c.workers == 0 || c.servers == 0 || c.batch == 0 {
             return Err("--workers, --servers and --batch must be at least 1".into());
         }
-        if c.workers as usize + c.servers > MAX_THREADS {
-            return Err(format!(
-                "this demo runs a thread per worker and server shard in one process: at most \
-                 {MAX_THREADS} in all"
-            ));
-        }
+        check_threads(c.workers as usize, c.servers)?;
         Ok(c)
     }
 
@@ -365,19 +363,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
-}
-
-/// Threads the demo starts at most, well within what systems allow a
-/// process (one runs out of memory maps at a few tens of thousands).
-const MAX_THREADS: usize = 4096;
-
-/// `value` milliseconds as a duration, or why `flag` cannot take it.
-fn millis(flag: &str, value: &str) -> Result<Duration, String> {
-    value
-        .parse::<f64>()
-        .ok()
-        .and_then(|ms| Duration::try_from_secs_f64(ms / 1e3).ok())
-        .ok_or(format!(
-            "{flag} {value}: must be a number of milliseconds, 0 or more"
-        ))
 }

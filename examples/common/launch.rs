@@ -10,7 +10,7 @@ use std::process::{Child, Command};
 use std::time::Instant;
 
 use laggard::transport::Endpoint;
-use laggard::{ClusterSpec, Consistency, Server, Sgd, TableSpec, Worker, WorkerId, WorkerStatus};
+use laggard::{ClusterSpec, Consistency, Server, Sgd, TableSpec, Worker, WorkerId};
 
 use crate::logreg::{ROW_WIDTH, ROWS};
 use crate::worker::{self, Schedule, parse_consistency};
@@ -202,12 +202,7 @@ pub fn serve<E: Endpoint>(
         "server shard {shard}: {} pushes applied, {} pulls ({} waited for slower workers)",
         stats.pushes, stats.pulls, stats.pulls_parked
     );
-    let dead: Vec<String> = report
-        .clocks
-        .iter()
-        .filter(|&(_, _, status)| status == WorkerStatus::Dead)
-        .map(|(w, c, _)| format!("worker {} (at clock {c})", w.0))
-        .collect();
+    let dead = worker::declared_dead(&report.clocks);
     if !dead.is_empty() {
         println!(
             "server shard {shard}: declared dead once their connection was gone: {}",

@@ -8,7 +8,11 @@
 use std::time::{Duration, Instant};
 
 use laggard::transport::Endpoint;
-use laggard::{Consistency, Worker};
+use laggard::{Consistency, VectorClock, Worker, WorkerStatus};
+
+#[path = "args.rs"]
+mod args;
+pub use args::millis;
 
 use crate::logreg::{self, FEATURES, ROWS, generate, loss, rand};
 
@@ -174,13 +178,11 @@ pub fn train_or_crash<E: Endpoint>(
     train(worker, id, workers, consistency, s)
 }
 
-/// `value` milliseconds as a duration, or why `flag` cannot take it.
-pub fn millis(flag: &str, value: &str) -> Result<Duration, String> {
-    value
-        .parse::<f64>()
-        .ok()
-        .and_then(|ms| Duration::try_from_secs_f64(ms / 1e3).ok())
-        .ok_or(format!(
-            "{flag} {value}: must be a number of milliseconds, 0 or more"
-        ))
+/// The workers a server declared dead, each with its clock, for printing.
+pub fn declared_dead(clocks: &VectorClock) -> Vec<String> {
+    clocks
+        .iter()
+        .filter(|&(_, _, status)| status == WorkerStatus::Dead)
+        .map(|(w, c, _)| format!("worker {} (at clock {c})", w.0))
+        .collect()
 }

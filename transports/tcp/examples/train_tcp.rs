@@ -184,12 +184,7 @@ fn run(cfg: &Config) -> laggard::Result<()> {
                     file.display()
                 );
             }
-            let dead: Vec<String> = report
-                .clocks
-                .iter()
-                .filter(|&(_, _, status)| status == WorkerStatus::Dead)
-                .map(|(w, c, _)| format!("worker {} (at clock {c})", w.0))
-                .collect();
+            let dead = worker::declared_dead(&report.clocks);
             println!(
                 "server shard {shard}: {} pushes applied, {} pulls ({} waited for slower workers)",
                 report.stats.pushes, report.stats.pulls, report.stats.pulls_parked
