@@ -145,9 +145,10 @@ impl<T: Element> TableSpec<T> {
     /// [`Error::TableFull`], and changes nothing, so a runaway key space
     /// (features hashed into all of `u64`, a bug that makes every key new)
     /// is an error the job can report, not a server process killed for its
-    /// memory. A row costs about `(width + Update::state_len) × element
-    /// size` bytes plus 64 for its leaf; sparse keys are spread over the
-    /// shards by hash, so leave some room above `rows / shards`.
+    /// memory. A row costs `(width + Update::state_len) × element size`
+    /// bytes plus some tens of bytes for its place in the trie; sparse keys
+    /// are spread over the shards by hash, so leave some room above
+    /// `rows / shards`.
     ///
     /// ```
     /// use laggard::{Error, Table, TableSpec};
@@ -558,8 +559,9 @@ impl<T: Element> Table<T> {
 
     /// Checks that the rows pushing to `keys` would create fit within the
     /// row limit ([`TableSpec::max_rows_per_shard`]) of their shards, with
-    /// `spoken` rows of each shard spoken for already (by pushes not
-    /// applied yet), whose keys `promised` picks: those count as created.
+    /// `spoken` rows spoken for already in each shard concerned (by pushes
+    /// not applied yet; a server's part is one shard), whose keys
+    /// `promised` picks: those count as created.
     /// Every key must be valid and stored here. Exact while no other
     /// thread creates rows meanwhile, as on a server, whose own thread
     /// alone pushes.
