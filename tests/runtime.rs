@@ -358,44 +358,40 @@ fn pushes_are_coalesced_into_one_message_per_shard_per_clock() {
     assert_eq!(row, [10; 10]);
 }
 
-#[test]
-fn a_pull_that_times_out_names_the_workers_behind() {
-    let spec = ClusterSpec::new(1, 2).table(
+/// Worker 0 of `workers` under SSP(1) goes two clocks ahead and pulls with
+/// a 50 ms deadline, with workers `1..connected` connected and idle (the
+/// rest never connect): the error it gets.
+fn pull_timeout_of_a_fast_worker(workers: usize, connected: usize) -> Error {
+    let spec = ClusterSpec::new(1, workers).table(
         "w",
         TableSpec::<f64>::dense(0..4, 2).consistency(Consistency::Ssp { staleness: 1 }),
     );
     let cluster = Cluster::start(spec).unwrap();
     let mut fast = cluster.worker(0).unwrap();
-    let slow = cluster.worker(1).unwrap();
+    let idle: Vec<_> = (1..connected).map(|w| cluster.worker(w).unwrap()).collect();
     let t = fast.table::<f64>("w").unwrap();
     fast.clock().unwrap();
     fast.clock().unwrap();
     let mut row = [0.0; 2];
     let deadline = Instant::now() + Duration::from_millis(50);
     let err = fast.pull_by(&t, &[1], &mut row, deadline).unwrap_err();
+    drop(idle);
+    err
+}
+
+#[test]
+fn a_pull_that_times_out_names_the_workers_behind() {
+    let err = pull_timeout_of_a_fast_worker(2, 2);
     let text = err.to_string();
     assert!(matches!(err, Error::Timeout(_)), "{text}");
     assert!(text.contains("worker 0 at clock 2"), "{text}");
     assert!(text.contains("behind: worker 1 at clock 0"), "{text}");
-    drop(slow);
 }
 
 #[test]
 fn a_pull_that_times_out_says_which_workers_never_connected() {
-    let spec = ClusterSpec::new(1, 3).table(
-        "w",
-        TableSpec::<f64>::dense(0..4, 2).consistency(Consistency::Ssp { staleness: 1 }),
-    );
-    let cluster = Cluster::start(spec).unwrap();
-    let mut fast = cluster.worker(0).unwrap();
-    let slow = cluster.worker(1).unwrap();
     // Worker 2 never connects, as when its process failed at start.
-    let t = fast.table::<f64>("w").unwrap();
-    fast.clock().unwrap();
-    fast.clock().unwrap();
-    let mut row = [0.0; 2];
-    let deadline = Instant::now() + Duration::from_millis(50);
-    let err = fast.pull_by(&t, &[1], &mut row, deadline).unwrap_err();
+    let err = pull_timeout_of_a_fast_worker(3, 2);
     let text = err.to_string();
     let Error::Timeout(timeout) = &err else {
         panic!("not a timeout: {text}");
@@ -410,7 +406,6 @@ fn a_pull_that_times_out_says_which_workers_never_connected() {
         text.contains("its process failed before it joined"),
         "{text}"
     );
-    drop(slow);
 }
 
 #[test]

@@ -62,14 +62,11 @@ fn launch(cfg: &Common) -> Result<(), String> {
     let net = transport(cfg, &cluster).map_err(|e| e.to_string())?;
     // Runs that crashed used cluster ids of their own (their launcher's
     // pid): what they left is removed whatever its cluster.
-    let stale = net.remove_stale_of_every_cluster();
-    if !stale.is_empty() {
-        println!(
-            "launcher: removed {} stale {} of crashed runs",
-            stale.len(),
-            segments(stale.len())
-        );
-    }
+    say_removed(
+        &net.remove_stale_of_every_cluster(),
+        "stale",
+        "of crashed runs",
+    );
     println!(
         "launcher: {} server and {} worker processes over shared memory (cluster {cluster}), {}",
         cfg.servers, cfg.workers, cfg.consistency
@@ -78,14 +75,11 @@ fn launch(cfg: &Common) -> Result<(), String> {
     let roles = servers.into_iter().chain(workers).collect();
     let ran = launch::run_roles(ROLE, &[(CLUSTER, &cluster)], roles);
     // Every process has ended: what one that was killed left is stale.
-    let stale = net.remove_stale();
-    if !stale.is_empty() {
-        println!(
-            "launcher: removed {} {} that processes which did not finish left",
-            stale.len(),
-            segments(stale.len())
-        );
-    }
+    say_removed(
+        &net.remove_stale(),
+        "",
+        "that processes which did not finish left",
+    );
     ran?;
     let left = net.segments();
     if !left.is_empty() {
@@ -95,9 +89,19 @@ fn launch(cfg: &Common) -> Result<(), String> {
     Ok(())
 }
 
-/// "segment" or "segments", for `n` of them.
-fn segments(n: usize) -> &'static str {
-    if n == 1 { "segment" } else { "segments" }
+/// Says how many segments were removed (if any), as `removed N [kind]
+/// segment(s) [whose]`.
+fn say_removed(removed: &[std::path::PathBuf], kind: &str, whose: &str) {
+    let n = removed.len();
+    if n > 0 {
+        let noun = if n == 1 { "segment" } else { "segments" };
+        let kind = if kind.is_empty() {
+            String::new()
+        } else {
+            format!("{kind} ")
+        };
+        println!("launcher: removed {n} {kind}{noun} {whose}");
+    }
 }
 
 fn run_role(cfg: &Common, role: &str) -> laggard::Result<()> {
